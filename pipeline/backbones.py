@@ -1,0 +1,237 @@
+"""Registry of frozen ImageNet bases from `keras.applications`.
+
+A backbone is one row of `BACKBONES`: the Keras constructor, the module whose
+`preprocess_input` belongs to it, its default and minimum input sizes and
+fixed constructor options (MobileNet's `alpha`). The table holds names,
+not objects, so listing backbones and computing cache keys never imports
+Keras; `build_extractor` imports it when a model is really needed.
+
+Every model built here takes raw `uint8` RGB batches of shape
+`(batch, size, size, 3)` and applies the row's own `preprocess_input` inside
+the model, on the device, in float32.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import hashlib
+import importlib.metadata
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneCfg:
+    """One row of the backbone registry.
+
+    Args:
+        name: registry name, lower case with underscores.
+        constructor: attribute of `keras.applications`, e.g. `"VGG16"`.
+        module: submodule of `keras.applications` whose `preprocess_input`
+            matches the weights, e.g. `"vgg16"`.
+        default_size: input size the ImageNet weights were trained at.
+        min_size: smallest input size the architecture accepts.
+        kwargs: fixed constructor options, e.g. `{"alpha": 0.25}`.
+    """
+
+    name: str
+    constructor: str
+    module: str
+    default_size: int = 224
+    min_size: int = 32
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+
+    def to_dict(self) -> dict[str, Any]:
+        row = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**row, "kwargs": dict(self.kwargs)}
+
+
+def _rows() -> list[BackboneCfg]:
+    rows = [
+        BackboneCfg("vgg16", "VGG16", "vgg16"),
+        BackboneCfg("vgg19", "VGG19", "vgg19"),
+        BackboneCfg("xception", "Xception", "xception", 299, 71),
+        BackboneCfg("inception_v3", "InceptionV3", "inception_v3", 299, 75),
+        BackboneCfg("inception_resnet_v2", "InceptionResNetV2", "inception_resnet_v2", 299, 75),
+        BackboneCfg("mobilenet_v3_small", "MobileNetV3Small", "mobilenet_v3"),
+        BackboneCfg("mobilenet_v3_large", "MobileNetV3Large", "mobilenet_v3"),
+        BackboneCfg("nasnet_mobile", "NASNetMobile", "nasnet"),
+        BackboneCfg("nasnet_large", "NASNetLarge", "nasnet", 331),
+    ]
+    for depth in (50, 101, 152):
+        rows.append(BackboneCfg(f"resnet{depth}", f"ResNet{depth}", "resnet"))
+        rows.append(BackboneCfg(f"resnet{depth}_v2", f"ResNet{depth}V2", "resnet_v2"))
+    for alpha, suffix in ((1.0, ""), (0.75, "_075"), (0.5, "_050"), (0.25, "_025")):
+        rows.append(BackboneCfg(f"mobilenet{suffix}", "MobileNet", "mobilenet", kwargs={"alpha": alpha}))
+    for alpha, suffix in ((1.0, ""), (0.35, "_035"), (0.5, "_050"), (0.75, "_075"), (1.3, "_130"), (1.4, "_140")):
+        rows.append(BackboneCfg(f"mobilenet_v2{suffix}", "MobileNetV2", "mobilenet_v2", kwargs={"alpha": alpha}))
+    for depth in (121, 169, 201):
+        rows.append(BackboneCfg(f"densenet{depth}", f"DenseNet{depth}", "densenet"))
+    for i, size in enumerate((224, 240, 260, 300, 380, 456, 528, 600)):
+        rows.append(BackboneCfg(f"efficientnet_b{i}", f"EfficientNetB{i}", "efficientnet", size))
+    for variant, size in (("b0", 224), ("b1", 240), ("b2", 260), ("b3", 300), ("s", 384), ("m", 480), ("l", 480)):
+        rows.append(
+            BackboneCfg(f"efficientnet_v2_{variant}", f"EfficientNetV2{variant.upper()}", "efficientnet_v2", size)
+        )
+    for variant in ("tiny", "small", "base", "large", "xlarge"):
+        rows.append(BackboneCfg(f"convnext_{variant}", f"ConvNeXt{variant.capitalize()}", "convnext"))
+    return rows
+
+
+BACKBONES: Mapping[str, BackboneCfg] = MappingProxyType({row.name: row for row in _rows()})
+
+
+def list_backbones(pattern: str = "") -> list[str]:
+    """Sorted backbone names, filtered by an fnmatch `pattern` such as `"resnet*"`."""
+    return sorted(n for n in BACKBONES if not pattern or fnmatch.fnmatch(n, pattern))
+
+
+def get_backbone_cfg(name: str) -> BackboneCfg:
+    """The registry row of `name`; unknown names list the valid ones."""
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(_unknown_name_message("model", name, list(BACKBONES))) from None
+
+
+def resolve_size(cfg: BackboneCfg, size: int | None) -> int:
+    """The input size to use: `size`, or the row's default when `None`."""
+    size = cfg.default_size if size is None else size
+    if size < cfg.min_size:
+        raise ValueError(
+            f"`size` must be at least {cfg.min_size} for {cfg.name}. "
+            f"Received: size={size}. Use SIZE={cfg.min_size} or more "
+            f"(its ImageNet weights were trained at {cfg.default_size})."
+        )
+    return size
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights cannot be had; the message says what to do."""
+
+
+def weights_identity(weights: str) -> str:
+    """A string naming exactly which weights `weights` selects.
+
+    `"imagenet"` is identified by the Keras version that downloads it,
+    `"none"` by itself, and a file by the sha256 of its content, so a cache
+    built from one weights file is never served for another.
+    """
+    if weights == "imagenet":
+        return f"imagenet@keras-{importlib.metadata.version('keras')}"
+    if weights == "none":
+        return "none"
+    path = Path(weights)
+    if not path.is_file():
+        raise WeightsUnavailableError(
+            f"Weights file '{weights}' does not exist. Pass WEIGHTS=imagenet to "
+            "download the ImageNet weights, WEIGHTS=/path/to/file.h5 for a local "
+            "file, or WEIGHTS=none for random weights (smoke runs only)."
+        )
+    return f"sha256:{_sha256(path)}"
+
+
+def build_extractor(
+    cfg: BackboneCfg,
+    *,
+    size: int,
+    weights: str,
+    pooling: str = "avg",
+    layer: str | None = None,
+    precision: str = "float32",
+):
+    """Builds the frozen feature extractor of a backbone row.
+
+    Args:
+        cfg: the backbone's registry row, from `get_backbone_cfg`.
+        size: square input size in pixels.
+        weights: `"imagenet"`, `"none"` or a weights file path.
+        pooling: `"avg"`, `"max"` or `"none"`. Defaults to `"avg"`.
+        layer: name of the layer whose output is taken, or `None` for the
+            last layer. Defaults to `None`.
+        precision: Keras dtype policy name. Defaults to `"float32"`.
+
+    Returns:
+        A `keras.Model` mapping `uint8` images `(batch, size, size, 3)` to
+        features `(batch, dim)`, or `(batch, h, w, dim)` when `pooling` is
+        `"none"`.
+
+    Example:
+
+    >>> model = build_extractor(get_backbone_cfg("mobilenet_v2"), size=96, weights="none")
+    >>> model.output_shape
+    (None, 1280)
+    """
+    import keras
+
+    from .layers import Preprocess
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        base = _load_base(keras, cfg, size, weights)
+        if layer is not None:
+            base = keras.Model(base.input, _get_layer(base, layer).output, name=f"{base.name}_to_{layer}")
+        base.trainable = False
+        inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
+        x = Preprocess(cfg.module, dtype="float32")(inputs)
+        x = base(x, training=False)
+        pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}.get(pooling)
+        if pool is not None:
+            x = pool(dtype="float32")(x)
+        x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
+        return keras.Model(inputs, x, name=f"{cfg.name}_extractor")
+    finally:
+        keras.config.set_dtype_policy(policy)
+
+
+def _load_base(keras, cfg: BackboneCfg, size: int, weights: str):
+    constructor = getattr(keras.applications, cfg.constructor)
+    kwargs = dict(include_top=False, input_shape=(size, size, 3), **cfg.kwargs)
+    if weights == "none":
+        return constructor(weights=None, **kwargs)
+    weights_identity(weights)  # fails early, with the fix, on a missing file
+    try:
+        return constructor(weights=weights, **kwargs)
+    except Exception as e:  # Keras raises a bare Exception on a failed download
+        if weights != "imagenet":
+            raise WeightsUnavailableError(
+                f"Could not load weights file '{weights}' into {cfg.name} "
+                f"(size {size}, options {dict(cfg.kwargs)}): {e}. Check that the "
+                "file holds no-top weights of this exact model."
+            ) from e
+        raise WeightsUnavailableError(
+            f"Could not get the ImageNet weights of {cfg.name}: {e}. Keras downloads "
+            "them into ~/.keras/models (or $KERAS_HOME/models) and needs the network "
+            "for that once. Offline, pass a local weights file with "
+            "WEIGHTS=/path/to/file.h5 (--weights PATH), or use WEIGHTS=none "
+            "(--weights none) for a smoke run with random weights."
+        ) from e
+
+
+def _get_layer(model, name: str):
+    names = [layer.name for layer in model.layers]
+    if name not in names:
+        raise ValueError(_unknown_name_message("layer", name, names))
+    return model.get_layer(name)
+
+
+def _unknown_name_message(what: str, name: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(name, valid, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    shown = ", ".join(sorted(valid)) if len(valid) <= 60 else f"{len(valid)} names"
+    return f"Unknown {what} {name!r}.{hint} Valid: {shown}."
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

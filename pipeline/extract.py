@@ -1,0 +1,395 @@
+"""Features stage: run a frozen backbone once over an image folder, into the store.
+
+Entry point: `extract_features(config=...)`. A run with nothing to do answers
+from file sizes and mtimes alone and never imports Keras; otherwise it
+extracts only the images that no complete shard holds yet.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import importlib.metadata
+import itertools
+import logging
+import math
+import os
+import platform
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from . import backbones, config as config_lib, decode, discovery
+from .store import FeatureStore, IndexRow, SkippedFile, feature_key
+
+# Bump whenever the numbers written for the same spec change.
+FEATURES_VERSION = 1
+
+log = logging.getLogger("bottleneck")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExtractResult:
+    """What one run of the features stage did.
+
+    Attributes:
+        path: the feature set's index file, to pass to `train-head`.
+        counts: images `extracted` now, `reused` from earlier runs,
+            `skipped` (undecodable) and `removed` since the last run.
+        seconds: wall time of the whole run.
+        images_per_second: extracted images over the time from the first
+            batch decoded to the last row written (model build excluded);
+            `None` when nothing was extracted.
+        skipped: every skipped file with its reason.
+        dataset_summary: "Found N images in K classes." and notes.
+        feature_shape: shape of one image's features.
+        quarantined: damaged shards found and set aside (their images were
+            extracted again).
+    """
+
+    path: Path
+    counts: dict[str, int]
+    seconds: float
+    images_per_second: float | None
+    skipped: list[SkippedFile]
+    dataset_summary: str
+    feature_shape: tuple[int, ...]
+    quarantined: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "counts": self.counts,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": None if self.images_per_second is None else round(self.images_per_second, 2),
+            "feature_shape": list(self.feature_shape),
+            "skipped": [{"path": s.relpath, "reason": s.reason} for s in self.skipped],
+            "quarantined": self.quarantined,
+        }
+
+
+def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
+    """Everything that changes the extracted numbers, and nothing else."""
+    cfg = backbones.get_backbone_cfg(config.model)
+    return {
+        "features_version": FEATURES_VERSION,
+        "backbone": cfg.to_dict(),
+        "weights": backbones.weights_identity(config.weights),
+        "size": backbones.resolve_size(cfg, config.size),
+        "pooling": config.pooling,
+        "layer": config.layer,
+        "precision": config.precision,
+        "storage_dtype": config.storage_dtype,
+        "decoder": decode.DECODER_ID,
+        "keras_major": importlib.metadata.version("keras").split(".")[0],
+    }
+
+
+def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key: str) -> Path:
+    """`<cache>/<dataset>-<model>-<size>-<pooling or layer>-<key8>`: readable, unique per key."""
+    dataset = config.name or Path(config.data).resolve().name
+    cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
+    name = f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}"
+    return Path(config.cache_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def extract_features(
+    *,
+    config: config_lib.ExtractConfig,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExtractResult:
+    """Extracts and caches the features of every image under `config.data`.
+
+    Args:
+        config: the resolved `ExtractConfig`.
+        progress: called as `progress(done, total)` after each batch of
+            newly extracted images. Defaults to `None`.
+
+    Returns:
+        An `ExtractResult`.
+
+    Raises:
+        discovery.DataError: the data folder is missing or holds no images.
+        ValueError: an unknown model or layer, or a size below the minimum.
+        backbones.WeightsUnavailableError: the weights cannot be had.
+    """
+    started = time.perf_counter()
+    spec = feature_spec(config)
+    key = feature_key(spec)
+    dataset = discovery.index_directory(config.data)
+    store = FeatureStore(feature_set_dir(config, spec, key))
+
+    result = _answer_if_up_to_date(store, dataset, key, started)
+    if result is not None:
+        return result
+    with store.write_lock(on_wait=lambda holder: log.warning("Waiting for %s to finish writing %s ...", holder, store.root)):
+        result = _answer_if_up_to_date(store, dataset, key, started)
+        if result is not None:
+            return result
+        return _extract_under_lock(store, dataset, config, spec, key, started, progress)
+
+
+def _answer_if_up_to_date(store: FeatureStore, dataset, key: str, started: float) -> ExtractResult | None:
+    state = store.read_index_state()
+    if state is None or state["feature_key"] != key or state["class_names"] != list(dataset.class_names):
+        return None
+    listed = {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries}
+    if listed != {**state["files"], **state["skipped"]}:
+        return None
+    sizes = [_file_size(store.shard_dir / n) for n in state["shards"]]
+    if sizes != state["shard_sizes"] or store.verify_shards(state["shards"]):
+        return None
+    skipped = [
+        SkippedFile(path, reason, *state["skipped"][path]) for path, reason in zip(state["skipped"], state["reasons"])
+    ]
+    with _open_index(store) as f:
+        feature_shape = tuple(f["features"].shape[1:])
+    counts = {"extracted": 0, "reused": len(state["files"]), "skipped": len(skipped), "removed": 0}
+    return ExtractResult(
+        store.index_path, counts, time.perf_counter() - started, None, skipped, dataset.summary(), feature_shape, []
+    )
+
+
+def _extract_under_lock(store, dataset, config, spec, key, started, progress) -> ExtractResult:
+    store.clean_temporary()
+    state = store.read_index_state() or {"files": {}, "skipped": {}, "reasons": [], "sha256": []}
+    known_sha = dict(zip(state["files"], state["sha256"]))
+    known_skips = dict(zip(state["skipped"], state["reasons"]))
+
+    located, unreadable = store.scan_shards(key)
+    damaged = sorted(set(unreadable) | set(store.verify_shards(sorted({n for n, _ in located.values()}))))
+    if damaged:
+        log.warning("Damaged shards set aside and re-extracted: %s", ", ".join(damaged))
+        store.quarantine(damaged)
+        located = {d: loc for d, loc in located.items() if loc[0] not in damaged}
+
+    digests: dict[str, str] = {}
+    skipped: dict[str, SkippedFile] = {}
+    for entry in dataset.entries:
+        old = state["files"].get(entry.relpath) or state["skipped"].get(entry.relpath)
+        unchanged = old == (entry.size, entry.mtime_ns) and entry.size >= 0
+        if unchanged and entry.relpath in known_skips:
+            skipped[entry.relpath] = SkippedFile(entry.relpath, known_skips[entry.relpath], entry.size, entry.mtime_ns)
+        elif unchanged and entry.relpath in known_sha:
+            digests[entry.relpath] = known_sha[entry.relpath]
+        else:
+            try:
+                digests[entry.relpath] = discovery.file_sha256(dataset.root / entry.relpath)
+            except OSError as e:
+                skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
+
+    todo = _unique_by_digest(
+        [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located], digests
+    )
+    timings: dict[str, float] = {}
+    feature_shape = _stored_feature_shape(store, located)
+    failed: dict[str, str] = {}
+    if todo:
+        new_rows, failed, feature_shape = _run_model(store, dataset, todo, digests, config, spec, key, timings, progress)
+        located.update(new_rows)
+    extracted_digests = {digests[e.relpath] for e in todo} & set(located)
+
+    rows, locations = [], []
+    for entry in dataset.entries:
+        digest = digests.get(entry.relpath)
+        if digest in failed:
+            skipped[entry.relpath] = SkippedFile(entry.relpath, failed[digest], entry.size, entry.mtime_ns)
+        elif digest is not None:
+            rows.append(
+                IndexRow(entry.relpath, entry.label, entry.folder_split, entry.split_key, entry.size, entry.mtime_ns, digest)
+            )
+            locations.append(located[digest])
+    if not rows:
+        raise discovery.DataError(
+            f"None of the {len(dataset.entries)} images under '{dataset.root}' could be decoded; "
+            "nothing was written. First reasons: "
+            + "; ".join(f"{s.relpath}: {s.reason}" for s in list(skipped.values())[:3])
+        )
+    skipped_list = [skipped[e.relpath] for e in dataset.entries if e.relpath in skipped]
+    extract_seconds = timings.get("extract_seconds")
+    n_extracted = sum(1 for r in rows if r.sha256 in extracted_digests)
+    previous = set(state["files"]) | set(state["skipped"])
+    counts = {
+        "extracted": n_extracted,
+        "reused": len(rows) - n_extracted,
+        "skipped": len(skipped_list),
+        "removed": len(previous - {e.relpath for e in dataset.entries}),
+    }
+    attrs = {
+        "feature_key": key,
+        "spec": spec,
+        "config": config_lib.to_dict(config),
+        "backbone": config.model,
+        "weights": spec["weights"],
+        "decoder": decode.DECODER_ID,
+        "data_root": str(dataset.root),
+        "backend": _keras_backend(),
+        "versions": _versions(),
+        "timings": {**timings, "run_seconds": time.perf_counter() - started},
+        "counts": counts,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    store.write_index(
+        rows, locations, skipped_list, dataset.class_names,
+        feature_shape=feature_shape, dtype=config.storage_dtype, attrs=attrs,
+    )
+    store.delete_unreferenced_shards([name for name, _ in locations])
+    ips = n_extracted / extract_seconds if extract_seconds else None
+    return ExtractResult(
+        store.index_path, counts, time.perf_counter() - started, ips, skipped_list,
+        dataset.summary(), tuple(feature_shape), damaged,
+    )
+
+
+def _run_model(store, dataset, todo, digests, config, spec, key, timings, progress):
+    """Decodes `todo` ahead of the model and streams the features into shards."""
+    t0 = time.perf_counter()
+    model = backbones.build_extractor(
+        backbones.get_backbone_cfg(config.model),
+        size=spec["size"],
+        weights=config.weights,
+        pooling=config.pooling,
+        layer=config.layer,
+        precision=config.precision,
+    )
+    timings["model_build_seconds"] = time.perf_counter() - t0
+    feature_shape = tuple(int(d) for d in model.output_shape[1:])
+    located: dict[str, tuple[str, int]] = {}
+    failed: dict[str, str] = {}
+    batches = _decoded_batches(dataset.root, todo, spec["size"], config.batch_size, config.workers)
+    per_shard = max(1, math.ceil(config.shard_size / config.batch_size))
+    done = 0
+    first_batch_at = None
+    while True:
+        group = list(itertools.islice(batches, per_shard))
+        if not group:
+            break
+        with store.shard_writer(key, feature_shape, config.storage_dtype, per_shard * config.batch_size) as shard:
+            for entries, images, failures in group:
+                if first_batch_at is None:
+                    first_batch_at = time.perf_counter()
+                for entry, reason in failures:
+                    failed[digests[entry.relpath]] = reason
+                if entries:
+                    features = _predict(model, images, config.batch_size).astype(config.storage_dtype)
+                    shard.append(features, [digests[e.relpath] for e in entries], [e.relpath for e in entries])
+                    name = shard.path.name.removeprefix(".tmp-")
+                    for i, e in enumerate(entries):
+                        located[digests[e.relpath]] = (name, shard.rows - len(entries) + i)
+                done += len(entries) + len(failures)
+                if progress is not None:
+                    progress(done, len(todo))
+    if first_batch_at is not None:
+        timings["extract_seconds"] = time.perf_counter() - first_batch_at
+    return located, failed, feature_shape
+
+
+def _predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """One forward pass; short batches are padded so the compiled step is reused."""
+    n = len(images)
+    if n < batch_size:
+        images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
+    return np.asarray(model.predict_on_batch(images))[:n]
+
+
+def _decoded_batches(root: Path, entries: Sequence, size: int, batch_size: int, workers: int) -> Iterator:
+    """Yields `(decoded entries, uint8 images, [(entry, reason)])` per batch, in order.
+
+    Decoding runs in a thread pool (Pillow releases the GIL) at most a few
+    batches ahead of the model, so memory stays flat however many images.
+    """
+    lookahead = max(2 * batch_size, 4 * workers)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        queued = iter(entries)
+        for entry in itertools.islice(queued, lookahead):
+            pending.append((entry, pool.submit(_decode_one, root / entry.relpath, size)))
+        while pending:
+            ok, images, failures = [], [], []
+            while pending and len(ok) + len(failures) < batch_size:
+                entry, future = pending.popleft()
+                image, reason = future.result()
+                if reason is None:
+                    ok.append(entry)
+                    images.append(image)
+                else:
+                    failures.append((entry, reason))
+                nxt = next(queued, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_decode_one, root / nxt.relpath, size)))
+            stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+            yield ok, stacked, failures
+
+
+def _decode_one(path: Path, size: int):
+    try:
+        return decode.load_image(path, size), None
+    except decode.DecodeError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must never end the run
+        return None, f"cannot decode ({type(e).__name__}: {e})"
+
+
+def _unique_by_digest(entries, digests) -> list:
+    seen, unique = set(), []
+    for e in entries:
+        if digests[e.relpath] not in seen:
+            seen.add(digests[e.relpath])
+            unique.append(e)
+    return unique
+
+
+def _stored_feature_shape(store: FeatureStore, located) -> tuple[int, ...]:
+    if not located:
+        return ()
+    import h5py
+
+    name = next(iter(located.values()))[0]
+    with h5py.File(store.shard_dir / name, "r") as f:
+        return tuple(f["features"].shape[1:])
+
+
+def _open_index(store: FeatureStore):
+    import h5py
+
+    return h5py.File(store.index_path, "r")
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return -1
+
+
+def _os_reason(e: OSError) -> str:
+    if isinstance(e, PermissionError):
+        return "permission denied: cannot read the file (fix its permissions or remove it)"
+    return f"cannot read the file: {e.strerror or e}"
+
+
+def _keras_backend() -> str:
+    """The backend Keras will use, without importing Keras."""
+    import json
+
+    if "KERAS_BACKEND" in os.environ:
+        return os.environ["KERAS_BACKEND"]
+    config = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "keras.json"
+    try:
+        return json.loads(config.read_text()).get("backend", "tensorflow")
+    except (OSError, ValueError):
+        return "tensorflow"
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("bottleneck", "keras", "numpy", "h5py", "pillow", "tensorflow", "tensorflow-cpu", "jax", "torch"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
