@@ -195,6 +195,8 @@ def _load_base(keras, cfg: BackboneCfg, size: int, weights: str):
     constructor = getattr(keras.applications, cfg.constructor)
     kwargs = dict(include_top=False, input_shape=(size, size, 3), **cfg.kwargs)
     if weights == "none":
+        # Seeded so that a resumed run continues with the same random model.
+        keras.utils.set_random_seed(0)
         return constructor(weights=None, **kwargs)
     weights_identity(weights)  # fails early, with the fix, on a missing file
     try:

@@ -1,0 +1,328 @@
+"""Decode one image file into the uint8 RGB array every backbone is fed.
+
+`load_image()` is the reference decoder of the product: features cached on
+disk were computed from exactly what it returns, so anything that changes
+its output must also change `DECODER_ID` (it is part of the feature key).
+
+The steps, in order:
+
+1. Open with Pillow and check the declared size against Pillow's
+   decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) *before* any
+   pixel is decoded.
+2. JPEG draft mode: `img.draft("RGB", (size, size))` lets libjpeg scale
+   by 1/2, 1/4 or 1/8 while decoding, never below `size`, so a 3024x3024
+   phone photo decodes as 378x378 for `size=224` (about 10x faster, and
+   within a few grey levels of a full decode, see the tests).
+3. Full load inside the error handler, so truncated data is an error
+   (`ImageFile.LOAD_TRUNCATED_IMAGES` is never set).
+4. EXIF orientation is applied (`ImageOps.exif_transpose`).
+5. Conversion to RGB: 16-bit greyscale is scaled to 8 bits (not clipped,
+   which is what `Image.convert` does); images with an alpha channel or
+   palette/colour-key transparency are composited onto white; every other
+   mode goes through `Image.convert("RGB")`. Only the first frame of an
+   animated GIF or a multi-page TIFF is used.
+6. Resize to `(size, size)` with `Image.Resampling.BILINEAR`, ignoring the
+   aspect ratio ("squash", the default of keras
+   `image_dataset_from_directory`). Pillow's bilinear filter widens its
+   support when shrinking, so it averages every source pixel instead of
+   sampling a few, and it is the reference filter of the product.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import struct
+
+import numpy as np
+import PIL
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "load_image"]
+
+DECODER_ID = (
+    f"pillow{PIL.__version__.split('.')[0]}"
+    "-draft-exif-rgb16scaled-alphawhite-bilinear-squash"
+)
+"""Names the decoder and every choice that changes its output.
+
+It goes into the feature cache key: bump the suffix whenever `load_image()`
+returns different pixels for the same file. The Pillow major version is in
+it because resampling and libjpeg builds change between releases.
+"""
+
+ACCEPTED_FORMATS = frozenset(
+    {"BMP", "DIB", "GIF", "JPEG", "MPO", "PNG", "TIFF", "WEBP"}
+)
+"""Pillow format names `load_image()` decodes.
+
+They match the file extensions discovery accepts. Other formats Pillow can
+identify (PSD, EPS, ICO, ...) are refused before any pixel is decoded: some
+plugins call external programs (EPS runs Ghostscript), and a file whose
+content does not match its extension is more likely a mistake than data.
+MPO is how Pillow names the multi-picture JPEGs many cameras write.
+"""
+
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+# Pillow's own `convert("RGB")` clips these to 255 instead of scaling them.
+_WIDE_GREY_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+_WHITE = (255, 255, 255, 255)
+
+# Start-of-file signatures, used only to explain a file Pillow cannot open.
+_SIGNATURES = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"BM", "BMP"),
+)
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+# Pillow plugins report corrupt data through many exception types, not only
+# OSError: a bad header can fail in `struct.unpack` or an index lookup.
+_CORRUPT_DATA_ERRORS = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    IndexError,
+    KeyError,
+    TypeError,
+    ZeroDivisionError,
+    struct.error,
+)
+
+# Opening a FIFO that is named like an image would block forever; with
+# O_NONBLOCK the open returns and fstat() below refuses it. O_NONBLOCK has
+# no effect on regular files.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+
+
+class DecodeError(ValueError):
+    """An image file cannot be decoded.
+
+    The message is a short reason meant for a person ("empty file (0
+    bytes)", "truncated or corrupt image data: ..."), without the path:
+    callers that skip the file prefix it with the path they know.
+    """
+
+
+def load_image(path, size):
+    """Decodes an image file into a square uint8 RGB array.
+
+    This is the reference decoder of the product; see the module docstring
+    for every step. It keeps no state between calls, so it is safe to call
+    from threads and from worker processes.
+
+    Args:
+        path: str, bytes or `os.PathLike`. The image file. Bytes paths are
+            passed to the OS unchanged, so file names that are not valid
+            UTF-8 work (as do `str` paths made with `os.fsdecode`).
+        size: int. Height and width of the output, in pixels; must be
+            positive. The image is resized to `(size, size)` ignoring its
+            aspect ratio.
+
+    Returns:
+        A new, writable `np.ndarray` of dtype `uint8` and shape
+        `(size, size, 3)`, channels in RGB order, values in 0..255.
+
+    Raises:
+        DecodeError: The file is missing, unreadable, empty, not an image,
+            of a format outside `ACCEPTED_FORMATS`, truncated, corrupt, or
+            declares more pixels than `PIL.Image.MAX_IMAGE_PIXELS`.
+        TypeError: `size` is not an int.
+        ValueError: `size` is not positive.
+
+    Example:
+
+    >>> x = load_image("data/cat/1.jpg", 224)  # doctest: +SKIP
+    >>> x.shape, x.dtype  # doctest: +SKIP
+    ((224, 224, 3), dtype('uint8'))
+    """
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
+        raise TypeError(
+            f"`size` must be an int. Received: size={size!r} of type "
+            f"{type(size).__name__}."
+        )
+    if size < 1:
+        raise ValueError(f"`size` must be a positive int. Received: size={size}.")
+    size = int(size)
+
+    try:
+        fd = os.open(path, _OPEN_FLAGS)
+    except FileNotFoundError:
+        raise DecodeError(
+            "file not found: it was deleted or moved after indexing, or it is "
+            "a broken symlink"
+        ) from None
+    except PermissionError:
+        raise DecodeError("permission denied: cannot read the file") from None
+    except OSError as e:
+        raise DecodeError(f"cannot open the file: {e.strerror or e}") from None
+
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise DecodeError("not a file: it is a folder")
+        if not stat.S_ISREG(st.st_mode):
+            raise DecodeError("not a regular file (a pipe, socket or device)")
+        if st.st_size == 0:
+            raise DecodeError("empty file (0 bytes)")
+        f = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with f:
+        return _decode(f, size)
+
+
+def _decode(f, size):
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        img = Image.open(f)
+    except UnidentifiedImageError:
+        raise DecodeError(_explain_unidentified(f)) from None
+    except Image.DecompressionBombError as e:
+        raise DecodeError(_bomb_message(e, None, limit)) from None
+    except Image.DecompressionBombWarning as e:
+        # Only reached when the caller's warning filters turn it into an
+        # exception; the explicit check below covers the default filters.
+        raise DecodeError(_bomb_message(e, None, limit)) from None
+    except PermissionError:
+        raise DecodeError("permission denied: cannot read the file") from None
+    except _CORRUPT_DATA_ERRORS as e:
+        raise DecodeError(f"corrupt image header: {_pillow_message(e)}") from None
+
+    with img:
+        if img.format not in ACCEPTED_FORMATS:
+            raise DecodeError(
+                f"unsupported format: the file holds {img.format} data, which "
+                f"is not one of {', '.join(sorted(ACCEPTED_FORMATS))}; "
+                "convert it to PNG or JPEG"
+            )
+        width, height = img.size
+        # Pillow only warns between MAX_IMAGE_PIXELS and twice that, and the
+        # warning cannot be made an error here without changing the global
+        # warning filters (`warnings.catch_warnings` is not thread-safe), so
+        # check the declared size ourselves before decoding any pixel.
+        if limit is not None and max(width, 1) * max(height, 1) > limit:
+            raise DecodeError(_bomb_message(None, (width, height), limit))
+        try:
+            # Only JPEG implements draft(); for other formats it is a no-op.
+            img.draft("RGB", (size, size))
+            img.load()
+            img = ImageOps.exif_transpose(img)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DecodeError(_bomb_message(e, None, limit)) from None
+        except MemoryError:
+            raise DecodeError(
+                f"out of memory decoding a {width}x{height} image"
+            ) from None
+        except _CORRUPT_DATA_ERRORS as e:
+            raise DecodeError(
+                f"truncated or corrupt image data: {_pillow_message(e)}"
+            ) from None
+
+        try:
+            rgb = _to_rgb(img)
+        except (ValueError, OSError) as e:
+            raise DecodeError(
+                f"unsupported colour mode {img.mode!r}: {_pillow_message(e)}"
+            ) from None
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+        return np.array(rgb, dtype=np.uint8)
+
+
+def _to_rgb(img):
+    """Converts a loaded image of any mode to RGB; see the module docstring."""
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode in _WIDE_GREY_MODES:
+        # 65535 must map to 255 and 0x8080 to 128: scale with rounding.
+        # Mode "I" is how some Pillow versions open 16-bit PNG/PGM, so it
+        # is read as 16-bit too; values outside 0..65535 are clipped.
+        wide = np.clip(np.asarray(img), 0, 65535).astype(np.uint32)
+        grey = ((wide * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        # Transparent pixels often hold arbitrary colours (black, or the
+        # palette entry of the transparent index); show them as a viewer on
+        # a white page would.
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, _WHITE)
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode == "F":
+        # Pillow has no direct F -> RGB path; via L it rounds and clips.
+        return img.convert("L").convert("RGB")
+    return img.convert("RGB")
+
+
+def _explain_unidentified(f):
+    """Returns the most specific reason for a file Pillow cannot identify."""
+    try:
+        f.seek(0)
+        head = f.read(1024)
+    except OSError:
+        head = b""
+    for signature, name in _SIGNATURES:
+        if head.startswith(signature):
+            return (
+                f"corrupt {name} header: the file starts like a {name} but "
+                "Pillow cannot parse it"
+            )
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return (
+            "corrupt WEBP header: the file starts like a WEBP but Pillow "
+            "cannot parse it"
+        )
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<!doctype html", b"<html")) or b"<html" in text:
+        return (
+            "not an image: the file is an HTML page saved with an image "
+            "extension (a failed download or an error page?)"
+        )
+    if b"<svg" in text:
+        return (
+            "not a raster image: the file is SVG (vector graphics), which "
+            "Pillow cannot read; convert it to PNG"
+        )
+    if _looks_like_text(head):
+        return "not an image: the file is text saved with an image extension"
+    return (
+        "not an image: Pillow cannot identify the format (is it an HTML "
+        "page or text saved with an image extension?)"
+    )
+
+
+def _looks_like_text(head):
+    if not head or b"\x00" in head:
+        return False
+    decoded = head.decode("utf-8", errors="replace")
+    # A multi-byte character cut by the 1024-byte read gives one U+FFFD.
+    if decoded.count("\ufffd") > 1:
+        return False
+    printable = sum(ch.isprintable() or ch in "\t\r\n" for ch in decoded)
+    return printable >= 0.95 * len(decoded)
+
+
+def _bomb_message(error, declared_size, limit):
+    if declared_size is not None:
+        declared = f"{declared_size[0]}x{declared_size[1]}"
+    else:
+        match = _BOMB_PIXELS.search(str(error))
+        declared = f"{int(match.group(1)):,}" if match else "too many"
+    limit_text = f"{limit:,}" if limit is not None else "configured"
+    return (
+        f"decompression bomb: declared {declared} pixels exceeds the "
+        f"{limit_text} pixel limit (if the image is genuine, raise "
+        "PIL.Image.MAX_IMAGE_PIXELS)"
+    )
+
+
+def _pillow_message(error):
+    message = str(error).strip()
+    return message or type(error).__name__

@@ -1,0 +1,459 @@
+"""Find the images of a dataset folder, deterministically.
+
+Two layouts are understood:
+
+- class-per-folder: `root/<class>/.../<image>`;
+- split folders: `root/{train,validation,test}/<class>/.../<image>`, detected
+  when every non-hidden subfolder of `root` is one of `train`, `validation`,
+  `val` or `test` (case-insensitive) and `train` is among them. `val` is
+  reported as the split `validation`.
+
+The listing never depends on the order the OS returns names in, and it is
+never shuffled: entries are sorted by their relative path, class names are
+sorted, and a label is an index into the class names. That is what keeps
+row i of a feature file matched to file i and its label.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import hashlib
+import os
+import re
+import stat
+from pathlib import Path
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DataError",
+    "Dataset",
+    "ImageEntry",
+    "file_sha256",
+    "index_directory",
+    "split_key",
+]
+
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
+"""File extensions listed as images, compared case-insensitively."""
+
+SPLITS = ("train", "validation", "test")
+_SPLIT_FOLDER_NAMES = {
+    "train": "train",
+    "validation": "validation",
+    "val": "validation",
+    "test": "test",
+}
+_NOHASH = re.compile(r"_nohash_.*$")
+_HASH_BLOCK = 1 << 20
+
+_LAYOUT_HINT = "Pass DATA=... pointing at a folder with one subfolder per class."
+
+
+class DataError(ValueError):
+    """The data folder cannot be used: missing, empty, or laid out wrongly.
+
+    The message names the folder, says what was found and how to fix it.
+    """
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageEntry:
+    """One image file found by `index_directory()`.
+
+    Attributes:
+        relpath: str. POSIX path relative to the dataset root, e.g.
+            `"cat/1.jpg"` or `"train/cat/1.jpg"`. File names that are not
+            valid UTF-8 are decoded with `os.fsdecode` (surrogateescape), so
+            `os.fsencode(relpath)` gives the original bytes back; encode
+            with `"surrogateescape"` before writing it to a UTF-8-only
+            store.
+        label: int. Index into `Dataset.class_names`.
+        folder_split: str. `""` for the class-per-folder layout, otherwise
+            `"train"`, `"validation"` or `"test"`.
+        size: int. Size in bytes from `os.stat` (symlinks followed), or `-1`
+            when the file could not be stat'ed (broken symlink, permission
+            denied) or is not a regular file; extraction skips such files
+            with a reason.
+        mtime_ns: int. Modification time in ns from `os.stat`, or `-1` as
+            for `size`.
+        split_key: float. `split_key()` of the path below the split folder,
+            in [0, 1).
+    """
+
+    relpath: str
+    label: int
+    folder_split: str
+    size: int
+    mtime_ns: int
+    split_key: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """The images of a data folder, as returned by `index_directory()`.
+
+    Attributes:
+        root: Path. The data folder, resolved.
+        class_names: tuple of str. Sorted names of the class folders
+            (the union over split folders); labels index into it.
+        entries: tuple of `ImageEntry`, sorted by `relpath`.
+        has_folder_splits: bool. Whether the split-folder layout was found.
+        ignored: tuple of str. Relative paths of files inside the tree
+            whose extension is not in `IMAGE_EXTENSIONS`.
+        empty_classes: tuple of str. Class folders without any image; they
+            are kept in `class_names`, as Keras does.
+        skipped_dirs: tuple of (relpath, reason) pairs. Folders that were
+            not entered: symlinks to folders (never followed, so a symlink
+            loop cannot hang the scan) and folders that cannot be listed.
+        outside_classes: tuple of str. Images lying directly in the root
+            (or in a split folder) rather than in a class folder; they have
+            no label and are not listed.
+    """
+
+    root: Path
+    class_names: tuple[str, ...]
+    entries: tuple[ImageEntry, ...]
+    has_folder_splits: bool
+    ignored: tuple[str, ...] = ()
+    empty_classes: tuple[str, ...] = ()
+    skipped_dirs: tuple[tuple[str, str], ...] = ()
+    outside_classes: tuple[str, ...] = ()
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Absolute paths of the entries, in entry order."""
+        return tuple(self.root / e.relpath for e in self.entries)
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Labels of the entries, in entry order."""
+        return tuple(e.label for e in self.entries)
+
+    def summary(self) -> str:
+        """Returns a one-paragraph report, e.g. "Found 2062 images in 10 classes."
+
+        Split counts are added for the split-folder layout, followed by
+        notes on ignored files, empty classes, skipped folders, images
+        outside class folders and files that could not be stat'ed, when
+        there are any.
+        """
+        n_classes = len(self.class_names)
+        text = (
+            f"Found {_plural(len(self.entries), 'image')} in "
+            f"{_plural(n_classes, 'class', 'classes')}"
+        )
+        if self.has_folder_splits:
+            counts = {s: 0 for s in SPLITS}
+            for e in self.entries:
+                counts[e.folder_split] += 1
+            text += " (" + ", ".join(f"{s}: {counts[s]}" for s in SPLITS) + ")"
+        notes = [text + "."]
+        if self.ignored:
+            notes.append(f"Ignored {_plural(len(self.ignored), 'non-image file')}.")
+        if self.empty_classes:
+            notes.append(
+                f"{_plural(len(self.empty_classes), 'class', 'classes')} without "
+                f"images: {_quoted(self.empty_classes)}."
+            )
+        if self.skipped_dirs:
+            listed = "; ".join(f"'{p}' ({why})" for p, why in self.skipped_dirs[:3])
+            more = ", ..." if len(self.skipped_dirs) > 3 else ""
+            notes.append(
+                f"Skipped {_plural(len(self.skipped_dirs), 'folder')}: {listed}{more}."
+            )
+        if self.outside_classes:
+            notes.append(
+                f"{_plural(len(self.outside_classes), 'image')} outside class "
+                f"folders not listed: {_quoted(self.outside_classes)}."
+            )
+        unstatted = sum(e.size < 0 for e in self.entries)
+        if unstatted:
+            notes.append(
+                f"{_plural(unstatted, 'file')} could not be stat'ed (broken "
+                "symlink, no permission or not a regular file) and will be "
+                "skipped at extraction."
+            )
+        return " ".join(notes)
+
+
+def split_key(relpath: str) -> float:
+    """Maps a relative image path to a stable number in [0, 1).
+
+    The head stage compares it with cumulative fractions to cut train,
+    validation and test sets (e.g. `key < 0.8` is train). Because the key
+    depends only on the path, adding images later never moves an old image
+    to another split, and runs on different machines agree.
+
+    As in TF-Hub's `retrain.py`: the path is hashed with SHA-1, and anything
+    from `_nohash_` to the end of the file name is ignored first, so
+    `cat/bob_nohash_1.jpg` and `cat/bob_nohash_2.jpg` (photos of one subject)
+    always land in the same split. The top 53 bits of the digest divided by
+    2**53 give a float that is exactly representable and below 1.
+
+    Args:
+        relpath: str. POSIX path of the image *below the split folder*, with
+            its class folder, e.g. `"cat/1.jpg"` for both `cat/1.jpg` and
+            `train/cat/1.jpg`. `index_directory()` strips the split folder,
+            so moving a file from `train/` to `test/` keeps its key. Names
+            made with `os.fsdecode` are hashed as their original bytes.
+
+    Returns:
+        A float in [0, 1).
+    """
+    head, _, name = relpath.rpartition("/")
+    name = _NOHASH.sub("", name)
+    key = f"{head}/{name}" if head else name
+    digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
+    return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
+
+
+def file_sha256(path) -> str:
+    """Returns the SHA-256 of a file's content as lowercase hex.
+
+    The file is read in 1 MiB blocks, so memory stays flat for any size.
+
+    Args:
+        path: str, bytes or `os.PathLike`. The file to hash.
+
+    Returns:
+        64 hexadecimal characters.
+
+    Raises:
+        OSError: The file cannot be read, or is not a regular file (a FIFO
+            named like an image would otherwise block the read forever).
+    """
+    # O_NONBLOCK lets the open of a FIFO return so fstat() can refuse it;
+    # it has no effect on regular files.
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
+        digest = hashlib.sha256()
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def index_directory(root) -> Dataset:
+    """Lists the images of a data folder with their labels.
+
+    Class folders and files are sorted, names starting with "." are skipped
+    (files and folders), folders inside a class folder are searched too
+    (their images take the class's label), symlinks to folders are never
+    followed (reported in `Dataset.skipped_dirs`), and symlinks to files
+    are. Files whose extension is not in `IMAGE_EXTENSIONS` are counted in
+    `Dataset.ignored`. Nothing is opened or decoded: a file named like an
+    image is listed even if it is corrupt, and extraction skips it later
+    with a reason. A single class is accepted.
+
+    Args:
+        root: str, bytes or `os.PathLike`. The data folder, laid out as
+            `root/<class>/...` or `root/{train,validation,test}/<class>/...`
+            (see the module docstring).
+
+    Returns:
+        A `Dataset`.
+
+    Raises:
+        DataError: `root` does not exist, is not a folder, cannot be listed,
+            has no class folders, holds no images, or has both `val` and
+            `validation` folders.
+
+    Example:
+
+    >>> ds = index_directory("data/flowers")  # doctest: +SKIP
+    >>> ds.summary()  # doctest: +SKIP
+    'Found 3670 images in 5 classes.'
+    """
+    given = os.fsdecode(root)
+    if not os.path.exists(given):
+        raise DataError(f"Data folder '{given}' does not exist. {_LAYOUT_HINT}")
+    if not os.path.isdir(given):
+        raise DataError(
+            f"Data folder '{given}' is a file, not a folder. {_LAYOUT_HINT}"
+        )
+    root_path = Path(given).resolve()
+
+    scan = _Scan(root_path)
+    top = scan.list_dir(str(root_path), "")
+    if top is None:
+        reason = scan.skipped_dirs[0][1] if scan.skipped_dirs else "cannot be listed"
+        raise DataError(f"Data folder '{given}' cannot be listed: {reason}.")
+
+    top_dirs = [e for e in top if _is_real_dir(e)]
+    split_of = _detect_splits(given, top_dirs)
+    if split_of:
+        scan.visit_loose(e for e in top if not _is_real_dir(e))
+        parents = []  # (folder_split, relpath prefix, entries of the folder)
+        for entry in top_dirs:
+            children = scan.list_dir(entry.path, entry.name)
+            if children is not None:
+                parents.append((split_of[entry.name], entry.name + "/", children))
+    else:
+        parents = [("", "", top)]
+
+    class_dirs = []  # (folder_split, relpath prefix, class folder entry)
+    for folder_split, prefix, children in parents:
+        scan.visit_loose(e for e in children if not _is_real_dir(e))
+        class_dirs.extend((folder_split, prefix, e) for e in children if _is_real_dir(e))
+
+    class_names = tuple(sorted({e.name for _, _, e in class_dirs}))
+    if not class_names:
+        raise DataError(
+            f"Data folder '{given}' has no class folders. Expected one "
+            f"subfolder per class, e.g. '{given}/cat/1.jpg', or split folders "
+            f"such as '{given}/train/cat/1.jpg'. {_LAYOUT_HINT}"
+        )
+    label_of = {name: i for i, name in enumerate(class_names)}
+    for folder_split, prefix, entry in class_dirs:
+        scan.walk_class(entry.path, prefix, entry.name, label_of[entry.name], folder_split)
+
+    if not scan.entries:
+        others = f" (ignored {_plural(len(scan.ignored), 'other file')})" if scan.ignored else ""
+        raise DataError(
+            f"Found no images in data folder '{given}' "
+            f"({_plural(len(class_names), 'class folder')}){others}. Accepted "
+            f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}."
+        )
+
+    entries = tuple(sorted(scan.entries, key=lambda e: e.relpath))
+    used = {e.label for e in entries}
+    return Dataset(
+        root=root_path,
+        class_names=class_names,
+        entries=entries,
+        has_folder_splits=bool(split_of),
+        ignored=tuple(sorted(scan.ignored)),
+        empty_classes=tuple(n for i, n in enumerate(class_names) if i not in used),
+        skipped_dirs=tuple(sorted(scan.skipped_dirs)),
+        outside_classes=tuple(sorted(scan.outside_classes)),
+    )
+
+
+def _detect_splits(given, top_dirs):
+    """Maps split folder names to splits, or returns {} for class folders."""
+    names = [e.name for e in top_dirs]
+    if not names or any(n.lower() not in _SPLIT_FOLDER_NAMES for n in names):
+        return {}
+    split_of = {n: _SPLIT_FOLDER_NAMES[n.lower()] for n in names}
+    if "train" not in split_of.values():
+        return {}
+    splits = [split_of[n] for n in names]
+    if len(set(splits)) != len(splits):
+        clashing = sorted(n for n in names if splits.count(split_of[n]) > 1)
+        raise DataError(
+            f"Data folder '{given}' has split folders {_quoted(clashing)} that "
+            "name the same split. Merge them into one folder or rename one."
+        )
+    return split_of
+
+
+def _is_real_dir(entry):
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
+class _Scan:
+    """Accumulates what a scan of one data folder finds."""
+
+    def __init__(self, root):
+        self.root = root
+        self.entries = []
+        self.ignored = []
+        self.skipped_dirs = []
+        self.outside_classes = []
+
+    def list_dir(self, path, relpath):
+        """Returns the non-hidden entries of a folder, or None if unreadable."""
+        try:
+            with os.scandir(path) as it:
+                return [e for e in it if not e.name.startswith(".")]
+        except OSError as e:
+            self.skipped_dirs.append((relpath or ".", _os_reason(e)))
+            return None
+
+    def visit_loose(self, dir_entries):
+        """Records files that are not inside a class folder."""
+        for entry in dir_entries:
+            if self._skip_dir_link(entry, _rel(self.root, entry.path)):
+                continue
+            if _is_image_name(entry.name):
+                self.outside_classes.append(_rel(self.root, entry.path))
+            else:
+                self.ignored.append(_rel(self.root, entry.path))
+
+    def walk_class(self, path, prefix, class_name, label, folder_split):
+        # An explicit stack instead of recursion: deep trees cannot hit the
+        # recursion limit, and order does not matter because entries are
+        # sorted at the end.
+        stack = [(path, class_name)]
+        while stack:
+            dir_path, dir_rel = stack.pop()
+            children = self.list_dir(dir_path, prefix + dir_rel)
+            for entry in children or ():
+                rel = f"{dir_rel}/{entry.name}"
+                if _is_real_dir(entry):
+                    stack.append((entry.path, rel))
+                elif self._skip_dir_link(entry, prefix + rel):
+                    continue
+                elif not _is_image_name(entry.name):
+                    self.ignored.append(prefix + rel)
+                else:
+                    size, mtime_ns = _stat(entry.path)
+                    self.entries.append(
+                        ImageEntry(
+                            relpath=prefix + rel,
+                            label=label,
+                            folder_split=folder_split,
+                            size=size,
+                            mtime_ns=mtime_ns,
+                            split_key=split_key(rel),
+                        )
+                    )
+
+    def _skip_dir_link(self, entry, relpath):
+        """Records and skips a symlink to a folder (never followed)."""
+        try:
+            if entry.is_symlink() and entry.is_dir():
+                self.skipped_dirs.append((relpath, "symlink to a folder, not followed"))
+                return True
+        except OSError:
+            pass
+        return False
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, -1
+    if not stat.S_ISREG(st.st_mode):
+        # Hashing or decoding a FIFO named like an image would block.
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
+
+
+def _rel(root, path):
+    return Path(path).relative_to(root).as_posix()
+
+
+def _is_image_name(name):
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _os_reason(error):
+    if isinstance(error, PermissionError):
+        return "permission denied"
+    return error.strerror or str(error)
+
+
+def _plural(n, word, plural=None):
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def _quoted(names, limit=5):
+    shown = ", ".join(f"'{n}'" for n in names[:limit])
+    return shown + (", ..." if len(names) > limit else "")

@@ -1,0 +1,209 @@
+"""End-to-end tests of the features stage on generated images (random weights)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from imagegen import PYTHON, REPO, make_dataset, write_image
+from pipeline.config import ExtractConfig
+from pipeline.extract import extract_features, feature_set_dir, feature_spec
+from pipeline.store import feature_key, read_feature_set
+
+# ResNet50: random-weight features of a healthy magnitude (random MobileNets give ~1e-12).
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+
+
+def _config(data, cache, **overrides):
+    return ExtractConfig(data=str(data), cache_dir=str(cache), **{**MODEL, **overrides})
+
+
+def _cli(*args, env=None, **kwargs):
+    return subprocess.run(
+        [PYTHON, "-m", "pipeline", *args], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, **(env or {})}, **kwargs,
+    )
+
+
+def _as_dict(fs):
+    return dict(zip(fs.paths, fs.features))
+
+
+def test_first_run_extracts_and_second_run_reuses(tiny_dataset, tmp_path):
+    first = extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
+    assert first.counts == {"extracted": 18, "reused": 0, "skipped": 0, "removed": 0}
+    assert first.images_per_second > 0
+    fs = read_feature_set(first.path)
+    assert fs.features.shape == (18, 2048) and fs.features.dtype == np.float32
+    assert fs.class_names == ["class0", "class1", "class2"]
+    assert fs.labels.tolist() == [0] * 6 + [1] * 6 + [2] * 6
+    assert fs.paths[0] == "class0/000.png"
+    assert np.all((fs.split_keys >= 0) & (fs.split_keys < 1))
+    assert not np.allclose(fs.features[0], fs.features[6])  # different images, different features
+
+    again = extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
+    assert again.counts == {"extracted": 0, "reused": 18, "skipped": 0, "removed": 0}
+    assert again.path == first.path
+    np.testing.assert_array_equal(read_feature_set(again.path).features, fs.features)
+
+
+def test_added_removed_and_changed_images_are_handled_row_by_row(tiny_dataset, tmp_path):
+    config = _config(tiny_dataset, tmp_path / "cache")
+    before = _as_dict(read_feature_set(extract_features(config=config).path))
+
+    for i in range(5):
+        write_image(tiny_dataset / "class1" / f"new{i}.png", seed=5000 + i)
+    added = extract_features(config=config)
+    assert added.counts == {"extracted": 5, "reused": 18, "skipped": 0, "removed": 0}
+
+    removed_paths = sorted(before)[:5]
+    for rel in removed_paths:
+        (tiny_dataset / rel).unlink()
+    removed = extract_features(config=config)
+    assert removed.counts == {"extracted": 0, "reused": 18, "skipped": 0, "removed": 5}
+
+    changed = "class2/005.png"
+    write_image(tiny_dataset / changed, seed=777)
+    after_change = extract_features(config=config)
+    assert after_change.counts["extracted"] == 1 and after_change.counts["removed"] == 0
+
+    fs = read_feature_set(after_change.path)
+    got = _as_dict(fs)
+    assert set(got) == (set(before) - set(removed_paths)) | {f"class1/new{i}.png" for i in range(5)}
+    for rel in set(before) - set(removed_paths) - {changed}:
+        np.testing.assert_array_equal(got[rel], before[rel])
+    assert not np.allclose(got[changed], before[changed])
+
+    # The incremental result equals a from-scratch extraction of the same folder.
+    fresh = read_feature_set(extract_features(config=_config(tiny_dataset, tmp_path / "fresh")).path)
+    assert fresh.paths == fs.paths and fresh.labels.tolist() == fs.labels.tolist()
+    np.testing.assert_allclose(fresh.features, fs.features, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_files_are_skipped_with_reasons_and_the_rest_extracted(tiny_dataset, tmp_path):
+    (tiny_dataset / "class0" / "empty.jpg").write_bytes(b"")
+    (tiny_dataset / "class1" / "page.jpg").write_text("<html><body>not a photo</body></html>")
+    good = (tiny_dataset / "class2" / "000.png").read_bytes()
+    (tiny_dataset / "class2" / "truncated.png").write_bytes(good[: len(good) // 2])
+    result = extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
+    assert result.counts["extracted"] == 18 and result.counts["skipped"] == 3
+    reasons = {s.relpath: s.reason for s in result.skipped}
+    assert set(reasons) == {"class0/empty.jpg", "class1/page.jpg", "class2/truncated.png"}
+    assert "empty" in reasons["class0/empty.jpg"]
+    with h5py.File(result.path, "r") as f:
+        assert sorted(f["skipped/path"].asstr()[:]) == sorted(reasons)
+    # Unchanged bad files are remembered, not retried, and the set stays up to date.
+    again = extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
+    assert again.counts == {"extracted": 0, "reused": 18, "skipped": 3, "removed": 0}
+
+
+def test_cache_key_changes_with_output_and_not_with_harmless_options(tiny_dataset, tmp_path):
+    base = _config(tiny_dataset, tmp_path / "cache")
+
+    def key(config):
+        return feature_key(feature_spec(config))
+
+    def folder(config):
+        return feature_set_dir(config, feature_spec(config), key(config))
+
+    flips = [
+        dict(model="resnet101"), dict(size=48), dict(pooling="max"), dict(layer="conv4_block1_out"),
+        dict(precision="mixed_bfloat16"), dict(storage_dtype="float16"), dict(weights="imagenet"),
+    ]
+    keys = {key(base)} | {key(_config(tiny_dataset, tmp_path / "cache", **f)) for f in flips}
+    assert len(keys) == len(flips) + 1
+    moved = tmp_path / "elsewhere" / tiny_dataset.name
+    shutil.copytree(tiny_dataset, moved)
+    harmless = _config(moved, tmp_path / "cache", batch_size=7, workers=1, shard_size=3)
+    assert folder(harmless) == folder(base)
+
+    weights_a, weights_b = tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"
+    weights_a.write_bytes(b"one")
+    weights_b.write_bytes(b"two")
+    assert key(_config(tiny_dataset, tmp_path, weights=str(weights_a))) != key(
+        _config(tiny_dataset, tmp_path, weights=str(weights_b))
+    )
+
+
+def test_up_to_date_run_imports_neither_keras_nor_tensorflow(tiny_dataset, tmp_path):
+    extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
+    code = (
+        "import sys, json\n"
+        "from pipeline.config import ExtractConfig\n"
+        "from pipeline.extract import extract_features\n"
+        f"r = extract_features(config=ExtractConfig(**{json.dumps(dict(data=str(tiny_dataset), cache_dir=str(tmp_path / 'cache'), **MODEL))}))\n"
+        "print(json.dumps([r.counts, sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax'))]))\n"
+    )
+    out = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    counts, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["extracted"] == 0 and counts["reused"] == 18
+    assert heavy == []
+
+
+def _wait_for_first_shard(cache, proc, timeout=120):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list(cache.glob("*/shards/2*.h5")) and proc.poll() is None:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError("no shard appeared")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_run_resumes_to_the_same_features(tmp_path, sig):
+    data = make_dataset(tmp_path / "data", classes=2, per_class=40)
+    args = ["features", str(data), "--model", MODEL["model"], "--size", "32", "--weights", "none",
+            "--batch-size", "4", "--shard-size", "8", "--workers", "1"]
+    reference = _cli(*args, "--cache-dir", str(tmp_path / "ref"), "--json")
+    assert reference.returncode == 0, reference.stderr
+
+    cache = tmp_path / "cache"
+    proc = subprocess.Popen([PYTHON, "-m", "pipeline", *args, "--cache-dir", str(cache)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for_first_shard(cache, proc)
+    proc.send_signal(sig)
+    _, stderr = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130
+        assert "Interrupted. Finished work is kept" in stderr and "Traceback" not in stderr
+    assert not list(cache.glob("*/features.h5"))  # nothing claims to be complete
+
+    resumed = _cli(*args, "--cache-dir", str(cache), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    counts = json.loads(resumed.stdout.strip().splitlines()[-1])["counts"]
+    assert 0 < counts["extracted"] < 80 and counts["extracted"] + counts["reused"] == 80
+
+    expected = read_feature_set(json.loads(reference.stdout.strip().splitlines()[-1])["path"])
+    got = read_feature_set(json.loads(resumed.stdout.strip().splitlines()[-1])["path"])
+    assert got.paths == expected.paths and len(set(got.paths)) == 80
+    assert got.labels.tolist() == expected.labels.tolist()
+    np.testing.assert_allclose(got.features, expected.features, rtol=1e-5, atol=1e-6)
+
+
+def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_path):
+    pytest.importorskip("jax")
+    weights = tmp_path / "random.weights.h5"
+    import keras
+
+    from pipeline.backbones import get_backbone_cfg
+
+    keras.utils.set_random_seed(1)
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    tf_run = extract_features(config=_config(tiny_dataset, tmp_path / "tf", weights=str(weights)))
+    jax_run = _cli("features", str(tiny_dataset), "--model", MODEL["model"], "--size", "32", "--weights",
+                   str(weights), "--cache-dir", str(tmp_path / "jax"), "--json", env={"KERAS_BACKEND": "jax"})
+    assert jax_run.returncode == 0, jax_run.stderr
+    jax_path = json.loads(jax_run.stdout.strip().splitlines()[-1])["path"]
+    with h5py.File(jax_path, "r") as f:
+        assert f.attrs["backend"] == "jax"
+    assert get_backbone_cfg(MODEL["model"]).module == "resnet"
+    np.testing.assert_allclose(
+        read_feature_set(jax_path).features, read_feature_set(tf_run.path).features, rtol=1e-4, atol=1e-5
+    )
