@@ -79,8 +79,8 @@ def _rows() -> list[BackboneCfg]:
         rows.append(
             BackboneCfg(f"efficientnet_v2_{variant}", f"EfficientNetV2{variant.upper()}", "efficientnet_v2", size)
         )
-    for variant in ("tiny", "small", "base", "large", "xlarge"):
-        rows.append(BackboneCfg(f"convnext_{variant}", f"ConvNeXt{variant.capitalize()}", "convnext"))
+    for variant, cls in (("tiny", "Tiny"), ("small", "Small"), ("base", "Base"), ("large", "Large"), ("xlarge", "XLarge")):
+        rows.append(BackboneCfg(f"convnext_{variant}", f"ConvNeXt{cls}", "convnext"))
     return rows
 
 

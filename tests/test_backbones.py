@@ -1,0 +1,92 @@
+import importlib
+import re
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline.backbones import (
+    BACKBONES,
+    build_extractor,
+    get_backbone_cfg,
+    list_backbones,
+    resolve_size,
+    weights_identity,
+)
+from pipeline.layers import Preprocess
+
+# The smallest member of each architecture family: building every row of the
+# registry would take many minutes on 2 cores, while the per-row table checks
+# below already catch a wrong constructor or preprocess module.
+FAMILY_REPRESENTATIVES = [
+    "vgg16", "resnet50_v2", "inception_v3", "xception", "mobilenet_025", "mobilenet_v2_035",
+    "mobilenet_v3_small", "densenet121", "nasnet_mobile", "efficientnet_b0", "efficientnet_v2_b0", "convnext_tiny",
+]
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_every_row_names_a_real_constructor_and_preprocess(name):
+    cfg = get_backbone_cfg(name)
+    assert re.fullmatch(r"[a-z0-9_]+", name)
+    assert callable(getattr(keras.applications, cfg.constructor))
+    module = importlib.import_module(f"keras.applications.{cfg.module}")
+    assert callable(module.preprocess_input)
+    assert cfg.min_size <= cfg.default_size
+    assert resolve_size(cfg, None) == cfg.default_size
+
+
+def test_registry_covers_every_keras_application():
+    constructors = {cfg.constructor for cfg in BACKBONES.values()}
+    offered = {n for n in dir(keras.applications) if n[0].isupper()}
+    assert offered <= constructors, sorted(offered - constructors)
+
+
+@pytest.mark.parametrize("module", sorted({cfg.module for cfg in BACKBONES.values()}))
+def test_preprocess_layer_equals_the_modules_preprocess_input(module):
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 8, 8, 3)).astype(np.uint8)
+    expected = importlib.import_module(f"keras.applications.{module}").preprocess_input(images.astype(np.float32))
+    got = keras.ops.convert_to_numpy(Preprocess(module)(images))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+
+
+def test_preprocessing_differs_between_families():
+    images = np.full((1, 2, 2, 3), 200, np.uint8)
+    outputs = {m: keras.ops.convert_to_numpy(Preprocess(m)(images)).ravel()[0] for m in ("vgg16", "mobilenet_v2", "densenet")}
+    assert len({round(float(v), 3) for v in outputs.values()}) == 3  # caffe, tf and torch modes
+
+
+@pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
+def test_family_builds_and_maps_uint8_images_to_features(name):
+    cfg = get_backbone_cfg(name)
+    size = max(cfg.min_size, 32)
+    model = build_extractor(cfg, size=size, weights="none")
+    # An eager call: compiling a graph of each family would triple the test's time.
+    features = keras.ops.convert_to_numpy(model(np.zeros((2, size, size, 3), np.uint8), training=False))
+    assert model.input.dtype == "uint8"
+    assert features.ndim == 2 and features.shape[0] == 2 and np.isfinite(features).all()
+    keras.backend.clear_session()
+
+
+def test_pooling_none_keeps_the_spatial_map_and_layer_cuts_the_model():
+    cfg = get_backbone_cfg("vgg16")
+    spatial = build_extractor(cfg, size=64, weights="none", pooling="none")
+    assert spatial.output_shape == (None, 2, 2, 512)
+    cut = build_extractor(cfg, size=64, weights="none", pooling="max", layer="block3_pool")
+    assert cut.output_shape == (None, 256)
+
+
+def test_unknown_names_suggest_close_matches():
+    with pytest.raises(ValueError, match="Did you mean 'mobilenet_v2'"):
+        get_backbone_cfg("mobilenetv2")
+    with pytest.raises(ValueError, match="size=16"):
+        resolve_size(get_backbone_cfg("vgg16"), 16)
+    assert list_backbones("efficientnet_b*") == [f"efficientnet_b{i}" for i in range(8)]
+
+
+def test_weights_identity_hashes_file_content(tmp_path):
+    path = tmp_path / "w.h5"
+    path.write_bytes(b"abc")
+    first = weights_identity(str(path))
+    path.write_bytes(b"abd")
+    assert first != weights_identity(str(path)) and first.startswith("sha256:")
+    assert weights_identity("imagenet").startswith("imagenet@keras-3")

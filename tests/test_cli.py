@@ -1,0 +1,92 @@
+import json
+
+import pytest
+
+from pipeline.cli import ExitStatus, main
+
+FAST = ["--model", "resnet50", "--size", "32", "--weights", "none", "--batch-size", "8"]
+
+
+def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, capsys):
+    args = ["features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path / "cache"), "--json"]
+    assert main(args) == ExitStatus.OK
+    out = capsys.readouterr().out.strip().splitlines()
+    report = json.loads(out[-1])
+    assert report["counts"] == {"extracted": 18, "reused": 0, "skipped": 0, "removed": 0}
+    assert report["path"].endswith("features.h5") and report["images_per_second"] > 0
+    assert set(report) >= {"path", "counts", "seconds", "images_per_second"}
+    assert "Found 18 images in 3 classes." in out
+
+    assert main(args[:-1]) == ExitStatus.OK
+    assert "Up to date: 18 images" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["features", "{tmp}/missing", *FAST], "does not exist"),
+        (["features", "{data}", "--model", "resnet5", "--weights", "none"], "Did you mean 'resnet50'"),
+        (["features", "{data}", "--model", "inception_v3", "--size", "64", "--weights", "none"], "at least 75"),
+        (["features", "{data}", "--model", "resnet50", "--weights", "{tmp}/nope.h5"], "WEIGHTS=none"),
+        (["features", "{data}", "--weights", "none"], "--model"),
+        (["features", "{data}", *FAST, "--layer", "conv9_block1_out"], "Unknown layer"),
+        (["features", "{data}", *FAST, "--config", "{tmp}/none.toml"], "does not exist"),
+    ],
+    ids=["missing-data", "unknown-model", "too-small", "missing-weights", "no-model", "unknown-layer", "no-config"],
+)
+def test_bad_input_exits_2_with_the_fix_and_writes_nothing(tiny_dataset, tmp_path, capsys, args, message):
+    cache = tmp_path / "cache"
+    args = [a.format(tmp=tmp_path, data=tiny_dataset) for a in args] + ["--cache-dir", str(cache)]
+    assert main(args) == ExitStatus.BAD_INPUT
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not list(cache.glob("*/features.h5")) and not list(cache.glob("*/shards/*.h5"))
+
+
+def test_imagenet_weights_unavailable_names_both_ways_out(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    code = main(["features", str(tiny_dataset), "--model", "resnet50", "--size", "32", "--cache-dir", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == ExitStatus.BAD_INPUT
+    assert "WEIGHTS=none" in err and "WEIGHTS=/path/to/file.h5" in err and "URL fetch failure" in err
+    assert not list(tmp_path.glob("*/shards/*.h5"))
+
+
+def test_config_file_values_are_overridden_by_flags(tiny_dataset, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('[features]\nmodel = "resnet50"\nsize = 40\nweights = "none"\npooling = "max"\n')
+    assert main(["features", str(tiny_dataset), "--config", str(config), "--size", "32",
+                 "--cache-dir", str(tmp_path / "cache"), "--json", "-q"]) == ExitStatus.OK
+    path = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
+    assert "resnet50-32-max" in path
+
+
+def test_unknown_config_key_is_named(tiny_dataset, tmp_path, capsys):
+    config = tmp_path / "run.toml"
+    config.write_text('[features]\nmodel = "resnet50"\nbatch = 4\n')
+    assert main(["features", str(tiny_dataset), "--config", str(config)]) == ExitStatus.BAD_INPUT
+    assert "Unknown config keys ['batch']" in capsys.readouterr().err
+
+
+def test_list_prints_every_backbone(capsys):
+    from pipeline.backbones import list_backbones
+
+    assert main(["list"]) == ExitStatus.OK
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == list_backbones() and len(names) >= 45
+
+
+def test_cache_ls_shows_feature_sets(tiny_dataset, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    assert main(["cache", "ls", "--cache-dir", str(cache)]) == ExitStatus.OK
+    assert "No feature sets" in capsys.readouterr().out
+    main(["features", str(tiny_dataset), *FAST, "--cache-dir", str(cache), "-q"])
+    capsys.readouterr()
+    assert main(["cache", "ls", "--cache-dir", str(cache), "--json"]) == ExitStatus.OK
+    (entry,) = json.loads(capsys.readouterr().out)
+    assert entry["images"] == 18 and entry["name"].startswith("data-resnet50-32-avg-")
