@@ -8,11 +8,11 @@ extracts only the images that no complete shard holds yet.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import importlib.metadata
 import itertools
 import logging
-import math
 import os
 import platform
 import re
@@ -117,20 +117,77 @@ def extract_features(
         ValueError: an unknown model or layer, or a size below the minimum.
         backbones.WeightsUnavailableError: the weights cannot be had.
     """
-    started = time.perf_counter()
-    spec = feature_spec(config)
-    key = feature_key(spec)
-    dataset = discovery.index_directory(config.data)
-    store = FeatureStore(feature_set_dir(config, spec, key))
+    return extract_many([config], progress=progress)[0]
 
-    result = _answer_if_up_to_date(store, dataset, key, started)
-    if result is not None:
-        return result
-    with store.write_lock(on_wait=lambda holder: log.warning("Waiting for %s to finish writing %s ...", holder, store.root)):
-        result = _answer_if_up_to_date(store, dataset, key, started)
-        if result is not None:
-            return result
-        return _extract_under_lock(store, dataset, config, spec, key, started, progress)
+
+def extract_many(
+    configs: Sequence[config_lib.ExtractConfig],
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ExtractResult]:
+    """Extracts several feature sets of one folder in a single pass.
+
+    Backbones that share an input size share one decoding stream, so each
+    image is read and decoded once per size however many backbones run.
+    The configs must name the same data folder.
+
+    Args:
+        configs: one resolved `ExtractConfig` per feature set.
+        progress: as in `extract_features`, counted over all images that
+            any of the backbones still needs.
+
+    Returns:
+        One `ExtractResult` per config, in order.
+    """
+    started = time.perf_counter()
+    if len({Path(c.data).resolve() for c in configs}) != 1:
+        raise ValueError("extract_many needs configs of one data folder. Received: "
+                         + ", ".join(sorted({c.data for c in configs})))
+    jobs = [(c, feature_spec(c)) for c in configs]
+    dataset = discovery.index_directory(configs[0].data)
+    stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
+    results: list[ExtractResult | None] = [
+        _answer_if_up_to_date(store, dataset, feature_key(spec), started) for store, (_, spec) in zip(stores, jobs)
+    ]
+    if all(results):
+        return results
+    hashed: dict[str, str] = {}  # file sha256s, computed once for all backbones
+    with contextlib.ExitStack() as locks:
+        plans = []
+        # Locks are taken in path order so that two multi-backbone runs can't deadlock.
+        for i in sorted((i for i, r in enumerate(results) if r is None), key=lambda i: str(stores[i].root)):
+            store, (config, spec) = stores[i], jobs[i]
+            locks.enter_context(store.write_lock(on_wait=lambda holder, root=store.root: log.warning(
+                "Waiting for %s to finish writing %s ...", holder, root)))
+            results[i] = _answer_if_up_to_date(store, dataset, feature_key(spec), started)
+            if results[i] is None:
+                plans.append((i, _plan(store, dataset, config, spec, hashed)))
+        for size in sorted({plan.spec["size"] for _, plan in plans}):
+            group = [plan for _, plan in plans if plan.spec["size"] == size and plan.todo]
+            if group:
+                _run_models(group, dataset, progress)
+        for i, plan in plans:
+            results[i] = _finish(plan, dataset, started)
+    return results
+
+
+@dataclasses.dataclass
+class _Plan:
+    """What one feature set needs, worked out under its write lock."""
+
+    store: FeatureStore
+    config: config_lib.ExtractConfig
+    spec: dict[str, Any]
+    key: str
+    previous: set[str]
+    digests: dict[str, str]
+    skipped: dict[str, SkippedFile]
+    located: dict[str, tuple[str, int]]
+    todo: list
+    damaged: list[str]
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    timings: dict[str, float] = dataclasses.field(default_factory=dict)
+    feature_shape: tuple[int, ...] = ()
 
 
 def _answer_if_up_to_date(store: FeatureStore, dataset, key: str, started: float) -> ExtractResult | None:
@@ -154,7 +211,12 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, key: str, started: float
     )
 
 
-def _extract_under_lock(store, dataset, config, spec, key, started, progress) -> ExtractResult:
+def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) -> _Plan:
+    """Fingerprints the folder and finds the images no complete shard holds.
+
+    `hashed` caches file sha256s by relative path across the plans of one run.
+    """
+    key = feature_key(spec)
     store.clean_temporary()
     state = store.read_index_state() or {"files": {}, "skipped": {}, "reasons": [], "sha256": []}
     known_sha = dict(zip(state["files"], state["sha256"]))
@@ -178,31 +240,35 @@ def _extract_under_lock(store, dataset, config, spec, key, started, progress) ->
             digests[entry.relpath] = known_sha[entry.relpath]
         else:
             try:
-                digests[entry.relpath] = discovery.file_sha256(dataset.root / entry.relpath)
+                if entry.relpath not in hashed:
+                    hashed[entry.relpath] = discovery.file_sha256(dataset.root / entry.relpath)
+                digests[entry.relpath] = hashed[entry.relpath]
             except OSError as e:
                 skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
 
     todo = _unique_by_digest(
         [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located], digests
     )
-    timings: dict[str, float] = {}
-    feature_shape = _stored_feature_shape(store, located)
-    failed: dict[str, str] = {}
-    if todo:
-        new_rows, failed, feature_shape = _run_model(store, dataset, todo, digests, config, spec, key, timings, progress)
-        located.update(new_rows)
-    extracted_digests = {digests[e.relpath] for e in todo} & set(located)
+    return _Plan(
+        store, config, spec, key, set(state["files"]) | set(state["skipped"]), digests, skipped, located, todo,
+        damaged, feature_shape=_stored_feature_shape(store, located),
+    )
 
+
+def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
+    """Writes the index of a plan whose images have all been extracted or skipped."""
+    extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
+    skipped = dict(plan.skipped)
     rows, locations = [], []
     for entry in dataset.entries:
-        digest = digests.get(entry.relpath)
-        if digest in failed:
-            skipped[entry.relpath] = SkippedFile(entry.relpath, failed[digest], entry.size, entry.mtime_ns)
+        digest = plan.digests.get(entry.relpath)
+        if digest in plan.failed:
+            skipped[entry.relpath] = SkippedFile(entry.relpath, plan.failed[digest], entry.size, entry.mtime_ns)
         elif digest is not None:
             rows.append(
                 IndexRow(entry.relpath, entry.label, entry.folder_split, entry.split_key, entry.size, entry.mtime_ns, digest)
             )
-            locations.append(located[digest])
+            locations.append(plan.located[digest])
     if not rows:
         raise discovery.DataError(
             f"None of the {len(dataset.entries)} images under '{dataset.root}' could be decoded; "
@@ -210,82 +276,112 @@ def _extract_under_lock(store, dataset, config, spec, key, started, progress) ->
             + "; ".join(f"{s.relpath}: {s.reason}" for s in list(skipped.values())[:3])
         )
     skipped_list = [skipped[e.relpath] for e in dataset.entries if e.relpath in skipped]
-    extract_seconds = timings.get("extract_seconds")
-    n_extracted = sum(1 for r in rows if r.sha256 in extracted_digests)
-    previous = set(state["files"]) | set(state["skipped"])
+    n_extracted = sum(1 for r in rows if r.sha256 in extracted)
     counts = {
         "extracted": n_extracted,
         "reused": len(rows) - n_extracted,
         "skipped": len(skipped_list),
-        "removed": len(previous - {e.relpath for e in dataset.entries}),
+        "removed": len(plan.previous - {e.relpath for e in dataset.entries}),
     }
     attrs = {
-        "feature_key": key,
-        "spec": spec,
-        "config": config_lib.to_dict(config),
-        "backbone": config.model,
-        "weights": spec["weights"],
+        "feature_key": plan.key,
+        "spec": plan.spec,
+        "config": config_lib.to_dict(plan.config),
+        "backbone": plan.config.model,
+        "weights": plan.spec["weights"],
         "decoder": decode.DECODER_ID,
         "data_root": str(dataset.root),
         "backend": _keras_backend(),
         "versions": _versions(),
-        "timings": {**timings, "run_seconds": time.perf_counter() - started},
+        "timings": {**plan.timings, "run_seconds": time.perf_counter() - started},
         "counts": counts,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    store.write_index(
+    plan.store.write_index(
         rows, locations, skipped_list, dataset.class_names,
-        feature_shape=feature_shape, dtype=config.storage_dtype, attrs=attrs,
+        feature_shape=plan.feature_shape, dtype=plan.config.storage_dtype, attrs=attrs,
     )
-    store.delete_unreferenced_shards([name for name, _ in locations])
-    ips = n_extracted / extract_seconds if extract_seconds else None
+    plan.store.delete_unreferenced_shards([name for name, _ in locations])
+    seconds = plan.timings.get("extract_seconds")
     return ExtractResult(
-        store.index_path, counts, time.perf_counter() - started, ips, skipped_list,
-        dataset.summary(), tuple(feature_shape), damaged,
+        plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds else None,
+        skipped_list, dataset.summary(), tuple(plan.feature_shape), plan.damaged,
     )
 
 
-def _run_model(store, dataset, todo, digests, config, spec, key, timings, progress):
-    """Decodes `todo` ahead of the model and streams the features into shards."""
-    t0 = time.perf_counter()
-    model = backbones.build_extractor(
-        backbones.get_backbone_cfg(config.model),
-        size=spec["size"],
-        weights=config.weights,
-        pooling=config.pooling,
-        layer=config.layer,
-        precision=config.precision,
-    )
-    timings["model_build_seconds"] = time.perf_counter() - t0
-    feature_shape = tuple(int(d) for d in model.output_shape[1:])
-    located: dict[str, tuple[str, int]] = {}
-    failed: dict[str, str] = {}
-    batches = _decoded_batches(dataset.root, todo, spec["size"], config.batch_size, config.workers)
-    per_shard = max(1, math.ceil(config.shard_size / config.batch_size))
-    done = 0
-    first_batch_at = None
-    while True:
-        group = list(itertools.islice(batches, per_shard))
-        if not group:
-            break
-        with store.shard_writer(key, feature_shape, config.storage_dtype, per_shard * config.batch_size) as shard:
-            for entries, images, failures in group:
-                if first_batch_at is None:
-                    first_batch_at = time.perf_counter()
+def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
+    """Decodes the images any plan needs once, and streams each model's features into its shards."""
+    models = []
+    for plan in plans:
+        t0 = time.perf_counter()
+        model = backbones.build_extractor(
+            backbones.get_backbone_cfg(plan.config.model),
+            size=plan.spec["size"],
+            weights=plan.config.weights,
+            pooling=plan.config.pooling,
+            layer=plan.config.layer,
+            precision=plan.config.precision,
+        )
+        plan.timings["model_build_seconds"] = time.perf_counter() - t0
+        plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
+        models.append(model)
+    wanted = [{plan.digests[e.relpath] for e in plan.todo} for plan in plans]
+    union = _unique_by_digest([e for plan in plans for e in plan.todo], plans[0].digests)
+    union.sort(key=lambda e: e.relpath)
+    first = plans[0].config
+    batches = _decoded_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
+    done, first_batch_at = 0, None
+    with contextlib.ExitStack() as stack:
+        shards = [stack.enter_context(_ShardRotator(plan)) for plan in plans]
+        for entries, images, failures in batches:
+            first_batch_at = first_batch_at or time.perf_counter()
+            for plan, model, need, rotator in zip(plans, models, wanted, shards):
                 for entry, reason in failures:
-                    failed[digests[entry.relpath]] = reason
-                if entries:
-                    features = _predict(model, images, config.batch_size).astype(config.storage_dtype)
-                    shard.append(features, [digests[e.relpath] for e in entries], [e.relpath for e in entries])
-                    name = shard.path.name.removeprefix(".tmp-")
-                    for i, e in enumerate(entries):
-                        located[digests[e.relpath]] = (name, shard.rows - len(entries) + i)
-                done += len(entries) + len(failures)
-                if progress is not None:
-                    progress(done, len(todo))
+                    if plan.digests[entry.relpath] in need:
+                        plan.failed[plan.digests[entry.relpath]] = reason
+                mine = [i for i, e in enumerate(entries) if plan.digests[e.relpath] in need]
+                if mine:
+                    features = _predict(model, images[mine], plan.config.batch_size)
+                    rotator.append(features.astype(plan.config.storage_dtype), [entries[i] for i in mine])
+            done += len(entries) + len(failures)
+            if progress is not None:
+                progress(done, len(union))
     if first_batch_at is not None:
-        timings["extract_seconds"] = time.perf_counter() - first_batch_at
-    return located, failed, feature_shape
+        for plan in plans:
+            plan.timings["extract_seconds"] = time.perf_counter() - first_batch_at
+
+
+class _ShardRotator:
+    """Appends a plan's rows to shards of `shard_size` rows, opening the next when one is full.
+
+    On leaving, the open shard is published, also on Ctrl-C (finished rows
+    are kept), and deleted on any other exception.
+    """
+
+    def __init__(self, plan: _Plan):
+        self.plan = plan
+        self.capacity = max(plan.config.shard_size, plan.config.batch_size)
+        self.writer = None
+
+    def append(self, features: np.ndarray, entries) -> None:
+        plan = self.plan
+        if self.writer is not None and self.writer.rows + len(features) > self.capacity:
+            self.writer.finish(publish=True)
+            self.writer = None
+        if self.writer is None:
+            self.writer = plan.store.open_shard(plan.key, plan.feature_shape, plan.config.storage_dtype, self.capacity)
+        digests = [plan.digests[e.relpath] for e in entries]
+        start = self.writer.rows
+        self.writer.append(features, digests, [e.relpath for e in entries])
+        for i, digest in enumerate(digests):
+            plan.located[digest] = (self.writer.name, start + i)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.writer is not None:
+            self.writer.finish(publish=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
 
 
 def _predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:

@@ -254,32 +254,27 @@ class FeatureStore:
             if src.exists():
                 os.replace(src, self.shard_dir / f".corrupt-{name}")
 
+    def open_shard(self, feature_key_: str, feature_shape: tuple[int, ...], dtype: str, capacity: int) -> ShardWriter:
+        """A new shard, written under a temporary name until `ShardWriter.finish`."""
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.h5"
+        return ShardWriter(self.shard_dir, name, feature_key_, feature_shape, dtype, capacity)
+
     @contextlib.contextmanager
     def shard_writer(self, feature_key_: str, feature_shape: tuple[int, ...], dtype: str, capacity: int):
         """Yields a `ShardWriter`; the shard appears under its final name only on success.
 
-        On an exception the rows written so far are kept as a complete,
-        smaller shard if there are any (a Ctrl-C keeps finished work), and
-        the temporary file is removed otherwise.
+        On Ctrl-C the rows written so far are kept as a complete, smaller
+        shard (finished work survives); on any other exception the
+        temporary file is removed.
         """
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.h5"
-        tmp = self.shard_dir / f"{_TMP_PREFIX}{name}"
-        writer = ShardWriter(tmp, feature_key_, feature_shape, dtype, capacity)
+        writer = self.open_shard(feature_key_, feature_shape, dtype, capacity)
         try:
             yield writer
         except BaseException as e:
-            writer.close(keep=True)
-            if writer.rows and isinstance(e, KeyboardInterrupt):
-                os.replace(tmp, self.shard_dir / name)
-            else:
-                tmp.unlink(missing_ok=True)
+            writer.finish(publish=isinstance(e, KeyboardInterrupt))
             raise
-        writer.close(keep=True)
-        if writer.rows:
-            os.replace(tmp, self.shard_dir / name)
-        else:
-            tmp.unlink(missing_ok=True)
+        writer.finish(publish=True)
 
     # -- index ---------------------------------------------------------------
 
@@ -442,12 +437,21 @@ class FeatureStore:
 
 
 class ShardWriter:
-    """Appends rows to one shard file; made by `FeatureStore.shard_writer`."""
+    """Appends rows to one shard file; made by `FeatureStore.open_shard`.
 
-    def __init__(self, path: Path, feature_key_: str, feature_shape, dtype: str, capacity: int):
-        self.path = path
+    Attributes:
+        name: the shard's final file name.
+        rows: rows appended so far.
+        capacity: the most rows it takes.
+    """
+
+    def __init__(self, shard_dir: Path, name: str, feature_key_: str, feature_shape, dtype: str, capacity: int):
+        self.name = name
         self.rows = 0
-        self._file = h5py.File(path, "w")
+        self.capacity = capacity
+        self._final = shard_dir / name
+        self._tmp = shard_dir / f"{_TMP_PREFIX}{name}"
+        self._file = h5py.File(self._tmp, "w")
         self._file.attrs["feature_key"] = feature_key_
         self._file.attrs["format_version"] = FORMAT_VERSION
         row_bytes = int(np.prod(feature_shape)) * np.dtype(dtype).itemsize
@@ -463,10 +467,6 @@ class ShardWriter:
         self._sha256 = self._file.create_dataset("sha256", shape=(0,), maxshape=(capacity,), dtype="S64")
         self._paths = self._file.create_dataset("path", shape=(0,), maxshape=(capacity,), dtype=_BYTES)
 
-    @property
-    def capacity(self) -> int:
-        return self._features.maxshape[0]
-
     def append(self, features: np.ndarray, digests: Sequence[str], relpaths: Sequence[str]) -> None:
         n = len(features)
         end = self.rows + n
@@ -478,13 +478,16 @@ class ShardWriter:
         self._paths[self.rows : end] = np.array([encode_path(p) for p in relpaths], dtype=_BYTES)
         self.rows = end
 
-    def close(self, keep: bool) -> None:
+    def finish(self, publish: bool) -> None:
+        """Closes the file; renames it into place if `publish` and it has rows, else deletes it."""
         if self._file.id.valid:
-            self._file.flush()
             self._file.close()
-            if keep:
-                with open(self.path, "rb+") as f:
-                    os.fsync(f.fileno())
+        if publish and self.rows:
+            with open(self._tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(self._tmp, self._final)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
 
 def read_feature_set(path: str | os.PathLike) -> FeatureSet:

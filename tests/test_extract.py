@@ -1,5 +1,6 @@
 """End-to-end tests of the features stage on generated images (random weights)."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -207,3 +208,22 @@ def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_pat
     np.testing.assert_allclose(
         read_feature_set(jax_path).features, read_feature_set(tf_run.path).features, rtol=1e-4, atol=1e-5
     )
+
+
+def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monkeypatch):
+    from pipeline import decode
+    from pipeline.extract import extract_many
+
+    calls = []
+    real_load = decode.load_image
+    monkeypatch.setattr(decode, "load_image", lambda path, size: calls.append(path) or real_load(path, size))
+    configs = [_config(tiny_dataset, tmp_path / "cache", model=m) for m in ("resnet50", "vgg16")]
+    together = extract_many(configs)
+    assert len(calls) == 18  # 18 images, two backbones, one decode each
+    assert [r.counts["extracted"] for r in together] == [18, 18]
+    monkeypatch.setattr(decode, "load_image", real_load)
+    for config, result in zip(configs, together):
+        alone = extract_features(config=dataclasses.replace(config, cache_dir=str(tmp_path / "alone")))
+        np.testing.assert_allclose(read_feature_set(result.path).features, read_feature_set(alone.path).features,
+                                   rtol=1e-5, atol=1e-6)
+    assert [r.counts["extracted"] for r in extract_many(configs)] == [0, 0]
