@@ -138,3 +138,102 @@ def _check_choice(name: str, value, choices) -> None:
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+
+
+DEFAULT_SPLITS = (0.8, 0.1, 0.1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Which heads `bottleneck train-head` trains on a feature set, and how.
+
+    Args:
+        heads: tuple of head names, each one of `bottleneck list --heads`
+            or the import path `"module:Class"` of a scikit-learn estimator.
+            Every head is trained into its own run folder. A single str is
+            taken as a one-head tuple. Defaults to `("logreg",)`.
+        params: dict of head parameters. A plain key such as `"C"` goes to
+            every head that accepts it (at least one must); a key
+            `"head.key"` such as `"dense.epochs"` goes to that head only.
+            Defaults to `{}`.
+        fraction: float in `(0, 1]`, the share of the training split to
+            train on: a stratified subset drawn with `seed` that keeps at
+            least one example of each class. Validation and test are never
+            touched. Defaults to `1.0`.
+        splits: train, validation and test shares, three floats >= 0 that
+            sum to 1 (or the string `"0.8,0.1,0.1"`). They cut the stored
+            per-image split keys when the data had no split folders; with
+            `train/` and `test/` folders only, validation is carved out of
+            `train/` in the ratio `splits[1] : splits[0]`. Validation or
+            test may be 0, not both. Defaults to `(0.8, 0.1, 0.1)`.
+        seed: int >= 0. Seeds the `fraction` subset and every head that
+            takes a `random_state` (unless `params` sets one). Splits do not
+            depend on it, so seeds compare on the same test images.
+            Defaults to `0`.
+        runs_dir: folder receiving the run folders and the leaderboard.
+            Defaults to `"runs"`.
+        cache_dir: folder searched when the feature set is given by short
+            name or left out. Defaults to `"cache"`.
+    """
+
+    heads: tuple[str, ...] = ("logreg",)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fraction: float = 1.0
+    splits: tuple[float, float, float] = DEFAULT_SPLITS
+    seed: int = 0
+    runs_dir: str = "runs"
+    cache_dir: str = "cache"
+
+    def __post_init__(self):
+        heads = (self.heads,) if isinstance(self.heads, str) else self.heads
+        if not isinstance(heads, (tuple, list)) or not heads or not all(isinstance(h, str) and h for h in heads):
+            raise ValueError(
+                f"`heads` must be a non-empty list of head names, e.g. ['logreg', 'dense']. Received: heads={self.heads!r}"
+            )
+        twice = sorted({h for h in heads if list(heads).count(h) > 1})
+        if twice:
+            raise ValueError(f"`heads` names {', '.join(map(repr, twice))} more than once. Received: heads={self.heads!r}")
+        object.__setattr__(self, "heads", tuple(heads))
+
+        if not isinstance(self.params, dict) or not all(isinstance(k, str) and k for k in self.params):
+            raise ValueError(
+                f"`params` must be a dict of parameter names to values, e.g. {{'C': 0.5, 'dense.epochs': 10}}. "
+                f"Received: params={self.params!r}"
+            )
+        object.__setattr__(self, "params", dict(self.params))
+
+        fraction = self.fraction
+        if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
+            raise ValueError(
+                f"`fraction` must be a number in (0, 1], e.g. 0.1 to train on 10% of the training split. "
+                f"Received: fraction={fraction!r}"
+            )
+        object.__setattr__(self, "fraction", float(fraction))
+        object.__setattr__(self, "splits", _parse_splits(self.splits))
+
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"`seed` must be an integer >= 0. Received: seed={self.seed!r}")
+        for field in ("runs_dir", "cache_dir"):
+            value = getattr(self, field)
+            if not isinstance(value, (str, os.PathLike)) or not str(value):
+                raise ValueError(f"`{field}` must be a folder path. Received: {field}={value!r}")
+            object.__setattr__(self, field, os.fspath(value))
+
+
+def _parse_splits(value) -> tuple[float, float, float]:
+    received = f"Received: splits={value!r}"
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        shares = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        shares = ()
+    if len(shares) != 3 or any(not 0 <= s <= 1 for s in shares) or abs(sum(shares) - 1) > 1e-6:
+        raise ValueError(
+            f"`splits` must be three train,validation,test shares >= 0 that sum to 1, e.g. 0.8,0.1,0.1. {received}"
+        )
+    if shares[0] == 0 or shares[1] + shares[2] == 0:
+        raise ValueError(
+            "`splits` must give training a share > 0 and leave something to evaluate on "
+            f"(validation or test > 0), e.g. 0.8,0.1,0.1 or 0.9,0.1,0. {received}"
+        )
+    return shares

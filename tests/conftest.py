@@ -16,6 +16,28 @@ def bad_corpus(tmp_path_factory):
     return root, make_bad_corpus(root)
 
 
+@pytest.fixture(scope="session")
+def sign_digits_features(tmp_path_factory):
+    """`features.h5` of real MobileNetV2 features (224 px, avg pooling, the
+    shared ImageNet weights) of all 2,062 sign-language-digits photos.
+
+    Extracted once per session (a few minutes on a 2-core CPU) into a
+    temporary cache and shared by every test that needs real features;
+    tests must only read it. Skipped when ../shared is absent (fails on CI).
+    """
+    from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
+    from pipeline.config import ExtractConfig
+    from pipeline.extract import extract_features
+
+    weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
+    config = ExtractConfig(
+        data=str(require_shared(SIGN_DIGITS)), model="mobilenet_v2", size=224, pooling="avg",
+        weights=str(weights), cache_dir=str(tmp_path_factory.mktemp("sign-digits-cache")),
+        batch_size=32, workers=2,
+    )
+    return extract_features(config=config).path
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path):
     """Three classes of six 40x40 PNGs each, under tmp_path/data."""
