@@ -1,0 +1,374 @@
+"""Export a trained run for use outside this package.
+
+Entry point: `export_run(run_dir, out)`. Two formats:
+
+- `"keras"` (dense heads): one `.keras` file holding the whole classifier,
+  raw image in, class probabilities out::
+
+      image (batch, H, W, 3) uint8, any H and W
+        -> Rescaling(1.0)                   cast to float32
+        -> Resizing(SIZE, SIZE, bilinear)   identity when H = W = SIZE
+        -> Dense(3) on the channel axis     the backbone's preprocess_input
+        -> backbone -> pooling              the run's extractor
+        -> dense head                       softmax over the run's classes
+
+  It uses built-in Keras layers only, so `keras.saving.load_model(path)`
+  loads it in any process, on any Keras 3 backend, without this package.
+  Every `keras.applications` `preprocess_input` is a per-channel affine
+  map, possibly after an RGB -> BGR flip ("caffe", "tf", "torch" modes, or
+  nothing at all): `preprocess_affine` measures that map and checks it, and
+  a fixed `Dense(3)` reproduces it. Beside the model, `<out>.json` records
+  the class names (the order of the output columns), SIZE, the lineage and
+  the model's sha256.
+
+  Keras' bilinear `Resizing` does not antialias when shrinking, unlike the
+  Pillow resize of `decode.load_image` that the head was trained on. For
+  the numbers `bottleneck predict` gives, feed images already decoded at
+  SIZE (they pass through `Resizing` unchanged).
+
+- `"bundle"` (every head): a self-contained folder that `bottleneck
+  predict` and `evaluate` accept in place of the run folder (layout in
+  `predict`'s module doc): the head file, the run's lineage, a copy of the
+  weights file when the run was extracted from one, and a `manifest.sha256`
+  checked before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import discovery
+from .predict import (
+    BUNDLE_FORMAT,
+    BUNDLE_FORMAT_VERSION,
+    BUNDLE_NAME,
+    HEAD_NAME,
+    MANIFEST_NAME,
+    Predictor,
+)
+
+__all__ = ["EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
+
+EXPORT_FORMATS = ("keras", "bundle")
+_CHECK_TOLERANCE = 1e-4  # exported model vs extractor + head, on random images
+
+# The map is measured at 0 and at 255 on each channel, in float64.
+_PROBE = np.concatenate([np.zeros((1, 3)), 255.0 * np.eye(3)]).reshape(4, 1, 1, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_run` wrote.
+
+    Attributes:
+        path: the `.keras` file or the bundle folder.
+        format: `"keras"` or `"bundle"`.
+        files: every file written, with its sha256.
+        max_abs_diff: for `"keras"`, the largest difference between the
+            exported model and extractor + head on random images at SIZE
+            (checked below 1e-4 before writing); `None` for bundles.
+    """
+
+    path: Path
+    format: str
+    files: dict[str, str]
+    max_abs_diff: float | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "format": self.format, "files": self.files, "max_abs_diff": self.max_abs_diff}
+
+
+def preprocess_affine(module: str) -> tuple[np.ndarray, np.ndarray]:
+    """The `preprocess_input` of `keras.applications.<module>` as `x @ kernel + bias`.
+
+    The map is measured on the RGB corners of the colour cube and checked
+    on random images; a module whose preprocessing is not a per-pixel
+    affine map of the channels is refused.
+
+    Args:
+        module: submodule of `keras.applications`, as in the backbone row
+            (`"vgg16"`, `"mobilenet_v2"`, ...).
+
+    Returns:
+        `(kernel, bias)`: float32 arrays of shapes `(3, 3)` and `(3,)`, such
+        that `preprocess_input(x)[..., j] == sum_i x[..., i] * kernel[i, j]
+        + bias[j]` for RGB `x` in 0..255.
+
+    Example:
+
+    >>> kernel, bias = preprocess_affine("vgg16")  # "caffe": RGB -> BGR, ImageNet mean subtracted
+    >>> float(kernel[2, 0]), round(float(bias[0]), 3)  # output B is input B minus 103.939
+    (1.0, -103.939)
+    """
+    fn = importlib.import_module(f"keras.applications.{module}").preprocess_input
+    out = np.asarray(fn(_PROBE.copy()), dtype=np.float64).reshape(4, 3)
+    bias = out[0]
+    kernel = (out[1:] - bias) / 255.0
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, size=(2, 8, 8, 3)).astype(np.float64)
+    expected = np.asarray(fn(x.copy()), dtype=np.float64)
+    if expected.shape != x.shape or not np.allclose(x @ kernel + bias, expected, rtol=1e-9, atol=1e-9):
+        raise ValueError(
+            f"The preprocess_input of keras.applications.{module} is not a per-channel affine map, so it "
+            "cannot be exported with built-in layers. Use `format='bundle'` instead."
+        )
+    return kernel.astype(np.float32), bias.astype(np.float32)
+
+
+def build_export_model(predictor: Predictor):
+    """The run's extractor and dense head as one Keras model of built-in layers.
+
+    Args:
+        predictor: a loaded `Predictor` of a run with a dense head.
+
+    Returns:
+        A `keras.Model` mapping uint8 RGB images `(batch, H, W, 3)` of any
+        size to class probabilities `(batch, len(predictor.class_names))`.
+    """
+    import keras
+
+    from .backbones import get_backbone_cfg
+    from .layers import Preprocess
+
+    if not predictor.is_dense:
+        raise ValueError(
+            f"Only dense heads export to one .keras model; this run's head is "
+            f"{type(predictor.head).__name__}. Use format='bundle' (bottleneck export RUN OUT --format bundle)."
+        )
+    module = get_backbone_cfg(predictor.config.model).module
+    kernel, bias = preprocess_affine(module)
+    size = predictor.size
+    extractor = predictor.extractor()
+
+    inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
+    x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float32")(inputs)
+    x = keras.layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="resize")(x)
+    preprocess = keras.layers.Dense(3, dtype="float32", trainable=False, name=f"preprocess_{module}")
+    x = preprocess(x)
+    preprocess.set_weights([kernel, bias])
+    replaced = False
+    for layer in extractor.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, Preprocess):
+            replaced = True
+            continue
+        x = layer(x)
+    if not replaced:
+        raise RuntimeError("The extractor has no Preprocess layer to replace; build_extractor changed.")
+    if predictor.config.storage_dtype == "float16":
+        # The head was trained on float16-stored features: round the same way.
+        x = keras.layers.Activation("linear", dtype="float16", name="storage_float16")(x)
+        x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
+    outputs = predictor.head.model_(x)
+    return keras.Model(inputs, outputs, name=f"{predictor.config.model}_{size}_classifier")
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    format: str | None = None,
+    weights: str | os.PathLike | None = None,
+    include_weights: bool = True,
+) -> ExportResult:
+    """Exports a trained run as one `.keras` model or a self-contained bundle.
+
+    The run is checked as for prediction (head sha256, weights identity)
+    before anything is written; see the module doc for both formats.
+
+    Args:
+        run_dir: a run folder (or a bundle folder).
+        out: for `"keras"`, the model file to write, ending in `.keras`
+            (`<out>.json` is written beside it); for `"bundle"`, a folder
+            that must not exist yet.
+        format: `"keras"` or `"bundle"`, or `None` for `"keras"` with a
+            dense head and `"bundle"` otherwise. Defaults to `None`.
+        weights: a weights file replacing the recorded one (same sha256).
+            Defaults to `None`.
+        include_weights: bool, for `"bundle"`: copy the run's weights file
+            into the bundle. With `False` the bundle refers to the recorded
+            path (or `weights=` when predicting). Defaults to `True`.
+
+    Returns:
+        An `ExportResult`.
+
+    Raises:
+        RunError: the run or one of its files is missing or changed.
+        ValueError: an unknown format, `"keras"` for a scikit-learn head,
+            a bad `out`.
+
+    Example:
+
+    ```python
+    export_run("runs/digits-mobilenet_v2-96-avg-1a2b3c4d/dense-20250101T000000-0a1b2c3d", "digits.keras")
+    # elsewhere, without this package:
+    model = keras.saving.load_model("digits.keras")
+    proba = model.predict(images_uint8)  # (n, H, W, 3) -> (n, n_classes)
+    ```
+    """
+    if format is not None and format not in EXPORT_FORMATS:
+        raise ValueError(f"`format` must be one of {', '.join(map(repr, EXPORT_FORMATS))}. Received: format={format!r}")
+    out = Path(out)
+    if format == "keras" or (format is None and out.suffix == ".keras"):
+        if out.suffix != ".keras":
+            raise ValueError(f"`out` must end with '.keras' for format 'keras'. Received: out={str(out)!r}")
+    elif out.exists():
+        raise ValueError(f"Bundle folder '{out}' already exists; pass a new folder (it is created).")
+    predictor = Predictor.load(run_dir, weights=weights)
+    if format is None:
+        format = "keras" if predictor.is_dense else "bundle"
+        if format == "bundle" and out.suffix == ".keras":
+            raise ValueError(
+                f"Only dense heads export to a .keras model; this run's head is {type(predictor.head).__name__}. "
+                f"Pass a folder for a bundle instead. Received: out={str(out)!r}"
+            )
+    if format == "keras":
+        if out.suffix != ".keras":
+            raise ValueError(
+                f"`out` must end with '.keras' for a dense head's model, or pass format='bundle' "
+                f"(--format bundle) for a bundle folder. Received: out={str(out)!r}"
+            )
+        return _export_keras(predictor, out)
+    return _export_bundle(predictor, out, include_weights)
+
+
+def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
+    model = build_export_model(predictor)
+    diff = _check_export(model, predictor)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".tmp-{secrets.token_hex(4)}-{out.name}")  # created by Keras, with the umask's mode
+    try:
+        model.save(tmp)
+        digest = discovery.file_sha256(tmp)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    sidecar = out.with_name(out.name + ".json")
+    info = {
+        "format": "bottleneck-keras-export",
+        "model": out.name,
+        "model_sha256": digest,
+        "class_names": list(predictor.class_names),
+        "input": {
+            "dtype": "uint8",
+            "shape": [None, None, None, 3],
+            "channels": "RGB",
+            "size": predictor.size,
+            "note": "any size is resized inside to SIZE x SIZE (Keras bilinear, no antialiasing); "
+            "decode and resize with Pillow bilinear to SIZE first to match `bottleneck predict` exactly",
+        },
+        "output": "softmax probabilities, one column per class_names entry",
+        "backbone": predictor.config.model,
+        "lineage": predictor.lineage,
+        "source": str(predictor.root),
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    _write_text(sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return ExportResult(out, "keras", {out.name: digest, sidecar.name: discovery.file_sha256(sidecar)}, diff)
+
+
+def _check_export(model, predictor: Predictor) -> float:
+    """Runs the exported graph and extractor + head on the same random images."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, size=(4, predictor.size, predictor.size, 3), dtype=np.uint8)
+    exported = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+    features = np.asarray(predictor.extractor().predict_on_batch(images))
+    features = features.astype(predictor.config.storage_dtype).astype(np.float32)
+    expected = predictor.predict_proba(features)
+    diff = float(np.max(np.abs(exported - expected)))
+    if not diff < _CHECK_TOLERANCE:
+        raise RuntimeError(
+            f"The exported model differs from extractor + head by {diff:.3g} (more than {_CHECK_TOLERANCE}) "
+            "on random images; nothing was written. Report this with the run folder."
+        )
+    return diff
+
+
+def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> ExportResult:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".tmp-{out.name}-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    try:
+        shutil.copyfile(predictor._source.head_path, tmp / HEAD_NAME)
+        head_sha = discovery.file_sha256(tmp / HEAD_NAME)
+        if head_sha != predictor._source.head_sha256:
+            raise RuntimeError(f"'{predictor._source.head_path}' changed while it was copied; export again.")
+        weights_file = None
+        weights = predictor.config.weights
+        if include_weights and weights not in ("imagenet", "none"):
+            weights_file = f"weights/{Path(weights).name}"
+            (tmp / "weights").mkdir()
+            shutil.copyfile(weights, tmp / weights_file)
+            if f"sha256:{discovery.file_sha256(tmp / weights_file)}" != predictor.lineage["weights"]:
+                raise RuntimeError(f"'{weights}' changed while it was copied; export again.")
+        lineage = dict(predictor.lineage)
+        if not include_weights and weights not in ("imagenet", "none"):
+            # Keep the path the weights were found at, for predicting without `weights=`.
+            lineage["extraction_config"] = {**lineage["extraction_config"], "weights": str(Path(weights).resolve())}
+        bundle = {
+            "format": BUNDLE_FORMAT,
+            "format_version": BUNDLE_FORMAT_VERSION,
+            "head": HEAD_NAME,
+            "head_sha256": head_sha,
+            "head_type": type(predictor.head).__name__,
+            "weights_file": weights_file,
+            "class_names": list(predictor.class_names),
+            "backbone": {
+                "model": predictor.config.model,
+                "size": predictor.size,
+                "pooling": predictor.config.pooling,
+                "layer": predictor.config.layer,
+                "precision": predictor.config.precision,
+                "storage_dtype": predictor.config.storage_dtype,
+                "weights": predictor.lineage["weights"],
+            },
+            "lineage": lineage,
+            "source": str(predictor.root),
+            "versions": _versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        (tmp / BUNDLE_NAME).write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
+        names = [BUNDLE_NAME, HEAD_NAME] + ([weights_file] if weights_file else [])
+        files = {name: discovery.file_sha256(tmp / name) for name in names}
+        (tmp / MANIFEST_NAME).write_text("".join(f"{digest}  {name}\n" for name, digest in files.items()))
+        if out.exists():
+            raise ValueError(f"Bundle folder '{out}' already exists; pass a new folder (it is created).")
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(out, "bundle", files)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for package in ("bottleneck", "keras", "numpy", "scikit-learn", "pillow", "jax", "tensorflow", "tensorflow-cpu", "torch"):
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions

@@ -1,0 +1,330 @@
+"""Prediction, evaluation and export of trained runs.
+
+Two module fixtures keep the file fast: `tiny` (a random ResNet50 at 32 px
+over 18 synthetic PNGs, with a logreg and a dense run) for everything that
+only needs *some* features, and `signs` (the real MobileNetV2 weights at
+96 px over 60 sign-language-digits photos, with a dense run) for the export
+check and for the weights-file checks.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagegen import PYTHON, SIGN_DIGITS, WEIGHTS, make_dataset, require_shared, write_image
+from pipeline import cli
+from pipeline.backbones import BACKBONES
+from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.decode import load_image
+from pipeline.export import export_run, preprocess_affine
+from pipeline.extract import extract_features
+from pipeline.heads import load_head
+from pipeline.predict import Predictor, RunError, evaluate_run, predict_images
+from pipeline.store import read_feature_set
+from pipeline.train import train_heads
+
+MOBILENET_V2 = "mobilenet_v2_1.0_224_no_top.weights.h5"
+
+
+def _main(*argv):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = cli.main([str(a) for a in argv])
+    return status, out.getvalue(), err.getvalue()
+
+
+def _train(root, data, heads, params, **extract):
+    result = extract_features(config=ExtractConfig(data=str(data), cache_dir=str(root / "cache"), workers=2, **extract))
+    runs = train_heads(result.path, config=TrainConfig(
+        heads=heads, params=params, runs_dir=str(root / "runs"), cache_dir=str(root / "cache"),
+    ))
+    return types.SimpleNamespace(
+        root=root, data=data, features=read_feature_set(result.path), runs={r.head: r.run_dir for r in runs},
+    )
+
+
+def _head_on_cached_features(run_dir, fs):
+    """The head's probabilities on the stored features, as training computed them."""
+    est, _ = load_head(run_dir / "head.joblib")
+    dense = type(est).__name__ == "DenseClassifier"
+    return est.predict_proba(fs.features if dense else fs.features.reshape(len(fs.features), -1))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(root / "data")  # 3 classes x 6 PNGs
+    return _train(
+        root, data, ("logreg", "dense"), {"dense.epochs": 5, "dense.learning_rate": 1e-3},
+        model="resnet50", size=32, weights="none", batch_size=8,
+    )
+
+
+@pytest.fixture(scope="module")
+def signs(tmp_path_factory):
+    """A dense head on real MobileNetV2 features (96 px) of 6 photos per digit."""
+    weights = require_shared(WEIGHTS / MOBILENET_V2)
+    root = tmp_path_factory.mktemp("signs")
+    for digit in range(10):
+        for src in sorted((require_shared(SIGN_DIGITS) / str(digit)).glob("*.JPG"))[:6]:
+            (root / "data" / str(digit)).mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, root / "data" / str(digit) / src.name)
+    return _train(
+        root, root / "data", ("dense",), {"epochs": 40, "learning_rate": 1e-3},
+        model="mobilenet_v2", size=96, weights=str(weights), batch_size=16,
+    )
+
+
+# -- 1. predict reproduces the cached features -----------------------------
+
+
+@pytest.mark.parametrize("head", ["logreg", "dense"])
+def test_predict_on_training_images_equals_head_on_cached_features(tiny, tmp_path, head):
+    run, fs = tiny.runs[head], tiny.features
+    expected = _head_on_cached_features(run, fs)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    out = tmp_path / "preds.csv"
+
+    status, stdout, _ = _main("predict", run, tiny.data, broken, "--top-k", "3", "--output", out, "--json")
+
+    assert status == cli.ExitStatus.OK
+    rows = {p["path"]: p for p in json.loads(stdout.strip().splitlines()[-1])["predictions"]}
+    assert len(rows) == len(fs.paths) + 1
+    for relpath, want in zip(fs.paths, expected):
+        got = rows[str(tiny.data / relpath)]
+        proba = dict(got["top_k"])  # top 3 of 3 classes: every probability
+        assert got["predicted_class"] == fs.class_names[int(np.argmax(want))]
+        np.testing.assert_allclose([proba[c] for c in fs.class_names], want, atol=1e-5, rtol=0)
+    bad = rows[str(broken)]
+    assert bad["predicted_class"] is None and bad["top_k"] == [] and bad["error"]
+    assert "error:" in stdout and f"Wrote {len(rows)} predictions" in stdout
+
+    with out.open(newline="") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0]) == ["path", "predicted_class", "probability", "top_k_classes", "top_k_probabilities", "error"]
+    assert len(table) == len(rows) and table[-1]["error"] and not table[0]["error"]
+    assert len(table[0]["top_k_classes"].split(";")) == 3
+
+
+def test_bundle_of_a_sklearn_head_predicts_like_the_run_and_is_checked(tiny, tmp_path):
+    run, fs = tiny.runs["logreg"], tiny.features
+    with pytest.raises(ValueError, match="Only dense heads"):
+        export_run(run, tmp_path / "logreg.keras")
+    status, stdout, _ = _main("export", run, tmp_path / "bundle", "--json")
+    assert status == cli.ExitStatus.OK
+    bundle = tmp_path / "bundle"
+    assert json.loads(stdout.splitlines()[-1])["format"] == "bundle"
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "head.joblib", "manifest.sha256"]
+
+    some = [tiny.data / p for p in fs.paths[::4]]
+    got = np.array([p.probabilities for p in predict_images(bundle, some, top_k=1)])
+    np.testing.assert_allclose(got, _head_on_cached_features(run, fs)[::4], atol=1e-5, rtol=0)
+
+    (bundle / "head.joblib").write_bytes((bundle / "head.joblib").read_bytes() + b"\0")
+    with pytest.raises(RunError, match=r"head\.joblib.*sha256"):
+        Predictor.load(bundle)
+    (bundle / "manifest.sha256").unlink()
+    with pytest.raises(RunError, match="no manifest.sha256"):
+        Predictor.load(bundle)
+
+
+# -- 2. the exported model equals predict, without this package ------------
+
+
+_LOAD_ELSEWHERE = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "pipeline" or name.startswith("pipeline."):
+                raise ImportError("this process must not import pipeline")
+
+    sys.meta_path.insert(0, Refuse())
+    import keras, numpy as np
+    from PIL import Image
+
+    model = keras.saving.load_model(sys.argv[1])
+    np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
+    raw = [np.asarray(Image.open(p).convert("RGB")) for p in json.loads(sys.argv[4])]
+    same = len({x.shape for x in raw}) == 1
+    batches = [np.stack(raw)] if same else [x[None] for x in raw]
+    np.save(sys.argv[5], np.concatenate([model.predict(b, verbose=0) for b in batches]))
+    assert "pipeline" not in sys.modules
+    print(json.dumps({"backend": keras.backend.backend(), "pipeline": "pipeline" in sys.modules}))
+""")
+
+
+def test_exported_keras_model_equals_predict_in_a_fresh_process(signs, tmp_path):
+    """20 photos not used in training, 2 per digit, MobileNetV2 at 96 px."""
+    run = signs.runs["dense"]
+    photos = [p for d in range(10) for p in sorted((SIGN_DIGITS / str(d)).glob("*.JPG"))[6:8]]
+    expected = np.array([p.probabilities for p in predict_images(run, photos, top_k=1)])
+    assert expected.shape == (20, 10)
+
+    out = tmp_path / "export" / "signs.keras"
+    status, stdout, _ = _main("export", run, out, "--json")
+    assert status == cli.ExitStatus.OK
+    report = json.loads(stdout.splitlines()[-1])
+    assert report["format"] == "keras" and report["max_abs_diff"] < 1e-4
+    sidecar = json.loads((out.parent / "signs.keras.json").read_text())
+    assert sidecar["class_names"] == [str(d) for d in range(10)] and sidecar["input"]["size"] == 96
+
+    images = tmp_path / "images.npy"
+    np.save(images, np.stack([load_image(p, 96) for p in photos]))
+    script = tmp_path / "load.py"
+    script.write_text(_LOAD_ELSEWHERE)
+    args = [out, images, tmp_path / "proba.npy", json.dumps([str(p) for p in photos]), tmp_path / "raw.npy"]
+    # The default backend: the same model also loads on JAX (slower to build there, so not here).
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "KERAS_BACKEND", "KERAS_HOME")}
+    done = subprocess.run(
+        [PYTHON, script, *map(str, args)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+        env={**env, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1])["pipeline"] is False
+
+    exported = np.load(tmp_path / "proba.npy")
+    np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=0)
+    assert (exported.argmax(1) == expected.argmax(1)).all()
+    # Raw 100x100 photos, resized inside by Keras (no antialiasing) rather than Pillow.
+    raw = np.load(tmp_path / "raw.npy")
+    np.testing.assert_allclose(raw.sum(1), 1, atol=1e-5)
+    print(f"raw-photo vs Pillow-decoded max |diff| {np.abs(raw - expected).max():.3g}, "
+          f"argmax agreement {(raw.argmax(1) == expected.argmax(1)).mean():.2f}")
+
+
+@pytest.mark.parametrize("module", sorted({row.module for row in BACKBONES.values()}))
+def test_preprocess_dense_layer_equals_preprocess_input(module):
+    import importlib
+
+    import keras
+
+    kernel, bias = preprocess_affine(module)
+    layer = keras.layers.Dense(3, dtype="float32")
+    layer.build((None, 3))
+    layer.set_weights([kernel, bias])
+    images = np.random.default_rng(1).integers(0, 256, size=(2, 16, 16, 3)).astype(np.float32)
+    reference = importlib.import_module(f"keras.applications.{module}").preprocess_input(images.copy())
+    got = keras.ops.convert_to_numpy(layer(images))
+    np.testing.assert_allclose(got, np.asarray(reference), rtol=1e-6, atol=1e-5)
+
+
+# -- 3. tampered and foreign artifacts are refused --------------------------
+
+
+def test_modified_or_foreign_head_file_is_refused(tiny, tmp_path):
+    image = tiny.data / tiny.features.paths[0]
+    run = shutil.copytree(tiny.runs["logreg"], tmp_path / "run")
+    head = run / "head.joblib"
+    head.write_bytes(head.read_bytes()[:-1] + bytes([head.read_bytes()[-1] ^ 1]))
+
+    status, _, err = _main("predict", run, image, "--output", tmp_path / "p.csv")
+    assert status == cli.ExitStatus.BAD_INPUT
+    assert str(head) in err and "sha256" in err and "not unpickled" in err
+    assert not (tmp_path / "p.csv").exists()
+
+    shutil.copyfile(tiny.runs["dense"] / "head.joblib", head)  # a real head, of another run
+    with pytest.raises(ValueError, match="Refusing to load head file"):
+        Predictor.load(run)
+
+    lineage = json.loads((run / "lineage.json").read_text())
+    del lineage["head_sha256"]
+    (run / "lineage.json").write_text(json.dumps(lineage))
+    with pytest.raises(RunError, match="records no head_sha256"):
+        Predictor.load(run)
+
+
+def test_missing_or_changed_weights_file_is_named(signs, tmp_path):
+    shared = WEIGHTS / MOBILENET_V2
+    run = shutil.copytree(signs.runs["dense"], tmp_path / "run")
+    lineage = json.loads((run / "lineage.json").read_text())
+    moved = tmp_path / "moved" / MOBILENET_V2
+    lineage["extraction_config"]["weights"] = str(moved)
+    (run / "lineage.json").write_text(json.dumps(lineage))
+
+    status, _, err = _main("predict", run, SIGN_DIGITS / "0", "--output", tmp_path / "p.csv")
+    assert status == cli.ExitStatus.BAD_INPUT
+    assert f"Weights file '{moved}'" in err and "does not exist" in err and "--weights" in err
+
+    moved.parent.mkdir()
+    shutil.copyfile(WEIGHTS / "mobilenet_0.25_224_no_top.h5", moved)  # another file under that name
+    with pytest.raises(RunError, match=r"is not the file the run's features were extracted with"):
+        Predictor.load(run)
+    with pytest.raises(RunError, match="mobilenet_0.25"):
+        Predictor.load(run, weights=WEIGHTS / "mobilenet_0.25_224_no_top.h5")
+    assert Predictor.load(run, weights=shared).config.weights == str(shared)  # the right file, elsewhere
+
+
+# -- evaluate ----------------------------------------------------------------
+
+
+def test_evaluate_matches_names_lists_unknown_classes_and_writes_a_new_folder(tiny, tmp_path):
+    run, fs = tiny.runs["logreg"], tiny.features
+    labelled = tmp_path / "labelled"
+    for relpath in fs.paths:
+        if not relpath.startswith("class2/"):  # the run's class2 is missing here
+            (labelled / relpath).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(tiny.data / relpath, labelled / relpath)
+    write_image(labelled / "zebra" / "z1.png", seed=7)
+    write_image(labelled / "zebra" / "z2.png", seed=8)
+    (labelled / "class0" / "broken.png").write_bytes(b"")
+
+    status, stdout, _ = _main("evaluate", run, labelled, "--json")
+
+    assert status == cli.ExitStatus.OK
+    report = json.loads(stdout.splitlines()[-1])
+    out = Path(report["out_dir"])
+    assert out.parent == run and out.name.startswith("eval-")
+    assert sorted(p.name for p in out.iterdir()) == ["confusion_matrix.png", "metrics.json", "predictions.csv"]
+    assert not [p for p in run.iterdir() if p.name.startswith(".tmp-")]
+    assert report["unknown_classes"] == {"zebra": ["zebra/z1.png", "zebra/z2.png"]}
+    assert report["missing_classes"] == ["class2"]
+    assert report["skipped"][0]["path"] == "class0/broken.png"
+
+    rows = [i for i, p in enumerate(fs.paths) if not p.startswith("class2/")]
+    expected = _head_on_cached_features(run, fs)[rows]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["sizes"] == {"test": len(rows)}
+    assert metrics["test"]["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == fs.labels[rows]))
+    assert np.asarray(metrics["test"]["confusion_matrix"]).sum() == len(rows)
+
+    with pytest.raises(ValueError, match="belongs to a class of the run"):
+        evaluate_run(run, _only(tmp_path / "other", labelled / "zebra"))
+
+
+def _only(root, folder):
+    shutil.copytree(folder, root / folder.name)
+    return root
+
+
+# -- errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["predict", "{run}", "{image}", "--top-k", "0"], "`top_k` must be an integer >= 1"),
+        (["predict", "{tmp}/nope", "{image}"], "does not exist"),
+        (["predict", "{tmp}", "{image}"], "neither a run folder"),
+        (["predict", "{run}", "{tmp}"], "holds no images"),
+        (["export", "{run}", "{tmp}/x.h5", "--format", "keras"], "must end with '.keras'"),
+        (["export", "{run}", "{tmp}", "--format", "bundle"], "already exists"),
+    ],
+    ids=["top-k", "no-run", "not-a-run", "empty-folder", "keras-suffix", "bundle-exists"],
+)
+def test_user_errors_exit_2_with_the_fix(tiny, tmp_path, argv, message):
+    fill = dict(run=tiny.runs["dense"], image=tiny.data / tiny.features.paths[0], tmp=tmp_path)
+    status, _, err = _main(*[a.format(**fill) for a in argv])
+    assert status == cli.ExitStatus.BAD_INPUT
+    assert message in err
