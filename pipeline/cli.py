@@ -73,7 +73,11 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("features", help="extract backbone features of an image folder into the cache")
     p.add_argument("data", help="image folder: DATA/<class>/* or DATA/{train,validation,test}/<class>/*")
-    p.add_argument("--model", help="backbone name (see `bottleneck list`)")
+    p.add_argument(
+        "--model", nargs="+", action="extend",
+        help="backbone name (see `bottleneck list`); several names extract several feature sets in one pass, "
+        "decoding each image once per input size",
+    )
     p.add_argument("--size", type=int, help="input size in pixels (default: the backbone's)")
     p.add_argument("--pooling", choices=("avg", "max", "none"), help="global pooling, or none for spatial maps (default avg)")
     p.add_argument("--layer", help="take this layer's output instead of the last")
@@ -92,6 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list backbones (or heads with --heads)")
     p.add_argument("pattern", nargs="?", default="", help="fnmatch pattern, e.g. 'resnet*'")
+    p.add_argument("--heads", action="store_true", help="list the heads instead of the backbones")
     _common(p)
     p.set_defaults(handler=_cmd_list)
 
@@ -106,37 +111,124 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", nargs="?", default="data/digits")
     _common(p)
     p.set_defaults(handler=_cmd_sample_data)
+
+    p = sub.add_parser("train-head", help="train heads on a cached feature set, one run folder each")
+    p.add_argument(
+        "features", nargs="?",
+        help="feature set: a name (or unique prefix) from `bottleneck cache ls`, or a path to the set folder "
+        "or its features.h5; may be left out when the cache holds exactly one set",
+    )
+    p.add_argument(
+        "--head", action="append", dest="heads", metavar="NAME",
+        help="head from `bottleneck list --heads`, or module:Class of a scikit-learn estimator; "
+        "repeat to compare several on the same features (default logreg)",
+    )
+    p.add_argument(
+        "--param", action="append", dest="params", metavar="KEY=VALUE",
+        help="head parameter, e.g. C=0.5 or hidden_units=(512,256); repeatable. With several heads it goes "
+        "to every head that accepts it; HEAD.KEY=VALUE (dense.epochs=10) targets one head",
+    )
+    p.add_argument("--fraction", type=float, help="train on this stratified, seeded share of the training split (default 1)")
+    p.add_argument("--splits", help="train,validation,test shares when the data has no split folders (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, help="seed of the fraction subset and of the heads (default 0)")
+    p.add_argument("--runs-dir", help="where run folders and the leaderboard go (default runs)")
+    p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
+    p.add_argument("--config", help="TOML file with a [train] table")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p)
+    p.set_defaults(handler=_cmd_train_head)
+
+    p = sub.add_parser("runs", help="inspect trained runs")
+    p.add_argument("action", choices=("ls",))
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--json", action="store_true")
+    _common(p)
+    p.set_defaults(handler=_cmd_runs)
+    _add_predict_parsers(sub)
     return parser
+
+
+def _cmd_train_head(args) -> int:
+    from . import config as config_lib
+    from .train import parse_params, train_heads
+
+    table = config_lib.load_toml(args.config).get("train", {})
+    params = None
+    if args.params:  # flags override the file's params key by key
+        params = {**table.get("params", {}), **parse_params(args.params)}
+    config = config_lib.resolve(
+        config_lib.TrainConfig,
+        table,
+        heads=tuple(args.heads) if args.heads else None,
+        params=params,
+        fraction=args.fraction,
+        splits=args.splits,
+        seed=args.seed,
+        runs_dir=args.runs_dir,
+        cache_dir=args.cache_dir,
+    )
+    results = train_heads(args.features, config=config)
+    if not args.quiet:
+        print(f"{'head':16} {'val acc':>8} {'test acc':>8} {'test F1':>8} {'fit s':>8}  run")
+        for r in results:
+            cells = (r.val_accuracy, r.test_accuracy, r.test_macro_f1)
+            scores = " ".join(f"{'-' if v is None else f'{v:.4f}':>8}" for v in cells)
+            print(f"{r.head:16} {scores} {r.fit_seconds:8.2f}  {r.run_dir}")
+    if args.json:
+        print(json.dumps({"runs": [r.to_json() for r in results]}))
+    return ExitStatus.OK
+
+
+def _cmd_runs(args) -> int:
+    from .train import LEADERBOARD_COLUMNS, list_runs
+
+    rows = list_runs(args.runs_dir)
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"No runs under {args.runs_dir}/. Run `make train-head` first.")
+    else:
+        shown = LEADERBOARD_COLUMNS
+        widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in shown}
+        print("  ".join(c.ljust(widths[c]) for c in shown))
+        for r in rows:
+            print("  ".join(r.get(c, "").ljust(widths[c]) for c in shown))
+    return ExitStatus.OK
 
 
 def _cmd_features(args) -> int:
     from . import config as config_lib
-    from .extract import extract_features
+    from .extract import extract_many
 
     table = config_lib.load_toml(args.config).get("features", {})
-    config = config_lib.resolve(
-        config_lib.ExtractConfig,
-        table,
-        data=args.data,
-        model=args.model,
-        size=args.size,
-        pooling=args.pooling,
-        layer=args.layer,
-        weights=args.weights,
-        precision=args.precision,
-        storage_dtype=args.storage_dtype,
-        batch_size=args.batch_size,
-        workers=args.workers,
-        shard_size=args.shard_size,
-        cache_dir=args.cache_dir,
-        name=args.name,
-    )
+    configs = [
+        config_lib.resolve(
+            config_lib.ExtractConfig,
+            table,
+            data=args.data,
+            model=model,
+            size=args.size,
+            pooling=args.pooling,
+            layer=args.layer,
+            weights=args.weights,
+            precision=args.precision,
+            storage_dtype=args.storage_dtype,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            shard_size=args.shard_size,
+            cache_dir=args.cache_dir,
+            name=args.name,
+        )
+        for model in (args.model or [None])
+    ]
     with _progress_bar(disable=args.quiet or args.json) as progress:
-        result = extract_features(config=config, progress=progress)
+        results = extract_many(configs, progress=progress)
     if not args.quiet:
-        _print_features_summary(result)
+        for result in results:
+            _print_features_summary(result)
     if args.json:
-        print(json.dumps(result.to_json()))
+        reports = [r.to_json() for r in results]
+        print(json.dumps(reports[0] if len(reports) == 1 else {"feature_sets": reports}))
     return ExitStatus.OK
 
 
@@ -184,6 +276,13 @@ class _progress_bar:
 def _cmd_list(args) -> int:
     from .backbones import get_backbone_cfg, list_backbones
 
+    if args.heads:
+        from .heads import get_head_cfg, list_heads
+
+        for name in list_heads(args.pattern):
+            cfg = get_head_cfg(name)
+            print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}")
+        return ExitStatus.OK
     for name in list_backbones(args.pattern):
         cfg = get_backbone_cfg(name)
         print(f"{name:24} {cfg.default_size:4d} px (min {cfg.min_size}), preprocess: {cfg.module}")
@@ -212,4 +311,103 @@ def _cmd_sample_data(args) -> int:
     from .sample_data import write_digits
 
     print(f"Sample dataset: {write_digits(args.out)}")
+    return ExitStatus.OK
+
+
+# -- predict, evaluate, export ---------------------------------------------
+
+
+def _add_predict_parsers(sub) -> None:
+    run_help = "run folder (runs/<feature set>/<head>-<id>) or a bundle folder from `bottleneck export`"
+    weights_help = "the run's weights file, if it moved (must have the sha256 recorded at extraction)"
+
+    p = sub.add_parser("predict", help="predict the class of new images with a trained run")
+    p.add_argument("run", help=run_help)
+    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
+    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
+    p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
+    p.add_argument("--weights", help=weights_help)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p)
+    p.set_defaults(handler=_cmd_predict)
+
+    p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
+    p.add_argument("run", help=run_help)
+    p.add_argument("data", help="labelled folder, DATA/<class>/*; classes are matched by name")
+    p.add_argument("--weights", help=weights_help)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p)
+    p.set_defaults(handler=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="export a run: one .keras model (dense heads) or a self-contained bundle")
+    p.add_argument("run", help=run_help)
+    p.add_argument("out", help="OUT.keras for a dense head, or a new folder for a bundle")
+    p.add_argument("--format", choices=("keras", "bundle"), help="default: keras for dense heads, bundle otherwise")
+    p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
+    p.add_argument("--weights", help=weights_help)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p)
+    p.set_defaults(handler=_cmd_export)
+
+
+def _cmd_predict(args) -> int:
+    from .predict import predict_images, write_predictions_csv
+
+    predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights)
+    path = write_predictions_csv(predictions, args.output)
+    failed = sum(p.error is not None for p in predictions)
+    if not args.quiet:
+        shown = predictions[:20]
+        width = min(60, max(len("path"), *(len(p.path) for p in shown)))
+        print(f"{'path':{width}}  {'class':12} {'prob':>6}  top-{args.top_k}")
+        for p in shown:
+            name = p.path if len(p.path) <= width else "..." + p.path[-(width - 3):]
+            if p.error is not None:
+                print(f"{name:{width}}  error: {p.error}")
+            else:
+                top = ", ".join(f"{c} {q:.2f}" for c, q in p.top_k)
+                print(f"{name:{width}}  {p.predicted_class:12} {p.probability:6.3f}  {top}")
+        if len(predictions) > len(shown):
+            print(f"... and {len(predictions) - len(shown)} more")
+        errors = f", {failed} could not be read" if failed else ""
+        noun = "prediction" if len(predictions) == 1 else "predictions"
+        print(f"Wrote {len(predictions)} {noun} to {path}{errors}.")
+    if args.json:
+        print(json.dumps({"output": str(path), "predictions": [p.to_json() for p in predictions]}))
+    return ExitStatus.OK
+
+
+def _cmd_evaluate(args) -> int:
+    from .predict import evaluate_run
+
+    result = evaluate_run(args.run, args.data, weights=args.weights)
+    if not args.quiet:
+        print(result.dataset_summary)
+        macro_f1 = result.metrics.get("macro_f1")
+        f1 = "" if macro_f1 is None else f", macro F1 {macro_f1:.4f}"
+        print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images.")
+        for name, paths in result.unknown_classes.items():
+            print(f"  unknown class {name!r}: {len(paths)} images left out")
+        if result.missing_classes:
+            print(f"  classes of the run without images here: {', '.join(result.missing_classes)}")
+        for path, reason in result.skipped[:20]:
+            print(f"  skipped {path}: {reason}")
+        print(f"Metrics and confusion matrix: {result.out_dir}")
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return ExitStatus.OK
+
+
+def _cmd_export(args) -> int:
+    from .export import export_run
+
+    result = export_run(
+        args.run, args.out, format=args.format, weights=args.weights, include_weights=not args.no_weights,
+    )
+    if not args.quiet:
+        what = "Keras model" if result.format == "keras" else "bundle"
+        check = "" if result.max_abs_diff is None else f" (checked against the run: max difference {result.max_abs_diff:.2g})"
+        print(f"Exported {what}: {result.path}{check}")
+    if args.json:
+        print(json.dumps(result.to_json()))
     return ExitStatus.OK

@@ -385,11 +385,19 @@ class _ShardRotator:
 
 
 def _predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """One forward pass; short batches are padded so the compiled step is reused."""
-    n = len(images)
-    if n < batch_size:
-        images = np.concatenate([images, np.zeros((batch_size - n, *images.shape[1:]), images.dtype)])
-    return np.asarray(model.predict_on_batch(images))[:n]
+    """Forward passes of exactly `batch_size` images, so the compiled step is reused.
+
+    The last, short batch is padded with zeros; a longer input (another
+    backbone's decode batch) is cut into batches.
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        outputs.append(np.asarray(model.predict_on_batch(batch))[:n])
+    return np.concatenate(outputs)
 
 
 def _decoded_batches(root: Path, entries: Sequence, size: int, batch_size: int, workers: int) -> Iterator:
@@ -465,6 +473,8 @@ def _file_size(path: Path) -> int:
 def _os_reason(e: OSError) -> str:
     if isinstance(e, PermissionError):
         return "permission denied: cannot read the file (fix its permissions or remove it)"
+    if isinstance(e, FileNotFoundError):
+        return "file not found: it was deleted or moved after the folder was listed, or it is a broken symlink"
     return f"cannot read the file: {e.strerror or e}"
 
 

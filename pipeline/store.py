@@ -12,7 +12,10 @@ Shards are written under a temporary name and renamed into place only when
 complete, so a shard that exists is whole; each row is keyed by the sha256
 of the image file it came from. The index is rebuilt from the shards at the
 end of every run and also replaced atomically, so it is always either the
-previous complete index or the new one. Resuming after a crash therefore
+previous complete index or the new one. Its first 512 bytes (an HDF5 user
+block, which HDF5 skips) hold the sha256 of the rest, checked before HDF5
+parses anything: HDF5 checksums neither the row tables nor the string heap,
+and some damage makes it loop forever. Resuming after a crash therefore
 means "extract what no shard holds", adding images adds a shard, and a
 removed image is a row the index no longer points at. Workers on other
 machines can write shards of the same set side by side, as the names never
@@ -29,8 +32,10 @@ import contextlib
 import dataclasses
 import fcntl
 import hashlib
+import io
 import json
 import os
+import re
 import time
 import uuid
 from pathlib import Path
@@ -43,6 +48,10 @@ FORMAT_VERSION = 1
 INDEX_NAME = "features.h5"
 SHARD_DIR = "shards"
 _TMP_PREFIX = ".tmp-"
+# The index starts with `_SEAL + sha256 of everything after the user block`;
+# HDF5 skips the user block, so plain h5py still reads the file.
+_USERBLOCK = 512
+_SEAL = b"bottleneck-index sha256:"
 _STR = h5py.string_dtype("utf-8")
 _BYTES = h5py.string_dtype("ascii")
 
@@ -53,6 +62,10 @@ class FeatureStoreError(ValueError):
 
 class StoreBusyError(RuntimeError):
     """Another process holds the write lock of a feature set."""
+
+
+class StoreWriteError(OSError):
+    """A shard or the index could not be written (disk full, quota, I/O error)."""
 
 
 def feature_key(spec: dict[str, Any]) -> str:
@@ -219,14 +232,14 @@ class FeatureStore:
                 with h5py.File(self.shard_dir / name, "r") as f:
                     if f.attrs.get("feature_key") != feature_key_:
                         raise FeatureStoreError("written for another feature key")
-                    digests = f["sha256"][:]
+                    digests = [d.decode("ascii") for d in f["sha256"][:]]
                     if f["features"].shape[0] != len(digests):
                         raise FeatureStoreError("row counts differ")
-            except (OSError, KeyError, FeatureStoreError):
+            except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, a damaged digest
                 bad.append(name)
                 continue
             for row, digest in enumerate(digests):
-                rows.setdefault(digest.decode(), (name, row))
+                rows.setdefault(digest, (name, row))
         return rows, bad
 
     def verify_shards(self, names: Sequence[str]) -> list[str]:
@@ -284,8 +297,10 @@ class FeatureStore:
         Returns `None` when there is no readable complete index.
         """
         try:
-            with h5py.File(self.index_path, "r") as f:
+            with _open_index(self.index_path) as f:
                 if not f.attrs.get("complete", False):
+                    return None
+                if not all(_is_shard_name(s.decode()) for s in f["shards/name"][:]):
                     return None
                 return {
                     "feature_key": f.attrs["feature_key"],
@@ -297,7 +312,7 @@ class FeatureStore:
                     "shard_sizes": f["shards/size"][:].tolist(),
                     "sha256": [s.decode() for s in f["images/sha256"][:]],
                 }
-        except (OSError, KeyError):
+        except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, undecodable text
             return None
 
     def write_index(
@@ -327,8 +342,9 @@ class FeatureStore:
         shard_ids = {name: i for i, name in enumerate(shards)}
         content_hash = _content_hash(attrs.get("feature_key", ""), rows, class_names)
         tmp = self.root / f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}-{INDEX_NAME}"
+        buffer = io.BytesIO()  # built in memory, so a failed write is one clear OSError, not HDF5's
         try:
-            with h5py.File(tmp, "w", libver="latest") as f:
+            with h5py.File(buffer, "w", libver="latest", userblock_size=_USERBLOCK) as f:
                 f.create_virtual_dataset(
                     "features", _virtual_layout(self.shard_dir, rows, locations, feature_shape, dtype)
                 )
@@ -357,7 +373,9 @@ class FeatureStore:
                 f.attrs["content_hash"] = content_hash
                 f.attrs["n_images"] = len(rows)
                 f.attrs["complete"] = True
-            os.replace(tmp, self.index_path)
+            with _reporting_write_errors(tmp):
+                _write_new_file(tmp, _sealed(buffer.getbuffer()))
+                os.replace(tmp, self.index_path)
         finally:
             tmp.unlink(missing_ok=True)
         return content_hash
@@ -385,7 +403,7 @@ class FeatureStore:
                 "first; an interrupted run resumes where it stopped."
             )
         try:
-            with h5py.File(path, "r") as f:
+            with _open_index(path) as f:
                 if not f.attrs.get("complete", False) or f.attrs.get("format_version") != FORMAT_VERSION:
                     raise FeatureStoreError(
                         f"'{path}' is not a complete feature set of format {FORMAT_VERSION}. "
@@ -401,10 +419,13 @@ class FeatureStore:
                 split_keys = f["images/split_key"][:]
                 folder_splits = f["images/folder_split"].asstr()[:]
                 feature_shape = tuple(f["features"].shape[1:])
-        except OSError as e:
+        except FeatureStoreError:
+            raise
+        except (OSError, KeyError, ValueError) as e:
             raise FeatureStoreError(
                 f"Cannot read '{path}' ({e}). It is damaged; run `make features` again to rebuild it."
             ) from None
+        _check_locations(path, shards, shard_of_row, row_in_shard, len(labels), len(paths))
         features = np.empty((len(labels), *feature_shape), dtype=np.float32)
         for shard_id, name in enumerate(shards):
             mine = np.flatnonzero(shard_of_row == shard_id)
@@ -428,7 +449,7 @@ class FeatureStore:
         try:
             with h5py.File(shard, "r") as f:
                 return f["features"][:][rows]
-        except (OSError, KeyError) as e:
+        except (OSError, KeyError, IndexError) as e:
             raise FeatureStoreError(
                 f"Shard '{shard}' of feature set '{self.root.name}' is missing or corrupt ({e}). "
                 "Run the same `make features` command again: it detects the damage "
@@ -451,7 +472,9 @@ class ShardWriter:
         self.capacity = capacity
         self._final = shard_dir / name
         self._tmp = shard_dir / f"{_TMP_PREFIX}{name}"
-        self._file = h5py.File(self._tmp, "w")
+        with _reporting_write_errors(self._tmp):
+            self._sink = _GuardedFile(self._tmp)
+        self._file = h5py.File(self._sink, "w")
         self._file.attrs["feature_key"] = feature_key_
         self._file.attrs["format_version"] = FORMAT_VERSION
         row_bytes = int(np.prod(feature_shape)) * np.dtype(dtype).itemsize
@@ -480,14 +503,89 @@ class ShardWriter:
 
     def finish(self, publish: bool) -> None:
         """Closes the file; renames it into place if `publish` and it has rows, else deletes it."""
-        if self._file.id.valid:
-            self._file.close()
-        if publish and self.rows:
-            with open(self._tmp, "rb+") as f:
-                os.fsync(f.fileno())
-            os.replace(self._tmp, self._final)
-        else:
+        try:
+            with _reporting_write_errors(self._tmp):
+                if self._file.id.valid:
+                    if publish and self.rows:  # a Ctrl-C may have cut an append short: keep whole rows only
+                        for dataset in (self._features, self._sha256, self._paths):
+                            dataset.resize(self.rows, axis=0)
+                    self._file.close()
+                self._sink.close()
+                if publish and self.rows:
+                    if self._sink.error is not None:  # a write failed; HDF5 finished in memory
+                        raise self._sink.error
+                    with open(self._tmp, "rb+") as f:
+                        os.fsync(f.fileno())
+                    os.replace(self._tmp, self._final)
+                else:
+                    self._tmp.unlink(missing_ok=True)
+        except StoreWriteError:
             self._tmp.unlink(missing_ok=True)
+            raise
+
+
+class _GuardedFile:
+    """The file h5py writes a shard through (its `fileobj` driver); HDF5 never sees a failed write.
+
+    HDF5 does not survive a failed write: the file can then be neither flushed
+    nor closed, and the process dies with SIGSEGV at exit. So when a write
+    fails (disk full, quota, I/O error) the error is kept in `error`, the
+    file's content so far moves to memory, HDF5 finishes there (at most one
+    shard), and `ShardWriter.finish` raises the error once HDF5 has let go.
+    """
+
+    def __init__(self, path: Path):
+        self.name = str(path)
+        self.error: OSError | None = None
+        self._disk = open(path, "w+b", buffering=0)
+        self._file: Any = self._disk
+
+    def __repr__(self) -> str:  # h5py reports it as the file's name
+        return self.name
+
+    def _to_memory(self, error: OSError) -> None:
+        if self._file is not self._disk:
+            raise error
+        position = self._disk.tell()
+        self._disk.seek(0)
+        memory = io.BytesIO(self._disk.read())
+        memory.seek(position)
+        self._file, self.error = memory, error
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while done < len(view):
+            try:
+                done += self._file.write(view[done:])  # unbuffered: may write part of it
+            except OSError as e:
+                self._to_memory(e)
+        return len(view)
+
+    def truncate(self, size=None) -> int:
+        try:
+            return self._file.truncate(size)
+        except OSError as e:
+            self._to_memory(e)
+            return self._file.truncate(size)
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def readinto(self, buffer) -> int:
+        return self._file.readinto(buffer)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self._disk.close()
 
 
 def read_feature_set(path: str | os.PathLike) -> FeatureSet:
@@ -538,6 +636,88 @@ def _content_hash(key: str, rows: Sequence[IndexRow], class_names: Sequence[str]
     for r in rows:
         digest.update(f"{r.sha256}:{r.label}:{r.relpath}\n".encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
+
+
+def _is_shard_name(name: str) -> bool:
+    """A plain file name inside `shards/`: no folder part, no `..`, not hidden."""
+    return name == os.path.basename(name) and name.endswith(".h5") and not name.startswith(".") \
+        and not any(c in name for c in "\\\0")
+
+
+def _check_locations(path: Path, shards, shard_of_row, row_in_shard, n_rows: int, n_paths: int) -> None:
+    """Refuses an index whose rows point outside its shards (hand-edited, or from elsewhere)."""
+    unsafe = [s for s in shards if not _is_shard_name(s)]
+    if unsafe:
+        raise FeatureStoreError(
+            f"'{path}' names shard {unsafe[0]!r}, which is not a file in its shards/ folder, so it was "
+            "not read. Run `make features` again to rebuild the index from the shards."
+        )
+    if not (len(shard_of_row) == len(row_in_shard) == n_rows == n_paths) or (
+        n_rows and (shard_of_row.min() < 0 or shard_of_row.max() >= len(shards) or row_in_shard.min() < 0)
+    ):
+        raise FeatureStoreError(
+            f"'{path}' points rows at shards it does not list. Run `make features` again to rebuild it."
+        )
+
+
+def _sealed(data) -> bytes:
+    """The index bytes with the sha256 of everything after the user block written into it."""
+    data = bytearray(data)
+    digest = hashlib.sha256(memoryview(data)[_USERBLOCK:]).hexdigest().encode()
+    data[: len(_SEAL) + 65] = _SEAL + digest + b"\n"
+    return bytes(data)
+
+
+def _open_index(path: Path) -> h5py.File:
+    """Opens the index from bytes checked against its seal.
+
+    HDF5 checksums neither raw data nor the heap holding strings, and some
+    damage makes it loop forever, so the whole file is checked first and
+    HDF5 parses exactly the bytes that were checked. Raises OSError when the
+    file cannot be read and FeatureStoreError when it is damaged.
+    """
+    data = Path(path).read_bytes()
+    digest = hashlib.sha256(memoryview(data)[_USERBLOCK:]).hexdigest().encode()
+    if data[: len(_SEAL) + 65] != _SEAL + digest + b"\n":
+        raise FeatureStoreError(
+            f"'{path}' is damaged or not a complete feature set: its checksum does not match its "
+            "content. Run `make features` again to rebuild it (finished shards are reused)."
+        )
+    return h5py.File(io.BytesIO(data), "r")
+
+
+def _write_new_file(path: Path, data: bytes) -> None:
+    """Creates `path` with `data`, fsynced; a failure is an OSError naming the file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view[: 1 << 20]) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _reporting_write_errors(path: Path) -> Iterator[None]:
+    """Turns a failed write (OSError, or h5py's long RuntimeError) into one clear StoreWriteError."""
+    try:
+        yield
+    except StoreWriteError:
+        raise
+    except (OSError, RuntimeError) as e:
+        found = re.search(r"errno = (\d+), error message = '([^']*)'", str(e))
+        if isinstance(e, OSError) and e.strerror:
+            reason = f"{e.strerror} (errno {e.errno})"
+        elif found:
+            reason = f"{found.group(2)} (errno {found.group(1)})"
+        else:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise StoreWriteError(
+            f"Cannot write '{path}': {reason}. The disk is probably full or over quota. Nothing "
+            "half-written is used and the previous feature set is untouched: free some space, "
+            "then run the same command again (it resumes where it stopped)."
+        ) from None
 
 
 def _attr(value):
