@@ -16,12 +16,31 @@ PRECISION ?=
 WORKERS ?=
 CACHE ?= cache
 CONFIG ?=
+# train-head: FEATURES is a cache name/prefix or path (empty: the only set in
+# CACHE); HEAD and PARAMS are space-separated lists, e.g. HEAD="logreg dense"
+# PARAMS="C=0.5 dense.epochs=10" (no spaces inside one value).
+FEATURES ?=
+HEAD ?=
+PARAMS ?=
+FRACTION ?=
+SPLITS ?=
+SEED ?=
+# predict / evaluate / export: RUN is a run folder (or a bundle folder),
+# IMAGES space-separated files or folders, OUTPUT the predictions CSV, OUT
+# the export target (OUT.keras, or a new folder for a bundle); evaluate
+# reads the labelled folder DATA.
+RUN ?=
+IMAGES ?=
+OUTPUT ?=
+TOPK ?=
+OUT ?=
+FORMAT ?=
 # Extra flags passed through unchanged, e.g. ARGS="--json".
 ARGS ?=
 
 opt = $(if $(strip $(2)),$(1) $(2))
 
-.PHONY: setup features test sample-data list clean-cache
+.PHONY: setup features test sample-data list clean-cache train-head predict evaluate export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,7 +65,35 @@ list: $(VENV)/.installed
 	$(BOTTLENECK) list
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q --durations=30 $(ARGS)
+
+# Kill-and-resume soak of the features stage (docs/reliability.md): 40 random
+# kill points by default; ARGS="--points 100 --seed 7 --model resnet50".
+.PHONY: soak
+soak: $(VENV)/.installed
+	$(PY) tests/soak.py $(ARGS)
+
+# Benchmarks (docs/performance.md): prints a markdown report and writes
+# bench/results/cpu-<date>.md. Quick run: BENCH_ARGS="--n 200 --speed-n 64 --reps 1".
+BENCH_ARGS ?=
+.PHONY: bench
+bench: $(VENV)/.installed
+	$(PY) -m bench.run $(BENCH_ARGS)
+
+train-head: $(VENV)/.installed
+	$(BOTTLENECK) train-head $(FEATURES) --cache-dir $(CACHE) \
+		$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
+		$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
+		$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS)
 
 clean-cache:
 	rm -rf $(CACHE)/*/
+
+predict: $(VENV)/.installed
+	$(BOTTLENECK) predict $(RUN) $(IMAGES) $(call opt,--output,$(OUTPUT)) $(call opt,--top-k,$(TOPK)) $(ARGS)
+
+evaluate: $(VENV)/.installed
+	$(BOTTLENECK) evaluate $(RUN) $(DATA) $(ARGS)
+
+export: $(VENV)/.installed
+	$(BOTTLENECK) export $(RUN) $(OUT) $(call opt,--format,$(FORMAT)) $(ARGS)

@@ -90,3 +90,11 @@ def test_cache_ls_shows_feature_sets(tiny_dataset, tmp_path, capsys):
     assert main(["cache", "ls", "--cache-dir", str(cache), "--json"]) == ExitStatus.OK
     (entry,) = json.loads(capsys.readouterr().out)
     assert entry["images"] == 18 and entry["name"].startswith("data-resnet50-32-avg-")
+
+
+def test_list_heads_prints_every_head(capsys):
+    from pipeline.heads import list_heads
+
+    assert main(["list", "--heads"]) == ExitStatus.OK
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == list_heads() and "logreg" in names and "dense" in names
