@@ -5,7 +5,7 @@ keep the features in the store, then train cheap heads on them.
 """
 
 from .backbones import BACKBONES, build_extractor, get_backbone_cfg, list_backbones
-from .config import ExtractConfig
+from .config import ExtractConfig, TrainConfig
 from .extract import ExtractResult, extract_features
 from .export import ExportResult, export_run
 from .predict import EvaluationResult, Prediction, Predictor, RunError, evaluate_run, predict_images
@@ -30,4 +30,19 @@ __all__ = [
     "evaluate_run",
     "export_run",
     "predict_images",
+    "RunResult",
+    "TrainConfig",
+    "list_runs",
+    "train_heads",
 ]
+
+_TRAIN_NAMES = ("RunResult", "list_runs", "train_heads")
+
+
+def __getattr__(name):
+    # The head stage imports scikit-learn (seconds); load it on first use only.
+    if name in _TRAIN_NAMES:
+        from . import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

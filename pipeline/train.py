@@ -436,6 +436,7 @@ def _run_one(fs: FeatureSet, parts, head: str, params: dict[str, Any], config) -
         fit_kwargs = {}
         if is_dense:
             fit_kwargs = {"validation_data": (X[val], y[val]) if len(val) else None, "callbacks_dir": tmp}
+        log.info("Training %s on %d examples ...", head, len(train))
         started = time.perf_counter()
         try:
             est.fit(X[train], y[train], **fit_kwargs)
@@ -500,7 +501,6 @@ def _run_one(fs: FeatureSet, parts, head: str, params: dict[str, Any], config) -
         "fit_seconds": f"{fit_seconds:.3f}",
         "run_dir": str(run_dir),
     })
-    log.info("%s: val accuracy %s, test accuracy %s (%s)", head, _fmt(result.val_accuracy), _fmt(result.test_accuracy), run_dir)
     return result
 
 

@@ -657,14 +657,14 @@ def mutate(root: Path, rng: random.Random, round_: int) -> str:
     removed = images[:8] if round_ % 2 else rng.sample(images, min(5, len(images) // 4))
     for p in removed:
         p.unlink()
-    write_images(root, len(classes), 12, start=500 + 20 * round_, seed=round_ * 7919)
+    write_images(root, len(classes), 6, start=500 + 10 * round_, seed=round_ * 7919)
     changed = rng.sample(sorted(set(images) - set(removed)), 2)
     sys.path.insert(0, str(HERE))
     from imagegen import write_image
 
     for p in changed:
         write_image(p, seed=rng.randrange(10**6), size=16)
-    return f"removed {len(removed)}, added {12 * len(classes)}, changed {len(changed)}"
+    return f"removed {len(removed)}, added {6 * len(classes)}, changed {len(changed)}"
 
 
 # -- damaged files ------------------------------------------------------------------
@@ -768,6 +768,8 @@ def soak(points: int, seed: int, model: list[str], images: int, workdir: Path) -
             for kill in random_kills(rng, min(12, points - len(done))):
                 point = campaign.interrupt(kill)
                 print(f"  {kill}: " + (point.outcome if point else "missed (the run completed)"), flush=True)
+                if same_set(campaign.previous, target):
+                    break  # the set is complete: later runs would only find it up to date
             campaign.finish()
             done += campaign.points
             print(f"round {round_}: {len(campaign.points)} kill points survived, the set equals the "

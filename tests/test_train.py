@@ -389,8 +389,10 @@ for name in ("tensorflow", "keras"):
 from pipeline.config import TrainConfig
 from pipeline.train import train_heads
 
-heads = [h for h in sys.argv[3:]]
-results = train_heads(sys.argv[1], config=TrainConfig(heads=tuple(heads), runs_dir=sys.argv[2]))
+heads = tuple(sys.argv[3:])
+lean = {"hist_gb.max_iter": 10, "random_forest.n_estimators": 20}
+params = {k: v for k, v in lean.items() if k.split(".")[0] in heads}
+results = train_heads(sys.argv[1], config=TrainConfig(heads=heads, params=params, runs_dir=sys.argv[2]))
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
 print(json.dumps({"accuracy": [r.test_accuracy for r in results], "leaked": leaked}))
 """
@@ -416,28 +418,40 @@ def test_scikit_learn_heads_train_where_tensorflow_and_keras_cannot_be_imported(
 
 # -- real features -----------------------------------------------------------
 
-# Lighter settings for the slow heads; every other head runs with its defaults.
-_LEAN = {"random_forest": {"n_estimators": 50}, "hist_gb": {"max_iter": 30}}
+# Lighter settings for the heads that are slow on 1,667 x 1280 features
+# (measured on a loaded 2-core CPU: hist_gb defaults take minutes, these 7 s
+# for 0.86; linear_svm's default C=1 converges slowly, C=0.001 takes 12 s for
+# 0.94). Every other head runs with its registry defaults.
+_LEAN = {
+    "hist_gb": {"max_iter": 20, "max_depth": 2, "max_bins": 16, "learning_rate": 0.3},
+    "linear_svm": {"C": 0.001},
+    "random_forest": {"n_estimators": 100},
+}
 
 
 @pytest.mark.parametrize("head", list_heads())
 def test_every_registry_head_learns_real_features(head, sign_digits_features, tmp_path):
     config = TrainConfig(heads=(head,), params=_LEAN.get(head, {}), runs_dir=str(tmp_path / "runs"))
     (result,) = train.train_heads(sign_digits_features, config=config)
-    assert result.sizes["test"] > 150 and result.test_accuracy >= 0.8, result.metrics["test"]
+    # Chance is 0.1; the weakest heads (knn, random forest) score about 0.81.
+    assert result.sizes["test"] > 150 and result.test_accuracy >= 0.75, result.metrics["test"]
     assert (result.run_dir / "head.joblib").exists() and (result.run_dir / "confusion_matrix.png").exists()
 
 
 def test_logreg_separates_real_from_random_weights(sign_digits_features, tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
     (real,) = train.train_heads(sign_digits_features, config=TrainConfig(heads=("logreg",), runs_dir=str(runs)))
-    assert real.test_accuracy >= 0.90
+    assert real.test_accuracy >= 0.90, real.metrics["test"]  # measured 0.943
 
-    # Random weights on a 300-image subset (30 per class) at 96 px: a
-    # random-weight forward pass costs as much as a real one, and "near
-    # chance" needs neither all images nor full resolution to show, so the
-    # second extraction takes seconds instead of minutes. Half of the subset
-    # is held out for test (~150 images) so the accuracy is not too noisy.
+    # Random against real weights on the same 300 images (30 per class), at
+    # 96 px, on the same split (half held out, ~165 test images): only the
+    # weights differ. A random-weight pass costs as much as a real one, so a
+    # second full 224 px extraction would add minutes; the subset takes
+    # seconds and random features score the same at 96 and 224 px here.
+    # Random weights do not score chance (0.1) with `logreg`: its
+    # StandardScaler undoes their ~1e-12 scale, and random ReLU conv features
+    # still see hand shapes (measured 0.45 here, 0.82 on all images at
+    # 224 px). What the pretrained weights buy is the gap.
     subset = tmp_path_factory.mktemp("signs300")
     for digit in sorted(p.name for p in require_shared(SIGN_DIGITS).iterdir() if p.is_dir()):
         (subset / digit).mkdir()
@@ -445,11 +459,22 @@ def test_logreg_separates_real_from_random_weights(sign_digits_features, tmp_pat
             shutil.copyfile(src, subset / digit / src.name)
     from pipeline.extract import extract_features
 
-    random_set = extract_features(config=ExtractConfig(
-        data=str(subset), model="mobilenet_v2", size=96, weights="none",
-        cache_dir=str(tmp_path_factory.mktemp("random-cache")), batch_size=50, workers=2,
-    )).path
     config = TrainConfig(heads=("logreg",), splits=(0.5, 0.0, 0.5), runs_dir=str(runs))
-    (random,) = train.train_heads(random_set, config=config)
-    assert random.sizes["test"] > 100
-    assert random.test_accuracy <= 0.3, random.metrics["test"]  # chance is 0.1
+    scores = {}
+    for weights in (str(_mobilenet_v2_weights()), "none"):
+        features = extract_features(config=ExtractConfig(
+            data=str(subset), model="mobilenet_v2", size=96, weights=weights,
+            cache_dir=str(tmp_path_factory.mktemp("subset-cache")), batch_size=50, workers=2,
+        )).path
+        (result,) = train.train_heads(features, config=config)
+        assert result.sizes["test"] > 150
+        scores[weights] = result.test_accuracy
+    real_subset, random_subset = scores.values()
+    assert real_subset >= 0.7 and random_subset <= 0.6, scores  # measured 0.76 and 0.45
+    assert real_subset - random_subset >= 0.2, scores
+
+
+def _mobilenet_v2_weights():
+    from imagegen import WEIGHTS
+
+    return require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
