@@ -42,6 +42,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from .fileutils import replace_text
 from . import backbones, config as config_lib, discovery
 
 __all__ = [
@@ -638,7 +639,7 @@ def write_predictions_csv(predictions: Sequence[Prediction], path: str | os.Path
         ])
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _replace_text(path, buffer.getvalue())
+    replace_text(path, buffer.getvalue())
     return path
 
 
@@ -770,15 +771,3 @@ def _jsonable(value):
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
-    try:
-        with tmp.open("w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

@@ -50,6 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .fileutils import replace_text
 from . import config as config_lib, heads as heads_lib
 from .store import INDEX_NAME, FeatureSet, FeatureStoreError, read_feature_set
 
@@ -616,8 +617,8 @@ def _append_leaderboard(runs_dir: Path, row: dict[str, str]) -> None:
         writer = csv.DictWriter(buffer, fieldnames=LEADERBOARD_COLUMNS, lineterminator="\n")
         writer.writeheader()
         writer.writerows({c: r.get(c, "") for c in LEADERBOARD_COLUMNS} for r in rows)
-        _replace_text(runs_dir / "leaderboard.csv", buffer.getvalue())
-        _replace_text(runs_dir / "leaderboard.md", _markdown(_by_val_accuracy(rows)))
+        replace_text(runs_dir / "leaderboard.csv", buffer.getvalue())
+        replace_text(runs_dir / "leaderboard.md", _markdown(_by_val_accuracy(rows)))
 
 
 def _read_leaderboard(runs_dir: Path) -> list[dict[str, str]]:
@@ -627,18 +628,6 @@ def _read_leaderboard(runs_dir: Path) -> list[dict[str, str]]:
             return list(csv.DictReader(f))
     except FileNotFoundError:
         return []
-
-
-def _replace_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{_TMP_PREFIX}{secrets.token_hex(4)}-{path.name}")
-    try:
-        with tmp.open("w", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _by_val_accuracy(rows: list[dict[str, str]]) -> list[dict[str, str]]:
