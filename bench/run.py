@@ -7,6 +7,8 @@ ratios of runs made back to back, order alternating, medians over reps):
 
 speed  seed 003's `extract_feature` loop vs `extract_features`, per model;
        model-alone and decode-alone ceilings.
+multi  several backbones in one pass (`extract_many`, one decode per image)
+       vs each backbone alone, on phone-sized JPEGs where decoding is the wall.
 head   seconds to train the `logreg` head on cached features vs seconds to
        extract those features (N images, MobileNetV2 224, avg: 1280-d).
 noop   `python -m pipeline features ...` re-run on the unchanged N-image
@@ -33,7 +35,7 @@ from pathlib import Path
 from bench import common
 from bench.common import fmt, fmt_ratio, med, table
 
-SECTIONS = ("speed", "head", "noop", "rss")
+SECTIONS = ("speed", "multi", "head", "noop", "rss")
 
 
 def _log(message: str) -> None:
@@ -199,6 +201,61 @@ def common_h5(index_path):
 
     with h5py.File(index_path, "r") as f:
         yield json.loads(f.attrs["timings"])
+
+
+# -- several backbones in one pass (issue 5) ------------------------------------------
+
+
+def multi(workdir: Path, models: list[str], size: int, n: int, reps: int, precision: str) -> dict:
+    """One `extract_many` pass over `models` vs each model alone, on `n` phone-sized JPEGs.
+
+    The photos are large and the models small, so decoding is the wall: the
+    case where sharing one decode per image across backbones matters.
+    """
+    from pipeline.config import ExtractConfig
+    from pipeline.extract import extract_many
+
+    folder = common.prepare_large(workdir, n)
+    cache = workdir / "cache-multi"
+    workers = ExtractConfig(data=str(folder), model=models[0]).workers
+    loop_s: dict[str, list[float]] = {m: [] for m in [*models, "pass"]}
+
+    def single(model):
+        def run():
+            result = _extract(folder, cache, model=model, size=size, weights="none", precision=precision)
+            assert result.counts["extracted"] == n, result.counts
+            loop_s[model].append(n / result.images_per_second)
+            _log(f"  {model} alone: {result.images_per_second:.1f} img/s in the loop")
+            shutil.rmtree(cache, ignore_errors=True)
+        return run
+
+    def together():
+        shutil.rmtree(cache, ignore_errors=True)
+        configs = [ExtractConfig(data=str(folder), model=m, size=size, weights="none", precision=precision,
+                                 cache_dir=str(cache)) for m in models]
+        results = extract_many(configs)
+        assert all(r.counts["extracted"] == n for r in results), [r.counts for r in results]
+        loop_s["pass"].append(n / results[0].images_per_second)
+        _log(f"  {len(models)} backbones in one pass: {results[0].images_per_second:.1f} img/s in the loop")
+        shutil.rmtree(cache, ignore_errors=True)
+
+    contenders = [single(m) for m in models] + [together]
+    decode_ceiling = []
+    for rep in range(reps):
+        _log(f"multi: {', '.join(models)} @{size}, {n} photos, repetition {rep + 1}/{reps}")
+        k = rep % len(contenders)
+        for run in contenders[k:] + contenders[:k]:
+            run()
+            _release()
+        decode_ceiling.append(common.decode_ceiling(common.image_paths(folder), size, workers))
+        _log(f"  decode alone: {decode_ceiling[-1]:.1f} img/s")
+    slowest = [max(loop_s[m][i] for m in models) for i in range(reps)]
+    summed = [sum(loop_s[m][i] for m in models) for i in range(reps)]
+    return {
+        "models": models, "size": size, "n": n, "reps": reps, "workers": workers, "loop_seconds": loop_s,
+        "decode_ceiling": decode_ceiling, "vs_slowest": [p / s for p, s in zip(loop_s["pass"], slowest)],
+        "vs_sum": [p / s for p, s in zip(loop_s["pass"], summed)],
+    }
 
 
 # -- head vs extraction (issue 3) ------------------------------------------------------
@@ -371,7 +428,7 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
             "into a float32 batch of 20, `model.predict(batch, verbose=0)` per batch into a preallocated array. "
             "Loop img/s excludes building the model; *incl. build* adds it.",
             f"- *Pipeline*: `extract_features` with its defaults (batch {s0['batch_size']}, {s0['workers']} decode threads), "
-            "fresh cache folder each repetition; loop img/s is its own `images_per_second` (first batch decoded to last row "
+            "fresh cache folder each repetition; loop img/s is its own `images_per_second` (start of decoding to last row "
             "written); *whole call* is images over the entire call (discovery, hashing, model build, index write).",
             "",
             table(
@@ -407,6 +464,26 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
                 f"- Same images and rotation as above (`--alt-batch-size {b}`); loop img/s.",
                 "",
             ]
+    if "multi" in results:
+        u = results["multi"]
+        secs = u["loop_seconds"]
+        lines += [
+            "## Several backbones in one pass (issue 5)",
+            "",
+            table(
+                ["backbones @ size", "photos", *[f"{m} alone s" for m in u["models"]], "one pass s",
+                 "pass / slowest alone", "pass / sum alone", "decode alone img/s"],
+                [[f"{len(u['models'])} @{u['size']}", u["n"], *[fmt(med(secs[m]), 2) for m in u["models"]],
+                  fmt(med(secs["pass"]), 2), fmt_ratio(u["vs_slowest"]), fmt_ratio(u["vs_sum"]),
+                  fmt(med(u["decode_ceiling"]))]],
+            ),
+            "",
+            f"- Photos: {u['n']} JPEGs of 3024x2268 px (1.5-3 MB, made from scikit-learn's sample photos with noise), "
+            "so decoding is the wall; random weights. Seconds are each run's extraction loop (start of decoding to "
+            f"last row written). *One pass*: `extract_many` with one config per backbone: each photo decoded once, "
+            f"in {u['workers']} threads, and fed to every backbone. Target: one pass <= 1.3x the slowest backbone alone.",
+            "",
+        ]
     if "head" in results:
         h = results["head"]
         lines += [
@@ -472,13 +549,17 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
 def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=2000, help="images for head, noop and rss (default 2000)")
-    p.add_argument("--speed-n", type=int, default=320, help="images for the MobileNetV2 speed comparison (default 320)")
+    p.add_argument("--speed-n", type=int, default=960, help="images for the MobileNetV2 speed comparison (default 960)")
     p.add_argument("--heavy-n", type=int, default=60, help="images for the second model's speed comparison (default 60)")
     p.add_argument("--models", default="mobilenet_v2@160,vgg16@150",
                    help="speed comparisons, model@size, comma separated; the first uses --speed-n, the rest --heavy-n")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each speed comparison (default 3)")
     p.add_argument("--alt-batch-size", type=int, default=None,
                    help="also time extract_features with this batch size in the speed section (default: off)")
+    p.add_argument("--multi-models", default="mobilenet_v3_small,mobilenet_025,mobilenet_v2_035",
+                   help="backbones of the one-pass comparison, comma separated")
+    p.add_argument("--multi-size", type=int, default=96, help="input size of the one-pass comparison (default 96)")
+    p.add_argument("--multi-n", type=int, default=96, help="photos of the one-pass comparison (default 96)")
     p.add_argument("--head-size", type=int, default=224, help="input size of the head section's features (default 224)")
     p.add_argument("--rss-size", type=int, default=32, help="input size of the rss runs; 0: the backbone's (default 32)")
     p.add_argument("--rss-factor", type=int, default=10, help="the large rss run has this many times N images (default 10)")
@@ -518,6 +599,9 @@ def main(argv: list[str] | None = None, *, defaults: dict | None = None) -> int:
             model, _, size = spec.strip().partition("@")
             n = args.speed_n if i == 0 else args.heavy_n
             results["speed"].append(speed(workdir, model, int(size), n, args.reps, args.precision, args.alt_batch_size))
+    if "multi" in sections:
+        models = [m.strip() for m in args.multi_models.split(",")]
+        results["multi"] = multi(workdir, models, args.multi_size, args.multi_n, args.reps, args.precision)
     if "head" in sections:
         results["head"] = head(workdir, args.n, args.head_size, args.precision, args.reps)
     if "noop" in sections:

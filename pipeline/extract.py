@@ -41,8 +41,8 @@ class ExtractResult:
         counts: images `extracted` now, `reused` from earlier runs,
             `skipped` (undecodable) and `removed` since the last run.
         seconds: wall time of the whole run.
-        images_per_second: extracted images over the time from the first
-            batch decoded to the last row written (model build excluded);
+        images_per_second: extracted images over the time from the start
+            of decoding to the last row written (model build excluded);
             `None` when nothing was extracted.
         skipped: every skipped file with its reason.
         dataset_summary: "Found N images in K classes." and notes.
@@ -304,7 +304,7 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     plan.store.delete_unreferenced_shards([name for name, _ in locations])
     seconds = plan.timings.get("extract_seconds")
     return ExtractResult(
-        plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds else None,
+        plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds and n_extracted else None,
         skipped_list, dataset.summary(), tuple(plan.feature_shape), plan.damaged,
     )
 
@@ -330,11 +330,10 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     union.sort(key=lambda e: e.relpath)
     first = plans[0].config
     batches = _decoded_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
-    done, first_batch_at = 0, None
+    done, decoding_started = 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
         shards = [stack.enter_context(_ShardRotator(plan)) for plan in plans]
         for entries, images, failures in batches:
-            first_batch_at = first_batch_at or time.perf_counter()
             for plan, model, need, rotator in zip(plans, models, wanted, shards):
                 for entry, reason in failures:
                     if plan.digests[entry.relpath] in need:
@@ -346,9 +345,8 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
             done += len(entries) + len(failures)
             if progress is not None:
                 progress(done, len(union))
-    if first_batch_at is not None:
-        for plan in plans:
-            plan.timings["extract_seconds"] = time.perf_counter() - first_batch_at
+    for plan in plans:
+        plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
 
 
 class _ShardRotator:
