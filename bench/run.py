@@ -550,7 +550,7 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument("--n", type=int, default=2000, help="images for head, noop and rss (default 2000)")
     p.add_argument("--speed-n", type=int, default=960, help="images for the MobileNetV2 speed comparison (default 960)")
-    p.add_argument("--heavy-n", type=int, default=60, help="images for the second model's speed comparison (default 60)")
+    p.add_argument("--heavy-n", type=int, default=320, help="images for the second model's speed comparison (default 320)")
     p.add_argument("--models", default="mobilenet_v2@160,vgg16@150",
                    help="speed comparisons, model@size, comma separated; the first uses --speed-n, the rest --heavy-n")
     p.add_argument("--reps", type=int, default=3, help="repetitions of each speed comparison (default 3)")
@@ -559,7 +559,7 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--multi-models", default="mobilenet_v3_small,mobilenet_025,mobilenet_v2_035",
                    help="backbones of the one-pass comparison, comma separated")
     p.add_argument("--multi-size", type=int, default=96, help="input size of the one-pass comparison (default 96)")
-    p.add_argument("--multi-n", type=int, default=96, help="photos of the one-pass comparison (default 96)")
+    p.add_argument("--multi-n", type=int, default=288, help="photos of the one-pass comparison (default 288)")
     p.add_argument("--head-size", type=int, default=224, help="input size of the head section's features (default 224)")
     p.add_argument("--rss-size", type=int, default=32, help="input size of the rss runs; 0: the backbone's (default 32)")
     p.add_argument("--rss-factor", type=int, default=10, help="the large rss run has this many times N images (default 10)")

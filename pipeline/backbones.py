@@ -8,7 +8,8 @@ Keras; `build_extractor` imports it when a model is really needed.
 
 Every model built here takes raw `uint8` RGB batches of shape
 `(batch, size, size, 3)` and applies the row's own `preprocess_input` inside
-the model, on the device, in float32.
+the model, on the device, in float32; `predict_batches` runs one over
+decoded images in fixed-shape passes.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ import importlib.metadata
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,3 +240,21 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def predict_batches(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    """Runs an extractor over uint8 images in forward passes of exactly `batch_size` images.
+
+    Every pass has the same shape, so the compiled step is traced once.
+
+    The last, short batch is padded with zeros; a longer input (another
+    backbone's decode batch) is cut into batches. Returns one row per image.
+    """
+    outputs = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        n = len(batch)
+        if n < batch_size:
+            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
+        outputs.append(np.asarray(model.predict_on_batch(batch))[:n])
+    return np.concatenate(outputs)

@@ -30,16 +30,21 @@ The steps, in order:
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import os
 import re
 import stat
 import struct
+from collections import deque
+from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "load_image"]
+__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_image"]
 
 DECODER_ID = (
     f"pillow{PIL.__version__.split('.')[0]}"
@@ -177,6 +182,49 @@ def load_image(path, size):
         raise
     with f:
         return _decode(f, size)
+
+
+def decode_batches(root: Path, entries: Sequence, size: int, batch_size: int, workers: int) -> Iterator:
+    """Decodes `root / entry.relpath` for each entry, yielding batches in order.
+
+    Yields `(decoded entries, uint8 images of shape (n, size, size, 3),
+    [(entry, reason)] of the files that failed)` per `batch_size` entries.
+    A file that cannot be decoded never ends the run: it is reported with
+    its reason.
+
+    Decoding runs in a thread pool (Pillow releases the GIL) at most a few
+    batches ahead of the model, so memory stays flat however many images.
+    """
+    lookahead = max(2 * batch_size, 4 * workers)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        queued = iter(entries)
+        for entry in itertools.islice(queued, lookahead):
+            pending.append((entry, pool.submit(_load_or_reason, root / entry.relpath, size)))
+        while pending:
+            ok, images, failures = [], [], []
+            while pending and len(ok) + len(failures) < batch_size:
+                entry, future = pending.popleft()
+                image, reason = future.result()
+                if reason is None:
+                    ok.append(entry)
+                    images.append(image)
+                else:
+                    failures.append((entry, reason))
+                nxt = next(queued, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_load_or_reason, root / nxt.relpath, size)))
+            stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+            yield ok, stacked, failures
+
+
+def _load_or_reason(path: Path, size: int):
+    try:
+        return load_image(path, size), None
+    except DecodeError as e:
+        return None, str(e)
+    except Exception as e:  # noqa: BLE001 - one bad file must never end the run
+        return None, f"cannot decode ({type(e).__name__}: {e})"
 
 
 def _decode(f, size):

@@ -7,19 +7,16 @@ extracts only the images that no complete shard holds yet.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.metadata
-import itertools
 import logging
 import os
 import platform
 import re
 import time
-from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -329,7 +326,7 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     union = _unique_by_digest([e for plan in plans for e in plan.todo], plans[0].digests)
     union.sort(key=lambda e: e.relpath)
     first = plans[0].config
-    batches = _decoded_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
+    batches = decode.decode_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
     done, decoding_started = 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
         shards = [stack.enter_context(_ShardRotator(plan)) for plan in plans]
@@ -340,7 +337,7 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
                         plan.failed[plan.digests[entry.relpath]] = reason
                 mine = [i for i, e in enumerate(entries) if plan.digests[e.relpath] in need]
                 if mine:
-                    features = _predict(model, images[mine], plan.config.batch_size)
+                    features = backbones.predict_batches(model, images[mine], plan.config.batch_size)
                     rotator.append(features.astype(plan.config.storage_dtype), [entries[i] for i in mine])
             done += len(entries) + len(failures)
             if progress is not None:
@@ -380,60 +377,6 @@ class _ShardRotator:
     def __exit__(self, exc_type, exc, tb):
         if self.writer is not None:
             self.writer.finish(publish=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
-
-
-def _predict(model, images: np.ndarray, batch_size: int) -> np.ndarray:
-    """Forward passes of exactly `batch_size` images, so the compiled step is reused.
-
-    The last, short batch is padded with zeros; a longer input (another
-    backbone's decode batch) is cut into batches.
-    """
-    outputs = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start : start + batch_size]
-        n = len(batch)
-        if n < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - n, *batch.shape[1:]), batch.dtype)])
-        outputs.append(np.asarray(model.predict_on_batch(batch))[:n])
-    return np.concatenate(outputs)
-
-
-def _decoded_batches(root: Path, entries: Sequence, size: int, batch_size: int, workers: int) -> Iterator:
-    """Yields `(decoded entries, uint8 images, [(entry, reason)])` per batch, in order.
-
-    Decoding runs in a thread pool (Pillow releases the GIL) at most a few
-    batches ahead of the model, so memory stays flat however many images.
-    """
-    lookahead = max(2 * batch_size, 4 * workers)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        queued = iter(entries)
-        for entry in itertools.islice(queued, lookahead):
-            pending.append((entry, pool.submit(_decode_one, root / entry.relpath, size)))
-        while pending:
-            ok, images, failures = [], [], []
-            while pending and len(ok) + len(failures) < batch_size:
-                entry, future = pending.popleft()
-                image, reason = future.result()
-                if reason is None:
-                    ok.append(entry)
-                    images.append(image)
-                else:
-                    failures.append((entry, reason))
-                nxt = next(queued, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(_decode_one, root / nxt.relpath, size)))
-            stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-            yield ok, stacked, failures
-
-
-def _decode_one(path: Path, size: int):
-    try:
-        return decode.load_image(path, size), None
-    except decode.DecodeError as e:
-        return None, str(e)
-    except Exception as e:  # noqa: BLE001 - one bad file must never end the run
-        return None, f"cannot decode ({type(e).__name__}: {e})"
 
 
 def _unique_by_digest(entries, digests) -> list:

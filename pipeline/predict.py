@@ -43,7 +43,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 import numpy as np
 
 from .fileutils import replace_text
-from . import backbones, config as config_lib, discovery
+from . import backbones, config as config_lib, decode, discovery
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -359,7 +359,7 @@ def _check_feature_key(config, identity: str, recorded_key: str | None, what: st
 
 
 class _Item(NamedTuple):
-    relpath: str  # read by extract._decoded_batches as root / relpath
+    relpath: str  # read by decode.decode_batches as root / relpath
     index: int
 
 
@@ -463,19 +463,17 @@ class Predictor:
             images, their indices into `paths`, and `{index: reason}` for
             the others.
         """
-        from . import extract
-
         items = [_Item(os.fspath(p), i) for i, p in enumerate(paths)]
         c = self.config
         workers = max(1, min(c.workers, os.cpu_count() or 1))
         chunks, ok, errors = [], [], {}
         if items:
             model = self.extractor()
-            for entries, images, failures in extract._decoded_batches(Path(), items, self.size, c.batch_size, workers):
+            for entries, images, failures in decode.decode_batches(Path(), items, self.size, c.batch_size, workers):
                 for item, reason in failures:
                     errors[item.index] = reason
                 if entries:
-                    features = extract._predict(model, images, c.batch_size)
+                    features = backbones.predict_batches(model, images, c.batch_size)
                     chunks.append(features.astype(c.storage_dtype).astype(np.float32))
                     ok.extend(item.index for item in entries)
         shape = tuple(int(d) for d in self.extractor().output_shape[1:]) if items else (0,)
