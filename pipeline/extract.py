@@ -337,7 +337,9 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
                         plan.failed[plan.digests[entry.relpath]] = reason
                 mine = [i for i, e in enumerate(entries) if plan.digests[e.relpath] in need]
                 if mine:
-                    features = backbones.predict_batches(model, images[mine], plan.config.batch_size)
+                    # Most batches are wanted whole: skip the copy fancy indexing makes.
+                    batch = images if len(mine) == len(entries) else images[mine]
+                    features = backbones.predict_batches(model, batch, plan.config.batch_size)
                     rotator.append(features.astype(plan.config.storage_dtype), [entries[i] for i in mine])
             done += len(entries) + len(failures)
             if progress is not None:
