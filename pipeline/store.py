@@ -51,6 +51,11 @@ _TMP_PREFIX = ".tmp-"
 # The index starts with `_SEAL + sha256 of everything after the user block`;
 # HDF5 skips the user block, so plain h5py still reads the file.
 _USERBLOCK = 512
+# Virtual datasets need the HDF5 1.10 format; capping at it keeps an index
+# written by a newer library (h5py 3.16 bundles HDF5 2) readable by every
+# h5py since 1.10, so feature sets move between machines. "latest" wrote
+# datatype messages that HDF5 1.14 refuses to read.
+_LIBVER = ("earliest", "v110")
 _SEAL = b"bottleneck-index sha256:"
 _STR = h5py.string_dtype("utf-8")
 _BYTES = h5py.string_dtype("ascii")
@@ -344,7 +349,7 @@ class FeatureStore:
         tmp = self.root / f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}-{INDEX_NAME}"
         buffer = io.BytesIO()  # built in memory, so a failed write is one clear OSError, not HDF5's
         try:
-            with h5py.File(buffer, "w", libver="latest", userblock_size=_USERBLOCK) as f:
+            with h5py.File(buffer, "w", libver=_LIBVER, userblock_size=_USERBLOCK) as f:
                 f.create_virtual_dataset(
                     "features", _virtual_layout(self.shard_dir, rows, locations, feature_shape, dtype)
                 )
