@@ -409,7 +409,8 @@ class FeatureStore:
             )
         try:
             with _open_index(path) as f:
-                if not f.attrs.get("complete", False) or f.attrs.get("format_version") != FORMAT_VERSION:
+                # Not `attrs.get`: it turns an attribute this HDF5 cannot decode into "absent".
+                if not ("complete" in f.attrs and f.attrs["complete"]) or f.attrs["format_version"] != FORMAT_VERSION:
                     raise FeatureStoreError(
                         f"'{path}' is not a complete feature set of format {FORMAT_VERSION}. "
                         "Run `make features` again to rebuild it."
@@ -428,7 +429,8 @@ class FeatureStore:
             raise
         except (OSError, KeyError, ValueError) as e:
             raise FeatureStoreError(
-                f"Cannot read '{path}' ({e}). It is damaged; run `make features` again to rebuild it."
+                f"Cannot read '{path}' ({e}). It is damaged, or it was written by a newer HDF5 library than "
+                f"this one ({h5py.version.hdf5_version}): upgrade h5py, or run `make features` again to rebuild it."
             ) from None
         _check_locations(path, shards, shard_of_row, row_in_shard, len(labels), len(paths))
         features = np.empty((len(labels), *feature_shape), dtype=np.float32)
