@@ -89,6 +89,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, help="images per shard file (default 1024)")
     p.add_argument("--cache-dir", help="where feature sets live (default cache)")
     p.add_argument("--name", help="dataset name in the feature set's folder name (default: the data folder's name)")
+    p.add_argument("--verify", action="store_true", default=None,
+                   help="check every cached feature's checksum, even when nothing changed")
     p.add_argument("--config", help="TOML file with a [features] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _common(p)
@@ -218,6 +220,7 @@ def _cmd_features(args) -> int:
             shard_size=args.shard_size,
             cache_dir=args.cache_dir,
             name=args.name,
+            verify=args.verify,
         )
         for model in (args.model or [None])
     ]

@@ -56,6 +56,11 @@ class ExtractConfig:
         cache_dir: folder holding the feature sets. Defaults to `"cache"`.
         name: dataset name used in the feature set's folder name. `None`
             uses the data folder's name. Defaults to `None`.
+        verify: read every cached feature to check its checksum even when
+            nothing changed. Without it, a run with nothing to do trusts
+            the shards whose size and mtime match the index (shards are
+            never rewritten in place) and reads none of them; use it after
+            a read reported a damaged shard. Defaults to `False`.
     """
 
     data: str
@@ -71,6 +76,7 @@ class ExtractConfig:
     shard_size: int = 1024
     cache_dir: str = "cache"
     name: str | None = None
+    verify: bool = False
 
     def __post_init__(self):
         _check_choice("pooling", self.pooling, POOLINGS)

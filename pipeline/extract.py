@@ -144,7 +144,8 @@ def extract_many(
     dataset = discovery.index_directory(configs[0].data)
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
     results: list[ExtractResult | None] = [
-        _answer_if_up_to_date(store, dataset, feature_key(spec), started) for store, (_, spec) in zip(stores, jobs)
+        _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
+        for store, (config, spec) in zip(stores, jobs)
     ]
     if all(results):
         return results
@@ -156,7 +157,7 @@ def extract_many(
             store, (config, spec) = stores[i], jobs[i]
             locks.enter_context(store.write_lock(on_wait=lambda holder, root=store.root: log.warning(
                 "Waiting for %s to finish writing %s ...", holder, root)))
-            results[i] = _answer_if_up_to_date(store, dataset, feature_key(spec), started)
+            results[i] = _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
             if results[i] is None:
                 plans.append((i, _plan(store, dataset, config, spec, hashed)))
         for size in sorted({plan.spec["size"] for _, plan in plans}):
@@ -187,15 +188,25 @@ class _Plan:
     feature_shape: tuple[int, ...] = ()
 
 
-def _answer_if_up_to_date(store: FeatureStore, dataset, key: str, started: float) -> ExtractResult | None:
+def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, started: float) -> ExtractResult | None:
+    """The result of a run with nothing to do, or `None` when there is work.
+
+    Cheap first: file sizes and mtimes of the images and the shards. Only
+    shards whose mtime moved (or all, with `config.verify`) are read to
+    check their checksums, so a no-op costs the same at any cache size.
+    """
     state = store.read_index_state()
     if state is None or state["feature_key"] != key or state["class_names"] != list(dataset.class_names):
         return None
     listed = {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries}
     if listed != {**state["files"], **state["skipped"]}:
         return None
-    sizes = [_file_size(store.shard_dir / n) for n in state["shards"]]
-    if sizes != state["shard_sizes"] or store.verify_shards(state["shards"]):
+    stats = [_file_stat(store.shard_dir / n) for n in state["shards"]]
+    if [size for size, _ in stats] != state["shard_sizes"]:
+        return None
+    recorded = state["shard_mtimes"] or [None] * len(stats)
+    suspect = [n for n, (_, mtime), old in zip(state["shards"], stats, recorded) if config.verify or mtime != old]
+    if store.verify_shards(suspect):
         return None
     skipped = [
         SkippedFile(path, reason, *state["skipped"][path]) for path, reason in zip(state["skipped"], state["reasons"])
@@ -406,11 +417,13 @@ def _open_index(store: FeatureStore):
     return h5py.File(store.index_path, "r")
 
 
-def _file_size(path: Path) -> int:
+def _file_stat(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns); (-1, -1) for a file that cannot be stat'ed."""
     try:
-        return path.stat().st_size
+        st = path.stat()
     except OSError:
-        return -1
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
 
 
 def _os_reason(e: OSError) -> str:

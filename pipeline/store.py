@@ -36,6 +36,8 @@ import io
 import json
 import os
 import re
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -315,6 +317,8 @@ class FeatureStore:
                     "reasons": [r.decode() for r in f["skipped/reason"][:]],
                     "shards": [s.decode() for s in f["shards/name"][:]],
                     "shard_sizes": f["shards/size"][:].tolist(),
+                    # Absent from indexes written before it was recorded: verify those.
+                    "shard_mtimes": f["shards/mtime_ns"][:].tolist() if "mtime_ns" in f["shards"] else None,
                     "sha256": [s.decode() for s in f["images/sha256"][:]],
                 }
         except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, undecodable text
@@ -349,7 +353,7 @@ class FeatureStore:
         tmp = self.root / f"{_TMP_PREFIX}{uuid.uuid4().hex[:12]}-{INDEX_NAME}"
         buffer = io.BytesIO()  # built in memory, so a failed write is one clear OSError, not HDF5's
         try:
-            with h5py.File(buffer, "w", libver=_LIBVER, userblock_size=_USERBLOCK) as f:
+            with _interrupts_deferred(), h5py.File(buffer, "w", libver=_LIBVER, userblock_size=_USERBLOCK) as f:
                 f.create_virtual_dataset(
                     "features", _virtual_layout(self.shard_dir, rows, locations, feature_shape, dtype)
                 )
@@ -371,7 +375,9 @@ class FeatureStore:
                 group["mtime_ns"] = np.array([s.mtime_ns for s in skipped], dtype=np.int64)
                 group = f.create_group("shards")
                 group["name"] = np.array([n.encode() for n in shards], dtype=_STR)
-                group["size"] = np.array([(self.shard_dir / n).stat().st_size for n in shards], dtype=np.int64)
+                stats = [(self.shard_dir / n).stat() for n in shards]
+                group["size"] = np.array([st.st_size for st in stats], dtype=np.int64)
+                group["mtime_ns"] = np.array([st.st_mtime_ns for st in stats], dtype=np.int64)
                 for key, value in attrs.items():
                     f.attrs[key] = value if isinstance(value, (str, int, float, bool)) else json.dumps(value)
                 f.attrs["format_version"] = FORMAT_VERSION
@@ -459,8 +465,8 @@ class FeatureStore:
         except (OSError, KeyError, IndexError) as e:
             raise FeatureStoreError(
                 f"Shard '{shard}' of feature set '{self.root.name}' is missing or corrupt ({e}). "
-                "Run the same `make features` command again: it detects the damage "
-                "and re-extracts those images."
+                "Run the same `make features` command again with ARGS=--verify (CLI: --verify): it "
+                "finds the damaged shards and re-extracts their images."
             ) from None
 
 
@@ -477,10 +483,15 @@ class ShardWriter:
         self.name = name
         self.rows = 0
         self.capacity = capacity
+        self._finished = False
         self._final = shard_dir / name
         self._tmp = shard_dir / f"{_TMP_PREFIX}{name}"
         with _reporting_write_errors(self._tmp):
             self._sink = _GuardedFile(self._tmp)
+        with _interrupts_deferred():
+            self._create_datasets(feature_key_, feature_shape, dtype, capacity)
+
+    def _create_datasets(self, feature_key_: str, feature_shape, dtype: str, capacity: int) -> None:
         self._file = h5py.File(self._sink, "w")
         self._file.attrs["feature_key"] = feature_key_
         self._file.attrs["format_version"] = FORMAT_VERSION
@@ -498,6 +509,10 @@ class ShardWriter:
         self._paths = self._file.create_dataset("path", shape=(0,), maxshape=(capacity,), dtype=_BYTES)
 
     def append(self, features: np.ndarray, digests: Sequence[str], relpaths: Sequence[str]) -> None:
+        with _interrupts_deferred():
+            self._append(features, digests, relpaths)
+
+    def _append(self, features: np.ndarray, digests: Sequence[str], relpaths: Sequence[str]) -> None:
         n = len(features)
         end = self.rows + n
         self._features.resize(end, axis=0)
@@ -509,11 +524,18 @@ class ShardWriter:
         self.rows = end
 
     def finish(self, publish: bool) -> None:
-        """Closes the file; renames it into place if `publish` and it has rows, else deletes it."""
+        """Closes the file; renames it into place if `publish` and it has rows, else deletes it.
+
+        Only the first call acts: a Ctrl-C held back until a publish is done
+        reaches the caller's cleanup, which calls it again.
+        """
+        if self._finished:
+            return
+        self._finished = True
         try:
-            with _reporting_write_errors(self._tmp):
+            with _reporting_write_errors(self._tmp), _interrupts_deferred():
                 if self._file.id.valid:
-                    if publish and self.rows:  # a Ctrl-C may have cut an append short: keep whole rows only
+                    if publish and self.rows:  # whole rows only, whatever cut the last append short
                         for dataset in (self._features, self._sha256, self._paths):
                             dataset.resize(self.rows, axis=0)
                     self._file.close()
@@ -529,6 +551,32 @@ class ShardWriter:
         except StoreWriteError:
             self._tmp.unlink(missing_ok=True)
             raise
+
+
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Holds Ctrl-C back until the block ends, then raises it.
+
+    h5py writes through Python file objects here (`_GuardedFile`, BytesIO),
+    so HDF5 calls back into Python, and a KeyboardInterrupt raised inside
+    such a callback is a failed write to HDF5: the process then dies with
+    SIGSEGV instead of keeping its finished rows. Signal handlers can only
+    be set from the main thread; elsewhere the block runs as is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
 
 
 class _GuardedFile:

@@ -54,6 +54,44 @@ def test_first_run_extracts_and_second_run_reuses(tiny_dataset, tmp_path):
     np.testing.assert_array_equal(read_feature_set(again.path).features, fs.features)
 
 
+def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_dataset, tmp_path, monkeypatch):
+    from pipeline.store import FeatureStore, FeatureStoreError
+
+    config = _config(tiny_dataset, tmp_path / "cache", shard_size=8)
+    first = extract_features(config=config)
+    reference = read_feature_set(first.path)
+    with h5py.File(first.path, "r") as f:  # the shard holding row 9: the second of 8 + 8 + 2 rows
+        shard = first.path.parent / "shards" / f["shards/name"][f["images/shard"][9]].decode()
+    # Silent damage, as from a failing disk: bytes change, size and mtime do not.
+    st = shard.stat()
+    data = bytearray(shard.read_bytes())
+    offset = data.find(reference.features[9].tobytes()[:16])
+    assert offset > 0
+    data[offset + 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    os.utime(shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    verified = []
+    real_verify = FeatureStore.verify_shards
+    monkeypatch.setattr(FeatureStore, "verify_shards",
+                        lambda self, names: verified.extend(names) or real_verify(self, names))
+    again = extract_features(config=config)
+    assert again.counts["extracted"] == 0 and verified == []  # answered without reading a shard
+    with pytest.raises(FeatureStoreError, match="--verify"):
+        read_feature_set(first.path)  # the reader's checksum catches it and names the fix
+
+    repaired = extract_features(config=dataclasses.replace(config, verify=True))
+    assert repaired.quarantined == [shard.name]
+    assert repaired.counts["extracted"] == 8 and repaired.counts["reused"] == 10
+    np.testing.assert_allclose(read_feature_set(repaired.path).features, reference.features, rtol=1e-5, atol=1e-6)
+
+    touched = sorted((first.path.parent / "shards").glob("[!.]*.h5"))[0]  # not the quarantined one
+    os.utime(touched)  # a moved mtime alone makes a no-op check that shard, and only that one
+    verified.clear()
+    assert extract_features(config=config).counts["extracted"] == 0
+    assert verified == [touched.name]
+
+
 def test_added_removed_and_changed_images_are_handled_row_by_row(tiny_dataset, tmp_path):
     config = _config(tiny_dataset, tmp_path / "cache")
     before = _as_dict(read_feature_set(extract_features(config=config).path))
