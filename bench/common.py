@@ -118,7 +118,7 @@ def prepare_large(workdir: Path, n: int, side: int = 3024) -> Path:
 
     Made from scikit-learn's two sample photos: a random crop, flipped half
     the time, upscaled to the size of a phone photo, with sensor-like noise
-    so the file holds as much entropy-coded data as a real one (1.5-3 MB at
+    so the file holds as much entropy-coded data as a real one (1.5-1.8 MB at
     quality 90, like the three 3024x3024 photos of the shared data). Four
     classes, so the set is a valid data folder.
     """

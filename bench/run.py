@@ -216,6 +216,7 @@ def multi(workdir: Path, models: list[str], size: int, n: int, reps: int, precis
     from pipeline.extract import extract_many
 
     folder = common.prepare_large(workdir, n)
+    file_mb = [p.stat().st_size / 1e6 for p in common.image_paths(folder)]
     cache = workdir / "cache-multi"
     workers = ExtractConfig(data=str(folder), model=models[0]).workers
     loop_s: dict[str, list[float]] = {m: [] for m in [*models, "pass"]}
@@ -253,6 +254,7 @@ def multi(workdir: Path, models: list[str], size: int, n: int, reps: int, precis
     summed = [sum(loop_s[m][i] for m in models) for i in range(reps)]
     return {
         "models": models, "size": size, "n": n, "reps": reps, "workers": workers, "loop_seconds": loop_s,
+        "file_mb": (min(file_mb), max(file_mb)),
         "decode_ceiling": decode_ceiling, "vs_slowest": [p / s for p, s in zip(loop_s["pass"], slowest)],
         "vs_sum": [p / s for p, s in zip(loop_s["pass"], summed)],
     }
@@ -478,7 +480,8 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
                   fmt(med(u["decode_ceiling"]))]],
             ),
             "",
-            f"- Photos: {u['n']} JPEGs of 3024x2268 px (1.5-3 MB, made from scikit-learn's sample photos with noise), "
+            f"- Photos: {u['n']} JPEGs of 3024x2268 px ({u['file_mb'][0]:.1f}-{u['file_mb'][1]:.1f} MB, made from "
+            "scikit-learn's sample photos with noise), "
             "so decoding is the wall; random weights. Seconds are each run's extraction loop (start of decoding to "
             f"last row written). *One pass*: `extract_many` with one config per backbone: each photo decoded once, "
             f"in {u['workers']} threads, and fed to every backbone. Target: one pass <= 1.3x the slowest backbone alone.",
