@@ -1,48 +1,54 @@
 """bottleneck: cached-feature transfer learning for images.
 
 Run a frozen Keras base once over an image folder (`extract_features`),
-keep the features in the store, then train cheap heads on them.
+keep the features in the store, then train cheap heads on them
+(`train_heads`). Every name is imported on first use, so `import pipeline`
+is cheap and loads neither stage until one is asked for.
 """
 
-from .backbones import BACKBONES, build_extractor, get_backbone_cfg, list_backbones
-from .config import ExtractConfig, TrainConfig
-from .extract import ExtractResult, extract_features
-from .export import ExportResult, export_run
-from .predict import EvaluationResult, Prediction, Predictor, RunError, evaluate_run, predict_images
-from .store import FeatureSet, FeatureStore, read_feature_set
+import importlib
 
-__all__ = [
-    "BACKBONES",
-    "ExtractConfig",
-    "ExtractResult",
-    "FeatureSet",
-    "FeatureStore",
-    "build_extractor",
-    "extract_features",
-    "get_backbone_cfg",
-    "list_backbones",
-    "read_feature_set",
-    "EvaluationResult",
-    "ExportResult",
-    "Prediction",
-    "Predictor",
-    "RunError",
-    "evaluate_run",
-    "export_run",
-    "predict_images",
-    "RunResult",
-    "TrainConfig",
-    "list_runs",
-    "train_heads",
-]
+_EXPORTS = {
+    "BACKBONES": "features",
+    "build_extractor": "features",
+    "extract_features": "features",
+    "extract_many": "features",
+    "ExtractResult": "features",
+    "get_backbone_cfg": "features",
+    "list_backbones": "features",
+    "ExtractConfig": "config",
+    "TrainConfig": "config",
+    "BottleneckError": "errors",
+    "ExitStatus": "errors",
+    "FeatureSet": "store",
+    "FeatureStore": "store",
+    "read_feature_set": "store",
+    "create_head": "heads",
+    "list_heads": "heads",
+    "load_head": "heads",
+    "RunResult": "runs.train",
+    "list_runs": "runs.train",
+    "train_heads": "runs.train",
+    "Prediction": "runs.predict",
+    "Predictor": "runs.predict",
+    "EvaluationResult": "runs.predict",
+    "RunError": "errors",
+    "evaluate_run": "runs.predict",
+    "predict_images": "runs.predict",
+    "ExportResult": "runs.export",
+    "export_run": "runs.export",
+}
 
-_TRAIN_NAMES = ("RunResult", "list_runs", "train_heads")
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    # The head stage imports scikit-learn (seconds); load it on first use only.
-    if name in _TRAIN_NAMES:
-        from . import train
+    try:
+        module = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
-        return getattr(train, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+def __dir__():
+    return __all__

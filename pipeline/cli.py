@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_user_error(e: Exception) -> bool:
-    from .backbones import WeightsUnavailableError
-    from .store import StoreBusyError
+    from .errors import WeightsUnavailableError
+    from .errors import StoreBusyError
 
     return isinstance(e, (ValueError, TypeError, WeightsUnavailableError, StoreBusyError, FileNotFoundError))
 
@@ -152,7 +152,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train_head(args) -> int:
     from . import config as config_lib
-    from .train import parse_params, train_heads
+    from .runs.train import parse_params, train_heads
 
     table = config_lib.load_toml(args.config).get("train", {})
     params = None
@@ -182,7 +182,7 @@ def _cmd_train_head(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from .train import LEADERBOARD_COLUMNS, list_runs
+    from .runs.train import LEADERBOARD_COLUMNS, list_runs
 
     rows = list_runs(args.runs_dir)
     if args.json:
@@ -200,7 +200,7 @@ def _cmd_runs(args) -> int:
 
 def _cmd_features(args) -> int:
     from . import config as config_lib
-    from .extract import extract_many
+    from .features.extract import extract_many
 
     table = config_lib.load_toml(args.config).get("features", {})
     configs = [
@@ -277,7 +277,7 @@ class _progress_bar:
 
 
 def _cmd_list(args) -> int:
-    from .backbones import get_backbone_cfg, list_backbones
+    from .features.backbones import get_backbone_cfg, list_backbones
 
     if args.heads:
         from .heads import get_head_cfg, list_heads
@@ -311,7 +311,7 @@ def _cmd_cache(args) -> int:
 
 
 def _cmd_sample_data(args) -> int:
-    from .sample_data import write_digits
+    from .features.sample_data import write_digits
 
     print(f"Sample dataset: {write_digits(args.out)}")
     return ExitStatus.OK
@@ -354,7 +354,7 @@ def _add_predict_parsers(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from .predict import predict_images, write_predictions_csv
+    from .runs.predict import predict_images, write_predictions_csv
 
     predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights)
     path = write_predictions_csv(predictions, args.output)
@@ -381,7 +381,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .predict import evaluate_run
+    from .runs.predict import evaluate_run
 
     result = evaluate_run(args.run, args.data, weights=args.weights)
     if not args.quiet:
@@ -402,7 +402,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .export import export_run
+    from .runs.export import export_run
 
     result = export_run(
         args.run, args.out, format=args.format, weights=args.weights, include_weights=not args.no_weights,

@@ -27,7 +27,7 @@ def sign_digits_features(tmp_path_factory):
     """
     from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
     from pipeline.config import ExtractConfig
-    from pipeline.extract import extract_features
+    from pipeline.features.extract import extract_features
 
     weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
     config = ExtractConfig(

@@ -215,7 +215,8 @@ def _serve() -> None:
     import keras.applications  # noqa: F401
     import tensorflow  # noqa: F401
 
-    from pipeline import cli, decode, discovery, extract, store  # noqa: F401
+    from pipeline import cli, store  # noqa: F401
+    from pipeline.features import decode, discovery, extract  # noqa: F401
 
     del keras
     children: set[int] = set()

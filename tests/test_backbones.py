@@ -5,7 +5,7 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline.backbones import (
+from pipeline.features.backbones import (
     BACKBONES,
     build_extractor,
     get_backbone_cfg,
@@ -13,7 +13,7 @@ from pipeline.backbones import (
     resolve_size,
     weights_identity,
 )
-from pipeline.layers import Preprocess
+from pipeline.features.layers import Preprocess
 
 # The smallest member of each architecture family: building every row of the
 # registry would take many minutes on 2 cores, while the per-row table checks

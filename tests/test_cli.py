@@ -74,7 +74,7 @@ def test_unknown_config_key_is_named(tiny_dataset, tmp_path, capsys):
 
 
 def test_list_prints_every_backbone(capsys):
-    from pipeline.backbones import list_backbones
+    from pipeline.features.backbones import list_backbones
 
     assert main(["list"]) == ExitStatus.OK
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]

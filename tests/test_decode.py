@@ -1,4 +1,4 @@
-"""Tests for pipeline.decode: the reference decoder."""
+"""Tests for pipeline.features.decode: the reference decoder."""
 
 import os
 import time
@@ -11,7 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import badfiles
-from pipeline.decode import ACCEPTED_FORMATS, DECODER_ID, DecodeError, load_image
+from pipeline.features.decode import ACCEPTED_FORMATS, DECODER_ID, DecodeError, load_image
 
 SIZE = 24
 PHOTOS = Path("/work/shared/data/sign-language-digits")

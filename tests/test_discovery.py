@@ -1,4 +1,4 @@
-"""Tests for pipeline.discovery and pipeline.sample_data."""
+"""Tests for pipeline.features.discovery and pipeline.features.sample_data."""
 
 import dataclasses
 import hashlib
@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 import badfiles
-from pipeline import sample_data
-from pipeline.discovery import (
+from pipeline.features import sample_data
+from pipeline.features.discovery import (
     IMAGE_EXTENSIONS,
     DataError,
     Dataset,
@@ -21,7 +21,7 @@ from pipeline.discovery import (
     index_directory,
     split_key,
 )
-from pipeline.sample_data import DIGITS_IMAGES, write_digits
+from pipeline.features.sample_data import DIGITS_IMAGES, write_digits
 
 PHOTOS = Path("/work/shared/data/sign-language-digits")
 

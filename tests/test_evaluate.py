@@ -1,4 +1,4 @@
-"""Tests for pipeline.evaluate: metrics dicts and plot Figures."""
+"""Tests for pipeline.heads.metrics: metrics dicts and plot Figures."""
 
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from pipeline.evaluate import TOP_K, classification_metrics, plot_confusion_matrix, plot_history
+from pipeline.heads.metrics import TOP_K, classification_metrics, plot_confusion_matrix, plot_history
 
 NAMES = ["cat", "dog", "fox"]
 Y_TRUE = [0, 0, 1, 1, 2, 2]

@@ -14,7 +14,7 @@ import pytest
 
 from imagegen import PYTHON, REPO, make_dataset, write_image
 from pipeline.config import ExtractConfig
-from pipeline.extract import extract_features, feature_set_dir, feature_spec
+from pipeline.features.extract import extract_features, feature_set_dir, feature_spec
 from pipeline.store import feature_key, read_feature_set
 
 # ResNet50: random-weight features of a healthy magnitude (random MobileNets give ~1e-12).
@@ -175,7 +175,7 @@ def test_up_to_date_run_imports_neither_keras_nor_tensorflow(tiny_dataset, tmp_p
     code = (
         "import sys, json\n"
         "from pipeline.config import ExtractConfig\n"
-        "from pipeline.extract import extract_features\n"
+        "from pipeline.features.extract import extract_features\n"
         f"r = extract_features(config=ExtractConfig(**{json.dumps(dict(data=str(tiny_dataset), cache_dir=str(tmp_path / 'cache'), **MODEL))}))\n"
         "print(json.dumps([r.counts, sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow', 'jax'))]))\n"
     )
@@ -231,7 +231,7 @@ def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_pat
     weights = tmp_path / "random.weights.h5"
     import keras
 
-    from pipeline.backbones import get_backbone_cfg
+    from pipeline.features.backbones import get_backbone_cfg
 
     keras.utils.set_random_seed(1)
     keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
@@ -249,8 +249,8 @@ def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_pat
 
 
 def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monkeypatch):
-    from pipeline import decode
-    from pipeline.extract import extract_many
+    from pipeline.features import decode
+    from pipeline.features.extract import extract_many
 
     calls = []
     real_load = decode.load_image

@@ -23,6 +23,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from pipeline import heads
+from pipeline.heads import persist
 from pipeline.heads import (
     HEADS,
     DenseClassifier,
@@ -488,8 +489,8 @@ def test_modified_file_is_refused_before_unpickling(problem, fitted, tmp_path):
 
 def test_version_mismatch_warns(problem, fitted, tmp_path, monkeypatch):
     path = tmp_path / "head.joblib"
-    running = heads._versions(include_keras=False)
-    monkeypatch.setattr(heads, "_versions", lambda include_keras: {**running, "sklearn": "0.0.1"})
+    running = persist._versions(include_keras=False)
+    monkeypatch.setattr(persist, "_versions", lambda include_keras: {**running, "sklearn": "0.0.1"})
     save_head(path, fitted("logreg"), metadata=METADATA)
     monkeypatch.undo()
     with pytest.warns(HeadVersionWarning, match=r"sklearn 0\.0\.1 \(running .*\)"):
@@ -503,7 +504,7 @@ def test_save_head_is_atomic(problem, fitted, tmp_path, monkeypatch):
         file.write(b"half a file")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(heads.joblib, "dump", broken_dump)
+    monkeypatch.setattr(persist.joblib, "dump", broken_dump)
     with pytest.raises(KeyboardInterrupt):
         save_head(path, fitted("logreg"), metadata=METADATA)
     assert os.listdir(tmp_path) == []

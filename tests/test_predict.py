@@ -23,15 +23,15 @@ import pytest
 
 from imagegen import PYTHON, SIGN_DIGITS, WEIGHTS, make_dataset, require_shared, write_image
 from pipeline import cli
-from pipeline.backbones import BACKBONES
+from pipeline.features.backbones import BACKBONES
 from pipeline.config import ExtractConfig, TrainConfig
-from pipeline.decode import load_image
-from pipeline.export import export_run, preprocess_affine
-from pipeline.extract import extract_features
+from pipeline.features.decode import load_image
+from pipeline.runs.export import export_run, preprocess_affine
+from pipeline.features.extract import extract_features
 from pipeline.heads import load_head
-from pipeline.predict import Predictor, RunError, evaluate_run, predict_images
+from pipeline.runs.predict import Predictor, RunError, evaluate_run, predict_images
 from pipeline.store import read_feature_set
-from pipeline.train import train_heads
+from pipeline.runs.train import train_heads
 
 MOBILENET_V2 = "mobilenet_v2_1.0_224_no_top.weights.h5"
 

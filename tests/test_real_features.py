@@ -14,7 +14,7 @@ from PIL import Image, ImageOps
 
 from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
 from pipeline.config import ExtractConfig
-from pipeline.extract import extract_features
+from pipeline.features.extract import extract_features
 from pipeline.store import read_feature_set
 
 CASES = [
@@ -67,7 +67,7 @@ def test_stored_features_equal_plain_keras(photos, tmp_path, name, weights_file,
 
 def test_wrong_weights_file_for_the_model_is_refused(photos, tmp_path):
     weights = require_shared(WEIGHTS / "mobilenet_0.25_224_no_top.h5")
-    from pipeline.backbones import WeightsUnavailableError
+    from pipeline.features.backbones import WeightsUnavailableError
 
     with pytest.raises(WeightsUnavailableError, match="mobilenet_0.25_224_no_top.h5"):
         extract_features(config=ExtractConfig(

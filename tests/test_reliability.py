@@ -35,7 +35,7 @@ from badfiles import REASONS  # noqa: E402
 from imagegen import write_image  # noqa: E402
 from soak import FAST_MODEL, SMALL_BATCHES, Campaign, Kill, assert_same_set, assert_shards_whole, snapshot  # noqa: E402
 
-from pipeline import backbones, decode, extract  # noqa: E402
+from pipeline.features import backbones, decode, extract  # noqa: E402
 from pipeline.config import ExtractConfig  # noqa: E402
 from pipeline.store import (  # noqa: E402
     FeatureStore,

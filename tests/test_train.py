@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 from imagegen import PYTHON, REPO, SIGN_DIGITS, require_shared
-from pipeline import cli, train
+from pipeline import cli
+from pipeline.runs import train
 from pipeline.config import ExtractConfig, TrainConfig, load_toml, resolve
 from pipeline.heads import list_heads, load_head
 from pipeline.store import FeatureStore, FeatureStoreError, IndexRow, read_feature_set
@@ -387,7 +388,7 @@ for name in ("tensorflow", "keras"):
         raise SystemExit(f"the blocker let {name} through")
 
 from pipeline.config import TrainConfig
-from pipeline.train import train_heads
+from pipeline.runs.train import train_heads
 
 heads = tuple(sys.argv[3:])
 lean = {"hist_gb.max_iter": 10, "random_forest.n_estimators": 20}
@@ -457,7 +458,7 @@ def test_logreg_separates_real_from_random_weights(sign_digits_features, tmp_pat
         (subset / digit).mkdir()
         for src in sorted((SIGN_DIGITS / digit).iterdir())[:30]:
             shutil.copyfile(src, subset / digit / src.name)
-    from pipeline.extract import extract_features
+    from pipeline.features.extract import extract_features
 
     config = TrainConfig(heads=("logreg",), splits=(0.5, 0.0, 0.5), runs_dir=str(runs))
     scores = {}

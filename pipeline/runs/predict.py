@@ -42,8 +42,10 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from .fileutils import replace_text
-from . import backbones, config as config_lib, decode, discovery
+from .._atomic import write_text as replace_text
+from .. import config as config_lib
+from ..errors import RunError
+from ..features import backbones, decode, discovery
 
 __all__ = [
     "BUNDLE_FORMAT",
@@ -64,13 +66,6 @@ MANIFEST_NAME = "manifest.sha256"
 BUNDLE_FORMAT = "bottleneck-bundle"
 BUNDLE_FORMAT_VERSION = 1
 _TMP_PREFIX = ".tmp-"
-
-
-class RunError(ValueError):
-    """A run folder or bundle cannot be used: missing, changed or tampered.
-
-    The message names the file and says what to do.
-    """
 
 
 class RunSpecWarning(UserWarning):
@@ -336,8 +331,8 @@ def _check_feature_key(config, identity: str, recorded_key: str | None, what: st
     size, pooling, layer, precision and storage dtype, so a change of any
     of them since training shows up here.
     """
-    from . import extract
-    from .store import feature_key
+    from ..features import extract
+    from ..store import feature_key
 
     if not recorded_key:
         return
@@ -411,7 +406,7 @@ class Predictor:
             ValueError: the run names an unknown backbone, or `weights` was
                 given for a run without a weights file.
         """
-        from . import heads as heads_lib
+        from .. import heads as heads_lib
 
         source = _open_source(run_dir, weights)
         head, metadata = heads_lib.load_head(source.head_path, expected_sha256=source.head_sha256)
@@ -433,7 +428,7 @@ class Predictor:
 
     @property
     def is_dense(self) -> bool:
-        from .heads import DenseClassifier
+        from ..heads import DenseClassifier
 
         return isinstance(self.head, DenseClassifier)
 
@@ -671,7 +666,7 @@ def evaluate_run(
         ValueError: no image of the data belongs to a class of the run, or
             none could be decoded.
     """
-    from . import evaluate
+    from ..heads import metrics as evaluate
 
     predictor = Predictor.load(run_dir, weights=weights)
     dataset = discovery.index_directory(data)

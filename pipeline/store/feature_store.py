@@ -46,6 +46,8 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
+from ..errors import FeatureStoreError, StoreBusyError, WriteError
+
 FORMAT_VERSION = 1
 INDEX_NAME = "features.h5"
 SHARD_DIR = "shards"
@@ -61,18 +63,6 @@ _LIBVER = ("earliest", "v110")
 _SEAL = b"bottleneck-index sha256:"
 _STR = h5py.string_dtype("utf-8")
 _BYTES = h5py.string_dtype("ascii")
-
-
-class FeatureStoreError(ValueError):
-    """A feature set is missing, incomplete, corrupt or of another format."""
-
-
-class StoreBusyError(RuntimeError):
-    """Another process holds the write lock of a feature set."""
-
-
-class StoreWriteError(OSError):
-    """A shard or the index could not be written (disk full, quota, I/O error)."""
 
 
 def feature_key(spec: dict[str, Any]) -> str:
@@ -548,7 +538,7 @@ class ShardWriter:
                     os.replace(self._tmp, self._final)
                 else:
                     self._tmp.unlink(missing_ok=True)
-        except StoreWriteError:
+        except WriteError:
             self._tmp.unlink(missing_ok=True)
             raise
 
@@ -755,10 +745,10 @@ def _write_new_file(path: Path, data: bytes) -> None:
 
 @contextlib.contextmanager
 def _reporting_write_errors(path: Path) -> Iterator[None]:
-    """Turns a failed write (OSError, or h5py's long RuntimeError) into one clear StoreWriteError."""
+    """Turns a failed write (OSError, or h5py's long RuntimeError) into one clear WriteError."""
     try:
         yield
-    except StoreWriteError:
+    except WriteError:
         raise
     except (OSError, RuntimeError) as e:
         found = re.search(r"errno = (\d+), error message = '([^']*)'", str(e))
@@ -768,7 +758,7 @@ def _reporting_write_errors(path: Path) -> Iterator[None]:
             reason = f"{found.group(2)} (errno {found.group(1)})"
         else:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise StoreWriteError(
+        raise WriteError(
             f"Cannot write '{path}': {reason}. The disk is probably full or over quota. Nothing "
             "half-written is used and the previous feature set is untouched: free some space, "
             "then run the same command again (it resumes where it stopped)."

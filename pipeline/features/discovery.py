@@ -24,6 +24,8 @@ import re
 import stat
 from pathlib import Path
 
+from ..errors import DataError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "DataError",
@@ -48,13 +50,6 @@ _NOHASH = re.compile(r"_nohash_.*$")
 _HASH_BLOCK = 1 << 20
 
 _LAYOUT_HINT = "Pass DATA=... pointing at a folder with one subfolder per class."
-
-
-class DataError(ValueError):
-    """The data folder cannot be used: missing, empty, or laid out wrongly.
-
-    The message names the folder, says what was found and how to fix it.
-    """
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,8 +20,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from . import backbones, config as config_lib, decode, discovery
-from .store import FeatureStore, IndexRow, SkippedFile, feature_key
+from .. import config as config_lib
+from . import backbones, decode, discovery
+from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1

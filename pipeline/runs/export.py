@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from . import discovery
+from ..features import discovery
 from .predict import (
     BUNDLE_FORMAT,
     BUNDLE_FORMAT_VERSION,
@@ -139,8 +139,8 @@ def build_export_model(predictor: Predictor):
     """
     import keras
 
-    from .backbones import get_backbone_cfg
-    from .layers import Preprocess
+    from ..features.backbones import get_backbone_cfg
+    from ..features.layers import Preprocess
 
     if not predictor.is_dense:
         raise ValueError(

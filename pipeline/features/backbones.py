@@ -25,6 +25,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from ..errors import WeightsUnavailableError
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneCfg:
@@ -113,10 +115,6 @@ def resolve_size(cfg: BackboneCfg, size: int | None) -> int:
             f"(its ImageNet weights were trained at {cfg.default_size})."
         )
     return size
-
-
-class WeightsUnavailableError(RuntimeError):
-    """The requested weights cannot be had; the message says what to do."""
 
 
 def weights_identity(weights: str) -> str:

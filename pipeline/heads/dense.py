@@ -1,0 +1,436 @@
+"""The Keras dense head: seed 003's network as a scikit-learn estimator.
+
+Keras is imported lazily, inside `DenseClassifier`'s methods only, so that
+scikit-learn heads never pull Keras (or its backend) in. TensorFlow itself is
+never imported here: the dense head runs on any Keras 3 backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import numbers
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_array, check_is_fitted, validate_data
+
+from .. import _atomic
+
+
+__all__ = ["DenseClassifier"]
+
+_OPTIMIZERS = ("adagrad", "adam", "adamax", "adamw", "nadam", "rmsprop", "sgd")
+_PREDICT_CHUNK = 1024  # rows per forward pass in predict_proba
+_TENSORBOARD_NEEDS = ("tensorflow", "tensorboard")
+
+
+def _import_keras():
+    """Import Keras on first use (never at module level, see module doc)."""
+    import keras
+
+    return keras
+
+
+def _check_param(name: str, value: Any, ok: bool, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}.")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+class DenseClassifier(ClassifierMixin, BaseEstimator):
+    """Small Keras network on cached features, as a scikit-learn classifier.
+
+    The default network is the classic bottleneck-features head:
+    `[Flatten] -> Dense(256, relu) -> Dropout(0.5) -> Dense(n_classes,
+    softmax)`, trained with Adam(learning_rate=1e-4) for 30 epochs in batches
+    of 64 on sparse categorical cross-entropy. `Flatten` is added only when
+    `X` has more than 2 dims (spatial features such as `(N, 4, 4, 512)`).
+    Two-class problems also use a 2-unit softmax (not a 1-unit sigmoid), so
+    `predict_proba` always has shape `(n_samples, n_classes)` and one code
+    path serves every problem.
+
+    Keras is imported when `fit` (or unpickling) needs it; the backend is
+    whatever Keras is configured with (TensorFlow, JAX or PyTorch).
+
+    Args:
+        hidden_units: tuple of ints, the width of each hidden `Dense(relu)`
+            layer, in order (an int means one layer). `()` gives a linear
+            softmax classifier.
+            Defaults to `(256,)`.
+        dropout: float in `[0, 1)`, the rate of the `Dropout` after each
+            hidden layer. `0` adds no dropout layer. Defaults to `0.5`.
+        optimizer: str, the Keras optimizer, one of `"adagrad"`, `"adam"`,
+            `"adamax"`, `"adamw"`, `"nadam"`, `"rmsprop"`, `"sgd"`.
+            Defaults to `"adam"`.
+        learning_rate: float > 0, the optimizer's learning rate.
+            Defaults to `1e-4`.
+        epochs: int >= 1, the maximum number of passes over the data.
+            Defaults to `30`.
+        batch_size: int >= 1, samples per gradient step.
+            Defaults to `64`.
+        class_weight: `None`, `"balanced"` or a dict mapping class label to
+            weight; turned into per-sample weights of the loss.
+            Defaults to `None`.
+        early_stopping_patience: int >= 0 or `None`. With `validation_data`
+            passed to `fit`, stop after this many epochs without a lower
+            `val_loss` and restore the best weights. `None` disables early
+            stopping; without `validation_data` it is ignored.
+            Defaults to `5`.
+        random_state: int or `None`. Passed to
+            `keras.utils.set_random_seed` at the start of `fit` (this seeds
+            Python, NumPy and the backend globally), which makes two fits on
+            the same data give the same model on CPU. `None` leaves the
+            global seeds alone. Defaults to `0`.
+        verbose: int, Keras' `fit` verbosity: `0` silent, `1` progress bar,
+            `2` one line per epoch. Defaults to `0`.
+
+    Attributes:
+        classes_: array of the class labels seen in `fit`.
+        n_features_in_: int, features per sample (the product of
+            `feature_shape_`).
+        feature_shape_: tuple, the shape of one sample, e.g. `(512,)` or
+            `(4, 4, 512)`.
+        history_: dict of per-epoch lists: `loss`, `accuracy`, plus
+            `val_loss`, `val_accuracy` when `validation_data` was given.
+        model_: the trained `keras.Model`.
+
+    Example:
+
+    ```python
+    head = DenseClassifier(epochs=10).fit(X_train, y_train,
+                                          validation_data=(X_val, y_val))
+    proba = head.predict_proba(X_test)
+    ```
+    """
+
+    def __init__(
+        self,
+        hidden_units=(256,),
+        dropout=0.5,
+        optimizer="adam",
+        learning_rate=1e-4,
+        epochs=30,
+        batch_size=64,
+        class_weight=None,
+        early_stopping_patience=5,
+        random_state=0,
+        verbose=0,
+    ):
+        self.hidden_units = hidden_units
+        self.dropout = dropout
+        self.optimizer = optimizer
+        self.learning_rate = learning_rate
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.class_weight = class_weight
+        self.early_stopping_patience = early_stopping_patience
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # -- validation -------------------------------------------------------
+
+    def _hidden_units(self) -> tuple[int, ...]:
+        units = self.hidden_units
+        if _is_int(units):
+            units = (units,)
+        ok = isinstance(units, (tuple, list)) and all(
+            _is_int(u) and u > 0 for u in units
+        )
+        _check_param(
+            "hidden_units", self.hidden_units, ok, "a tuple of positive ints, e.g. (256,)"
+        )
+        return tuple(int(u) for u in units)
+
+    def _validate_params(self) -> None:
+        _check_param(
+            "dropout",
+            self.dropout,
+            _is_real(self.dropout) and 0 <= self.dropout < 1,
+            "a float in [0, 1)",
+        )
+        _check_param(
+            "optimizer",
+            self.optimizer,
+            isinstance(self.optimizer, str) and self.optimizer.lower() in _OPTIMIZERS,
+            "one of " + ", ".join(repr(o) for o in _OPTIMIZERS),
+        )
+        _check_param(
+            "learning_rate",
+            self.learning_rate,
+            _is_real(self.learning_rate) and self.learning_rate > 0,
+            "a float > 0",
+        )
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            _check_param(name, value, _is_int(value) and value >= 1, "an int >= 1")
+        _check_param(
+            "class_weight",
+            self.class_weight,
+            self.class_weight is None
+            or self.class_weight == "balanced"
+            or isinstance(self.class_weight, Mapping),
+            "None, 'balanced' or a dict {class label: weight}",
+        )
+        patience = self.early_stopping_patience
+        _check_param(
+            "early_stopping_patience",
+            patience,
+            patience is None or (_is_int(patience) and patience >= 0),
+            "None or an int >= 0",
+        )
+        _check_param(
+            "random_state",
+            self.random_state,
+            self.random_state is None or _is_int(self.random_state),
+            "None or an int",
+        )
+        _check_param("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2")
+
+    def _validate_X(self, X) -> np.ndarray:
+        """Validate X at predict time against the shape seen in `fit`."""
+        if len(self.feature_shape_) == 1:
+            X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        else:
+            X = check_array(X, allow_nd=True, dtype=[np.float32, np.float64])
+            if X.shape[1:] != self.feature_shape_:
+                raise ValueError(
+                    f"X has samples of shape {X.shape[1:]}, but {type(self).__name__} "
+                    f"is expecting samples of shape {self.feature_shape_} as input."
+                )
+        return np.asarray(X, dtype=np.float32)
+
+    def _encode(self, y, what: str) -> np.ndarray:
+        """Map labels to indices into `classes_`; unknown labels are an error."""
+        y = np.asarray(y)
+        index = np.searchsorted(self.classes_, y)
+        index = np.clip(index, 0, len(self.classes_) - 1)
+        unknown = self.classes_[index] != y
+        if np.any(unknown):
+            raise ValueError(
+                f"{what} has labels not seen in y: {sorted(set(y[unknown].tolist()))!r}. "
+                f"Known labels: {self.classes_.tolist()!r}."
+            )
+        return index.astype(np.int32)
+
+    def _sample_weight(self, y_index: np.ndarray) -> np.ndarray | None:
+        if self.class_weight is None:
+            return None
+        if self.class_weight == "balanced":
+            weights = compute_class_weight("balanced", classes=self.classes_, y=self.classes_[y_index])
+        else:
+            unknown = set(self.class_weight) - set(self.classes_.tolist())
+            if unknown:
+                raise ValueError(
+                    f"`class_weight` has labels not seen in y: {sorted(unknown)!r}. "
+                    f"Known labels: {self.classes_.tolist()!r}."
+                )
+            weights = np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()])
+        return weights[y_index].astype(np.float32)
+
+    # -- estimator API ----------------------------------------------------
+
+    def fit(self, X, y, *, validation_data=None, callbacks_dir=None):
+        """Train the network on `X`, `y`.
+
+        Args:
+            X: array of shape `(n_samples, n_features)` or
+                `(n_samples, *spatial_shape)` (flattened by the network).
+            y: array of shape `(n_samples,)`, the class labels.
+            validation_data: `None` or a tuple `(X_val, y_val)`. Enables
+                per-epoch validation (`val_loss`, `val_accuracy` in
+                `history_`) and, unless `early_stopping_patience` is `None`,
+                early stopping on `val_loss` with the best weights restored.
+                Defaults to `None`.
+            callbacks_dir: `None` or a folder. Enables a `ModelCheckpoint` of
+                the best model to `callbacks_dir/best.keras` (best by
+                `val_loss`, or by `loss` without validation data) and
+                TensorBoard logs under `callbacks_dir/logs` (these need the
+                `tensorflow` and `tensorboard` packages, whatever the Keras
+                backend; without them a warning is issued and no logs are
+                written). Defaults to `None`.
+
+        Returns:
+            self.
+        """
+        self._validate_params()
+        hidden_units = self._hidden_units()
+        X, y = validate_data(self, X, y, allow_nd=True, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        self.classes_, y_index = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes to train; "
+                f"got 1 class ({self.classes_[0]!r})."
+            )
+        self.feature_shape_ = tuple(int(d) for d in X.shape[1:])
+        self.n_features_in_ = int(np.prod(self.feature_shape_))
+        X = np.asarray(X, dtype=np.float32)
+        y_index = y_index.astype(np.int32)
+
+        validation = None
+        if validation_data is not None:
+            if not (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2):
+                raise TypeError(
+                    "`validation_data` must be a tuple (X_val, y_val). "
+                    f"Received: {type(validation_data).__name__}."
+                )
+            X_val = self._validate_X(validation_data[0])
+            y_val = np.asarray(validation_data[1]).ravel()
+            if len(y_val) != len(X_val):
+                raise ValueError(
+                    "`validation_data` must hold as many labels as samples. "
+                    f"Received: {len(X_val)} samples and {len(y_val)} labels."
+                )
+            validation = (X_val, self._encode(y_val, "validation_data"))
+
+        keras = _import_keras()
+        if self.random_state is not None:
+            keras.utils.set_random_seed(int(self.random_state))
+        layers = [keras.Input(shape=self.feature_shape_)]
+        if len(self.feature_shape_) > 1:
+            layers.append(keras.layers.Flatten())
+        for units in hidden_units:
+            layers.append(keras.layers.Dense(units, activation="relu"))
+            if self.dropout > 0:
+                layers.append(keras.layers.Dropout(float(self.dropout)))
+        layers.append(keras.layers.Dense(len(self.classes_), activation="softmax"))
+        model = keras.Sequential(layers, name="dense_head")
+        model.compile(
+            optimizer=keras.optimizers.get(
+                {
+                    "class_name": self.optimizer.lower(),
+                    "config": {"learning_rate": float(self.learning_rate)},
+                }
+            ),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        history = model.fit(
+            X,
+            y_index,
+            sample_weight=self._sample_weight(y_index),
+            epochs=int(self.epochs),
+            batch_size=int(self.batch_size),
+            validation_data=validation,
+            callbacks=self._callbacks(keras, validation is not None, callbacks_dir),
+            verbose=self.verbose,
+        )
+        self.model_ = model
+        self.history_ = {
+            key: [float(v) for v in history.history[key]]
+            for key in ("loss", "accuracy", "val_loss", "val_accuracy")
+            if key in history.history
+        }
+        return self
+
+    def _callbacks(self, keras, has_validation: bool, callbacks_dir) -> list:
+        callbacks = []
+        if has_validation and self.early_stopping_patience is not None:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss",
+                    patience=int(self.early_stopping_patience),
+                    restore_best_weights=True,
+                )
+            )
+        if callbacks_dir is not None:
+            folder = Path(callbacks_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            callbacks.append(
+                keras.callbacks.ModelCheckpoint(
+                    str(folder / "best.keras"),
+                    monitor="val_loss" if has_validation else "loss",
+                    save_best_only=True,
+                )
+            )
+            # Keras writes TensorBoard events through `tensorflow.summary` (which
+            # needs the `tensorboard` package) on every backend; look for both
+            # without importing them.
+            missing = [p for p in _TENSORBOARD_NEEDS if importlib.util.find_spec(p) is None]
+            if not missing:
+                callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "logs")))
+            else:
+                warnings.warn(
+                    "TensorBoard logs need the packages "
+                    f"{', '.join(_TENSORBOARD_NEEDS)}; not installed: {', '.join(missing)}. "
+                    f"No logs are written to {folder / 'logs'}.",
+                    stacklevel=3,
+                )
+        return callbacks
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities, shape `(n_samples, n_classes)`, rows sum to 1."""
+        check_is_fitted(self)
+        X = self._validate_X(X)
+        keras = _import_keras()
+        chunks = [
+            keras.ops.convert_to_numpy(self.model_(X[i : i + _PREDICT_CHUNK], training=False))
+            for i in range(0, len(X), _PREDICT_CHUNK)
+        ]
+        proba = np.concatenate(chunks).astype(np.float64)
+        return proba / proba.sum(axis=1, keepdims=True)
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted class labels, shape `(n_samples,)`."""
+        check_is_fitted(self)
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def save_keras(self, path) -> None:
+        """Write the trained network as a plain `.keras` file.
+
+        Args:
+            path: str or Path ending in `.keras`. The file is written to a
+                temporary name in the same folder, then moved into place.
+        """
+        check_is_fitted(self)
+        path = Path(path)
+        if path.suffix != ".keras":
+            raise ValueError(f"`path` must end with '.keras'. Received: path={str(path)!r}.")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic.replacing(path) as tmp:
+            self.model_.save(tmp)  # `tmp` keeps the `.keras` suffix Keras requires
+
+    # -- pickling ---------------------------------------------------------
+    # A Keras model does not pickle on every backend, so the fitted network
+    # travels as the bytes of a `.keras` file (architecture, weights and
+    # optimizer state, backend-independent).
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        model = state.pop("model_", None)
+        if model is not None:
+            with tempfile.TemporaryDirectory() as folder:
+                file = Path(folder) / "model.keras"
+                model.save(file)
+                state["_keras_model_bytes"] = file.read_bytes()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        data = state.pop("_keras_model_bytes", None)
+        super().__setstate__(state)
+        if data is not None:
+            keras = _import_keras()
+            with tempfile.TemporaryDirectory() as folder:
+                file = Path(folder) / "model.keras"
+                file.write_bytes(data)
+                self.model_ = keras.saving.load_model(file)
+
+

@@ -1,0 +1,350 @@
+"""Classifier heads that train on cached features.
+
+Every head is a scikit-learn estimator: the registry rows below build
+scikit-learn models (wrapped in a `StandardScaler` pipeline where the
+estimator needs scaled inputs), and `DenseClassifier` wraps the small Keras
+network of the classic "extract once, train a dense head" recipe in the same
+`fit` / `predict` / `predict_proba` contract.
+
+Keras is imported lazily, inside `DenseClassifier`'s methods only, so that
+scikit-learn heads never pull Keras (or its backend) in. TensorFlow itself is
+never imported here: the dense head runs on any Keras 3 backend.
+"""
+
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import fnmatch
+import importlib
+import importlib.metadata
+import importlib.util
+import re
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sklearn.calibration import CalibratedClassifierCV
+from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
+
+
+from .dense import DenseClassifier
+
+__all__ = ["HEADS", "HeadCfg", "create_head", "get_head_cfg", "list_heads", "parse_param"]
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadCfg:
+    """One row of `HEADS`.
+
+    Attributes:
+        name: str, the registry name.
+        factory: callable returning the bare estimator (before scaling and
+            parameters are applied).
+        default_params: read-only mapping of parameters applied on creation,
+            with plain names (see `create_head`).
+        description: str, one line for `bottleneck list`.
+        needs_scaling: bool, whether `create_head` puts a `StandardScaler`
+            before the estimator (as step `"scale"`; the estimator is step
+            `"clf"`).
+        proba: str, how `predict_proba` is produced: `"native"`,
+            `"softmax"` (network output) or `"calibrated"`
+            (`CalibratedClassifierCV` on the decision function).
+        uses_keras: bool, whether the head needs Keras.
+    """
+
+    name: str
+    factory: Callable[[], Any]
+    default_params: Mapping[str, Any]
+    description: str
+    needs_scaling: bool = False
+    proba: str = "native"
+    uses_keras: bool = False
+
+
+def _calibrated(estimator) -> Callable[[], CalibratedClassifierCV]:
+    # Probabilities for margin classifiers (SVMs, ridge) come from
+    # CalibratedClassifierCV(ensemble=False): sigmoid (Platt) calibration
+    # fitted on cross-validated decision values, then the base estimator
+    # refitted once on all data. This is what scikit-learn >= 1.9 recommends
+    # in place of the deprecated SVC(probability=True) (the same Platt scaling,
+    # done inside libsvm, whose predict could disagree with the argmax of its
+    # predict_proba), and it serves LinearSVC and RidgeClassifier, which have
+    # no probability option, the same way. A softmax of raw margins
+    # would be cheaper but uncalibrated (ridge margins live near [-1, 1], so
+    # rows come out almost uniform and log loss is meaningless). Here predict
+    # is the argmax of predict_proba, so both always agree. Cost: `cv` + 1
+    # fits of the base estimator.
+    return lambda: CalibratedClassifierCV(estimator(), method="sigmoid", ensemble=False)
+
+
+def _rows(*rows: HeadCfg) -> dict[str, HeadCfg]:
+    return {row.name: row for row in rows}
+
+
+def _frozen(**params) -> Mapping[str, Any]:
+    return types.MappingProxyType(params)
+
+
+HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
+    _rows(
+        HeadCfg(
+            name="dense",
+            factory=DenseClassifier,
+            default_params=_frozen(),
+            description="Keras Dense(256, relu) -> Dropout(0.5) -> softmax, Adam 1e-4, 30 epochs.",
+            proba="softmax",
+            uses_keras=True,
+        ),
+        HeadCfg(
+            name="logreg",
+            factory=LogisticRegression,
+            default_params=_frozen(C=1.0, max_iter=1000),
+            description="Multinomial logistic regression (lbfgs) on standardised features.",
+            needs_scaling=True,
+        ),
+        HeadCfg(
+            name="linear_svm",
+            factory=_calibrated(LinearSVC),
+            default_params=_frozen(C=1.0, max_iter=5000, random_state=0, cv=3),
+            description="Linear SVM (one-vs-rest), sigmoid-calibrated probabilities.",
+            needs_scaling=True,
+            proba="calibrated",
+        ),
+        HeadCfg(
+            name="svm_rbf",
+            factory=_calibrated(SVC),
+            default_params=_frozen(C=1.0, kernel="rbf", gamma="scale", cv=3),
+            description="RBF-kernel SVM, sigmoid-calibrated probabilities.",
+            needs_scaling=True,
+            proba="calibrated",
+        ),
+        HeadCfg(
+            name="knn",
+            factory=KNeighborsClassifier,
+            default_params=_frozen(n_neighbors=5),
+            description="k-nearest neighbours on standardised features.",
+            needs_scaling=True,
+        ),
+        HeadCfg(
+            name="random_forest",
+            factory=RandomForestClassifier,
+            default_params=_frozen(n_estimators=200, random_state=0),
+            description="Random forest of 200 trees.",
+        ),
+        HeadCfg(
+            name="hist_gb",
+            factory=HistGradientBoostingClassifier,
+            default_params=_frozen(random_state=0),
+            description="Histogram gradient boosting (early stopping above 10k samples).",
+        ),
+        HeadCfg(
+            name="ridge",
+            factory=_calibrated(RidgeClassifier),
+            default_params=_frozen(alpha=1.0, cv=3),
+            description="Ridge classifier, sigmoid-calibrated probabilities.",
+            needs_scaling=True,
+            proba="calibrated",
+        ),
+    )
+)
+
+_PARAMS_DOC = """params: keyword arguments for the estimator. Plain names (`C`,
+            `n_neighbors`) reach the classifier wherever it sits inside the
+            head (`C` of the `logreg` row sets `clf__C`; of `svm_rbf`,
+            `clf__estimator__C`); a name found at several depths sets the
+            deepest (the classifier's) one. scikit-learn's `step__param`
+            keys are accepted as well. They override the row's
+            `default_params`; `None` is passed on as a value (drop unset CLI
+            options before calling)."""
+
+
+def list_heads(pattern: str = "") -> list[str]:
+    """Sorted names of the registry heads, optionally filtered.
+
+    Args:
+        pattern: str, an `fnmatch` pattern such as `"*svm*"`; `""` lists
+            all heads. Defaults to `""`.
+
+    Returns:
+        Sorted list of head names.
+    """
+    names = sorted(HEADS)
+    return [n for n in names if fnmatch.fnmatchcase(n, pattern)] if pattern else names
+
+
+def get_head_cfg(name: str) -> HeadCfg:
+    """The `HeadCfg` row of a registry head.
+
+    Args:
+        name: str, one of `list_heads()`.
+
+    Returns:
+        The frozen `HeadCfg`.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str. Received: {type(name).__name__}.")
+    try:
+        return HEADS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(HEADS), n=3)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        raise ValueError(
+            f"Unknown head {name!r}.{hint} Valid heads: {', '.join(list_heads())}; "
+            "or an import path 'module:Class' of a scikit-learn estimator."
+        ) from None
+
+
+def create_head(name: str, **params):
+    """Build an unfitted head by registry name or import path.
+
+    Args:
+        name: str, one of `list_heads()`, or the import path of any
+            scikit-learn-style estimator class as `"module:Class"` (for
+            example `"sklearn.neighbors:NearestCentroid"`); such an
+            estimator is used as is (no scaling, no default parameters).
+        {params}
+
+    Returns:
+        A scikit-learn estimator (a `Pipeline(scale, clf)` for rows with
+        `needs_scaling`).
+
+    Example:
+
+    ```python
+    head = create_head("logreg", C=0.5)          # sets clf__C
+    head = create_head("svm_rbf", C=10, cv=5)    # clf__estimator__C, clf__cv
+    head = create_head("dense", hidden_units=(512, 256), epochs=10)
+    head = create_head("sklearn.neighbors:NearestCentroid")
+    ```
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"`name` must be a str. Received: {type(name).__name__}.")
+    if ":" in name:
+        cls = _import_class(name)
+        if not hasattr(cls, "set_params"):
+            try:
+                return cls(**params)
+            except TypeError as err:
+                raise ValueError(f"Cannot build head {name!r} with {params!r}: {err}") from err
+        estimator = cls()
+        defaults: Mapping[str, Any] = {}
+    else:
+        cfg = get_head_cfg(name)
+        estimator = cfg.factory()
+        if cfg.needs_scaling:
+            estimator = Pipeline([("scale", StandardScaler()), ("clf", estimator)])
+        defaults = cfg.default_params
+    resolved: dict[str, Any] = {}
+    for source in (defaults, params):
+        for key, value in source.items():
+            resolved[_resolve_param(estimator, key, name)] = value
+    return estimator.set_params(**resolved) if resolved else estimator
+
+
+if create_head.__doc__:
+    create_head.__doc__ = create_head.__doc__.replace("{params}", _PARAMS_DOC)
+
+
+def _resolve_param(estimator, key: str, head: str) -> str:
+    """Map a plain parameter name to the estimator's `step__param` key."""
+    valid = estimator.get_params(deep=True)
+    if "__" in key and key in valid:
+        return key
+    matches = [k for k in valid if k == key or k.endswith("__" + key)]
+    if matches:
+        depth = max(m.count("__") for m in matches)
+        deepest = [m for m in matches if m.count("__") == depth]
+        if len(deepest) == 1:
+            return deepest[0]
+        raise ValueError(
+            f"Parameter {key!r} of head {head!r} is ambiguous: it matches "
+            f"{', '.join(deepest)}. Pass one of these full names instead."
+        )
+    plain = sorted({k.rsplit("__", 1)[-1] for k in valid})
+    close = difflib.get_close_matches(key, plain, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(
+        f"Unknown parameter {key!r} for head {head!r}.{hint} "
+        f"Valid parameters: {', '.join(plain)} (scikit-learn's step__param keys "
+        "are accepted too)."
+    )
+
+
+def _import_class(path: str) -> type:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ValueError(
+            "An import-path head must look like 'module:Class', e.g. "
+            f"'sklearn.neighbors:NearestCentroid'. Received: {path!r}."
+        )
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"Cannot import module {module_name!r} for head {path!r}: {err}") from err
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(
+                f"Module {module_name!r} has no attribute {attr!r} (head {path!r})."
+            ) from None
+    if not isinstance(obj, type) or not all(
+        callable(getattr(obj, m, None)) for m in ("fit", "predict")
+    ):
+        raise TypeError(
+            f"Head {path!r} must be a scikit-learn-style estimator class with "
+            f"`fit` and `predict` methods. Received: {obj!r}."
+        )
+    return obj
+
+
+_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """Parse one CLI `--param key=value` string.
+
+    The value is read as a Python literal when it is one (`0.5`, `200`,
+    `(512, 256)`, `None`, `True`, `'a b'`), and kept as a string otherwise
+    (`balanced`, `sqrt`).
+
+    Args:
+        text: str of the form `key=value`; the key is a parameter name,
+            plain (`C`) or scikit-learn's `step__param` (`clf__C`).
+
+    Returns:
+        Tuple `(key, value)`.
+
+    Example:
+
+    ```python
+    parse_param("C=0.5")                   # ("C", 0.5)
+    parse_param("hidden_units=(512,256)")  # ("hidden_units", (512, 256))
+    parse_param("class_weight=balanced")   # ("class_weight", "balanced")
+    ```
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"`--param` must be a str. Received: {type(text).__name__}.")
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not _KEY.match(key):
+        raise ValueError(
+            "`--param` must look like key=value with a parameter name as key, "
+            f"e.g. C=0.5. Received: {text!r}."
+        )
+    raw = raw.strip()
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        value = raw
+    return key, value
+
+

@@ -1,0 +1,109 @@
+"""The run-folder contract: every file name of a run, an evaluation and a bundle.
+
+Written by `train` (runs), `predict` (evaluations) and `export` (bundles),
+read by `predict`, `export` and `runs ls`; this module is the only place
+that spells the names. A run lives under `<runs_dir>/<feature set>/`::
+
+    <head>-<id>/             a finished run (published by `_atomic.staged_folder`)
+      head.joblib            the fitted head (`heads.save_head`), every head
+      model.keras            the network alone, dense head only
+      best.keras, logs/      best checkpoint by validation loss, TensorBoard logs (dense)
+      history.png            accuracy and loss per epoch, dense only
+      metrics.json           validation and test metrics, fit_seconds, sizes
+      confusion_matrix.png   on test (on validation when there is no test)
+      config.json            the resolved TrainConfig and this head's params
+      lineage.json           which features, backbone and weights; head sha256
+      eval-<id>/             one `evaluate` of a labelled folder:
+        metrics.json, confusion_matrix.png, predictions.csv
+
+`<id>` is the UTC time to the second plus 8 random hex digits: run folders
+sort by time and never collide. `<runs_dir>/leaderboard.csv` and
+`leaderboard.md` list every finished run.
+
+A bundle (`export --format bundle`) stands in for a run folder::
+
+    bundle.json        format, head file, weights file, the run's lineage
+    head.joblib        the head, as in the run
+    weights/<file>     a copy of the weights file (when extracted from one)
+    manifest.sha256    `sha256sum -c` format, every file above
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _atomic
+from ..errors import RunError
+
+HEAD = "head.joblib"
+MODEL = "model.keras"
+HISTORY = "history.png"
+METRICS = "metrics.json"
+CONFUSION_MATRIX = "confusion_matrix.png"
+CONFIG = "config.json"
+LINEAGE = "lineage.json"
+PREDICTIONS = "predictions.csv"
+EVAL_PREFIX = "eval-"
+
+LEADERBOARD_CSV = "leaderboard.csv"
+LEADERBOARD_MD = "leaderboard.md"
+LEADERBOARD_LOCK = ".leaderboard.lock"
+
+BUNDLE = "bundle.json"
+MANIFEST = "manifest.sha256"
+BUNDLE_FORMAT = "bottleneck-bundle"
+BUNDLE_FORMAT_VERSION = 1
+
+
+def run_id() -> str:
+    """`<UTC time>-<8 hex>`: sorts by time, never collides."""
+    return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def slug(name: str) -> str:
+    """A head name made safe as a folder name (`module:Class` included)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object of a run folder or bundle; anything else is a `RunError` naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"'{path}' is missing, so this is not a complete {what}.") from None
+    except (OSError, ValueError) as e:
+        raise RunError(f"Cannot read '{path}' ({e}); the {what} is damaged.") from None
+    if not isinstance(data, dict):
+        raise RunError(f"'{path}' does not hold a JSON object; the {what} is damaged.")
+    return data
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Writes `data` as JSON, atomically, with numpy values and paths made plain."""
+    _atomic.write_json(path, jsonable(data))
+
+
+def jsonable(value):
+    """Plain JSON types: numpy scalars and arrays unwrapped, tuples as lists, NaN as null, anything else as repr."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return repr(value)

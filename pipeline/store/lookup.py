@@ -1,0 +1,63 @@
+"""Finding a feature set in the cache by path, name or unique prefix."""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+
+from ..errors import FeatureStoreError
+from .feature_store import INDEX_NAME
+
+__all__ = ["resolve_features"]
+
+
+def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache") -> Path:
+    """Finds the feature set to train on.
+
+    Args:
+        features: the path of a feature set folder or its `features.h5`;
+            or a short name as `bottleneck cache ls` prints it (the folder
+            name, or a prefix of exactly one folder name) looked up in
+            `cache_dir`; or `None` when `cache_dir` holds exactly one set.
+        cache_dir: the cache folder. Defaults to `"cache"`.
+
+    Returns:
+        The `features.h5` path (which may still be incomplete; reading it
+        says so).
+    """
+    cache = Path(cache_dir)
+    available = sorted(p.parent.name for p in cache.glob(f"*/{INDEX_NAME}")) if cache.is_dir() else []
+    listing = ", ".join(available) if available else "none"
+    if features is None:
+        if len(available) == 1:
+            return cache / available[0] / INDEX_NAME
+        if not available:
+            raise ValueError(
+                f"No feature set under '{cache}/'. Run `make features` first, or pass the "
+                "features path (FEATURES=...)."
+            )
+        raise ValueError(
+            f"'{cache}/' holds {len(available)} feature sets, so say which one: pass its name "
+            f"or a unique prefix (FEATURES=...). Feature sets: {listing}."
+        )
+    path = Path(features)
+    if path.exists():
+        return path / INDEX_NAME if path.is_dir() else path
+    name = str(features).rstrip("/")
+    if name in available:
+        return cache / name / INDEX_NAME
+    matches = [a for a in available if a.startswith(name)]
+    if len(matches) == 1:
+        return cache / matches[0] / INDEX_NAME
+    if matches:
+        raise ValueError(
+            f"Feature set name {name!r} is ambiguous: it starts {len(matches)} sets in '{cache}/' "
+            f"({', '.join(matches)}). Give more of the name."
+        )
+    close = difflib.get_close_matches(name, available, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    raise FeatureStoreError(
+        f"No feature set {name!r}: it is neither a path nor a name in '{cache}/'.{hint} "
+        f"Feature sets there: {listing}. Run `make features` to make one."
+    )
