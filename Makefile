@@ -40,7 +40,7 @@ ARGS ?=
 
 opt = $(if $(strip $(2)),$(1) $(2))
 
-.PHONY: setup features test sample-data list clean-cache train-head predict evaluate export
+.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,8 +64,12 @@ features: $(VENV)/.installed $(if $(filter data/digits,$(DATA)),data/digits)
 list: $(VENV)/.installed
 	$(BOTTLENECK) list
 
-test: $(VENV)/.installed
+test: lint
 	$(PY) -m pytest -q --durations=30 $(ARGS)
+
+# The import contracts of pyproject.toml ([tool.importlinter]): the layout's rules.
+lint: $(VENV)/.installed
+	$(VENV)/bin/lint-imports
 
 # Kill-and-resume soak of the features stage (docs/reliability.md): 40 random
 # kill points by default; ARGS="--points 100 --seed 7 --model resnet50".

@@ -227,8 +227,8 @@ def seed003_extract(directory: Path, sample_count: int, model_base, target_size,
 
 
 def decode_ceiling(paths: Sequence[Path], size: int, workers: int) -> float:
-    """img/s of `pipeline.decode.load_image` over `paths` in a pool of `workers` threads, as extraction runs it."""
-    from pipeline import decode
+    """img/s of `pipeline.features.decode.load_image` over `paths` in a pool of `workers` threads, as extraction runs it."""
+    from pipeline.features import decode
 
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:

@@ -71,7 +71,7 @@ def _release() -> None:
 
 def _extract(folder: Path, cache: Path, *, model: str, size: int, weights: str, precision: str, **options):
     from pipeline.config import ExtractConfig
-    from pipeline.extract import extract_features
+    from pipeline.features.extract import extract_features
 
     shutil.rmtree(cache, ignore_errors=True)
     config = ExtractConfig(
@@ -85,7 +85,7 @@ def _extract(folder: Path, cache: Path, *, model: str, size: int, weights: str, 
 
 def warm_up(workdir: Path, precision: str) -> None:
     """First use of the backend, h5py and the thread pools, out of every timed run."""
-    from pipeline import backbones
+    from pipeline.features import backbones
 
     folder = common.prepare_real(workdir, 20)
     with _dtype_policy(precision):
@@ -107,7 +107,7 @@ def speed(workdir: Path, model: str, size: int, n: int, reps: int, precision: st
     With `alt_batch`, `extract_features(batch_size=alt_batch)` runs as a third
     contender, in the same rotation.
     """
-    from pipeline import backbones
+    from pipeline.features import backbones
     from pipeline.config import ExtractConfig
 
     cfg = backbones.get_backbone_cfg(model)
@@ -213,7 +213,7 @@ def multi(workdir: Path, models: list[str], size: int, n: int, reps: int, precis
     case where sharing one decode per image across backbones matters.
     """
     from pipeline.config import ExtractConfig
-    from pipeline.extract import extract_many
+    from pipeline.features.extract import extract_many
 
     folder = common.prepare_large(workdir, n)
     file_mb = [p.stat().st_size / 1e6 for p in common.image_paths(folder)]
@@ -350,7 +350,7 @@ def noop(cli_args: list[str], n: int, reps: int) -> dict:
 
 def rss(workdir: Path, n: int, factor: int, size: int | None, precision: str) -> dict:
     """Peak RSS of `python -m pipeline features` on n and factor*n images (fresh caches)."""
-    from pipeline import backbones
+    from pipeline.features import backbones
 
     size = size or backbones.get_backbone_cfg("mobilenet_v2").default_size
     small = common.prepare_real(workdir, n)
@@ -440,7 +440,7 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
             ),
             "",
             f"- *Model alone*: `predict_on_batch` of the pipeline's model (uint8 in, preprocessing inside) on one "
-            f"pre-decoded batch of {s0['batch_size']}, warm. *Decode alone*: `pipeline.decode.load_image` over the same "
+            f"pre-decoded batch of {s0['batch_size']}, warm. *Decode alone*: `pipeline.features.decode.load_image` over the same "
             f"files in a pool of {s0['workers']} threads. Both run on the same cores, so the pipeline cannot reach "
             "min(ceilings) when each alone fills the machine: the *serial bound* 1/(1/model + 1/decode) is what "
             "running them one after the other gives. *First call extra*: what the first `predict_on_batch` of a fresh model "

@@ -8,59 +8,138 @@ what it returned. Exceptions become exit statuses here and only here;
 from __future__ import annotations
 
 import argparse
-import enum
+import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
+from .errors import BottleneckError, ExitStatus
 
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    ERROR = 1
-    BAD_INPUT = 2
-    INTERRUPTED = 130
+
+# The flag and Make variable that set each config field or argument a
+# library error names (`BottleneckError.field`), per command.
+_EXTRACT_OPTIONS = {
+    "data": ("DATA (the data folder argument)", "DATA"),
+    "model": ("--model", "MODEL"),
+    "size": ("--size", "SIZE"),
+    "pooling": ("--pooling", "POOLING"),
+    "layer": ("--layer", "LAYER"),
+    "weights": ("--weights", "WEIGHTS"),
+    "precision": ("--precision", "PRECISION"),
+    "storage_dtype": ("--storage-dtype", "ARGS"),
+    "batch_size": ("--batch-size", "BATCH"),
+    "workers": ("--workers", "WORKERS"),
+    "shard_size": ("--shard-size", "ARGS"),
+    "cache_dir": ("--cache-dir", "CACHE"),
+    "name": ("--name", "ARGS"),
+    "verify": ("--verify", "ARGS"),
+    "config": ("--config", "CONFIG"),
+}
+_TRAIN_OPTIONS = {
+    "features": ("FEATURES (the feature set argument)", "FEATURES"),
+    "heads": ("--head", "HEAD"),
+    "params": ("--param", "PARAMS"),
+    "fraction": ("--fraction", "FRACTION"),
+    "splits": ("--splits", "SPLITS"),
+    "seed": ("--seed", "SEED"),
+    "runs_dir": ("--runs-dir", "ARGS"),
+    "cache_dir": ("--cache-dir", "CACHE"),
+    "config": ("--config", "CONFIG"),
+}
+_RUN_OPTIONS = {
+    "run": ("RUN (the run folder argument)", "RUN"),
+    "weights": ("--weights", "ARGS"),
+    "top_k": ("--top-k", "TOPK"),
+    "output": ("--output", "OUTPUT"),
+    "out": ("OUT (the export target argument)", "OUT"),
+    "format": ("--format", "FORMAT"),
+    "data": ("DATA (the labelled folder argument)", "DATA"),
+    "overwrite": ("--force", "ARGS"),
+}
+_OPTIONS = {
+    "features": _EXTRACT_OPTIONS,
+    "train-head": _TRAIN_OPTIONS,
+    "predict": _RUN_OPTIONS,
+    "evaluate": _RUN_OPTIONS,
+    "export": _RUN_OPTIONS,
+}
+# What an interruption leaves, per command: extraction resumes, a run in
+# progress is discarded.
+_INTERRUPTED = {
+    "features": "Finished shards are kept; run the same command again to resume.",
+    "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
+}
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns its exit status."""
-    parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = _build_parser().parse_args(argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO, force=True)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ banner off the terminal
     try:
-        return args.handler(args)
+        with _stop_signals_as_interrupt():
+            return args.handler(args)
     except KeyboardInterrupt:
         if args.traceback:
             raise
-        print(
-            "Interrupted. Finished work is kept; run the same command again to resume.",
-            file=sys.stderr,
-        )
+        kept = _INTERRUPTED.get(args.command, "Nothing half-written was kept.")
+        print(f"Interrupted. {kept}", file=sys.stderr)
         return ExitStatus.INTERRUPTED
+    except BottleneckError as e:
+        if args.traceback:
+            raise
+        print(f"error: {e}{_option_hint(args.command, e.field)}", file=sys.stderr)
+        return e.exit_status
     except Exception as e:
         if args.traceback:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return ExitStatus.BAD_INPUT if _is_user_error(e) else _unexpected(e)
+        print(f"(unexpected {type(e).__name__}: run again with --traceback for details and report it)", file=sys.stderr)
+        return ExitStatus.UNEXPECTED
 
 
-def _is_user_error(e: Exception) -> bool:
-    from .errors import WeightsUnavailableError
-    from .errors import StoreBusyError
-
-    return isinstance(e, (ValueError, TypeError, WeightsUnavailableError, StoreBusyError, FileNotFoundError))
-
-
-def _unexpected(e: Exception) -> int:
-    print(f"({type(e).__name__}; run again with --traceback for details)", file=sys.stderr)
-    return ExitStatus.ERROR
+def _option_hint(command: str, field: str | None) -> str:
+    """` [set with --size; make: SIZE=...]` for the option an error is about, when it has one."""
+    flag, variable = _OPTIONS.get(command, {}).get(field, (None, None))
+    if flag is None:
+        return ""
+    make = f'ARGS="{flag} ..."' if variable == "ARGS" else f"{variable}=..."
+    return f" [set with {flag}; make {command}: {make}]"
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--quiet", "-q", action="store_true", help="print only results and errors")
-    parser.add_argument("--traceback", action="store_true", help="show the full Python traceback on errors")
+@contextlib.contextmanager
+def _stop_signals_as_interrupt():
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does: finished work kept, one line, status 130.
+
+    They are re-raised as SIGINT, so the store's deferral of Ctrl-C around
+    HDF5 writes covers them too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {name: signal.signal(getattr(signal, name), _as_sigint) for name in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def _as_sigint(signum, frame) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def _common(parser: argparse.ArgumentParser, default=False) -> None:
+    # Subcommands default to SUPPRESS so that `bottleneck -q features` keeps
+    # the root's value instead of the subparser's default overwriting it.
+    parser.add_argument("--quiet", "-q", action="store_true", default=default, help="print only results and errors")
+    parser.add_argument("--traceback", action="store_true", default=default,
+                        help="show the full Python traceback on errors")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -93,25 +172,25 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="check every cached feature's checksum, even when nothing changed")
     p.add_argument("--config", help="TOML file with a [features] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_features)
 
     p = sub.add_parser("list", help="list backbones (or heads with --heads)")
     p.add_argument("pattern", nargs="?", default="", help="fnmatch pattern, e.g. 'resnet*'")
     p.add_argument("--heads", action="store_true", help="list the heads instead of the backbones")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_list)
 
     p = sub.add_parser("cache", help="inspect the feature cache")
     p.add_argument("action", choices=("ls",))
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--json", action="store_true")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_cache)
 
     p = sub.add_parser("sample-data", help="write the embedded sample dataset (scikit-learn digits as PNG folders)")
     p.add_argument("out", nargs="?", default="data/digits")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_sample_data)
 
     p = sub.add_parser("train-head", help="train heads on a cached feature set, one run folder each")
@@ -137,14 +216,14 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
     p.add_argument("--config", help="TOML file with a [train] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_train_head)
 
     p = sub.add_parser("runs", help="inspect trained runs")
     p.add_argument("action", choices=("ls",))
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--json", action="store_true")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_runs)
     _add_predict_parsers(sub)
     return parser
@@ -331,7 +410,7 @@ def _add_predict_parsers(sub) -> None:
     p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
@@ -339,7 +418,7 @@ def _add_predict_parsers(sub) -> None:
     p.add_argument("data", help="labelled folder, DATA/<class>/*; classes are matched by name")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_evaluate)
 
     p = sub.add_parser("export", help="export a run: one .keras model (dense heads) or a self-contained bundle")
@@ -349,7 +428,7 @@ def _add_predict_parsers(sub) -> None:
     p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p)
+    _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_export)
 
 

@@ -17,6 +17,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from .errors import ConfigError
+
 POOLINGS = ("avg", "max", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
@@ -97,23 +99,22 @@ def load_toml(path: str | os.PathLike | None) -> dict[str, Any]:
         with path.open("rb") as f:
             return tomllib.load(f)
     except FileNotFoundError:
-        raise ValueError(f"Config file '{path}' does not exist.") from None
+        raise ConfigError(f"Config file '{path}' does not exist.", field="config") from None
     except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"Config file '{path}' is not valid TOML: {e}") from None
+        raise ConfigError(f"Config file '{path}' is not valid TOML: {e}", field="config") from None
 
 
 def resolve(cls, table: dict[str, Any] | None = None, **overrides):
     """Builds `cls` from a TOML table, then non-`None` overrides on top.
 
-    Unknown keys in the table raise a `ValueError` naming the valid keys.
+    Unknown keys in the table raise a `ConfigError` naming the valid keys.
     """
     table = dict(table or {})
     valid = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(table) - valid)
     if unknown:
-        raise ValueError(
-            f"Unknown config keys {unknown} for {cls.__name__}. "
-            f"Valid keys: {sorted(valid)}."
+        raise ConfigError(
+            f"Unknown config keys {unknown} for {cls.__name__}. Valid keys: {sorted(valid)}.", field="config"
         )
     table.update({k: v for k, v in overrides.items() if v is not None})
     required = [
@@ -123,10 +124,9 @@ def resolve(cls, table: dict[str, Any] | None = None, **overrides):
     ]
     missing = [name for name in required if name not in table]
     if missing:
-        raise ValueError(
-            f"{cls.__name__} needs {', '.join(f'`{m}`' for m in missing)}: pass "
-            + ", ".join(f"--{m.replace('_', '-')}" for m in missing)
-            + " (or set it in the config file)."
+        raise ConfigError(
+            f"{cls.__name__} needs {', '.join(f'`{m}`' for m in missing)}: set it (or in the config file).",
+            field=missing[0],
         )
     return cls(**table)
 
@@ -138,12 +138,12 @@ def to_dict(config) -> dict[str, Any]:
 def _check_choice(name: str, value, choices) -> None:
     if value not in choices:
         allowed = ", ".join(repr(c) for c in choices)
-        raise ValueError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}")
+        raise ConfigError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}", field=name)
 
 
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+        raise ConfigError(f"`{name}` must be a positive integer. Received: {name}={value!r}", field=name)
 
 
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
@@ -193,36 +193,39 @@ class TrainConfig:
     def __post_init__(self):
         heads = (self.heads,) if isinstance(self.heads, str) else self.heads
         if not isinstance(heads, (tuple, list)) or not heads or not all(isinstance(h, str) and h for h in heads):
-            raise ValueError(
-                f"`heads` must be a non-empty list of head names, e.g. ['logreg', 'dense']. Received: heads={self.heads!r}"
+            raise ConfigError(
+                f"`heads` must be a non-empty list of head names, e.g. ['logreg', 'dense']. Received: heads={self.heads!r}",
+                field="heads",
             )
         twice = sorted({h for h in heads if list(heads).count(h) > 1})
         if twice:
-            raise ValueError(f"`heads` names {', '.join(map(repr, twice))} more than once. Received: heads={self.heads!r}")
+            raise ConfigError(f"`heads` names {', '.join(map(repr, twice))} more than once. Received: heads={self.heads!r}", field="heads")
         object.__setattr__(self, "heads", tuple(heads))
 
         if not isinstance(self.params, dict) or not all(isinstance(k, str) and k for k in self.params):
-            raise ValueError(
+            raise ConfigError(
                 f"`params` must be a dict of parameter names to values, e.g. {{'C': 0.5, 'dense.epochs': 10}}. "
-                f"Received: params={self.params!r}"
+                f"Received: params={self.params!r}",
+                field="params",
             )
         object.__setattr__(self, "params", dict(self.params))
 
         fraction = self.fraction
         if not isinstance(fraction, (int, float)) or isinstance(fraction, bool) or not 0 < fraction <= 1:
-            raise ValueError(
+            raise ConfigError(
                 f"`fraction` must be a number in (0, 1], e.g. 0.1 to train on 10% of the training split. "
-                f"Received: fraction={fraction!r}"
+                f"Received: fraction={fraction!r}",
+                field="fraction",
             )
         object.__setattr__(self, "fraction", float(fraction))
         object.__setattr__(self, "splits", _parse_splits(self.splits))
 
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"`seed` must be an integer >= 0. Received: seed={self.seed!r}")
+            raise ConfigError(f"`seed` must be an integer >= 0. Received: seed={self.seed!r}", field="seed")
         for field in ("runs_dir", "cache_dir"):
             value = getattr(self, field)
             if not isinstance(value, (str, os.PathLike)) or not str(value):
-                raise ValueError(f"`{field}` must be a folder path. Received: {field}={value!r}")
+                raise ConfigError(f"`{field}` must be a folder path. Received: {field}={value!r}", field=field)
             object.__setattr__(self, field, os.fspath(value))
 
 
@@ -234,12 +237,13 @@ def _parse_splits(value) -> tuple[float, float, float]:
     except (TypeError, ValueError):
         shares = ()
     if len(shares) != 3 or any(not 0 <= s <= 1 for s in shares) or abs(sum(shares) - 1) > 1e-6:
-        raise ValueError(
-            f"`splits` must be three train,validation,test shares >= 0 that sum to 1, e.g. 0.8,0.1,0.1. {received}"
+        raise ConfigError(
+            f"`splits` must be three train,validation,test shares >= 0 that sum to 1, e.g. 0.8,0.1,0.1. {received}", field="splits"
         )
     if shares[0] == 0 or shares[1] + shares[2] == 0:
-        raise ValueError(
+        raise ConfigError(
             "`splits` must give training a share > 0 and leave something to evaluate on "
-            f"(validation or test > 0), e.g. 0.8,0.1,0.1 or 0.9,0.1,0. {received}"
+            f"(validation or test > 0), e.g. 0.8,0.1,0.1 or 0.9,0.1,0. {received}",
+            field="splits",
         )
     return shares

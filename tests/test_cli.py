@@ -98,3 +98,68 @@ def test_list_heads_prints_every_head(capsys):
     assert main(["list", "--heads"]) == ExitStatus.OK
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == list_heads() and "logreg" in names and "dense" in names
+
+
+def test_common_flags_before_the_subcommand_take_effect(tiny_dataset, tmp_path, capsys):
+    missing = str(tmp_path / "missing")
+    with pytest.raises(Exception, match="does not exist"):
+        main(["--traceback", "features", missing, *FAST])
+    assert main(["-q", "features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path / "cache")]) == ExitStatus.OK
+    assert capsys.readouterr().out == ""
+
+
+def test_errors_name_the_flag_and_make_variable_of_the_field(tiny_dataset, tmp_path, capsys):
+    args = ["features", str(tiny_dataset), "--model", "inception_v3", "--size", "64", "--weights", "none"]
+    assert main([*args, "--cache-dir", str(tmp_path)]) == ExitStatus.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "`size`" in err and "--size" in err and "SIZE=" in err
+
+
+@pytest.mark.parametrize(
+    "error, status",
+    [
+        ("pipeline.errors:ConfigError", ExitStatus.BAD_INPUT),
+        ("pipeline.errors:RunError", ExitStatus.BAD_INPUT),
+        ("pipeline.errors:WriteError", ExitStatus.CANNOT_WRITE),
+        ("builtins:RuntimeError", ExitStatus.UNEXPECTED),
+        ("builtins:FileNotFoundError", ExitStatus.UNEXPECTED),
+    ],
+)
+def test_each_error_kind_maps_to_its_documented_exit_status(monkeypatch, capsys, error, status):
+    import importlib
+
+    from pipeline import cli
+
+    module, name = error.split(":")
+    cls = getattr(importlib.import_module(module), name)
+
+    def fail(args):
+        raise cls("something is wrong")
+
+    monkeypatch.setattr(cli, "_cmd_list", fail)
+    assert main(["list"]) == status
+    err = capsys.readouterr().err
+    assert err.startswith("error: something is wrong")
+    assert ("--traceback" in err) == (status == ExitStatus.UNEXPECTED)
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_end_a_command_like_ctrl_c(monkeypatch, capsys, signame):
+    import os
+    import signal
+    import time
+
+    from pipeline import cli
+
+    def stopped(args):
+        os.kill(os.getpid(), getattr(signal, signame))
+        time.sleep(5)  # the signal arrives before this ends
+        return ExitStatus.OK
+
+    monkeypatch.setattr(cli, "_cmd_list", stopped)
+    started = time.monotonic()
+    assert main(["list"]) == ExitStatus.INTERRUPTED
+    assert time.monotonic() - started < 4
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("Interrupted.")
+    assert signal.getsignal(getattr(signal, signame)) is not cli._as_sigint  # handlers restored

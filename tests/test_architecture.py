@@ -1,0 +1,65 @@
+"""The layout's rules hold: import contracts, light stage imports, module size."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+MAX_MODULE_LINES = 600
+
+
+def _loaded_modules(statement: str) -> set[str]:
+    code = f"import sys; {statement}; print('\\n'.join(sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_importing_the_head_stage_loads_no_features_module_and_no_keras():
+    loaded = _loaded_modules("import pipeline.heads")
+    assert "pipeline.heads" in loaded
+    assert not {m for m in loaded if m.startswith(("pipeline.features", "pipeline.runs"))}
+    assert not {m for m in loaded if m.split(".")[0] in ("keras", "tensorflow", "jax", "torch")}
+
+
+def test_importing_the_store_loads_neither_stage():
+    loaded = _loaded_modules("import pipeline.store")
+    assert not {m for m in loaded if m.startswith(("pipeline.features", "pipeline.heads", "pipeline.runs"))}
+    assert not {m for m in loaded if m.split(".")[0] in ("keras", "tensorflow", "sklearn")}
+
+
+def test_the_import_contracts_hold():
+    result = subprocess.run([LINT_IMPORTS], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 broken" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "module, violation",
+    [
+        ("store/lookup.py", "from ..features import decode"),
+        ("features/decode.py", "from ..heads import metrics"),
+        ("heads/metrics.py", "from ..features import discovery"),
+        ("heads/apply.py", "from ..runs import layout"),
+        ("runs/layout.py", "from .. import cli"),
+    ],
+    ids=["store->features", "features->heads", "heads->features", "heads->runs", "runs->cli"],
+)
+def test_a_deliberate_violation_breaks_the_contracts(tmp_path, module, violation):
+    """The contracts are not vacuous: a scratch copy with one forbidden import fails them."""
+    shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    target = tmp_path / "pipeline" / module
+    target.write_text(target.read_text() + f"\n{violation}  # deliberate\n")
+    result = subprocess.run(
+        [LINT_IMPORTS], cwd=tmp_path, capture_output=True, text=True, env={"PYTHONPATH": str(tmp_path)}
+    )
+    assert result.returncode != 0 and "BROKEN" in result.stdout, result.stdout + result.stderr
+
+
+def test_no_module_is_longer_than_the_limit():
+    lengths = {p.relative_to(ROOT): len(p.read_text().splitlines()) for p in (ROOT / "pipeline").rglob("*.py")}
+    assert {p: n for p, n in lengths.items() if n > MAX_MODULE_LINES} == {}
