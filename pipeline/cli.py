@@ -142,8 +142,28 @@ def _common(parser: argparse.ArgumentParser, default=False) -> None:
                         help="show the full Python traceback on errors")
 
 
+class _StoreOnce(argparse.Action):
+    """Stores an option's value, refusing a second one: argparse would silently keep the last."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given_once", set())
+        if self.dest in given and option_string is not None:
+            parser.error(f"{option_string} is given twice; give it once.")
+        given.add(self.dest)
+        setattr(namespace, self.dest, values)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser (and its subcommands' parsers) whose plain options refuse repeats."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _StoreOnce)
+        self.register("action", "store", _StoreOnce)
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="bottleneck",
         description="Cached-feature transfer learning: extract frozen-backbone features once, train heads on them.",
     )

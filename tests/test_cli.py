@@ -163,3 +163,10 @@ def test_sigterm_and_sighup_end_a_command_like_ctrl_c(monkeypatch, capsys, signa
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Interrupted.")
     assert signal.getsignal(getattr(signal, signame)) is not cli._as_sigint  # handlers restored
+
+
+def test_an_option_given_twice_is_refused_not_silently_overridden(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-head", "--fraction", "0.05", "--fraction", "0.2"])
+    assert exit_info.value.code == 2
+    assert "--fraction is given twice" in capsys.readouterr().err
