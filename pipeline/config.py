@@ -24,6 +24,17 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
 
 
+# Sanity bounds, far above any useful value, so that a typo fails here with
+# its value named instead of as an out-of-memory kill or a segfault later.
+_EXTRACT_LIMITS = {"size": 4096, "batch_size": 4096, "workers": 256, "shard_size": 1_000_000}
+_EXTRACT_LIMIT_REASONS = {
+    "size": "The largest ImageNet backbone was trained at 600 px; one 4096 px image already takes 200 MB as float32.",
+    "batch_size": "Larger batches do not run faster on any backbone; 32-256 is typical.",
+    "workers": "More decoding threads than cores only add memory.",
+    "shard_size": "A shard is written whole before it counts as done; smaller shards lose less work on a kill.",
+}
+
+
 def _default_workers() -> int:
     return min(8, os.cpu_count() or 1)
 
@@ -88,6 +99,14 @@ class ExtractConfig:
             _check_positive(field, getattr(self, field))
         if self.size is not None:
             _check_positive("size", self.size)
+        for field, limit in _EXTRACT_LIMITS.items():
+            value = getattr(self, field)
+            if value is not None and value > limit:
+                raise ConfigError(
+                    f"`{field}` must be at most {limit}. Received: {field}={value}. "
+                    f"{_EXTRACT_LIMIT_REASONS[field]}",
+                    field=field,
+                )
 
 
 def load_toml(path: str | os.PathLike | None) -> dict[str, Any]:
