@@ -150,8 +150,19 @@ def resolve(cls, table: dict[str, Any] | None = None, **overrides):
     return cls(**table)
 
 
+# Fields holding paths; stored absolute, so a feature set or run records
+# where its inputs were whatever folder a later command runs from.
+_PATH_FIELDS = ("data", "cache_dir", "runs_dir", "weights")
+_NOT_PATHS = ("imagenet", "none")
+
+
 def to_dict(config) -> dict[str, Any]:
-    return dataclasses.asdict(config)
+    """The config as stored with an artifact: plain values, path fields made absolute."""
+    values = dataclasses.asdict(config)
+    for field in _PATH_FIELDS:
+        if isinstance(values.get(field), str) and values[field] not in _NOT_PATHS:
+            values[field] = os.path.abspath(values[field])
+    return values
 
 
 def _check_choice(name: str, value, choices) -> None:

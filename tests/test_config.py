@@ -24,3 +24,14 @@ def test_an_extreme_value_from_a_config_file_exits_2_before_any_work(tiny_datase
     err = capsys.readouterr().err
     assert "batch_size=100000" in err and "at most 4096" in err and "--batch-size" in err
     assert not cache.exists()
+
+
+def test_stored_configs_record_absolute_paths(tmp_path, monkeypatch):
+    from pipeline.config import TrainConfig, to_dict
+
+    monkeypatch.chdir(tmp_path)
+    stored = to_dict(ExtractConfig(data="photos", model="m", weights="w.weights.h5", cache_dir="cache"))
+    assert stored["data"] == str(tmp_path / "photos") and stored["cache_dir"] == str(tmp_path / "cache")
+    assert stored["weights"] == str(tmp_path / "w.weights.h5")
+    assert to_dict(ExtractConfig(data="photos", model="m"))["weights"] == "imagenet"
+    assert to_dict(TrainConfig(runs_dir="runs"))["runs_dir"] == str(tmp_path / "runs")
