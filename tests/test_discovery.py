@@ -3,7 +3,6 @@
 import dataclasses
 import hashlib
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -278,9 +277,28 @@ def test_missing_root(tmp_path):
     with pytest.raises(DataError) as info:
         index_directory(missing)
     assert str(info.value) == (
-        f"Data folder '{missing}' does not exist. Pass DATA=... pointing at a "
-        "folder with one subfolder per class."
+        f"Data folder '{missing}' does not exist. Point `data` at a folder "
+        "with one subfolder per class."
     )
+    assert info.value.field == "data"
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        ("a.jpg",),  # no class folders
+        ("cat/a.txt",),  # no images
+        ("train/cat/1.jpg", "val/cat/2.jpg", "validation/cat/3.jpg"),
+    ],
+)
+def test_errors_name_the_argument_not_a_flag(tmp_path, tree):
+    # The CLI adds the flag and Make variable from `field`.
+    _touch(tmp_path, *tree)
+    for root in (tmp_path, tmp_path / "missing", tmp_path / tree[0]):
+        with pytest.raises(DataError) as info:
+            index_directory(root)
+        assert info.value.field == "data"
+        assert "DATA" not in str(info.value) and "--" not in str(info.value)
 
 
 def test_root_is_a_file(tmp_path):

@@ -49,7 +49,7 @@ _SPLIT_FOLDER_NAMES = {
 _NOHASH = re.compile(r"_nohash_.*$")
 _HASH_BLOCK = 1 << 20
 
-_LAYOUT_HINT = "Pass DATA=... pointing at a folder with one subfolder per class."
+_LAYOUT_HINT = "Point `data` at a folder with one subfolder per class."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -253,7 +253,7 @@ def index_directory(root) -> Dataset:
     Raises:
         DataError: `root` does not exist, is not a folder, cannot be listed,
             has no class folders, holds no images, or has both `val` and
-            `validation` folders.
+            `validation` folders. Its `field` is `"data"`.
 
     Example:
 
@@ -263,18 +263,16 @@ def index_directory(root) -> Dataset:
     """
     given = os.fsdecode(root)
     if not os.path.exists(given):
-        raise DataError(f"Data folder '{given}' does not exist. {_LAYOUT_HINT}")
+        raise DataError(f"Data folder '{given}' does not exist. {_LAYOUT_HINT}", field="data")
     if not os.path.isdir(given):
-        raise DataError(
-            f"Data folder '{given}' is a file, not a folder. {_LAYOUT_HINT}"
-        )
+        raise DataError(f"Data folder '{given}' is a file, not a folder. {_LAYOUT_HINT}", field="data")
     root_path = Path(given).resolve()
 
     scan = _Scan(root_path)
     top = scan.list_dir(str(root_path), "")
     if top is None:
         reason = scan.skipped_dirs[0][1] if scan.skipped_dirs else "cannot be listed"
-        raise DataError(f"Data folder '{given}' cannot be listed: {reason}.")
+        raise DataError(f"Data folder '{given}' cannot be listed: {reason}.", field="data")
 
     top_dirs = [e for e in top if _is_real_dir(e)]
     split_of = _detect_splits(given, top_dirs)
@@ -298,7 +296,8 @@ def index_directory(root) -> Dataset:
         raise DataError(
             f"Data folder '{given}' has no class folders. Expected one "
             f"subfolder per class, e.g. '{given}/cat/1.jpg', or split folders "
-            f"such as '{given}/train/cat/1.jpg'. {_LAYOUT_HINT}"
+            f"such as '{given}/train/cat/1.jpg'. {_LAYOUT_HINT}",
+            field="data",
         )
     label_of = {name: i for i, name in enumerate(class_names)}
     for folder_split, prefix, entry in class_dirs:
@@ -309,7 +308,8 @@ def index_directory(root) -> Dataset:
         raise DataError(
             f"Found no images in data folder '{given}' "
             f"({_plural(len(class_names), 'class folder')}){others}. Accepted "
-            f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}."
+            f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}.",
+            field="data",
         )
 
     entries = tuple(sorted(scan.entries, key=lambda e: e.relpath))
@@ -339,7 +339,8 @@ def _detect_splits(given, top_dirs):
         clashing = sorted(n for n in names if splits.count(split_of[n]) > 1)
         raise DataError(
             f"Data folder '{given}' has split folders {_quoted(clashing)} that "
-            "name the same split. Merge them into one folder or rename one."
+            "name the same split. Merge them into one folder or rename one.",
+            field="data",
         )
     return split_of
 
