@@ -3,7 +3,6 @@
 import dataclasses
 import hashlib
 import os
-import shutil
 import threading
 from pathlib import Path
 
@@ -200,17 +199,78 @@ def test_split_folder_names_are_case_insensitive(tmp_path):
     assert [e.folder_split for e in ds.entries] == ["train", "validation"]
 
 
+@pytest.mark.parametrize(
+    "folders",
+    [
+        ("train", "valid", "test"),  # Roboflow, Kaggle
+        ("training", "validation", "testing"),
+        ("Train", "Val", "Test"),
+        ("TRAINING", "DEV", "TESTING"),
+        ("train", "dev"),
+        ("Train", "Valid"),
+    ],
+)
+def test_split_folder_spellings(tmp_path, folders):
+    _touch(tmp_path, *(f"{folder}/cat/{i}.jpg" for i, folder in enumerate(folders)))
+    ds = index_directory(tmp_path)
+    assert ds.has_folder_splits and ds.class_names == ("cat",)
+    by_folder = {e.relpath.split("/")[0]: e.folder_split for e in ds.entries}
+    assert [by_folder[f] for f in folders] == ["train", "validation", "test"][: len(folders)]
+
+
 def test_split_names_without_train_are_classes(tmp_path):
-    # "test" and "validation" alone, or mixed with other names, are classes.
-    _touch(tmp_path / "one", "validation/1.jpg", "test/2.jpg")
-    _touch(tmp_path / "two", "train/1.jpg", "cats/2.jpg")
-    assert index_directory(tmp_path / "one").class_names == ("test", "validation")
-    two = index_directory(tmp_path / "two")
-    assert not two.has_folder_splits and two.class_names == ("cats", "train")
+    # "test" and "validation" alone are classes: the split layout needs train.
+    _touch(tmp_path, "validation/1.jpg", "test/2.jpg")
+    assert index_directory(tmp_path).class_names == ("test", "validation")
 
 
-def test_val_and_validation_together_is_an_error(tmp_path):
-    _touch(tmp_path, "train/cat/1.jpg", "val/cat/2.jpg", "validation/cat/3.jpg")
+@pytest.mark.parametrize(
+    "tree, splits, others",
+    [
+        (("train/cat/1.jpg", "test/cat/2.jpg", "cats/3.jpg"), "'test', 'train'", "'cats'"),
+        (("train/1.jpg", "cats/2.jpg"), "'train'", "'cats'"),
+        (("Training/cat/1.jpg", "valid/cat/2.jpg", "dogs/3.jpg", "cats/4.jpg"), "'Training', 'valid'", "'cats', 'dogs'"),
+        (("dev/1.jpg", "cats/2.jpg"), "'dev'", "'cats'"),
+        (("train/cat/1.jpg", "test/cat/2.jpg", "empty/"), "'test', 'train'", "'empty'"),
+    ],
+)
+def test_split_and_class_folders_mixed_is_an_error(tmp_path, tree, splits, others):
+    # Reading `train` and `test` as classes beside `cats` is a silent wrong result.
+    for relpath in tree:
+        if relpath.endswith("/"):
+            (tmp_path / relpath).mkdir()
+        else:
+            _touch(tmp_path, relpath)
+    with pytest.raises(DataError) as info:
+        index_directory(tmp_path)
+    message = str(info.value)
+    assert f"mixes split folders {splits} with other folders {others}" in message
+    assert "neither" in message and f"'{tmp_path}/train/cat/1.jpg'" in message
+    assert info.value.field == "data"
+
+
+@pytest.mark.parametrize(
+    "clashing, split",
+    [
+        (("val", "validation"), "validation"),
+        (("dev", "valid"), "validation"),
+        (("train", "training"), "train"),
+        (("Test", "testing"), "test"),
+        (("TRAIN", "train"), "train"),
+    ],
+)
+def test_two_folders_of_one_split_is_an_error(tmp_path, clashing, split):
+    _touch(tmp_path, "train/cat/0.jpg", *(f"{folder}/cat/{i}.jpg" for i, folder in enumerate(clashing, 1)))
+    with pytest.raises(DataError) as info:
+        index_directory(tmp_path)
+    names = ", ".join(f"'{n}'" for n in sorted(clashing))
+    assert f"split folders {names} that name the same split ('{split}')" in str(info.value)
+    assert info.value.field == "data"
+
+
+def test_two_folders_of_one_split_without_train_is_an_error(tmp_path):
+    # `val` and `validation` are never two classes either.
+    _touch(tmp_path, "val/cat/1.jpg", "validation/cat/2.jpg")
     with pytest.raises(DataError, match=r"split folders 'val', 'validation' that name the same split"):
         index_directory(tmp_path)
 
@@ -229,6 +289,138 @@ def test_images_outside_class_folders(tmp_path):
     assert [e.relpath for e in ds.entries] == ["cat/1.jpg"]
     assert ds.outside_classes == ("loose.jpg",)
     assert "1 image outside class folders not listed: 'loose.jpg'." in ds.summary()
+
+
+# --- output folders of bottleneck inside the data folder --------------------
+
+# What `make features DATA=.` then `make train-head` leave in the data folder.
+FEATURE_SET = ("features.h5", "shards/20240101T000000-0123456789ab.h5")
+RUN = ("lineage.json", "head.joblib", "confusion_matrix.png", "history.png", "eval-1/confusion_matrix.png")
+BUNDLE = ("bundle.json", "head.joblib", "weights/w.weights.h5", "manifest.sha256")
+
+
+def _tree(root, folder, files):
+    _touch(root, *(f"{folder}/{name}" for name in files))
+
+
+def test_output_folders_are_left_out(tmp_path):
+    _touch(tmp_path, "cat/1.jpg", "dog/2.jpg")
+    _tree(tmp_path, "cache/photos-mobilenet_v2-224-avg-0123abcd", FEATURE_SET)
+    _touch(tmp_path, "runs/leaderboard.csv", "runs/leaderboard.md")
+    _tree(tmp_path, "runs/photos-mobilenet_v2-224-avg-0123abcd/logreg-20240101T000000-00ff00ff", RUN)
+    ds = index_directory(tmp_path)
+    assert ds.class_names == ("cat", "dog")
+    assert [e.relpath for e in ds.entries] == ["cat/1.jpg", "dog/2.jpg"]
+    assert ds.output_dirs == ("cache", "runs")
+    assert ds.ignored == () and ds.empty_classes == ()
+    assert ds.summary() == (
+        "Found 2 images in 2 classes. "
+        "Left out 'cache/' and 'runs/': output folders of bottleneck, not images."
+    )
+
+
+@pytest.mark.parametrize(
+    "folder, files",
+    [
+        ("my-features", FEATURE_SET),  # a feature set, whatever its name
+        ("half-done", ("shards/20240101T000000-0123456789ab.h5",)),  # no index yet
+        ("feats/set-a", FEATURE_SET),  # a cache under another name
+        ("feats/set-b", ("features.h5",)),
+        ("experiments/logreg-1", RUN),  # a runs folder without leaderboard
+        ("experiments/set/svm-2", RUN),
+        ("one-run", RUN),  # a run folder alone
+        ("exported", BUNDLE),  # an export bundle
+        ("board", ("leaderboard.csv",)),  # a runs folder before any run
+    ],
+)
+def test_output_folders_are_found_by_content(tmp_path, folder, files):
+    _touch(tmp_path, "cat/1.jpg")
+    _tree(tmp_path, folder, files)
+    ds = index_directory(tmp_path)
+    assert ds.class_names == ("cat",) and len(ds.entries) == 1
+    assert ds.output_dirs == (folder.split("/")[0],)
+    assert f"Left out '{folder.split('/')[0]}/': an output folder of bottleneck, not images." in ds.summary()
+
+
+def test_output_folder_names_alone_decide_nothing(tmp_path):
+    # Users choose the cache and runs names: folders so named are classes
+    # when they hold images and no output, and empty classes when empty.
+    _touch(tmp_path, "cache/1.jpg", "runs/2.jpg", "venv/lib/site.py")
+    (tmp_path / "shards").mkdir()
+    ds = index_directory(tmp_path)
+    assert ds.class_names == ("cache", "runs", "shards", "venv")
+    assert ds.empty_classes == ("shards", "venv") and ds.output_dirs == ()
+
+
+def test_output_folder_inside_a_class_is_left_out(tmp_path):
+    _touch(tmp_path, "cat/1.jpg", "cat/2020/2.jpg", "dog/3.jpg")
+    _tree(tmp_path, "cat/2020/old-run", RUN)
+    _tree(tmp_path, "dog/cache/set", FEATURE_SET)
+    ds = index_directory(tmp_path)
+    assert [e.relpath for e in ds.entries] == ["cat/1.jpg", "cat/2020/2.jpg", "dog/3.jpg"]
+    assert ds.output_dirs == ("cat/2020/old-run", "dog/cache/set")
+    assert ds.ignored == ()
+
+
+def test_output_folders_beside_split_folders(tmp_path):
+    _touch(tmp_path, "train/cat/1.jpg", "test/cat/2.jpg")
+    _tree(tmp_path, "cache/set", FEATURE_SET)
+    _tree(tmp_path, "runs/set/logreg-1", RUN)
+    _tree(tmp_path, "train/bundle", BUNDLE)
+    ds = index_directory(tmp_path)
+    assert ds.has_folder_splits and ds.class_names == ("cat",)
+    assert [e.relpath for e in ds.entries] == ["test/cat/2.jpg", "train/cat/1.jpg"]
+    assert ds.output_dirs == ("cache", "runs", "train/bundle")
+    assert "Left out 'cache/', 'runs/' and 'train/bundle/': output folders" in ds.summary()
+
+
+def test_many_output_folders_are_counted_not_all_named(tmp_path):
+    _touch(tmp_path, "cat/1.jpg")
+    for name in "abcdef":
+        _tree(tmp_path, f"run-{name}", RUN)
+    ds = index_directory(tmp_path)
+    assert ds.output_dirs == tuple(f"run-{name}" for name in "abcdef")
+    assert (
+        "Left out 'run-a/', 'run-b/', 'run-c/', 'run-d/', 'run-e/' and 1 more: "
+        "output folders of bottleneck, not images."
+    ) in ds.summary()
+
+
+@pytest.mark.parametrize(
+    "files, what",
+    [(FEATURE_SET, "a feature set"), (RUN, "a run folder"), (BUNDLE, "an export bundle")],
+)
+def test_data_folder_that_is_an_output_folder_is_an_error(tmp_path, files, what):
+    _tree(tmp_path, "out", files)
+    with pytest.raises(DataError) as info:
+        index_directory(tmp_path / "out")
+    assert f"is {what} of bottleneck, not an image folder" in str(info.value)
+    assert info.value.field == "data"
+
+
+def test_only_output_folders_is_an_error(tmp_path):
+    _tree(tmp_path, "cache/set", FEATURE_SET)
+    _tree(tmp_path, "runs/set/logreg-1", RUN)
+    with pytest.raises(DataError) as info:
+        index_directory(tmp_path)
+    assert "has no class folders" in str(info.value)
+    assert "left out 'cache/' and 'runs/': output folders of bottleneck" in str(info.value)
+
+
+def test_output_file_names_match_their_definitions():
+    # Discovery spells them itself to stay independent of store/ and runs/.
+    from pipeline.features import discovery
+    from pipeline.runs import layout
+    from pipeline.store import feature_store
+
+    assert discovery._FEATURE_SET_INDEX == feature_store.INDEX_NAME
+    assert discovery._FEATURE_SET_SHARDS == feature_store.SHARD_DIR
+    assert discovery._OUTPUT_FILES == {
+        layout.LINEAGE: "a run folder",
+        layout.BUNDLE: "an export bundle",
+        feature_store.INDEX_NAME: "a feature set",
+    }
+    assert discovery._RUNS_FILE == layout.LEADERBOARD_CSV
 
 
 def test_real_dataset():
@@ -278,9 +470,30 @@ def test_missing_root(tmp_path):
     with pytest.raises(DataError) as info:
         index_directory(missing)
     assert str(info.value) == (
-        f"Data folder '{missing}' does not exist. Pass DATA=... pointing at a "
-        "folder with one subfolder per class."
+        f"Data folder '{missing}' does not exist. Point `data` at a folder "
+        "with one subfolder per class."
     )
+    assert info.value.field == "data"
+
+
+@pytest.mark.parametrize(
+    "tree",
+    [
+        ("a.jpg",),  # no class folders
+        ("cat/a.txt",),  # no images
+        ("train/cat/1.jpg", "val/cat/2.jpg", "validation/cat/3.jpg"),
+        ("train/cat/1.jpg", "cats/2.jpg"),
+        ("cache/set/features.h5",),  # only output folders
+    ],
+)
+def test_errors_name_the_argument_not_a_flag(tmp_path, tree):
+    # The CLI adds the flag and Make variable from `field`.
+    _touch(tmp_path, *tree)
+    for root in (tmp_path, tmp_path / "missing", tmp_path / tree[0]):
+        with pytest.raises(DataError) as info:
+            index_directory(root)
+        assert info.value.field == "data"
+        assert "DATA" not in str(info.value) and "--" not in str(info.value)
 
 
 def test_root_is_a_file(tmp_path):

@@ -4,9 +4,20 @@ Two layouts are understood:
 
 - class-per-folder: `root/<class>/.../<image>`;
 - split folders: `root/{train,validation,test}/<class>/.../<image>`, detected
-  when every non-hidden subfolder of `root` is one of `train`, `validation`,
-  `val` or `test` (case-insensitive) and `train` is among them. `val` is
-  reported as the split `validation`.
+  when every non-hidden subfolder of `root` is a split folder and one of them
+  is `train`. Split folders are named as exported datasets (Roboflow, Kaggle)
+  name them, in any case: `train` or `training`; `validation`, `valid`, `val`
+  or `dev`; `test` or `testing`.
+
+A root where some subfolders are split folders and others are not, or where
+two split folders name the same split (`val/` and `validation/`), is refused:
+reading `train` and `test` as classes would be a silent wrong result.
+
+Output folders of bottleneck (feature sets, caches, runs folders, run folders,
+export bundles) are never listed, wherever they lie in the data folder: a
+cache or runs folder kept inside it would otherwise become a class of
+confusion-matrix PNGs. They are recognised by the files they hold, since
+users choose their names, and reported in `Dataset.output_dirs`.
 
 The listing never depends on the order the OS returns names in, and it is
 never shuffled: entries are sorted by their relative path, class names are
@@ -40,16 +51,35 @@ IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".
 """File extensions listed as images, compared case-insensitively."""
 
 SPLITS = ("train", "validation", "test")
+# Lowercase split folder name -> split.
 _SPLIT_FOLDER_NAMES = {
     "train": "train",
+    "training": "train",
     "validation": "validation",
+    "valid": "validation",
     "val": "validation",
+    "dev": "validation",
     "test": "test",
+    "testing": "test",
 }
+# Files that make a folder an output of bottleneck. They are spelled here
+# rather than imported, because the features stage stays independent of
+# runs/: `features.h5` and `shards/` are pipeline/store/feature_store.py's
+# INDEX_NAME and SHARD_DIR; `lineage.json`, `bundle.json` and
+# `leaderboard.csv` are pipeline/runs/layout.py's LINEAGE, BUNDLE and
+# LEADERBOARD_CSV. A test checks that they still agree.
+_FEATURE_SET_INDEX = "features.h5"
+_FEATURE_SET_SHARDS = "shards"
+_OUTPUT_FILES = {
+    "lineage.json": "a run folder",
+    "bundle.json": "an export bundle",
+    _FEATURE_SET_INDEX: "a feature set",
+}
+_RUNS_FILE = "leaderboard.csv"
 _NOHASH = re.compile(r"_nohash_.*$")
 _HASH_BLOCK = 1 << 20
 
-_LAYOUT_HINT = "Pass DATA=... pointing at a folder with one subfolder per class."
+_LAYOUT_HINT = "Point `data` at a folder with one subfolder per class."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +134,10 @@ class Dataset:
         outside_classes: tuple of str. Images lying directly in the root
             (or in a split folder) rather than in a class folder; they have
             no label and are not listed.
+        output_dirs: tuple of str. Output folders of bottleneck found in the
+            tree (feature sets, caches, runs folders, run folders, export
+            bundles); nothing in them is listed, and a class folder that is
+            one is no class.
     """
 
     root: Path
@@ -114,6 +148,7 @@ class Dataset:
     empty_classes: tuple[str, ...] = ()
     skipped_dirs: tuple[tuple[str, str], ...] = ()
     outside_classes: tuple[str, ...] = ()
+    output_dirs: tuple[str, ...] = ()
 
     @property
     def paths(self) -> tuple[Path, ...]:
@@ -130,8 +165,8 @@ class Dataset:
 
         Split counts are added for the split-folder layout, followed by
         notes on ignored files, empty classes, skipped folders, images
-        outside class folders and files that could not be stat'ed, when
-        there are any.
+        outside class folders, output folders left out and files that could
+        not be stat'ed, when there are any.
         """
         n_classes = len(self.class_names)
         text = (
@@ -162,6 +197,8 @@ class Dataset:
                 f"{_plural(len(self.outside_classes), 'image')} outside class "
                 f"folders not listed: {_quoted(self.outside_classes)}."
             )
+        if self.output_dirs:
+            notes.append(f"Left out {_output_note(self.output_dirs)}, not images.")
         unstatted = sum(e.size < 0 for e in self.entries)
         if unstatted:
             notes.append(
@@ -238,9 +275,11 @@ def index_directory(root) -> Dataset:
     (their images take the class's label), symlinks to folders are never
     followed (reported in `Dataset.skipped_dirs`), and symlinks to files
     are. Files whose extension is not in `IMAGE_EXTENSIONS` are counted in
-    `Dataset.ignored`. Nothing is opened or decoded: a file named like an
-    image is listed even if it is corrupt, and extraction skips it later
-    with a reason. A single class is accepted.
+    `Dataset.ignored`; a folder without images is an empty class, unless it
+    is an output folder of bottleneck (`Dataset.output_dirs`). Nothing is
+    opened or decoded: a file named like an image is listed even if it is
+    corrupt, and extraction skips it later with a reason. A single class is
+    accepted.
 
     Args:
         root: str, bytes or `os.PathLike`. The data folder, laid out as
@@ -252,8 +291,10 @@ def index_directory(root) -> Dataset:
 
     Raises:
         DataError: `root` does not exist, is not a folder, cannot be listed,
-            has no class folders, holds no images, or has both `val` and
-            `validation` folders.
+            is itself a feature set, run folder or bundle, has no class
+            folders, holds no images, mixes split folders with other
+            folders, or has two split folders for one split (`val/` and
+            `validation/`). Its `field` is `"data"`.
 
     Example:
 
@@ -263,85 +304,120 @@ def index_directory(root) -> Dataset:
     """
     given = os.fsdecode(root)
     if not os.path.exists(given):
-        raise DataError(f"Data folder '{given}' does not exist. {_LAYOUT_HINT}")
+        raise DataError(f"Data folder '{given}' does not exist. {_LAYOUT_HINT}", field="data")
     if not os.path.isdir(given):
-        raise DataError(
-            f"Data folder '{given}' is a file, not a folder. {_LAYOUT_HINT}"
-        )
+        raise DataError(f"Data folder '{given}' is a file, not a folder. {_LAYOUT_HINT}", field="data")
     root_path = Path(given).resolve()
 
     scan = _Scan(root_path)
     top = scan.list_dir(str(root_path), "")
     if top is None:
         reason = scan.skipped_dirs[0][1] if scan.skipped_dirs else "cannot be listed"
-        raise DataError(f"Data folder '{given}' cannot be listed: {reason}.")
-
-    top_dirs = [e for e in top if _is_real_dir(e)]
-    split_of = _detect_splits(given, top_dirs)
-    if split_of:
-        scan.visit_loose(e for e in top if not _is_real_dir(e))
-        parents = []  # (folder_split, relpath prefix, entries of the folder)
-        for entry in top_dirs:
-            children = scan.list_dir(entry.path, entry.name)
-            if children is not None:
-                parents.append((split_of[entry.name], entry.name + "/", children))
-    else:
-        parents = [("", "", top)]
-
-    class_dirs = []  # (folder_split, relpath prefix, class folder entry)
-    for folder_split, prefix, children in parents:
-        scan.visit_loose(e for e in children if not _is_real_dir(e))
-        class_dirs.extend((folder_split, prefix, e) for e in children if _is_real_dir(e))
-
-    class_names = tuple(sorted({e.name for _, _, e in class_dirs}))
-    if not class_names:
+        raise DataError(f"Data folder '{given}' cannot be listed: {reason}.", field="data")
+    what = _output_kind(str(root_path), top)
+    if what:
         raise DataError(
-            f"Data folder '{given}' has no class folders. Expected one "
-            f"subfolder per class, e.g. '{given}/cat/1.jpg', or split folders "
-            f"such as '{given}/train/cat/1.jpg'. {_LAYOUT_HINT}"
+            f"Data folder '{given}' is {what} of bottleneck, not an image folder. {_LAYOUT_HINT}",
+            field="data",
         )
-    label_of = {name: i for i, name in enumerate(class_names)}
-    for folder_split, prefix, entry in class_dirs:
-        scan.walk_class(entry.path, prefix, entry.name, label_of[entry.name], folder_split)
-
-    if not scan.entries:
+    scan.visit_loose(e for e in top if not _is_real_dir(e))
+    class_names = tuple(sorted(_find_classes(given, scan, [e for e in top if _is_real_dir(e)])))
+    if not class_names:
+        left = f" (left out {_output_note(sorted(scan.output_dirs))})" if scan.output_dirs else ""
+        raise DataError(
+            f"Data folder '{given}' has no class folders{left}. Expected one "
+            f"subfolder per class, e.g. '{given}/cat/1.jpg', or split folders "
+            f"such as '{given}/train/cat/1.jpg'. {_LAYOUT_HINT}",
+            field="data",
+        )
+    if not scan.images:
         others = f" (ignored {_plural(len(scan.ignored), 'other file')})" if scan.ignored else ""
         raise DataError(
             f"Found no images in data folder '{given}' "
             f"({_plural(len(class_names), 'class folder')}){others}. Accepted "
-            f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}."
+            f"extensions (case-insensitive): {', '.join(IMAGE_EXTENSIONS)}.",
+            field="data",
         )
 
-    entries = tuple(sorted(scan.entries, key=lambda e: e.relpath))
+    label_of = {name: i for i, name in enumerate(class_names)}
+    entries = tuple(
+        ImageEntry(relpath, label_of[name], folder_split, size, mtime_ns, split_key(below))
+        for relpath, name, folder_split, below, size, mtime_ns in sorted(scan.images)
+    )
     used = {e.label for e in entries}
     return Dataset(
         root=root_path,
         class_names=class_names,
         entries=entries,
-        has_folder_splits=bool(split_of),
+        has_folder_splits=any(e.folder_split for e in entries),
         ignored=tuple(sorted(scan.ignored)),
         empty_classes=tuple(n for i, n in enumerate(class_names) if i not in used),
         skipped_dirs=tuple(sorted(scan.skipped_dirs)),
         outside_classes=tuple(sorted(scan.outside_classes)),
+        output_dirs=tuple(sorted(scan.output_dirs)),
     )
 
 
-def _detect_splits(given, top_dirs):
-    """Maps split folder names to splits, or returns {} for class folders."""
-    names = [e.name for e in top_dirs]
-    if not names or any(n.lower() not in _SPLIT_FOLDER_NAMES for n in names):
-        return {}
-    split_of = {n: _SPLIT_FOLDER_NAMES[n.lower()] for n in names}
-    if "train" not in split_of.values():
-        return {}
-    splits = [split_of[n] for n in names]
-    if len(set(splits)) != len(splits):
-        clashing = sorted(n for n in names if splits.count(split_of[n]) > 1)
+def _find_classes(given, scan, top_dirs):
+    """Walks the class folders of either layout; returns their names."""
+    split_dirs = [e for e in top_dirs if e.name.lower() in _SPLIT_FOLDER_NAMES]
+    split_of = {e.name: _SPLIT_FOLDER_NAMES[e.name.lower()] for e in split_dirs}
+    _refuse_split_clash(given, split_of)
+    # Output folders are left out before the layout is judged, so `runs/`
+    # beside `train/` does not make the tree look mixed.
+    classes = {e.name for e in top_dirs if e.name not in split_of and scan.walk_class(e, "", "")}
+    if split_of and classes:
         raise DataError(
-            f"Data folder '{given}' has split folders {_quoted(clashing)} that "
-            "name the same split. Merge them into one folder or rename one."
+            f"Data folder '{given}' mixes split folders {_quoted(sorted(split_of))} with other "
+            f"folders {_quoted(sorted(classes))}, so it is neither layout: expected only class "
+            f"folders, e.g. '{given}/cat/1.jpg', or only split folders holding class folders, "
+            f"e.g. '{given}/train/cat/1.jpg'. Move the other folders into the split folders, or "
+            "rename the split folders if they are classes.",
+            field="data",
         )
-    return split_of
+    if "train" not in split_of.values():
+        # No split folders, or `validation/` and `test/` alone: all are classes.
+        return classes | {e.name for e in split_dirs if scan.walk_class(e, "", "")}
+    for split_dir in split_dirs:
+        children = scan.list_dir(split_dir.path, split_dir.name) or ()
+        scan.visit_loose(e for e in children if not _is_real_dir(e))
+        prefix, split = split_dir.name + "/", split_of[split_dir.name]
+        classes.update(e.name for e in children if _is_real_dir(e) and scan.walk_class(e, prefix, split))
+    return classes
+
+
+def _refuse_split_clash(given, split_of):
+    """Raises if two split folders name the same split (`val/`, `validation/`)."""
+    clashes = [
+        f"split folders {_quoted(names)} that name the same split ('{split}')"
+        for split in SPLITS
+        if len(names := sorted(n for n, s in split_of.items() if s == split)) > 1
+    ]
+    if clashes:
+        raise DataError(
+            f"Data folder '{given}' has {'; '.join(clashes)}. Merge them into one folder or "
+            "rename one.",
+            field="data",
+        )
+
+
+def _output_kind(path, children):
+    """What output of bottleneck a folder is, judged by the names it holds, or None."""
+    names = {e.name for e in children}
+    for name, what in _OUTPUT_FILES.items():
+        if name in names:
+            return what
+    if _FEATURE_SET_SHARDS in names and _holds_shard(os.path.join(path, _FEATURE_SET_SHARDS)):
+        return _OUTPUT_FILES[_FEATURE_SET_INDEX]  # a set whose index is not written yet
+    return None
+
+
+def _holds_shard(path):
+    try:
+        with os.scandir(path) as it:
+            return any(e.name.endswith(".h5") for e in it)
+    except OSError:
+        return False
 
 
 def _is_real_dir(entry):
@@ -356,10 +432,11 @@ class _Scan:
 
     def __init__(self, root):
         self.root = root
-        self.entries = []
+        self.images = []  # (relpath, class name, folder_split, path below split, size, mtime_ns)
         self.ignored = []
         self.skipped_dirs = []
         self.outside_classes = []
+        self.output_dirs = []
 
     def list_dir(self, path, relpath):
         """Returns the non-hidden entries of a folder, or None if unreadable."""
@@ -380,14 +457,34 @@ class _Scan:
             else:
                 self.ignored.append(_rel(self.root, entry.path))
 
-    def walk_class(self, path, prefix, class_name, label, folder_split):
+    def walk_class(self, entry, prefix, folder_split):
+        """Lists the images of a class folder; returns False if it is an output folder.
+
+        A folder without images that holds output folders (a cache, a runs
+        folder) or a leaderboard is one as a whole: it is recorded alone,
+        and what was found inside it is dropped.
+        """
+        marks = [len(found) for found in (self.images, self.ignored, self.skipped_dirs, self.output_dirs)]
+        self._walk(entry.path, prefix, entry.name, folder_split)
+        if len(self.images) > marks[0]:
+            return True
+        if len(self.output_dirs) == marks[3] and not os.path.isfile(os.path.join(entry.path, _RUNS_FILE)):
+            return True  # an empty class, as Keras keeps it
+        del self.ignored[marks[1]:], self.skipped_dirs[marks[2]:], self.output_dirs[marks[3]:]
+        self.output_dirs.append(prefix + entry.name)
+        return False
+
+    def _walk(self, path, prefix, class_name, folder_split):
         # An explicit stack instead of recursion: deep trees cannot hit the
-        # recursion limit, and order does not matter because entries are
+        # recursion limit, and order does not matter because images are
         # sorted at the end.
         stack = [(path, class_name)]
         while stack:
             dir_path, dir_rel = stack.pop()
             children = self.list_dir(dir_path, prefix + dir_rel)
+            if children and _output_kind(dir_path, children):
+                self.output_dirs.append(prefix + dir_rel)
+                continue
             for entry in children or ():
                 rel = f"{dir_rel}/{entry.name}"
                 if _is_real_dir(entry):
@@ -398,16 +495,7 @@ class _Scan:
                     self.ignored.append(prefix + rel)
                 else:
                     size, mtime_ns = _stat(entry.path)
-                    self.entries.append(
-                        ImageEntry(
-                            relpath=prefix + rel,
-                            label=label,
-                            folder_split=folder_split,
-                            size=size,
-                            mtime_ns=mtime_ns,
-                            split_key=split_key(rel),
-                        )
-                    )
+                    self.images.append((prefix + rel, class_name, folder_split, rel, size, mtime_ns))
 
     def _skip_dir_link(self, entry, relpath):
         """Records and skips a symlink to a folder (never followed)."""
@@ -452,3 +540,11 @@ def _plural(n, word, plural=None):
 def _quoted(names, limit=5):
     shown = ", ".join(f"'{n}'" for n in names[:limit])
     return shown + (", ..." if len(names) > limit else "")
+
+
+def _output_note(dirs, limit=5):
+    """`'cache/' and 'runs/': output folders of bottleneck`, for a summary or error."""
+    shown = [f"'{d}/'" for d in dirs[:limit]] + ([f"{len(dirs) - limit} more"] if len(dirs) > limit else [])
+    listed = shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} and {shown[-1]}"
+    kind = "an output folder" if len(dirs) == 1 else "output folders"
+    return f"{listed}: {kind} of bottleneck"
