@@ -9,6 +9,7 @@ check and for the weights-file checks.
 
 import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
@@ -26,10 +27,12 @@ from pipeline import cli
 from pipeline.features.backbones import BACKBONES
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features.decode import load_image
+from pipeline.errors import ConfigError, DataError, RunError, WriteError
 from pipeline.runs.export import export_run, preprocess_affine
 from pipeline.features.extract import extract_features
 from pipeline.heads import load_head
-from pipeline.runs.predict import Predictor, RunError, evaluate_run, predict_images
+from pipeline.runs.evaluate import evaluate_run
+from pipeline.runs.predict import Prediction, Predictor, predict_images, write_predictions_csv
 from pipeline.store import read_feature_set
 from pipeline.runs.train import train_heads
 
@@ -119,7 +122,7 @@ def test_predict_on_training_images_equals_head_on_cached_features(tiny, tmp_pat
 
 def test_bundle_of_a_sklearn_head_predicts_like_the_run_and_is_checked(tiny, tmp_path):
     run, fs = tiny.runs["logreg"], tiny.features
-    with pytest.raises(ValueError, match="Only dense heads"):
+    with pytest.raises(ConfigError, match="Only dense heads"):
         export_run(run, tmp_path / "logreg.keras")
     status, stdout, _ = _main("export", run, tmp_path / "bundle", "--json")
     assert status == cli.ExitStatus.OK
@@ -235,7 +238,7 @@ def test_modified_or_foreign_head_file_is_refused(tiny, tmp_path):
     assert not (tmp_path / "p.csv").exists()
 
     shutil.copyfile(tiny.runs["dense"] / "head.joblib", head)  # a real head, of another run
-    with pytest.raises(ValueError, match="Refusing to load head file"):
+    with pytest.raises(RunError, match="Refusing to load head file"):
         Predictor.load(run)
 
     lineage = json.loads((run / "lineage.json").read_text())
@@ -255,7 +258,10 @@ def test_missing_or_changed_weights_file_is_named(signs, tmp_path):
 
     status, _, err = _main("predict", run, SIGN_DIGITS / "0", "--output", tmp_path / "p.csv")
     assert status == cli.ExitStatus.BAD_INPUT
-    assert f"Weights file '{moved}'" in err and "does not exist" in err and "--weights" in err
+    assert f"Weights file '{moved}'" in err and "does not exist" in err and "`weights=`" in err
+    with pytest.raises(RunError) as info:
+        Predictor.load(run)
+    assert info.value.field == "weights"  # the CLI names --weights from this
 
     moved.parent.mkdir()
     shutil.copyfile(WEIGHTS / "mobilenet_0.25_224_no_top.h5", moved)  # another file under that name
@@ -299,8 +305,9 @@ def test_evaluate_matches_names_lists_unknown_classes_and_writes_a_new_folder(ti
     assert metrics["test"]["accuracy"] == pytest.approx(np.mean(expected.argmax(1) == fs.labels[rows]))
     assert np.asarray(metrics["test"]["confusion_matrix"]).sum() == len(rows)
 
-    with pytest.raises(ValueError, match="belongs to a class of the run"):
+    with pytest.raises(DataError, match="belongs to a class of the run") as info:
         evaluate_run(run, _only(tmp_path / "other", labelled / "zebra"))
+    assert info.value.field == "data"
 
 
 def _only(root, folder):
@@ -328,3 +335,139 @@ def test_user_errors_exit_2_with_the_fix(tiny, tmp_path, argv, message):
     status, _, err = _main(*[a.format(**fill) for a in argv])
     assert status == cli.ExitStatus.BAD_INPUT
     assert message in err
+
+
+@pytest.mark.parametrize("call, error, field, named", [
+    (lambda t, run: predict_images(run, [t.data / t.features.paths[0]], top_k=0), ConfigError, "top_k", "`top_k`"),
+    (lambda t, run: Predictor.load(run.parent / "nope"), RunError, "run", "`run_dir`"),
+    (lambda t, run: Predictor.load(run, weights=run / "head.joblib"), ConfigError, "weights", "`weights`"),
+    (lambda t, run: export_run(run, run.parent / "x.onnx", format="onnx"), ConfigError, "format", "`format`"),
+    (lambda t, run: export_run(run, run.parent / "x.h5", format="keras"), ConfigError, "out", "`out`"),
+    (lambda t, run: export_run(t.runs["logreg"], run.parent / "x.keras"), ConfigError, "format", "format='bundle'"),
+], ids=["top_k", "run", "weights", "format", "out", "keras-for-sklearn"])
+def test_library_errors_name_the_argument_to_fix(tiny, call, error, field, named):
+    with pytest.raises(error) as info:
+        call(tiny, tiny.runs["dense"])
+    assert info.value.field == field and named in str(info.value)
+    assert "--" not in str(info.value)  # arguments, not CLI flags: the CLI adds those
+
+
+# -- no decodable input ------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", ["logreg", "dense"])
+def test_no_decodable_image_gives_error_rows_not_a_crash(tiny, tmp_path, head):
+    """Issue 15 #8: scikit-learn heads crashed with `cannot reshape array of size 0`."""
+    missing, broken = tmp_path / "missing.png", tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    predictions = predict_images(tiny.runs[head], [missing, broken])
+    assert [p.path for p in predictions] == [str(missing), str(broken)]
+    assert all(p.error and p.predicted_class is None and p.top_k == () for p in predictions)
+
+    bad = tmp_path / "bad"
+    (bad / "a").mkdir(parents=True)
+    (bad / "a" / "empty.png").write_bytes(b"")
+    (bad / "text.jpg").write_text("hello")
+    status, stdout, _ = _main("predict", tiny.runs[head], bad, "--output", tmp_path / "p.csv")
+    assert status == cli.ExitStatus.OK and "2 could not be read" in stdout
+    with (tmp_path / "p.csv").open(newline="") as f:
+        assert [row["error"] != "" for row in csv.DictReader(f)] == [True, True]
+
+
+# -- outputs: never misplaced, never silently replaced, never formulas -------------
+
+
+_HOSTILE = [
+    Prediction("=HYPERLINK(\"http://x\")", "+cmd", 0.75, (("+cmd", 0.75), ("-x", 0.25)), (0.75, 0.25)),
+    Prediction("@SUM(A1)", None, None, (), (), "\tnot an image"),
+    Prediction("photos/-ok.png", "cat", 1.0, (("cat", 1.0),), (1.0,)),
+]
+
+
+def _table(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_predictions_csv_escapes_cells_a_spreadsheet_would_run(tmp_path):
+    """Issue 15 #12: paths and class names are user-controlled (OWASP CSV injection)."""
+    table = _table(write_predictions_csv(_HOSTILE, tmp_path / "p.csv"))
+    assert [r["path"] for r in table] == ["'=HYPERLINK(\"http://x\")", "'@SUM(A1)", "photos/-ok.png"]
+    assert table[0]["predicted_class"] == "'+cmd" and table[0]["top_k_classes"] == "'+cmd;-x"
+    assert table[0]["probability"] == "0.750000" and table[1]["error"] == "'\tnot an image"
+    for i, formula in enumerate(("=1", "+1", "-1", "@1", "\t1", "\r1", "\r\n1")):
+        row = _table(write_predictions_csv([Prediction(formula, "a", 1.0, (("a", 1.0),))], tmp_path / f"{i}.csv"))[0]
+        assert row["path"] == "'" + formula, formula
+
+
+def test_predictions_csv_is_not_misplaced_or_replaced(tmp_path):
+    """Issue 15 #12: a missing folder was created silently, an existing CSV replaced."""
+    with pytest.raises(ConfigError) as info:
+        write_predictions_csv(_HOSTILE, tmp_path / "typo" / "p.csv")
+    assert info.value.field == "output" and f"'{tmp_path / 'typo'}'" in str(info.value)
+    assert not (tmp_path / "typo").exists()
+
+    out = write_predictions_csv(_HOSTILE, tmp_path / "p.csv")
+    with pytest.raises(ConfigError, match="already exists") as info:
+        write_predictions_csv(_HOSTILE[:1], out)
+    assert info.value.field == "overwrite" and len(_table(out)) == 3
+    write_predictions_csv(_HOSTILE[:1], out, overwrite=True)
+    assert len(_table(out)) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
+
+
+def test_export_refuses_to_replace_a_keras_file_unless_overwrite(tiny, tmp_path):
+    """Issue 15 #12: an existing .keras was replaced silently."""
+    out = tmp_path / "tiny.keras"
+    out.write_bytes(b"someone's model")
+    with pytest.raises(ConfigError, match="already exists") as info:
+        export_run(tiny.runs["dense"], out)
+    assert info.value.field == "overwrite" and out.read_bytes() == b"someone's model"
+
+    result = export_run(tiny.runs["dense"], out, overwrite=True)
+    assert result.files["tiny.keras"] == hashlib.sha256(out.read_bytes()).hexdigest()
+    sidecar = json.loads((tmp_path / "tiny.keras.json").read_text())
+    assert sidecar["model_sha256"] == result.files["tiny.keras"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.keras", "tiny.keras.json"]
+    assert oct(out.stat().st_mode & 0o777) == "0o644"
+
+
+# -- evaluate elsewhere ----------------------------------------------------------
+
+
+def _read_only(folder, monkeypatch):
+    """Makes `folder` refuse new entries, for root too (chmod does not stop root)."""
+    folder.chmod(0o555)
+    real_mkdir = os.mkdir
+
+    def mkdir(path, *args, **kwargs):
+        if Path(path).parent == folder:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", mkdir)
+
+
+def test_evaluate_a_read_only_run_writes_elsewhere_and_checks_first(tiny, tmp_path, monkeypatch):
+    """Issue 15 #10: evaluate wrote only into the run folder, and found out it could not at the end."""
+    run = shutil.copytree(tiny.runs["logreg"], tmp_path / "run")
+    before = sorted(p.name for p in run.iterdir())
+    _read_only(run, monkeypatch)
+    extracted = []
+    real_extract = Predictor.extract
+    monkeypatch.setattr(Predictor, "extract", lambda self, paths: extracted.append(paths) or real_extract(self, paths))
+    try:
+        with pytest.raises(WriteError) as info:
+            evaluate_run(run, tiny.data)
+        assert info.value.field == "output" and f"'{run}'" in str(info.value) and not extracted
+        with pytest.raises(ConfigError, match="does not exist") as info:
+            evaluate_run(run, tiny.data, output=tmp_path / "typo")
+        assert info.value.field == "output" and not extracted
+
+        (tmp_path / "evals").mkdir()
+        result = evaluate_run(run, tiny.data, output=tmp_path / "evals")
+    finally:
+        run.chmod(0o755)
+    assert result.out_dir.parent == tmp_path / "evals" and result.out_dir.name.startswith("eval-")
+    assert sorted(p.name for p in result.out_dir.iterdir()) == ["confusion_matrix.png", "metrics.json", "predictions.csv"]
+    assert sorted(p.name for p in run.iterdir()) == before and extracted
+    assert result.accuracy == json.loads((result.out_dir / "metrics.json").read_text())["test"]["accuracy"]

@@ -26,22 +26,21 @@ Entry point: `export_run(run_dir, out)`. Two formats:
   the numbers `bottleneck predict` gives, feed images already decoded at
   SIZE (they pass through `Resizing` unchanged).
 
-- `"bundle"` (every head): a self-contained folder that `bottleneck
-  predict` and `evaluate` accept in place of the run folder (layout in
-  `predict`'s module doc): the head file, the run's lineage, a copy of the
+- `"bundle"` (every head): a self-contained folder that `predict_images`
+  and `evaluate_run` accept in place of the run folder (layout in
+  `layout`'s module doc): the head file, the run's lineage, a copy of the
   weights file when the run was extracted from one, and a `manifest.sha256`
-  checked before anything is loaded.
+  checked before anything is loaded (`source.RunSource`).
+
+Both are published atomically: the model file through `_atomic.replacing`,
+the bundle as a staged folder renamed into place when complete.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import importlib.metadata
-import json
 import os
-import platform
-import secrets
 import shutil
 import time
 from pathlib import Path
@@ -49,15 +48,11 @@ from typing import Any
 
 import numpy as np
 
-from ..features import discovery
-from .predict import (
-    BUNDLE_FORMAT,
-    BUNDLE_FORMAT_VERSION,
-    BUNDLE_NAME,
-    HEAD_NAME,
-    MANIFEST_NAME,
-    Predictor,
-)
+from .. import _atomic
+from ..errors import ConfigError, RunError
+from ..features import discovery, extract
+from . import layout
+from .predict import Predictor, check_output_file, writing
 
 __all__ = ["EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
 
@@ -120,9 +115,10 @@ def preprocess_affine(module: str) -> tuple[np.ndarray, np.ndarray]:
     x = rng.integers(0, 256, size=(2, 8, 8, 3)).astype(np.float64)
     expected = np.asarray(fn(x.copy()), dtype=np.float64)
     if expected.shape != x.shape or not np.allclose(x @ kernel + bias, expected, rtol=1e-9, atol=1e-9):
-        raise ValueError(
+        raise ConfigError(
             f"The preprocess_input of keras.applications.{module} is not a per-channel affine map, so it "
-            "cannot be exported with built-in layers. Use `format='bundle'` instead."
+            "cannot be exported with built-in layers. Pass `format='bundle'` instead.",
+            field="format",
         )
     return kernel.astype(np.float32), bias.astype(np.float32)
 
@@ -143,9 +139,10 @@ def build_export_model(predictor: Predictor):
     from ..features.layers import Preprocess
 
     if not predictor.is_dense:
-        raise ValueError(
+        raise ConfigError(
             f"Only dense heads export to one .keras model; this run's head is "
-            f"{type(predictor.head).__name__}. Use format='bundle' (bottleneck export RUN OUT --format bundle)."
+            f"{type(predictor.head).__name__}. Pass `format='bundle'` and a folder for `out`.",
+            field="format",
         )
     module = get_backbone_cfg(predictor.config.model).module
     kernel, bias = preprocess_affine(module)
@@ -183,6 +180,7 @@ def export_run(
     format: str | None = None,
     weights: str | os.PathLike | None = None,
     include_weights: bool = True,
+    overwrite: bool = False,
 ) -> ExportResult:
     """Exports a trained run as one `.keras` model or a self-contained bundle.
 
@@ -192,8 +190,8 @@ def export_run(
     Args:
         run_dir: a run folder (or a bundle folder).
         out: for `"keras"`, the model file to write, ending in `.keras`
-            (`<out>.json` is written beside it); for `"bundle"`, a folder
-            that must not exist yet.
+            (`<out>.json` is written beside it; missing folders are
+            created); for `"bundle"`, a folder that must not exist yet.
         format: `"keras"` or `"bundle"`, or `None` for `"keras"` with a
             dense head and `"bundle"` otherwise. Defaults to `None`.
         weights: a weights file replacing the recorded one (same sha256).
@@ -201,14 +199,17 @@ def export_run(
         include_weights: bool, for `"bundle"`: copy the run's weights file
             into the bundle. With `False` the bundle refers to the recorded
             path (or `weights=` when predicting). Defaults to `True`.
+        overwrite: bool, for `"keras"`: replace an existing `out` and its
+            `<out>.json`. Defaults to `False`.
 
     Returns:
         An `ExportResult`.
 
     Raises:
         RunError: the run or one of its files is missing or changed.
-        ValueError: an unknown format, `"keras"` for a scikit-learn head,
-            a bad `out`.
+        ConfigError: an unknown `format`, `"keras"` for a scikit-learn
+            head, an `out` that does not fit the format or already exists.
+        WriteError: `out` could not be written; nothing was replaced.
 
     Example:
 
@@ -220,44 +221,54 @@ def export_run(
     ```
     """
     if format is not None and format not in EXPORT_FORMATS:
-        raise ValueError(f"`format` must be one of {', '.join(map(repr, EXPORT_FORMATS))}. Received: format={format!r}")
+        raise ConfigError(
+            f"`format` must be one of {', '.join(map(repr, EXPORT_FORMATS))}. Received: format={format!r}",
+            field="format",
+        )
     out = Path(out)
     if format == "keras" or (format is None and out.suffix == ".keras"):
-        if out.suffix != ".keras":
-            raise ValueError(f"`out` must end with '.keras' for format 'keras'. Received: out={str(out)!r}")
+        _check_keras_out(out, overwrite)
     elif out.exists():
-        raise ValueError(f"Bundle folder '{out}' already exists; pass a new folder (it is created).")
+        raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the bundle (it is created).", field="out")
     predictor = Predictor.load(run_dir, weights=weights)
     if format is None:
         format = "keras" if predictor.is_dense else "bundle"
         if format == "bundle" and out.suffix == ".keras":
-            raise ValueError(
+            raise ConfigError(
                 f"Only dense heads export to a .keras model; this run's head is {type(predictor.head).__name__}. "
-                f"Pass a folder for a bundle instead. Received: out={str(out)!r}"
+                f"Pass `format='bundle'` and a folder for `out`. Received: out={str(out)!r}",
+                field="format",
             )
+        if format == "keras":
+            _check_keras_out(out, overwrite)  # a dense head's default needs a .keras `out`
     if format == "keras":
-        if out.suffix != ".keras":
-            raise ValueError(
-                f"`out` must end with '.keras' for a dense head's model, or pass format='bundle' "
-                f"(--format bundle) for a bundle folder. Received: out={str(out)!r}"
-            )
         return _export_keras(predictor, out)
     return _export_bundle(predictor, out, include_weights)
+
+
+def _check_keras_out(out: Path, overwrite: bool) -> None:
+    if out.suffix != ".keras":
+        raise ConfigError(
+            f"`out` must end with '.keras' for a dense head's model, or pass `format='bundle'` for a "
+            f"bundle folder. Received: out={str(out)!r}",
+            field="out",
+        )
+    for path in (out, _sidecar(out)):
+        check_output_file(path, overwrite=overwrite, field="out")
+
+
+def _sidecar(out: Path) -> Path:
+    return out.with_name(out.name + ".json")
 
 
 def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
     model = build_export_model(predictor)
     diff = _check_export(model, predictor)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{secrets.token_hex(4)}-{out.name}")  # created by Keras, with the umask's mode
-    try:
-        model.save(tmp)
-        digest = discovery.file_sha256(tmp)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    sidecar = out.with_name(out.name + ".json")
+    with writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with _atomic.replacing(out) as tmp:
+            model.save(tmp)
+            digest = discovery.file_sha256(tmp)
     info = {
         "format": "bottleneck-keras-export",
         "model": out.name,
@@ -269,16 +280,18 @@ def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
             "channels": "RGB",
             "size": predictor.size,
             "note": "any size is resized inside to SIZE x SIZE (Keras bilinear, no antialiasing); "
-            "decode and resize with Pillow bilinear to SIZE first to match `bottleneck predict` exactly",
+            "decode and resize with Pillow bilinear to SIZE first to match `predict_images` exactly",
         },
         "output": "softmax probabilities, one column per class_names entry",
         "backbone": predictor.config.model,
         "lineage": predictor.lineage,
         "source": str(predictor.root),
-        "versions": _versions(),
+        "versions": extract._versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    _write_text(sidecar, json.dumps(info, indent=2, sort_keys=True) + "\n")
+    sidecar = _sidecar(out)
+    with writing(sidecar):
+        layout.write_json(sidecar, info)
     return ExportResult(out, "keras", {out.name: digest, sidecar.name: discovery.file_sha256(sidecar)}, diff)
 
 
@@ -300,31 +313,18 @@ def _check_export(model, predictor: Predictor) -> float:
 
 
 def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> ExportResult:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".tmp-{out.name}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        shutil.copyfile(predictor._source.head_path, tmp / HEAD_NAME)
-        head_sha = discovery.file_sha256(tmp / HEAD_NAME)
-        if head_sha != predictor._source.head_sha256:
-            raise RuntimeError(f"'{predictor._source.head_path}' changed while it was copied; export again.")
-        weights_file = None
-        weights = predictor.config.weights
-        if include_weights and weights not in ("imagenet", "none"):
-            weights_file = f"weights/{Path(weights).name}"
-            (tmp / "weights").mkdir()
-            shutil.copyfile(weights, tmp / weights_file)
-            if f"sha256:{discovery.file_sha256(tmp / weights_file)}" != predictor.lineage["weights"]:
-                raise RuntimeError(f"'{weights}' changed while it was copied; export again.")
+    with writing(out), _atomic.staged_folder(out) as staged:
+        weights_file = _copy_checked(predictor, staged.path, include_weights)
         lineage = dict(predictor.lineage)
+        weights = predictor.config.weights
         if not include_weights and weights not in ("imagenet", "none"):
             # Keep the path the weights were found at, for predicting without `weights=`.
             lineage["extraction_config"] = {**lineage["extraction_config"], "weights": str(Path(weights).resolve())}
         bundle = {
-            "format": BUNDLE_FORMAT,
-            "format_version": BUNDLE_FORMAT_VERSION,
-            "head": HEAD_NAME,
-            "head_sha256": head_sha,
+            "format": layout.BUNDLE_FORMAT,
+            "format_version": layout.BUNDLE_FORMAT_VERSION,
+            "head": layout.HEAD,
+            "head_sha256": predictor.source.head_sha256,
             "head_type": type(predictor.head).__name__,
             "weights_file": weights_file,
             "class_names": list(predictor.class_names),
@@ -339,36 +339,32 @@ def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> Ex
             },
             "lineage": lineage,
             "source": str(predictor.root),
-            "versions": _versions(),
+            "versions": extract._versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
-        (tmp / BUNDLE_NAME).write_text(json.dumps(bundle, indent=2, sort_keys=True) + "\n")
-        names = [BUNDLE_NAME, HEAD_NAME] + ([weights_file] if weights_file else [])
-        files = {name: discovery.file_sha256(tmp / name) for name in names}
-        (tmp / MANIFEST_NAME).write_text("".join(f"{digest}  {name}\n" for name, digest in files.items()))
-        if out.exists():
-            raise ValueError(f"Bundle folder '{out}' already exists; pass a new folder (it is created).")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        layout.write_json(staged.path / layout.BUNDLE, bundle)
+        names = [layout.BUNDLE, layout.HEAD] + ([weights_file] if weights_file else [])
+        files = {name: discovery.file_sha256(staged.path / name) for name in names}
+        _atomic.write_text(staged.path / layout.MANIFEST, "".join(f"{digest}  {name}\n" for name, digest in files.items()))
     return ExportResult(out, "bundle", files)
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{secrets.token_hex(4)}-{path.name}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _copy_checked(predictor: Predictor, folder: Path, include_weights: bool) -> str | None:
+    """Copies the head (and the weights file) into `folder`, each checked against its recorded sha256.
 
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("bottleneck", "keras", "numpy", "scikit-learn", "pillow", "jax", "tensorflow", "tensorflow-cpu", "torch"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
+    Returns:
+        The weights file's path inside `folder`, or `None` when none was copied.
+    """
+    source = predictor.source
+    shutil.copyfile(source.head_path, folder / layout.HEAD)
+    if discovery.file_sha256(folder / layout.HEAD) != source.head_sha256:
+        raise RunError(f"'{source.head_path}' changed while it was copied; export again.")
+    weights = predictor.config.weights
+    if not include_weights or weights in ("imagenet", "none"):
+        return None
+    weights_file = f"weights/{Path(weights).name}"
+    (folder / "weights").mkdir()
+    shutil.copyfile(weights, folder / weights_file)
+    if f"sha256:{discovery.file_sha256(folder / weights_file)}" != predictor.lineage["weights"]:
+        raise RunError(f"'{weights}' changed while it was copied; export again.")
+    return weights_file

@@ -1,78 +1,39 @@
-"""Prediction stage: apply a trained run (or an exported bundle) to new images.
+"""Prediction: apply a trained run (or an exported bundle) to new images.
 
-Entry points: `predict_images(run_dir, paths)` for unlabelled images and
-`evaluate_run(run_dir, data)` for a labelled class-per-folder set. Both go
-through a `Predictor`, which rebuilds exactly the extractor the run's
-features came from (backbone row, weights, size, pooling or layer,
-precision, storage dtype, decoder, batch size) from the run's
-`lineage.json`, and feeds the head the same numbers the features stage
-would have stored: images are decoded by `decode.load_image` and batched
-and padded by the features stage's own helpers.
+Entry point: `predict_images(run_dir, paths)`, written out by
+`write_predictions_csv`. Both it and `evaluate.evaluate_run` go through a
+`Predictor`, which rebuilds exactly the extractor the run's features came
+from (backbone row, weights, size, pooling or layer, precision, storage
+dtype, decoder, batch size) from the run's `lineage.json`, and feeds the
+head the same numbers the features stage would have stored: images are
+decoded by `decode.load_image` and batched and padded by the features
+stage's own helpers. The run is checked by `source.RunSource` before its
+head is unpickled.
 
-Nothing is unpickled before it is checked. A run's `head.joblib` is loaded
-only when its sha256 equals `lineage.json`'s `head_sha256`; a bundle's files
-only when they match its `manifest.sha256`; a weights file only when its
-sha256 equals the weights identity recorded at extraction. Anything else is
-refused with a `RunError` (a `ValueError`) naming the file.
-
-A *bundle* (written by `export.export_run(..., format="bundle")`) is a
-self-contained folder that stands in for a run folder::
-
-    bundle.json        format, head file, weights file, the run's lineage
-    head.joblib        the head, as in the run
-    weights/<file>     a copy of the weights file (when extracted from one)
-    manifest.sha256    `sha256sum -c` format, every file above
+The output helpers at the end (`check_output_file`, `check_output_folder`,
+`writing`, `csv_text`) are shared by prediction, evaluation and export, so
+every output is refused, escaped and reported the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
-import json
 import os
-import re
-import secrets
-import shutil
-import sys
-import time
-import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from .._atomic import write_text as replace_text
-from .. import config as config_lib
-from ..errors import RunError
+from .. import _atomic, heads
+from ..errors import BottleneckError, ConfigError, DataError, RunError, WriteError
 from ..features import backbones, decode, discovery
+from .source import RunSource
 
-__all__ = [
-    "BUNDLE_FORMAT",
-    "EvaluationResult",
-    "Prediction",
-    "Predictor",
-    "RunError",
-    "RunSpecWarning",
-    "evaluate_run",
-    "predict_images",
-    "write_predictions_csv",
-]
-
-LINEAGE_NAME = "lineage.json"
-HEAD_NAME = "head.joblib"
-BUNDLE_NAME = "bundle.json"
-MANIFEST_NAME = "manifest.sha256"
-BUNDLE_FORMAT = "bottleneck-bundle"
-BUNDLE_FORMAT_VERSION = 1
-_TMP_PREFIX = ".tmp-"
-
-
-class RunSpecWarning(UserWarning):
-    """Features are recomputed under a spec that differs from the recorded one."""
-
-
-# -- results ---------------------------------------------------------------
+__all__ = ["Prediction", "Predictor", "predict_images", "write_predictions_csv"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,253 +67,6 @@ class Prediction:
         }
 
 
-@dataclasses.dataclass(frozen=True)
-class EvaluationResult:
-    """What `evaluate_run` measured and wrote.
-
-    Attributes:
-        out_dir: the new `eval-<id>/` folder inside the run folder.
-        metrics: `evaluate.classification_metrics` of the evaluated images.
-        n_images: images that entered the metrics.
-        unknown_classes: class folders of the data that the run does not
-            know, each with the paths (relative to the data folder) of its
-            images, which were left out of the metrics.
-        missing_classes: classes of the run with no image in the data.
-        skipped: `(relpath, reason)` of images that could not be decoded.
-        dataset_summary: "Found N images in K classes." and notes.
-    """
-
-    out_dir: Path
-    metrics: dict[str, Any]
-    n_images: int
-    unknown_classes: dict[str, list[str]]
-    missing_classes: list[str]
-    skipped: list[tuple[str, str]]
-    dataset_summary: str
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.metrics["accuracy"])
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "out_dir": str(self.out_dir),
-            "n_images": self.n_images,
-            "accuracy": self.metrics.get("accuracy"),
-            "macro_f1": self.metrics.get("macro_f1"),
-            "unknown_classes": self.unknown_classes,
-            "missing_classes": self.missing_classes,
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-        }
-
-
-# -- the recorded spec -----------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Source:
-    """A run folder or bundle, checked and resolved, nothing unpickled yet."""
-
-    root: Path
-    kind: str  # "run" or "bundle"
-    lineage: dict[str, Any]
-    config: config_lib.ExtractConfig  # the extraction config, weights resolved to a usable path
-    size: int
-    head_path: Path
-    head_sha256: str
-    class_names: tuple[str, ...]
-
-
-def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RunError(f"'{path}' is missing, so this is not a complete {what}.") from None
-    except (OSError, ValueError) as e:
-        raise RunError(f"Cannot read '{path}' ({e}); the {what} is damaged.") from None
-    if not isinstance(data, dict):
-        raise RunError(f"'{path}' does not hold a JSON object; the {what} is damaged.")
-    return data
-
-
-def _open_source(path: str | os.PathLike, weights: str | os.PathLike | None) -> _Source:
-    root = Path(path)
-    if not root.exists():
-        raise RunError(
-            f"Run folder '{root}' does not exist. Pass a run folder as `bottleneck runs ls` lists it "
-            "(runs/<feature set>/<head>-<id>) or a bundle folder written by `bottleneck export`."
-        )
-    if not root.is_dir():
-        raise RunError(f"'{root}' is a file, not a run folder or bundle folder.")
-    if (root / BUNDLE_NAME).exists():
-        return _open_bundle(root, weights)
-    if not (root / LINEAGE_NAME).exists():
-        raise RunError(
-            f"'{root}' is neither a run folder (no {LINEAGE_NAME}) nor a bundle (no {BUNDLE_NAME}). "
-            "Pass a folder written by `bottleneck train-head` or `bottleneck export`."
-        )
-    lineage = _read_json(root / LINEAGE_NAME, "run folder")
-    head_path = root / HEAD_NAME
-    return _resolve(root, "run", lineage, head_path, lineage.get("head_sha256"), None, weights)
-
-
-def _open_bundle(root: Path, weights) -> _Source:
-    listed = _verify_manifest(root)
-    bundle = _read_json(root / BUNDLE_NAME, "bundle")
-    if bundle.get("format") != BUNDLE_FORMAT or bundle.get("format_version") != BUNDLE_FORMAT_VERSION:
-        raise RunError(
-            f"'{root / BUNDLE_NAME}' is not a {BUNDLE_FORMAT} of version {BUNDLE_FORMAT_VERSION} "
-            f"(format={bundle.get('format')!r}, version={bundle.get('format_version')!r})."
-        )
-    names = [BUNDLE_NAME, bundle.get("head", "")] + ([bundle["weights_file"]] if bundle.get("weights_file") else [])
-    unlisted = [n for n in names if n not in listed]
-    if unlisted:
-        raise RunError(
-            f"Bundle '{root}' lists {', '.join(map(repr, unlisted))} in {BUNDLE_NAME} but not in "
-            f"{MANIFEST_NAME}; refusing to use files it cannot check. Export the bundle again."
-        )
-    lineage = bundle.get("lineage")
-    if not isinstance(lineage, dict):
-        raise RunError(f"'{root / BUNDLE_NAME}' holds no lineage; export the bundle again.")
-    bundled = root / bundle["weights_file"] if bundle.get("weights_file") else None
-    return _resolve(root, "bundle", lineage, root / bundle["head"], bundle.get("head_sha256"), bundled, weights)
-
-
-def _verify_manifest(root: Path) -> set[str]:
-    """Checks every file of a bundle's manifest; returns the names it lists."""
-    manifest = root / MANIFEST_NAME
-    try:
-        lines = manifest.read_text().splitlines()
-    except FileNotFoundError:
-        raise RunError(f"Bundle '{root}' has no {MANIFEST_NAME}; refusing to load files it cannot check.") from None
-    listed: set[str] = set()
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line.strip())
-        name = match.group(2) if match else ""
-        if not match or Path(name).is_absolute() or ".." in Path(name).parts:
-            raise RunError(f"'{manifest}' line {number} is not '<sha256>  <relative path>': {line!r}.")
-        file = root / name
-        if not file.is_file():
-            raise RunError(f"Bundle file '{file}' listed in {MANIFEST_NAME} is missing. Export the bundle again.")
-        actual = discovery.file_sha256(file)
-        if actual != match.group(1):
-            raise RunError(
-                f"Refusing to use bundle file '{file}': its sha256 is {actual}, the manifest records "
-                f"{match.group(1)}. It changed after export (or comes from another bundle); nothing was loaded."
-            )
-        listed.add(name)
-    return listed
-
-
-def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weights_override) -> _Source:
-    what = f"'{root / (LINEAGE_NAME if kind == 'run' else BUNDLE_NAME)}'"
-    extraction = lineage.get("extraction_config")
-    class_names = lineage.get("class_names")
-    identity = lineage.get("weights")
-    if not isinstance(extraction, dict) or not extraction.get("model"):
-        raise RunError(f"{what} records no extraction_config; the run cannot be reproduced. Train it again.")
-    if not isinstance(class_names, list) or len(class_names) < 2:
-        raise RunError(f"{what} records no class_names; the run cannot be used. Train it again.")
-    if not isinstance(identity, str) or not identity:
-        raise RunError(f"{what} records no weights identity; the run cannot be reproduced. Train it again.")
-    if not head_sha256:
-        raise RunError(
-            f"{what} records no head_sha256, so '{head_path}' cannot be checked before it is unpickled "
-            "(joblib runs code when loading). Refusing to load it; train the head again."
-        )
-    if not head_path.is_file():
-        raise RunError(f"Head file '{head_path}' is missing; the {kind} is incomplete.")
-    fields = {f.name for f in dataclasses.fields(config_lib.ExtractConfig)}
-    try:
-        config = config_lib.ExtractConfig(**{k: v for k, v in extraction.items() if k in fields})
-    except (TypeError, ValueError) as e:
-        raise RunError(f"{what} records an extraction_config this version cannot use: {e}") from None
-    cfg = backbones.get_backbone_cfg(config.model)
-    size = backbones.resolve_size(cfg, config.size)
-    resolved = _resolve_weights(identity, config.weights, bundled_weights, weights_override, what)
-    config = dataclasses.replace(config, weights=resolved)
-    _check_feature_key(config, identity, lineage.get("feature_key"), what)
-    return _Source(Path(root), kind, lineage, config, size, Path(head_path), str(head_sha256), tuple(class_names))
-
-
-def _resolve_weights(identity: str, recorded: str, bundled: Path | None, override, what: str) -> str:
-    """The weights to build with: the recorded ones, checked against their identity."""
-    if identity == "none":
-        if override is not None:
-            raise ValueError(
-                f"`weights` can only replace a weights file, but this run used random weights (weights='none'). "
-                f"Received: weights={str(override)!r}. Leave it out."
-            )
-        return "none"
-    if identity.startswith("imagenet@"):
-        if override is not None:
-            raise ValueError(
-                f"`weights` can only replace a weights file, but this run used weights='imagenet' "
-                f"({identity}). Received: weights={str(override)!r}. Leave it out."
-            )
-        now = backbones.weights_identity("imagenet")
-        if now != identity:
-            warnings.warn(
-                f"The run's ImageNet weights came with {identity.partition('@')[2]}; this is {now.partition('@')[2]}. "
-                "Keras fetches the same published files, but check the predictions if in doubt.",
-                RunSpecWarning,
-                stacklevel=4,
-            )
-        return "imagenet"
-    if not identity.startswith("sha256:"):
-        raise RunError(f"{what} records an unknown weights identity {identity!r}.")
-    if override is not None:
-        candidate, origin = Path(override), "given with `weights`"
-    elif bundled is not None:
-        candidate, origin = bundled, "in the bundle"
-    else:
-        candidate, origin = Path(recorded), "recorded in the run's extraction_config"
-    if not candidate.is_file():
-        raise RunError(
-            f"Weights file '{candidate}' ({origin}) does not exist. The run's features were extracted "
-            f"with it ({identity}). Pass --weights PATH (`weights=`) pointing at a copy of that exact file."
-        )
-    actual = f"sha256:{discovery.file_sha256(candidate)}"
-    if actual != identity:
-        raise RunError(
-            f"Weights file '{candidate}' ({origin}) is not the file the run's features were extracted with: "
-            f"its identity is {actual}, the run recorded {identity}. Predictions with it would not match "
-            "the head. Pass --weights PATH pointing at the original file."
-        )
-    return str(candidate)
-
-
-def _check_feature_key(config, identity: str, recorded_key: str | None, what: str) -> None:
-    """Warns when the features would be computed under another spec than recorded.
-
-    The key covers the backbone row, decoder (Pillow major), Keras major,
-    size, pooling, layer, precision and storage dtype, so a change of any
-    of them since training shows up here.
-    """
-    from ..features import extract
-    from ..store import feature_key
-
-    if not recorded_key:
-        return
-    spec = extract.feature_spec(dataclasses.replace(config, weights="none"))
-    spec["weights"] = identity
-    now = feature_key(spec)
-    if now != recorded_key:
-        warnings.warn(
-            f"{what}: features are now computed under a different spec than the head was trained on "
-            f"(feature key {now[:12]}, recorded {recorded_key[:12]}): the backbone registry row, the "
-            f"decoder ({spec['decoder']}) or the Keras major version ({spec['keras_major']}) changed. "
-            "Predictions may differ; run `make features` and `make train-head` again to be sure.",
-            RunSpecWarning,
-            stacklevel=4,
-        )
-
-
-# -- the predictor ---------------------------------------------------------
-
-
 class _Item(NamedTuple):
     relpath: str  # read by decode.decode_batches as root / relpath
     index: int
@@ -364,35 +78,25 @@ class Predictor:
     Use `Predictor.load(run_dir)`; the extractor is built on first use.
 
     Attributes:
-        root: the run or bundle folder.
-        kind: `"run"` or `"bundle"`.
-        class_names: tuple of the run's class names, in label order.
-        config: the run's `ExtractConfig`, with `weights` resolved to the
-            checked file (or `"imagenet"`, `"none"`).
-        size: the input size in pixels.
-        lineage: the run's lineage dict.
+        source: the checked `RunSource` (folder, lineage, resolved config,
+            head file and its sha256).
         head: the fitted head (a scikit-learn estimator).
+        head_metadata: what `heads.save_head` stored beside it.
     """
 
-    def __init__(self, source: _Source, head, metadata: dict[str, Any]):
-        self._source = source
-        self.root = source.root
-        self.kind = source.kind
-        self.class_names = source.class_names
-        self.config = source.config
-        self.size = source.size
-        self.lineage = source.lineage
+    def __init__(self, source: RunSource, head, metadata: dict[str, Any]):
+        self.source = source
         self.head = head
         self.head_metadata = metadata
         self._extractor = None
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None) -> "Predictor":
+    def load(cls, run_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None) -> Predictor:
         """Checks a run folder or bundle and loads its head.
 
         Args:
             run_dir: a run folder (`runs/<feature set>/<head>-<id>`) or a
-                bundle folder from `bottleneck export`.
+                bundle folder from `export_run`.
             weights: path of a weights file to use instead of the recorded
                 one (moved or copied elsewhere); it must have the recorded
                 sha256. Only for runs extracted from a weights file.
@@ -403,34 +107,58 @@ class Predictor:
 
         Raises:
             RunError: a file is missing, or differs from its recorded sha256.
-            ValueError: the run names an unknown backbone, or `weights` was
-                given for a run without a weights file.
+            ConfigError: `weights` was given for a run without a weights file.
         """
-        from .. import heads as heads_lib
-
-        source = _open_source(run_dir, weights)
-        head, metadata = heads_lib.load_head(source.head_path, expected_sha256=source.head_sha256)
-        recorded = metadata.get("class_names") if isinstance(metadata, dict) else None
+        source = RunSource.open(run_dir, weights)
+        try:
+            head, metadata = heads.load_head(source.head_path, expected_sha256=source.head_sha256)
+        except ValueError as e:
+            if isinstance(e, BottleneckError):
+                raise
+            raise RunError(str(e)) from None  # a changed, foreign or damaged head file
+        metadata = metadata if isinstance(metadata, dict) else {}
+        recorded = metadata.get("class_names")
         if recorded is not None and list(recorded) != list(source.class_names):
             raise RunError(
                 f"Head file '{source.head_path}' was trained on classes {list(recorded)}, but the "
                 f"{source.kind} records {list(source.class_names)}; the files do not belong together."
             )
         classes = getattr(head, "classes_", None)
-        if classes is None or not np.all(
-            (np.asarray(classes) >= 0) & (np.asarray(classes) < len(source.class_names))
-        ):
+        if classes is None or not np.all((np.asarray(classes) >= 0) & (np.asarray(classes) < len(source.class_names))):
             raise RunError(
                 f"Head file '{source.head_path}' predicts labels {classes!r}, not indices into the "
                 f"{len(source.class_names)} class names of the {source.kind}."
             )
-        return cls(source, head, metadata if isinstance(metadata, dict) else {})
+        return cls(source, head, metadata)
+
+    @property
+    def root(self) -> Path:
+        """The run or bundle folder."""
+        return self.source.root
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The run's class names, in label order."""
+        return self.source.class_names
+
+    @property
+    def config(self):
+        """The run's `ExtractConfig`, `weights` resolved to the checked file (or "imagenet", "none")."""
+        return self.source.config
+
+    @property
+    def size(self) -> int:
+        """The input size in pixels."""
+        return self.source.size
+
+    @property
+    def lineage(self) -> dict[str, Any]:
+        """The run's lineage."""
+        return self.source.lineage
 
     @property
     def is_dense(self) -> bool:
-        from ..heads import DenseClassifier
-
-        return isinstance(self.head, DenseClassifier)
+        return isinstance(self.head, heads.DenseClassifier)
 
     def extractor(self):
         """The Keras extractor of the run (uint8 images -> features), built once."""
@@ -480,24 +208,18 @@ class Predictor:
 
         Heads without `predict_proba` give one-hot rows of `predict`.
         """
-        X = features if self.is_dense else features.reshape(len(features), -1)
         n_classes = len(self.class_names)
-        if not len(X):
+        if not len(features):
+            # No image decoded: there is nothing to shape (numpy cannot infer -1 from 0 rows).
             return np.zeros((0, n_classes))
-        expected = getattr(self.head, "n_features_in_", None)
-        if expected is not None and int(np.prod(X.shape[1:])) != int(expected):
+        X = heads.feature_matrix(self.head, features)
+        got, expected = int(np.prod(X.shape[1:])), getattr(self.head, "n_features_in_", None)
+        if expected is not None and got != int(expected):
             raise RunError(
-                f"The rebuilt extractor gives {int(np.prod(X.shape[1:]))} features per image but head "
-                f"'{self._source.head_path}' expects {expected}; the lineage does not describe its features."
+                f"The rebuilt extractor gives {got} features per image but head '{self.source.head_path}' "
+                f"expects {expected}; the lineage does not describe its features."
             )
-        classes = np.asarray(self.head.classes_).astype(np.int64)
-        if hasattr(self.head, "predict_proba"):
-            raw = np.asarray(self.head.predict_proba(X), dtype=np.float64)
-        else:
-            raw = (np.asarray(self.head.predict(X))[:, None] == classes[None, :]).astype(np.float64)
-        proba = np.zeros((len(X), n_classes))
-        proba[:, classes] = raw
-        return proba
+        return heads.aligned_proba(self.head, X, n_classes)
 
     def predict(self, paths: Sequence[str | os.PathLike], *, top_k: int = 3) -> list[Prediction]:
         """One `Prediction` per path, in order; undecodable images get an error row.
@@ -530,11 +252,8 @@ class Predictor:
 
 def _check_top_k(top_k) -> int:
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ValueError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}")
+        raise ConfigError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}", field="top_k")
     return int(top_k)
-
-
-# -- entry points ----------------------------------------------------------
 
 
 def predict_images(
@@ -547,10 +266,10 @@ def predict_images(
     """Predicts the class of image files with a trained run.
 
     The extractor is rebuilt exactly as recorded in the run's lineage and
-    the head is loaded only after its sha256 matches (see the module doc).
+    the head is loaded only after its sha256 matches (see `RunSource`).
 
     Args:
-        run_dir: a run folder or a bundle folder from `bottleneck export`.
+        run_dir: a run folder or a bundle folder from `export_run`.
         paths: image files and folders; a folder stands for every image
             below it (extensions of `discovery.IMAGE_EXTENSIONS`, sorted,
             dotfiles skipped).
@@ -560,12 +279,14 @@ def predict_images(
 
     Returns:
         One `Prediction` per image, in the order given (folders expanded
-        in place). An image that cannot be decoded gets a `Prediction`
-        whose `error` says why.
+        in place). An image that cannot be decoded, or a path that does
+        not exist, gets a `Prediction` whose `error` says why, even when
+        no image at all could be decoded.
 
     Raises:
         RunError: the run or one of its files is missing or changed.
-        ValueError: no image was given, or `top_k` < 1.
+        ConfigError: no path was given, or `top_k` < 1.
+        DataError: a given folder holds no images.
 
     Example:
 
@@ -583,7 +304,7 @@ def predict_images(
 def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
     given = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
     if not given:
-        raise ValueError("`paths` must name at least one image file or folder. Received: paths=[].")
+        raise ConfigError("`paths` must name at least one image file or folder. Received: paths=[].", field="paths")
     files: list[str] = []
     for path in given:
         if os.path.isdir(path):
@@ -595,7 +316,7 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
                 and not any(part.startswith(".") for part in Path(dirpath).relative_to(path).parts)
             )
             if not found:
-                raise ValueError(
+                raise DataError(
                     f"Folder '{path}' holds no images (extensions: {', '.join(discovery.IMAGE_EXTENSIONS)})."
                 )
             files.extend(found)
@@ -604,163 +325,157 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
     return files
 
 
-def write_predictions_csv(predictions: Sequence[Prediction], path: str | os.PathLike) -> Path:
+def write_predictions_csv(
+    predictions: Sequence[Prediction], output: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
     """Writes predictions as CSV, atomically.
 
     Columns: `path`, `predicted_class`, `probability`, `top_k_classes` and
     `top_k_probabilities` (each `;`-separated, most probable first) and
-    `error` (empty when the image was decoded).
+    `error` (empty when the image was decoded). A text cell that a
+    spreadsheet would run as a formula gets a leading `'` (see `csv_text`).
 
     Args:
         predictions: from `predict_images`.
-        path: the CSV file; its folder is created.
+        output: the CSV file, in an existing folder.
+        overwrite: bool, replace `output` if it exists. Defaults to `False`.
 
     Returns:
         The path written.
+
+    Raises:
+        ConfigError: the folder of `output` does not exist, or `output`
+            exists and `overwrite` is false.
+        WriteError: the file could not be written; nothing was replaced.
     """
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "predicted_class", "probability", "top_k_classes", "top_k_probabilities", "error"])
-    for p in predictions:
-        writer.writerow([
+    output = check_output_file(output, overwrite=overwrite)
+    check_output_folder(output.parent)
+    rows = [
+        [
             p.path,
             p.predicted_class or "",
-            "" if p.probability is None else f"{p.probability:.6f}",
+            p.probability,
             ";".join(name for name, _ in p.top_k),
             ";".join(f"{prob:.6f}" for _, prob in p.top_k),
             p.error or "",
-        ])
+        ]
+        for p in predictions
+    ]
+    header = ["path", "predicted_class", "probability", "top_k_classes", "top_k_probabilities", "error"]
+    with writing(output):
+        _atomic.write_text(output, csv_text(header, rows))
+    return output
+
+
+# -- outputs (shared by predict, evaluate and export) -------------------------------
+
+
+def check_output_file(path: str | os.PathLike, *, overwrite: bool, field: str = "output") -> Path:
+    """Refuses an output file that would replace a folder, or a file unasked.
+
+    A previous result should not vanish without being asked for.
+
+    Args:
+        path: the file to write.
+        overwrite: bool, whether an existing file may be replaced.
+        field: str, the argument that named `path`. Defaults to `"output"`.
+
+    Returns:
+        `path` as a `Path`.
+
+    Raises:
+        ConfigError: `path` is a folder, or it exists and `overwrite` is
+            false (`field="overwrite"`).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    replace_text(path, buffer.getvalue())
+    if path.is_dir():
+        raise ConfigError(f"`{field}` '{path}' is a folder; pass the path of a file to write.", field=field)
+    if path.exists() and not overwrite:
+        raise ConfigError(
+            f"'{path}' already exists; nothing was written. Pass `overwrite=True` to replace it, "
+            f"or another `{field}`.",
+            field="overwrite",
+        )
     return path
 
 
-def evaluate_run(
-    run_dir: str | os.PathLike,
-    data: str | os.PathLike,
-    *,
-    weights: str | os.PathLike | None = None,
-) -> EvaluationResult:
-    """Measures a trained run on a new labelled image folder.
+def check_output_folder(folder: str | os.PathLike, *, field: str = "output") -> Path:
+    """Checks that `folder` exists and takes new entries, before any work is done.
 
-    Classes are matched by folder name. Images of classes the run does not
-    know are left out of the metrics and listed; classes of the run absent
-    from the data simply have no true examples. The metrics are those of
-    training (`evaluate.classification_metrics`, stored under `"test"`),
-    written with the confusion matrix and per-image predictions into a new
-    `eval-<id>/` folder inside `run_dir`, which appears only when complete.
-
-    Args:
-        run_dir: a run folder or a bundle folder.
-        data: a class-per-folder image folder (`discovery.index_directory`).
-        weights: a weights file replacing the recorded one (same sha256).
-            Defaults to `None`.
-
-    Returns:
-        An `EvaluationResult`.
+    A typo in a folder name should not create a tree somewhere unexpected,
+    and a read-only folder should fail before, not after, the work. The
+    check creates and removes a hidden folder in it, which answers for
+    read-only mounts, permissions and ACLs alike.
 
     Raises:
-        RunError: the run or one of its files is missing or changed.
-        discovery.DataError: the data folder is missing or holds no images.
-        ValueError: no image of the data belongs to a class of the run, or
-            none could be decoded.
+        ConfigError: `folder` does not exist or is not a folder.
+        WriteError: `folder` cannot be written.
     """
-    from ..heads import metrics as evaluate
-
-    predictor = Predictor.load(run_dir, weights=weights)
-    dataset = discovery.index_directory(data)
-    label_of = {name: i for i, name in enumerate(predictor.class_names)}
-    known, unknown = [], {}
-    for entry in dataset.entries:
-        name = dataset.class_names[entry.label]
-        if name in label_of:
-            known.append(entry)
-        else:
-            unknown.setdefault(name, []).append(entry.relpath)
-    if not known:
-        raise ValueError(
-            f"No image of '{dataset.root}' belongs to a class of the run. The data has classes "
-            f"{list(dataset.class_names)}; the run knows {list(predictor.class_names)}. Class folders "
-            "are matched by name."
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(
+            f"Folder '{folder}' (from `{field}`) does not exist or is not a folder; nothing was written. "
+            "Create it first, or pass a path in an existing folder.",
+            field=field,
         )
-    features, ok, errors = predictor.extract([dataset.root / e.relpath for e in known])
-    skipped = [(known[i].relpath, reason) for i, reason in sorted(errors.items())]
-    if not ok:
-        raise ValueError(
-            f"None of the {len(known)} images of known classes under '{dataset.root}' could be decoded. "
-            "First reasons: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3])
-        )
-    used = [known[i] for i in ok]
-    y = np.array([label_of[dataset.class_names[e.label]] for e in used], dtype=np.int64)
-    proba = predictor.predict_proba(features)
-    metrics = evaluate.classification_metrics(y, proba, list(predictor.class_names))
-    present = set(y.tolist())
-    missing = [n for i, n in enumerate(predictor.class_names) if i not in present]
-
-    out_dir = _publish_eval(predictor.root, lambda tmp: _write_eval(
-        tmp, evaluate, metrics, predictor, dataset, used, y, proba, unknown, missing, skipped,
-    ))
-    return EvaluationResult(out_dir, metrics, len(used), unknown, missing, skipped, dataset.summary())
-
-
-def _write_eval(tmp, evaluate, metrics, predictor, dataset, used, y, proba, unknown, missing, skipped) -> None:
-    figure = evaluate.plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), list(predictor.class_names))
-    figure.savefig(tmp / "confusion_matrix.png", dpi=100, bbox_inches="tight")
-    if "matplotlib.pyplot" in sys.modules:
-        sys.modules["matplotlib.pyplot"].close(figure)
-    report = {
-        "test": metrics,
-        "sizes": {"test": int(len(used))},
-        "data": str(dataset.root),
-        "run": str(predictor.root),
-        "dataset_summary": dataset.summary(),
-        "unknown_classes": {name: {"images": len(paths), "paths": paths} for name, paths in unknown.items()},
-        "missing_classes": missing,
-        "skipped": [{"path": p, "reason": r} for p, r in skipped],
-        "weights": predictor.lineage.get("weights"),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    (tmp / "metrics.json").write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True) + "\n")
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "true_class", "predicted_class", "probability"])
-    for entry, label, row in zip(used, y, proba):
-        best = int(np.argmax(row))
-        writer.writerow([entry.relpath, predictor.class_names[label], predictor.class_names[best], f"{row[best]:.6f}"])
-    (tmp / "predictions.csv").write_text(buffer.getvalue())
-
-
-def _publish_eval(root: Path, write) -> Path:
-    """Writes into `.tmp-eval-<id>/` and renames it to `eval-<id>/` when complete."""
-    while True:
-        name = f"eval-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
-        tmp = root / f"{_TMP_PREFIX}{name}"
-        try:
-            tmp.mkdir()
-            break
-        except FileExistsError:
-            continue
+    probe = _atomic.temporary_name(folder / "write-check")
     try:
-        write(tmp)
-        final = root / name
-        if final.exists():
-            raise FileExistsError(final)
-        os.rename(tmp, final)
-        return final
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise WriteError(
+            f"Cannot write into '{folder}' ({e.strerror or e}); nothing was written. Pass `{field}=` a "
+            "folder you can write to.",
+            field=field,
+        ) from None
+    return folder
+
+
+@contextlib.contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Turns a failed write of `path` (disk full, I/O error, ...) into a `WriteError` naming it."""
+    try:
+        yield
+    except WriteError:
         raise
+    except OSError as e:
+        raise WriteError(f"Cannot write '{path}' ({e.strerror or e}); nothing was replaced.") from e
 
 
-def _jsonable(value):
-    """Plain JSON types: numpy arrays and scalars unwrapped, tuples as lists, NaN as null."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple, np.ndarray)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
+# Cells a spreadsheet runs as a formula (OWASP, "CSV Injection").
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[str | float | None]]) -> str:
+    """A CSV document: floats as `0.123456`, `None` as empty, text escaped against formulas.
+
+    Paths and class names are user-controlled, and a spreadsheet runs a cell
+    starting with `=`, `+`, `-`, `@`, tab or carriage return as a formula,
+    so such a text cell gets a leading `'` as OWASP advises; it shows as
+    text and the rest of the cell is unchanged. Lines end in CRLF as RFC
+    4180 says: Python's writer then quotes a cell holding a lone carriage
+    return, which would otherwise end the row early.
+    """
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_csv_cell(value) for value in row])
+    return buffer.getvalue()
+
+
+def _csv_cell(value: str | float | None) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_STARTS) else value
+    return f"{value:.6f}"
+
+
+def __getattr__(name: str):
+    # Until cli.py and pipeline/__init__.py import these from `runs.evaluate`.
+    if name in ("EvaluationResult", "evaluate_run"):
+        from . import evaluate
+
+        return getattr(evaluate, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,194 @@
+"""Evaluation: measure a trained run (or a bundle) on a new labelled folder.
+
+Entry point: `evaluate_run(run_dir, data)`. The images go through the same
+`Predictor` as `predict_images`, the metrics are training's own
+(`heads.metrics.classification_metrics`), and the results are published as
+one new `eval-<id>/` folder (`layout` names its files), in the run folder
+or in a folder given with `output`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import _atomic
+from ..errors import DataError
+from ..features import discovery
+from ..heads import metrics as metrics_lib
+from . import layout
+from .predict import Predictor, check_output_folder, csv_text, writing
+
+__all__ = ["EvaluationResult", "evaluate_run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResult:
+    """What `evaluate_run` measured and wrote.
+
+    Attributes:
+        out_dir: the new `eval-<id>/` folder (in the run folder, or in
+            `output` when one was given).
+        metrics: `heads.metrics.classification_metrics` of the evaluated images.
+        n_images: images that entered the metrics.
+        unknown_classes: class folders of the data that the run does not
+            know, each with the paths (relative to the data folder) of its
+            images, which were left out of the metrics.
+        missing_classes: classes of the run with no image in the data.
+        skipped: `(relpath, reason)` of images that could not be decoded.
+        dataset_summary: "Found N images in K classes." and notes.
+    """
+
+    out_dir: Path
+    metrics: dict[str, Any]
+    n_images: int
+    unknown_classes: dict[str, list[str]]
+    missing_classes: list[str]
+    skipped: list[tuple[str, str]]
+    dataset_summary: str
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.metrics["accuracy"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "out_dir": str(self.out_dir),
+            "n_images": self.n_images,
+            "accuracy": self.metrics.get("accuracy"),
+            "macro_f1": self.metrics.get("macro_f1"),
+            "unknown_classes": self.unknown_classes,
+            "missing_classes": self.missing_classes,
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class _Measured:
+    """The images that entered the metrics, and what the head said of them."""
+
+    relpaths: list[str]
+    labels: np.ndarray
+    proba: np.ndarray
+    metrics: dict[str, Any]
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    weights: str | os.PathLike | None = None,
+    output: str | os.PathLike | None = None,
+) -> EvaluationResult:
+    """Measures a trained run on a new labelled image folder.
+
+    Classes are matched by folder name. Images of classes the run does not
+    know are left out of the metrics and listed; classes of the run absent
+    from the data simply have no true examples. The metrics are those of
+    training (`classification_metrics`, stored under `"test"`), written
+    with the confusion matrix and per-image predictions into a new
+    `eval-<id>/` folder, which appears only when complete. The folder that
+    receives it is checked before any image is read.
+
+    Args:
+        run_dir: a run folder or a bundle folder.
+        data: a class-per-folder image folder (`discovery.index_directory`).
+        weights: a weights file replacing the recorded one (same sha256).
+            Defaults to `None`.
+        output: an existing folder to write `eval-<id>/` into, for run
+            folders that are read-only or shared. Defaults to `None` (the
+            run folder).
+
+    Returns:
+        An `EvaluationResult`.
+
+    Raises:
+        RunError: the run or one of its files is missing or changed.
+        ConfigError: `output` does not exist.
+        WriteError: the receiving folder cannot be written.
+        DataError: the data folder is missing or holds no images, no image
+            belongs to a class of the run, or none could be decoded.
+    """
+    predictor = Predictor.load(run_dir, weights=weights)
+    parent = check_output_folder(predictor.root if output is None else output)
+    dataset = discovery.index_directory(data)
+    known, unknown = _match_classes(dataset, predictor.class_names)
+    measured, skipped = _measure(predictor, dataset, known)
+    present = set(measured.labels.tolist())
+    missing = [n for i, n in enumerate(predictor.class_names) if i not in present]
+    report = {
+        "test": measured.metrics,
+        "sizes": {"test": len(measured.relpaths)},
+        "data": str(dataset.root),
+        "run": str(predictor.root),
+        "dataset_summary": dataset.summary(),
+        "unknown_classes": {name: {"images": len(paths), "paths": paths} for name, paths in unknown.items()},
+        "missing_classes": missing,
+        "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "weights": predictor.lineage.get("weights"),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out_dir = _publish(parent, predictor.class_names, measured, report)
+    return EvaluationResult(
+        out_dir, measured.metrics, len(measured.relpaths), unknown, missing, skipped, dataset.summary()
+    )
+
+
+def _match_classes(dataset, class_names) -> tuple[list, dict[str, list[str]]]:
+    """The entries of the run's classes, and `{class: relpaths}` of the others."""
+    known, unknown = [], {}
+    for entry in dataset.entries:
+        name = dataset.class_names[entry.label]
+        if name in class_names:
+            known.append(entry)
+        else:
+            unknown.setdefault(name, []).append(entry.relpath)
+    if not known:
+        raise DataError(
+            f"No image of '{dataset.root}' belongs to a class of the run. The data has classes "
+            f"{list(dataset.class_names)}; the run knows {list(class_names)}. Class folders are "
+            "matched by name.",
+            field="data",
+        )
+    return known, unknown
+
+
+def _measure(predictor: Predictor, dataset, known) -> tuple[_Measured, list[tuple[str, str]]]:
+    features, ok, errors = predictor.extract([dataset.root / e.relpath for e in known])
+    skipped = [(known[i].relpath, reason) for i, reason in sorted(errors.items())]
+    if not ok:
+        raise DataError(
+            f"None of the {len(known)} images of known classes under '{dataset.root}' could be decoded. "
+            "First reasons: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3]),
+            field="data",
+        )
+    used = [known[i] for i in ok]
+    label_of = {name: i for i, name in enumerate(predictor.class_names)}
+    labels = np.array([label_of[dataset.class_names[e.label]] for e in used], dtype=np.int64)
+    proba = predictor.predict_proba(features)
+    metrics = metrics_lib.classification_metrics(labels, proba, list(predictor.class_names))
+    return _Measured([e.relpath for e in used], labels, proba, metrics), skipped
+
+
+def _publish(parent: Path, class_names, measured: _Measured, report: dict[str, Any]) -> Path:
+    """Writes a new `eval-<id>/` into `parent`, staged under a hidden name until complete."""
+    def fresh_name() -> str:
+        return f"{layout.EVAL_PREFIX}{layout.run_id()}"
+
+    with writing(parent), _atomic.staged_folder(parent / fresh_name(), fresh_name=fresh_name) as staged:
+        figure = metrics_lib.plot_confusion_matrix(np.asarray(measured.metrics["confusion_matrix"]), list(class_names))
+        figure.savefig(staged.path / layout.CONFUSION_MATRIX, dpi=100, bbox_inches="tight")
+        layout.write_json(staged.path / layout.METRICS, report)
+        best = measured.proba.argmax(axis=1)
+        rows = [
+            [relpath, class_names[label], class_names[b], float(row[b])]
+            for relpath, label, b, row in zip(measured.relpaths, measured.labels, best, measured.proba)
+        ]
+        header = ["path", "true_class", "predicted_class", "probability"]
+        _atomic.write_text(staged.path / layout.PREDICTIONS, csv_text(header, rows))
+    return staged.published

@@ -1,0 +1,253 @@
+"""A run folder or bundle, checked and resolved before anything is unpickled.
+
+`RunSource.open(path)` is where prediction, evaluation and export take in
+a trained run. It reads only JSON and hashes files: a bundle's files must
+match its `manifest.sha256`, and a weights file must have the sha256 that
+was recorded when the features were extracted. The head file's recorded
+sha256 is carried along, and `heads.load_head` checks it against the very
+bytes it unpickles. Anything else is refused with a `RunError` naming the
+file. The file names of runs and bundles are in `layout`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+from .. import config as config_lib
+from ..errors import ConfigError, RunError
+from ..features import backbones, discovery
+from . import layout
+
+__all__ = ["RunSource", "RunSpecWarning"]
+
+
+class RunSpecWarning(UserWarning):
+    """Features are recomputed under a spec that differs from the recorded one."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSource:
+    """A run folder or bundle, checked and resolved; nothing unpickled yet.
+
+    Attributes:
+        root: the run or bundle folder.
+        kind: `"run"` or `"bundle"`.
+        lineage: the run's `lineage.json` (a bundle carries a copy).
+        config: the run's `ExtractConfig`, with `weights` resolved to the
+            checked weights file (or `"imagenet"`, `"none"`).
+        size: the input size in pixels.
+        head_path: the head file, to load with `head_sha256`.
+        head_sha256: the head file's recorded sha256.
+        class_names: tuple of the run's class names, in label order.
+    """
+
+    root: Path
+    kind: str
+    lineage: dict[str, Any]
+    config: config_lib.ExtractConfig
+    size: int
+    head_path: Path
+    head_sha256: str
+    class_names: tuple[str, ...]
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None) -> RunSource:
+        """Checks a run folder or bundle and resolves what rebuilds its features.
+
+        Args:
+            path: a run folder (`runs/<feature set>/<head>-<id>`) or a
+                bundle folder written by `export_run(..., format="bundle")`.
+            weights: path of a weights file to use instead of the recorded
+                one (moved or copied elsewhere); it must have the recorded
+                sha256. Only for runs extracted from a weights file.
+                Defaults to `None` (the recorded or bundled file).
+
+        Returns:
+            A `RunSource`.
+
+        Raises:
+            RunError: the folder is not a run or bundle, or one of its files
+                is missing, damaged or differs from its recorded sha256.
+            ConfigError: `weights` was given for a run without a weights file.
+
+        Warns:
+            RunSpecWarning: the features would now be computed under another
+                spec than recorded (backbone row, decoder or Keras changed).
+        """
+        root = Path(path)
+        if not root.exists():
+            raise RunError(
+                f"`run_dir` '{root}' does not exist. Pass a run folder as `runs ls` lists it "
+                "(runs/<feature set>/<head>-<id>) or a bundle folder written by `export_run`.",
+                field="run",
+            )
+        if not root.is_dir():
+            raise RunError(f"`run_dir` '{root}' is a file, not a run folder or bundle folder.", field="run")
+        if (root / layout.BUNDLE).exists():
+            return _open_bundle(root, weights)
+        if not (root / layout.LINEAGE).exists():
+            raise RunError(
+                f"`run_dir` '{root}' is neither a run folder (no {layout.LINEAGE}) nor a bundle (no "
+                f"{layout.BUNDLE}). Pass a folder written by `train_heads` or `export_run`.",
+                field="run",
+            )
+        lineage = layout.read_json(root / layout.LINEAGE, "run folder")
+        return _resolve(root, "run", lineage, root / layout.HEAD, lineage.get("head_sha256"), None, weights)
+
+
+def _open_bundle(root: Path, weights) -> RunSource:
+    listed = _verify_manifest(root)
+    bundle = layout.read_json(root / layout.BUNDLE, "bundle")
+    kind, version = bundle.get("format"), bundle.get("format_version")
+    if kind != layout.BUNDLE_FORMAT or version != layout.BUNDLE_FORMAT_VERSION:
+        raise RunError(
+            f"'{root / layout.BUNDLE}' is not a {layout.BUNDLE_FORMAT} of version "
+            f"{layout.BUNDLE_FORMAT_VERSION} (format={kind!r}, version={version!r})."
+        )
+    names = [layout.BUNDLE, bundle.get("head", "")] + ([bundle["weights_file"]] if bundle.get("weights_file") else [])
+    unlisted = [n for n in names if n not in listed]
+    if unlisted:
+        raise RunError(
+            f"Bundle '{root}' lists {', '.join(map(repr, unlisted))} in {layout.BUNDLE} but not in "
+            f"{layout.MANIFEST}; refusing to use files it cannot check. Export the bundle again."
+        )
+    lineage = bundle.get("lineage")
+    if not isinstance(lineage, dict):
+        raise RunError(f"'{root / layout.BUNDLE}' holds no lineage; export the bundle again.")
+    bundled = root / bundle["weights_file"] if bundle.get("weights_file") else None
+    return _resolve(root, "bundle", lineage, root / bundle["head"], bundle.get("head_sha256"), bundled, weights)
+
+
+def _verify_manifest(root: Path) -> set[str]:
+    """Checks every file of a bundle's manifest; returns the names it lists."""
+    manifest = root / layout.MANIFEST
+    try:
+        lines = manifest.read_text().splitlines()
+    except FileNotFoundError:
+        raise RunError(f"Bundle '{root}' has no {layout.MANIFEST}; refusing to load files it cannot check.") from None
+    listed: set[str] = set()
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        match = re.fullmatch(r"([0-9a-f]{64}) [ *](.+)", line.strip())
+        name = match.group(2) if match else ""
+        if not match or Path(name).is_absolute() or ".." in Path(name).parts:
+            raise RunError(f"'{manifest}' line {number} is not '<sha256>  <relative path>': {line!r}.")
+        file = root / name
+        if not file.is_file():
+            raise RunError(f"Bundle file '{file}' listed in {layout.MANIFEST} is missing. Export the bundle again.")
+        actual = discovery.file_sha256(file)
+        if actual != match.group(1):
+            raise RunError(
+                f"Refusing to use bundle file '{file}': its sha256 is {actual}, the manifest records "
+                f"{match.group(1)}. It changed after export (or comes from another bundle); nothing was loaded."
+            )
+        listed.add(name)
+    return listed
+
+
+def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weights_override) -> RunSource:
+    what = f"'{root / (layout.LINEAGE if kind == 'run' else layout.BUNDLE)}'"
+    extraction = lineage.get("extraction_config")
+    class_names = lineage.get("class_names")
+    identity = lineage.get("weights")
+    if not isinstance(extraction, dict) or not extraction.get("model"):
+        raise RunError(f"{what} records no extraction_config; the run cannot be reproduced. Train it again.")
+    if not isinstance(class_names, list) or len(class_names) < 2:
+        raise RunError(f"{what} records no class_names; the run cannot be used. Train it again.")
+    if not isinstance(identity, str) or not identity:
+        raise RunError(f"{what} records no weights identity; the run cannot be reproduced. Train it again.")
+    if not head_sha256:
+        raise RunError(
+            f"{what} records no head_sha256, so '{head_path}' cannot be checked before it is unpickled "
+            "(joblib runs code when loading). Refusing to load it; train the head again."
+        )
+    if not head_path.is_file():
+        raise RunError(f"Head file '{head_path}' is missing; the {kind} is incomplete.")
+    fields = {f.name for f in dataclasses.fields(config_lib.ExtractConfig)}
+    try:
+        config = config_lib.ExtractConfig(**{k: v for k, v in extraction.items() if k in fields})
+    except (TypeError, ValueError) as e:
+        raise RunError(f"{what} records an extraction_config this version cannot use: {e}") from None
+    size = backbones.resolve_size(backbones.get_backbone_cfg(config.model), config.size)
+    resolved = _resolve_weights(identity, config.weights, bundled_weights, weights_override, what)
+    config = dataclasses.replace(config, weights=resolved)
+    _check_feature_key(config, identity, lineage.get("feature_key"), what)
+    return RunSource(Path(root), kind, lineage, config, size, Path(head_path), str(head_sha256), tuple(class_names))
+
+
+def _resolve_weights(identity: str, recorded: str, bundled: Path | None, override, what: str) -> str:
+    """The weights to build with: the recorded ones, checked against their identity."""
+    if identity == "none" or identity.startswith("imagenet@"):
+        if override is not None:
+            used = "random weights (weights='none')" if identity == "none" else f"weights='imagenet' ({identity})"
+            raise ConfigError(
+                f"`weights` can only replace a weights file, but this run used {used}. "
+                f"Received: weights={str(override)!r}. Leave it out.",
+                field="weights",
+            )
+        if identity == "none":
+            return "none"
+        now = backbones.weights_identity("imagenet")
+        if now != identity:
+            warnings.warn(
+                f"The run's ImageNet weights came with {identity.partition('@')[2]}; this is {now.partition('@')[2]}. "
+                "Keras fetches the same published files, but check the predictions if in doubt.",
+                RunSpecWarning,
+                stacklevel=5,
+            )
+        return "imagenet"
+    if not identity.startswith("sha256:"):
+        raise RunError(f"{what} records an unknown weights identity {identity!r}.")
+    if override is not None:
+        candidate, origin = Path(override), "given with `weights`"
+    elif bundled is not None:
+        candidate, origin = bundled, "in the bundle"
+    else:
+        candidate, origin = Path(recorded), "recorded in the run's extraction_config"
+    if not candidate.is_file():
+        raise RunError(
+            f"Weights file '{candidate}' ({origin}) does not exist. The run's features were extracted "
+            f"with it ({identity}). Pass `weights=` the path of a copy of that exact file.",
+            field="weights",
+        )
+    actual = f"sha256:{discovery.file_sha256(candidate)}"
+    if actual != identity:
+        raise RunError(
+            f"Weights file '{candidate}' ({origin}) is not the file the run's features were extracted with: "
+            f"its identity is {actual}, the run recorded {identity}. Predictions with it would not match "
+            "the head. Pass `weights=` the path of the original file.",
+            field="weights",
+        )
+    return str(candidate)
+
+
+def _check_feature_key(config, identity: str, recorded_key: str | None, what: str) -> None:
+    """Warns when the features would be computed under another spec than recorded.
+
+    The key covers the backbone row, decoder (Pillow major), Keras major,
+    size, pooling, layer, precision and storage dtype, so a change of any
+    of them since training shows up here.
+    """
+    from ..features import extract
+    from ..store import feature_key
+
+    if not recorded_key:
+        return
+    spec = extract.feature_spec(dataclasses.replace(config, weights="none"))
+    spec["weights"] = identity
+    now = feature_key(spec)
+    if now != recorded_key:
+        warnings.warn(
+            f"{what}: features are now computed under a different spec than the head was trained on "
+            f"(feature key {now[:12]}, recorded {recorded_key[:12]}): the backbone registry row, the "
+            f"decoder ({spec['decoder']}) or the Keras major version ({spec['keras_major']}) changed. "
+            "Predictions may differ; extract the features and train the head again to be sure.",
+            RunSpecWarning,
+            stacklevel=5,
+        )
