@@ -97,7 +97,7 @@ predict: $(VENV)/.installed
 	$(BOTTLENECK) predict $(RUN) $(IMAGES) $(call opt,--output,$(OUTPUT)) $(call opt,--top-k,$(TOPK)) $(ARGS)
 
 evaluate: $(VENV)/.installed
-	$(BOTTLENECK) evaluate $(RUN) $(DATA) $(ARGS)
+	$(BOTTLENECK) evaluate $(RUN) $(DATA) $(call opt,--output,$(OUTPUT)) $(ARGS)
 
 export: $(VENV)/.installed
 	$(BOTTLENECK) export $(RUN) $(OUT) $(call opt,--format,$(FORMAT)) $(ARGS)

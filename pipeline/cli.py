@@ -428,6 +428,7 @@ def _add_predict_parsers(sub) -> None:
     p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
     p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
     p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
+    p.add_argument("--force", action="store_true", help="replace the CSV if it exists")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _common(p, default=argparse.SUPPRESS)
@@ -436,6 +437,7 @@ def _add_predict_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
     p.add_argument("run", help=run_help)
     p.add_argument("data", help="labelled folder, DATA/<class>/*; classes are matched by name")
+    p.add_argument("--output", help="existing folder that receives eval-<id>/ (default: the run folder)")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _common(p, default=argparse.SUPPRESS)
@@ -446,6 +448,7 @@ def _add_predict_parsers(sub) -> None:
     p.add_argument("out", help="OUT.keras for a dense head, or a new folder for a bundle")
     p.add_argument("--format", choices=("keras", "bundle"), help="default: keras for dense heads, bundle otherwise")
     p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
+    p.add_argument("--force", action="store_true", help="replace an existing .keras file")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _common(p, default=argparse.SUPPRESS)
@@ -453,10 +456,13 @@ def _add_predict_parsers(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from .runs.predict import predict_images, write_predictions_csv
+    from .runs.predict import check_output_file, check_output_folder, predict_images, write_predictions_csv
 
+    # Before minutes of extraction, not after.
+    check_output_folder(Path(args.output).parent)
+    check_output_file(args.output, overwrite=args.force)
     predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights)
-    path = write_predictions_csv(predictions, args.output)
+    path = write_predictions_csv(predictions, args.output, overwrite=args.force)
     failed = sum(p.error is not None for p in predictions)
     if not args.quiet:
         shown = predictions[:20]
@@ -480,9 +486,9 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .runs.predict import evaluate_run
+    from .runs.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, args.data, weights=args.weights)
+    result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output)
     if not args.quiet:
         print(result.dataset_summary)
         macro_f1 = result.metrics.get("macro_f1")
@@ -505,6 +511,7 @@ def _cmd_export(args) -> int:
 
     result = export_run(
         args.run, args.out, format=args.format, weights=args.weights, include_weights=not args.no_weights,
+        overwrite=args.force,
     )
     if not args.quiet:
         what = "Keras model" if result.format == "keras" else "bundle"

@@ -470,12 +470,3 @@ def _csv_cell(value: str | float | None) -> str:
     if isinstance(value, str):
         return "'" + value if value.startswith(_FORMULA_STARTS) else value
     return f"{value:.6f}"
-
-
-def __getattr__(name: str):
-    # Until cli.py and pipeline/__init__.py import these from `runs.evaluate`.
-    if name in ("EvaluationResult", "evaluate_run"):
-        from . import evaluate
-
-        return getattr(evaluate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
