@@ -426,10 +426,13 @@ def test_a_class_without_training_examples_or_a_single_class_is_refused(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_subsample_fraction_outside_0_1_names_the_field():
+def test_a_bad_subsample_fraction_or_seed_names_the_field():
     with pytest.raises(ConfigError, match=r"`fraction` must be a number in \(0, 1\]") as info:
         subsample(np.arange(4), np.zeros(4), 0)
     assert info.value.field == "fraction"
+    with pytest.raises(ConfigError, match="`seed` must be an integer >= 0") as info:
+        subsample(np.arange(4), np.zeros(4), 0.5, seed=-1)
+    assert info.value.field == "seed"
 
 
 @pytest.mark.parametrize("case", ["float16-underflow", "all-zero", "one-value"])
