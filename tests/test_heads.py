@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import os
 import pickle
+import stat
 import subprocess
 import sys
 import textwrap
@@ -23,6 +24,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from threadpoolctl import threadpool_limits
 
 from pipeline import heads
+from pipeline.errors import ConfigError, RunError
 from pipeline.heads import persist
 from pipeline.heads import (
     HEADS,
@@ -236,24 +238,26 @@ def test_rows_are_frozen_and_consistent(name):
 
 
 def test_unknown_head_lists_valid_names_and_close_matches():
-    with pytest.raises(ValueError, match="Did you mean 'logreg'") as info:
+    with pytest.raises(ConfigError, match="Did you mean 'logreg'") as info:
         create_head("logreg2")
     for name in EXPECTED_HEADS:
         assert name in str(info.value)
-    with pytest.raises(ValueError, match="svm_rbf"):
+    assert info.value.field == "heads"
+    with pytest.raises(ConfigError, match="svm_rbf"):
         get_head_cfg("svm-rbf")
     with pytest.raises(TypeError, match="`name` must be a str"):
         create_head(3)
 
 
 def test_unknown_param_names_param_head_and_valid_params():
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ConfigError) as info:
         create_head("logreg", CC=1.0)
+    assert info.value.field == "params"
     message = str(info.value)
     assert "'CC'" in message and "'logreg'" in message
     assert "Did you mean 'C'" in message
     assert "max_iter" in message and "class_weight" in message
-    with pytest.raises(ValueError, match="'hidden_unit'.*'dense'.*hidden_units"):
+    with pytest.raises(ConfigError, match="'hidden_unit'.*'dense'.*hidden_units"):
         create_head("dense", hidden_unit=(8,))
 
 
@@ -278,18 +282,19 @@ def test_import_path_heads(problem):
     head = create_head("sklearn.neighbors:NearestCentroid", shrink_threshold=0.1)
     assert head.shrink_threshold == 0.1
     assert np.mean(head.fit(X_train, y_train).predict(X_test) == y_test) >= 0.5
-    with pytest.raises(ValueError, match="Cannot import module 'no_such_module'"):
-        create_head("no_such_module:Thing")
-    with pytest.raises(ValueError, match="has no attribute 'Nope'"):
-        create_head("sklearn.neighbors:Nope")
-    with pytest.raises(ValueError, match="'module:Class'"):
-        create_head("sklearn.neighbors:")
-    with pytest.raises(TypeError, match="`fit` and `predict`"):
-        create_head("sklearn.preprocessing:StandardScaler")
-    with pytest.raises(TypeError, match="`fit` and `predict`"):
-        create_head("os.path:join")
-    with pytest.raises(ValueError, match="'shrink'.*shrink_threshold"):
+    for name, match in [
+        ("no_such_module:Thing", "Cannot import module 'no_such_module'"),
+        ("sklearn.neighbors:Nope", "has no attribute 'Nope'"),
+        ("sklearn.neighbors:", "'module:Class'"),
+        ("sklearn.preprocessing:StandardScaler", "`fit` and `predict`"),
+        ("os.path:join", "`fit` and `predict`"),
+    ]:
+        with pytest.raises(ConfigError, match=match) as info:
+            create_head(name)
+        assert info.value.field == "heads"
+    with pytest.raises(ConfigError, match="'shrink'.*shrink_threshold") as info:
         create_head("sklearn.neighbors:NearestCentroid", shrink=0.1)
+    assert info.value.field == "params"
 
 
 @pytest.mark.parametrize(
@@ -315,8 +320,9 @@ def test_parse_param(text, expected):
 
 @pytest.mark.parametrize("text", ["C", "=1", "1C=2", "a-b=1", ""])
 def test_parse_param_rejects_malformed(text):
-    with pytest.raises(ValueError, match="key=value"):
+    with pytest.raises(ConfigError, match="`params` entry must look like key=value") as info:
         parse_param(text)
+    assert info.value.field == "params" and "--param" not in str(info.value)
 
 
 def test_parse_param_feeds_create_head():
@@ -421,11 +427,11 @@ def test_dense_early_stopping_and_callbacks_dir(tmp_path):
 
 def test_dense_validates_params_and_validation_data():
     X, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
-    with pytest.raises(ValueError, match=r"`dropout` must be a float in \[0, 1\). Received: dropout=1.5"):
+    with pytest.raises(ConfigError, match=r"`dropout` must be a float in \[0, 1\). Received: dropout=1.5"):
         DenseClassifier(dropout=1.5).fit(X, y)
-    with pytest.raises(ValueError, match="`optimizer` must be one of"):
+    with pytest.raises(ConfigError, match="`optimizer` must be one of"):
         DenseClassifier(optimizer="adamm").fit(X, y)
-    with pytest.raises(ValueError, match="`hidden_units` must be"):
+    with pytest.raises(ConfigError, match="`hidden_units` must be"):
         DenseClassifier(hidden_units=(0,)).fit(X, y)
     with pytest.raises(ValueError, match=r"validation_data has labels not seen in y: \[7\]"):
         DenseClassifier().fit(X, y, validation_data=(X, [0, 1, 7, 1]))
@@ -482,7 +488,7 @@ def test_modified_file_is_refused_before_unpickling(problem, fitted, tmp_path):
             return (os.mkdir, (str(marker),))
 
     joblib.dump({"estimator": Payload()}, path)
-    with pytest.raises(ValueError, match=r"Refusing to load head file .*head\.joblib.*sha256"):
+    with pytest.raises(RunError, match=r"Refusing to load head file .*head\.joblib.*sha256"):
         load_head(path, expected_sha256=digest)
     assert not marker.exists()
 
@@ -495,6 +501,16 @@ def test_version_mismatch_warns(problem, fitted, tmp_path, monkeypatch):
     monkeypatch.undo()
     with pytest.warns(HeadVersionWarning, match=r"sklearn 0\.0\.1 \(running .*\)"):
         load_head(path)
+
+
+def test_save_head_writes_a_world_readable_file(fitted, tmp_path):
+    path = tmp_path / "head.joblib"
+    old_umask = os.umask(0o077)  # a strict umask must not make the head private
+    try:
+        save_head(path, fitted("logreg"), metadata=METADATA)
+    finally:
+        os.umask(old_umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
 def test_save_head_is_atomic(problem, fitted, tmp_path, monkeypatch):
@@ -514,7 +530,7 @@ def test_save_load_reject_bad_input(fitted, tmp_path):
     with pytest.raises(TypeError, match="`metadata` must be a dict"):
         save_head(tmp_path / "h.joblib", fitted("logreg"), metadata=["a"])
     joblib.dump({"something": "else"}, tmp_path / "other.joblib")
-    with pytest.raises(ValueError, match="not a head file written by save_head"):
+    with pytest.raises(RunError, match="not a head file written by save_head"):
         load_head(tmp_path / "other.joblib")
 
 
@@ -568,3 +584,26 @@ def test_sklearn_heads_run_without_keras_and_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "HEADS-OK" in result.stdout
     assert "KERAS-BLOCKED" in result.stdout, "the blocker does not block `import keras`"
+
+
+HEADS_IMPORT = textwrap.dedent(
+    """
+    import importlib, json, pkgutil, sys
+
+    import pipeline.heads
+
+    for info in pkgutil.iter_modules(pipeline.heads.__path__):
+        importlib.import_module(f"pipeline.heads.{info.name}")
+    outside = ("keras", "tensorflow", "pipeline.features", "pipeline.runs", "pipeline.cli")
+    print(json.dumps(sorted(m for m in sys.modules if m.startswith(outside))))
+    """
+)
+
+
+def test_importing_the_head_stage_loads_neither_keras_nor_another_stage():
+    result = subprocess.run(
+        [sys.executable, "-c", HEADS_IMPORT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+    assert all(hasattr(heads, name) for name in heads.__all__)

@@ -13,7 +13,6 @@ import io
 import json
 import shutil
 import subprocess
-import textwrap
 import types
 
 import h5py
@@ -22,32 +21,40 @@ import pytest
 
 from imagegen import PYTHON, REPO, SIGN_DIGITS, require_shared
 from pipeline import cli
-from pipeline.runs import train
+from pipeline.runs import layout, leaderboard, train
 from pipeline.config import ExtractConfig, TrainConfig, load_toml, resolve
-from pipeline.heads import list_heads, load_head
-from pipeline.store import FeatureStore, FeatureStoreError, IndexRow, read_feature_set
+from pipeline.errors import ConfigError, WriteError
+from pipeline.heads import SPLITS, list_heads, load_head, parse_params, plan_params, split_indices, subsample
+from pipeline.store import FeatureStore, FeatureStoreError, IndexRow, read_feature_set, resolve_features
 
 KEY = "f" * 64
 
 
-def make_set(root, *, classes=3, per_class=30, dim=8, folder_splits=None, keys=None, seed=0, spread=0.6):
+def make_set(
+    root, *, classes=3, per_class=30, dim=8, folder_splits=None, keys=None, seed=0, spread=0.6,
+    scale=1.0, offset=0.0, dtype="float32", config=None,
+):
     """A complete feature set of Gaussian blobs, one per class, written via FeatureStore.
 
     Args:
         folder_splits: `None` for the class-per-folder layout, or a function
             of the row number giving "train", "validation" or "test".
         keys: split keys per row; `None` draws them uniformly.
+        scale, offset: every feature becomes `feature * scale + offset`
+            (`scale=1e-12` mimics random weights).
+        dtype: the stored dtype.
+        config: the recorded extraction config. Defaults to `{"model": "synthetic"}`.
     """
     rng = np.random.default_rng(seed)
     n = classes * per_class
     labels = np.repeat(np.arange(classes), per_class)
     centres = rng.normal(size=(classes, dim)) * 3
-    features = (centres[labels] + rng.normal(scale=spread, size=(n, dim))).astype(np.float32)
+    features = ((centres[labels] + rng.normal(scale=spread, size=(n, dim))) * scale + offset).astype(dtype)
     keys = rng.random(n) if keys is None else np.asarray(keys, dtype=np.float64)
     store = FeatureStore(root)
     digests = [f"{i:064x}" for i in range(n)]
     relpaths = [f"class{labels[i]}/{i:04d}.png" for i in range(n)]
-    with store.shard_writer(KEY, (dim,), "float32", capacity=n) as shard:
+    with store.shard_writer(KEY, (dim,), dtype, capacity=n) as shard:
         shard.append(features, digests, relpaths)
     located, _ = store.scan_shards(KEY)
     rows = [
@@ -56,8 +63,8 @@ def make_set(root, *, classes=3, per_class=30, dim=8, folder_splits=None, keys=N
     ]
     store.write_index(
         rows, [located[d] for d in digests], [], [f"class{c}" for c in range(classes)],
-        feature_shape=(dim,), dtype="float32",
-        attrs={"feature_key": KEY, "backbone": "synthetic", "weights": "none", "config": {"model": "synthetic"}},
+        feature_shape=(dim,), dtype=dtype,
+        attrs={"feature_key": KEY, "backbone": "synthetic", "weights": "none", "config": config or {"model": "synthetic"}},
     )
     return store.index_path
 
@@ -88,21 +95,21 @@ def _fake(keys, folders=None, labels=None):
 
 def test_split_keys_are_cut_at_the_split_fractions():
     keys = np.linspace(0, 1, 100, endpoint=False)
-    parts = train.split_indices(_fake(keys), (0.8, 0.1, 0.1))
-    assert [len(parts[s]) for s in train.SPLITS] == [80, 10, 10]
+    parts = split_indices(_fake(keys), (0.8, 0.1, 0.1))
+    assert [len(parts[s]) for s in SPLITS] == [80, 10, 10]
     assert keys[parts["train"]].max() < 0.8 <= keys[parts["validation"]].min()
     assert np.array_equal(np.sort(np.concatenate(list(parts.values()))), np.arange(100))
-    assert len(train.split_indices(_fake(keys), (0.9, 0.1, 0.0))["test"]) == 0
+    assert len(split_indices(_fake(keys), (0.9, 0.1, 0.0))["test"]) == 0
 
 
 def test_folder_splits_win_and_validation_is_carved_from_train_when_missing():
     folders = ["train"] * 6 + ["validation"] * 2 + ["test"] * 2
     keys = [0.05, 0.5, 0.95, 0.1, 0.2, 0.99, 0.1, 0.9, 0.3, 0.7]
-    parts = train.split_indices(_fake(keys, folders), (0.8, 0.1, 0.1))
+    parts = split_indices(_fake(keys, folders), (0.8, 0.1, 0.1))
     assert parts["train"].tolist() == [0, 1, 2, 3, 4, 5] and parts["validation"].tolist() == [6, 7]
     # train/ and test/ only: validation takes 0.1 / (0.8 + 0.1) of train/ by split key.
     folders = ["train"] * 8 + ["test"] * 2
-    parts = train.split_indices(_fake(keys, folders), (0.8, 0.1, 0.1))
+    parts = split_indices(_fake(keys, folders), (0.8, 0.1, 0.1))
     assert parts["validation"].tolist() == [0, 3, 6] and parts["test"].tolist() == [8, 9]
     assert parts["train"].tolist() == [1, 2, 4, 5, 7]
 
@@ -110,14 +117,14 @@ def test_folder_splits_win_and_validation_is_carved_from_train_when_missing():
 def test_subsample_is_stratified_seeded_nested_and_keeps_every_class():
     labels = np.repeat([0, 1, 2], [100, 50, 3])
     indices = np.arange(len(labels))
-    tenth = train.subsample(indices, labels, 0.1, seed=1)
+    tenth = subsample(indices, labels, 0.1, seed=1)
     assert np.bincount(labels[tenth]).tolist() == [10, 5, 1]  # round(0.3) = 0 -> still one
-    one = train.subsample(indices, labels, 0.01, seed=1)
+    one = subsample(indices, labels, 0.01, seed=1)
     assert np.bincount(labels[one]).tolist() == [1, 1, 1]
     assert set(one) <= set(tenth)  # 1% lies inside 10% for one seed
-    assert np.array_equal(tenth, train.subsample(indices, labels, 0.1, seed=1))
-    assert not np.array_equal(tenth, train.subsample(indices, labels, 0.1, seed=2))
-    assert np.array_equal(train.subsample(indices[::-1], labels, 1.0), indices)
+    assert np.array_equal(tenth, subsample(indices, labels, 0.1, seed=1))
+    assert not np.array_equal(tenth, subsample(indices, labels, 0.1, seed=2))
+    assert np.array_equal(subsample(indices[::-1], labels, 1.0), indices)
 
 
 # -- config and inputs -------------------------------------------------------
@@ -141,34 +148,35 @@ def test_train_config_validates_and_resolves_from_toml(tmp_path):
 
 
 def test_parse_params_targets_heads_including_import_paths():
-    assert train.parse_params(["C=0.5", "dense.hidden_units=(512,256)", "class_weight=balanced"]) == {
+    assert parse_params(["C=0.5", "dense.hidden_units=(512,256)", "class_weight=balanced"]) == {
         "C": 0.5, "dense.hidden_units": (512, 256), "class_weight": "balanced",
     }
-    assert train.parse_params(["sklearn.neighbors:NearestCentroid.shrink_threshold=0.1"]) == {
+    assert parse_params(["sklearn.neighbors:NearestCentroid.shrink_threshold=0.1"]) == {
         "sklearn.neighbors:NearestCentroid.shrink_threshold": 0.1,
     }
     for bad in ("C", ".C=1", "dense.=1"):
-        with pytest.raises(ValueError, match="key=value"):
-            train.parse_params([bad])
+        with pytest.raises(ConfigError, match="key=value") as info:
+            parse_params([bad])
+        assert info.value.field == "params" and "--param" not in str(info.value)
 
 
 def test_features_are_found_by_path_name_prefix_or_as_the_only_set(tmp_path):
     cache = tmp_path / "cache"
     only = make_set(cache / "digits-resnet50-32-avg-1234abcd")
-    assert train.resolve_features(None, cache) == only
-    assert train.resolve_features(only.parent, cache) == only
-    assert train.resolve_features(str(only), cache) == only
-    assert train.resolve_features("digits-resnet50-32-avg-1234abcd", cache) == only
-    assert train.resolve_features("digits-res", cache) == only
+    assert resolve_features(None, cache) == only
+    assert resolve_features(only.parent, cache) == only
+    assert resolve_features(str(only), cache) == only
+    assert resolve_features("digits-resnet50-32-avg-1234abcd", cache) == only
+    assert resolve_features("digits-res", cache) == only
     make_set(cache / "digits-vgg16-32-avg-9999abcd")
     with pytest.raises(ValueError, match="2 feature sets"):
-        train.resolve_features(None, cache)
+        resolve_features(None, cache)
     with pytest.raises(ValueError, match="ambiguous"):
-        train.resolve_features("digits", cache)
+        resolve_features("digits", cache)
     with pytest.raises(FeatureStoreError, match="Did you mean 'digits-vgg16-32-avg-9999abcd'"):
-        train.resolve_features("digits-vgg61-32-avg-9999abcd", cache)
+        resolve_features("digits-vgg61-32-avg-9999abcd", cache)
     with pytest.raises(ValueError, match="No feature set under"):
-        train.resolve_features(None, tmp_path / "empty")
+        resolve_features(None, tmp_path / "empty")
 
 
 # -- runs --------------------------------------------------------------------
@@ -264,7 +272,7 @@ def test_a_crash_leaves_no_run_folder_and_no_leaderboard_row(blobs, tmp_path, mo
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(train.heads_lib, "save_head", crash)
+    monkeypatch.setattr(train, "save_head", crash)
     with pytest.raises(RuntimeError, match="disk full"):
         train.train_heads(blobs, config=_config(tmp_path, heads=("logreg",)))
     out_root = tmp_path / "runs" / blobs.parent.name
@@ -272,16 +280,82 @@ def test_a_crash_leaves_no_run_folder_and_no_leaderboard_row(blobs, tmp_path, mo
     assert not (tmp_path / "runs" / "leaderboard.csv").exists()
 
 
-def test_run_ids_never_collide(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_run_id", iter(["t-1", "t-1", "t-2", "t-2", "t-3"]).__next__)
-    out = tmp_path / "out"
-    out.mkdir()
-    first = train._publish(train._make_tmp_dir(out, "h"), out, "h")  # .tmp-h-t-1 -> h-t-1
-    (first / "f").write_text("x")
-    second_tmp = train._make_tmp_dir(out, "h")  # .tmp-h-t-1 is free again
-    (out / "h-t-1" / "g").write_text("x")
-    second = train._publish(second_tmp, out, "h")  # h-t-1 taken: draws t-2
-    assert first.name == "h-t-1" and second.name == "h-t-2" and (first / "f").exists()
+def test_run_ids_never_collide(blobs, tmp_path, monkeypatch):
+    monkeypatch.setattr(layout, "run_id", iter(["t-1", "t-1", "t-2"]).__next__)
+    config = _config(tmp_path, heads=("knn",))
+    (first,) = train.train_heads(blobs, config=config)  # knn-t-1
+    (second,) = train.train_heads(blobs, config=config)  # knn-t-1 is taken: draws t-2
+    assert first.run_dir.name == "knn-t-1" and second.run_dir.name == "knn-t-2"
+    assert (first.run_dir / "head.joblib").exists() and (second.run_dir / "head.joblib").exists()
+    assert load_head(first.run_dir / "head.joblib", expected_sha256=first.head_sha256)
+    assert sorted(r["run_dir"] for r in train.list_runs(tmp_path / "runs")) == [str(first.run_dir), str(second.run_dir)]
+
+
+def test_an_unwritable_runs_folder_is_a_write_error_that_keeps_nothing(blobs, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(layout, "write_json", full)
+    with pytest.raises(WriteError, match="No space left") as info:
+        train.train_heads(blobs, config=_config(tmp_path, heads=("logreg",)))
+    assert info.value.exit_status == 3
+    assert list((tmp_path / "runs" / blobs.parent.name).iterdir()) == []
+
+
+# -- leaderboard kept by the run folders ------------------------------------
+
+_DAMAGES = {
+    # Excel's "CSV UTF-8": a byte-order mark and CRLF line ends.
+    "bom-crlf": lambda text: ("\ufeff" + text.replace("\n", "\r\n")).encode("utf-8"),
+    "renamed-header": lambda text: text.replace("val_accuracy", "Validation accuracy", 1).encode(),
+    "non-utf8-byte": lambda text: text.encode().replace(b"knn", b"kn\xe9n", 1),
+    "truncated": lambda text: text.encode()[: len(text) // 2],
+    "emptied": lambda text: b"",
+}
+
+
+def _csv_rows(runs):
+    with open(runs / "leaderboard.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("damage", sorted(_DAMAGES))
+def test_a_damaged_leaderboard_keeps_every_row_and_records_the_next_run(damage, blobs, tmp_path):
+    runs = tmp_path / "runs"
+    first = train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg")))
+    before = _csv_rows(runs)
+    csv_path = runs / "leaderboard.csv"
+    csv_path.write_bytes(_DAMAGES[damage](csv_path.read_text()))
+    assert len(train.list_runs(runs)) == 2  # listed from the run folders, whatever the CSV holds
+    (third,) = train.train_heads(blobs, config=_config(tmp_path, heads=("knn",), fraction=0.5))
+    rows = _csv_rows(runs)
+    assert list(rows[0]) == list(train.LEADERBOARD_COLUMNS)
+    assert rows[:2] == before and [r["run_dir"] for r in rows] == [str(r.run_dir) for r in [*first, third]]
+    assert all(r[c] for r in rows for c in train.LEADERBOARD_COLUMNS)  # no blanked cell
+    assert rows[2]["fraction"] == "0.5" and float(rows[2]["val_accuracy"]) == pytest.approx(third.val_accuracy, abs=1e-4)
+    assert len((runs / "leaderboard.md").read_text().splitlines()) == 2 + 3
+    assert {r["run_dir"] for r in train.list_runs(runs)} == {r["run_dir"] for r in rows}
+
+
+def test_rebuild_leaderboard_writes_the_same_files_from_the_run_folders(blobs, tmp_path):
+    runs = tmp_path / "runs"
+    train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg", "ridge")))
+    written = {name: (runs / name).read_text() for name in ("leaderboard.csv", "leaderboard.md")}
+    for name in written:
+        (runs / name).write_text("edited\n")
+    rows = leaderboard.rebuild_leaderboard(runs)
+    assert [r["head"] for r in rows] == ["knn", "logreg", "ridge"]  # run order, within one second too
+    assert {name: (runs / name).read_text() for name in written} == written
+    assert leaderboard.rebuild_leaderboard(tmp_path / "nowhere") == [] and not (tmp_path / "nowhere").exists()
+
+
+def test_a_damaged_run_folder_is_left_out_with_a_warning(blobs, tmp_path, caplog):
+    runs = tmp_path / "runs"
+    knn, logreg = train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg")))
+    (knn.run_dir / "metrics.json").write_text("{not json")
+    (runs / blobs.parent.name / ".tmp-0000-knn-half-written").mkdir()
+    assert [r["head"] for r in train.list_runs(runs)] == ["logreg"]
+    assert str(knn.run_dir / "metrics.json") in caplog.text and "damaged" in caplog.text
 
 
 # -- errors ------------------------------------------------------------------
@@ -289,15 +363,30 @@ def test_run_ids_never_collide(tmp_path, monkeypatch):
 
 def test_unknown_head_and_parameters_are_refused_before_reading_features(tmp_path):
     missing = tmp_path / "nowhere" / "features.h5"
-    with pytest.raises(ValueError, match="Valid heads: .*logreg"):
-        train.train_heads(missing, config=_config(tmp_path, heads=("logregg",)))
-    with pytest.raises(ValueError, match=r"no head being trained accepts it\. Did you mean 'n_neighbors'.*knn:"):
-        train.train_heads(missing, config=_config(tmp_path, heads=("logreg", "knn"), params={"n_neighbours": 3}))
-    with pytest.raises(ValueError, match="Unknown parameter 'n_neighbors' for head 'logreg'"):
-        train.train_heads(missing, config=_config(tmp_path, heads=("logreg", "knn"), params={"logreg.n_neighbors": 3}))
-    with pytest.raises(ValueError, match="'svm_rbf', which is not being trained"):
-        train.train_heads(missing, config=_config(tmp_path, heads=("logreg",), params={"svm_rbf.C": 3}))
+    cases = [
+        (dict(heads=("logregg",)), "heads", "Valid heads: .*logreg"),
+        (dict(heads=("logreg", "knn"), params={"n_neighbours": 3}), "params",
+         r"no head being trained accepts it\. Did you mean 'n_neighbors'.*knn:"),
+        (dict(heads=("logreg", "knn"), params={"logreg.n_neighbors": 3}), "params",
+         "Unknown parameter 'n_neighbors' for head 'logreg'"),
+        (dict(heads=("logreg",), params={"svm_rbf.C": 3}), "params",
+         "'svm_rbf', which is not being trained.* Add 'svm_rbf' to `heads`"),
+        (dict(heads=("os.path:join",)), "heads", "`fit` and `predict`"),
+    ]
+    for overrides, field, match in cases:
+        with pytest.raises(ConfigError, match=match) as info:
+            train.train_heads(missing, config=_config(tmp_path, **overrides))
+        assert info.value.field == field and "--" not in str(info.value)
     assert not (tmp_path / "runs").exists()
+
+
+def test_plan_params_gives_each_head_its_params_and_the_seed():
+    assert plan_params(["logreg", "knn", "dense"], {"C": 0.5, "knn.n_neighbors": 3, "dense.epochs": 2}, seed=4) == [
+        ("logreg", {"C": 0.5, "random_state": 4}),
+        ("knn", {"n_neighbors": 3}),
+        ("dense", {"epochs": 2, "random_state": 4}),
+    ]
+    assert plan_params(["logreg"], {"random_state": 9}, seed=4) == [("logreg", {"random_state": 9})]
 
 
 def test_a_shared_param_goes_only_to_heads_that_accept_it(blobs, tmp_path):
@@ -326,14 +415,49 @@ def test_a_class_without_training_examples_or_a_single_class_is_refused(tmp_path
     config = _config(tmp_path)
     # class2's split keys all fall in validation/test.
     keys = np.r_[np.linspace(0, 0.99, 60), np.full(30, 0.9)]
-    with pytest.raises(ValueError, match="Class 'class2' .* no example in the training split"):
+    with pytest.raises(ConfigError, match="Class 'class2' .* no example in the training split: .*`splits`") as info:
         train.train_heads(make_set(tmp_path / "a", keys=keys), config=config)
-    with pytest.raises(ValueError, match="single class"):
+    assert info.value.field == "splits"
+    with pytest.raises(FeatureStoreError, match="single class"):
         train.train_heads(make_set(tmp_path / "b", classes=1), config=config)
     only_test = make_set(tmp_path / "c", folder_splits=lambda i: "test" if i >= 60 else "train")
-    with pytest.raises(ValueError, match="Class 'class2'"):
+    with pytest.raises(ConfigError, match="Class 'class2'"):
         train.train_heads(only_test, config=config)
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_bad_subsample_fraction_or_seed_names_the_field():
+    with pytest.raises(ConfigError, match=r"`fraction` must be a number in \(0, 1\]") as info:
+        subsample(np.arange(4), np.zeros(4), 0)
+    assert info.value.field == "fraction"
+    with pytest.raises(ConfigError, match="`seed` must be an integer >= 0") as info:
+        subsample(np.arange(4), np.zeros(4), 0.5, seed=-1)
+    assert info.value.field == "seed"
+
+
+@pytest.mark.parametrize("case", ["float16-underflow", "all-zero", "one-value"])
+def test_constant_features_are_refused_before_fitting(case, tmp_path):
+    # Random weights give features near 1e-12: float16 stores them as 0.
+    make = {
+        "float16-underflow": dict(scale=1e-12, dtype="float16", config={"model": "synthetic", "storage_dtype": "float16"}),
+        "all-zero": dict(scale=0.0),
+        "one-value": dict(scale=0.0, offset=3.5),
+    }[case]
+    path = make_set(tmp_path / "cache" / "flat-synthetic-8-avg-ffffffff", **make)
+    assert np.ptp(read_feature_set(path).features) == 0
+    with pytest.raises(FeatureStoreError, match="no head can learn") as info:
+        train.train_heads(path, config=_config(tmp_path, heads=("logreg", "dense")))
+    message = str(info.value)
+    assert "'flat-synthetic-8-avg-ffffffff'" in message and "storage_dtype='float32'" in message
+    assert "`weights`" in message and info.value.field == "storage_dtype" and "--" not in message
+    assert ("stored as float16" in message) == (case == "float16-underflow")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tiny_float32_features_still_train(tmp_path):
+    # Tiny (float32, ~1e-12) random-weight features are not constant: logreg's scaler restores them.
+    (result,) = train.train_heads(make_set(tmp_path / "tiny", scale=1e-12), config=_config(tmp_path, heads=("logreg",)))
+    assert result.test_accuracy > 0.9
 
 
 # -- CLI ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import _atomic
+from ..errors import ConfigError
 
 
 __all__ = ["DenseClassifier"]
@@ -42,7 +43,7 @@ def _import_keras():
 
 def _check_param(name: str, value: Any, ok: bool, allowed: str) -> None:
     if not ok:
-        raise ValueError(f"`{name}` must be {allowed}. Received: {name}={value!r}.")
+        raise ConfigError(f"`{name}` must be {allowed}. Received: {name}={value!r}.", field="params")
 
 
 def _is_int(value: Any) -> bool:
@@ -236,9 +237,10 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         else:
             unknown = set(self.class_weight) - set(self.classes_.tolist())
             if unknown:
-                raise ValueError(
+                raise ConfigError(
                     f"`class_weight` has labels not seen in y: {sorted(unknown)!r}. "
-                    f"Known labels: {self.classes_.tolist()!r}."
+                    f"Known labels: {self.classes_.tolist()!r}.",
+                    field="params",
                 )
             weights = np.array([float(self.class_weight.get(c, 1.0)) for c in self.classes_.tolist()])
         return weights[y_index].astype(np.float32)

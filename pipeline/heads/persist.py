@@ -7,9 +7,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import io
-import os
 import platform
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,8 @@ from typing import Any
 import joblib
 import numpy as np
 
-
+from .. import _atomic
+from ..errors import RunError
 from .dense import DenseClassifier
 
 __all__ = ["HeadVersionWarning", "load_head", "save_head"]
@@ -60,19 +59,11 @@ def _versions(include_keras: bool) -> dict[str, str]:
     return versions
 
 
-def _unlink_quietly(path) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def save_head(path, estimator, *, metadata: dict) -> str:
     """Save a fitted head with its metadata and library versions.
 
-    Writes `joblib.dump({"estimator", "metadata", "versions", ...})` to a
-    temporary file in the target folder and moves it into place, so a crash
-    never leaves a partial file under `path`.
+    Writes `joblib.dump({"estimator", "metadata", "versions", ...})` through
+    `_atomic.replacing`, so a crash never leaves a partial file under `path`.
 
     Args:
         path: str or Path of the file to write (conventionally `.joblib`).
@@ -97,17 +88,10 @@ def save_head(path, estimator, *, metadata: dict) -> str:
         "metadata": metadata,
         "versions": _versions(include_keras=_uses_keras(estimator)),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    with _atomic.replacing(path) as tmp:
+        with tmp.open("wb") as f:
             joblib.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
     return digest
 
 
@@ -121,7 +105,7 @@ def load_head(path, *, expected_sha256: str | None = None) -> tuple[Any, dict]:
     Args:
         path: str or Path of the file.
         expected_sha256: str or `None`, the hex digest `save_head` returned.
-            A mismatch raises `ValueError`. Defaults to `None` (no check).
+            A mismatch raises `RunError`. Defaults to `None` (no check).
 
     Returns:
         Tuple `(estimator, metadata)`.
@@ -135,7 +119,7 @@ def load_head(path, *, expected_sha256: str | None = None) -> tuple[Any, dict]:
     if expected_sha256 is not None:
         actual = hashlib.sha256(data).hexdigest()
         if actual != str(expected_sha256).strip().lower():
-            raise ValueError(
+            raise RunError(
                 f"Refusing to load head file {str(path)!r}: its sha256 is {actual}, "
                 f"expected {expected_sha256}. The file changed since it was saved "
                 "(or the wrong file was given); it was not unpickled."
@@ -146,7 +130,7 @@ def load_head(path, *, expected_sha256: str | None = None) -> tuple[Any, dict]:
         and payload.get("format") == _FORMAT
         and {"estimator", "metadata", "versions"} <= set(payload)
     ):
-        raise ValueError(
+        raise RunError(
             f"{str(path)!r} is not a head file written by save_head "
             "(expected a dict with 'estimator', 'metadata' and 'versions')."
         )

@@ -24,7 +24,7 @@ import importlib.util
 import re
 import types
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Sequence
 
 from sklearn.calibration import CalibratedClassifierCV
 from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
@@ -34,10 +34,19 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-
+from ..errors import ConfigError
 from .dense import DenseClassifier
 
-__all__ = ["HEADS", "HeadCfg", "create_head", "get_head_cfg", "list_heads", "parse_param"]
+__all__ = [
+    "HEADS",
+    "HeadCfg",
+    "create_head",
+    "get_head_cfg",
+    "list_heads",
+    "parse_param",
+    "parse_params",
+    "plan_params",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,9 +205,10 @@ def get_head_cfg(name: str) -> HeadCfg:
     except KeyError:
         close = difflib.get_close_matches(name, list(HEADS), n=3)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(
+        raise ConfigError(
             f"Unknown head {name!r}.{hint} Valid heads: {', '.join(list_heads())}; "
-            "or an import path 'module:Class' of a scikit-learn estimator."
+            "or an import path 'module:Class' of a scikit-learn estimator.",
+            field="heads",
         ) from None
 
 
@@ -233,7 +243,7 @@ def create_head(name: str, **params):
             try:
                 return cls(**params)
             except TypeError as err:
-                raise ValueError(f"Cannot build head {name!r} with {params!r}: {err}") from err
+                raise ConfigError(f"Cannot build head {name!r} with {params!r}: {err}", field="params") from err
         estimator = cls()
         defaults: Mapping[str, Any] = {}
     else:
@@ -264,44 +274,48 @@ def _resolve_param(estimator, key: str, head: str) -> str:
         deepest = [m for m in matches if m.count("__") == depth]
         if len(deepest) == 1:
             return deepest[0]
-        raise ValueError(
+        raise ConfigError(
             f"Parameter {key!r} of head {head!r} is ambiguous: it matches "
-            f"{', '.join(deepest)}. Pass one of these full names instead."
+            f"{', '.join(deepest)}. Pass one of these full names instead.",
+            field="params",
         )
-    plain = sorted({k.rsplit("__", 1)[-1] for k in valid})
+    plain = _plain_params(estimator)
     close = difflib.get_close_matches(key, plain, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    raise ValueError(
+    raise ConfigError(
         f"Unknown parameter {key!r} for head {head!r}.{hint} "
         f"Valid parameters: {', '.join(plain)} (scikit-learn's step__param keys "
-        "are accepted too)."
+        "are accepted too).",
+        field="params",
     )
 
 
 def _import_class(path: str) -> type:
     module_name, _, attr = path.partition(":")
     if not module_name or not attr:
-        raise ValueError(
+        raise ConfigError(
             "An import-path head must look like 'module:Class', e.g. "
-            f"'sklearn.neighbors:NearestCentroid'. Received: {path!r}."
+            f"'sklearn.neighbors:NearestCentroid'. Received: {path!r}.",
+            field="heads",
         )
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as err:
-        raise ValueError(f"Cannot import module {module_name!r} for head {path!r}: {err}") from err
+        raise ConfigError(f"Cannot import module {module_name!r} for head {path!r}: {err}", field="heads") from err
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ValueError(
-                f"Module {module_name!r} has no attribute {attr!r} (head {path!r})."
+            raise ConfigError(
+                f"Module {module_name!r} has no attribute {attr!r} (head {path!r}).", field="heads"
             ) from None
     if not isinstance(obj, type) or not all(
         callable(getattr(obj, m, None)) for m in ("fit", "predict")
     ):
-        raise TypeError(
+        raise ConfigError(
             f"Head {path!r} must be a scikit-learn-style estimator class with "
-            f"`fit` and `predict` methods. Received: {obj!r}."
+            f"`fit` and `predict` methods. Received: {obj!r}.",
+            field="heads",
         )
     return obj
 
@@ -310,7 +324,7 @@ _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 def parse_param(text: str) -> tuple[str, Any]:
-    """Parse one CLI `--param key=value` string.
+    """Parse one `key=value` head parameter, as the CLI's `--param` gives it.
 
     The value is read as a Python literal when it is one (`0.5`, `200`,
     `(512, 256)`, `None`, `True`, `'a b'`), and kept as a string otherwise
@@ -332,13 +346,14 @@ def parse_param(text: str) -> tuple[str, Any]:
     ```
     """
     if not isinstance(text, str):
-        raise TypeError(f"`--param` must be a str. Received: {type(text).__name__}.")
+        raise TypeError(f"`text` must be a str. Received: {type(text).__name__}.")
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not _KEY.match(key):
-        raise ValueError(
-            "`--param` must look like key=value with a parameter name as key, "
-            f"e.g. C=0.5. Received: {text!r}."
+        raise ConfigError(
+            "A `params` entry must look like key=value with a parameter name as key, "
+            f"e.g. C=0.5. Received: {text!r}.",
+            field="params",
         )
     raw = raw.strip()
     try:
@@ -348,3 +363,109 @@ def parse_param(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def parse_params(texts: Sequence[str]) -> dict[str, Any]:
+    """Parse `key=value` and `head.key=value` strings into `TrainConfig.params`.
+
+    Each text is `key=value` (for every head that accepts `key`) or
+    `head.key=value` (for that head only; an import-path head is written in
+    full, `sklearn.neighbors:NearestCentroid.shrink_threshold=0.1`). Values
+    are read by `parse_param`: Python literals, else strings.
+
+    Args:
+        texts: the strings, in order (the CLI's `--param`); a later key wins.
+
+    Returns:
+        A dict of keys (`"C"` or `"dense.epochs"`) to values.
+
+    Example:
+
+    ```python
+    parse_params(["C=0.5", "dense.hidden_units=(512,256)"])
+    # {"C": 0.5, "dense.hidden_units": (512, 256)}
+    ```
+    """
+    params: dict[str, Any] = {}
+    for text in texts:
+        key, sep, value = str(text).partition("=")
+        head, dot, name = key.rpartition(".")
+        if not sep or (dot and not head):
+            raise ConfigError(
+                "A `params` entry must look like key=value or head.key=value, e.g. C=0.5 or "
+                f"dense.epochs=10. Received: {text!r}.",
+                field="params",
+            )
+        name, parsed = parse_param(f"{name}={value}")
+        params[f"{head}.{name}" if dot else name] = parsed
+    return params
+
+
+def plan_params(heads: Sequence[str], params: Mapping[str, Any], seed: int) -> list[tuple[str, dict[str, Any]]]:
+    """The parameters each head gets; unknown heads and parameters fail here, before any work.
+
+    Args:
+        heads: head names, as in `TrainConfig.heads`.
+        params: as in `TrainConfig.params`: a plain key (`"C"`) goes to
+            every head that accepts it (at least one must), a key
+            `"head.key"` (`"dense.epochs"`) to that head only.
+        seed: int given as `random_state` to every head that takes one,
+            unless `params` sets it.
+
+    Returns:
+        A list of `(head, params)` in `heads` order; `create_head(head,
+        **params)` builds each.
+
+    Example:
+
+    ```python
+    plan_params(["logreg", "knn"], {"C": 0.5, "knn.n_neighbors": 3}, seed=0)
+    # [("logreg", {"C": 0.5, "random_state": 0}), ("knn", {"n_neighbors": 3})]
+    ```
+    """
+    fresh = {head: create_head(head) for head in heads}  # unknown heads raise
+    targeted: dict[str, dict[str, Any]] = {head: {} for head in heads}
+    shared: dict[str, Any] = {}
+    for key, value in params.items():
+        head, dot, name = key.rpartition(".")
+        if not dot:
+            shared[key] = value
+        elif head in targeted:
+            targeted[head][name] = value
+        else:
+            raise ConfigError(
+                f"Parameter {key!r} is for head {head!r}, which is not being trained. "
+                f"Heads: {', '.join(heads)}. Add {head!r} to `heads`, or fix the prefix.",
+                field="params",
+            )
+    for key in shared:
+        if not any(_accepts(est, key) for est in fresh.values()):
+            raise ConfigError(_unknown_param_message(key, fresh), field="params")
+    plans = []
+    for head, est in fresh.items():
+        planned = {k: v for k, v in shared.items() if _accepts(est, k)}
+        planned.update(targeted[head])
+        if "random_state" not in planned and _accepts(est, "random_state"):
+            planned["random_state"] = seed
+        create_head(head, **planned)  # a bad targeted key raises, listing the valid ones
+        plans.append((head, planned))
+    return plans
+
+
+def _accepts(estimator, key: str) -> bool:
+    get_params = getattr(estimator, "get_params", None)
+    if get_params is None:
+        return False
+    valid = get_params(deep=True)
+    return key in valid or any(k.endswith("__" + key) for k in valid)
+
+
+def _plain_params(estimator) -> list[str]:
+    get_params = getattr(estimator, "get_params", None)
+    return sorted({k.rsplit("__", 1)[-1] for k in get_params(deep=True)}) if get_params else []
+
+
+def _unknown_param_message(key: str, fresh: Mapping[str, Any]) -> str:
+    every = sorted({p for est in fresh.values() for p in _plain_params(est)})
+    close = difflib.get_close_matches(key, every, n=3)
+    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    valid = "; ".join(f"{head}: {', '.join(_plain_params(est)) or '(none)'}" for head, est in fresh.items())
+    return f"Unknown parameter {key!r}: no head being trained accepts it.{hint} Valid parameters: {valid}."
