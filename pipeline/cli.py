@@ -242,6 +242,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="inspect trained runs")
     p.add_argument("action", choices=("ls",))
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--rebuild", action="store_true",
+                   help="rewrite leaderboard.csv and .md from the run folders (after editing or deleting runs)")
     p.add_argument("--json", action="store_true")
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_runs)
@@ -251,7 +253,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _cmd_train_head(args) -> int:
     from . import config as config_lib
-    from .runs.train import parse_params, train_heads
+    from .heads import parse_params
+    from .runs.train import train_heads
 
     table = config_lib.load_toml(args.config).get("train", {})
     params = None
@@ -281,8 +284,10 @@ def _cmd_train_head(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from .runs.train import LEADERBOARD_COLUMNS, list_runs
+    from .runs.leaderboard import LEADERBOARD_COLUMNS, list_runs, rebuild_leaderboard
 
+    if args.rebuild:
+        rebuild_leaderboard(args.runs_dir)
     rows = list_runs(args.runs_dir)
     if args.json:
         print(json.dumps(rows))

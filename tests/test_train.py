@@ -258,8 +258,8 @@ def test_leaderboard_gains_a_row_per_run_and_runs_ls_sorts_by_validation(blobs, 
     assert rows[0]["run_dir"] == str(results[0].run_dir) and rows[2]["fraction"] == "0.05"
     assert rows[0]["backbone"] == "synthetic" and json.loads(rows[0]["params"]) == {"n_neighbors": 1}
     assert float(rows[1]["val_accuracy"]) == pytest.approx(results[1].val_accuracy, abs=1e-4)
-    assert list(rows[0]) == list(train.LEADERBOARD_COLUMNS)
-    ranked = train.list_runs(tmp_path / "runs")
+    assert list(rows[0]) == list(leaderboard.LEADERBOARD_COLUMNS)
+    ranked = leaderboard.list_runs(tmp_path / "runs")
     assert [float(r["val_accuracy"]) for r in ranked] == sorted((float(r["val_accuracy"]) for r in rows), reverse=True)
     markdown = (tmp_path / "runs" / "leaderboard.md").read_text().splitlines()
     assert len(markdown) == 2 + 3 and "val_accuracy" in markdown[0]
@@ -288,7 +288,7 @@ def test_run_ids_never_collide(blobs, tmp_path, monkeypatch):
     assert first.run_dir.name == "knn-t-1" and second.run_dir.name == "knn-t-2"
     assert (first.run_dir / "head.joblib").exists() and (second.run_dir / "head.joblib").exists()
     assert load_head(first.run_dir / "head.joblib", expected_sha256=first.head_sha256)
-    assert sorted(r["run_dir"] for r in train.list_runs(tmp_path / "runs")) == [str(first.run_dir), str(second.run_dir)]
+    assert sorted(r["run_dir"] for r in leaderboard.list_runs(tmp_path / "runs")) == [str(first.run_dir), str(second.run_dir)]
 
 
 def test_an_unwritable_runs_folder_is_a_write_error_that_keeps_nothing(blobs, tmp_path, monkeypatch):
@@ -326,15 +326,15 @@ def test_a_damaged_leaderboard_keeps_every_row_and_records_the_next_run(damage, 
     before = _csv_rows(runs)
     csv_path = runs / "leaderboard.csv"
     csv_path.write_bytes(_DAMAGES[damage](csv_path.read_text()))
-    assert len(train.list_runs(runs)) == 2  # listed from the run folders, whatever the CSV holds
+    assert len(leaderboard.list_runs(runs)) == 2  # listed from the run folders, whatever the CSV holds
     (third,) = train.train_heads(blobs, config=_config(tmp_path, heads=("knn",), fraction=0.5))
     rows = _csv_rows(runs)
-    assert list(rows[0]) == list(train.LEADERBOARD_COLUMNS)
+    assert list(rows[0]) == list(leaderboard.LEADERBOARD_COLUMNS)
     assert rows[:2] == before and [r["run_dir"] for r in rows] == [str(r.run_dir) for r in [*first, third]]
-    assert all(r[c] for r in rows for c in train.LEADERBOARD_COLUMNS)  # no blanked cell
+    assert all(r[c] for r in rows for c in leaderboard.LEADERBOARD_COLUMNS)  # no blanked cell
     assert rows[2]["fraction"] == "0.5" and float(rows[2]["val_accuracy"]) == pytest.approx(third.val_accuracy, abs=1e-4)
     assert len((runs / "leaderboard.md").read_text().splitlines()) == 2 + 3
-    assert {r["run_dir"] for r in train.list_runs(runs)} == {r["run_dir"] for r in rows}
+    assert {r["run_dir"] for r in leaderboard.list_runs(runs)} == {r["run_dir"] for r in rows}
 
 
 def test_rebuild_leaderboard_writes_the_same_files_from_the_run_folders(blobs, tmp_path):
@@ -349,12 +349,22 @@ def test_rebuild_leaderboard_writes_the_same_files_from_the_run_folders(blobs, t
     assert leaderboard.rebuild_leaderboard(tmp_path / "nowhere") == [] and not (tmp_path / "nowhere").exists()
 
 
+def test_runs_ls_rebuild_drops_deleted_runs_from_the_leaderboard_files(blobs, tmp_path):
+    runs = tmp_path / "runs"
+    knn, _ = train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg")))
+    shutil.rmtree(knn.run_dir)
+    assert "knn" in (runs / "leaderboard.csv").read_text()
+    status, out, _ = _main("runs", "ls", "--rebuild", "--runs-dir", str(runs))
+    assert status == 0 and "logreg" in out and "knn" not in out
+    assert "knn" not in (runs / "leaderboard.csv").read_text() + (runs / "leaderboard.md").read_text()
+
+
 def test_a_damaged_run_folder_is_left_out_with_a_warning(blobs, tmp_path, caplog):
     runs = tmp_path / "runs"
     knn, logreg = train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg")))
     (knn.run_dir / "metrics.json").write_text("{not json")
     (runs / blobs.parent.name / ".tmp-0000-knn-half-written").mkdir()
-    assert [r["head"] for r in train.list_runs(runs)] == ["logreg"]
+    assert [r["head"] for r in leaderboard.list_runs(runs)] == ["logreg"]
     assert str(knn.run_dir / "metrics.json") in caplog.text and "damaged" in caplog.text
 
 

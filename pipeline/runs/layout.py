@@ -12,13 +12,14 @@ that spells the names. A run lives under `<runs_dir>/<feature set>/`::
       metrics.json           validation and test metrics, fit_seconds, sizes
       confusion_matrix.png   on test (on validation when there is no test)
       config.json            the resolved TrainConfig and this head's params
-      lineage.json           which features, backbone and weights; head sha256
+      lineage.json           which features, backbone and weights; head sha256; trained_at
       eval-<id>/             one `evaluate` of a labelled folder:
         metrics.json, confusion_matrix.png, predictions.csv
 
 `<id>` is the UTC time to the second plus 8 random hex digits: run folders
 sort by time and never collide. `<runs_dir>/leaderboard.csv` and
-`leaderboard.md` list every finished run.
+`leaderboard.md` list every finished run; they are rebuilt from the run
+folders (the source of truth) after every run.
 
 A bundle (`export --format bundle`) stands in for a run folder::
 

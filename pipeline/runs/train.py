@@ -23,14 +23,13 @@ from typing import Any
 
 from .. import _atomic, config as config_lib
 from ..errors import WriteError
-from ..heads import FittedHead, fit_head, parse_params, plan_params, save_head, training_splits
+from ..heads import FittedHead, fit_head, plan_params, save_head, training_splits
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..store import FeatureSet, read_feature_set, resolve_features
 from . import layout
-from .leaderboard import LEADERBOARD_COLUMNS, list_runs, rebuild_leaderboard, scores
+from .leaderboard import rebuild_leaderboard, scores
 
-# `parse_params`, `LEADERBOARD_COLUMNS` and `list_runs` are re-exported for cli.py.
-__all__ = ["LEADERBOARD_COLUMNS", "RunResult", "list_runs", "parse_params", "train_heads"]
+__all__ = ["RunResult", "train_heads"]
 
 
 @dataclasses.dataclass(frozen=True)
