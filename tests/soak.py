@@ -709,8 +709,8 @@ def damage_trials(set_dir: Path, what: str, trials: int, seed: int) -> dict[str,
         store = FeatureStore(copy)
         original = snapshot(copy)
         state = store.read_index_state()
-        key = state["feature_key"]
-        target = copy / "features.h5" if what == "index" else copy / "shards" / state["shards"][0]
+        key = state.feature_key
+        target = copy / "features.h5" if what == "index" else copy / "shards" / state.shards[0].name
         clean = target.read_bytes()
         rng = random.Random(seed)
         outcomes: dict[str, int] = {}

@@ -15,7 +15,7 @@ import pytest
 from imagegen import PYTHON, REPO, make_dataset, write_image
 from pipeline.config import ExtractConfig
 from pipeline.features.extract import extract_features, feature_set_dir, feature_spec
-from pipeline.store import feature_key, read_feature_set
+from pipeline.store import FeatureStoreError, feature_key, read_feature_set
 
 # ResNet50: random-weight features of a healthy magnitude (random MobileNets give ~1e-12).
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
@@ -55,7 +55,7 @@ def test_first_run_extracts_and_second_run_reuses(tiny_dataset, tmp_path):
 
 
 def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_dataset, tmp_path, monkeypatch):
-    from pipeline.store import FeatureStore, FeatureStoreError
+    from pipeline.store import FeatureStore
 
     config = _config(tiny_dataset, tmp_path / "cache", shard_size=8)
     first = extract_features(config=config)
@@ -77,7 +77,7 @@ def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_datas
                         lambda self, names: verified.extend(names) or real_verify(self, names))
     again = extract_features(config=config)
     assert again.counts["extracted"] == 0 and verified == []  # answered without reading a shard
-    with pytest.raises(FeatureStoreError, match="--verify"):
+    with pytest.raises(FeatureStoreError, match="verify=True"):
         read_feature_set(first.path)  # the reader's checksum catches it and names the fix
 
     repaired = extract_features(config=dataclasses.replace(config, verify=True))
@@ -90,6 +90,22 @@ def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_datas
     verified.clear()
     assert extract_features(config=config).counts["extracted"] == 0
     assert verified == [touched.name]
+
+
+def test_no_op_is_not_answered_from_an_index_whose_seal_does_not_match(tiny_dataset, tmp_path):
+    config = _config(tiny_dataset, tmp_path / "cache")
+    first = extract_features(config=config)
+    data = bytearray(first.path.read_bytes())
+    data[40] ^= 0x01  # one hex digit of the seal: HDF5 still reads the file, the seal check does not
+    first.path.write_bytes(bytes(data))
+    with pytest.raises(FeatureStoreError, match="checksum does not match"):
+        read_feature_set(first.path)
+
+    again = extract_features(config=config)
+    assert again.counts == {"extracted": 0, "reused": 18, "skipped": 0, "removed": 0}
+    assert again.feature_shape == (2048,)
+    assert first.path.read_bytes() != bytes(data)  # rebuilt from the shards, not trusted
+    assert read_feature_set(again.path).features.shape == (18, 2048)
 
 
 def test_added_removed_and_changed_images_are_handled_row_by_row(tiny_dataset, tmp_path):
