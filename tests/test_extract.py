@@ -281,3 +281,14 @@ def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monke
         np.testing.assert_allclose(read_feature_set(result.path).features, read_feature_set(alone.path).features,
                                    rtol=1e-5, atol=1e-6)
     assert [r.counts["extracted"] for r in extract_many(configs)] == [0, 0]
+
+
+def test_several_backbones_must_share_one_data_folder(tiny_dataset, tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.features.extract import extract_many
+
+    other = make_dataset(tmp_path / "other", classes=2, per_class=1)
+    with pytest.raises(ConfigError, match="must all name the same `data` folder") as refused:
+        extract_many([_config(tiny_dataset, tmp_path / "cache"), _config(other, tmp_path / "cache")])
+    assert refused.value.field == "data"
+    assert not (tmp_path / "cache").exists()

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from . import backbones, decode, discovery
+from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
 
 # Bump whenever the numbers written for the same spec change.
@@ -109,9 +110,11 @@ def extract_features(
         An `ExtractResult`.
 
     Raises:
-        discovery.DataError: the data folder is missing or holds no images.
-        ValueError: an unknown model or layer, or a size below the minimum.
-        backbones.WeightsUnavailableError: the weights cannot be had.
+        DataError: the data folder is missing or holds no decodable images.
+        ConfigError: an unknown model or layer, or a size below the
+            model's minimum; its `field` names the config field.
+        WeightsUnavailableError: the weights cannot be had.
+        WriteError: the feature set cannot be written (disk full, ...).
     """
     return extract_many([config], progress=progress)[0]
 
@@ -137,8 +140,11 @@ def extract_many(
     """
     started = time.perf_counter()
     if len({Path(c.data).resolve() for c in configs}) != 1:
-        raise ValueError("extract_many needs configs of one data folder. Received: "
-                         + ", ".join(sorted({c.data for c in configs})))
+        raise ConfigError(
+            "`configs` must all name the same `data` folder. Received: data="
+            + ", ".join(sorted({c.data for c in configs})) + ". Extract each folder on its own.",
+            field="data",
+        )
     jobs = [(c, feature_spec(c)) for c in configs]
     dataset = discovery.index_directory(configs[0].data)
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
@@ -268,7 +274,7 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
             )
             locations.append(plan.located[digest])
     if not rows:
-        raise discovery.DataError(
+        raise DataError(
             f"None of the {len(dataset.entries)} images under '{dataset.root}' could be decoded; "
             "nothing was written. First reasons: "
             + "; ".join(f"{s.relpath}: {s.reason}" for s in list(skipped.values())[:3])
