@@ -4,9 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
@@ -199,47 +197,6 @@ def test_up_to_date_run_imports_neither_keras_nor_tensorflow(tiny_dataset, tmp_p
     counts, heavy = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["extracted"] == 0 and counts["reused"] == 18
     assert heavy == []
-
-
-def _wait_for_first_shard(cache, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if list(cache.glob("*/shards/2*.h5")) and proc.poll() is None:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("no shard appeared")
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_to_the_same_features(tmp_path, sig):
-    data = make_dataset(tmp_path / "data", classes=2, per_class=40)
-    args = ["features", str(data), "--model", MODEL["model"], "--size", "32", "--weights", "none",
-            "--batch-size", "4", "--shard-size", "8", "--workers", "1"]
-    reference = _cli(*args, "--cache-dir", str(tmp_path / "ref"), "--json")
-    assert reference.returncode == 0, reference.stderr
-
-    cache = tmp_path / "cache"
-    proc = subprocess.Popen([PYTHON, "-m", "pipeline", *args, "--cache-dir", str(cache)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_first_shard(cache, proc)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130
-        assert "Interrupted. Finished work is kept" in stderr and "Traceback" not in stderr
-    assert not list(cache.glob("*/features.h5"))  # nothing claims to be complete
-
-    resumed = _cli(*args, "--cache-dir", str(cache), "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    counts = json.loads(resumed.stdout.strip().splitlines()[-1])["counts"]
-    assert 0 < counts["extracted"] < 80 and counts["extracted"] + counts["reused"] == 80
-
-    expected = read_feature_set(json.loads(reference.stdout.strip().splitlines()[-1])["path"])
-    got = read_feature_set(json.loads(resumed.stdout.strip().splitlines()[-1])["path"])
-    assert got.paths == expected.paths and len(set(got.paths)) == 80
-    assert got.labels.tolist() == expected.labels.tolist()
-    np.testing.assert_allclose(got.features, expected.features, rtol=1e-5, atol=1e-6)
 
 
 def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_path):

@@ -275,17 +275,9 @@ class FeatureStore:
         dtype: str,
         attrs: dict[str, Any],
     ) -> str:
-        """Writes the index atomically and returns its content hash.
+        """Writes the set's index atomically and returns its content hash.
 
-        Args:
-            rows: the images, in the order the heads will see them.
-            locations: for each row, the (shard name, row) holding its features.
-            skipped: files that could not be extracted, with reasons.
-            class_names: sorted class names; `rows[i].label` indexes them.
-            feature_shape: shape of one image's features.
-            dtype: stored feature dtype.
-            attrs: extra attributes (config, backbone, versions, timings);
-                values that are not str/int/float/bool are stored as JSON.
+        The arguments are those of `index.write_index`, less its `path`.
         """
         return write_index(
             self.index_path, rows, locations, skipped, class_names,

@@ -138,7 +138,19 @@ def write_index(
     dtype: str,
     attrs: dict[str, Any],
 ) -> str:
-    """Writes a sealed index at `path` atomically; see `FeatureStore.write_index`."""
+    """Writes the sealed index `path` of a feature set atomically and returns its content hash.
+
+    Args:
+        path: the index file, `<set>/features.h5`; the shards are in `<set>/shards/`.
+        rows: the images, in the order the heads will see them.
+        locations: for each row, the (shard name, row) holding its features.
+        skipped: files that could not be extracted, with reasons.
+        class_names: sorted class names; `rows[i].label` indexes them.
+        feature_shape: shape of one image's features.
+        dtype: stored feature dtype.
+        attrs: extra attributes (config, backbone, versions, timings);
+            values that are not str/int/float/bool are stored as JSON.
+    """
     shard_dir = path.parent / SHARD_DIR
     shards = sorted({name for name, _ in locations})
     shard_ids = {name: i for i, name in enumerate(shards)}
