@@ -551,7 +551,7 @@ class Campaign:
         else:
             assert child.status == 130, f"{kill}: status {child.status}, expected 130\n{child.stderr}"
             lines = [line for line in child.stderr.splitlines() if line.strip()]
-            assert len(lines) == 1 and "Interrupted" in lines[0] and "again" in lines[0], \
+            assert len(lines) == 1 and "Interrupted. Finished work is kept" in lines[0] and "again" in lines[0], \
                 f"{kill}: Ctrl-C must print one line; stderr was:\n{child.stderr}"
         point = KillPoint(kill, self._check_after(kill, before), child.status)
         self.points.append(point)
@@ -709,8 +709,8 @@ def damage_trials(set_dir: Path, what: str, trials: int, seed: int) -> dict[str,
         store = FeatureStore(copy)
         original = snapshot(copy)
         state = store.read_index_state()
-        key = state["feature_key"]
-        target = copy / "features.h5" if what == "index" else copy / "shards" / state["shards"][0]
+        key = state.feature_key
+        target = copy / "features.h5" if what == "index" else copy / "shards" / state.shards[0].name
         clean = target.read_bytes()
         rng = random.Random(seed)
         outcomes: dict[str, int] = {}

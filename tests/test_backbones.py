@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError, WeightsUnavailableError
 from pipeline.features.backbones import (
     BACKBONES,
     build_extractor,
@@ -76,10 +77,15 @@ def test_pooling_none_keeps_the_spatial_map_and_layer_cuts_the_model():
 
 
 def test_unknown_names_suggest_close_matches():
-    with pytest.raises(ValueError, match="Did you mean 'mobilenet_v2'"):
+    with pytest.raises(ConfigError, match="Did you mean 'mobilenet_v2'") as unknown:
         get_backbone_cfg("mobilenetv2")
-    with pytest.raises(ValueError, match="size=16"):
+    assert unknown.value.field == "model"
+    with pytest.raises(ConfigError, match=r"`size` must be at least 32 for vgg16. Received: size=16") as small:
         resolve_size(get_backbone_cfg("vgg16"), 16)
+    assert small.value.field == "size" and "SIZE=" not in str(small.value)
+    with pytest.raises(ConfigError, match="Unknown layer 'block3_pol'. Did you mean 'block3_pool'") as layer:
+        build_extractor(get_backbone_cfg("vgg16"), size=32, weights="none", layer="block3_pol")
+    assert layer.value.field == "layer"
     assert list_backbones("efficientnet_b*") == [f"efficientnet_b{i}" for i in range(8)]
 
 
@@ -90,3 +96,8 @@ def test_weights_identity_hashes_file_content(tmp_path):
     path.write_bytes(b"abd")
     assert first != weights_identity(str(path)) and first.startswith("sha256:")
     assert weights_identity("imagenet").startswith("imagenet@keras-3")
+    with pytest.raises(WeightsUnavailableError, match=r"Weights file '.*nope.h5' does not exist") as missing:
+        weights_identity(str(tmp_path / "nope.h5"))
+    assert missing.value.field == "weights" and "`weights='none'`" in str(missing.value)
+    assert "WEIGHTS=" not in str(missing.value) and "--weights" not in str(missing.value)
+

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import badfiles
+from pipeline.errors import ConfigError
 from pipeline.features.decode import ACCEPTED_FORMATS, DECODER_ID, DecodeError, load_image
 
 SIZE = 24
@@ -209,8 +210,9 @@ def test_non_utf8_path(bad_corpus):
 
 def test_size_validation(bad_corpus):
     root, _ = bad_corpus
-    with pytest.raises(ValueError, match=r"`size` must be a positive int. Received: size=0"):
+    with pytest.raises(ConfigError, match=r"`size` must be a positive int. Received: size=0") as bad:
         _decode(root, "b/gray.png", 0)
+    assert bad.value.field == "size"
     with pytest.raises(TypeError, match=r"`size` must be an int. Received: size=2.5"):
         _decode(root, "b/gray.png", 2.5)
     with pytest.raises(TypeError):

@@ -4,9 +4,7 @@ import dataclasses
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 
 import h5py
 import numpy as np
@@ -15,7 +13,7 @@ import pytest
 from imagegen import PYTHON, REPO, make_dataset, write_image
 from pipeline.config import ExtractConfig
 from pipeline.features.extract import extract_features, feature_set_dir, feature_spec
-from pipeline.store import feature_key, read_feature_set
+from pipeline.store import FeatureStoreError, feature_key, read_feature_set
 
 # ResNet50: random-weight features of a healthy magnitude (random MobileNets give ~1e-12).
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
@@ -55,7 +53,7 @@ def test_first_run_extracts_and_second_run_reuses(tiny_dataset, tmp_path):
 
 
 def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_dataset, tmp_path, monkeypatch):
-    from pipeline.store import FeatureStore, FeatureStoreError
+    from pipeline.store import FeatureStore
 
     config = _config(tiny_dataset, tmp_path / "cache", shard_size=8)
     first = extract_features(config=config)
@@ -77,7 +75,7 @@ def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_datas
                         lambda self, names: verified.extend(names) or real_verify(self, names))
     again = extract_features(config=config)
     assert again.counts["extracted"] == 0 and verified == []  # answered without reading a shard
-    with pytest.raises(FeatureStoreError, match="--verify"):
+    with pytest.raises(FeatureStoreError, match="verify=True"):
         read_feature_set(first.path)  # the reader's checksum catches it and names the fix
 
     repaired = extract_features(config=dataclasses.replace(config, verify=True))
@@ -90,6 +88,22 @@ def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_datas
     verified.clear()
     assert extract_features(config=config).counts["extracted"] == 0
     assert verified == [touched.name]
+
+
+def test_no_op_is_not_answered_from_an_index_whose_seal_does_not_match(tiny_dataset, tmp_path):
+    config = _config(tiny_dataset, tmp_path / "cache")
+    first = extract_features(config=config)
+    data = bytearray(first.path.read_bytes())
+    data[40] ^= 0x01  # one hex digit of the seal: HDF5 still reads the file, the seal check does not
+    first.path.write_bytes(bytes(data))
+    with pytest.raises(FeatureStoreError, match="checksum does not match"):
+        read_feature_set(first.path)
+
+    again = extract_features(config=config)
+    assert again.counts == {"extracted": 0, "reused": 18, "skipped": 0, "removed": 0}
+    assert again.feature_shape == (2048,)
+    assert first.path.read_bytes() != bytes(data)  # rebuilt from the shards, not trusted
+    assert read_feature_set(again.path).features.shape == (18, 2048)
 
 
 def test_added_removed_and_changed_images_are_handled_row_by_row(tiny_dataset, tmp_path):
@@ -185,47 +199,6 @@ def test_up_to_date_run_imports_neither_keras_nor_tensorflow(tiny_dataset, tmp_p
     assert heavy == []
 
 
-def _wait_for_first_shard(cache, proc, timeout=120):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if list(cache.glob("*/shards/2*.h5")) and proc.poll() is None:
-            return
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.05)
-    raise AssertionError("no shard appeared")
-
-
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
-def test_killed_run_resumes_to_the_same_features(tmp_path, sig):
-    data = make_dataset(tmp_path / "data", classes=2, per_class=40)
-    args = ["features", str(data), "--model", MODEL["model"], "--size", "32", "--weights", "none",
-            "--batch-size", "4", "--shard-size", "8", "--workers", "1"]
-    reference = _cli(*args, "--cache-dir", str(tmp_path / "ref"), "--json")
-    assert reference.returncode == 0, reference.stderr
-
-    cache = tmp_path / "cache"
-    proc = subprocess.Popen([PYTHON, "-m", "pipeline", *args, "--cache-dir", str(cache)], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_for_first_shard(cache, proc)
-    proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=60)
-    if sig == signal.SIGINT:
-        assert proc.returncode == 130
-        assert "Interrupted. Finished work is kept" in stderr and "Traceback" not in stderr
-    assert not list(cache.glob("*/features.h5"))  # nothing claims to be complete
-
-    resumed = _cli(*args, "--cache-dir", str(cache), "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    counts = json.loads(resumed.stdout.strip().splitlines()[-1])["counts"]
-    assert 0 < counts["extracted"] < 80 and counts["extracted"] + counts["reused"] == 80
-
-    expected = read_feature_set(json.loads(reference.stdout.strip().splitlines()[-1])["path"])
-    got = read_feature_set(json.loads(resumed.stdout.strip().splitlines()[-1])["path"])
-    assert got.paths == expected.paths and len(set(got.paths)) == 80
-    assert got.labels.tolist() == expected.labels.tolist()
-    np.testing.assert_allclose(got.features, expected.features, rtol=1e-5, atol=1e-6)
-
-
 def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_path):
     pytest.importorskip("jax")
     weights = tmp_path / "random.weights.h5"
@@ -265,3 +238,14 @@ def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monke
         np.testing.assert_allclose(read_feature_set(result.path).features, read_feature_set(alone.path).features,
                                    rtol=1e-5, atol=1e-6)
     assert [r.counts["extracted"] for r in extract_many(configs)] == [0, 0]
+
+
+def test_several_backbones_must_share_one_data_folder(tiny_dataset, tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.features.extract import extract_many
+
+    other = make_dataset(tmp_path / "other", classes=2, per_class=1)
+    with pytest.raises(ConfigError, match="must all name the same `data` folder") as refused:
+        extract_many([_config(tiny_dataset, tmp_path / "cache"), _config(other, tmp_path / "cache")])
+    assert refused.value.field == "data"
+    assert not (tmp_path / "cache").exists()

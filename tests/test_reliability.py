@@ -181,7 +181,7 @@ def test_ctrl_c_in_the_middle_of_an_append_publishes_whole_rows_only(tmp_path, m
 
     monkeypatch.setattr(h5py.Dataset, "__setitem__", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        with store.shard_writer("k" * 64, (4,), "float32", capacity=8) as shard:
+        with store.shard_appender("k" * 64, (4,), "float32", shard_rows=8) as shard:
             shard.append(np.ones((2, 4), np.float32), ["a" * 64, "b" * 64], ["a.png", "b.png"])
             armed.append(True)
             shard.append(np.zeros((2, 4), np.float32), ["c" * 64, "d" * 64], ["c.png", "d.png"])
@@ -194,7 +194,7 @@ def test_ctrl_c_in_the_middle_of_an_append_publishes_whole_rows_only(tmp_path, m
 def test_a_shard_with_a_damaged_digest_is_set_aside_not_a_crash(tmp_path):
     store = FeatureStore(tmp_path / "set")
     for digest in ("a", "b"):
-        with store.shard_writer("k" * 64, (4,), "float32", capacity=8) as shard:
+        with store.shard_appender("k" * 64, (4,), "float32", shard_rows=8) as shard:
             shard.append(np.ones((1, 4), np.float32), [digest * 64], [f"{digest}.png"])
     damaged = store.shard_names()[0]
     with h5py.File(store.shard_dir / damaged, "r+") as f:
@@ -328,7 +328,7 @@ def _flip_a_feature_bit(shard: Path) -> None:
 
 def test_damaged_shards_are_detected_reported_and_rebuilt(zygote, small, tmp_path):
     work = small.copy(tmp_path / "work")
-    flipped, cut = FeatureStore(work.set_dir).read_index_state()["shards"][1:3]
+    flipped, cut = [s.name for s in FeatureStore(work.set_dir).read_index_state().shards[1:3]]
     _flip_a_feature_bit(work.set_dir / "shards" / flipped)
     path = work.set_dir / "shards" / cut
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
@@ -343,7 +343,7 @@ def test_damaged_shards_are_detected_reported_and_rebuilt(zygote, small, tmp_pat
     assert flipped in run.stderr and cut in run.stderr and "Damaged" in run.stderr
     assert report["counts"]["extracted"] == 16 and report["counts"]["reused"] == 24
     assert_same_set(snapshot(work.set_dir), small.snap, "after rebuilding damaged shards")
-    referenced = FeatureStore(work.set_dir).read_index_state()["shards"]
+    referenced = [s.name for s in FeatureStore(work.set_dir).read_index_state().shards]
     assert flipped not in referenced and cut not in referenced
     assert_shards_whole(work.set_dir)
 
@@ -536,7 +536,7 @@ def test_shard_names_read_from_an_index_cannot_leave_the_shard_folder(small, tmp
     state = store.read_index_state()
     outside = tmp_path / "ABS" / "outside.h5"
     outside.parent.mkdir()
-    shutil.copy(work.set_dir / "shards" / state["shards"][0], outside)
+    shutil.copy(work.set_dir / "shards" / state.shards[0].name, outside)
     shutil.copy(outside, work.cache / "outside.h5")
     hostile = hostile.replace("/ABS", str(outside.parent))
     with h5py.File(store.index_path, "r") as f:

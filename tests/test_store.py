@@ -5,10 +5,13 @@ import pytest
 from pipeline.store import (
     FeatureStore,
     FeatureStoreError,
+    FileRecord,
     IndexRow,
+    ShardRecord,
     SkippedFile,
     StoreBusyError,
     feature_key,
+    list_feature_sets,
     read_feature_set,
 )
 
@@ -16,7 +19,7 @@ KEY = "k" * 64
 
 
 def _write_shard(store, digests, start=0.0, shape=(4,)):
-    with store.shard_writer(KEY, shape, "float32", capacity=16) as shard:
+    with store.shard_appender(KEY, shape, "float32", shard_rows=16) as shard:
         features = np.arange(len(digests) * np.prod(shape), dtype=np.float32).reshape(len(digests), *shape) + start
         shard.append(features, digests, [f"{d}.png" for d in digests])
     return features
@@ -63,11 +66,11 @@ def test_index_round_trip_through_shards_and_virtual_dataset(tmp_path):
 def test_interrupted_shard_keeps_finished_rows_only_on_ctrl_c(tmp_path):
     store = FeatureStore(tmp_path / "set")
     with pytest.raises(KeyboardInterrupt):
-        with store.shard_writer(KEY, (2,), "float32", capacity=8) as shard:
+        with store.shard_appender(KEY, (2,), "float32", shard_rows=8) as shard:
             shard.append(np.ones((3, 2), np.float32), ["a", "b", "c"], ["a", "b", "c"])
             raise KeyboardInterrupt
     with pytest.raises(RuntimeError):
-        with store.shard_writer(KEY, (2,), "float32", capacity=8) as shard:
+        with store.shard_appender(KEY, (2,), "float32", shard_rows=8) as shard:
             shard.append(np.ones((2, 2), np.float32), ["d", "e"], ["d", "e"])
             raise RuntimeError("crash")
     located, _ = store.scan_shards(KEY)
@@ -87,7 +90,7 @@ def test_leftover_temporary_files_are_never_read_and_get_cleaned(tmp_path):
 def test_foreign_and_unreadable_shards_are_reported_not_used(tmp_path):
     store = FeatureStore(tmp_path / "set")
     _write_shard(store, ["a"])
-    with store.shard_writer("other" * 4, (4,), "float32", capacity=4) as shard:
+    with store.shard_appender("other" * 4, (4,), "float32", shard_rows=4) as shard:
         shard.append(np.zeros((1, 4), np.float32), ["b"], ["b"])
     (store.shard_dir / "garbage.h5").write_bytes(b"not hdf5")
     located, bad = store.scan_shards(KEY)
@@ -98,7 +101,7 @@ def test_foreign_and_unreadable_shards_are_reported_not_used(tmp_path):
 def test_bit_flip_in_features_is_detected_by_checksum(tmp_path):
     store = FeatureStore(tmp_path / "set")
     values = np.random.default_rng(0).normal(size=(64, 256)).astype(np.float32)
-    with store.shard_writer(KEY, (256,), "float32", capacity=64) as shard:
+    with store.shard_appender(KEY, (256,), "float32", shard_rows=64) as shard:
         shard.append(values, [str(i) for i in range(64)], [str(i) for i in range(64)])
     (name,) = store.shard_names()
     path = store.shard_dir / name
@@ -132,8 +135,9 @@ def test_missing_shard_is_an_error_not_fill_values(tmp_path):
                       attrs={"feature_key": KEY})
     for shard in store.shard_dir.glob("*.h5"):
         shard.unlink()
-    with pytest.raises(FeatureStoreError, match="missing or corrupt"):
+    with pytest.raises(FeatureStoreError, match="missing or corrupt.*`verify=True`") as refused:
         read_feature_set(store.root)
+    assert refused.value.field == "verify"
 
 
 def test_second_writer_fails_fast_when_asked_not_to_wait(tmp_path):
@@ -144,3 +148,62 @@ def test_second_writer_fails_fast_when_asked_not_to_wait(tmp_path):
                 pass
     with store.write_lock(wait=False):  # released again
         pass
+
+
+def test_appender_fills_shards_to_shard_rows_and_says_where_each_row_went(tmp_path):
+    store = FeatureStore(tmp_path / "set")
+    features = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)
+    digests = [f"{i:064x}" for i in range(8)]
+    with store.shard_appender(KEY, (2,), "float32", shard_rows=3) as shards:
+        first = shards.append(features[:4], digests[:4], [f"{i}.png" for i in range(4)])
+        second = shards.append(features[4:], digests[4:], [f"{i}.png" for i in range(4, 8)])
+    located, bad = store.scan_shards(KEY)
+    assert bad == [] and dict(zip(digests, first + second)) == located
+    sizes = []
+    for name in store.shard_names():
+        with h5py.File(store.shard_dir / name, "r") as f:
+            sizes.append(len(f["features"]))
+            for row, digest in enumerate(f["sha256"][:]):
+                np.testing.assert_array_equal(f["features"][row], features[digests.index(digest.decode())])
+    assert sorted(sizes) == [2, 3, 3]  # a batch that does not fit is split, never a shard over 3 rows
+    with pytest.raises(ValueError, match="one entry per image"):
+        with store.shard_appender(KEY, (2,), "float32", shard_rows=3) as shards:
+            shards.append(features[:2], digests[:1], ["a.png"])
+
+
+def test_index_state_is_typed_records_and_needs_an_intact_seal(tmp_path):
+    store = FeatureStore(tmp_path / "set")
+    assert store.read_index_state() is None
+    _write_shard(store, ["a", "b"], shape=(2, 3))
+    located, _ = store.scan_shards(KEY)
+    store.write_index(_rows(["a", "b"]), [located["a"], located["b"]], [SkippedFile("c/x.jpg", "empty file", 0, 7)],
+                      ["c"], feature_shape=(2, 3), dtype="float32", attrs={"feature_key": KEY})
+    state = store.read_index_state()
+    (shard,) = store.shard_names()
+    st = (store.shard_dir / shard).stat()
+    assert state.feature_key == KEY and state.class_names == ("c",) and state.feature_shape == (2, 3)
+    assert state.files == {"c/a.png": FileRecord(10, 20, "a"), "c/b.png": FileRecord(10, 20, "b")}
+    assert state.skipped == {"c/x.jpg": SkippedFile("c/x.jpg", "empty file", 0, 7)}
+    assert state.shards == (ShardRecord(shard, st.st_size, st.st_mtime_ns),)
+    assert state.fingerprints() == {"c/a.png": (10, 20), "c/b.png": (10, 20), "c/x.jpg": (0, 7)}
+    with pytest.raises(TypeError):
+        state.files["c/z.png"] = FileRecord(1, 1, "z")  # frozen: a caller cannot edit what the index says
+
+    data = bytearray(store.index_path.read_bytes())
+    data[30] ^= 0x01  # in the seal only: HDF5 would still read the file
+    store.index_path.write_bytes(bytes(data))
+    with h5py.File(store.index_path, "r") as f:
+        assert len(f["labels"]) == 2
+    assert store.read_index_state() is None
+
+
+def test_list_feature_sets_names_complete_sets_only(tmp_path):
+    cache = tmp_path / "cache"
+    assert list_feature_sets(cache) == []
+    store = FeatureStore(cache / "digits-vgg16")
+    _write_shard(store, ["a", "b"])
+    located, _ = store.scan_shards(KEY)
+    store.write_index(_rows(["a", "b"]), [located["a"], located["b"]], [], ["c"], feature_shape=(4,),
+                      dtype="float32", attrs={"feature_key": KEY})
+    _write_shard(FeatureStore(cache / "half-written"), ["c"])  # shards, no index yet
+    assert list_feature_sets(cache) == [("digits-vgg16", store.index_path, 2)]

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import WeightsUnavailableError
+from ..errors import ConfigError, WeightsUnavailableError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,17 +102,17 @@ def get_backbone_cfg(name: str) -> BackboneCfg:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(_unknown_name_message("model", name, list(BACKBONES))) from None
+        raise ConfigError(_unknown_name_message("model", name, list(BACKBONES)), field="model") from None
 
 
 def resolve_size(cfg: BackboneCfg, size: int | None) -> int:
     """The input size to use: `size`, or the row's default when `None`."""
     size = cfg.default_size if size is None else size
     if size < cfg.min_size:
-        raise ValueError(
-            f"`size` must be at least {cfg.min_size} for {cfg.name}. "
-            f"Received: size={size}. Use SIZE={cfg.min_size} or more "
-            f"(its ImageNet weights were trained at {cfg.default_size})."
+        raise ConfigError(
+            f"`size` must be at least {cfg.min_size} for {cfg.name}. Received: size={size}. "
+            f"Pass size={cfg.min_size} or more (its ImageNet weights were trained at {cfg.default_size}).",
+            field="size",
         )
     return size
 
@@ -131,9 +131,10 @@ def weights_identity(weights: str) -> str:
     path = Path(weights)
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"Weights file '{weights}' does not exist. Pass WEIGHTS=imagenet to "
-            "download the ImageNet weights, WEIGHTS=/path/to/file.h5 for a local "
-            "file, or WEIGHTS=none for random weights (smoke runs only)."
+            f"Weights file '{weights}' does not exist. Pass `weights='imagenet'` to download the "
+            "ImageNet weights, the path of a local weights file, or `weights='none'` for random "
+            "weights (smoke runs only).",
+            field="weights",
         )
     return f"sha256:{_sha256(path)}"
 
@@ -207,21 +208,22 @@ def _load_base(keras, cfg: BackboneCfg, size: int, weights: str):
             raise WeightsUnavailableError(
                 f"Could not load weights file '{weights}' into {cfg.name} "
                 f"(size {size}, options {dict(cfg.kwargs)}): {e}. Check that the "
-                "file holds no-top weights of this exact model."
+                "file holds no-top weights of this exact model, or pass other `weights`.",
+                field="weights",
             ) from e
         raise WeightsUnavailableError(
             f"Could not get the ImageNet weights of {cfg.name}: {e}. Keras downloads "
             "them into ~/.keras/models (or $KERAS_HOME/models) and needs the network "
-            "for that once. Offline, pass a local weights file with "
-            "WEIGHTS=/path/to/file.h5 (--weights PATH), or use WEIGHTS=none "
-            "(--weights none) for a smoke run with random weights."
+            "for that once. Offline, pass the path of a local weights file as `weights`, "
+            "or `weights='none'` for a smoke run with random weights.",
+            field="weights",
         ) from e
 
 
 def _get_layer(model, name: str):
     names = [layer.name for layer in model.layers]
     if name not in names:
-        raise ValueError(_unknown_name_message("layer", name, names))
+        raise ConfigError(_unknown_name_message("layer", name, names), field="layer")
     return model.get_layer(name)
 
 

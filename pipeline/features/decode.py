@@ -44,6 +44,8 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from ..errors import ConfigError
+
 __all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_image"]
 
 DECODER_ID = (
@@ -139,7 +141,7 @@ def load_image(path, size):
             of a format outside `ACCEPTED_FORMATS`, truncated, corrupt, or
             declares more pixels than `PIL.Image.MAX_IMAGE_PIXELS`.
         TypeError: `size` is not an int.
-        ValueError: `size` is not positive.
+        ConfigError: `size` is not positive.
 
     Example:
 
@@ -153,7 +155,7 @@ def load_image(path, size):
             f"{type(size).__name__}."
         )
     if size < 1:
-        raise ValueError(f"`size` must be a positive int. Received: size={size}.")
+        raise ConfigError(f"`size` must be a positive int. Received: size={size}.", field="size")
     size = int(size)
 
     try:

@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from .. import config as config_lib
 from . import backbones, decode, discovery
+from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
 
 # Bump whenever the numbers written for the same spec change.
@@ -111,9 +110,11 @@ def extract_features(
         An `ExtractResult`.
 
     Raises:
-        discovery.DataError: the data folder is missing or holds no images.
-        ValueError: an unknown model or layer, or a size below the minimum.
-        backbones.WeightsUnavailableError: the weights cannot be had.
+        DataError: the data folder is missing or holds no decodable images.
+        ConfigError: an unknown model or layer, or a size below the
+            model's minimum; its `field` names the config field.
+        WeightsUnavailableError: the weights cannot be had.
+        WriteError: the feature set cannot be written (disk full, ...).
     """
     return extract_many([config], progress=progress)[0]
 
@@ -139,8 +140,11 @@ def extract_many(
     """
     started = time.perf_counter()
     if len({Path(c.data).resolve() for c in configs}) != 1:
-        raise ValueError("extract_many needs configs of one data folder. Received: "
-                         + ", ".join(sorted({c.data for c in configs})))
+        raise ConfigError(
+            "`configs` must all name the same `data` folder. Received: data="
+            + ", ".join(sorted({c.data for c in configs})) + ". Extract each folder on its own.",
+            field="data",
+        )
     jobs = [(c, feature_spec(c)) for c in configs]
     dataset = discovery.index_directory(configs[0].data)
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
@@ -197,26 +201,17 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
     check their checksums, so a no-op costs the same at any cache size.
     """
     state = store.read_index_state()
-    if state is None or state["feature_key"] != key or state["class_names"] != list(dataset.class_names):
+    if state is None or state.feature_key != key or state.class_names != tuple(dataset.class_names):
         return None
-    listed = {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries}
-    if listed != {**state["files"], **state["skipped"]}:
+    if {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries} != state.fingerprints():
         return None
-    stats = [_file_stat(store.shard_dir / n) for n in state["shards"]]
-    if [size for size, _ in stats] != state["shard_sizes"]:
+    if not store.shards_unchanged(state, verify=config.verify):
         return None
-    recorded = state["shard_mtimes"] or [None] * len(stats)
-    suspect = [n for n, (_, mtime), old in zip(state["shards"], stats, recorded) if config.verify or mtime != old]
-    if store.verify_shards(suspect):
-        return None
-    skipped = [
-        SkippedFile(path, reason, *state["skipped"][path]) for path, reason in zip(state["skipped"], state["reasons"])
-    ]
-    with _open_index(store) as f:
-        feature_shape = tuple(f["features"].shape[1:])
-    counts = {"extracted": 0, "reused": len(state["files"]), "skipped": len(skipped), "removed": 0}
+    skipped = list(state.skipped.values())
+    counts = {"extracted": 0, "reused": len(state.files), "skipped": len(skipped), "removed": 0}
     return ExtractResult(
-        store.index_path, counts, time.perf_counter() - started, None, skipped, dataset.summary(), feature_shape, []
+        store.index_path, counts, time.perf_counter() - started, None, skipped, dataset.summary(),
+        state.feature_shape, [],
     )
 
 
@@ -227,9 +222,10 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
     """
     key = feature_key(spec)
     store.clean_temporary()
-    state = store.read_index_state() or {"files": {}, "skipped": {}, "reasons": [], "sha256": []}
-    known_sha = dict(zip(state["files"], state["sha256"]))
-    known_skips = dict(zip(state["skipped"], state["reasons"]))
+    state = store.read_index_state()
+    known = state.fingerprints() if state else {}
+    known_files = state.files if state else {}
+    known_skips = state.skipped if state else {}
 
     located, unreadable = store.scan_shards(key)
     damaged = sorted(set(unreadable) | set(store.verify_shards(sorted({n for n, _ in located.values()}))))
@@ -241,12 +237,11 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
     digests: dict[str, str] = {}
     skipped: dict[str, SkippedFile] = {}
     for entry in dataset.entries:
-        old = state["files"].get(entry.relpath) or state["skipped"].get(entry.relpath)
-        unchanged = old == (entry.size, entry.mtime_ns) and entry.size >= 0
+        unchanged = known.get(entry.relpath) == (entry.size, entry.mtime_ns) and entry.size >= 0
         if unchanged and entry.relpath in known_skips:
-            skipped[entry.relpath] = SkippedFile(entry.relpath, known_skips[entry.relpath], entry.size, entry.mtime_ns)
-        elif unchanged and entry.relpath in known_sha:
-            digests[entry.relpath] = known_sha[entry.relpath]
+            skipped[entry.relpath] = known_skips[entry.relpath]
+        elif unchanged and entry.relpath in known_files:
+            digests[entry.relpath] = known_files[entry.relpath].sha256
         else:
             try:
                 if entry.relpath not in hashed:
@@ -258,9 +253,9 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
     todo = _unique_by_digest(
         [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located], digests
     )
+    feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
     return _Plan(
-        store, config, spec, key, set(state["files"]) | set(state["skipped"]), digests, skipped, located, todo,
-        damaged, feature_shape=_stored_feature_shape(store, located),
+        store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
     )
 
 
@@ -279,7 +274,7 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
             )
             locations.append(plan.located[digest])
     if not rows:
-        raise discovery.DataError(
+        raise DataError(
             f"None of the {len(dataset.entries)} images under '{dataset.root}' could be decoded; "
             "nothing was written. First reasons: "
             + "; ".join(f"{s.relpath}: {s.reason}" for s in list(skipped.values())[:3])
@@ -341,9 +336,13 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     batches = decode.decode_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
     done, decoding_started = 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
-        shards = [stack.enter_context(_ShardRotator(plan)) for plan in plans]
+        shards = [
+            stack.enter_context(plan.store.shard_appender(
+                plan.key, plan.feature_shape, plan.config.storage_dtype, plan.config.shard_size))
+            for plan in plans
+        ]
         for entries, images, failures in batches:
-            for plan, model, need, rotator in zip(plans, models, wanted, shards):
+            for plan, model, need, appender in zip(plans, models, wanted, shards):
                 for entry, reason in failures:
                     if plan.digests[entry.relpath] in need:
                         plan.failed[plan.digests[entry.relpath]] = reason
@@ -352,45 +351,16 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
                     # Most batches are wanted whole: skip the copy fancy indexing makes.
                     batch = images if len(mine) == len(entries) else images[mine]
                     features = backbones.predict_batches(model, batch, plan.config.batch_size)
-                    rotator.append(features.astype(plan.config.storage_dtype), [entries[i] for i in mine])
+                    digests = [plan.digests[entries[i].relpath] for i in mine]
+                    locations = appender.append(
+                        features.astype(plan.config.storage_dtype), digests, [entries[i].relpath for i in mine]
+                    )
+                    plan.located.update(zip(digests, locations))
             done += len(entries) + len(failures)
             if progress is not None:
                 progress(done, len(union))
     for plan in plans:
         plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
-
-
-class _ShardRotator:
-    """Appends a plan's rows to shards of `shard_size` rows, opening the next when one is full.
-
-    On leaving, the open shard is published, also on Ctrl-C (finished rows
-    are kept), and deleted on any other exception.
-    """
-
-    def __init__(self, plan: _Plan):
-        self.plan = plan
-        self.capacity = max(plan.config.shard_size, plan.config.batch_size)
-        self.writer = None
-
-    def append(self, features: np.ndarray, entries) -> None:
-        plan = self.plan
-        if self.writer is not None and self.writer.rows + len(features) > self.capacity:
-            self.writer.finish(publish=True)
-            self.writer = None
-        if self.writer is None:
-            self.writer = plan.store.open_shard(plan.key, plan.feature_shape, plan.config.storage_dtype, self.capacity)
-        digests = [plan.digests[e.relpath] for e in entries]
-        start = self.writer.rows
-        self.writer.append(features, digests, [e.relpath for e in entries])
-        for i, digest in enumerate(digests):
-            plan.located[digest] = (self.writer.name, start + i)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        if self.writer is not None:
-            self.writer.finish(publish=exc_type is None or issubclass(exc_type, KeyboardInterrupt))
 
 
 def _unique_by_digest(entries, digests) -> list:
@@ -400,31 +370,6 @@ def _unique_by_digest(entries, digests) -> list:
             seen.add(digests[e.relpath])
             unique.append(e)
     return unique
-
-
-def _stored_feature_shape(store: FeatureStore, located) -> tuple[int, ...]:
-    if not located:
-        return ()
-    import h5py
-
-    name = next(iter(located.values()))[0]
-    with h5py.File(store.shard_dir / name, "r") as f:
-        return tuple(f["features"].shape[1:])
-
-
-def _open_index(store: FeatureStore):
-    import h5py
-
-    return h5py.File(store.index_path, "r")
-
-
-def _file_stat(path: Path) -> tuple[int, int]:
-    """(size, mtime_ns); (-1, -1) for a file that cannot be stat'ed."""
-    try:
-        st = path.stat()
-    except OSError:
-        return -1, -1
-    return st.st_size, st.st_mtime_ns
 
 
 def _os_reason(e: OSError) -> str:

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..errors import ConfigError
+
 __all__ = ["DIGITS_IMAGES", "write_digits"]
 
 DIGITS_IMAGES = 1797
@@ -56,7 +58,7 @@ def write_digits(out_dir) -> Path:
         `Path(out_dir)`.
 
     Raises:
-        ValueError: `out_dir` exists and is not an empty folder nor a
+        ConfigError: `out_dir` exists and is not an empty folder nor a
             complete copy (it is never deleted or overwritten).
 
     Example:
@@ -69,10 +71,11 @@ def write_digits(out_dir) -> Path:
     if _is_complete(out):
         return out
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
-        raise ValueError(
+        raise ConfigError(
             f"`out_dir` '{out}' already exists and is not a complete digits "
             f"dataset (no valid '{_MARKER}' marker inside). Delete it or pass "
-            "another folder."
+            "another folder.",
+            field="out_dir",
         )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

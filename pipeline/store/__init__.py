@@ -1,24 +1,26 @@
 """The feature store: the contract between the features and head stages.
 
 It imports neither stage. The features stage writes feature sets through
-`FeatureStore`; the head stage reads them with `read_feature_set`.
+`FeatureStore` (shards with `FeatureStore.shard_appender`, then the index);
+the head stage reads them with `read_feature_set`.
 """
 
 from ..errors import FeatureStoreError, StoreBusyError, WriteError
-from .feature_store import (
+from .feature_set import FeatureSet, FeatureStore, read_feature_set
+from .index import (
     INDEX_NAME,
     SHARD_DIR,
-    FeatureSet,
-    FeatureStore,
+    FileRecord,
     IndexRow,
-    ShardWriter,
+    IndexState,
+    ShardRecord,
     SkippedFile,
     decode_path,
     encode_path,
     feature_key,
-    read_feature_set,
 )
-from .lookup import resolve_features
+from .lookup import list_feature_sets, resolve_features
+from .shards import ShardAppender, ShardWriter
 
 __all__ = [
     "INDEX_NAME",
@@ -26,7 +28,11 @@ __all__ = [
     "FeatureSet",
     "FeatureStore",
     "FeatureStoreError",
+    "FileRecord",
     "IndexRow",
+    "IndexState",
+    "ShardAppender",
+    "ShardRecord",
     "ShardWriter",
     "SkippedFile",
     "StoreBusyError",
@@ -34,6 +40,7 @@ __all__ = [
     "decode_path",
     "encode_path",
     "feature_key",
+    "list_feature_sets",
     "read_feature_set",
     "resolve_features",
 ]

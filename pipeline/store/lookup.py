@@ -1,4 +1,4 @@
-"""Finding a feature set in the cache by path, name or unique prefix."""
+"""Finding feature sets in the cache: listing them, and one by path, name or unique prefix."""
 
 from __future__ import annotations
 
@@ -6,10 +6,30 @@ import difflib
 import os
 from pathlib import Path
 
-from ..errors import FeatureStoreError
-from .feature_store import INDEX_NAME
+from ..errors import ConfigError, FeatureStoreError
+from .feature_set import FeatureStore
+from .index import INDEX_NAME
 
-__all__ = ["resolve_features"]
+__all__ = ["list_feature_sets", "resolve_features"]
+
+
+def list_feature_sets(cache_dir: str | os.PathLike) -> list[tuple[str, Path, int]]:
+    """The complete feature sets in a cache, as `bottleneck cache ls` lists them.
+
+    Args:
+        cache_dir: the cache folder; a missing folder holds no sets.
+
+    Returns:
+        `(name, index_path, n_images)` of each set whose index is sealed and
+        complete, sorted by name. Sets still being written, or damaged, are
+        left out.
+    """
+    found = []
+    for folder in sorted(Path(cache_dir).glob("*/")):
+        state = FeatureStore(folder).read_index_state()
+        if state is not None:
+            found.append((folder.name, folder / INDEX_NAME, len(state.files)))
+    return found
 
 
 def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.PathLike = "cache") -> Path:
@@ -25,6 +45,11 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
     Returns:
         The `features.h5` path (which may still be incomplete; reading it
         says so).
+
+    Raises:
+        ConfigError: `features` is `None` and `cache_dir` holds no set or
+            several, or `features` starts the names of several sets.
+        FeatureStoreError: `features` is neither a path nor a set's name.
     """
     cache = Path(cache_dir)
     available = sorted(p.parent.name for p in cache.glob(f"*/{INDEX_NAME}")) if cache.is_dir() else []
@@ -33,13 +58,15 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
         if len(available) == 1:
             return cache / available[0] / INDEX_NAME
         if not available:
-            raise ValueError(
-                f"No feature set under '{cache}/'. Run `make features` first, or pass the "
-                "features path (FEATURES=...)."
+            raise ConfigError(
+                f"No feature set under '{cache}/'. Run `make features` first, or pass `features`, "
+                "the path of a feature set.",
+                field="features",
             )
-        raise ValueError(
-            f"'{cache}/' holds {len(available)} feature sets, so say which one: pass its name "
-            f"or a unique prefix (FEATURES=...). Feature sets: {listing}."
+        raise ConfigError(
+            f"'{cache}/' holds {len(available)} feature sets, so say which one: pass `features`, its name "
+            f"or a unique prefix. Feature sets: {listing}.",
+            field="features",
         )
     path = Path(features)
     if path.exists():
@@ -51,13 +78,15 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
     if len(matches) == 1:
         return cache / matches[0] / INDEX_NAME
     if matches:
-        raise ValueError(
+        raise ConfigError(
             f"Feature set name {name!r} is ambiguous: it starts {len(matches)} sets in '{cache}/' "
-            f"({', '.join(matches)}). Give more of the name."
+            f"({', '.join(matches)}). Give more of the name.",
+            field="features",
         )
     close = difflib.get_close_matches(name, available, n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise FeatureStoreError(
         f"No feature set {name!r}: it is neither a path nor a name in '{cache}/'.{hint} "
-        f"Feature sets there: {listing}. Run `make features` to make one."
+        f"Feature sets there: {listing}. Run `make features` to make one.",
+        field="features",
     )

@@ -1,0 +1,381 @@
+"""The feature store: one feature set folder, its locks, and reading it whole.
+
+A feature set is a folder under the cache::
+
+    cache/<dataset>-<model>-<size>-<pooling>-<key8>/
+        features.h5          the index: one row per image, read by the heads
+        shards/<id>.h5       immutable blocks of extracted features
+        .write.lock          held by the one run that extracts into the set
+        .read.lock           shared by readers, exclusive while shards are deleted
+
+The index is rebuilt from the shards at the end of every run and replaced
+atomically, so it is always either the previous complete index or the new
+one. Resuming after a crash therefore means "extract what no shard holds",
+adding images adds a shard, and a removed image is a row the index no
+longer points at.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import h5py
+import numpy as np
+
+from .._atomic import TMP_PREFIX
+from ..errors import FeatureStoreError, StoreBusyError
+from .index import (
+    FORMAT_VERSION,
+    INDEX_NAME,
+    SHARD_DIR,
+    IndexRow,
+    IndexState,
+    SkippedFile,
+    attr_value,
+    check_locations,
+    decode_path,
+    open_index,
+    read_index_state,
+    write_index,
+)
+from .shards import ShardAppender
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """A complete feature set, loaded for the head stage.
+
+    Attributes:
+        path: the index file, `<set>/features.h5`.
+        name: the feature set's folder name.
+        features: float32 array `(n, ...)`, row i belongs to `paths[i]`.
+        labels: int64 class indices into `class_names`.
+        class_names: the dataset's classes, sorted.
+        paths: image paths relative to the data folder.
+        split_keys: float64 in [0, 1), stable per path (see discovery).
+        folder_splits: `""`, or `"train"`, `"validation"`, `"test"` when the
+            data came in split folders.
+        config: the resolved extraction config.
+        attrs: every attribute of the index (backbone, weights, versions, ...).
+        content_hash: sha256 naming these exact features, for lineage.
+    """
+
+    path: Path
+    name: str
+    features: np.ndarray
+    labels: np.ndarray
+    class_names: list[str]
+    paths: list[str]
+    split_keys: np.ndarray
+    folder_splits: np.ndarray
+    config: dict[str, Any]
+    attrs: dict[str, Any]
+    content_hash: str
+
+
+class FeatureStore:
+    """Reads and writes one feature set folder.
+
+    Args:
+        root: the feature set's folder (created on first write).
+    """
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+        self.index_path = self.root / INDEX_NAME
+        self.shard_dir = self.root / SHARD_DIR
+
+    # -- locking -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def write_lock(self, *, wait: bool = True, on_wait=None) -> Iterator[None]:
+        """Holds the set's write lock; a second writer waits (or fails fast).
+
+        `on_wait` is called once, with the holder's description, before
+        blocking, so the caller can tell the user why nothing happens.
+        """
+        self.shard_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".write.lock", "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                if not wait:
+                    raise StoreBusyError(
+                        f"Feature set '{self.root}' is being written by {holder}. "
+                        "Wait for it to finish, or stop it, then run again."
+                    ) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                fcntl.flock(f, fcntl.LOCK_EX)
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
+    def _read_lock(self, exclusive: bool = False) -> Iterator[None]:
+        path = self.root / ".read.lock"
+        try:
+            f = open(path, "a+")
+        except OSError:  # a read-only cache: nobody can delete shards either
+            yield
+            return
+        with f:
+            fcntl.flock(f, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    # -- shards --------------------------------------------------------------
+
+    def clean_temporary(self) -> int:
+        """Deletes half-written shards and indexes left by killed runs (call under the write lock)."""
+        removed = 0
+        for folder in (self.root, self.shard_dir):
+            for tmp in folder.glob(f"{TMP_PREFIX}*"):
+                tmp.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
+    def shard_names(self) -> list[str]:
+        """Names of the complete shards, sorted."""
+        if not self.shard_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.shard_dir.glob("*.h5") if not p.name.startswith("."))
+
+    def scan_shards(self, feature_key: str) -> tuple[dict[str, tuple[str, int]], list[str]]:
+        """Maps each image sha256 held by a complete shard to (shard, row).
+
+        Shards that cannot be read, or that belong to another feature key,
+        are reported in the second return value and ignored, so their images
+        count as not yet extracted.
+        """
+        rows: dict[str, tuple[str, int]] = {}
+        bad: list[str] = []
+        for name in self.shard_names():
+            try:
+                with h5py.File(self.shard_dir / name, "r") as f:
+                    if f.attrs.get("feature_key") != feature_key:
+                        raise FeatureStoreError("written for another feature key")
+                    digests = [d.decode("ascii") for d in f["sha256"][:]]
+                    if f["features"].shape[0] != len(digests):
+                        raise FeatureStoreError("row counts differ")
+            except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, a damaged digest
+                bad.append(name)
+                continue
+            for row, digest in enumerate(digests):
+                rows.setdefault(digest, (name, row))
+        return rows, bad
+
+    def shard_feature_shape(self, name: str) -> tuple[int, ...]:
+        """Shape of one image's features in the named complete shard."""
+        with h5py.File(self.shard_dir / name, "r") as f:
+            return tuple(int(d) for d in f["features"].shape[1:])
+
+    def verify_shards(self, names: Sequence[str]) -> list[str]:
+        """Reads every feature of the named shards; returns those that fail.
+
+        HDF5's fletcher32 checksum makes a flipped bit or a truncated chunk
+        fail the read instead of returning wrong numbers.
+        """
+        bad = []
+        for name in names:
+            try:
+                with h5py.File(self.shard_dir / name, "r") as f:
+                    features = f["features"]
+                    step = max(1, features.chunks[0] if features.chunks else len(features))
+                    for start in range(0, len(features), step * 64):
+                        features[start : start + step * 64]
+            except (OSError, KeyError):
+                bad.append(name)
+        return bad
+
+    def shards_unchanged(self, state: IndexState, *, verify: bool = False) -> bool:
+        """Whether every shard `state` lists is still the one the index was written with.
+
+        Cheap first: a shard must have its recorded size; only shards whose
+        mtime moved (all of them with `verify`) are read to check their
+        checksums, so the answer costs the same at any cache size.
+        """
+        stats = {s.name: _file_stat(self.shard_dir / s.name) for s in state.shards}
+        if any(stats[s.name][0] != s.size for s in state.shards):
+            return False
+        return not self.verify_shards([s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns])
+
+    def quarantine(self, names: Sequence[str]) -> None:
+        """Moves unreadable shards aside (kept for inspection, never read again)."""
+        for name in names:
+            src = self.shard_dir / name
+            if src.exists():
+                os.replace(src, self.shard_dir / f".corrupt-{name}")
+
+    @contextlib.contextmanager
+    def shard_appender(
+        self, feature_key: str, feature_shape: tuple[int, ...], dtype: str, shard_rows: int
+    ) -> Iterator[ShardAppender]:
+        """Yields a `ShardAppender` that writes new shards of at most `shard_rows` rows.
+
+        Each shard appears under its final name only when complete: when it
+        is full, when the block ends, and on Ctrl-C (the rows written so far
+        are kept as a smaller shard, so finished work survives). On any other
+        exception the open shard is deleted.
+
+        Example:
+
+        >>> with store.shard_appender(key, (512,), "float32", shard_rows=1024) as shards:  # doctest: +SKIP
+        ...     locations = shards.append(features, digests, relpaths)
+        """
+        appender = ShardAppender(self.shard_dir, feature_key, feature_shape, dtype, shard_rows)
+        try:
+            yield appender
+        except BaseException as e:
+            appender.close(publish=isinstance(e, KeyboardInterrupt))
+            raise
+        appender.close(publish=True)
+
+    def delete_unreferenced_shards(self, referenced: Sequence[str]) -> int:
+        """Deletes shards the index no longer points at, once no reader is mid-read."""
+        keep = set(referenced)
+        doomed = [n for n in self.shard_names() if n not in keep]
+        if doomed:
+            with self._read_lock(exclusive=True):
+                for name in doomed:
+                    (self.shard_dir / name).unlink(missing_ok=True)
+        return len(doomed)
+
+    # -- index ---------------------------------------------------------------
+
+    def read_index_state(self) -> IndexState | None:
+        """The cheap part of the index used for the up-to-date check.
+
+        Returns `None` when there is no readable, sealed, complete index.
+        """
+        return read_index_state(self.index_path)
+
+    def write_index(
+        self,
+        rows: Sequence[IndexRow],
+        locations: Sequence[tuple[str, int]],
+        skipped: Sequence[SkippedFile],
+        class_names: Sequence[str],
+        *,
+        feature_shape: tuple[int, ...],
+        dtype: str,
+        attrs: dict[str, Any],
+    ) -> str:
+        """Writes the set's index atomically and returns its content hash.
+
+        The arguments are those of `index.write_index`, less its `path`.
+        """
+        return write_index(
+            self.index_path, rows, locations, skipped, class_names,
+            feature_shape=feature_shape, dtype=dtype, attrs=attrs,
+        )
+
+    def read(self) -> FeatureSet:
+        """Loads the complete feature set; see `read_feature_set`."""
+        with self._read_lock():
+            return self._read()
+
+    def _read(self) -> FeatureSet:
+        path = self.index_path
+        if not path.exists():
+            raise FeatureStoreError(
+                f"No feature set at '{self.root}' (missing {INDEX_NAME}). Run `make features` "
+                "first; an interrupted run resumes where it stopped."
+            )
+        try:
+            with open_index(path) as f:
+                # Not `attrs.get`: it turns an attribute this HDF5 cannot decode into "absent".
+                if not ("complete" in f.attrs and f.attrs["complete"]) or f.attrs["format_version"] != FORMAT_VERSION:
+                    raise FeatureStoreError(
+                        f"'{path}' is not a complete feature set of format {FORMAT_VERSION}. "
+                        "Run `make features` again to rebuild it."
+                    )
+                attrs = {k: attr_value(v) for k, v in f.attrs.items()}
+                shards = [s.decode() for s in f["shards/name"][:]]
+                shard_of_row = f["images/shard"][:]
+                row_in_shard = f["images/row"][:]
+                labels = f["labels"][:]
+                class_names = [c.decode() for c in f["class_names"][:]]
+                paths = [decode_path(p) for p in f["images/path"][:]]
+                split_keys = f["images/split_key"][:]
+                folder_splits = f["images/folder_split"].asstr()[:]
+                feature_shape = tuple(f["features"].shape[1:])
+        except FeatureStoreError:
+            raise
+        except (OSError, KeyError, ValueError) as e:
+            raise FeatureStoreError(
+                f"Cannot read '{path}' ({e}). It is damaged, or it was written by a newer HDF5 library than "
+                f"this one ({h5py.version.hdf5_version}): upgrade h5py, or run `make features` again to rebuild it."
+            ) from None
+        check_locations(path, shards, shard_of_row, row_in_shard, len(labels), len(paths))
+        features = np.empty((len(labels), *feature_shape), dtype=np.float32)
+        for shard_id, name in enumerate(shards):
+            mine = np.flatnonzero(shard_of_row == shard_id)
+            features[mine] = self._read_shard_rows(name, row_in_shard[mine])
+        return FeatureSet(
+            path=path,
+            name=self.root.name,
+            features=features,
+            labels=labels,
+            class_names=class_names,
+            paths=paths,
+            split_keys=split_keys,
+            folder_splits=folder_splits,
+            config=attrs.get("config", {}),
+            attrs=attrs,
+            content_hash=attrs["content_hash"],
+        )
+
+    def _read_shard_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        shard = self.shard_dir / name
+        try:
+            with h5py.File(shard, "r") as f:
+                return f["features"][:][rows]
+        except (OSError, KeyError, IndexError) as e:
+            raise FeatureStoreError(
+                f"Shard '{shard}' of feature set '{self.root.name}' is missing or corrupt ({e}). "
+                "Extract the same set again with `verify=True`: that run finds the damaged shards and "
+                "re-extracts their images.",
+                field="verify",
+            ) from None
+
+
+def read_feature_set(path: str | os.PathLike) -> FeatureSet:
+    """Loads a complete feature set for training heads.
+
+    Args:
+        path: the feature set's folder or its `features.h5`.
+
+    Returns:
+        A `FeatureSet`.
+
+    Raises:
+        FeatureStoreError: the set is missing, incomplete, of another format
+            or damaged; the message says how to rebuild it.
+    """
+    path = Path(path)
+    root = path.parent if path.name == INDEX_NAME or path.suffix == ".h5" else path
+    return FeatureStore(root).read()
+
+
+def _file_stat(path: Path) -> tuple[int, int]:
+    """(size, mtime_ns); (-1, -1) for a file that cannot be stat'ed."""
+    try:
+        st = path.stat()
+    except OSError:
+        return -1, -1
+    return st.st_size, st.st_mtime_ns
