@@ -397,13 +397,9 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_cache(args) -> int:
-    from .store import INDEX_NAME, FeatureStore
+    from .store import list_feature_sets
 
-    sets = []
-    for folder in sorted(Path(args.cache_dir).glob("*/")):
-        state = FeatureStore(folder).read_index_state()
-        if state is not None:
-            sets.append({"name": folder.name, "path": str(folder / INDEX_NAME), "images": len(state["files"])})
+    sets = [{"name": name, "path": str(path), "images": n} for name, path, n in list_feature_sets(args.cache_dir)]
     if args.json:
         print(json.dumps(sets))
     else:

@@ -27,7 +27,7 @@ def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, 
         (["features", "{tmp}/missing", *FAST], "does not exist"),
         (["features", "{data}", "--model", "resnet5", "--weights", "none"], "Did you mean 'resnet50'"),
         (["features", "{data}", "--model", "inception_v3", "--size", "64", "--weights", "none"], "at least 75"),
-        (["features", "{data}", "--model", "resnet50", "--weights", "{tmp}/nope.h5"], "WEIGHTS=none"),
+        (["features", "{data}", "--model", "resnet50", "--weights", "{tmp}/nope.h5"], "make features: WEIGHTS="),
         (["features", "{data}", "--weights", "none"], "--model"),
         (["features", "{data}", *FAST, "--layer", "conv9_block1_out"], "Unknown layer"),
         (["features", "{data}", *FAST, "--config", "{tmp}/none.toml"], "does not exist"),
@@ -53,7 +53,8 @@ def test_imagenet_weights_unavailable_names_both_ways_out(tiny_dataset, tmp_path
     code = main(["features", str(tiny_dataset), "--model", "resnet50", "--size", "32", "--cache-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == ExitStatus.BAD_INPUT
-    assert "WEIGHTS=none" in err and "WEIGHTS=/path/to/file.h5" in err and "URL fetch failure" in err
+    assert "`weights='none'`" in err and "local weights file" in err and "URL fetch failure" in err
+    assert "--weights" in err and "WEIGHTS=" in err
     assert not list(tmp_path.glob("*/shards/*.h5"))
 
 

@@ -258,7 +258,7 @@ def test_missing_or_changed_weights_file_is_named(signs, tmp_path):
 
     status, _, err = _main("predict", run, SIGN_DIGITS / "0", "--output", tmp_path / "p.csv")
     assert status == cli.ExitStatus.BAD_INPUT
-    assert f"Weights file '{moved}'" in err and "does not exist" in err and "`weights=`" in err
+    assert f"Weights file '{moved}'" in err and "does not exist" in err and "--weights" in err
     with pytest.raises(RunError) as info:
         Predictor.load(run)
     assert info.value.field == "weights"  # the CLI names --weights from this

@@ -54,7 +54,7 @@ def make_set(
     store = FeatureStore(root)
     digests = [f"{i:064x}" for i in range(n)]
     relpaths = [f"class{labels[i]}/{i:04d}.png" for i in range(n)]
-    with store.shard_writer(KEY, (dim,), dtype, capacity=n) as shard:
+    with store.shard_appender(KEY, (dim,), dtype, shard_rows=n) as shard:
         shard.append(features, digests, relpaths)
     located, _ = store.scan_shards(KEY)
     rows = [
