@@ -39,6 +39,15 @@ FORMAT ?=
 ARGS ?=
 
 opt = $(if $(strip $(2)),$(1) $(2))
+# Each command on one line, built here, so Make echoes no empty continuation lines.
+FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CACHE) \
+	$(call opt,--size,$(SIZE)) $(call opt,--pooling,$(POOLING)) $(call opt,--layer,$(LAYER)) \
+	$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) \
+	$(call opt,--workers,$(WORKERS)) $(call opt,--config,$(CONFIG)) $(ARGS))
+TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
+	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
+	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
+	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
 .PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export
 
@@ -56,10 +65,7 @@ data/digits: | $(VENV)/.installed
 sample-data: data/digits
 
 features: $(VENV)/.installed $(if $(filter data/digits,$(DATA)),data/digits)
-	$(BOTTLENECK) features $(DATA) --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CACHE) \
-		$(call opt,--size,$(SIZE)) $(call opt,--pooling,$(POOLING)) $(call opt,--layer,$(LAYER)) \
-		$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) \
-		$(call opt,--workers,$(WORKERS)) $(call opt,--config,$(CONFIG)) $(ARGS)
+	$(BOTTLENECK) features $(DATA) $(FEATURES_FLAGS)
 
 list: $(VENV)/.installed
 	$(BOTTLENECK) list
@@ -85,10 +91,7 @@ bench: $(VENV)/.installed
 	$(PY) -m bench.run $(BENCH_ARGS)
 
 train-head: $(VENV)/.installed
-	$(BOTTLENECK) train-head $(FEATURES) --cache-dir $(CACHE) \
-		$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
-		$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
-		$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS)
+	$(BOTTLENECK) train-head $(TRAIN_FLAGS)
 
 clean-cache:
 	rm -rf $(CACHE)/*/

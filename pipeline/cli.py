@@ -70,7 +70,7 @@ _OPTIONS = {
 # What an interruption leaves, per command: extraction resumes, a run in
 # progress is discarded.
 _INTERRUPTED = {
-    "features": "Finished shards are kept; run the same command again to resume.",
+    "features": "Finished work is kept; run the same command again to resume.",
     "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")

@@ -100,13 +100,6 @@ XFAIL_BY_HEAD = {
         "check_sample_weight_equivalence_on_dense_data": _WEIGHTS,
         "check_sample_weight_equivalence_on_sparse_data": _WEIGHTS,
     },
-    "dense": {
-        name: (
-            "float32 network: the row order/subset changes the matmul blocking, so "
-            "probabilities move by ~1e-7 relative (float32 rounding; labels unaffected)."
-        )
-        for name in ("check_methods_sample_order_invariance", "check_methods_subset_invariance")
-    },
     "ridge": {
         "check_classifiers_one_label": (
             "CalibratedClassifierCV(RidgeClassifier()) fails on a single class with "
@@ -143,6 +136,11 @@ def test_sklearn_compatible(estimator, check):
 # check_readonly_memmap_input, check_estimators_pickle(readonly_memmap=True)
 # and check_estimators_dtypes already feed it.
 DENSE_SKIPPED = ("check_classifiers_train(readonly_memmap=True",)
+DENSE_ROUNDING = ("check_methods_sample_order_invariance", "check_methods_subset_invariance")
+DENSE_ROUNDING_REASON = (
+    "float32 network: the row order/subset changes the matmul blocking, so "
+    "probabilities move by ~1e-7 relative (float32 rounding; labels unaffected)."
+)
 
 
 @pytest.mark.slow
@@ -150,6 +148,10 @@ DENSE_SKIPPED = ("check_classifiers_train(readonly_memmap=True",)
 def test_dense_sklearn_compatible(estimator, check, request):
     if any(skipped in request.node.name for skipped in DENSE_SKIPPED):
         pytest.skip("read-only memmap repeat of check_classifiers_train; see DENSE_SKIPPED")
+    if any(name in request.node.name for name in DENSE_ROUNDING):
+        # Not strict: whether float32 rounding moves a probability depends on the
+        # BLAS blocking of this machine, so the check passes on some and fails on others.
+        request.applymarker(pytest.mark.xfail(strict=False, reason=DENSE_ROUNDING_REASON))
     check(estimator)
 
 
@@ -474,7 +476,7 @@ def test_save_load_round_trip(name, problem, fitted, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(X_test), head.predict_proba(X_test))
     np.testing.assert_array_equal(loaded.predict(X_test), head.predict(X_test))
     versions = joblib.load(path)["versions"]
-    assert {"python", "bottleneck", "sklearn", "numpy"} <= set(versions)
+    assert {"python", "bottleneck-features", "sklearn", "numpy"} <= set(versions)
     assert ("keras" in versions) == (name == "dense")
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.metadata
-import importlib.util
 import io
 import platform
 import warnings
@@ -16,6 +13,7 @@ import joblib
 import numpy as np
 
 from .. import _atomic
+from .._versions import DISTRIBUTION, package_version
 from ..errors import RunError
 from .dense import DenseClassifier
 
@@ -27,13 +25,6 @@ _FORMAT_VERSION = 1
 
 class HeadVersionWarning(UserWarning):
     """A loaded head was saved with other library versions than the running ones."""
-
-
-def _package_version(name: str) -> str:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return "not installed"
 
 
 def _uses_keras(estimator) -> bool:
@@ -50,12 +41,12 @@ def _versions(include_keras: bool) -> dict[str, str]:
     # imports Keras.
     versions = {
         "python": platform.python_version(),
-        "bottleneck": _package_version("bottleneck"),
-        "sklearn": _package_version("scikit-learn"),
+        DISTRIBUTION: package_version(DISTRIBUTION) or "not installed",
+        "sklearn": package_version("scikit-learn") or "not installed",
         "numpy": np.__version__,
     }
     if include_keras:
-        versions["keras"] = _package_version("keras")
+        versions["keras"] = package_version("keras") or "not installed"
     return versions
 
 

@@ -50,7 +50,8 @@ import numpy as np
 
 from .. import _atomic
 from ..errors import ConfigError, RunError
-from ..features import discovery, extract
+from .._versions import library_versions
+from ..features import discovery
 from . import layout
 from .predict import Predictor, check_output_file, writing
 
@@ -286,7 +287,7 @@ def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
         "backbone": predictor.config.model,
         "lineage": predictor.lineage,
         "source": str(predictor.root),
-        "versions": extract._versions(),
+        "versions": library_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     sidecar = _sidecar(out)
@@ -339,7 +340,7 @@ def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> Ex
             },
             "lineage": lineage,
             "source": str(predictor.root),
-            "versions": extract._versions(),
+            "versions": library_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         layout.write_json(staged.path / layout.BUNDLE, bundle)
