@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -80,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns its exit status."""
     args = _build_parser().parse_args(argv)
     logging.basicConfig(format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO, force=True)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # keep TensorFlow's C++ banner off the terminal
     try:
         with _stop_signals_as_interrupt():
             return args.handler(args)

@@ -134,10 +134,11 @@ def build_export_model(predictor: Predictor):
         A `keras.Model` mapping uint8 RGB images `(batch, H, W, 3)` of any
         size to class probabilities `(batch, len(predictor.class_names))`.
     """
-    import keras
-
+    from .._keras import import_keras
     from ..features.backbones import get_backbone_cfg
     from ..features.layers import Preprocess
+
+    keras = import_keras()
 
     if not predictor.is_dense:
         raise ConfigError(
