@@ -46,7 +46,8 @@ class ExtractConfig:
     Args:
         data: folder of images, one subfolder per class, optionally under
             `train/`, `validation/` and `test/`.
-        model: backbone name from `bottleneck list`, e.g. `"mobilenet_v2"`.
+        model: backbone name from `bottleneck list`. Defaults to
+            `"mobilenet_v2"`.
         size: square input size in pixels. `None` uses the backbone's
             default size. Defaults to `None`.
         pooling: `"avg"` or `"max"` global pooling of the last feature map,
@@ -77,7 +78,7 @@ class ExtractConfig:
     """
 
     data: str
-    model: str
+    model: str = "mobilenet_v2"
     size: int | None = None
     pooling: str = "avg"
     layer: str | None = None

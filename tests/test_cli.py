@@ -28,11 +28,10 @@ def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, 
         (["features", "{data}", "--model", "resnet5", "--weights", "none"], "Did you mean 'resnet50'"),
         (["features", "{data}", "--model", "inception_v3", "--size", "64", "--weights", "none"], "at least 75"),
         (["features", "{data}", "--model", "resnet50", "--weights", "{tmp}/nope.h5"], "make features: WEIGHTS="),
-        (["features", "{data}", "--weights", "none"], "--model"),
         (["features", "{data}", *FAST, "--layer", "conv9_block1_out"], "Unknown layer"),
         (["features", "{data}", *FAST, "--config", "{tmp}/none.toml"], "does not exist"),
     ],
-    ids=["missing-data", "unknown-model", "too-small", "missing-weights", "no-model", "unknown-layer", "no-config"],
+    ids=["missing-data", "unknown-model", "too-small", "missing-weights", "unknown-layer", "no-config"],
 )
 def test_bad_input_exits_2_with_the_fix_and_writes_nothing(tiny_dataset, tmp_path, capsys, args, message):
     cache = tmp_path / "cache"
@@ -171,3 +170,9 @@ def test_an_option_given_twice_is_refused_not_silently_overridden(capsys):
         main(["train-head", "--fraction", "0.05", "--fraction", "0.2"])
     assert exit_info.value.code == 2
     assert "--fraction is given twice" in capsys.readouterr().err
+
+
+def test_the_model_defaults_to_mobilenet_v2_as_documented(tiny_dataset, tmp_path, capsys):
+    args = ["features", str(tiny_dataset), "--weights", "none", "--size", "32", "--cache-dir", str(tmp_path), "--json"]
+    assert main(args) == ExitStatus.OK
+    assert "-mobilenet_v2-32-avg-" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]

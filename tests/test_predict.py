@@ -431,6 +431,14 @@ def test_export_refuses_to_replace_a_keras_file_unless_overwrite(tiny, tmp_path)
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 
+def test_export_out_without_suffix_names_the_keras_model_as_the_readme_says(tiny, tmp_path):
+    """`make export RUN=<dense run> OUT=model` writes model.keras."""
+    status, out, err = _main("export", tiny.runs["dense"], tmp_path / "model")
+    assert status == cli.ExitStatus.OK, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "model.keras.json"]
+    assert str(tmp_path / "model.keras") in out
+
+
 # -- evaluate elsewhere ----------------------------------------------------------
 
 

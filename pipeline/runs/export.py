@@ -242,7 +242,9 @@ def export_run(
                 field="format",
             )
         if format == "keras":
-            _check_keras_out(out, overwrite)  # a dense head's default needs a .keras `out`
+            if not out.suffix:  # `OUT=model` names the model: `model.keras`
+                out = out.with_suffix(".keras")
+            _check_keras_out(out, overwrite)
     if format == "keras":
         return _export_keras(predictor, out)
     return _export_bundle(predictor, out, include_weights)
