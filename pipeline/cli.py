@@ -135,7 +135,8 @@ def _as_sigint(signum, frame) -> None:
 def _common(parser: argparse.ArgumentParser, default=False) -> None:
     # Subcommands default to SUPPRESS so that `bottleneck -q features` keeps
     # the root's value instead of the subparser's default overwriting it.
-    parser.add_argument("--quiet", "-q", action="store_true", default=default, help="print only results and errors")
+    parser.add_argument("--quiet", "-q", action="store_true", default=default,
+                        help="print only what was written (its path) and errors")
     parser.add_argument("--traceback", action="store_true", default=default,
                         help="show the full Python traceback on errors")
 
@@ -276,6 +277,8 @@ def _cmd_train_head(args) -> int:
             cells = (r.val_accuracy, r.test_accuracy, r.test_macro_f1)
             scores = " ".join(f"{'-' if v is None else f'{v:.4f}':>8}" for v in cells)
             print(f"{r.head:16} {scores} {r.fit_seconds:8.2f}  {r.run_dir}")
+    elif not args.json:
+        print("\n".join(str(r.run_dir) for r in results))
     if args.json:
         print(json.dumps({"runs": [r.to_json() for r in results]}))
     return ExitStatus.OK
@@ -331,6 +334,8 @@ def _cmd_features(args) -> int:
     if not args.quiet:
         for result in results:
             _print_features_summary(result)
+    elif not args.json:
+        print("\n".join(str(r.path) for r in results))
     if args.json:
         reports = [r.to_json() for r in results]
         print(json.dumps(reports[0] if len(reports) == 1 else {"feature_sets": reports}))
@@ -479,6 +484,8 @@ def _cmd_predict(args) -> int:
         errors = f", {failed} could not be read" if failed else ""
         noun = "prediction" if len(predictions) == 1 else "predictions"
         print(f"Wrote {len(predictions)} {noun} to {path}{errors}.")
+    elif not args.json:
+        print(path)
     if args.json:
         print(json.dumps({"output": str(path), "predictions": [p.to_json() for p in predictions]}))
     return ExitStatus.OK
@@ -500,6 +507,8 @@ def _cmd_evaluate(args) -> int:
         for path, reason in result.skipped[:20]:
             print(f"  skipped {path}: {reason}")
         print(f"Metrics and confusion matrix: {result.out_dir}")
+    elif not args.json:
+        print(result.out_dir)
     if args.json:
         print(json.dumps(result.to_json()))
     return ExitStatus.OK
@@ -516,6 +525,8 @@ def _cmd_export(args) -> int:
         what = "Keras model" if result.format == "keras" else "bundle"
         check = "" if result.max_abs_diff is None else f" (checked against the run: max difference {result.max_abs_diff:.2g})"
         print(f"Exported {what}: {result.path}{check}")
+    elif not args.json:
+        print(result.path)
     if args.json:
         print(json.dumps(result.to_json()))
     return ExitStatus.OK
