@@ -33,7 +33,37 @@ PYTHON = sys.executable
 # -- data sets -----------------------------------------------------------------
 
 
-def real_files(src: Path = SIGN_DIGITS) -> list[tuple[str, Path]]:
+def photo_source(workdir: Path) -> Path:
+    """The sign-language digits, or where ../shared is absent, generated stand-ins of their shape.
+
+    The stand-ins are 10 classes of 206 JPEGs of 100x100 px at quality 90
+    (smooth random colour fields plus noise, so they cost what photos cost to
+    decode); the report says which source was used.
+    """
+    if SIGN_DIGITS.is_dir():
+        return SIGN_DIGITS
+    from PIL import Image
+
+    out = workdir / "generated-digits"
+    marker = workdir / "generated-digits.ok"
+    want = {"classes": 10, "per_class": 206, "version": 1}
+    if _done(marker, want):
+        return out
+    print(f"{SIGN_DIGITS} is absent: generating {10 * 206} stand-in JPEGs in {out}", file=sys.stderr)
+    shutil.rmtree(out, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    for c in range(want["classes"]):
+        (out / str(c)).mkdir(parents=True)
+        for i in range(want["per_class"]):
+            field = rng.integers(0, 256, size=(4, 4, 3)).astype(np.uint8)
+            image = Image.fromarray(field).resize((100, 100), Image.BICUBIC)
+            noisy = np.clip(np.asarray(image, np.int16) + rng.integers(-12, 12, (100, 100, 3)), 0, 255)
+            Image.fromarray(noisy.astype(np.uint8)).save(out / str(c) / f"{i:04d}.jpg", quality=90)
+    marker.write_text(json.dumps(want))
+    return out
+
+
+def real_files(src: Path) -> list[tuple[str, Path]]:
     """Every real JPEG as (class, path), classes interleaved round-robin.
 
     Classes and files are sorted, then taken one per class in turn, so any
@@ -56,8 +86,9 @@ def _done(marker: Path, want: dict) -> bool:
         return False
 
 
-def prepare_real(workdir: Path, n: int, src: Path = SIGN_DIGITS) -> Path:
+def prepare_real(workdir: Path, n: int) -> Path:
     """`workdir/real-<n>/<class>/*.JPG`: the first `n` real files (copies, reused across runs)."""
+    src = photo_source(workdir)
     files = real_files(src)
     if n > len(files):
         raise SystemExit(f"--n {n} is more than the {len(files)} real images in {src}.")
@@ -73,7 +104,7 @@ def prepare_real(workdir: Path, n: int, src: Path = SIGN_DIGITS) -> Path:
     return out
 
 
-def prepare_variants(workdir: Path, n: int, factor: int = 10, src: Path = SIGN_DIGITS) -> Path:
+def prepare_variants(workdir: Path, n: int, factor: int = 10) -> Path:
     """`workdir/variants-<factor*n>/`: the `n` real files plus `(factor-1)*n` re-encoded variants.
 
     Variant k of a photo is the photo (shrunk to 100x100 if larger, like the
@@ -86,7 +117,7 @@ def prepare_variants(workdir: Path, n: int, factor: int = 10, src: Path = SIGN_D
     total = factor * n
     out = workdir / f"variants-{total}"
     marker = workdir / f"variants-{total}.ok"
-    originals = real_files(src)[:n]
+    originals = real_files(photo_source(workdir))[:n]
     want = {"n": n, "factor": factor, "version": 1}
     if _done(marker, want):
         return out

@@ -394,8 +394,10 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
         f"h5py {v.get('h5py')}, scikit-learn {v.get('scikit-learn')}.",
         *([f"- TensorFlow imported by the bench process: {'yes' if env['tensorflow_imported'] else 'no'}; "
            "by the CLI subprocesses: see the module columns below."] if env["backend"] != "tensorflow" else []),
-        f"- Images: real sign-language-digits JPEGs (100x100, three 3024x3024 in class 7), the first N of the "
-        "class-interleaved sorted list. Wall time of the whole bench: "
+        ("- Images: real sign-language-digits JPEGs (100x100, three 3024x3024 in class 7), the first N of the "
+         if env["real_photos"] else
+         f"- Images: generated 100x100 JPEG stand-ins ({common.SIGN_DIGITS} was absent), the first N of the ")
+        + "class-interleaved sorted list. Wall time of the whole bench: "
         f"{env['bench_seconds'] / 60:.1f} min.",
         "- Every ratio compares runs made back to back in this one run (order alternating); "
         "`median (min-max)` over repetitions. Absolute img/s are medians of this run on a shared machine, for scale only.",
@@ -568,8 +570,9 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rss-factor", type=int, default=10, help="the large rss run has this many times N images (default 10)")
     p.add_argument("--precision", default="float32", help="dtype policy for every model (default float32)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated subset of {','.join(SECTIONS)}")
-    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "bottleneck-bench"),
-                   help="data sets and caches (reused across runs; default $TMPDIR/bottleneck-bench)")
+    p.add_argument("--workdir", default=None,
+                   help="data sets and caches, kept and reused across runs "
+                   "(default: a temporary folder, removed at the end)")
     p.add_argument("--out", default=str(common.REPO / "bench" / "results"), help="report folder (default bench/results)")
     p.add_argument("--label", default="cpu", help="report name prefix (default cpu)")
     if defaults:
@@ -586,8 +589,14 @@ def main(argv: list[str] | None = None, *, defaults: dict | None = None) -> int:
         raise SystemExit(f"--sections: unknown {unknown}; valid: {', '.join(SECTIONS)}")
     if "noop" in sections and "head" not in sections:
         sections.insert(sections.index("noop"), "head")  # noop re-runs the head section's command
-    workdir = Path(args.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix="bottleneck-bench-") as workdir:
+            return _run(args, sections, Path(workdir), argv, started)
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    return _run(args, sections, Path(args.workdir), argv, started)
+
+
+def _run(args, sections, workdir: Path, argv, started: float) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
     import keras
@@ -614,6 +623,7 @@ def main(argv: list[str] | None = None, *, defaults: dict | None = None) -> int:
     env["load_end"] = os.getloadavg()
     env["tensorflow_imported"] = any(m.split(".")[0] == "tensorflow" and v is not None for m, v in sys.modules.items())
     env["bench_seconds"] = time.perf_counter() - started
+    env["real_photos"] = common.SIGN_DIGITS.is_dir()
 
     invoked = " ".join(sys.argv[1:] if argv is None else argv)
     if args.label == "gpu":
