@@ -374,6 +374,18 @@ def test_no_decodable_image_gives_error_rows_not_a_crash(tiny, tmp_path, head):
         assert [row["error"] != "" for row in csv.DictReader(f)] == [True, True]
 
 
+def test_a_mistyped_path_says_so_and_non_images_in_a_folder_are_named(tiny, tmp_path, caplog):
+    """Issue 16 #6: a typo read as 'moved after indexing'; a .txt left out silently."""
+    folder = tmp_path / "photos"
+    shutil.copytree(tiny.data / "class0", folder)
+    (folder / "notes.txt").write_text("not a photo")
+    typo = tmp_path / "phtoos" / "x.png"
+    predictions = predict_images(tiny.runs["logreg"], [folder, typo])
+    assert predictions[-1].path == str(typo) and predictions[-1].error == "no such file or folder: check the path"
+    assert all(p.error is None for p in predictions[:-1]) and len(predictions) == 1 + len(list(folder.glob("*.png")))
+    assert "notes.txt" in caplog.text and "not images" in caplog.text
+
+
 # -- outputs: never misplaced, never silently replaced, never formulas -------------
 
 

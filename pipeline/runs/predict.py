@@ -21,6 +21,7 @@ import contextlib
 import csv
 import dataclasses
 import io
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +33,8 @@ from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, DataError, RunError, WriteError
 from ..features import backbones, decode, discovery
 from .source import RunSource
+
+log = logging.getLogger("bottleneck")
 
 __all__ = ["Prediction", "Predictor", "predict_images", "write_predictions_csv"]
 
@@ -65,6 +68,9 @@ class Prediction:
             "top_k": [[name, p] for name, p in self.top_k],
             "error": self.error,
         }
+
+
+_NO_SUCH_PATH = "no such file or folder: check the path"
 
 
 class _Item(NamedTuple):
@@ -186,10 +192,12 @@ class Predictor:
             images, their indices into `paths`, and `{index: reason}` for
             the others.
         """
-        items = [_Item(os.fspath(p), i) for i, p in enumerate(paths)]
+        # A path that never existed is a typo, not a file that vanished while decoding.
+        errors = {i: _NO_SUCH_PATH for i, p in enumerate(paths) if not os.path.lexists(p)}
+        items = [_Item(os.fspath(p), i) for i, p in enumerate(paths) if i not in errors]
         c = self.config
         workers = max(1, min(c.workers, os.cpu_count() or 1))
-        chunks, ok, errors = [], [], {}
+        chunks, ok = [], []
         if items:
             model = self.extractor()
             for entries, images, failures in decode.decode_batches(Path(), items, self.size, c.batch_size, workers):
@@ -308,13 +316,18 @@ def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
     files: list[str] = []
     for path in given:
         if os.path.isdir(path):
-            found = sorted(
-                str(Path(dirpath) / name)
+            listed = sorted(
+                Path(dirpath) / name
                 for dirpath, dirnames, names in os.walk(path)
                 for name in names
-                if not name.startswith(".") and name.lower().endswith(discovery.IMAGE_EXTENSIONS)
+                if not name.startswith(".")
                 and not any(part.startswith(".") for part in Path(dirpath).relative_to(path).parts)
             )
+            found = [str(p) for p in listed if p.name.lower().endswith(discovery.IMAGE_EXTENSIONS)]
+            others = [p.name for p in listed if not p.name.lower().endswith(discovery.IMAGE_EXTENSIONS)]
+            if others:
+                log.warning("Left out %d file(s) of '%s' that are not images by extension: %s%s", len(others), path,
+                            ", ".join(others[:5]), ", ..." if len(others) > 5 else "")
             if not found:
                 raise DataError(
                     f"Folder '{path}' holds no images (extensions: {', '.join(discovery.IMAGE_EXTENSIONS)})."
