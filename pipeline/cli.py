@@ -16,7 +16,7 @@ import sys
 import threading
 from pathlib import Path
 
-from .errors import BottleneckError, ExitStatus
+from .errors import BottleneckError, ConfigError, ExitStatus
 
 
 # The flag and Make variable that set each config field or argument a
@@ -179,7 +179,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="input size in pixels (default: the backbone's)")
     p.add_argument("--pooling", choices=("avg", "max", "none"), help="global pooling, or none for spatial maps (default avg)")
     p.add_argument("--layer", help="take this layer's output instead of the last")
-    p.add_argument("--weights", help="imagenet (default), none, or a weights file path")
+    p.add_argument("--weights", nargs="+",
+                   help="imagenet (default), none, or a weights file path; with several --model names, "
+                   "one value for all or one per model, in order")
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), help="default float32")
     p.add_argument("--storage-dtype", choices=("float32", "float16"), help="stored feature dtype (default float32)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
@@ -317,7 +319,7 @@ def _cmd_features(args) -> int:
             size=args.size,
             pooling=args.pooling,
             layer=args.layer,
-            weights=args.weights,
+            weights=weights,
             precision=args.precision,
             storage_dtype=args.storage_dtype,
             batch_size=args.batch_size,
@@ -327,7 +329,7 @@ def _cmd_features(args) -> int:
             name=args.name,
             verify=args.verify,
         )
-        for model in (args.model or [None])
+        for model, weights in _weights_per_model(args.model or [None], args.weights)
     ]
     with _progress_bar(disable=args.quiet or args.json) as progress:
         results = extract_many(configs, progress=progress)
@@ -340,6 +342,19 @@ def _cmd_features(args) -> int:
         reports = [r.to_json() for r in results]
         print(json.dumps(reports[0] if len(reports) == 1 else {"feature_sets": reports}))
     return ExitStatus.OK
+
+
+def _weights_per_model(models: list, weights: list | None) -> list[tuple]:
+    """Pairs each `--model` with its `--weights`: one value serves all, else one per model."""
+    if weights is None or len(weights) == 1:
+        return [(model, weights and weights[0]) for model in models]
+    if len(weights) != len(models):
+        raise ConfigError(
+            f"`weights` needs one value for all models or one per model: {len(models)} models "
+            f"({', '.join(map(str, models))}) but {len(weights)} weights were given.",
+            field="weights",
+        )
+    return list(zip(models, weights))
 
 
 def _print_features_summary(result) -> None:

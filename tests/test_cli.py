@@ -177,3 +177,15 @@ def test_the_model_defaults_to_mobilenet_v2_as_documented(tiny_dataset, tmp_path
     args = ["features", str(tiny_dataset), "--weights", "none", "--size", "32", "--cache-dir", str(tmp_path), "--json"]
     assert main(args) == ExitStatus.OK
     assert "-mobilenet_v2-32-avg-" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
+
+
+def test_several_models_take_one_weights_value_each_in_order(tiny_dataset, tmp_path, capsys):
+    base = ["features", str(tiny_dataset), "--model", "resnet50", "mobilenet_v2", "--size", "32",
+            "--cache-dir", str(tmp_path / "cache")]
+    assert main([*base, "--weights", "none", str(tmp_path / "mnv2.weights.h5")]) == ExitStatus.BAD_INPUT
+    assert f"'{tmp_path / 'mnv2.weights.h5'}' does not exist" in capsys.readouterr().err
+    assert main([*base, "--weights", "none", "none", "none"]) == ExitStatus.BAD_INPUT
+    assert "2 models (resnet50, mobilenet_v2) but 3 weights" in capsys.readouterr().err
+    assert main([*base, "--weights", "none", "--json", "-q"]) == ExitStatus.OK
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(report["feature_sets"]) == 2
