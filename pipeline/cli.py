@@ -14,6 +14,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from .errors import BottleneckError, ConfigError, ExitStatus
@@ -377,16 +378,30 @@ def _print_features_summary(result) -> None:
 
 
 class _progress_bar:
-    """tqdm on a terminal, nothing otherwise; usable as `progress(done, total)`."""
+    """Extraction progress, usable as `progress(done, total)`.
+
+    tqdm on a terminal; elsewhere (CI logs, a notebook running `make`) one
+    plain line every `PLAIN_INTERVAL` seconds and at the end, since a
+    redrawn bar there is either invisible or a wall of carriage returns.
+    """
+
+    PLAIN_INTERVAL = 10.0
 
     def __init__(self, disable: bool):
-        self.disable = disable or not sys.stderr.isatty()
+        self.disable = disable
         self.bar = None
+        self.last_line = time.monotonic()
 
     def __enter__(self):
         return None if self.disable else self
 
     def __call__(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            now = time.monotonic()
+            if done == total or now - self.last_line >= self.PLAIN_INTERVAL:
+                print(f"extracting: {done}/{total} images ({done / max(total, 1):.0%})", file=sys.stderr, flush=True)
+                self.last_line = now
+            return
         if self.bar is None:
             from tqdm import tqdm
 

@@ -189,3 +189,13 @@ def test_several_models_take_one_weights_value_each_in_order(tiny_dataset, tmp_p
     assert main([*base, "--weights", "none", "--json", "-q"]) == ExitStatus.OK
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(report["feature_sets"]) == 2
+
+
+def test_progress_is_a_plain_line_where_stderr_is_not_a_terminal(tiny_dataset, tmp_path, capsys, monkeypatch):
+    from pipeline import cli
+
+    monkeypatch.setattr(cli._progress_bar, "PLAIN_INTERVAL", 0.0)
+    assert main(["features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path)]) == ExitStatus.OK
+    lines = capsys.readouterr().err.splitlines()
+    assert lines and lines[-1] == "extracting: 18/18 images (100%)" and "\r" not in "".join(lines)
+    assert all(line.startswith("extracting: ") for line in lines)
