@@ -44,6 +44,7 @@ from .index import (
     write_index,
 )
 from .shards import ShardAppender
+from .structure import shard_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,20 +159,19 @@ class FeatureStore:
     def scan_shards(self, feature_key: str) -> tuple[dict[str, tuple[str, int]], list[str]]:
         """Maps each image sha256 held by a complete shard to (shard, row).
 
-        Shards that cannot be read, or that belong to another feature key,
-        are reported in the second return value and ignored, so their images
-        count as not yet extracted.
+        Shards that cannot be read, that belong to another feature key, or
+        whose structure is refused (see `structure`), are reported in the
+        second return value and ignored, so their images count as not yet
+        extracted.
         """
         rows: dict[str, tuple[str, int]] = {}
         bad: list[str] = []
         for name in self.shard_names():
             try:
-                with h5py.File(self.shard_dir / name, "r") as f:
+                with self._open_shard(name) as f:
                     if f.attrs.get("feature_key") != feature_key:
                         raise FeatureStoreError("written for another feature key")
                     digests = [d.decode("ascii") for d in f["sha256"][:]]
-                    if f["features"].shape[0] != len(digests):
-                        raise FeatureStoreError("row counts differ")
             except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, a damaged digest
                 bad.append(name)
                 continue
@@ -181,24 +181,35 @@ class FeatureStore:
 
     def shard_feature_shape(self, name: str) -> tuple[int, ...]:
         """Shape of one image's features in the named complete shard."""
-        with h5py.File(self.shard_dir / name, "r") as f:
+        with self._open_shard(name) as f:
             return tuple(int(d) for d in f["features"].shape[1:])
+
+    @contextlib.contextmanager
+    def _open_shard(self, name: str) -> Iterator[h5py.File]:
+        """Opens a shard for reading once its structure is known to be plain (see `structure`)."""
+        path = self.shard_dir / name
+        with h5py.File(path, "r") as f:
+            problem = shard_problem(f)
+            if problem is not None:
+                raise FeatureStoreError(f"Shard '{path}' was refused: {problem}.")
+            yield f
 
     def verify_shards(self, names: Sequence[str]) -> list[str]:
         """Reads every feature of the named shards; returns those that fail.
 
         HDF5's fletcher32 checksum makes a flipped bit or a truncated chunk
-        fail the read instead of returning wrong numbers.
+        fail the read instead of returning wrong numbers; a shard that reads
+        another file, or lacks that checksum, fails before any read.
         """
         bad = []
         for name in names:
             try:
-                with h5py.File(self.shard_dir / name, "r") as f:
+                with self._open_shard(name) as f:
                     features = f["features"]
                     step = max(1, features.chunks[0] if features.chunks else len(features))
                     for start in range(0, len(features), step * 64):
                         features[start : start + step * 64]
-            except (OSError, KeyError):
+            except (OSError, KeyError, FeatureStoreError):
                 bad.append(name)
         return bad
 
@@ -311,6 +322,7 @@ class FeatureStore:
                 labels = f["labels"][:]
                 class_names = [c.decode() for c in f["class_names"][:]]
                 paths = [decode_path(p) for p in f["images/path"][:]]
+                digests = f["images/sha256"][:]
                 split_keys = f["images/split_key"][:]
                 folder_splits = f["images/folder_split"].asstr()[:]
                 feature_shape = tuple(f["features"].shape[1:])
@@ -325,7 +337,7 @@ class FeatureStore:
         features = np.empty((len(labels), *feature_shape), dtype=np.float32)
         for shard_id, name in enumerate(shards):
             mine = np.flatnonzero(shard_of_row == shard_id)
-            features[mine] = self._read_shard_rows(name, row_in_shard[mine])
+            features[mine] = self._read_shard_rows(name, row_in_shard[mine], attrs.get("feature_key"), digests[mine])
         return FeatureSet(
             path=path,
             name=self.root.name,
@@ -340,16 +352,20 @@ class FeatureStore:
             content_hash=attrs["content_hash"],
         )
 
-    def _read_shard_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+    def _read_shard_rows(self, name: str, rows: np.ndarray, feature_key, digests: np.ndarray) -> np.ndarray:
+        """The features of `rows` of a shard, which must hold the images (`digests`) the index says."""
         shard = self.shard_dir / name
         try:
-            with h5py.File(shard, "r") as f:
+            with self._open_shard(name) as f:
+                # A shard swapped for another one (of this set or another backbone) reads fine: refuse it.
+                if f.attrs.get("feature_key") != feature_key or not np.array_equal(f["sha256"][:][rows], digests):
+                    raise FeatureStoreError(f"Shard '{shard}' holds other images than the index says.")
                 return f["features"][:][rows]
-        except (OSError, KeyError, IndexError) as e:
+        except (OSError, KeyError, IndexError, FeatureStoreError) as e:
+            problem = str(e) if isinstance(e, FeatureStoreError) else f"Shard '{shard}' is missing or corrupt ({e})."
             raise FeatureStoreError(
-                f"Shard '{shard}' of feature set '{self.root.name}' is missing or corrupt ({e}). "
-                "Extract the same set again with `verify=True`: that run finds the damaged shards and "
-                "re-extracts their images.",
+                f"{problem} Feature set '{self.root.name}' cannot be read: extract it again with `verify=True`; "
+                "that run sets damaged or foreign shards aside and re-extracts their images.",
                 field="verify",
             ) from None
 
