@@ -1,7 +1,10 @@
+import re
+
 import h5py
 import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.store import (
     FeatureStore,
     FeatureStoreError,
@@ -207,3 +210,30 @@ def test_list_feature_sets_names_complete_sets_only(tmp_path):
                       dtype="float32", attrs={"feature_key": KEY})
     _write_shard(FeatureStore(cache / "half-written"), ["c"])  # shards, no index yet
     assert list_feature_sets(cache) == [("digits-vgg16", store.index_path, 2)]
+
+
+@pytest.mark.parametrize("value, lost", [(1e-9, "would become 0"), (1e5, "would become inf"), (-1e5, "inf")])
+def test_float16_storage_refuses_features_it_would_store_as_zero_or_inf(tmp_path, value, lost):
+    store = FeatureStore(tmp_path / "digits-vgg16")
+    good = np.linspace(0.5, 2, 3 * 4, dtype=np.float32).reshape(3, 4)
+    with pytest.raises(ConfigError, match=rf"(?s)'digits-vgg16'.*{re.escape(f'{abs(value):.0e}')}.*{lost}.*storage_dtype='float32'") as e:
+        with store.shard_appender(KEY, (4,), "float16", shard_rows=2) as shards:
+            shards.append(good, ["a", "b", "c"], ["a", "b", "c"])  # fills one shard, starts another
+            bad = good.copy()
+            bad[1] = value  # one row the float16 range cannot hold, among good ones
+            shards.append(bad, ["d", "e", "f"], ["d", "e", "f"])
+    assert e.value.field == "storage_dtype"
+    located, damaged = store.scan_shards(KEY)
+    assert damaged == [] and sorted(located) == ["a", "b"]  # the finished shard only, none of the refused batch
+    assert not list(store.shard_dir.glob(".tmp-*"))
+
+
+def test_float16_storage_keeps_values_below_its_precision_at_the_rows_scale(tmp_path):
+    store = FeatureStore(tmp_path / "set")
+    features = np.array([[1.0, 1e-10, 3.0, 0.0], [2e-4, 1e-4, 0.0, 5e-5]], dtype=np.float32)
+    with store.shard_appender(KEY, (4,), "float16", shard_rows=4) as shards:
+        shards.append(features, ["a", "b"], ["a", "b"])
+    (name,) = store.shard_names()
+    with h5py.File(store.shard_dir / name, "r") as f:
+        assert f["features"].dtype == np.float16
+        np.testing.assert_array_equal(f["features"][:], features.astype(np.float16))  # 1e-10 next to 3.0: rounding
