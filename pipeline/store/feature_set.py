@@ -27,8 +27,8 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from .._atomic import TMP_PREFIX
-from ..errors import FeatureStoreError, StoreBusyError
+from .._atomic import TMP_PREFIX, temporary_name
+from ..errors import FeatureStoreError, StoreBusyError, WriteError
 from .index import (
     FORMAT_VERSION,
     INDEX_NAME,
@@ -99,9 +99,13 @@ class FeatureStore:
 
         `on_wait` is called once, with the holder's description, before
         blocking, so the caller can tell the user why nothing happens.
+
+        Raises:
+            WriteError: (field `cache_dir`) the set's folders cannot be
+                created or written; raised before any work is done.
+            StoreBusyError: another process holds the lock and `wait` is false.
         """
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".write.lock", "a+") as f:
+        with self._open_write_lock() as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -115,14 +119,44 @@ class FeatureStore:
                 if on_wait is not None:
                     on_wait(holder)
                 fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-            f.flush()
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+                f.flush()
+            except OSError as e:
+                raise self._unwritable(e) from None
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _open_write_lock(self):
+        """Creates the set's folders and opens its lock file, once both folders take a new file.
+
+        Tested by writing, not by permission bits: those say nothing for
+        root, a read-only mount or a full quota. A run thus fails here,
+        before decoding or building a model, instead of at its first shard.
+        """
+        try:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.root, self.shard_dir):
+                probe = temporary_name(folder / "write-probe")
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.unlink(probe)
+            return open(self.root / ".write.lock", "a+")
+        except OSError as e:
+            raise self._unwritable(e) from None
+
+    def _unwritable(self, error: OSError) -> WriteError:
+        """The error for a set folder that cannot be written, naming what is in the way."""
+        blocking = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"'{blocking}' is a file, not a folder" if blocking else f"{error.strerror or error} (errno {error.errno})"
+        return WriteError(
+            f"Cannot write feature set folder '{self.root}': {reason}. Features are cached there, so it must "
+            "be a folder you can write: pass a writable folder elsewhere as `cache_dir`.",
+            field="cache_dir",
+        )
 
     @contextlib.contextmanager
     def _read_lock(self, exclusive: bool = False) -> Iterator[None]:

@@ -13,6 +13,7 @@ while HDF5 writes (see `interrupts_deferred`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -32,6 +33,8 @@ from ..errors import ConfigError, WriteError
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
 _BYTES = h5py.string_dtype("ascii")
+# Failed writes that more free space would not fix.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def encode_path(relpath: str) -> bytes:
@@ -263,16 +266,23 @@ def reporting_write_errors(path: Path) -> Iterator[None]:
         raise
     except (OSError, RuntimeError) as e:
         found = re.search(r"errno = (\d+), error message = '([^']*)'", str(e))
+        code = e.errno if isinstance(e, OSError) else int(found.group(1)) if found else None
         if isinstance(e, OSError) and e.strerror:
             reason = f"{e.strerror} (errno {e.errno})"
         elif found:
             reason = f"{found.group(2)} (errno {found.group(1)})"
         else:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kept = "Nothing half-written is used and the previous feature set is untouched"
+        if code in _NOT_WRITABLE:
+            raise WriteError(
+                f"Cannot write '{path}': {reason}. Its folder is read-only or not yours to write. {kept}: "
+                "make it writable, or pass a writable folder elsewhere as `cache_dir`.",
+                field="cache_dir",
+            ) from None
         raise WriteError(
-            f"Cannot write '{path}': {reason}. The disk is probably full or over quota. Nothing "
-            "half-written is used and the previous feature set is untouched: free some space, "
-            "then run the same command again (it resumes where it stopped)."
+            f"Cannot write '{path}': {reason}. The disk is probably full or over quota. {kept}: free some "
+            "space, then run the same command again (it resumes where it stopped)."
         ) from None
 
 
