@@ -7,6 +7,7 @@ the fletcher32 checksum its rows are trusted by, is refused by readers and
 set aside by the next extraction, never trained on.
 """
 
+import os
 import shutil
 
 import h5py
@@ -175,15 +176,23 @@ def _as_virtual(tmp_path):
     return make
 
 
+def _as_filter_plugin(tmp_path):
+    def make(f, name, values):
+        # An optional filter HDF5 cannot find is skipped on read, after searching the plugin path.
+        f.create_dataset(name, data=values, chunks=True, compression=32017, allow_unknown_filter=True)
+    return make
+
+
 DATASET_CRAFTS = {
     "external storage": _as_external_storage,
     "external link": _as_external_link,
     "soft link": _as_soft_link,
     "virtual dataset": _as_virtual,
+    "filter plugin": _as_filter_plugin,
 }
 
 
-@pytest.mark.parametrize("name", ["sha256", "path"])
+@pytest.mark.parametrize("name", ["features", "sha256", "path"])
 @pytest.mark.parametrize("kind", DATASET_CRAFTS)
 def test_every_dataset_of_a_shard_must_be_plain(tmp_path, name, kind):
     store = _store_with_one_shard(tmp_path / "set")
@@ -197,16 +206,51 @@ def test_every_dataset_of_a_shard_must_be_plain(tmp_path, name, kind):
     assert store.verify_shards([shard]) == [shard]
 
 
-def test_a_shard_swapped_for_another_one_is_refused_by_readers(tmp_path):
+def test_a_shard_swapped_for_another_one_is_refused_by_readers_and_found_by_verify(tmp_path):
     store = _store_with_one_shard(tmp_path / "set")
     (shard,) = store.shard_names()
     other = FeatureStore(tmp_path / "other")
     with other.shard_appender("o" * 64, (4,), "float32", shard_rows=8) as appender:  # another backbone
         appender.append(np.full((2, 4), 7, np.float32), ["a" * 64, "b" * 64], ["c/a.png", "c/b.png"])
+    state = store.read_index_state()
     shutil.copy(other.shard_dir / other.shard_names()[0], store.shard_dir / shard)
+    os.utime(store.shard_dir / shard, ns=(state.shards[0].mtime_ns, state.shards[0].mtime_ns))
+    assert (store.shard_dir / shard).stat().st_size == state.shards[0].size  # it looks unchanged
 
     with pytest.raises(FeatureStoreError, match=f"{shard}' holds other images"):
         read_feature_set(store.root)
+    assert store.shards_unchanged(state) and not store.shards_unchanged(state, verify=True)
+    assert store.scan_shards(KEY) == ({}, [shard])  # so `verify=True` sets it aside
+
+
+def _text_features(f, values):
+    f.create_dataset("features", data=np.full(values.shape, b"1.0"), chunks=True, fletcher32=True)
+
+
+def _narrower_features(f, values):
+    f.create_dataset("features", data=values[:, :2], chunks=True, fletcher32=True)
+
+
+def _fewer_features(f, values):
+    f.create_dataset("features", data=values[:1], maxshape=values.shape, chunks=True, fletcher32=True)
+
+
+@pytest.mark.parametrize("craft, problem", [
+    (_text_features, "not float features"),
+    (_narrower_features, r"shape \(2,\)"),
+    (_fewer_features, "one row per image"),
+])
+def test_a_shard_whose_rows_do_not_fit_the_index_is_refused_not_a_crash(tmp_path, craft, problem):
+    store = _store_with_one_shard(tmp_path / "set")
+    (shard,) = store.shard_names()
+    for digest in ("c", "d"):  # shards that do fit: the crafted one is not the most common shape
+        with store.shard_appender(KEY, (4,), "float32", shard_rows=8) as appender:
+            appender.append(np.ones((1, 4), np.float32), [digest * 64], [f"c/{digest}.png"])
+    _replace_dataset(store.shard_dir / shard, "features", lambda f, name, values: craft(f, values))
+
+    with pytest.raises(FeatureStoreError, match=f"(?s){shard}.*{problem}.*verify=True"):
+        read_feature_set(store.root)
+    assert store.scan_shards(KEY)[1] == [shard]  # so the features stage sets it aside
 
 
 # -- the index -------------------------------------------------------------------

@@ -217,7 +217,8 @@ def test_list_feature_sets_names_complete_sets_only(tmp_path):
 def test_float16_storage_refuses_features_it_would_store_as_zero_or_inf(tmp_path, value, lost):
     store = FeatureStore(tmp_path / "digits-vgg16")
     good = np.linspace(0.5, 2, 3 * 4, dtype=np.float32).reshape(3, 4)
-    with pytest.raises(ConfigError, match=rf"(?s)'digits-vgg16'.*{re.escape(f'{abs(value):.0e}')}.*{lost}.*storage_dtype='float32'") as e:
+    magnitude = re.escape(f"{abs(value):.0e}")
+    with pytest.raises(ConfigError, match=rf"(?s)'digits-vgg16'.*{magnitude}.*{lost}.*storage_dtype='float32'") as e:
         with store.shard_appender(KEY, (4,), "float16", shard_rows=2) as shards:
             shards.append(good, ["a", "b", "c"], ["a", "b", "c"])  # fills one shard, starts another
             bad = good.copy()

@@ -17,6 +17,7 @@ longer points at.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -151,7 +152,9 @@ class FeatureStore:
     def _unwritable(self, error: OSError) -> WriteError:
         """The error for a set folder that cannot be written, naming what is in the way."""
         blocking = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
-        reason = f"'{blocking}' is a file, not a folder" if blocking else f"{error.strerror or error} (errno {error.errno})"
+        reason = f"{error.strerror or error} (errno {error.errno})"
+        if blocking is not None:
+            reason = f"'{blocking}' is a file, not a folder"
         return WriteError(
             f"Cannot write feature set folder '{self.root}': {reason}. Features are cached there, so it must "
             "be a folder you can write: pass a writable folder elsewhere as `cache_dir`.",
@@ -193,25 +196,30 @@ class FeatureStore:
     def scan_shards(self, feature_key: str) -> tuple[dict[str, tuple[str, int]], list[str]]:
         """Maps each image sha256 held by a complete shard to (shard, row).
 
-        Shards that cannot be read, that belong to another feature key, or
-        whose structure is refused (see `structure`), are reported in the
-        second return value and ignored, so their images count as not yet
-        extracted.
+        Shards that cannot be read, that belong to another feature key,
+        whose structure is refused (see `structure`), or whose feature shape
+        is not the one most shards have, are reported in the second return
+        value and ignored, so their images count as not yet extracted.
         """
-        rows: dict[str, tuple[str, int]] = {}
+        found: dict[str, tuple[tuple[int, ...], list[str]]] = {}
         bad: list[str] = []
         for name in self.shard_names():
             try:
                 with self._open_shard(name) as f:
                     if f.attrs.get("feature_key") != feature_key:
                         raise FeatureStoreError("written for another feature key")
-                    digests = [d.decode("ascii") for d in f["sha256"][:]]
+                    found[name] = (f["features"].shape[1:], [d.decode("ascii") for d in f["sha256"][:]])
             except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, a damaged digest
                 bad.append(name)
-                continue
-            for row, digest in enumerate(digests):
-                rows.setdefault(digest, (name, row))
-        return rows, bad
+        # One key gives one shape; a shard of another one was crafted, and would be refused by readers.
+        shapes = collections.Counter(shape for shape, _ in found.values())
+        bad += [name for name, (shape, _) in found.items() if shape != shapes.most_common(1)[0][0]]
+        rows: dict[str, tuple[str, int]] = {}
+        for name, (_, digests) in found.items():
+            if name not in bad:
+                for row, digest in enumerate(digests):
+                    rows.setdefault(digest, (name, row))
+        return rows, sorted(bad)
 
     def shard_feature_shape(self, name: str) -> tuple[int, ...]:
         """Shape of one image's features in the named complete shard."""
@@ -228,17 +236,20 @@ class FeatureStore:
                 raise FeatureStoreError(f"Shard '{path}' was refused: {problem}.")
             yield f
 
-    def verify_shards(self, names: Sequence[str]) -> list[str]:
+    def verify_shards(self, names: Sequence[str], feature_key: str | None = None) -> list[str]:
         """Reads every feature of the named shards; returns those that fail.
 
         HDF5's fletcher32 checksum makes a flipped bit or a truncated chunk
         fail the read instead of returning wrong numbers; a shard that reads
-        another file, or lacks that checksum, fails before any read.
+        another file, lacks that checksum or (given `feature_key`) was
+        written for another key fails before any read.
         """
         bad = []
         for name in names:
             try:
                 with self._open_shard(name) as f:
+                    if feature_key is not None and f.attrs.get("feature_key") != feature_key:
+                        raise FeatureStoreError("written for another feature key")
                     features = f["features"]
                     step = max(1, features.chunks[0] if features.chunks else len(features))
                     for start in range(0, len(features), step * 64):
@@ -257,7 +268,8 @@ class FeatureStore:
         stats = {s.name: _file_stat(self.shard_dir / s.name) for s in state.shards}
         if any(stats[s.name][0] != s.size for s in state.shards):
             return False
-        return not self.verify_shards([s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns])
+        changed = [s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns]
+        return not self.verify_shards(changed, state.feature_key)
 
     def quarantine(self, names: Sequence[str]) -> None:
         """Moves unreadable shards aside (kept for inspection, never read again)."""
@@ -371,7 +383,8 @@ class FeatureStore:
         features = np.empty((len(labels), *feature_shape), dtype=np.float32)
         for shard_id, name in enumerate(shards):
             mine = np.flatnonzero(shard_of_row == shard_id)
-            features[mine] = self._read_shard_rows(name, row_in_shard[mine], attrs.get("feature_key"), digests[mine])
+            expected = (attrs.get("feature_key"), digests[mine], feature_shape)
+            features[mine] = self._read_shard_rows(name, row_in_shard[mine], *expected)
         return FeatureSet(
             path=path,
             name=self.root.name,
@@ -386,14 +399,19 @@ class FeatureStore:
             content_hash=attrs["content_hash"],
         )
 
-    def _read_shard_rows(self, name: str, rows: np.ndarray, feature_key, digests: np.ndarray) -> np.ndarray:
-        """The features of `rows` of a shard, which must hold the images (`digests`) the index says."""
+    def _read_shard_rows(self, name: str, rows: np.ndarray, feature_key, digests, feature_shape) -> np.ndarray:
+        """The features of `rows` of a shard, which must hold what the index says: key, images, shape."""
         shard = self.shard_dir / name
         try:
             with self._open_shard(name) as f:
                 # A shard swapped for another one (of this set or another backbone) reads fine: refuse it.
                 if f.attrs.get("feature_key") != feature_key or not np.array_equal(f["sha256"][:][rows], digests):
                     raise FeatureStoreError(f"Shard '{shard}' holds other images than the index says.")
+                if f["features"].shape[1:] != feature_shape:
+                    raise FeatureStoreError(
+                        f"Shard '{shard}' holds features of shape {f['features'].shape[1:]}, where the index "
+                        f"says {feature_shape}."
+                    )
                 return f["features"][:][rows]
         except (OSError, KeyError, IndexError, FeatureStoreError) as e:
             problem = str(e) if isinstance(e, FeatureStoreError) else f"Shard '{shard}' is missing or corrupt ({e})."

@@ -136,7 +136,8 @@ def storable(features: np.ndarray, dtype: str, feature_set: str) -> np.ndarray:
         raise ConfigError(
             f"Features of feature set '{feature_set}' do not fit storage_dtype={dtype!r}: their magnitudes "
             f"range from {nonzero.min():.3g} to {nonzero.max():.3g}, and {dtype} holds nonzero values from "
-            f"{_smallest(target):.3g} to {np.finfo(target).max:.5g} only: of this batch's {features.size} values, {lost}. "
+            f"{_smallest(target):.3g} to {np.finfo(target).max:.5g} only: of this batch's {features.size} "
+            f"values, {lost}. "
             "Nothing of this batch was written (finished shards are kept). Extract the set with "
             "`storage_dtype='float32'`.",
             field="storage_dtype",

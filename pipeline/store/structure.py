@@ -15,8 +15,15 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator
 
 import h5py
+import numpy as np
 
 SHARD_DATASETS = ("features", "sha256", "path")
+# Filters built into HDF5 and h5py; any other id makes HDF5 look for a plugin
+# (code from outside the set) when the dataset is read.
+_BUILT_IN_FILTERS = frozenset({
+    h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE, h5py.h5z.FILTER_FLETCHER32, h5py.h5z.FILTER_SZIP,
+    h5py.h5z.FILTER_NBIT, h5py.h5z.FILTER_SCALEOFFSET, h5py.h5z.FILTER_LZF,
+})
 
 
 class _NotPlain(Exception):
@@ -36,6 +43,10 @@ def shard_problem(f: h5py.File) -> str | None:
         return str(e)
     if not datasets["features"].fletcher32:
         return "its `features` dataset has no fletcher32 checksum, so damage to it would go unnoticed"
+    if datasets["features"].dtype.kind != "f" or datasets["sha256"].dtype != np.dtype("S64") \
+            or h5py.check_string_dtype(datasets["path"].dtype) is None:
+        kinds = {name: str(datasets[name].dtype) for name in SHARD_DATASETS}
+        return f"its datasets are not float features, sha256 digests and paths (dtypes: {kinds})"
     counts = {name: datasets[name].shape[0] if datasets[name].shape else None for name in SHARD_DATASETS}
     if None in counts.values() or len(set(counts.values())) != 1:
         return f"its datasets do not hold one row per image (rows: {counts})"
@@ -98,6 +109,10 @@ def _require_plain(dset: h5py.Dataset, name: str) -> None:
     files = _external_files(dset)
     if files:
         raise _NotPlain(f"its `{name}` dataset keeps its bytes in other files {files}")
+    plist = dset.id.get_create_plist()
+    plugins = sorted({plist.get_filter(i)[0] for i in range(plist.get_nfilters())} - _BUILT_IN_FILTERS)
+    if plugins:
+        raise _NotPlain(f"its `{name}` dataset needs HDF5 filter plugins {plugins}, loaded from outside the set")
 
 
 def _external_files(dset: h5py.Dataset) -> list[str]:
