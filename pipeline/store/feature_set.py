@@ -236,20 +236,17 @@ class FeatureStore:
                 raise FeatureStoreError(f"Shard '{path}' was refused: {problem}.")
             yield f
 
-    def verify_shards(self, names: Sequence[str], feature_key: str | None = None) -> list[str]:
+    def verify_shards(self, names: Sequence[str]) -> list[str]:
         """Reads every feature of the named shards; returns those that fail.
 
         HDF5's fletcher32 checksum makes a flipped bit or a truncated chunk
         fail the read instead of returning wrong numbers; a shard that reads
-        another file, lacks that checksum or (given `feature_key`) was
-        written for another key fails before any read.
+        another file, or lacks that checksum, fails before any read.
         """
         bad = []
         for name in names:
             try:
                 with self._open_shard(name) as f:
-                    if feature_key is not None and f.attrs.get("feature_key") != feature_key:
-                        raise FeatureStoreError("written for another feature key")
                     features = f["features"]
                     step = max(1, features.chunks[0] if features.chunks else len(features))
                     for start in range(0, len(features), step * 64):
@@ -263,13 +260,23 @@ class FeatureStore:
 
         Cheap first: a shard must have its recorded size; only shards whose
         mtime moved (all of them with `verify`) are read to check their
-        checksums, so the answer costs the same at any cache size.
+        checksums and their feature key (a shard swapped for another
+        backbone's passes its checksums), so the answer costs the same at
+        any cache size.
         """
         stats = {s.name: _file_stat(self.shard_dir / s.name) for s in state.shards}
         if any(stats[s.name][0] != s.size for s in state.shards):
             return False
         changed = [s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns]
-        return not self.verify_shards(changed, state.feature_key)
+        return not self.verify_shards(changed) and all(self._key_of(name) == state.feature_key for name in changed)
+
+    def _key_of(self, name: str) -> str | None:
+        """The feature key a shard was written for; `None` when it cannot be read."""
+        try:
+            with h5py.File(self.shard_dir / name, "r") as f:
+                return f.attrs.get("feature_key")
+        except OSError:
+            return None
 
     def quarantine(self, names: Sequence[str]) -> None:
         """Moves unreadable shards aside (kept for inspection, never read again)."""
