@@ -1,7 +1,10 @@
+import re
+
 import h5py
 import numpy as np
 import pytest
 
+from pipeline.errors import ConfigError
 from pipeline.store import (
     FeatureStore,
     FeatureStoreError,
@@ -10,6 +13,7 @@ from pipeline.store import (
     ShardRecord,
     SkippedFile,
     StoreBusyError,
+    WriteError,
     feature_key,
     list_feature_sets,
     read_feature_set,
@@ -207,3 +211,119 @@ def test_list_feature_sets_names_complete_sets_only(tmp_path):
                       dtype="float32", attrs={"feature_key": KEY})
     _write_shard(FeatureStore(cache / "half-written"), ["c"])  # shards, no index yet
     assert list_feature_sets(cache) == [("digits-vgg16", store.index_path, 2)]
+
+
+@pytest.mark.parametrize("value, lost", [(1e-9, "would become 0"), (1e5, "would become inf"), (-1e5, "inf")])
+def test_float16_storage_refuses_features_it_would_store_as_zero_or_inf(tmp_path, value, lost):
+    store = FeatureStore(tmp_path / "digits-vgg16")
+    good = np.linspace(0.5, 2, 3 * 4, dtype=np.float32).reshape(3, 4)
+    magnitude = re.escape(f"{abs(value):.0e}")
+    with pytest.raises(ConfigError, match=rf"(?s)'digits-vgg16'.*{magnitude}.*{lost}.*storage_dtype='float32'") as e:
+        with store.shard_appender(KEY, (4,), "float16", shard_rows=2) as shards:
+            shards.append(good, ["a", "b", "c"], ["a", "b", "c"])  # fills one shard, starts another
+            bad = good.copy()
+            bad[1] = value  # one row the float16 range cannot hold, among good ones
+            shards.append(bad, ["d", "e", "f"], ["d", "e", "f"])
+    assert e.value.field == "storage_dtype"
+    located, damaged = store.scan_shards(KEY)
+    assert damaged == [] and sorted(located) == ["a", "b"]  # the finished shard only, none of the refused batch
+    assert not list(store.shard_dir.glob(".tmp-*"))
+
+
+def test_float16_storage_keeps_values_below_its_precision_at_the_rows_scale(tmp_path):
+    store = FeatureStore(tmp_path / "set")
+    features = np.array([[1.0, 1e-10, 3.0, 0.0], [2e-4, 1e-4, 0.0, 5e-5]], dtype=np.float32)
+    with store.shard_appender(KEY, (4,), "float16", shard_rows=4) as shards:
+        shards.append(features, ["a", "b"], ["a", "b"])
+    (name,) = store.shard_names()
+    with h5py.File(store.shard_dir / name, "r") as f:
+        assert f["features"].dtype == np.float16
+        np.testing.assert_array_equal(f["features"][:], features.astype(np.float16))  # 1e-10 next to 3.0: rounding
+
+
+def _refuse_work(monkeypatch):
+    """Makes decoding or building a model fail the test: an unwritable cache must be found first."""
+    from pipeline.features import backbones, decode
+
+    def fail(*args, **kwargs):
+        raise AssertionError("decoded or built a model before finding the cache unwritable")
+
+    monkeypatch.setattr(backbones, "build_extractor", fail)
+    monkeypatch.setattr(decode, "decode_batches", fail)
+
+
+def _features_exit(data, cache, capsys):
+    from pipeline.cli import main
+
+    status = main(["features", str(data), "--model", "resnet50", "--size", "32", "--weights", "none",
+                   "--cache-dir", str(cache), "-q"])
+    return status, capsys.readouterr().err.strip().splitlines()
+
+
+def test_a_cache_under_a_regular_file_is_a_write_error_before_any_work(tiny_dataset, tmp_path, capsys, monkeypatch):
+    _refuse_work(monkeypatch)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the cache folder should go")
+    status, err = _features_exit(tiny_dataset, blocker / "cache", capsys)
+    assert status == 3, err
+    (line,) = err
+    assert line.startswith(f"error: Cannot write feature set folder '{blocker}/cache/")
+    assert f"'{blocker}' is a file, not a folder" in line and "`cache_dir`" in line and "--cache-dir" in line
+    assert "Errno" not in line
+
+
+def test_a_read_only_cache_is_a_write_error_before_any_work(tiny_dataset, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real_open, real_mkdir = os.open, os.mkdir
+
+    def read_only(real):
+        def call(path, *args, **kwargs):
+            if str(path).startswith(str(cache)):  # a read-only mount: root's permission bits would not stop it
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+            return real(path, *args, **kwargs)
+        return call
+
+    _refuse_work(monkeypatch)
+    monkeypatch.setattr(os, "open", read_only(real_open))
+    monkeypatch.setattr(os, "mkdir", read_only(real_mkdir))
+    status, err = _features_exit(tiny_dataset, cache, capsys)
+    assert status == 3, err
+    (line,) = err
+    assert f"Cannot write feature set folder '{cache}/" in line and "Read-only file system (errno 30)" in line
+    assert "`cache_dir`" in line and "[set with --cache-dir" in line
+
+
+def test_a_shard_write_refused_by_permissions_is_not_called_a_full_disk(tmp_path):
+    import errno
+
+    from pipeline.store.shards import reporting_write_errors
+
+    with pytest.raises(WriteError, match="read-only or not yours to write.*`cache_dir`") as refused:
+        with reporting_write_errors(tmp_path / "x.h5"):
+            raise PermissionError(errno.EACCES, "Permission denied")
+    assert refused.value.field == "cache_dir" and "full" not in str(refused.value)
+
+
+def test_a_read_only_bind_mount_is_a_write_error_and_its_complete_sets_still_read(tiny_dataset, tmp_path, capsys):
+    import subprocess
+
+    writable, read_only = tmp_path / "cache", tmp_path / "read-only"
+    writable.mkdir()
+    read_only.mkdir()
+    status, err = _features_exit(tiny_dataset, writable / "built", capsys)
+    assert status == 0, err
+    try:
+        for args in (["--bind", writable, read_only], ["-o", "remount,ro,bind", read_only]):
+            if subprocess.run(["mount", *map(str, args)], capture_output=True).returncode:
+                pytest.skip("mounting needs root with CAP_SYS_ADMIN")
+        status, err = _features_exit(tiny_dataset, read_only / "new", capsys)
+        assert status == 3 and len(err) == 1 and "Read-only file system" in err[0], err
+        status, err = _features_exit(tiny_dataset, read_only / "built", capsys)  # up to date: nothing to write
+        assert status == 0, err
+        assert len(read_feature_set(next((read_only / "built").glob("*/features.h5"))).paths) == 18
+    finally:
+        subprocess.run(["umount", str(read_only)], capture_output=True)

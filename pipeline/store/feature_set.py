@@ -17,6 +17,7 @@ longer points at.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import fcntl
@@ -27,8 +28,8 @@ from typing import Any, Iterator, Sequence
 import h5py
 import numpy as np
 
-from .._atomic import TMP_PREFIX
-from ..errors import FeatureStoreError, StoreBusyError
+from .._atomic import TMP_PREFIX, temporary_name
+from ..errors import FeatureStoreError, StoreBusyError, WriteError
 from .index import (
     FORMAT_VERSION,
     INDEX_NAME,
@@ -44,6 +45,7 @@ from .index import (
     write_index,
 )
 from .shards import ShardAppender
+from .structure import shard_problem
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,9 +100,13 @@ class FeatureStore:
 
         `on_wait` is called once, with the holder's description, before
         blocking, so the caller can tell the user why nothing happens.
+
+        Raises:
+            WriteError: (field `cache_dir`) the set's folders cannot be
+                created or written; raised before any work is done.
+            StoreBusyError: another process holds the lock and `wait` is false.
         """
-        self.shard_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".write.lock", "a+") as f:
+        with self._open_write_lock() as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -114,14 +120,46 @@ class FeatureStore:
                 if on_wait is not None:
                     on_wait(holder)
                 fcntl.flock(f, fcntl.LOCK_EX)
-            f.seek(0)
-            f.truncate()
-            f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
-            f.flush()
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+                f.flush()
+            except OSError as e:
+                raise self._unwritable(e) from None
             try:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _open_write_lock(self):
+        """Creates the set's folders and opens its lock file, once both folders take a new file.
+
+        Tested by writing, not by permission bits: those say nothing for
+        root, a read-only mount or a full quota. A run thus fails here,
+        before decoding or building a model, instead of at its first shard.
+        """
+        try:
+            self.shard_dir.mkdir(parents=True, exist_ok=True)
+            for folder in (self.root, self.shard_dir):
+                probe = temporary_name(folder / "write-probe")
+                os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                os.unlink(probe)
+            return open(self.root / ".write.lock", "a+")
+        except OSError as e:
+            raise self._unwritable(e) from None
+
+    def _unwritable(self, error: OSError) -> WriteError:
+        """The error for a set folder that cannot be written, naming what is in the way."""
+        blocking = next((p for p in (self.root, *self.root.parents) if p.exists() and not p.is_dir()), None)
+        reason = f"{error.strerror or error} (errno {error.errno})"
+        if blocking is not None:
+            reason = f"'{blocking}' is a file, not a folder"
+        return WriteError(
+            f"Cannot write feature set folder '{self.root}': {reason}. Features are cached there, so it must "
+            "be a folder you can write: pass a writable folder elsewhere as `cache_dir`.",
+            field="cache_dir",
+        )
 
     @contextlib.contextmanager
     def _read_lock(self, exclusive: bool = False) -> Iterator[None]:
@@ -158,47 +196,62 @@ class FeatureStore:
     def scan_shards(self, feature_key: str) -> tuple[dict[str, tuple[str, int]], list[str]]:
         """Maps each image sha256 held by a complete shard to (shard, row).
 
-        Shards that cannot be read, or that belong to another feature key,
-        are reported in the second return value and ignored, so their images
-        count as not yet extracted.
+        Shards that cannot be read, that belong to another feature key,
+        whose structure is refused (see `structure`), or whose feature shape
+        is not the one most shards have, are reported in the second return
+        value and ignored, so their images count as not yet extracted.
         """
-        rows: dict[str, tuple[str, int]] = {}
+        found: dict[str, tuple[tuple[int, ...], list[str]]] = {}
         bad: list[str] = []
         for name in self.shard_names():
             try:
-                with h5py.File(self.shard_dir / name, "r") as f:
+                with self._open_shard(name) as f:
                     if f.attrs.get("feature_key") != feature_key:
                         raise FeatureStoreError("written for another feature key")
-                    digests = [d.decode("ascii") for d in f["sha256"][:]]
-                    if f["features"].shape[0] != len(digests):
-                        raise FeatureStoreError("row counts differ")
+                    found[name] = (f["features"].shape[1:], [d.decode("ascii") for d in f["sha256"][:]])
             except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, a damaged digest
                 bad.append(name)
-                continue
-            for row, digest in enumerate(digests):
-                rows.setdefault(digest, (name, row))
-        return rows, bad
+        # One key gives one shape; a shard of another one was crafted, and would be refused by readers.
+        shapes = collections.Counter(shape for shape, _ in found.values())
+        bad += [name for name, (shape, _) in found.items() if shape != shapes.most_common(1)[0][0]]
+        rows: dict[str, tuple[str, int]] = {}
+        for name, (_, digests) in found.items():
+            if name not in bad:
+                for row, digest in enumerate(digests):
+                    rows.setdefault(digest, (name, row))
+        return rows, sorted(bad)
 
     def shard_feature_shape(self, name: str) -> tuple[int, ...]:
         """Shape of one image's features in the named complete shard."""
-        with h5py.File(self.shard_dir / name, "r") as f:
+        with self._open_shard(name) as f:
             return tuple(int(d) for d in f["features"].shape[1:])
+
+    @contextlib.contextmanager
+    def _open_shard(self, name: str) -> Iterator[h5py.File]:
+        """Opens a shard for reading once its structure is known to be plain (see `structure`)."""
+        path = self.shard_dir / name
+        with h5py.File(path, "r") as f:
+            problem = shard_problem(f)
+            if problem is not None:
+                raise FeatureStoreError(f"Shard '{path}' was refused: {problem}.")
+            yield f
 
     def verify_shards(self, names: Sequence[str]) -> list[str]:
         """Reads every feature of the named shards; returns those that fail.
 
         HDF5's fletcher32 checksum makes a flipped bit or a truncated chunk
-        fail the read instead of returning wrong numbers.
+        fail the read instead of returning wrong numbers; a shard that reads
+        another file, or lacks that checksum, fails before any read.
         """
         bad = []
         for name in names:
             try:
-                with h5py.File(self.shard_dir / name, "r") as f:
+                with self._open_shard(name) as f:
                     features = f["features"]
                     step = max(1, features.chunks[0] if features.chunks else len(features))
                     for start in range(0, len(features), step * 64):
                         features[start : start + step * 64]
-            except (OSError, KeyError):
+            except (OSError, KeyError, FeatureStoreError):
                 bad.append(name)
         return bad
 
@@ -207,12 +260,23 @@ class FeatureStore:
 
         Cheap first: a shard must have its recorded size; only shards whose
         mtime moved (all of them with `verify`) are read to check their
-        checksums, so the answer costs the same at any cache size.
+        checksums and their feature key (a shard swapped for another
+        backbone's passes its checksums), so the answer costs the same at
+        any cache size.
         """
         stats = {s.name: _file_stat(self.shard_dir / s.name) for s in state.shards}
         if any(stats[s.name][0] != s.size for s in state.shards):
             return False
-        return not self.verify_shards([s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns])
+        changed = [s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns]
+        return not self.verify_shards(changed) and all(self._key_of(name) == state.feature_key for name in changed)
+
+    def _key_of(self, name: str) -> str | None:
+        """The feature key a shard was written for; `None` when it cannot be read."""
+        try:
+            with h5py.File(self.shard_dir / name, "r") as f:
+                return f.attrs.get("feature_key")
+        except OSError:
+            return None
 
     def quarantine(self, names: Sequence[str]) -> None:
         """Moves unreadable shards aside (kept for inspection, never read again)."""
@@ -311,6 +375,7 @@ class FeatureStore:
                 labels = f["labels"][:]
                 class_names = [c.decode() for c in f["class_names"][:]]
                 paths = [decode_path(p) for p in f["images/path"][:]]
+                digests = f["images/sha256"][:]
                 split_keys = f["images/split_key"][:]
                 folder_splits = f["images/folder_split"].asstr()[:]
                 feature_shape = tuple(f["features"].shape[1:])
@@ -325,7 +390,8 @@ class FeatureStore:
         features = np.empty((len(labels), *feature_shape), dtype=np.float32)
         for shard_id, name in enumerate(shards):
             mine = np.flatnonzero(shard_of_row == shard_id)
-            features[mine] = self._read_shard_rows(name, row_in_shard[mine])
+            expected = (attrs.get("feature_key"), digests[mine], feature_shape)
+            features[mine] = self._read_shard_rows(name, row_in_shard[mine], *expected)
         return FeatureSet(
             path=path,
             name=self.root.name,
@@ -340,16 +406,25 @@ class FeatureStore:
             content_hash=attrs["content_hash"],
         )
 
-    def _read_shard_rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+    def _read_shard_rows(self, name: str, rows: np.ndarray, feature_key, digests, feature_shape) -> np.ndarray:
+        """The features of `rows` of a shard, which must hold what the index says: key, images, shape."""
         shard = self.shard_dir / name
         try:
-            with h5py.File(shard, "r") as f:
+            with self._open_shard(name) as f:
+                # A shard swapped for another one (of this set or another backbone) reads fine: refuse it.
+                if f.attrs.get("feature_key") != feature_key or not np.array_equal(f["sha256"][:][rows], digests):
+                    raise FeatureStoreError(f"Shard '{shard}' holds other images than the index says.")
+                if f["features"].shape[1:] != feature_shape:
+                    raise FeatureStoreError(
+                        f"Shard '{shard}' holds features of shape {f['features'].shape[1:]}, where the index "
+                        f"says {feature_shape}."
+                    )
                 return f["features"][:][rows]
-        except (OSError, KeyError, IndexError) as e:
+        except (OSError, KeyError, IndexError, FeatureStoreError) as e:
+            problem = str(e) if isinstance(e, FeatureStoreError) else f"Shard '{shard}' is missing or corrupt ({e})."
             raise FeatureStoreError(
-                f"Shard '{shard}' of feature set '{self.root.name}' is missing or corrupt ({e}). "
-                "Extract the same set again with `verify=True`: that run finds the damaged shards and "
-                "re-extracts their images.",
+                f"{problem} Feature set '{self.root.name}' cannot be read: extract it again with `verify=True`; "
+                "that run sets damaged or foreign shards aside and re-extracts their images.",
                 field="verify",
             ) from None
 

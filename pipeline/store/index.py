@@ -26,6 +26,7 @@ import numpy as np
 from .._atomic import create_new, temporary_name
 from ..errors import FeatureStoreError
 from .shards import FORMAT_VERSION, SHARD_DIR, decode_path, encode_path, interrupts_deferred, reporting_write_errors
+from .structure import index_problem
 
 INDEX_NAME = "features.h5"
 # The index starts with `_SEAL + sha256 of everything after the user block`;
@@ -200,8 +201,11 @@ def open_index(path: Path) -> h5py.File:
 
     HDF5 checksums neither raw data nor the heap holding strings, and some
     damage makes it loop forever, so the whole file is checked first and
-    HDF5 parses exactly the bytes that were checked. Raises OSError when the
-    file cannot be read and FeatureStoreError when it is damaged.
+    HDF5 parses exactly the bytes that were checked. The seal is a checksum,
+    not a signature, so the structure is checked too: `features` may read
+    only the shards the index lists, and nothing else may read another file.
+    Raises OSError when the file cannot be read and FeatureStoreError when
+    it is damaged or crafted.
     """
     data = Path(path).read_bytes()
     digest = hashlib.sha256(memoryview(data)[_USERBLOCK:]).hexdigest().encode()
@@ -210,7 +214,19 @@ def open_index(path: Path) -> h5py.File:
             f"'{path}' is damaged or not a complete feature set: its checksum does not match its "
             "content. Run `make features` again to rebuild it (finished shards are reused)."
         )
-    return h5py.File(io.BytesIO(data), "r")
+    f = h5py.File(io.BytesIO(data), "r")
+    try:
+        problem = index_problem(f, _listed_sources)
+    except BaseException:
+        f.close()
+        raise
+    if problem is not None:
+        f.close()
+        raise FeatureStoreError(
+            f"Index '{path}' was refused: {problem}. Run the features stage again on the same data: "
+            "it rebuilds the index from the shards."
+        )
+    return f
 
 
 def read_index_state(path: Path) -> IndexState | None:
@@ -277,6 +293,12 @@ def attr_value(value):
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _listed_sources(f: h5py.File) -> list[str]:
+    """The files an index's `features` may read: `shards/<name>` of each shard it lists."""
+    names = [n.decode(errors="replace") for n in f["shards/name"][:]]
+    return [f"{SHARD_DIR}/{n}" for n in names if is_shard_name(n)]
 
 
 def _paths(group) -> list[str]:

@@ -13,6 +13,7 @@ while HDF5 writes (see `interrupts_deferred`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import re
@@ -27,11 +28,13 @@ import h5py
 import numpy as np
 
 from .._atomic import fsync_path, temporary_name
-from ..errors import WriteError
+from ..errors import ConfigError, WriteError
 
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
 _BYTES = h5py.string_dtype("ascii")
+# Failed writes that more free space would not fix.
+_NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
 
 
 def encode_path(relpath: str) -> bytes:
@@ -65,12 +68,17 @@ class ShardAppender:
         self._writer: ShardWriter | None = None
 
     def append(self, features: np.ndarray, digests: Sequence[str], relpaths: Sequence[str]) -> list[tuple[str, int]]:
-        """Writes one row per image; returns the (shard name, row) holding each."""
+        """Writes one row per image; returns the (shard name, row) holding each.
+
+        Pass the features as computed (float32): they are converted to the
+        stored dtype here, after `storable` has checked that it holds them.
+        """
         if not len(features) == len(digests) == len(relpaths):
             raise ValueError(
                 f"`features`, `digests` and `relpaths` must have one entry per image. Received lengths "
                 f"{len(features)}, {len(digests)} and {len(relpaths)}."
             )
+        features = storable(features, self._spec[2], self._shard_dir.parent.name)
         locations: list[tuple[str, int]] = []
         while len(locations) < len(features):
             writer = self._open_writer()
@@ -94,6 +102,52 @@ class ShardAppender:
             name = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:12]}.h5"
             self._writer = ShardWriter(self._shard_dir / name, *self._spec)
         return self._writer
+
+
+def storable(features: np.ndarray, dtype: str, feature_set: str) -> np.ndarray:
+    """`features` converted to the stored `dtype`, refused if the conversion would lose them.
+
+    float16 stores nonzero magnitudes from about 6e-8 to 65504 only: below,
+    values become 0 (random-weight backbones give features near 1e-12, and
+    their set came out all zeros); above, inf. Either is a wrong result that
+    every later run trains on. A value flushed to 0 is tolerated only when it
+    is below float16's precision at the largest value of its row, where
+    rounding already loses it.
+
+    Raises:
+        ConfigError: (field `storage_dtype`) some value would be stored as 0
+            or inf; nothing of this batch was written.
+    """
+    target = np.dtype(dtype)
+    if features.dtype == target or target.kind != "f" or features.dtype.kind != "f" or not features.size:
+        return features.astype(target, copy=False)
+    with np.errstate(over="ignore", under="ignore"):
+        stored = features.astype(target)
+    rows = np.abs(features.reshape(len(features), -1))
+    finite = np.isfinite(rows)
+    row_max = np.where(finite, rows, 0).max(axis=1, initial=0, keepdims=True)
+    flat = stored.reshape(len(stored), -1)
+    zeroed = (flat == 0) & (rows > 0) & (rows >= row_max * np.finfo(target).eps)
+    overflowed = np.isinf(flat) & finite
+    if zeroed.any() or overflowed.any():
+        nonzero = rows[finite & (rows > 0)]
+        counts = ((int(zeroed.sum()), "0"), (int(overflowed.sum()), "inf"))
+        lost = " and ".join(f"{n} would become {what}" for n, what in counts if n)
+        raise ConfigError(
+            f"Features of feature set '{feature_set}' do not fit storage_dtype={dtype!r}: their magnitudes "
+            f"range from {nonzero.min():.3g} to {nonzero.max():.3g}, and {dtype} holds nonzero values from "
+            f"{_smallest(target):.3g} to {np.finfo(target).max:.5g} only: of this batch's {features.size} "
+            f"values, {lost}. "
+            "Nothing of this batch was written (finished shards are kept). Extract the set with "
+            "`storage_dtype='float32'`.",
+            field="storage_dtype",
+        )
+    return stored
+
+
+def _smallest(dtype: np.dtype) -> float:
+    """The smallest positive value `dtype` holds (a subnormal)."""
+    return float(np.nextafter(dtype.type(0), dtype.type(1)))
 
 
 class ShardWriter:
@@ -213,16 +267,23 @@ def reporting_write_errors(path: Path) -> Iterator[None]:
         raise
     except (OSError, RuntimeError) as e:
         found = re.search(r"errno = (\d+), error message = '([^']*)'", str(e))
+        code = e.errno if isinstance(e, OSError) else int(found.group(1)) if found else None
         if isinstance(e, OSError) and e.strerror:
             reason = f"{e.strerror} (errno {e.errno})"
         elif found:
             reason = f"{found.group(2)} (errno {found.group(1)})"
         else:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        kept = "Nothing half-written is used and the previous feature set is untouched"
+        if code in _NOT_WRITABLE:
+            raise WriteError(
+                f"Cannot write '{path}': {reason}. Its folder is read-only or not yours to write. {kept}: "
+                "make it writable, or pass a writable folder elsewhere as `cache_dir`.",
+                field="cache_dir",
+            ) from None
         raise WriteError(
-            f"Cannot write '{path}': {reason}. The disk is probably full or over quota. Nothing "
-            "half-written is used and the previous feature set is untouched: free some space, "
-            "then run the same command again (it resumes where it stopped)."
+            f"Cannot write '{path}': {reason}. The disk is probably full or over quota. {kept}: free some "
+            "space, then run the same command again (it resumes where it stopped)."
         ) from None
 
 
