@@ -64,8 +64,8 @@ _SPLIT_FOLDER_NAMES = {
 }
 # Files that make a folder an output of bottleneck. They are spelled here
 # rather than imported, because the features stage stays independent of
-# runs/: `features.h5` and `shards/` are pipeline/store/feature_store.py's
-# INDEX_NAME and SHARD_DIR; `lineage.json`, `bundle.json` and
+# runs/: `features.h5` and `shards/` are pipeline/store's INDEX_NAME and
+# SHARD_DIR; `lineage.json`, `bundle.json` and
 # `leaderboard.csv` are pipeline/runs/layout.py's LINEAGE, BUNDLE and
 # LEADERBOARD_CSV. A test checks that they still agree.
 _FEATURE_SET_INDEX = "features.h5"
