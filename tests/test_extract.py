@@ -226,13 +226,13 @@ def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monke
     from pipeline.features.extract import extract_many
 
     calls = []
-    real_load = decode.load_image
-    monkeypatch.setattr(decode, "load_image", lambda path, size: calls.append(path) or real_load(path, size))
+    real_read = decode._read_file
+    monkeypatch.setattr(decode, "_read_file", lambda path: calls.append(path) or real_read(path))
     configs = [_config(tiny_dataset, tmp_path / "cache", model=m) for m in ("resnet50", "vgg16")]
     together = extract_many(configs)
     assert len(calls) == 18  # 18 images, two backbones, one decode each
     assert [r.counts["extracted"] for r in together] == [18, 18]
-    monkeypatch.setattr(decode, "load_image", real_load)
+    monkeypatch.undo()
     for config, result in zip(configs, together):
         alone = extract_features(config=dataclasses.replace(config, cache_dir=str(tmp_path / "alone")))
         np.testing.assert_allclose(read_feature_set(result.path).features, read_feature_set(alone.path).features,
