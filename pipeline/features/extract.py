@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import importlib.metadata
 import logging
 import os
@@ -20,11 +21,14 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from . import backbones, decode, discovery
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, WeightsUnavailableError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
+from ..store.index import open_index
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
+
+_CHANGED = "changed while it was being extracted; run again"
 
 log = logging.getLogger("bottleneck")
 
@@ -46,6 +50,9 @@ class ExtractResult:
         feature_shape: shape of one image's features.
         quarantined: damaged shards found and set aside (their images were
             extracted again).
+        label_conflicts: files with the same content under different
+            classes, one tuple of paths (the first of each class) per
+            content: probably labelling mistakes, and they poison training.
     """
 
     path: Path
@@ -56,6 +63,7 @@ class ExtractResult:
     dataset_summary: str
     feature_shape: tuple[int, ...]
     quarantined: list[str]
+    label_conflicts: tuple[tuple[str, ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +74,7 @@ class ExtractResult:
             "feature_shape": list(self.feature_shape),
             "skipped": [{"path": s.relpath, "reason": s.reason} for s in self.skipped],
             "quarantined": self.quarantined,
+            "label_conflicts": [list(paths) for paths in self.label_conflicts],
         }
 
 
@@ -87,11 +96,43 @@ def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
 
 
 def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key: str) -> Path:
-    """`<cache>/<dataset>-<model>-<size>-<pooling or layer>-<key8>`: readable, unique per key."""
-    dataset = config.name or Path(config.data).resolve().name
+    """The feature set's folder: readable, and unique per key and data folder.
+
+    `<cache>/<name>-<model>-<size>-<pooling or layer>-<key8>` when
+    `config.name` is given; otherwise
+    `<cache>/<data folder name>-<model>-<size>-<pooling or layer>-<key8>-<data8>`,
+    where `<data8>` hashes the data folder's resolved path, so two folders of
+    the same name (`a/imgs`, `b/imgs`) never share a set. Characters other
+    than letters, digits, `.`, `_` and `-` become `_`.
+
+    Raises:
+        ConfigError: `config.name` would make a hidden or empty folder name.
+    """
     cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
-    name = f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}"
-    return Path(config.cache_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    if config.name is None:
+        root = Path(config.data).resolve()
+        dataset = _clean(root.name).lstrip(".") or "data"  # a data folder may be hidden; its set must not
+        where = "-" + hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    else:
+        dataset, where = _checked_name(config.name), ""
+    return Path(config.cache_dir) / _clean(f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}{where}")
+
+
+def _clean(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def _checked_name(name: str) -> str:
+    cleaned = _clean(name)
+    if cleaned.startswith(".") or not cleaned.strip("._"):
+        raise ConfigError(
+            "`name` must make a visible folder name: not empty, not starting with '.', and not only "
+            "'.' and '_' once characters other than letters, digits, '.', '_' and '-' become '_' "
+            f"(a hidden feature set is left out of listings). Received: name={name!r}. Pass a name "
+            "such as 'flowers', or leave `name` unset to use the data folder's name.",
+            field="name",
+        )
+    return cleaned
 
 
 def extract_features(
@@ -138,6 +179,14 @@ def extract_many(
     Returns:
         One `ExtractResult` per config, in order.
     """
+    results = _extract_many(configs, progress)
+    for paths in sorted({paths for result in results for paths in result.label_conflicts}):
+        log.warning("Same image content in %d classes, probably a labelling mistake: %s",
+                    len(paths), " and ".join(f"'{p}'" for p in paths))
+    return results
+
+
+def _extract_many(configs, progress) -> list[ExtractResult]:
     started = time.perf_counter()
     if len({Path(c.data).resolve() for c in configs}) != 1:
         raise ConfigError(
@@ -148,9 +197,11 @@ def extract_many(
     jobs = [(c, feature_spec(c)) for c in configs]
     dataset = discovery.index_directory(configs[0].data)
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
+    # A set taken over from a moved folder is rewritten, to record where its images are now.
+    current = [_records_this_folder(store, dataset.root, config) for store, config in zip(stores, configs)]
     results: list[ExtractResult | None] = [
-        _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
-        for store, (config, spec) in zip(stores, jobs)
+        _answer_if_up_to_date(store, dataset, config, feature_key(spec), started) if ok else None
+        for store, (config, spec), ok in zip(stores, jobs, current)
     ]
     if all(results):
         return results
@@ -162,7 +213,9 @@ def extract_many(
             store, (config, spec) = stores[i], jobs[i]
             locks.enter_context(store.write_lock(on_wait=lambda holder, root=store.root: log.warning(
                 "Waiting for %s to finish writing %s ...", holder, root)))
-            results[i] = _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
+            current[i] = _records_this_folder(store, dataset.root, config)  # again, now that no one else writes
+            if current[i]:
+                results[i] = _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
             if results[i] is None:
                 plans.append((i, _plan(store, dataset, config, spec, hashed)))
         for size in sorted({plan.spec["size"] for _, plan in plans}):
@@ -172,6 +225,39 @@ def extract_many(
         for i, plan in plans:
             results[i] = _finish(plan, dataset, started)
     return results
+
+
+def _records_this_folder(store: FeatureStore, root: Path, config) -> bool:
+    """Whether a feature set's index records `root` (or nothing); refuses another live folder's set.
+
+    Only a set named by `config.name` can hold another folder. Extending it
+    would replace that folder's rows with this one's, so that is refused. A
+    recorded folder that no longer exists was moved: its set is taken over
+    (`False`), and the images it shares with `root` are reused.
+    """
+    if config.name is None:
+        return True  # the set's folder name hashes the data folder's path
+    recorded = _recorded_data_root(store)
+    if recorded is None or Path(recorded) == root:
+        return True
+    if not Path(recorded).is_dir():
+        return False
+    raise ConfigError(
+        f"Feature set '{store.root}' holds the images of data folder '{recorded}', and "
+        f"'{root}' would get the same set: both are named {config.name!r}. Give each folder its own "
+        "`name` (or leave `name` unset: the set's folder name then tells the data folders apart), "
+        "so that neither replaces the other's rows.",
+        field="name",
+    )
+
+
+def _recorded_data_root(store: FeatureStore) -> str | None:
+    """The data folder a feature set's sealed index records, or `None`."""
+    try:
+        with open_index(store.index_path) as f:
+            return str(f.attrs["data_root"])
+    except (OSError, KeyError, ValueError):  # no index yet, or unreadable: nothing is replaced
+        return None
 
 
 @dataclasses.dataclass
@@ -188,9 +274,18 @@ class _Plan:
     located: dict[str, tuple[str, int]]
     todo: list
     damaged: list[str]
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # by digest: the content cannot be decoded
+    changed: dict[str, str] = dataclasses.field(default_factory=dict)  # by path: the file is not what was hashed
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     feature_shape: tuple[int, ...] = ()
+
+    def needs(self, relpath: str) -> bool:
+        """Whether decoding this file could still give the plan features it lacks."""
+        digest = self.digests.get(relpath)
+        return (
+            digest is not None and relpath not in self.changed
+            and digest not in self.located and digest not in self.failed
+        )
 
 
 def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, started: float) -> ExtractResult | None:
@@ -209,9 +304,10 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
         return None
     skipped = list(state.skipped.values())
     counts = {"extracted": 0, "reused": len(state.files), "skipped": len(skipped), "removed": 0}
+    conflicts = _label_conflicts(dataset, {path: f.sha256 for path, f in state.files.items()})
     return ExtractResult(
-        store.index_path, counts, time.perf_counter() - started, None, skipped, dataset.summary(),
-        state.feature_shape, [],
+        store.index_path, counts, time.perf_counter() - started, None, skipped, _summary(dataset, conflicts),
+        state.feature_shape, [], conflicts,
     )
 
 
@@ -250,9 +346,7 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
             except OSError as e:
                 skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
 
-    todo = _unique_by_digest(
-        [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located], digests
-    )
+    todo = [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located]
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
     return _Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
@@ -266,7 +360,10 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     rows, locations = [], []
     for entry in dataset.entries:
         digest = plan.digests.get(entry.relpath)
-        if digest in plan.failed:
+        if entry.relpath in plan.changed:
+            # No fingerprint, so the next run hashes the file again instead of remembering this skip.
+            skipped[entry.relpath] = SkippedFile(entry.relpath, plan.changed[entry.relpath], -1, -1)
+        elif digest in plan.failed:
             skipped[entry.relpath] = SkippedFile(entry.relpath, plan.failed[digest], entry.size, entry.mtime_ns)
         elif digest is not None:
             rows.append(
@@ -307,69 +404,127 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     )
     plan.store.delete_unreferenced_shards([name for name, _ in locations])
     seconds = plan.timings.get("extract_seconds")
+    conflicts = _label_conflicts(dataset, {row.relpath: row.sha256 for row in rows})
     return ExtractResult(
         plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds and n_extracted else None,
-        skipped_list, dataset.summary(), tuple(plan.feature_shape), plan.damaged,
+        skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
     )
 
 
 def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
-    models = []
-    for plan in plans:
-        t0 = time.perf_counter()
-        model = backbones.build_extractor(
-            backbones.get_backbone_cfg(plan.config.model),
-            size=plan.spec["size"],
-            weights=plan.config.weights,
-            pooling=plan.config.pooling,
-            layer=plan.config.layer,
-            precision=plan.config.precision,
-        )
-        plan.timings["model_build_seconds"] = time.perf_counter() - t0
-        plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
-        models.append(model)
-    wanted = [{plan.digests[e.relpath] for e in plan.todo} for plan in plans]
-    union = _unique_by_digest([e for plan in plans for e in plan.todo], plans[0].digests)
-    union.sort(key=lambda e: e.relpath)
+    models = [_build_model(plan) for plan in plans]
     first = plans[0].config
-    batches = decode.decode_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
-    done, decoding_started = 0, time.perf_counter()
+    done, total, decoding_started = 0, 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
         shards = [
             stack.enter_context(plan.store.shard_appender(
                 plan.key, plan.feature_shape, plan.config.storage_dtype, plan.config.shard_size))
             for plan in plans
         ]
-        for entries, images, failures in batches:
-            for plan, model, need, appender in zip(plans, models, wanted, shards):
-                for entry, reason in failures:
-                    if plan.digests[entry.relpath] in need:
-                        plan.failed[plan.digests[entry.relpath]] = reason
-                mine = [i for i, e in enumerate(entries) if plan.digests[e.relpath] in need]
-                if mine:
-                    # Most batches are wanted whole: skip the copy fancy indexing makes.
-                    batch = images if len(mine) == len(entries) else images[mine]
-                    features = backbones.predict_batches(model, batch, plan.config.batch_size)
-                    digests = [plan.digests[entries[i].relpath] for i in mine]
-                    locations = appender.append(
-                        features.astype(plan.config.storage_dtype), digests, [entries[i].relpath for i in mine]
-                    )
-                    plan.located.update(zip(digests, locations))
-            done += len(entries) + len(failures)
-            if progress is not None:
-                progress(done, len(union))
+        # One round, unless a file changed after it was hashed: another file planned
+        # with the same content then stands in for it in the next round.
+        while todo := _next_round(plans):
+            total += len(todo)
+            for entries, images, failures, digests in decode.decode_batches(
+                dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True
+            ):
+                for plan, model, appender in zip(plans, models, shards):
+                    _store_batch(plan, model, appender, entries, images, failures, digests)
+                done += len(entries) + len(failures)
+                if progress is not None:
+                    progress(done, total)
     for plan in plans:
         plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
 
 
-def _unique_by_digest(entries, digests) -> list:
-    seen, unique = set(), []
-    for e in entries:
-        if digests[e.relpath] not in seen:
-            seen.add(digests[e.relpath])
-            unique.append(e)
-    return unique
+def _build_model(plan: _Plan):
+    t0 = time.perf_counter()
+    model = backbones.build_extractor(
+        backbones.get_backbone_cfg(plan.config.model),
+        size=plan.spec["size"],
+        weights=plan.config.weights,
+        pooling=plan.config.pooling,
+        layer=plan.config.layer,
+        precision=plan.config.precision,
+    )
+    if backbones.weights_identity(plan.config.weights) != plan.spec["weights"]:
+        # The features would be stored under the key of the weights hashed before.
+        raise WeightsUnavailableError(
+            f"Weights file '{plan.config.weights}' changed while it was being loaded; nothing was "
+            "extracted with it. Run again once it is written.",
+            field="weights",
+        )
+    plan.timings["model_build_seconds"] = time.perf_counter() - t0
+    plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
+    return model
+
+
+def _next_round(plans: Sequence[_Plan]) -> list:
+    """One file, in path order, for each content some plan still needs."""
+    claimed, chosen = set(), []
+    for relpath, entry in sorted({e.relpath: e for plan in plans for e in plan.todo}.items()):
+        claims = {(i, plan.digests[relpath]) for i, plan in enumerate(plans) if plan.needs(relpath)}
+        if claims - claimed:
+            claimed |= claims
+            chosen.append(entry)
+    return chosen
+
+
+def _store_batch(plan: _Plan, model, appender, entries, images, failures, digests) -> None:
+    """Appends the features a plan needs from one decoded batch.
+
+    A row is stored under its planned digest only if that is the digest of
+    the bytes decoded: a file replaced since it was hashed is set aside for
+    this run, never stored under the content it no longer has.
+    """
+    mine, taken = [], set()
+    for i, entry in enumerate(entries):
+        planned = plan.digests.get(entry.relpath)
+        if not plan.needs(entry.relpath) or planned in taken:
+            continue
+        if digests[entry.relpath] == planned:
+            mine.append(i)
+            taken.add(planned)
+        else:
+            plan.changed[entry.relpath] = _CHANGED
+    for entry, reason in failures:
+        if plan.needs(entry.relpath):
+            planned = plan.digests[entry.relpath]
+            if digests[entry.relpath] == planned:
+                plan.failed[planned] = reason  # the same bytes fail alike in every copy
+            else:  # unreadable now, or other bytes: this file's problem, not its planned content's
+                plan.changed[entry.relpath] = _CHANGED if digests[entry.relpath] else reason
+    if mine:
+        # Most batches are wanted whole: skip the copy fancy indexing makes.
+        batch = images if len(mine) == len(entries) else images[mine]
+        features = backbones.predict_batches(model, batch, plan.config.batch_size)
+        stored = [plan.digests[entries[i].relpath] for i in mine]
+        locations = appender.append(
+            features.astype(plan.config.storage_dtype), stored, [entries[i].relpath for i in mine]
+        )
+        plan.located.update(zip(stored, locations))
+
+
+def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """The first path in each class of every content found under several classes."""
+    classes_of: dict[str, dict[int, str]] = {}
+    for entry in dataset.entries:
+        if entry.relpath in digest_of:
+            classes_of.setdefault(digest_of[entry.relpath], {}).setdefault(entry.label, entry.relpath)
+    return tuple(sorted(tuple(paths.values()) for paths in classes_of.values() if len(paths) > 1))
+
+
+def _summary(dataset, conflicts) -> str:
+    """The dataset's summary, plus a note on contents found under several classes."""
+    if not conflicts:
+        return dataset.summary()
+    shown = "; ".join(" = ".join(f"'{p}'" for p in paths) for paths in conflicts[:3])
+    more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+    return (
+        f"{dataset.summary()} {len(conflicts)} image content{'s are' if len(conflicts) > 1 else ' is'} "
+        f"found under several classes, probably labelling mistakes that poison training: {shown}{more}."
+    )
 
 
 def _os_reason(e: OSError) -> str:
