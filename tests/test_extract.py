@@ -355,24 +355,27 @@ def test_data_folders_of_the_same_name_keep_their_own_feature_sets(tmp_path):
         extract_features(config=_config(a, cache, name="imgs"))
 
 
-@pytest.mark.parametrize("name", [".", "..", "", ".hidden", "../../escape", "///", "._"])
-def test_a_name_that_makes_a_hidden_or_empty_folder_is_refused(tiny_dataset, tmp_path, name):
+@pytest.mark.parametrize("name", [".", "..", "", ".hidden", "../../escape", "///", "._", "x" * 101])
+def test_a_name_that_makes_a_hidden_empty_or_too_long_folder_is_refused(tiny_dataset, tmp_path, name):
     from pipeline.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"`name` must make a visible folder name") as refused:
+    with pytest.raises(ConfigError, match=r"`name` must (make a visible folder name|be at most 100)") as refused:
         extract_features(config=_config(tiny_dataset, tmp_path / "cache", name=name))
     assert refused.value.field == "name" and f"Received: name={name!r}" in str(refused.value)
     assert not (tmp_path / "cache").exists()
 
 
-def test_a_hidden_data_folder_gets_a_visible_feature_set(tmp_path):
+def test_a_hidden_or_long_named_data_folder_gets_a_visible_feature_set(tmp_path):
     from pipeline.store import list_feature_sets
 
-    data = make_dataset(tmp_path / ".digits", classes=2, per_class=1)
-    config = _config(data, tmp_path / "cache")
-    assert feature_set_dir(config, feature_spec(config), feature_key(feature_spec(config))).name.startswith("digits-")
-    extract_features(config=config)
-    assert [name for name, _, _ in list_feature_sets(tmp_path / "cache")][0].startswith("digits-")
+    hidden = make_dataset(tmp_path / ".digits", classes=2, per_class=1)
+    long_named = make_dataset(tmp_path / ("d" * 250), classes=2, per_class=1)
+    for data in (hidden, long_named):
+        config = _config(data, tmp_path / "cache")
+        folder = feature_set_dir(config, feature_spec(config), feature_key(feature_spec(config))).name
+        assert folder[0] == "d" and len(folder) <= 150
+        extract_features(config=config)
+    assert len(list_feature_sets(tmp_path / "cache")) == 2
 
 
 def test_the_same_content_under_two_classes_is_reported(tiny_dataset, tmp_path, caplog):

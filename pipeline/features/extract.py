@@ -29,6 +29,7 @@ from ..store.index import open_index
 FEATURES_VERSION = 1
 
 _CHANGED = "changed while it was being extracted; run again"
+_MAX_NAME = 100  # characters of the dataset's part of a feature set's folder name
 
 log = logging.getLogger("bottleneck")
 
@@ -111,7 +112,8 @@ def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key:
     cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
     if config.name is None:
         root = Path(config.data).resolve()
-        dataset = _clean(root.name).lstrip(".") or "data"  # a data folder may be hidden; its set must not
+        # A data folder may be hidden or long-named; its set must be neither (the hash keeps it unique).
+        dataset = _clean(root.name).lstrip(".")[:_MAX_NAME] or "data"
         where = "-" + hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     else:
         dataset, where = _checked_name(config.name), ""
@@ -130,6 +132,13 @@ def _checked_name(name: str) -> str:
             "'.' and '_' once characters other than letters, digits, '.', '_' and '-' become '_' "
             f"(a hidden feature set is left out of listings). Received: name={name!r}. Pass a name "
             "such as 'flowers', or leave `name` unset to use the data folder's name.",
+            field="name",
+        )
+    if len(cleaned) > _MAX_NAME:
+        raise ConfigError(
+            f"`name` must be at most {_MAX_NAME} characters: the feature set's folder name adds the "
+            f"model, size and key, and file systems stop at 255. Received: name={name!r} "
+            f"({len(cleaned)} characters). Pass a shorter name.",
             field="name",
         )
     return cleaned
