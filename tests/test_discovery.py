@@ -470,7 +470,7 @@ def test_missing_root(tmp_path):
     with pytest.raises(DataError) as info:
         index_directory(missing)
     assert str(info.value) == (
-        f"Data folder '{missing}' does not exist. Point `data` at a folder "
+        f"Data folder '{missing}' does not exist. Pass as `data` a folder "
         "with one subfolder per class."
     )
     assert info.value.field == "data"

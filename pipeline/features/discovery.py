@@ -79,7 +79,7 @@ _RUNS_FILE = "leaderboard.csv"
 _NOHASH = re.compile(r"_nohash_.*$")
 _HASH_BLOCK = 1 << 20
 
-_LAYOUT_HINT = "Point `data` at a folder with one subfolder per class."
+_LAYOUT_HINT = "Pass as `data` a folder with one subfolder per class."
 
 
 @dataclasses.dataclass(frozen=True)
