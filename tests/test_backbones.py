@@ -101,3 +101,61 @@ def test_weights_identity_hashes_file_content(tmp_path):
     assert missing.value.field == "weights" and "`weights='none'`" in str(missing.value)
     assert "WEIGHTS=" not in str(missing.value) and "--weights" not in str(missing.value)
 
+
+
+def _legacy_save(model, path):
+    """Writes `model`'s weights in the legacy Keras 2 HDF5 format (Keras 3 no longer offers it)."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    with h5py.File(path, "w") as f:
+        legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+def test_weights_file_loads_by_its_content_under_any_name(tmp_path):
+    cfg = get_backbone_cfg("mobilenet_v3_small")
+    keras.utils.set_random_seed(7)
+    source = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3))
+    keras3 = tmp_path / "keras3.weights.h5"
+    source.save_weights(keras3)
+    legacy = tmp_path / "legacy.h5"
+    _legacy_save(source, legacy)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 32, 32, 3)).astype(np.uint8)
+
+    def features(weights):
+        model = build_extractor(cfg, size=32, weights=str(weights))
+        return keras.ops.convert_to_numpy(model(images, training=False))
+
+    expected = features(keras3)
+    renamed = {
+        "keras3.h5": keras3,  # Keras would take it for the legacy format
+        "keras3.bin": keras3,
+        "keras3": keras3,
+        "legacy.weights.h5": legacy,  # and this one for the Keras 3 format
+        "legacy.hdf5.copy": legacy,
+    }
+    for name, original in renamed.items():
+        (tmp_path / name).write_bytes(original.read_bytes())
+        np.testing.assert_allclose(features(tmp_path / name), expected, rtol=1e-6, atol=1e-6, err_msg=name)
+    assert weights_identity(str(tmp_path / "keras3.bin")) == weights_identity(str(keras3))
+
+
+def test_weights_file_of_another_model_is_refused_in_one_line(tmp_path):
+    keras.utils.set_random_seed(7)
+    other = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3))
+    keras3, legacy = tmp_path / "small.weights.h5", tmp_path / "small-legacy.h5"
+    other.save_weights(keras3)
+    _legacy_save(other, legacy)
+    junk = tmp_path / "junk.weights.h5"
+    junk.write_bytes(b"not weights at all")
+    for weights in (keras3, legacy, junk):
+        renamed = tmp_path / f"renamed-{weights.name}.bin"
+        renamed.write_bytes(weights.read_bytes())
+        for path in (weights, renamed):
+            with pytest.raises(WeightsUnavailableError, match=r"Could not load weights file") as refused:
+                build_extractor(get_backbone_cfg("mobilenet_v3_large"), size=32, weights=str(path))
+            message = str(refused.value)
+            assert "\n" not in message and len(message) < 700, message
+            assert f"'{path}'" in message and "mobilenet_v3_large" in message
+            assert refused.value.field == "weights" and "--weights" not in message
+    keras.backend.clear_session()

@@ -1,5 +1,6 @@
 """Tests for pipeline.features.decode: the reference decoder."""
 
+import hashlib
 import os
 import time
 import warnings
@@ -311,3 +312,54 @@ def test_threads_give_the_same_pixels(bad_corpus):
         threaded = list(pool.map(lambda r: _decode(root, r), ok * 4))
     for i, x in enumerate(threaded):
         np.testing.assert_array_equal(x, serial[i % len(ok)])
+
+
+# --- what was decoded is what is hashed ---------------------------------------
+
+
+def _png_bytes(tmp_path, colour):
+    path = tmp_path / f"{colour[0]}.png"
+    Image.new("RGB", (8, 8), colour).save(path)
+    return path.read_bytes()
+
+
+def test_load_image_hashes_the_bytes_it_decodes_even_if_the_file_is_rewritten(tmp_path, monkeypatch):
+    from pipeline.features import decode
+
+    red, blue = _png_bytes(tmp_path, (255, 0, 0)), _png_bytes(tmp_path, (0, 0, 255))
+    path = tmp_path / "img.png"
+    path.write_bytes(red)
+    real_decode = decode._decode
+
+    def rewrite_then_decode(*args):
+        path.write_bytes(blue)  # in place, same inode: an editor saving over the file
+        return real_decode(*args)
+
+    monkeypatch.setattr(decode, "_decode", rewrite_then_decode)
+    image, digest = load_image(path, 4, return_digest=True)
+    _assert_colour(image, (255, 0, 0))
+    assert digest == hashlib.sha256(red).hexdigest()
+    monkeypatch.undo()
+    assert load_image(path, 4).shape == (4, 4, 3)  # without the flag: the array alone
+
+
+def test_decode_batches_reports_the_digest_of_every_file_it_read(tmp_path):
+    from pipeline.features.decode import decode_batches
+    from pipeline.features.discovery import ImageEntry
+
+    red = _png_bytes(tmp_path, (255, 0, 0))
+    (tmp_path / "a.png").write_bytes(red)
+    (tmp_path / "b.png").write_bytes(red[:20])  # truncated: read, hashed, not decodable
+    entries = [ImageEntry(name, 0, "", 0, 0, 0.5) for name in ("a.png", "b.png", "gone.png")]
+
+    batches = list(decode_batches(tmp_path, entries, 4, batch_size=8, workers=2, return_digests=True))
+    assert len(batches) == 1
+    ok, images, failures, digests = batches[0]
+    assert [e.relpath for e in ok] == ["a.png"] and images.shape == (1, 4, 4, 3)
+    assert [e.relpath for e, _ in failures] == ["b.png", "gone.png"]
+    assert digests == {
+        "a.png": hashlib.sha256(red).hexdigest(),
+        "b.png": hashlib.sha256(red[:20]).hexdigest(),
+        "gone.png": None,
+    }
+    assert [len(batch) for batch in decode_batches(tmp_path, entries, 4, batch_size=8, workers=2)] == [3]

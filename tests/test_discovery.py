@@ -411,14 +411,14 @@ def test_output_file_names_match_their_definitions():
     # Discovery spells them itself to stay independent of store/ and runs/.
     from pipeline.features import discovery
     from pipeline.runs import layout
-    from pipeline.store import feature_store
+    from pipeline import store
 
-    assert discovery._FEATURE_SET_INDEX == feature_store.INDEX_NAME
-    assert discovery._FEATURE_SET_SHARDS == feature_store.SHARD_DIR
+    assert discovery._FEATURE_SET_INDEX == store.INDEX_NAME
+    assert discovery._FEATURE_SET_SHARDS == store.SHARD_DIR
     assert discovery._OUTPUT_FILES == {
         layout.LINEAGE: "a run folder",
         layout.BUNDLE: "an export bundle",
-        feature_store.INDEX_NAME: "a feature set",
+        store.INDEX_NAME: "a feature set",
     }
     assert discovery._RUNS_FILE == layout.LEADERBOARD_CSV
 
@@ -470,7 +470,7 @@ def test_missing_root(tmp_path):
     with pytest.raises(DataError) as info:
         index_directory(missing)
     assert str(info.value) == (
-        f"Data folder '{missing}' does not exist. Point `data` at a folder "
+        f"Data folder '{missing}' does not exist. Pass as `data` a folder "
         "with one subfolder per class."
     )
     assert info.value.field == "data"

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -171,10 +172,15 @@ def test_cache_key_changes_with_output_and_not_with_harmless_options(tiny_datase
     ]
     keys = {key(base)} | {key(_config(tiny_dataset, tmp_path / "cache", **f)) for f in flips}
     assert len(keys) == len(flips) + 1
-    moved = tmp_path / "elsewhere" / tiny_dataset.name
-    shutil.copytree(tiny_dataset, moved)
-    harmless = _config(moved, tmp_path / "cache", batch_size=7, workers=1, shard_size=3)
+    harmless = _config(tiny_dataset, tmp_path / "cache", batch_size=7, workers=1, shard_size=3)
     assert folder(harmless) == folder(base)
+    # The folder name is `<dataset>-<model>-<size>-<pooling>-<key8>-<data8>`; <data8> hashes
+    # the data folder's path, so a namesake folder elsewhere gets its own set (same key).
+    namesake = _config(tmp_path / "elsewhere" / tiny_dataset.name, tmp_path / "cache")
+    assert key(namesake) == key(base) and folder(namesake) != folder(base)
+    assert folder(base).name.startswith(f"{tiny_dataset.name}-resnet50-32-avg-{key(base)[:8]}-")
+    assert folder(dataclasses.replace(base, cache_dir=str(tmp_path / "moved"))).name == folder(base).name
+    assert folder(dataclasses.replace(base, name="digits")).name == f"digits-resnet50-32-avg-{key(base)[:8]}"
 
     weights_a, weights_b = tmp_path / "a.weights.h5", tmp_path / "b.weights.h5"
     weights_a.write_bytes(b"one")
@@ -226,13 +232,13 @@ def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monke
     from pipeline.features.extract import extract_many
 
     calls = []
-    real_load = decode.load_image
-    monkeypatch.setattr(decode, "load_image", lambda path, size: calls.append(path) or real_load(path, size))
+    real_read = decode._read_file
+    monkeypatch.setattr(decode, "_read_file", lambda path: calls.append(path) or real_read(path))
     configs = [_config(tiny_dataset, tmp_path / "cache", model=m) for m in ("resnet50", "vgg16")]
     together = extract_many(configs)
     assert len(calls) == 18  # 18 images, two backbones, one decode each
     assert [r.counts["extracted"] for r in together] == [18, 18]
-    monkeypatch.setattr(decode, "load_image", real_load)
+    monkeypatch.undo()
     for config, result in zip(configs, together):
         alone = extract_features(config=dataclasses.replace(config, cache_dir=str(tmp_path / "alone")))
         np.testing.assert_allclose(read_feature_set(result.path).features, read_feature_set(alone.path).features,
@@ -249,3 +255,141 @@ def test_several_backbones_must_share_one_data_folder(tiny_dataset, tmp_path):
         extract_many([_config(tiny_dataset, tmp_path / "cache"), _config(other, tmp_path / "cache")])
     assert refused.value.field == "data"
     assert not (tmp_path / "cache").exists()
+
+
+CHANGED = "changed while it was being extracted; run again"
+
+
+def test_a_file_replaced_while_extracting_is_never_stored_under_its_old_digest(tiny_dataset, tmp_path, monkeypatch):
+    from pipeline.features import decode
+
+    # Two of the swapped files have a twin that still holds the content they were hashed with.
+    shutil.copy(tiny_dataset / "class0" / "000.png", tiny_dataset / "class0" / "zz-twin.png")
+    shutil.copy(tiny_dataset / "class2" / "000.png", tiny_dataset / "class2" / "zz-twin.png")
+    other = write_image(tmp_path / "other.png", seed=4242).read_bytes()
+    reference_data = shutil.copytree(tiny_dataset, tmp_path / "reference" / "data")
+    (reference_data / "class1" / "other.png").write_bytes(other)
+    reference = _as_dict(read_feature_set(extract_features(config=_config(reference_data, tmp_path / "ref")).path))
+
+    # Replaced after planning hashed them, before decoding reads them: by another picture, or by junk.
+    swapped = {"class0/000.png": other, "class1/000.png": other, "class2/000.png": b"<html>gone</html>"}
+    real_read = decode._read_file
+
+    def read(path):
+        return swapped.get(Path(path).relative_to(tiny_dataset).as_posix()) or real_read(path)
+
+    monkeypatch.setattr(decode, "_read_file", read)
+    config = _config(tiny_dataset, tmp_path / "cache")
+    disturbed = extract_features(config=config)
+    assert {s.relpath: s.reason for s in disturbed.skipped} == dict.fromkeys(swapped, CHANGED)
+    assert disturbed.counts == {"extracted": 17, "reused": 0, "skipped": 3, "removed": 0}
+    got = _as_dict(read_feature_set(disturbed.path))
+    assert set(got) == set(reference) - {"class1/other.png"} - set(swapped)  # the twins stood in
+    for rel, features in got.items():  # every row holds the features of the content its digest names
+        np.testing.assert_allclose(features, reference[rel], rtol=1e-5, atol=1e-6, err_msg=rel)
+
+    monkeypatch.undo()
+    again = extract_features(config=config)  # a changed file is hashed again, not remembered as skipped
+    assert again.counts == {"extracted": 1, "reused": 19, "skipped": 0, "removed": 0}
+    got = _as_dict(read_feature_set(again.path))
+    assert set(got) == set(reference) - {"class1/other.png"}
+    for rel, features in got.items():
+        np.testing.assert_allclose(features, reference[rel], rtol=1e-5, atol=1e-6, err_msg=rel)
+    assert extract_features(config=config).counts == {"extracted": 0, "reused": 20, "skipped": 0, "removed": 0}
+
+
+def test_a_weights_file_replaced_while_loading_stores_nothing(tiny_dataset, tmp_path, monkeypatch):
+    import keras
+
+    from pipeline.errors import WeightsUnavailableError
+    from pipeline.features import backbones
+
+    weights = tmp_path / "small.weights.h5"
+    keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(weights)
+    real_build = backbones.build_extractor
+
+    def build_then_replace(*args, **kwargs):
+        model = real_build(*args, **kwargs)
+        weights.write_bytes(weights.read_bytes() + b"\0")  # replaced after the key hashed it
+        return model
+
+    monkeypatch.setattr(backbones, "build_extractor", build_then_replace)
+    config = _config(tiny_dataset, tmp_path / "cache", model="mobilenet_v3_small", weights=str(weights))
+    with pytest.raises(WeightsUnavailableError, match="changed while it was being loaded") as refused:
+        extract_features(config=config)
+    assert refused.value.field == "weights"
+    assert not list((tmp_path / "cache").glob("*/features.h5"))
+    assert not list((tmp_path / "cache").glob("*/shards/[!.]*.h5"))
+
+
+def test_data_folders_of_the_same_name_keep_their_own_feature_sets(tmp_path):
+    from pipeline.errors import ConfigError
+
+    a = make_dataset(tmp_path / "A" / "imgs", classes=2, per_class=3)
+    b = make_dataset(tmp_path / "B" / "imgs", classes=3, per_class=2, start=50)
+    cache = tmp_path / "cache"
+    first = extract_features(config=_config(a, cache))
+    other = extract_features(config=_config(b, cache))
+    assert other.path != first.path and other.counts == {"extracted": 6, "reused": 0, "skipped": 0, "removed": 0}
+    again = extract_features(config=_config(a, cache))
+    assert again.path == first.path and again.counts == {"extracted": 0, "reused": 6, "skipped": 0, "removed": 0}
+
+    # With an explicit `name`, the second folder is refused instead of replacing the first one's rows.
+    named = extract_features(config=_config(a, cache, name="imgs"))
+    with pytest.raises(ConfigError, match="both are named 'imgs'") as refused:
+        extract_features(config=_config(b, cache, name="imgs"))
+    assert refused.value.field == "name"
+    assert f"'{a.resolve()}'" in str(refused.value) and f"'{b.resolve()}'" in str(refused.value)
+    assert read_feature_set(named.path).paths == read_feature_set(first.path).paths
+
+    # A folder that was moved takes its named set over, reusing its features.
+    moved = tmp_path / "C" / "imgs"
+    moved.parent.mkdir()
+    a.rename(moved)
+    taken = extract_features(config=_config(moved, cache, name="imgs"))
+    assert taken.path == named.path and taken.counts == {"extracted": 0, "reused": 6, "skipped": 0, "removed": 0}
+    assert read_feature_set(taken.path).attrs["data_root"] == str(moved.resolve())
+    a.mkdir(parents=True)  # a new folder where the old one was is another folder
+    make_dataset(a, classes=2, per_class=1)
+    with pytest.raises(ConfigError, match="both are named 'imgs'"):
+        extract_features(config=_config(a, cache, name="imgs"))
+
+
+@pytest.mark.parametrize("name", [".", "..", "", ".hidden", "../../escape", "///", "._", "x" * 101])
+def test_a_name_that_makes_a_hidden_empty_or_too_long_folder_is_refused(tiny_dataset, tmp_path, name):
+    from pipeline.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"`name` must (make a visible folder name|be at most 100)") as refused:
+        extract_features(config=_config(tiny_dataset, tmp_path / "cache", name=name))
+    assert refused.value.field == "name" and f"Received: name={name!r}" in str(refused.value)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_hidden_or_long_named_data_folder_gets_a_visible_feature_set(tmp_path):
+    from pipeline.store import list_feature_sets
+
+    hidden = make_dataset(tmp_path / ".digits", classes=2, per_class=1)
+    long_named = make_dataset(tmp_path / ("d" * 250), classes=2, per_class=1)
+    for data in (hidden, long_named):
+        config = _config(data, tmp_path / "cache")
+        folder = feature_set_dir(config, feature_spec(config), feature_key(feature_spec(config))).name
+        assert folder[0] == "d" and len(folder) <= 150
+        extract_features(config=config)
+    assert len(list_feature_sets(tmp_path / "cache")) == 2
+
+
+def test_the_same_content_under_two_classes_is_reported(tiny_dataset, tmp_path, caplog):
+    shutil.copy(tiny_dataset / "class0" / "001.png", tiny_dataset / "class2" / "copy.png")
+    shutil.copy(tiny_dataset / "class1" / "002.png", tiny_dataset / "class1" / "same-class-copy.png")  # no conflict
+    config = _config(tiny_dataset, tmp_path / "cache")
+    for run in ("first", "up to date"):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="bottleneck"):
+            result = extract_features(config=config)
+        assert result.label_conflicts == (("class0/001.png", "class2/copy.png"),), run
+        lines = [r.getMessage() for r in caplog.records if "labelling mistake" in r.getMessage()]
+        assert lines == ["Same image content in 2 classes, probably a labelling mistake: "
+                         "'class0/001.png' and 'class2/copy.png'"], run
+        assert "'class0/001.png' = 'class2/copy.png'" in result.dataset_summary, run
+        assert result.to_json()["label_conflicts"] == [["class0/001.png", "class2/copy.png"]]
+    assert result.counts["extracted"] == 0

@@ -5,7 +5,8 @@ when a model is really built, so a run with nothing to do never loads it.
 """
 
 from .backbones import BACKBONES, BackboneCfg, build_extractor, get_backbone_cfg, list_backbones
-from .extract import FEATURES_VERSION, ExtractResult, extract_features, extract_many, feature_set_dir, feature_spec
+from .extract import FEATURES_VERSION, ExtractResult, extract_features, extract_many, feature_spec
+from .identity import feature_set_dir
 
 __all__ = [
     "BACKBONES",

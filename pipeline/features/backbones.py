@@ -19,6 +19,7 @@ import difflib
 import fnmatch
 import hashlib
 import importlib.metadata
+import tempfile
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -200,17 +201,15 @@ def _load_base(keras, cfg: BackboneCfg, size: int, weights: str):
         # Seeded so that a resumed run continues with the same random model.
         keras.utils.set_random_seed(0)
         return constructor(weights=None, **kwargs)
-    weights_identity(weights)  # fails early, with the fix, on a missing file
+    if weights != "imagenet":
+        weights_identity(weights)  # fails early, with the fix, on a missing file
+        # What keras.applications does with a path, less its choice of loader by file name.
+        base = constructor(weights=None, **kwargs)
+        _load_weights_file(base, Path(weights), f"{cfg.name} (size {size}, options {dict(cfg.kwargs)})")
+        return base
     try:
-        return constructor(weights=weights, **kwargs)
+        return constructor(weights="imagenet", **kwargs)
     except Exception as e:  # Keras raises a bare Exception on a failed download
-        if weights != "imagenet":
-            raise WeightsUnavailableError(
-                f"Could not load weights file '{weights}' into {cfg.name} "
-                f"(size {size}, options {dict(cfg.kwargs)}): {e}. Check that the "
-                "file holds no-top weights of this exact model, or pass other `weights`.",
-                field="weights",
-            ) from e
         raise WeightsUnavailableError(
             f"Could not get the ImageNet weights of {cfg.name}: {e}. Keras downloads "
             "them into ~/.keras/models (or $KERAS_HOME/models) and needs the network "
@@ -218,6 +217,57 @@ def _load_base(keras, cfg: BackboneCfg, size: int, weights: str):
             "or `weights='none'` for a smoke run with random weights.",
             field="weights",
         ) from e
+
+
+def _load_weights_file(model, path: Path, what: str) -> None:
+    """Loads a weights file into `model` with the loader its content needs, whatever its name.
+
+    Keras picks the loader by file name (`*.weights.h5`: Keras 3, other
+    `*.h5`: legacy, `*.keras`: archive), so a renamed file fails with a
+    misleading error. The format is read from the content instead, and
+    Keras is handed a symlink whose name says it.
+    """
+    try:
+        suffix = _weights_suffix(path)
+        if suffix is None:  # not HDF5 nor zip: Keras's own checks say what it is
+            model.load_weights(str(path))
+            return
+        with tempfile.TemporaryDirectory(prefix="bottleneck-weights-") as folder:
+            link = Path(folder) / f"weights{suffix}"
+            link.symlink_to(path.resolve())
+            model.load_weights(str(link))
+    except Exception as e:  # noqa: BLE001 - Keras reports a wrong file with many exception types
+        raise WeightsUnavailableError(
+            f"Could not load weights file '{path}' into {what}: {_one_line(e)} Check that the file "
+            "holds no-top weights of this exact model, or pass other `weights`.",
+            field="weights",
+        ) from e
+
+
+def _weights_suffix(path: Path) -> str | None:
+    """The file name ending Keras needs to load `path`, read from its content; `None` if unknown."""
+    import h5py
+
+    with path.open("rb") as f:
+        if f.read(4) == b"PK\x03\x04":
+            return ".keras"  # a zip archive: a whole saved model
+    if not h5py.is_hdf5(path):
+        return None
+    with h5py.File(path, "r") as f:
+        # Keras 3 writes top-level `layers` and `vars` groups; the legacy format
+        # lists its layers in `layer_names` (under `model_weights` in a full model).
+        if "layer_names" in f.attrs or "model_weights" in f:
+            return ".h5"
+        if "layers" in f or "vars" in f:
+            return ".weights.h5"
+    return None
+
+
+def _one_line(error: Exception, limit: int = 300) -> str:
+    """The start of an error's message on one line: Keras's can run to pages of tensor values."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    text = text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
+    return text if text.endswith((".", "...")) else text + "."
 
 
 def _get_layer(model, name: str):

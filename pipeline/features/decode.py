@@ -31,6 +31,8 @@ The steps, in order:
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
+import io
 import itertools
 import os
 import re
@@ -117,12 +119,15 @@ class DecodeError(ValueError):
     """
 
 
-def load_image(path, size):
+def load_image(path, size, *, return_digest=False):
     """Decodes an image file into a square uint8 RGB array.
 
     This is the reference decoder of the product; see the module docstring
-    for every step. It keeps no state between calls, so it is safe to call
-    from threads and from worker processes.
+    for every step. The file is read once, into memory, and decoded from
+    those bytes, so the digest returned with `return_digest=True` is the
+    digest of exactly what was decoded, even if the file is replaced
+    meanwhile. It keeps no state between calls, so it is safe to call from
+    threads and from worker processes.
 
     Args:
         path: str, bytes or `os.PathLike`. The image file. Bytes paths are
@@ -131,10 +136,13 @@ def load_image(path, size):
         size: int. Height and width of the output, in pixels; must be
             positive. The image is resized to `(size, size)` ignoring its
             aspect ratio.
+        return_digest: bool. Whether to also return the SHA-256 (lowercase
+            hex) of the bytes that were decoded. Defaults to `False`.
 
     Returns:
         A new, writable `np.ndarray` of dtype `uint8` and shape
-        `(size, size, 3)`, channels in RGB order, values in 0..255.
+        `(size, size, 3)`, channels in RGB order, values in 0..255; with
+        `return_digest=True`, a tuple `(array, sha256)`.
 
     Raises:
         DecodeError: The file is missing, unreadable, empty, not an image,
@@ -149,6 +157,57 @@ def load_image(path, size):
     >>> x.shape, x.dtype  # doctest: +SKIP
     ((224, 224, 3), dtype('uint8'))
     """
+    size = _check_size(size)
+    data = _read_file(path)
+    image = _decode(data, size)
+    return (image, hashlib.sha256(data).hexdigest()) if return_digest else image
+
+
+def decode_batches(
+    root: Path, entries: Sequence, size: int, batch_size: int, workers: int, *, return_digests: bool = False
+) -> Iterator:
+    """Decodes `root / entry.relpath` for each entry, yielding batches in order.
+
+    Yields `(decoded entries, uint8 images of shape (n, size, size, 3),
+    [(entry, reason)] of the files that failed)` per `batch_size` entries.
+    A file that cannot be decoded never ends the run: it is reported with
+    its reason.
+
+    With `return_digests=True` each batch also carries `{relpath: sha256}`
+    for all its entries, decoded or failed: the SHA-256 of the bytes read
+    (the very bytes decoded), or `None` when the file could not be read.
+    Callers that key results by content use it, not a hash taken earlier:
+    the file may have been replaced in between.
+
+    Decoding runs in a thread pool (Pillow releases the GIL) at most a few
+    batches ahead of the model, so memory stays flat however many images.
+    """
+    size = _check_size(size)
+    lookahead = max(2 * batch_size, 4 * workers)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        pending: deque = deque()
+        queued = iter(entries)
+        for entry in itertools.islice(queued, lookahead):
+            pending.append((entry, pool.submit(_load_or_reason, root / entry.relpath, size)))
+        while pending:
+            ok, images, failures, digests = [], [], [], {}
+            while pending and len(ok) + len(failures) < batch_size:
+                entry, future = pending.popleft()
+                image, digest, reason = future.result()
+                digests[entry.relpath] = digest
+                if reason is None:
+                    ok.append(entry)
+                    images.append(image)
+                else:
+                    failures.append((entry, reason))
+                nxt = next(queued, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_load_or_reason, root / nxt.relpath, size)))
+            stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+            yield (ok, stacked, failures, digests) if return_digests else (ok, stacked, failures)
+
+
+def _check_size(size) -> int:
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
         raise TypeError(
             f"`size` must be an int. Received: size={size!r} of type "
@@ -156,8 +215,11 @@ def load_image(path, size):
         )
     if size < 1:
         raise ConfigError(f"`size` must be a positive int. Received: size={size}.", field="size")
-    size = int(size)
+    return int(size)
 
+
+def _read_file(path) -> bytes:
+    """The whole content of an image file: the one read the decoder makes."""
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
@@ -171,78 +233,53 @@ def load_image(path, size):
         raise DecodeError(f"cannot open the file: {e.strerror or e}") from None
 
     try:
+        # Checked before fdopen, which refuses a folder with its own error.
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             raise DecodeError("not a file: it is a folder")
         if not stat.S_ISREG(st.st_mode):
             raise DecodeError("not a regular file (a pipe, socket or device)")
-        if st.st_size == 0:
-            raise DecodeError("empty file (0 bytes)")
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
     with f:
-        return _decode(f, size)
-
-
-def decode_batches(root: Path, entries: Sequence, size: int, batch_size: int, workers: int) -> Iterator:
-    """Decodes `root / entry.relpath` for each entry, yielding batches in order.
-
-    Yields `(decoded entries, uint8 images of shape (n, size, size, 3),
-    [(entry, reason)] of the files that failed)` per `batch_size` entries.
-    A file that cannot be decoded never ends the run: it is reported with
-    its reason.
-
-    Decoding runs in a thread pool (Pillow releases the GIL) at most a few
-    batches ahead of the model, so memory stays flat however many images.
-    """
-    lookahead = max(2 * batch_size, 4 * workers)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        pending: deque = deque()
-        queued = iter(entries)
-        for entry in itertools.islice(queued, lookahead):
-            pending.append((entry, pool.submit(_load_or_reason, root / entry.relpath, size)))
-        while pending:
-            ok, images, failures = [], [], []
-            while pending and len(ok) + len(failures) < batch_size:
-                entry, future = pending.popleft()
-                image, reason = future.result()
-                if reason is None:
-                    ok.append(entry)
-                    images.append(image)
-                else:
-                    failures.append((entry, reason))
-                nxt = next(queued, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(_load_or_reason, root / nxt.relpath, size)))
-            stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-            yield ok, stacked, failures
+        try:
+            data = f.read()
+        except OSError as e:
+            raise DecodeError(f"cannot read the file: {e.strerror or e}") from None
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return data
 
 
 def _load_or_reason(path: Path, size: int):
+    """`(image, sha256 of the bytes read, None)`, or `(None, sha256 or None, reason)`."""
     try:
-        return load_image(path, size), None
+        data = _read_file(path)
     except DecodeError as e:
-        return None, str(e)
+        return None, None, str(e)
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return _decode(data, size), digest, None
+    except DecodeError as e:
+        return None, digest, str(e)
     except Exception as e:  # noqa: BLE001 - one bad file must never end the run
-        return None, f"cannot decode ({type(e).__name__}: {e})"
+        return None, digest, f"cannot decode ({type(e).__name__}: {e})"
 
 
-def _decode(f, size):
+def _decode(data: bytes, size):
     limit = Image.MAX_IMAGE_PIXELS
     try:
-        img = Image.open(f)
+        img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise DecodeError(_explain_unidentified(f)) from None
+        raise DecodeError(_explain_unidentified(data[:1024])) from None
     except Image.DecompressionBombError as e:
         raise DecodeError(_bomb_message(e, None, limit)) from None
     except Image.DecompressionBombWarning as e:
         # Only reached when the caller's warning filters turn it into an
         # exception; the explicit check below covers the default filters.
         raise DecodeError(_bomb_message(e, None, limit)) from None
-    except PermissionError:
-        raise DecodeError("permission denied: cannot read the file") from None
     except _CORRUPT_DATA_ERRORS as e:
         raise DecodeError(f"corrupt image header: {_pillow_message(e)}") from None
 
@@ -311,13 +348,8 @@ def _to_rgb(img):
     return img.convert("RGB")
 
 
-def _explain_unidentified(f):
-    """Returns the most specific reason for a file Pillow cannot identify."""
-    try:
-        f.seek(0)
-        head = f.read(1024)
-    except OSError:
-        head = b""
+def _explain_unidentified(head):
+    """Returns the most specific reason for a file Pillow cannot identify from its first bytes."""
     for signature, name in _SIGNATURES:
         if head.startswith(signature):
             return (

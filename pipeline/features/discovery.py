@@ -64,8 +64,8 @@ _SPLIT_FOLDER_NAMES = {
 }
 # Files that make a folder an output of bottleneck. They are spelled here
 # rather than imported, because the features stage stays independent of
-# runs/: `features.h5` and `shards/` are pipeline/store/feature_store.py's
-# INDEX_NAME and SHARD_DIR; `lineage.json`, `bundle.json` and
+# runs/: `features.h5` and `shards/` are pipeline/store's INDEX_NAME and
+# SHARD_DIR; `lineage.json`, `bundle.json` and
 # `leaderboard.csv` are pipeline/runs/layout.py's LINEAGE, BUNDLE and
 # LEADERBOARD_CSV. A test checks that they still agree.
 _FEATURE_SET_INDEX = "features.h5"
@@ -79,7 +79,7 @@ _RUNS_FILE = "leaderboard.csv"
 _NOHASH = re.compile(r"_nohash_.*$")
 _HASH_BLOCK = 1 << 20
 
-_LAYOUT_HINT = "Point `data` at a folder with one subfolder per class."
+_LAYOUT_HINT = "Pass as `data` a folder with one subfolder per class."
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,18 +13,20 @@ import importlib.metadata
 import logging
 import os
 import platform
-import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from . import backbones, decode, discovery
-from ..errors import ConfigError, DataError
+from .identity import feature_set_dir, records_this_folder
+from ..errors import ConfigError, DataError, WeightsUnavailableError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
+
+_CHANGED = "changed while it was being extracted; run again"
 
 log = logging.getLogger("bottleneck")
 
@@ -46,6 +48,9 @@ class ExtractResult:
         feature_shape: shape of one image's features.
         quarantined: damaged shards found and set aside (their images were
             extracted again).
+        label_conflicts: files with the same content under different
+            classes, one tuple of paths (the first of each class) per
+            content: probably labelling mistakes, and they poison training.
     """
 
     path: Path
@@ -56,6 +61,7 @@ class ExtractResult:
     dataset_summary: str
     feature_shape: tuple[int, ...]
     quarantined: list[str]
+    label_conflicts: tuple[tuple[str, ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -66,6 +72,7 @@ class ExtractResult:
             "feature_shape": list(self.feature_shape),
             "skipped": [{"path": s.relpath, "reason": s.reason} for s in self.skipped],
             "quarantined": self.quarantined,
+            "label_conflicts": [list(paths) for paths in self.label_conflicts],
         }
 
 
@@ -84,14 +91,6 @@ def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
         "decoder": decode.DECODER_ID,
         "keras_major": importlib.metadata.version("keras").split(".")[0],
     }
-
-
-def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key: str) -> Path:
-    """`<cache>/<dataset>-<model>-<size>-<pooling or layer>-<key8>`: readable, unique per key."""
-    dataset = config.name or Path(config.data).resolve().name
-    cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
-    name = f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}"
-    return Path(config.cache_dir) / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
 def extract_features(
@@ -138,6 +137,14 @@ def extract_many(
     Returns:
         One `ExtractResult` per config, in order.
     """
+    results = _extract_many(configs, progress)
+    for paths in sorted({paths for result in results for paths in result.label_conflicts}):
+        log.warning("Same image content in %d classes, probably a labelling mistake: %s",
+                    len(paths), " and ".join(f"'{p}'" for p in paths))
+    return results
+
+
+def _extract_many(configs, progress) -> list[ExtractResult]:
     started = time.perf_counter()
     if len({Path(c.data).resolve() for c in configs}) != 1:
         raise ConfigError(
@@ -148,9 +155,11 @@ def extract_many(
     jobs = [(c, feature_spec(c)) for c in configs]
     dataset = discovery.index_directory(configs[0].data)
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
+    # A set taken over from a moved folder is rewritten, to record where its images are now.
+    current = [records_this_folder(store, dataset.root, config) for store, config in zip(stores, configs)]
     results: list[ExtractResult | None] = [
-        _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
-        for store, (config, spec) in zip(stores, jobs)
+        _answer_if_up_to_date(store, dataset, config, feature_key(spec), started) if ok else None
+        for store, (config, spec), ok in zip(stores, jobs, current)
     ]
     if all(results):
         return results
@@ -162,7 +171,9 @@ def extract_many(
             store, (config, spec) = stores[i], jobs[i]
             locks.enter_context(store.write_lock(on_wait=lambda holder, root=store.root: log.warning(
                 "Waiting for %s to finish writing %s ...", holder, root)))
-            results[i] = _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
+            current[i] = records_this_folder(store, dataset.root, config)  # again, now that no one else writes
+            if current[i]:
+                results[i] = _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
             if results[i] is None:
                 plans.append((i, _plan(store, dataset, config, spec, hashed)))
         for size in sorted({plan.spec["size"] for _, plan in plans}):
@@ -188,9 +199,18 @@ class _Plan:
     located: dict[str, tuple[str, int]]
     todo: list
     damaged: list[str]
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # by digest: the content cannot be decoded
+    changed: dict[str, str] = dataclasses.field(default_factory=dict)  # by path: the file is not what was hashed
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     feature_shape: tuple[int, ...] = ()
+
+    def needs(self, relpath: str) -> bool:
+        """Whether decoding this file could still give the plan features it lacks."""
+        digest = self.digests.get(relpath)
+        return (
+            digest is not None and relpath not in self.changed
+            and digest not in self.located and digest not in self.failed
+        )
 
 
 def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, started: float) -> ExtractResult | None:
@@ -209,9 +229,10 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
         return None
     skipped = list(state.skipped.values())
     counts = {"extracted": 0, "reused": len(state.files), "skipped": len(skipped), "removed": 0}
+    conflicts = _label_conflicts(dataset, {path: f.sha256 for path, f in state.files.items()})
     return ExtractResult(
-        store.index_path, counts, time.perf_counter() - started, None, skipped, dataset.summary(),
-        state.feature_shape, [],
+        store.index_path, counts, time.perf_counter() - started, None, skipped, _summary(dataset, conflicts),
+        state.feature_shape, [], conflicts,
     )
 
 
@@ -250,9 +271,7 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
             except OSError as e:
                 skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
 
-    todo = _unique_by_digest(
-        [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located], digests
-    )
+    todo = [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located]
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
     return _Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
@@ -266,7 +285,10 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     rows, locations = [], []
     for entry in dataset.entries:
         digest = plan.digests.get(entry.relpath)
-        if digest in plan.failed:
+        if entry.relpath in plan.changed:
+            # No fingerprint, so the next run hashes the file again instead of remembering this skip.
+            skipped[entry.relpath] = SkippedFile(entry.relpath, plan.changed[entry.relpath], -1, -1)
+        elif digest in plan.failed:
             skipped[entry.relpath] = SkippedFile(entry.relpath, plan.failed[digest], entry.size, entry.mtime_ns)
         elif digest is not None:
             rows.append(
@@ -307,69 +329,127 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     )
     plan.store.delete_unreferenced_shards([name for name, _ in locations])
     seconds = plan.timings.get("extract_seconds")
+    conflicts = _label_conflicts(dataset, {row.relpath: row.sha256 for row in rows})
     return ExtractResult(
         plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds and n_extracted else None,
-        skipped_list, dataset.summary(), tuple(plan.feature_shape), plan.damaged,
+        skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
     )
 
 
 def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
-    models = []
-    for plan in plans:
-        t0 = time.perf_counter()
-        model = backbones.build_extractor(
-            backbones.get_backbone_cfg(plan.config.model),
-            size=plan.spec["size"],
-            weights=plan.config.weights,
-            pooling=plan.config.pooling,
-            layer=plan.config.layer,
-            precision=plan.config.precision,
-        )
-        plan.timings["model_build_seconds"] = time.perf_counter() - t0
-        plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
-        models.append(model)
-    wanted = [{plan.digests[e.relpath] for e in plan.todo} for plan in plans]
-    union = _unique_by_digest([e for plan in plans for e in plan.todo], plans[0].digests)
-    union.sort(key=lambda e: e.relpath)
+    models = [_build_model(plan) for plan in plans]
     first = plans[0].config
-    batches = decode.decode_batches(dataset.root, union, plans[0].spec["size"], first.batch_size, first.workers)
-    done, decoding_started = 0, time.perf_counter()
+    done, total, decoding_started = 0, 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
         shards = [
             stack.enter_context(plan.store.shard_appender(
                 plan.key, plan.feature_shape, plan.config.storage_dtype, plan.config.shard_size))
             for plan in plans
         ]
-        for entries, images, failures in batches:
-            for plan, model, need, appender in zip(plans, models, wanted, shards):
-                for entry, reason in failures:
-                    if plan.digests[entry.relpath] in need:
-                        plan.failed[plan.digests[entry.relpath]] = reason
-                mine = [i for i, e in enumerate(entries) if plan.digests[e.relpath] in need]
-                if mine:
-                    # Most batches are wanted whole: skip the copy fancy indexing makes.
-                    batch = images if len(mine) == len(entries) else images[mine]
-                    features = backbones.predict_batches(model, batch, plan.config.batch_size)
-                    digests = [plan.digests[entries[i].relpath] for i in mine]
-                    locations = appender.append(
-                        features.astype(plan.config.storage_dtype), digests, [entries[i].relpath for i in mine]
-                    )
-                    plan.located.update(zip(digests, locations))
-            done += len(entries) + len(failures)
-            if progress is not None:
-                progress(done, len(union))
+        # One round, unless a file changed after it was hashed: another file planned
+        # with the same content then stands in for it in the next round.
+        while todo := _next_round(plans):
+            total += len(todo)
+            for entries, images, failures, digests in decode.decode_batches(
+                dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True
+            ):
+                for plan, model, appender in zip(plans, models, shards):
+                    _store_batch(plan, model, appender, entries, images, failures, digests)
+                done += len(entries) + len(failures)
+                if progress is not None:
+                    progress(done, total)
     for plan in plans:
         plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
 
 
-def _unique_by_digest(entries, digests) -> list:
-    seen, unique = set(), []
-    for e in entries:
-        if digests[e.relpath] not in seen:
-            seen.add(digests[e.relpath])
-            unique.append(e)
-    return unique
+def _build_model(plan: _Plan):
+    t0 = time.perf_counter()
+    model = backbones.build_extractor(
+        backbones.get_backbone_cfg(plan.config.model),
+        size=plan.spec["size"],
+        weights=plan.config.weights,
+        pooling=plan.config.pooling,
+        layer=plan.config.layer,
+        precision=plan.config.precision,
+    )
+    if backbones.weights_identity(plan.config.weights) != plan.spec["weights"]:
+        # The features would be stored under the key of the weights hashed before.
+        raise WeightsUnavailableError(
+            f"Weights file '{plan.config.weights}' changed while it was being loaded; nothing was "
+            "extracted with it. Run again once it is written.",
+            field="weights",
+        )
+    plan.timings["model_build_seconds"] = time.perf_counter() - t0
+    plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
+    return model
+
+
+def _next_round(plans: Sequence[_Plan]) -> list:
+    """One file, in path order, for each content some plan still needs."""
+    claimed, chosen = set(), []
+    for relpath, entry in sorted({e.relpath: e for plan in plans for e in plan.todo}.items()):
+        claims = {(i, plan.digests[relpath]) for i, plan in enumerate(plans) if plan.needs(relpath)}
+        if claims - claimed:
+            claimed |= claims
+            chosen.append(entry)
+    return chosen
+
+
+def _store_batch(plan: _Plan, model, appender, entries, images, failures, digests) -> None:
+    """Appends the features a plan needs from one decoded batch.
+
+    A row is stored under its planned digest only if that is the digest of
+    the bytes decoded: a file replaced since it was hashed is set aside for
+    this run, never stored under the content it no longer has.
+    """
+    mine, taken = [], set()
+    for i, entry in enumerate(entries):
+        planned = plan.digests.get(entry.relpath)
+        if not plan.needs(entry.relpath) or planned in taken:
+            continue
+        if digests[entry.relpath] == planned:
+            mine.append(i)
+            taken.add(planned)
+        else:
+            plan.changed[entry.relpath] = _CHANGED
+    for entry, reason in failures:
+        if plan.needs(entry.relpath):
+            planned = plan.digests[entry.relpath]
+            if digests[entry.relpath] == planned:
+                plan.failed[planned] = reason  # the same bytes fail alike in every copy
+            else:  # unreadable now, or other bytes: this file's problem, not its planned content's
+                plan.changed[entry.relpath] = _CHANGED if digests[entry.relpath] else reason
+    if mine:
+        # Most batches are wanted whole: skip the copy fancy indexing makes.
+        batch = images if len(mine) == len(entries) else images[mine]
+        features = backbones.predict_batches(model, batch, plan.config.batch_size)
+        stored = [plan.digests[entries[i].relpath] for i in mine]
+        locations = appender.append(
+            features.astype(plan.config.storage_dtype), stored, [entries[i].relpath for i in mine]
+        )
+        plan.located.update(zip(stored, locations))
+
+
+def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """The first path in each class of every content found under several classes."""
+    classes_of: dict[str, dict[int, str]] = {}
+    for entry in dataset.entries:
+        if entry.relpath in digest_of:
+            classes_of.setdefault(digest_of[entry.relpath], {}).setdefault(entry.label, entry.relpath)
+    return tuple(sorted(tuple(paths.values()) for paths in classes_of.values() if len(paths) > 1))
+
+
+def _summary(dataset, conflicts) -> str:
+    """The dataset's summary, plus a note on contents found under several classes."""
+    if not conflicts:
+        return dataset.summary()
+    shown = "; ".join(" = ".join(f"'{p}'" for p in paths) for paths in conflicts[:3])
+    more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
+    return (
+        f"{dataset.summary()} {len(conflicts)} image content{'s are' if len(conflicts) > 1 else ' is'} "
+        f"found under several classes, probably labelling mistakes that poison training: {shown}{more}."
+    )
 
 
 def _os_reason(e: OSError) -> str:
