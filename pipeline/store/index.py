@@ -109,6 +109,8 @@ class IndexState:
         files: the images with a row, by relative path.
         skipped: the files that could not be extracted, by relative path.
         shards: every shard the rows point at.
+        data_root: the data folder the rows were extracted from, or `None`
+            when the index does not record it.
     """
 
     feature_key: str
@@ -117,6 +119,7 @@ class IndexState:
     files: Mapping[str, FileRecord]
     skipped: Mapping[str, SkippedFile]
     shards: tuple[ShardRecord, ...]
+    data_root: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
@@ -254,6 +257,7 @@ def read_index_state(path: Path) -> IndexState | None:
                 shards=tuple(
                     ShardRecord(n, size, mtime) for n, size, mtime in zip(names, f["shards/size"][:].tolist(), mtimes)
                 ),
+                data_root=str(f.attrs["data_root"]) if "data_root" in f.attrs else None,
             )
     except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, undecodable text
         return None
