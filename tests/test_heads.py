@@ -471,6 +471,15 @@ def test_dense_best_epoch_is_the_last_when_the_cap_stops_a_falling_loss():
     assert no_stopping.epochs_run_ == 12 and no_stopping.best_epoch_ < 12
 
 
+def test_dense_best_epoch_is_never_a_diverged_one():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
+    head = DenseClassifier(hidden_units=(16,), optimizer="sgd", learning_rate=1e6, epochs=4)
+    head.fit(X[:150], y[:150], validation_data=(X[150:], y[150:]))
+    assert np.isnan(head.history_["val_loss"][1:]).all()  # diverged after epoch 1
+    assert head.best_epoch_ == 1
+
+
 def test_dense_validates_params_and_validation_data():
     X, y = np.zeros((4, 3)), np.array([0, 1, 0, 1])
     with pytest.raises(ConfigError, match=r"`dropout` must be a float in \[0, 1\). Received: dropout=1.5"):

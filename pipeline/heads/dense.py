@@ -370,8 +370,9 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         }
         monitored = self.history_[_monitor(validation is not None)]
         self.epochs_run_ = len(monitored)
-        # The first minimum, as EarlyStopping counts only strict improvements.
-        self.best_epoch_ = int(np.argmin(monitored)) + 1
+        # The first minimum, as EarlyStopping counts only strict improvements;
+        # a diverged (NaN) epoch is never the best, for it as for us.
+        self.best_epoch_ = int(np.argmin(np.nan_to_num(monitored, nan=np.inf))) + 1
         return self
 
     def _callbacks(self, keras, has_validation: bool, callbacks_dir) -> list:
