@@ -25,14 +25,24 @@ def sign_digits_features(tmp_path_factory):
     temporary cache and shared by every test that needs real features;
     tests must only read it. Skipped when ../shared is absent (fails on CI).
     """
+    return _sign_digits_features(tmp_path_factory, size=224)
+
+
+@pytest.fixture(scope="session")
+def sign_digits_features_96(tmp_path_factory):
+    """As `sign_digits_features`, at 96 px (about 30 s to extract)."""
+    return _sign_digits_features(tmp_path_factory, size=96)
+
+
+def _sign_digits_features(tmp_path_factory, *, size):
     from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
     from pipeline.config import ExtractConfig
     from pipeline.features.extract import extract_features
 
     weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
     config = ExtractConfig(
-        data=str(require_shared(SIGN_DIGITS)), model="mobilenet_v2", size=224, pooling="avg",
-        weights=str(weights), cache_dir=str(tmp_path_factory.mktemp("sign-digits-cache")),
+        data=str(require_shared(SIGN_DIGITS)), model="mobilenet_v2", size=size, pooling="avg",
+        weights=str(weights), cache_dir=str(tmp_path_factory.mktemp(f"sign-digits-{size}-cache")),
         batch_size=32, workers=2,
     )
     return extract_features(config=config).path

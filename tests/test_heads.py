@@ -42,6 +42,7 @@ from pipeline.heads import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_HEADS = [
     "dense",
+    "dense_seed003",
     "hist_gb",
     "knn",
     "linear_svm",
@@ -117,8 +118,9 @@ def _expected_failed_checks(estimator):
     return failed
 
 
+# The Keras rows share one class: `test_dense_sklearn_compatible` checks it once.
 @parametrize_with_checks(
-    [est for name, est in CHECK_INSTANCES.items() if name != "dense"],
+    [est for name, est in CHECK_INSTANCES.items() if not get_head_cfg(name).uses_keras],
     expected_failed_checks=_expected_failed_checks,
 )
 def test_sklearn_compatible(estimator, check):
@@ -231,7 +233,27 @@ def test_rows_are_frozen_and_consistent(name):
     else:
         assert not isinstance(head, Pipeline)
     assert hasattr(head, "predict_proba")
-    assert cfg.uses_keras == (name == "dense")
+    assert cfg.uses_keras == isinstance(head, DenseClassifier) == name.startswith("dense")
+
+
+def test_dense_row_shows_the_estimators_own_defaults():
+    # `bottleneck list --heads` prints `default_params`: it must not print `{}` for dense.
+    shown = get_head_cfg("dense").default_params
+    assert {"learning_rate", "epochs", "early_stopping_patience", "hidden_units"} <= set(shown)
+    assert shown.items() <= DenseClassifier().get_params().items()
+
+
+def test_dense_seed003_row_has_seed_003s_settings():
+    # ../shared/seeds/003: Dense(256, relu) -> Dropout(0.5) -> Dense, Adam(learning_rate=1e-4),
+    # epochs=30, batch_size=64, validation_data only watched (no early stopping).
+    cfg = get_head_cfg("dense_seed003")
+    head = create_head("dense_seed003")
+    assert isinstance(head, DenseClassifier) and cfg.uses_keras and cfg.proba == "softmax"
+    seed = dict(hidden_units=(256,), dropout=0.5, optimizer="adam", learning_rate=1e-4, epochs=30,
+                batch_size=64, early_stopping_patience=None)
+    assert dict(cfg.default_params) == seed
+    assert head.get_params().items() >= seed.items()
+    assert "30 epochs" in cfg.description and "1e-4" in cfg.description
 
 
 def test_unknown_head_lists_valid_names_and_close_matches():
@@ -335,17 +357,19 @@ def test_parse_param_feeds_create_head():
 SMALL_DENSE = dict(hidden_units=(16,), learning_rate=1e-2, epochs=3, batch_size=32)
 
 
-def test_dense_defaults_follow_the_seed():
+def test_dense_defaults_train_to_convergence():
+    # Seed 003's network, but Adam 1e-3 with early stopping under a generous
+    # cap instead of its fixed 30 epochs at 1e-4 (see `dense_seed003`).
     params = DenseClassifier().get_params()
     assert params == {
         "hidden_units": (256,),
         "dropout": 0.5,
         "optimizer": "adam",
-        "learning_rate": 1e-4,
-        "epochs": 30,
+        "learning_rate": 1e-3,
+        "epochs": 200,
         "batch_size": 64,
         "class_weight": None,
-        "early_stopping_patience": 5,
+        "early_stopping_patience": 10,
         "random_state": 0,
         "verbose": 0,
     }
@@ -355,7 +379,8 @@ def test_dense_fit_sets_attributes_and_history(problem, fitted):
     head = fitted("dense")
     assert head.n_features_in_ == 64 and head.feature_shape_ == (64,)
     assert set(head.history_) == {"loss", "accuracy"}
-    assert len(head.history_["loss"]) == FAST_PARAMS["dense"]["epochs"]
+    assert len(head.history_["loss"]) == FAST_PARAMS["dense"]["epochs"] == head.epochs_run_
+    assert head.best_epoch_ == int(np.argmin(head.history_["loss"])) + 1
     assert all(isinstance(v, float) for v in head.history_["loss"])
     with pytest.raises(ValueError, match="X has 3 features, but DenseClassifier is expecting 64"):
         head.predict(np.zeros((2, 3)))
@@ -402,6 +427,8 @@ def test_dense_early_stopping_and_callbacks_dir(tmp_path):
     history = head.history_
     assert set(history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
     assert len(history["loss"]) < 40, "early stopping did not stop"
+    assert head.epochs_run_ == len(history["loss"]) == head.best_epoch_ + 2  # patience 2
+    assert head.best_epoch_ == int(np.argmin(history["val_loss"])) + 1
     # The best weights were restored: the model's validation loss is the best epoch's.
     best = min(history["val_loss"])
     assert log_loss(y_val, head.predict_proba(X_val)) == pytest.approx(best, rel=1e-3)
@@ -420,6 +447,37 @@ def test_dense_early_stopping_and_callbacks_dir(tmp_path):
         head.predict_proba(X_val),
         atol=1e-5,
     )
+
+
+def test_dense_without_validation_data_stops_on_the_training_loss():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
+    # Dropout at a high learning rate makes the training loss stall at once.
+    head = DenseClassifier(hidden_units=(8,), learning_rate=1e-1, epochs=100, early_stopping_patience=2).fit(X, y)
+    assert set(head.history_) == {"loss", "accuracy"}
+    assert head.epochs_run_ == len(head.history_["loss"]) == head.best_epoch_ + 2 < 100
+    assert head.best_epoch_ == int(np.argmin(head.history_["loss"])) + 1
+
+
+def test_dense_best_epoch_is_the_last_when_the_cap_stops_a_falling_loss():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
+    head = DenseClassifier(hidden_units=(16,), learning_rate=1e-4, epochs=3)
+    head.fit(X[:150], y[:150], validation_data=(X[150:], y[150:]))
+    assert np.all(np.diff(head.history_["val_loss"]) < 0)
+    assert head.best_epoch_ == head.epochs_run_ == 3
+    no_stopping = DenseClassifier(hidden_units=(8,), learning_rate=1e-1, epochs=12, early_stopping_patience=None)
+    no_stopping.fit(X, y)  # the stalled loss above, but nothing stops it
+    assert no_stopping.epochs_run_ == 12 and no_stopping.best_epoch_ < 12
+
+
+def test_dense_best_epoch_is_never_a_diverged_one():
+    rng = np.random.default_rng(1)
+    X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
+    head = DenseClassifier(hidden_units=(16,), optimizer="sgd", learning_rate=1e6, epochs=4)
+    head.fit(X[:150], y[:150], validation_data=(X[150:], y[150:]))
+    assert np.isnan(head.history_["val_loss"][1:]).all()  # diverged after epoch 1
+    assert head.best_epoch_ == 1
 
 
 def test_dense_validates_params_and_validation_data():

@@ -34,6 +34,13 @@ class FittedHead:
         sizes: rows per split actually used: `train` (after `fraction`),
             `validation`, `test`.
         history: the dense head's per-epoch `history_`; `None` for others.
+        epochs_run: the dense head's `epochs_run_`; `None` for others.
+        best_epoch: the dense head's `best_epoch_` (from 1, by validation
+            loss, or by training loss without a validation split); `None`
+            for others.
+        warnings: one line per problem worth a look, each naming the head
+            and the parameter to change; so far only a dense head whose
+            best epoch is its last (still improving when `epochs` stopped it).
     """
 
     estimator: Any
@@ -41,6 +48,16 @@ class FittedHead:
     fit_seconds: float
     sizes: dict[str, int]
     history: dict[str, list[float]] | None
+    epochs_run: int | None = None
+    best_epoch: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def convergence(self) -> dict[str, Any]:
+        """`epochs_run`, `best_epoch` and `warnings` for a run's metrics; `{}` for heads without epochs."""
+        if self.epochs_run is None:
+            return {}
+        return {"epochs_run": self.epochs_run, "best_epoch": self.best_epoch, "warnings": list(self.warnings)}
 
     @property
     def estimator_params(self) -> dict[str, Any]:
@@ -101,4 +118,25 @@ def fit_head(
         for name, rows in (("validation", val), ("test", test))
     }
     sizes = {"train": int(len(train)), "validation": int(len(val)), "test": int(len(test))}
-    return FittedHead(estimator, metrics, fit_seconds, sizes, estimator.history_ if is_dense else None)
+    if not is_dense:
+        return FittedHead(estimator, metrics, fit_seconds, sizes, None)
+    warnings = _convergence_warnings(head, estimator)
+    for line in warnings:
+        log.warning("Warning: %s", line)
+    return FittedHead(
+        estimator, metrics, fit_seconds, sizes, estimator.history_,
+        epochs_run=estimator.epochs_run_, best_epoch=estimator.best_epoch_, warnings=warnings,
+    )
+
+
+def _convergence_warnings(head: str, estimator: DenseClassifier) -> tuple[str, ...]:
+    # A head cut off while still improving would lose a comparison it has
+    # not finished: say so wherever its scores are read.
+    if estimator.best_epoch_ < estimator.epochs_run_:
+        return ()
+    loss = "val_loss" if "val_loss" in estimator.history_ else "loss"
+    return (
+        f"{head}: best epoch = last epoch {estimator.epochs_run_} ({loss} still falling when "
+        f"`epochs`={estimator.epochs} stopped training); raise `epochs` (or `learning_rate`) "
+        "to train it to convergence.",
+    )

@@ -165,7 +165,9 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
     )
     # Orders the leaderboard: run ids only tell the second a run started.
     lineage["trained_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-    layout.write_json(folder / layout.METRICS, {**fitted.metrics, "fit_seconds": fitted.fit_seconds, "sizes": fitted.sizes})
+    layout.write_json(folder / layout.METRICS, {
+        **fitted.metrics, "fit_seconds": fitted.fit_seconds, "sizes": fitted.sizes, **fitted.convergence,
+    })
     layout.write_json(folder / layout.CONFIG, {
         "train_config": config_lib.to_dict(config),
         "head": head,
