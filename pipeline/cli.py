@@ -406,6 +406,7 @@ class _progress_bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="img", desc="extracting", file=sys.stderr)
+        self.bar.total = total  # grows when a file changed mid-run and its content is extracted again
         self.bar.update(done - self.bar.n)
 
     def __exit__(self, *exc):

@@ -199,3 +199,17 @@ def test_progress_is_a_plain_line_where_stderr_is_not_a_terminal(tiny_dataset, t
     lines = capsys.readouterr().err.splitlines()
     assert lines and lines[-1] == "extracting: 18/18 images (100%)" and "\r" not in "".join(lines)
     assert all(line.startswith("extracting: ") for line in lines)
+
+
+def test_a_features_run_prints_no_tensorflow_banner(tiny_dataset, tmp_path):
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "pipeline", "features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path)],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr
+    assert "cpu_feature_guard" not in result.stderr and "I0000" not in result.stderr
+    assert "Found 18 images in 3 classes." in result.stdout

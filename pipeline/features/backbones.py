@@ -171,9 +171,10 @@ def build_extractor(
     >>> model.output_shape
     (None, 1280)
     """
-    import keras
+    from .._keras import import_keras
 
-    from .layers import Preprocess
+    keras = import_keras()
+    from .layers import Preprocess  # a Keras layer: imported once Keras is
 
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)

@@ -12,12 +12,12 @@ import dataclasses
 import importlib.metadata
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
+from .._versions import library_versions
 from . import backbones, decode, discovery
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError, WeightsUnavailableError
@@ -318,7 +318,7 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
         "decoder": decode.DECODER_ID,
         "data_root": str(dataset.root),
         "backend": _keras_backend(),
-        "versions": _versions(),
+        "versions": library_versions(),
         "timings": {**plan.timings, "run_seconds": time.perf_counter() - started},
         "counts": counts,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -426,7 +426,7 @@ def _store_batch(plan: _Plan, model, appender, entries, images, failures, digest
         features = backbones.predict_batches(model, batch, plan.config.batch_size)
         stored = [plan.digests[entries[i].relpath] for i in mine]
         locations = appender.append(
-            features.astype(plan.config.storage_dtype), stored, [entries[i].relpath for i in mine]
+            features, stored, [entries[i].relpath for i in mine]  # the store checks the cast to storage_dtype
         )
         plan.located.update(zip(stored, locations))
 
@@ -471,13 +471,3 @@ def _keras_backend() -> str:
         return json.loads(config.read_text()).get("backend", "tensorflow")
     except (OSError, ValueError):
         return "tensorflow"
-
-
-def _versions() -> dict[str, str]:
-    versions = {"python": platform.python_version()}
-    for package in ("bottleneck", "keras", "numpy", "h5py", "pillow", "tensorflow", "tensorflow-cpu", "jax", "torch"):
-        try:
-            versions[package] = importlib.metadata.version(package)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions

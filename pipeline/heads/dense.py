@@ -37,9 +37,9 @@ _TENSORBOARD_NEEDS = ("tensorflow", "tensorboard")
 
 def _import_keras():
     """Import Keras on first use (never at module level, see module doc)."""
-    import keras
+    from .._keras import import_keras
 
-    return keras
+    return import_keras()
 
 
 def _check_param(name: str, value: Any, ok: bool, allowed: str) -> None:
