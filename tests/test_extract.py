@@ -174,11 +174,11 @@ def test_cache_key_changes_with_output_and_not_with_harmless_options(tiny_datase
     assert len(keys) == len(flips) + 1
     harmless = _config(tiny_dataset, tmp_path / "cache", batch_size=7, workers=1, shard_size=3)
     assert folder(harmless) == folder(base)
-    # The folder name is `<dataset>-<model>-<size>-<pooling>-<key8>`: a namesake folder elsewhere
-    # maps to the same set, which records its data folder (see the namesake test).
+    # The folder name is `<dataset>-<model>-<size>-<pooling>-<key8>-<data8>`; <data8> hashes
+    # the data folder's path, so a namesake folder elsewhere gets its own set (same key).
     namesake = _config(tmp_path / "elsewhere" / tiny_dataset.name, tmp_path / "cache")
-    assert key(namesake) == key(base) and folder(namesake) == folder(base)
-    assert folder(base).name == f"{tiny_dataset.name}-resnet50-32-avg-{key(base)[:8]}"
+    assert key(namesake) == key(base) and folder(namesake) != folder(base)
+    assert folder(base).name.startswith(f"{tiny_dataset.name}-resnet50-32-avg-{key(base)[:8]}-")
     assert folder(dataclasses.replace(base, cache_dir=str(tmp_path / "moved"))).name == folder(base).name
     assert folder(dataclasses.replace(base, name="digits")).name == f"digits-resnet50-32-avg-{key(base)[:8]}"
 
@@ -322,37 +322,37 @@ def test_a_weights_file_replaced_while_loading_stores_nothing(tiny_dataset, tmp_
     assert not list((tmp_path / "cache").glob("*/shards/[!.]*.h5"))
 
 
-def test_data_folders_of_the_same_name_never_replace_each_others_rows(tmp_path):
-    """Issue 15 #2: `A/imgs` then `B/imgs` shared one set and replaced each other's rows."""
+def test_data_folders_of_the_same_name_keep_their_own_feature_sets(tmp_path):
     from pipeline.errors import ConfigError
 
     a = make_dataset(tmp_path / "A" / "imgs", classes=2, per_class=3)
     b = make_dataset(tmp_path / "B" / "imgs", classes=3, per_class=2, start=50)
     cache = tmp_path / "cache"
     first = extract_features(config=_config(a, cache))
-    with pytest.raises(ConfigError, match="both named 'imgs'") as refused:
-        extract_features(config=_config(b, cache))
-    assert refused.value.field == "name"
-    assert f"'{a.resolve()}'" in str(refused.value) and f"'{b.resolve()}'" in str(refused.value)
+    other = extract_features(config=_config(b, cache))
+    assert other.path != first.path and other.counts == {"extracted": 6, "reused": 0, "skipped": 0, "removed": 0}
     again = extract_features(config=_config(a, cache))
     assert again.path == first.path and again.counts == {"extracted": 0, "reused": 6, "skipped": 0, "removed": 0}
 
-    # Its own `name` gives the second folder its own set; the first keeps its rows.
-    other = extract_features(config=_config(b, cache, name="imgs-b"))
-    assert other.path != first.path and other.counts["extracted"] == 6
-    assert read_feature_set(first.path).paths == read_feature_set(again.path).paths
+    # With an explicit `name`, the second folder is refused instead of replacing the first one's rows.
+    named = extract_features(config=_config(a, cache, name="imgs"))
+    with pytest.raises(ConfigError, match="both are named 'imgs'") as refused:
+        extract_features(config=_config(b, cache, name="imgs"))
+    assert refused.value.field == "name"
+    assert f"'{a.resolve()}'" in str(refused.value) and f"'{b.resolve()}'" in str(refused.value)
+    assert read_feature_set(named.path).paths == read_feature_set(first.path).paths
 
-    # A folder that was moved takes its set over, reusing its features.
+    # A folder that was moved takes its named set over, reusing its features.
     moved = tmp_path / "C" / "imgs"
     moved.parent.mkdir()
     a.rename(moved)
-    taken = extract_features(config=_config(moved, cache))
-    assert taken.path == first.path and taken.counts == {"extracted": 0, "reused": 6, "skipped": 0, "removed": 0}
+    taken = extract_features(config=_config(moved, cache, name="imgs"))
+    assert taken.path == named.path and taken.counts == {"extracted": 0, "reused": 6, "skipped": 0, "removed": 0}
     assert read_feature_set(taken.path).attrs["data_root"] == str(moved.resolve())
     a.mkdir(parents=True)  # a new folder where the old one was is another folder
     make_dataset(a, classes=2, per_class=1)
-    with pytest.raises(ConfigError, match="both named 'imgs'"):
-        extract_features(config=_config(a, cache))
+    with pytest.raises(ConfigError, match="both are named 'imgs'"):
+        extract_features(config=_config(a, cache, name="imgs"))
 
 
 @pytest.mark.parametrize("name", [".", "..", "", ".hidden", "../../escape", "///", "._", "x" * 101])

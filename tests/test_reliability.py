@@ -37,6 +37,7 @@ from soak import FAST_MODEL, SMALL_BATCHES, Campaign, Kill, assert_same_set, ass
 
 from pipeline.features import backbones, decode, extract  # noqa: E402
 from pipeline.config import ExtractConfig  # noqa: E402
+from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.store import (  # noqa: E402
     FeatureStore,
     FeatureStoreError,
@@ -75,7 +76,15 @@ class Built:
 
     def copy(self, dst: Path) -> "Built":
         _copy_set(self.root, dst)
-        return Built(dst, dst / "data", dst / "cache", dst / "cache" / self.set_dir.name, self.snap)
+        # A set's folder name hashes its data folder's path: the copy goes under the name of its new place.
+        set_dir = _set_dir(dst / "data", dst / "cache")
+        (dst / "cache" / self.set_dir.name).rename(set_dir)
+        return Built(dst, dst / "data", dst / "cache", set_dir, self.snap)
+
+
+def _set_dir(data: Path, cache: Path) -> Path:
+    """The folder `features` gives the set of `data` with `FAST_MODEL`."""
+    return _folder(ExtractConfig(data=str(data), cache_dir=str(cache), model="vgg16", size=32, weights="none"))
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +120,8 @@ def small(zygote, tmp_path_factory):
 
 def test_kills_and_ctrl_c_at_every_write_moment_resume_to_the_uninterrupted_result(zygote, kill_base, tmp_path):
     rng = random.Random(SEED)
-    data = shutil.copytree(kill_base.data, tmp_path / "data")  # same folder name, so the same set name
-    set_dir = tmp_path / "cache" / kill_base.set_dir.name
+    data = shutil.copytree(kill_base.data, tmp_path / "data")
+    set_dir = _set_dir(data, tmp_path / "cache")
     campaign = Campaign(zygote, _argv(data, tmp_path / "cache"), set_dir, target=kill_base.snap)
     plan = [
         Kill("async:shards", rng.randint(1, 3), "KILL", rng.uniform(0, 0.15)),  # a random moment
@@ -212,7 +221,7 @@ def test_every_kind_of_bad_input_is_extracted_or_skipped_with_its_reason(zygote,
     outcomes = {**outcomes, "c/unreadable.png": "skip"}  # denied below: we run as root
     reasons = {**REASONS, "c/unreadable.png": "permission denied"}
     cache = tmp_path / "cache"
-    run = zygote.run(_argv(data, cache, "--name", "../../escape"), deny=("c/unreadable.png",), name="bad-corpus")
+    run = zygote.run(_argv(data, cache, "--name", "a/../../escape"), deny=("c/unreadable.png",), name="bad-corpus")
     report = run.report
 
     skipped = {s["path"]: s["reason"] for s in report["skipped"]}
@@ -235,7 +244,7 @@ def test_every_kind_of_bad_input_is_extracted_or_skipped_with_its_reason(zygote,
             np.testing.assert_allclose(row[other], row[group[0]], rtol=1e-5, atol=1e-6, err_msg=other)
     assert not np.allclose(row[groups[0][0]], row[groups[1][0]]) and not np.allclose(row[groups[1][0]], row[groups[2][0]])
 
-    # `--name ../../escape` stays a folder name inside the cache.
+    # `--name a/../../escape` stays a folder name inside the cache.
     assert Path(report["path"]).parent.parent == cache
     for folder in (tmp_path, tmp_path.parent, tmp_path.parent.parent):  # where ../ and ../../ would land
         assert not [p for p in folder.iterdir() if p.name.startswith("escape")]
@@ -509,10 +518,13 @@ def test_harmless_options_keep_the_same_feature_set_folder(tmp_path, monkeypatch
     base = _base_config(tmp_path)
     (tmp_path / "other" / "data").mkdir(parents=True)
     for harmless in [
-        _base_config(tmp_path, data=str(tmp_path / "other" / "data")),  # the data folder's location
+        _base_config(tmp_path, cache_dir=str(tmp_path / "moved-cache")),  # the cache's location
         _base_config(tmp_path, batch_size=3, workers=1, shard_size=5),
     ]:
-        assert _folder(harmless) == _folder(base)
+        assert _folder(harmless).name == _folder(base).name
+    # Another data folder of the same name: same key, but its own set, so neither replaces the other's rows.
+    namesake = _base_config(tmp_path, data=str(tmp_path / "other" / "data"))
+    assert _key(namesake) == _key(base) and _folder(namesake) != _folder(base)
     _keras_version(monkeypatch, importlib.metadata.version("keras").split(".")[0] + ".99.0")
     assert _folder(base) == _folder(_base_config(tmp_path))  # a keras minor release keeps random-weight sets
 
@@ -523,6 +535,11 @@ def test_harmless_options_keep_the_same_feature_set_folder(tmp_path, monkeypatch
 @pytest.mark.parametrize("name", ["../../etc", "/etc/cron.d", "..", "a/../../b", "x\x00y", "~root/.ssh", "C:\\Windows"])
 def test_a_dataset_name_cannot_place_a_feature_set_outside_the_cache(tmp_path, name):
     cache = tmp_path / "cache"
+    if name.startswith("."):  # '..', '../../etc': a hidden folder name, refused
+        with pytest.raises(ConfigError, match="`name` must make a visible folder name") as refused:
+            _folder(_base_config(tmp_path, name=name))
+        assert refused.value.field == "name"
+        return
     folder = _folder(_base_config(tmp_path, name=name))
     assert folder.parent == cache
     assert "/" not in folder.name and "\x00" not in folder.name and folder.name not in (".", "..")

@@ -1,13 +1,14 @@
 """Where a feature set lives, and which data folder it belongs to.
 
 A set's folder name is built from the config alone (never from the cache's
-location, so a moved cache keeps working); the data folder a set holds is
-recorded in its index, so two datasets of one name never extend, and so
-replace, each other's rows, and a moved data folder keeps its features.
+location, so a moved cache keeps working) and tells apart both the spec
+(the feature key) and the data folder, so that two datasets never extend,
+and so replace, each other's rows.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from pathlib import Path
 from typing import Any
@@ -20,23 +21,27 @@ _MAX_NAME = 100  # characters of the dataset's part of a feature set's folder na
 
 
 def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key: str) -> Path:
-    """The feature set's folder: `<cache>/<dataset>-<model>-<size>-<pooling or layer>-<key8>`.
+    """The feature set's folder: readable, and unique per key and data folder.
 
-    `<dataset>` is `config.name`, or the data folder's name. Which data
-    folder a set holds is recorded in its index and checked by
-    `records_this_folder`, so two folders of one name never share a set.
-    Characters other than letters, digits, `.`, `_` and `-` become `_`.
+    `<cache>/<name>-<model>-<size>-<pooling or layer>-<key8>` when
+    `config.name` is given; otherwise
+    `<cache>/<data folder name>-<model>-<size>-<pooling or layer>-<key8>-<data8>`,
+    where `<data8>` hashes the data folder's resolved path, so two folders of
+    the same name (`a/imgs`, `b/imgs`) never share a set. Characters other
+    than letters, digits, `.`, `_` and `-` become `_`.
 
     Raises:
         ConfigError: `config.name` would make a hidden, empty or too long folder name.
     """
     cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
     if config.name is None:
-        # A data folder may be hidden or long-named; its set must be neither.
-        dataset = _clean(Path(config.data).resolve().name).lstrip(".")[:_MAX_NAME] or "data"
+        root = Path(config.data).resolve()
+        # A data folder may be hidden or long-named; its set must be neither (the hash keeps it unique).
+        dataset = _clean(root.name).lstrip(".")[:_MAX_NAME] or "data"
+        where = "-" + hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     else:
-        dataset = _checked_name(config.name)
-    return Path(config.cache_dir) / _clean(f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}")
+        dataset, where = _checked_name(config.name), ""
+    return Path(config.cache_dir) / _clean(f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}{where}")
 
 
 def _clean(name: str) -> str:
@@ -66,22 +71,23 @@ def _checked_name(name: str) -> str:
 def records_this_folder(store: FeatureStore, root: Path, config) -> bool:
     """Whether a feature set's index records `root` (or nothing); refuses another live folder's set.
 
-    Two data folders of one name (`a/imgs`, `b/imgs`) map to one set folder.
-    Extending it with the second would replace the first one's rows, so
-    that is refused while the recorded folder exists. A recorded folder
-    that no longer exists was moved: its set is taken over (`False`), and
-    the images it shares with `root` are reused.
+    Only a set named by `config.name` can hold another folder. Extending it
+    would replace that folder's rows with this one's, so that is refused. A
+    recorded folder that no longer exists was moved: its set is taken over
+    (`False`), and the images it shares with `root` are reused.
     """
+    if config.name is None:
+        return True  # the set's folder name hashes the data folder's path
     state = store.read_index_state()
     recorded = None if state is None else state.data_root
     if recorded is None or Path(recorded) == root:
         return True
     if not Path(recorded).is_dir():
         return False
-    named = f"named {config.name!r}" if config.name else f"both named {root.name!r}"
     raise ConfigError(
-        f"Feature set '{store.root}' holds the images of data folder '{recorded}', and '{root}' would "
-        f"get the same set: they are {named}. Give this folder its own `name` so that neither "
-        "replaces the other's rows.",
+        f"Feature set '{store.root}' holds the images of data folder '{recorded}', and "
+        f"'{root}' would get the same set: both are named {config.name!r}. Give each folder its own "
+        "`name` (or leave `name` unset: the set's folder name then tells the data folders apart), "
+        "so that neither replaces the other's rows.",
         field="name",
     )

@@ -9,7 +9,8 @@ that spells the names. A run lives under `<runs_dir>/<feature set>/`::
       model.keras            the network alone, dense head only
       best.keras, logs/      best checkpoint by validation loss, TensorBoard logs (dense)
       history.png            accuracy and loss per epoch, dense only
-      metrics.json           validation and test metrics, fit_seconds, sizes
+      metrics.json           validation and test metrics, fit_seconds, sizes;
+                             dense heads: epochs_run, best_epoch, warnings
       confusion_matrix.png   on test (on validation when there is no test)
       config.json            the resolved TrainConfig and this head's params
       lineage.json           which features, backbone and weights; head sha256; trained_at

@@ -2,7 +2,7 @@
 
 A feature set is a folder under the cache::
 
-    cache/<dataset>-<model>-<size>-<pooling>-<key8>/
+    cache/<dataset>-<model>-<size>-<pooling>-<key8>[-<data8>]/
         features.h5          the index: one row per image, read by the heads
         shards/<id>.h5       immutable blocks of extracted features
         .write.lock          held by the one run that extracts into the set
