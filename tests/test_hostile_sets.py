@@ -17,7 +17,9 @@ from imagegen import make_dataset
 
 from pipeline.cli import ExitStatus, main
 from pipeline.errors import FeatureStoreError
-from pipeline.store import FeatureStore, IndexRow, read_feature_set
+from pipeline.config import ExtractConfig
+from pipeline.features import feature_set_dir, feature_spec
+from pipeline.store import feature_key, FeatureStore, IndexRow, read_feature_set
 from pipeline.store.index import _sealed
 
 FAST = ["--model", "resnet50", "--size", "32", "--weights", "none", "--batch-size", "8"]
@@ -39,8 +41,14 @@ def feature_set(built, tmp_path):
     # copytree keeps mtimes, so the copied set is up to date for the copied data.
     shutil.copytree(built / "data", tmp_path / "data")
     shutil.copytree(built / "cache", tmp_path / "cache")
-    (index,) = (tmp_path / "cache").glob("*/features.h5")
-    return tmp_path / "data", tmp_path / "cache", index
+    # An unnamed set's folder follows its data folder's path: give the copy the copied data's name.
+    (copied,) = (tmp_path / "cache").glob("*/features.h5")
+    config = ExtractConfig(data=str(tmp_path / "data"), model="resnet50", size=32, weights="none",
+                           cache_dir=str(tmp_path / "cache"))
+    spec = feature_spec(config)
+    set_dir = feature_set_dir(config, spec, feature_key(spec))
+    copied.parent.rename(set_dir)
+    return tmp_path / "data", tmp_path / "cache", set_dir / "features.h5"
 
 
 def _rewrite_shard(shard, make_features):
