@@ -274,24 +274,13 @@ def _cmd_train_head(args) -> int:
     params = None
     if args.params:  # flags override the file's params key by key
         params = {**table.get("params", {}), **parse_params(args.params)}
-    sweep = None
-    if args.sweep:  # a bare --sweep is True: each head's default grid
-        specs = [s for s in args.sweep if s is not True]
-        if len(specs) not in (0, len(args.sweep)) or any("=" not in s for s in specs):
-            shown = " ".join("--sweep" if s is True else f"--sweep {s}" for s in args.sweep)
-            raise ConfigError(
-                "Give --sweep alone (each head's default grid) or with KEY=V1,V2,... values, not both; "
-                f"a bare --sweep goes after FEATURES. Received: {shown}",
-                field="sweep",
-            )
-        sweep = parse_sweep(specs) if specs else True
     config = config_lib.resolve(
         config_lib.TrainConfig,
         table,
         heads=tuple(args.heads) if args.heads else None,
         params=params,
         fraction=args.fraction,
-        sweep=sweep,
+        sweep=parse_sweep(args.sweep) if args.sweep else None,  # a bare --sweep appends True
         select=args.select,
         refit=args.refit,
         splits=args.splits,

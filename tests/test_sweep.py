@@ -83,6 +83,13 @@ def test_parse_sweep(texts, expected):
     assert sweep_lib.parse_sweep(texts) == expected
 
 
+def test_parse_sweep_true_asks_for_the_default_grids_and_does_not_mix():
+    assert sweep_lib.parse_sweep([True, True]) is True
+    with pytest.raises(ConfigError, match="not both") as info:
+        sweep_lib.parse_sweep([True, "C=1"])
+    assert info.value.field == "sweep"
+
+
 @pytest.mark.parametrize("text", ["C", "C=", ".C=1", "1C=2"])
 def test_parse_sweep_refuses_malformed_entries_naming_sweep(text):
     with pytest.raises(ConfigError, match="A `sweep` entry must look like") as info:
@@ -295,7 +302,8 @@ def test_cli_sweeps_given_values_and_each_heads_grid(overlapping, tmp_path):
     "argv, message",
     [
         (["--head", "random_forest", "--sweep"], "no default sweep grid"),
-        (["--sweep", "--sweep", "C=1"], "alone (each head's default grid) or with KEY=V1,V2"),
+        (["--sweep", "--sweep", "C=1"], "each head's default grid (True) or the values given, not both"),
+        (["--sweep", "10"], "A `sweep` entry must look like key=value"),
         (["--sweep", "--select", "f1"], "`select` must be one of"),
         (["--refit", "train+validation"], "no `sweep` is set"),
     ],

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import logging
 import numbers
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,8 @@ from .metrics import classification_metrics
 from .registry import create_head, get_head_cfg, list_heads, parse_param, plan_params
 
 __all__ = ["SweepResult", "check_sweep_rows", "parse_sweep", "plan_sweep", "plot_sweep", "refit_rows", "sweep_head"]
+
+log = logging.getLogger("bottleneck")
 
 # +1: higher is better; -1: lower is better. The other metric breaks ties
 # (a coarse validation accuracy often ties), then grid order.
@@ -93,7 +96,7 @@ class SweepResult:
         ]
 
 
-def parse_sweep(texts: Sequence[str]) -> dict[str, tuple]:
+def parse_sweep(texts: Sequence[str | bool]) -> bool | dict[str, tuple]:
     """Parse `key=v1,v2,...` and `head.key=v1,v2,...` strings into `TrainConfig.sweep`.
 
     Keys work as in `parse_params`. Each value is read by `parse_param`
@@ -101,18 +104,29 @@ def parse_sweep(texts: Sequence[str]) -> dict[str, tuple]:
     `hidden_units=(64,),(256,)` two tuples.
 
     Args:
-        texts: the strings, in order (the CLI's `--sweep`); a later key wins.
+        texts: the strings, in order (the CLI's `--sweep`); a later key
+            wins. Entries that are `True` (a `--sweep` without values) ask
+            for each head's default grid, and then all must be `True`.
 
     Returns:
-        A dict of keys (`"C"` or `"dense.dropout"`) to tuples of values.
+        `True`, or a dict of keys (`"C"` or `"dense.dropout"`) to tuples of values.
 
     Example:
 
     ```python
     parse_sweep(["C=0.01,0.1,1", "knn.n_neighbors=1,5"])
     # {"C": (0.01, 0.1, 1), "knn.n_neighbors": (1, 5)}
+    parse_sweep([True])  # True
     ```
     """
+    if all(text is True for text in texts):
+        return True
+    if any(text is True for text in texts):
+        raise ConfigError(
+            "`sweep` searches either each head's default grid (True) or the values given, not both. "
+            f"Received: {list(texts)!r}.",
+            field="sweep",
+        )
     sweep: dict[str, tuple] = {}
     for text in texts:
         key, sep, raw = str(text).partition("=")
@@ -274,8 +288,16 @@ def sweep_head(
     # Keras models in joblib workers would each import Keras and fight over
     # the same cores, for no gain on a CPU: the dense head runs in order.
     sequential = isinstance(create_head(head, **params), DenseClassifier)
+    log.info("Sweeping %s over %d candidates (%s) ...", head, len(combos), ", ".join(names))
     candidates = tuple(Parallel(n_jobs=1 if sequential else n_jobs)(jobs))
-    return SweepResult(head, dict(params), {n: tuple(grid[n]) for n in names}, select, candidates, _best(candidates, select))
+    chosen = _best(candidates, select)
+    log.info("Chose %s: validation %s %.4f.", _shown(candidates[chosen]["params"]), select,
+             candidates[chosen]["metrics"][select])
+    return SweepResult(head, dict(params), {n: tuple(grid[n]) for n in names}, select, candidates, chosen)
+
+
+def _shown(params: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in params.items())
 
 
 def _score(head, params, swept, train, validation, class_names) -> dict[str, Any]:
