@@ -199,7 +199,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Ridge classifier, sigmoid-calibrated probabilities.",
             needs_scaling=True,
             proba="calibrated",
-            sweep_grid=_frozen(alpha=(1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3)),
+            sweep_grid=_frozen(alpha=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),
         ),
     )
 )
