@@ -170,7 +170,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="RBF-kernel SVM, sigmoid-calibrated probabilities.",
             needs_scaling=True,
             proba="calibrated",
-            sweep_grid=_frozen(C=(0.1, 1.0, 10.0, 100.0), gamma=(1e-4, 1e-3, 1e-2)),
+            sweep_grid=_frozen(C=(0.1, 1.0, 10.0, 100.0), gamma=(1e-5, 1e-4, 1e-3, 1e-2)),
         ),
         HeadCfg(
             name="knn",
