@@ -18,11 +18,17 @@ CACHE ?= cache
 CONFIG ?=
 # train-head: FEATURES is a cache name/prefix or path (empty: the only set in
 # CACHE); HEAD and PARAMS are space-separated lists, e.g. HEAD="logreg dense"
-# PARAMS="C=0.5 dense.epochs=10" (no spaces inside one value).
+# PARAMS="C=0.5 dense.epochs=10" (no spaces inside one value). SWEEP=grid
+# searches each head's default grid; SWEEP="C=0.01,0.1,1 knn.n_neighbors=1,5"
+# these values; SELECT (accuracy, macro_f1, log_loss) and REFIT (train,
+# train+validation) say how the winner is chosen and trained.
 FEATURES ?=
 HEAD ?=
 PARAMS ?=
 FRACTION ?=
+SWEEP ?=
+SELECT ?=
+REFIT ?=
 SPLITS ?=
 SEED ?=
 # predict / evaluate / export: RUN is a run folder (or a bundle folder),
@@ -47,6 +53,8 @@ FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CAC
 TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
+	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
+	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
 .PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export

@@ -44,6 +44,9 @@ _TRAIN_OPTIONS = {
     "heads": ("--head", "HEAD"),
     "params": ("--param", "PARAMS"),
     "fraction": ("--fraction", "FRACTION"),
+    "sweep": ("--sweep", "SWEEP"),
+    "select": ("--select", "SELECT"),
+    "refit": ("--refit", "REFIT"),
     "splits": ("--splits", "SPLITS"),
     "seed": ("--seed", "SEED"),
     "runs_dir": ("--runs-dir", "ARGS"),
@@ -232,6 +235,14 @@ def _build_parser() -> argparse.ArgumentParser:
         "to every head that accepts it; HEAD.KEY=VALUE (dense.epochs=10) targets one head",
     )
     p.add_argument("--fraction", type=float, help="train on this stratified, seeded share of the training split (default 1)")
+    p.add_argument(
+        "--sweep", nargs="?", const=True, action="append", metavar="[HEAD.]KEY=V1,V2",
+        help="choose head parameters on the validation split: alone, each head's default grid; KEY=V1,V2,... "
+        "searches these values (repeatable, combinations are crossed; HEAD.KEY targets one head). "
+        "Put FEATURES before a bare --sweep",
+    )
+    p.add_argument("--select", help="validation metric a sweep picks by: accuracy (default), macro_f1 or log_loss")
+    p.add_argument("--refit", help="what a sweep's winner is trained on: train (default) or train+validation")
     p.add_argument("--splits", help="train,validation,test shares when the data has no split folders (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, help="seed of the fraction subset and of the heads (default 0)")
     p.add_argument("--runs-dir", help="where run folders and the leaderboard go (default runs)")
@@ -256,6 +267,7 @@ def _build_parser() -> argparse.ArgumentParser:
 def _cmd_train_head(args) -> int:
     from . import config as config_lib
     from .heads import parse_params
+    from .heads.sweep import parse_sweep
     from .runs.train import train_heads
 
     table = config_lib.load_toml(args.config).get("train", {})
@@ -268,6 +280,9 @@ def _cmd_train_head(args) -> int:
         heads=tuple(args.heads) if args.heads else None,
         params=params,
         fraction=args.fraction,
+        sweep=parse_sweep(args.sweep) if args.sweep else None,  # a bare --sweep appends True
+        select=args.select,
+        refit=args.refit,
         splits=args.splits,
         seed=args.seed,
         runs_dir=args.runs_dir,

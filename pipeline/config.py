@@ -22,6 +22,8 @@ from .errors import ConfigError
 POOLINGS = ("avg", "max", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
+SWEEP_SELECTS = ("accuracy", "log_loss", "macro_f1")
+SWEEP_REFITS = ("train", "train+validation")
 
 
 # Sanity bounds, far above any useful value, so that a typo fails here with
@@ -211,6 +213,21 @@ class TrainConfig:
             Defaults to `"runs"`.
         cache_dir: folder searched when the feature set is given by short
             name or left out. Defaults to `"cache"`.
+        sweep: `None` (no search), `True` (search each head's default grid,
+            `HeadCfg.sweep_grid`) or a dict of parameter names to lists of
+            values, keyed like `params` (`{"C": [0.01, 0.1, 1]}` for every
+            head that accepts `C`, `{"dense.dropout": [0, 0.5]}` for one
+            head; heads that get no key train without a search). Every
+            combination is fitted on the training split and scored on the
+            validation split, which must not be empty; the test split is
+            never seen. Defaults to `None`.
+        select: the validation metric that picks the sweep's winner,
+            `"accuracy"`, `"macro_f1"` (highest wins) or `"log_loss"`
+            (lowest wins). Defaults to `"accuracy"`.
+        refit: what the chosen parameters are trained on for the run,
+            `"train"` or `"train+validation"` (the run's validation
+            metrics are then the sweep's, from before the refit; needs
+            `sweep` and a test split). Defaults to `"train"`.
     """
 
     heads: tuple[str, ...] = ("logreg",)
@@ -220,6 +237,9 @@ class TrainConfig:
     seed: int = 0
     runs_dir: str = "runs"
     cache_dir: str = "cache"
+    sweep: bool | dict[str, tuple] | None = None
+    select: str = "accuracy"
+    refit: str = "train"
 
     def __post_init__(self):
         heads = (self.heads,) if isinstance(self.heads, str) else self.heads
@@ -258,6 +278,33 @@ class TrainConfig:
             if not isinstance(value, (str, os.PathLike)) or not str(value):
                 raise ConfigError(f"`{field}` must be a folder path. Received: {field}={value!r}", field=field)
             object.__setattr__(self, field, os.fspath(value))
+        object.__setattr__(self, "sweep", _check_sweep(self.sweep))
+        _check_choice("select", self.select, SWEEP_SELECTS)
+        _check_choice("refit", self.refit, SWEEP_REFITS)
+        if self.refit != "train" and self.sweep is None:
+            raise ConfigError(
+                f"`refit` chooses what a sweep's winner is trained on, and no `sweep` is set. "
+                f"Received: refit={self.refit!r}. Set `sweep`, or leave `refit` at 'train'.",
+                field="refit",
+            )
+
+
+def _check_sweep(value) -> bool | dict[str, tuple] | None:
+    """`None`, `True` or `{name: tuple of values}`; `False` means no sweep."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return True
+    ok = isinstance(value, dict) and value and all(
+        isinstance(k, str) and k and isinstance(v, (list, tuple)) and len(v) > 0 for k, v in value.items()
+    )
+    if not ok:
+        raise ConfigError(
+            "`sweep` must be True (each head's default grid) or a dict of parameter names to non-empty "
+            f"lists of values, e.g. {{'C': [0.01, 0.1, 1], 'dense.dropout': [0.0, 0.5]}}. Received: sweep={value!r}",
+            field="sweep",
+        )
+    return {key: tuple(values) for key, values in value.items()}
 
 
 def _parse_splits(value) -> tuple[float, float, float]:

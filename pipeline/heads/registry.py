@@ -67,6 +67,10 @@ class HeadCfg:
             `"softmax"` (network output) or `"calibrated"`
             (`CalibratedClassifierCV` on the decision function).
         uses_keras: bool, whether the head needs Keras.
+        sweep_grid: read-only mapping of plain parameter names to the
+            tuple of values a sweep searches by default (`TrainConfig.sweep
+            = True`); every combination is one candidate. Empty for rows
+            without a sensible default grid.
     """
 
     name: str
@@ -76,6 +80,7 @@ class HeadCfg:
     needs_scaling: bool = False
     proba: str = "native"
     uses_keras: bool = False
+    sweep_grid: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
 
 def _calibrated(estimator) -> Callable[[], CalibratedClassifierCV]:
@@ -120,6 +125,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             "early stopping (patience 10, at most 200 epochs).",
             proba="softmax",
             uses_keras=True,
+            sweep_grid=_frozen(learning_rate=(1e-4, 1e-3, 1e-2), dropout=(0.0, 0.25, 0.5)),
         ),
         # Written out rather than derived from `dense`: these are the
         # tutorial's numbers and must not follow changes to the defaults.
@@ -146,6 +152,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             default_params=_frozen(C=1.0, max_iter=1000),
             description="Multinomial logistic regression (lbfgs) on standardised features.",
             needs_scaling=True,
+            sweep_grid=_frozen(C=(1e-3, 1e-2, 1e-1, 1.0, 10.0)),
         ),
         HeadCfg(
             name="linear_svm",
@@ -154,6 +161,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Linear SVM (one-vs-rest), sigmoid-calibrated probabilities.",
             needs_scaling=True,
             proba="calibrated",
+            sweep_grid=_frozen(C=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
         ),
         HeadCfg(
             name="svm_rbf",
@@ -162,6 +170,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="RBF-kernel SVM, sigmoid-calibrated probabilities.",
             needs_scaling=True,
             proba="calibrated",
+            sweep_grid=_frozen(C=(0.1, 1.0, 10.0, 100.0), gamma=(1e-5, 1e-4, 1e-3, 1e-2)),
         ),
         HeadCfg(
             name="knn",
@@ -169,6 +178,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             default_params=_frozen(n_neighbors=5),
             description="k-nearest neighbours on standardised features.",
             needs_scaling=True,
+            sweep_grid=_frozen(n_neighbors=(1, 3, 5, 9, 15, 25)),
         ),
         HeadCfg(
             name="random_forest",
@@ -189,6 +199,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Ridge classifier, sigmoid-calibrated probabilities.",
             needs_scaling=True,
             proba="calibrated",
+            sweep_grid=_frozen(alpha=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),
         ),
     )
 )

@@ -13,6 +13,8 @@ that spells the names. A run lives under `<runs_dir>/<feature set>/`::
                              dense heads: epochs_run, best_epoch, warnings
       confusion_matrix.png   on test (on validation when there is no test)
       config.json            the resolved TrainConfig and this head's params
+      sweep.csv, sweep.png   a swept head only: every candidate's validation
+                             scores; the chosen metric against each parameter
       lineage.json           which features, backbone and weights; head sha256; trained_at
       eval-<id>/             one `evaluate` of a labelled folder:
         metrics.json, confusion_matrix.png, predictions.csv
@@ -54,6 +56,8 @@ CONFUSION_MATRIX = "confusion_matrix.png"
 CONFIG = "config.json"
 LINEAGE = "lineage.json"
 PREDICTIONS = "predictions.csv"
+SWEEP_CSV = "sweep.csv"
+SWEEP_PLOT = "sweep.png"
 EVAL_PREFIX = "eval-"
 
 LEADERBOARD_CSV = "leaderboard.csv"

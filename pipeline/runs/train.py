@@ -15,8 +15,10 @@ rebuilt from the run folders (see `leaderboard`).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import datetime
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from .. import _atomic, config as config_lib
 from ..errors import WriteError
 from ..heads import FittedHead, fit_head, plan_params, save_head, training_splits
 from ..heads.metrics import plot_confusion_matrix, plot_history
+from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..store import FeatureSet, read_feature_set, resolve_features
 from . import layout
 from .leaderboard import rebuild_leaderboard, scores
@@ -117,13 +120,21 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     if not isinstance(config, config_lib.TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}.")
     plans = plan_params(config.heads, config.params, config.seed)
+    grids = plan_sweep(plans, config.sweep, config.params)
     fs = read_feature_set(resolve_features(features, config.cache_dir))
     parts = training_splits(fs, config=config)
-    return [_run_one(fs, parts, head, params, config) for head, params in plans]
+    if any(grids.values()):
+        check_sweep_rows(fs.name, parts, splits=config.splits, refit=config.refit)
+    return [_run_one(fs, parts, head, params, config, grids[head]) for head, params in plans]
 
 
-def _run_one(fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig) -> RunResult:
+def _run_one(
+    fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig, grid=None
+) -> RunResult:
     out_root = Path(config.runs_dir) / fs.name
+    search = None if grid is None else _sweep(fs, parts, head, params, grid, config)
+    if search is not None:
+        params, parts = search.params, refit_rows(parts, config.refit)
 
     def fresh_name() -> str:
         return f"{layout.slug(head)}-{layout.run_id()}"
@@ -132,10 +143,47 @@ def _run_one(fs: FeatureSet, parts, head: str, params: dict[str, Any], config: c
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
             fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path)
             head_sha256 = _write_run(staged.path, fs, head, params, fitted, config)
+            if search is not None:
+                fitted = _write_sweep(staged.path, search, fitted, config)
     except OSError as e:
         raise WriteError(f"Cannot write the {head!r} run under '{out_root}' ({e}); nothing of it was kept.") from e
     rebuild_leaderboard(config.runs_dir)
     return RunResult(head, params, staged.published, fitted.metrics, fitted.fit_seconds, fitted.sizes, head_sha256)
+
+
+def _sweep(fs: FeatureSet, parts, head: str, params, grid, config) -> SweepResult:
+    """Searches `grid` on the training and validation rows; the test rows are not passed on."""
+    train, val = parts["train"], parts["validation"]
+    return sweep_head(
+        head, params, grid,
+        train=(fs.features[train], fs.labels[train]),
+        validation=(fs.features[val], fs.labels[val]),
+        class_names=fs.class_names,
+        select=config.select,
+    )
+
+
+def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) -> FittedHead:
+    """Adds `sweep.csv`, `sweep.png` and the `sweep` key of `metrics.json`; returns the run's measurement.
+
+    After a refit on train and validation, the refit model has seen the
+    validation rows: the run's validation metrics are the winner's from the
+    sweep instead.
+    """
+    if config.refit != "train":
+        fitted = dataclasses.replace(fitted, metrics={**fitted.metrics, "validation": search.validation_metrics})
+    rows = search.table()
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(layout.jsonable(rows))
+    _atomic.write_text(folder / layout.SWEEP_CSV, buffer.getvalue())
+    _save_figure(plot_sweep(search), folder / layout.SWEEP_PLOT)
+    metrics = layout.read_json(folder / layout.METRICS, "run folder")
+    metrics["validation"] = fitted.metrics["validation"]
+    metrics["sweep"] = {**search.record(), "refit": config.refit}
+    layout.write_json(folder / layout.METRICS, metrics)
+    return fitted
 
 
 def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config) -> str:
