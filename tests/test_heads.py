@@ -662,3 +662,13 @@ def test_importing_the_head_stage_loads_neither_keras_nor_another_stage():
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "[]"
     assert all(hasattr(heads, name) for name in heads.__all__)
+
+
+def test_a_parameter_given_twice_is_refused_pointing_to_sweep():
+    from pipeline.errors import ConfigError
+    from pipeline.heads import parse_params
+
+    with pytest.raises(ConfigError, match=r"sets 'C' twice \(0\.1, then 1\.0\).*sweep") as info:
+        parse_params(["C=0.1", "C=1.0"])
+    assert info.value.field == "params"
+    assert parse_params(["C=0.1", "logreg.C=1.0"]) == {"C": 0.1, "logreg.C": 1.0}  # different targets

@@ -411,7 +411,7 @@ def parse_params(texts: Sequence[str]) -> dict[str, Any]:
     are read by `parse_param`: Python literals, else strings.
 
     Args:
-        texts: the strings, in order (the CLI's `--param`); a later key wins.
+        texts: the strings (the CLI's `--param`); a key given twice is refused.
 
     Returns:
         A dict of keys (`"C"` or `"dense.epochs"`) to values.
@@ -434,7 +434,14 @@ def parse_params(texts: Sequence[str]) -> dict[str, Any]:
                 field="params",
             )
         name, parsed = parse_param(f"{name}={value}")
-        params[f"{head}.{name}" if dot else name] = parsed
+        key = f"{head}.{name}" if dot else name
+        if key in params:
+            raise ConfigError(
+                f"`params` sets {key!r} twice ({params[key]!r}, then {parsed!r}); set it once. To compare "
+                f"values, search them with `sweep`, e.g. {key}={params[key]!r},{parsed!r}.",
+                field="params",
+            )
+        params[key] = parsed
     return params
 
 
