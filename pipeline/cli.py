@@ -11,10 +11,12 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 from .errors import BottleneckError, ConfigError, ExitStatus
@@ -78,13 +80,14 @@ _INTERRUPTED = {
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 
+log = logging.getLogger("bottleneck")
+
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns its exit status."""
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(format="%(message)s", level=logging.WARNING if args.quiet else logging.INFO, force=True)
     try:
-        with _stop_signals_as_interrupt():
+        with _stop_signals_as_interrupt(), _output_shown(quiet=args.quiet, verbose=args.verbose):
             return args.handler(args)
     except KeyboardInterrupt:
         if args.traceback:
@@ -112,6 +115,38 @@ def _option_hint(command: str, field: str | None) -> str:
         return ""
     make = f'ARGS="{flag} ..."' if variable == "ARGS" else f"{variable}=..."
     return f" [set with {flag}; make {command}: {make}]"
+
+
+@contextlib.contextmanager
+def _output_shown(*, quiet: bool, verbose: bool):
+    """The product's messages and warnings, one line each; other libraries' only as --verbose asks.
+
+    Libraries log from ERROR and their warnings are hidden: they concern
+    their internals (a MobileNetV2 weights file of another width gives a
+    hundred Keras warnings before the one error that explains them).
+    --verbose adds the product's debug messages, the libraries' warnings and
+    logs from INFO (Pillow logs each PNG chunk at DEBUG), and TensorFlow's C++
+    log at its default level. Filters and environment are restored on return.
+    """
+    others = logging.INFO if verbose else logging.ERROR
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: record.name.partition(".")[0] == log.name or record.levelno >= others)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(format="%(message)s", level=level, handlers=[handler], force=True)
+    with warnings.catch_warnings(), contextlib.ExitStack() as restore:
+        if verbose:
+            warnings.simplefilter("default")  # DeprecationWarnings too, once per place
+            if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:  # a level the user set stays
+                os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+                restore.callback(os.environ.pop, "TF_CPP_MIN_LOG_LEVEL", None)
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.partition(".")[0] == __package__:
+                log.warning("warning: %s", message)
+            elif verbose:  # in full, where `logging.captureWarnings` would put it
+                logging.getLogger("py.warnings").warning(
+                    "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+        warnings.showwarning = show
+        yield
 
 
 @contextlib.contextmanager
@@ -143,6 +178,8 @@ def _common(parser: argparse.ArgumentParser, default=False) -> None:
                         help="print only what was written (its path) and errors")
     parser.add_argument("--traceback", action="store_true", default=default,
                         help="show the full Python traceback on errors")
+    parser.add_argument("--verbose", "-v", action="store_true", default=default,
+                        help="also show debug messages and the warnings and logs of the libraries used")
 
 
 class _StoreOnce(argparse.Action):
@@ -375,7 +412,6 @@ def _weights_per_model(models: list, weights: list | None) -> list[tuple]:
 
 def _print_features_summary(result) -> None:
     c = result.counts
-    print(result.dataset_summary)
     if c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined:
         print(f"Up to date: {c['reused']} images, {c['skipped']} skipped ({result.seconds:.2f} s).")
     else:

@@ -10,12 +10,15 @@ FAST = ["--model", "resnet50", "--size", "32", "--weights", "none", "--batch-siz
 def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, capsys):
     args = ["features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path / "cache"), "--json"]
     assert main(args) == ExitStatus.OK
-    out = capsys.readouterr().out.strip().splitlines()
+    captured = capsys.readouterr()
+    out = captured.out.strip().splitlines()
     report = json.loads(out[-1])
     assert report["counts"] == {"extracted": 18, "reused": 0, "skipped": 0, "removed": 0}
     assert report["path"].endswith("features.h5") and report["images_per_second"] > 0
     assert set(report) >= {"path", "counts", "seconds", "images_per_second"}
-    assert "Found 18 images in 3 classes." in out
+    assert report["dataset_summary"] == "Found 18 images in 3 classes."
+    assert captured.err.splitlines().count("Found 18 images in 3 classes.") == 1  # said once, as soon as known
+    assert not [line for line in out[:-1] if "Found 18" in line]  # the summary at the end does not repeat it
 
     assert main(args[:-1]) == ExitStatus.OK
     assert "Up to date: 18 images" in capsys.readouterr().out
@@ -198,7 +201,8 @@ def test_progress_is_a_plain_line_where_stderr_is_not_a_terminal(tiny_dataset, t
     assert main(["features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path)]) == ExitStatus.OK
     lines = capsys.readouterr().err.splitlines()
     assert lines and lines[-1] == "extracting: 18/18 images (100%)" and "\r" not in "".join(lines)
-    assert all(line.startswith("extracting: ") for line in lines)
+    assert lines[0] == "Found 18 images in 3 classes."  # before the first progress line, not after the last
+    assert len(lines) > 1 and all(line.startswith("extracting: ") for line in lines[1:])
 
 
 def test_a_features_run_prints_no_tensorflow_banner(tiny_dataset, tmp_path):
@@ -212,4 +216,108 @@ def test_a_features_run_prints_no_tensorflow_banner(tiny_dataset, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr
     assert "cpu_feature_guard" not in result.stderr and "I0000" not in result.stderr
-    assert "Found 18 images in 3 classes." in result.stdout
+    assert result.stderr.splitlines()[0] == "Found 18 images in 3 classes."
+
+
+@pytest.fixture(scope="module")
+def narrow_mobilenet_v2_weights(tmp_path_factory):
+    """A weights file of MobileNetV2 at width 0.35: the family of `mobilenet_v2`, not its model."""
+    import keras
+
+    path = tmp_path_factory.mktemp("weights") / "mobilenet_v2_0.35.weights.h5"
+    keras.applications.MobileNetV2(include_top=False, weights=None, alpha=0.35, input_shape=(32, 32, 3)).save_weights(path)
+    return path
+
+
+def test_a_wrong_weights_file_of_the_same_family_is_one_line_of_stderr(tiny_dataset, tmp_path, narrow_mobilenet_v2_weights):
+    import subprocess
+    import sys
+
+    args = ["features", str(tiny_dataset), "--model", "mobilenet_v2", "--size", "32",
+            "--weights", str(narrow_mobilenet_v2_weights), "--cache-dir", str(tmp_path / "cache")]
+    result = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
+    assert result.returncode == ExitStatus.BAD_INPUT
+    (line,) = result.stderr.splitlines()[1:]  # after "Found 18 images in 3 classes.": no Keras warning
+    assert line.startswith(f"error: Could not load weights file '{narrow_mobilenet_v2_weights}' into mobilenet_v2")
+    assert len(line) < 1000 and result.stdout == ""
+    verbose = subprocess.run([sys.executable, "-m", "pipeline", "-v", *args], capture_output=True, text=True)
+    assert verbose.returncode == ExitStatus.BAD_INPUT
+    assert "UserWarning" in verbose.stderr and verbose.stderr.splitlines()[-1] == line  # the rest is there with -v
+
+
+def _warn_and_log(args):
+    import logging
+    import warnings
+
+    from pipeline.runs.source import RunSpecWarning
+
+    warnings.warn("the product's own warning", RunSpecWarning)
+    warnings.warn("a library's internals", UserWarning)
+    warnings.warn("a library's deprecation", DeprecationWarning)
+    logging.getLogger("bottleneck").debug("a debug message")
+    logging.getLogger("some.library").warning("a library's log warning")
+    return ExitStatus.OK
+
+
+@pytest.mark.parametrize("argv", [["list"], ["-q", "list"], ["list", "-v"], ["-v", "list"], ["list", "--verbose"]])
+def test_library_warnings_and_debug_show_only_with_verbose(monkeypatch, capsys, argv):
+    import warnings
+
+    from pipeline import cli
+
+    monkeypatch.setattr(cli, "_cmd_list", _warn_and_log)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    filters = list(warnings.filters)
+    assert main(argv) == ExitStatus.OK
+    err = capsys.readouterr().err
+    verbose = "-v" in argv or "--verbose" in argv
+    assert err.count("warning: the product's own warning\n") == 1 and "RunSpecWarning" not in err
+    for shown_with_verbose in ("a library's internals", "a library's deprecation", "a debug message",
+                               "a library's log warning"):
+        assert (shown_with_verbose in err) == verbose, err
+    assert warnings.filters == filters  # a library caller's filters are left as they were
+
+
+def test_verbose_leaves_tensorflow_logging_at_its_default_and_a_users_level_alone(monkeypatch):
+    import os
+
+    from pipeline import cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_cmd_list", lambda args: seen.append(os.environ.get("TF_CPP_MIN_LOG_LEVEL")) or 0)
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    main(["list"])
+    main(["-v", "list"])
+    assert seen == [None, "0"] and "TF_CPP_MIN_LOG_LEVEL" not in os.environ  # `_keras` would set 3
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    main(["-v", "list"])
+    assert seen[-1] == "2" and os.environ["TF_CPP_MIN_LOG_LEVEL"] == "2"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--model", "resnet50", "--size", "32"],  # ImageNet weights, offline
+        ["--model", "mobilenet_v2", "--size", "32", "--weights", "{narrow}"],
+        ["--model", "resnet50", "--size", "32", "--weights", "{tmp}/nope.weights.h5"],
+        [*FAST, "--layer", "conv9_block1_out"],
+        ["--model", "inception_v3", "--size", "64", "--weights", "none"],
+        ["--model", "mobilenet_v2", "--size", "32", "--weights", "none", "--storage-dtype", "float16"],
+    ],
+    ids=["offline-imagenet", "wrong-weights", "missing-weights", "unknown-layer", "too-small", "float16-refused"],
+)
+def test_an_error_before_any_shard_leaves_no_feature_set_folder(
+    tiny_dataset, tmp_path, capsys, monkeypatch, narrow_mobilenet_v2_weights, args
+):
+    from keras.src.utils import file_utils
+
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+
+    monkeypatch.setattr(file_utils, "get_file", offline)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    args = [a.format(tmp=tmp_path, narrow=narrow_mobilenet_v2_weights) for a in args]
+    assert main(["features", str(tiny_dataset), *args, "--cache-dir", str(cache)]) == ExitStatus.BAD_INPUT
+    assert "error: " in capsys.readouterr().err
+    assert not list(cache.iterdir())

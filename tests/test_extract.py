@@ -393,3 +393,16 @@ def test_the_same_content_under_two_classes_is_reported(tiny_dataset, tmp_path, 
         assert "'class0/001.png' = 'class2/copy.png'" in result.dataset_summary, run
         assert result.to_json()["label_conflicts"] == [["class0/001.png", "class2/copy.png"]]
     assert result.counts["extracted"] == 0
+
+
+def test_the_dataset_is_announced_before_any_image_is_extracted(tiny_dataset, tmp_path, caplog):
+    announced_by_first_batch = []
+
+    def progress(done, total):
+        if not announced_by_first_batch:
+            announced_by_first_batch.append(caplog.messages.count("Found 18 images in 3 classes."))
+
+    with caplog.at_level("INFO", logger="bottleneck"):
+        result = extract_features(config=_config(tiny_dataset, tmp_path / "cache"), progress=progress)
+    assert announced_by_first_batch == [1] and caplog.messages.count("Found 18 images in 3 classes.") == 1
+    assert result.dataset_summary == result.to_json()["dataset_summary"] == "Found 18 images in 3 classes."

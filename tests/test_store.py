@@ -154,6 +154,51 @@ def test_second_writer_fails_fast_when_asked_not_to_wait(tmp_path):
         pass
 
 
+def test_a_set_folder_created_by_a_failed_run_that_wrote_nothing_is_removed(tmp_path):
+    store = FeatureStore(tmp_path / "cache" / "set")
+    with pytest.raises(ValueError, match="no model"):
+        with store.write_lock():
+            (store.root / ".read.lock").touch()  # a reader came and went
+            raise ValueError("no model")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_failed_run_keeps_a_folder_that_existed_or_received_a_shard(tmp_path):
+    existing = FeatureStore(tmp_path / "existing")
+    existing.root.mkdir()  # an earlier run's, say: not this run's to remove
+    fresh = FeatureStore(tmp_path / "fresh")
+    for store, write_shard in ((existing, False), (fresh, True)):
+        with pytest.raises(KeyboardInterrupt):
+            with store.write_lock():
+                if write_shard:
+                    _write_shard(store, ["a" * 64])
+                raise KeyboardInterrupt
+    assert existing.shard_dir.is_dir() and len(fresh.shard_names()) == 1
+
+
+def test_a_writer_waiting_on_a_removed_set_folder_locks_a_new_one(tmp_path):
+    import threading
+
+    store = FeatureStore(tmp_path / "set")
+    waiting, entered = threading.Event(), []
+
+    def second_writer():
+        with FeatureStore(store.root).write_lock(on_wait=lambda holder: waiting.set()):
+            entered.append(store.root.is_dir() and (store.root / ".write.lock").exists())
+            with pytest.raises(StoreBusyError):  # the lock it holds is the folder's lock
+                with FeatureStore(store.root).write_lock(wait=False):
+                    pass
+
+    with pytest.raises(ValueError):
+        with store.write_lock():
+            thread = threading.Thread(target=second_writer)
+            thread.start()
+            assert waiting.wait(10)
+            raise ValueError("the first run fails before writing anything")
+    thread.join(10)
+    assert entered == [True]
+
+
 def test_appender_fills_shards_to_shard_rows_and_says_where_each_row_went(tmp_path):
     store = FeatureStore(tmp_path / "set")
     features = np.arange(8 * 2, dtype=np.float32).reshape(8, 2)

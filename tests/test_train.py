@@ -11,13 +11,17 @@ import csv
 import importlib.util
 import io
 import json
+import logging
+import re
 import shutil
 import subprocess
+import time
 import types
 
 import h5py
 import numpy as np
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from imagegen import PYTHON, REPO, SIGN_DIGITS, require_shared
 from pipeline import cli
@@ -241,6 +245,29 @@ def test_dense_run_that_early_stopping_ended_does_not_warn(tmp_path, caplog):
     metrics = json.loads((dense.run_dir / "metrics.json").read_text())
     assert metrics["best_epoch"] + 2 == metrics["epochs_run"] < 100 and metrics["warnings"] == []
     assert "best epoch" not in caplog.text
+
+
+class SlowHead(LogisticRegression):
+    """A head whose fit takes a while, as hist_gb's does on thousands of images."""
+
+    def fit(self, X, y):
+        time.sleep(0.6)
+        return super().fit(X, y)
+
+
+def test_a_long_fit_says_it_is_still_fitting_until_it_ends(blobs, tmp_path, caplog, monkeypatch):
+    import threading
+
+    from pipeline.heads import fit
+
+    monkeypatch.setattr(fit, "STILL_FITTING_INTERVAL", 0.1)
+    caplog.set_level(logging.INFO, logger="bottleneck")
+    train.train_heads(blobs, config=_config(tmp_path, heads=(f"{__name__}:SlowHead",)))
+    lines = [m for m in caplog.messages if m.startswith("still fitting")]
+    assert len(lines) >= 2 and all(re.fullmatch(rf"still fitting {__name__}:SlowHead: \d+ s", m) for m in lines)
+    assert not [t for t in threading.enumerate() if t.name.startswith("still-fitting")]  # stopped with the fit
+    time.sleep(0.3)
+    assert [m for m in caplog.messages if m.startswith("still fitting")] == lines
 
 
 def test_same_features_head_and_seed_give_the_same_metrics(blobs, tmp_path):

@@ -70,6 +70,7 @@ class ExtractResult:
             "seconds": round(self.seconds, 3),
             "images_per_second": None if self.images_per_second is None else round(self.images_per_second, 2),
             "feature_shape": list(self.feature_shape),
+            "dataset_summary": self.dataset_summary,
             "skipped": [{"path": s.relpath, "reason": s.reason} for s in self.skipped],
             "quarantined": self.quarantined,
             "label_conflicts": [list(paths) for paths in self.label_conflicts],
@@ -127,7 +128,9 @@ def extract_many(
 
     Backbones that share an input size share one decoding stream, so each
     image is read and decoded once per size however many backbones run.
-    The configs must name the same data folder.
+    The configs must name the same data folder. Its summary ("Found N
+    images in K classes.") is logged at INFO as soon as it is listed, before
+    any work; contents found under several classes are logged as warnings.
 
     Args:
         configs: one resolved `ExtractConfig` per feature set.
@@ -154,6 +157,7 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
         )
     jobs = [(c, feature_spec(c)) for c in configs]
     dataset = discovery.index_directory(configs[0].data)
+    log.info("%s", dataset.summary())  # now, not after minutes of extraction
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
     # A set taken over from a moved folder is rewritten, to record where its images are now.
     current = [records_this_folder(store, dataset.root, config) for store, config in zip(stores, configs)]

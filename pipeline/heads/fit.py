@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
+import threading
 import time
 from typing import Any, Mapping
 
@@ -20,6 +22,11 @@ from .registry import create_head
 __all__ = ["FittedHead", "fit_head"]
 
 log = logging.getLogger("bottleneck")
+
+# Seconds between the "still fitting" lines of a long fit (hist_gb on
+# thousands of images takes minutes), so a log without a progress bar
+# shows the run is alive.
+STILL_FITTING_INTERVAL = 15.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,7 +113,8 @@ def fit_head(
     log.info("Training %s on %d examples ...", head, len(train))
     started = time.perf_counter()
     try:
-        estimator.fit(X[train], y[train], **fit_kwargs)
+        with _still_fitting(head):
+            estimator.fit(X[train], y[train], **fit_kwargs)
     except ValueError as e:
         raise ConfigError(f"Head {head!r} failed to fit on {len(train)} training examples: {e}", field="params") from e
     fit_seconds = time.perf_counter() - started
@@ -127,6 +135,24 @@ def fit_head(
         estimator, metrics, fit_seconds, sizes, estimator.history_,
         epochs_run=estimator.epochs_run_, best_epoch=estimator.best_epoch_, warnings=warnings,
     )
+
+
+@contextlib.contextmanager
+def _still_fitting(head: str):
+    """Logs "still fitting <head>: 30 s" every `STILL_FITTING_INTERVAL` seconds until the body ends."""
+    started, done = time.perf_counter(), threading.Event()
+
+    def report() -> None:
+        while not done.wait(STILL_FITTING_INTERVAL):
+            log.info("still fitting %s: %.0f s", head, time.perf_counter() - started)
+
+    reporter = threading.Thread(target=report, name=f"still-fitting-{head}", daemon=True)
+    reporter.start()
+    try:
+        yield
+    finally:
+        done.set()
+        reporter.join()
 
 
 def _convergence_warnings(head: str, estimator: DenseClassifier) -> tuple[str, ...]:

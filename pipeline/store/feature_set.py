@@ -101,25 +101,18 @@ class FeatureStore:
         `on_wait` is called once, with the holder's description, before
         blocking, so the caller can tell the user why nothing happens.
 
+        A set folder this call created is removed again when the body
+        raises having written nothing into it (a wrong weights file, an
+        unknown layer, ...), so a failed first run leaves no empty set
+        behind. A folder that existed before is never removed.
+
         Raises:
             WriteError: (field `cache_dir`) the set's folders cannot be
                 created or written; raised before any work is done.
             StoreBusyError: another process holds the lock and `wait` is false.
         """
-        with self._open_write_lock() as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                f.seek(0)
-                holder = f.read().strip() or "another process"
-                if not wait:
-                    raise StoreBusyError(
-                        f"Feature set '{self.root}' is being written by {holder}. "
-                        "Wait for it to finish, or stop it, then run again."
-                    ) from None
-                if on_wait is not None:
-                    on_wait(holder)
-                fcntl.flock(f, fcntl.LOCK_EX)
+        f, created = self._acquire_write_lock(wait, on_wait)
+        with f:
             try:
                 f.seek(0)
                 f.truncate()
@@ -129,25 +122,88 @@ class FeatureStore:
                 raise self._unwritable(e) from None
             try:
                 yield
+            except BaseException:
+                if created:
+                    self._remove_if_unwritten()  # still under the lock: no one else can be writing
+                raise
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _acquire_write_lock(self, wait: bool, on_wait):
+        """The locked, open lock file, and whether this call created the set folder.
+
+        A writer that waited may get the lock of a folder its holder has
+        just removed (see `write_lock`): it then starts again on a new one.
+        """
+        created = False
+        while True:
+            f, made = self._open_write_lock()
+            created = created or made
+            try:
+                if self._lock(f, wait, on_wait):
+                    return f, created
+            except BaseException:
+                f.close()
+                raise
+            f.close()
+            on_wait = None  # the user was told once
+
+    def _lock(self, f, wait: bool, on_wait) -> bool:
+        """Locks `f`; whether it is still the set's lock file once locked."""
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            if not wait:
+                raise StoreBusyError(
+                    f"Feature set '{self.root}' is being written by {holder}. "
+                    "Wait for it to finish, or stop it, then run again."
+                ) from None
+            if on_wait is not None:
+                on_wait(holder)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        return _same_file(f, self._write_lock_path)
+
+    @property
+    def _write_lock_path(self) -> Path:
+        return self.root / ".write.lock"
 
     def _open_write_lock(self):
         """Creates the set's folders and opens its lock file, once both folders take a new file.
 
+        Returns the open file and whether the set folder was created here.
         Tested by writing, not by permission bits: those say nothing for
         root, a read-only mount or a full quota. A run thus fails here,
         before decoding or building a model, instead of at its first shard.
         """
         try:
+            created = not self.root.exists()
             self.shard_dir.mkdir(parents=True, exist_ok=True)
             for folder in (self.root, self.shard_dir):
                 probe = temporary_name(folder / "write-probe")
                 os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 os.unlink(probe)
-            return open(self.root / ".write.lock", "a+")
+            return open(self._write_lock_path, "a+"), created
         except OSError as e:
             raise self._unwritable(e) from None
+
+    def _remove_if_unwritten(self) -> None:
+        """Removes the set folder if it holds only its lock files and an empty `shards/`.
+
+        The write lock file goes last but one, while still locked, so that a
+        writer waiting on it sees it is gone (see `_acquire_write_lock`).
+        Anything else in the folder keeps it: `rmdir` never removes a file.
+        """
+        try:
+            if {p.name for p in self.root.iterdir()} - {".write.lock", ".read.lock", SHARD_DIR}:
+                return
+            self.shard_dir.rmdir()
+            (self.root / ".read.lock").unlink(missing_ok=True)
+            self._write_lock_path.unlink()
+            self.root.rmdir()
+        except OSError:
+            pass  # a folder left behind is untidy, not wrong: the next run uses it
 
     def _unwritable(self, error: OSError) -> WriteError:
         """The error for a set folder that cannot be written, naming what is in the way."""
@@ -445,6 +501,15 @@ def read_feature_set(path: str | os.PathLike) -> FeatureSet:
     path = Path(path)
     root = path.parent if path.name == INDEX_NAME or path.suffix == ".h5" else path
     return FeatureStore(root).read()
+
+
+def _same_file(f, path: Path) -> bool:
+    """Whether the open file `f` is still the file at `path`."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (os.fstat(f.fileno()).st_dev, os.fstat(f.fileno()).st_ino)
 
 
 def _file_stat(path: Path) -> tuple[int, int]:
