@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pipeline.cli import ExitStatus, main
+from pipeline.cli import ExitStatus, main, terminal
 
 FAST = ["--model", "resnet50", "--size", "32", "--weights", "none", "--batch-size", "8"]
 
@@ -166,7 +166,7 @@ def test_sigterm_and_sighup_end_a_command_like_ctrl_c(monkeypatch, capsys, signa
     assert time.monotonic() - started < 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("Interrupted.")
-    assert signal.getsignal(getattr(signal, signame)) is not cli._as_sigint  # handlers restored
+    assert signal.getsignal(getattr(signal, signame)) is not terminal.as_sigint  # handlers restored
 
 
 def test_an_option_given_twice_is_refused_not_silently_overridden(capsys):
@@ -195,9 +195,8 @@ def test_several_models_take_one_weights_value_each_in_order(tiny_dataset, tmp_p
 
 
 def test_progress_is_a_plain_line_where_stderr_is_not_a_terminal(tiny_dataset, tmp_path, capsys, monkeypatch):
-    from pipeline import cli
 
-    monkeypatch.setattr(cli._progress_bar, "PLAIN_INTERVAL", 0.0)
+    monkeypatch.setattr(terminal.ProgressBar, "PLAIN_INTERVAL", 0.0)
     assert main(["features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path)]) == ExitStatus.OK
     lines = capsys.readouterr().err.splitlines()
     assert lines and lines[-1] == "extracting: 18/18 images (100%)" and "\r" not in "".join(lines)

@@ -269,7 +269,7 @@ def test_a_folder_of_only_bad_files_is_refused_naming_the_files_and_reasons(zygo
     (data / "cats" / "b.png").write_text("<html>404</html>")
     run = zygote.run(_argv(data, tmp_path / "cache"), name="only-bad")
     assert run.status == 2 and "Traceback" not in run.stderr
-    message = run.stderr.strip().splitlines()[0]
+    message = run.stderr.strip().splitlines()[-1]
     assert str(data.resolve()) in message and "cats/a.jpg: empty file" in message and "cats/b.png: not an image" in message
     assert not list((tmp_path / "cache").glob("*/features.h5"))
 
@@ -306,7 +306,7 @@ def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_set(zygote, small, 
         status, stderr = run.returncode, run.stderr
     assert status not in (0, 130) and status > 0, stderr
     assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-    message = stderr.strip().splitlines()[0]
+    message = stderr.strip().splitlines()[-1]
     assert message.startswith("error: Cannot write '") and DISK_FULL.search(message), stderr
     assert str(work.set_dir) in message, message  # names the file
     assert "again" in message and "free some space" in message, message  # says what to do

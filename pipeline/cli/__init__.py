@@ -8,97 +8,30 @@ what it returned. Exceptions become exit statuses here and only here;
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import logging
-import os
-import signal
 import sys
-import threading
-import time
-import warnings
 from pathlib import Path
 
-from .errors import BottleneckError, ConfigError, ExitStatus
-
-
-# The flag and Make variable that set each config field or argument a
-# library error names (`BottleneckError.field`), per command.
-_EXTRACT_OPTIONS = {
-    "data": ("DATA (the data folder argument)", "DATA"),
-    "model": ("--model", "MODEL"),
-    "size": ("--size", "SIZE"),
-    "pooling": ("--pooling", "POOLING"),
-    "layer": ("--layer", "LAYER"),
-    "weights": ("--weights", "WEIGHTS"),
-    "precision": ("--precision", "PRECISION"),
-    "storage_dtype": ("--storage-dtype", "ARGS"),
-    "batch_size": ("--batch-size", "BATCH"),
-    "workers": ("--workers", "WORKERS"),
-    "shard_size": ("--shard-size", "ARGS"),
-    "cache_dir": ("--cache-dir", "CACHE"),
-    "name": ("--name", "ARGS"),
-    "verify": ("--verify", "ARGS"),
-    "config": ("--config", "CONFIG"),
-}
-_TRAIN_OPTIONS = {
-    "features": ("FEATURES (the feature set argument)", "FEATURES"),
-    "heads": ("--head", "HEAD"),
-    "params": ("--param", "PARAMS"),
-    "fraction": ("--fraction", "FRACTION"),
-    "sweep": ("--sweep", "SWEEP"),
-    "select": ("--select", "SELECT"),
-    "refit": ("--refit", "REFIT"),
-    "splits": ("--splits", "SPLITS"),
-    "seed": ("--seed", "SEED"),
-    "runs_dir": ("--runs-dir", "ARGS"),
-    "cache_dir": ("--cache-dir", "CACHE"),
-    "config": ("--config", "CONFIG"),
-}
-_RUN_OPTIONS = {
-    "run": ("RUN (the run folder argument)", "RUN"),
-    "weights": ("--weights", "ARGS"),
-    "top_k": ("--top-k", "TOPK"),
-    "output": ("--output", "OUTPUT"),
-    "out": ("OUT (the export target argument)", "OUT"),
-    "format": ("--format", "FORMAT"),
-    "data": ("DATA (the labelled folder argument)", "DATA"),
-    "overwrite": ("--force", "ARGS"),
-}
-_OPTIONS = {
-    "features": _EXTRACT_OPTIONS,
-    "train-head": _TRAIN_OPTIONS,
-    "predict": _RUN_OPTIONS,
-    "evaluate": _RUN_OPTIONS,
-    "export": _RUN_OPTIONS,
-}
-# What an interruption leaves, per command: extraction resumes, a run in
-# progress is discarded.
-_INTERRUPTED = {
-    "features": "Finished work is kept; run the same command again to resume.",
-    "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
-}
-_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-
-log = logging.getLogger("bottleneck")
+from ..errors import BottleneckError, ConfigError, ExitStatus
+from . import terminal
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the CLI and returns its exit status."""
     args = _build_parser().parse_args(argv)
     try:
-        with _stop_signals_as_interrupt(), _output_shown(quiet=args.quiet, verbose=args.verbose):
+        with terminal.stop_signals_as_interrupt(), terminal.output_shown(quiet=args.quiet, verbose=args.verbose):
             return args.handler(args)
     except KeyboardInterrupt:
         if args.traceback:
             raise
-        kept = _INTERRUPTED.get(args.command, "Nothing half-written was kept.")
+        kept = terminal.INTERRUPTED.get(args.command, "Nothing half-written was kept.")
         print(f"Interrupted. {kept}", file=sys.stderr)
         return ExitStatus.INTERRUPTED
     except BottleneckError as e:
         if args.traceback:
             raise
-        print(f"error: {e}{_option_hint(args.command, e.field)}", file=sys.stderr)
+        print(f"error: {e}{terminal.option_hint(args.command, e.field)}", file=sys.stderr)
         return e.exit_status
     except Exception as e:
         if args.traceback:
@@ -106,69 +39,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         print(f"(unexpected {type(e).__name__}: run again with --traceback for details and report it)", file=sys.stderr)
         return ExitStatus.UNEXPECTED
-
-
-def _option_hint(command: str, field: str | None) -> str:
-    """` [set with --size; make: SIZE=...]` for the option an error is about, when it has one."""
-    flag, variable = _OPTIONS.get(command, {}).get(field, (None, None))
-    if flag is None:
-        return ""
-    make = f'ARGS="{flag} ..."' if variable == "ARGS" else f"{variable}=..."
-    return f" [set with {flag}; make {command}: {make}]"
-
-
-@contextlib.contextmanager
-def _output_shown(*, quiet: bool, verbose: bool):
-    """The product's messages and warnings, one line each; other libraries' only as --verbose asks.
-
-    Libraries log from ERROR and their warnings are hidden: they concern
-    their internals (a MobileNetV2 weights file of another width gives a
-    hundred Keras warnings before the one error that explains them).
-    --verbose adds the product's debug messages, the libraries' warnings and
-    logs from INFO (Pillow logs each PNG chunk at DEBUG), and TensorFlow's C++
-    log at its default level. Filters and environment are restored on return.
-    """
-    others = logging.INFO if verbose else logging.ERROR
-    handler = logging.StreamHandler()
-    handler.addFilter(lambda record: record.name.partition(".")[0] == log.name or record.levelno >= others)
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(format="%(message)s", level=level, handlers=[handler], force=True)
-    with warnings.catch_warnings(), contextlib.ExitStack() as restore:
-        if verbose:
-            warnings.simplefilter("default")  # DeprecationWarnings too, once per place
-            if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:  # a level the user set stays
-                os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-                restore.callback(os.environ.pop, "TF_CPP_MIN_LOG_LEVEL", None)
-        def show(message, category, filename, lineno, file=None, line=None):
-            if category.__module__.partition(".")[0] == __package__:
-                log.warning("warning: %s", message)
-            elif verbose:  # in full, where `logging.captureWarnings` would put it
-                logging.getLogger("py.warnings").warning(
-                    "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
-        warnings.showwarning = show
-        yield
-
-
-@contextlib.contextmanager
-def _stop_signals_as_interrupt():
-    """SIGTERM and SIGHUP end a command the way Ctrl-C does: finished work kept, one line, status 130.
-
-    They are re-raised as SIGINT, so the store's deferral of Ctrl-C around
-    HDF5 writes covers them too.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {name: signal.signal(getattr(signal, name), _as_sigint) for name in _STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for name, handler in previous.items():
-            signal.signal(getattr(signal, name), handler)
-
-
-def _as_sigint(signum, frame) -> None:
-    signal.raise_signal(signal.SIGINT)
 
 
 def _common(parser: argparse.ArgumentParser, default=False) -> None:
@@ -302,10 +172,10 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train_head(args) -> int:
-    from . import config as config_lib
-    from .heads import parse_params
-    from .heads.sweep import parse_sweep
-    from .runs.train import train_heads
+    from .. import config as config_lib
+    from ..heads import parse_params
+    from ..heads.sweep import parse_sweep
+    from ..runs.train import train_heads
 
     table = config_lib.load_toml(args.config).get("train", {})
     params = None
@@ -340,7 +210,7 @@ def _cmd_train_head(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from .runs.leaderboard import LEADERBOARD_COLUMNS, list_runs, rebuild_leaderboard
+    from ..runs.leaderboard import LEADERBOARD_COLUMNS, list_runs, rebuild_leaderboard
 
     if args.rebuild:
         rebuild_leaderboard(args.runs_dir)
@@ -359,8 +229,8 @@ def _cmd_runs(args) -> int:
 
 
 def _cmd_features(args) -> int:
-    from . import config as config_lib
-    from .features.extract import extract_many
+    from .. import config as config_lib
+    from ..features.extract import extract_many
 
     table = config_lib.load_toml(args.config).get("features", {})
     configs = [
@@ -384,11 +254,11 @@ def _cmd_features(args) -> int:
         )
         for model, weights in _weights_per_model(args.model or [None], args.weights)
     ]
-    with _progress_bar(disable=args.quiet or args.json) as progress:
+    with terminal.ProgressBar(disable=args.quiet or args.json) as progress:
         results = extract_many(configs, progress=progress)
     if not args.quiet:
         for result in results:
-            _print_features_summary(result)
+            terminal.print_features_summary(result)
     elif not args.json:
         print("\n".join(str(r.path) for r in results))
     if args.json:
@@ -410,66 +280,11 @@ def _weights_per_model(models: list, weights: list | None) -> list[tuple]:
     return list(zip(models, weights))
 
 
-def _print_features_summary(result) -> None:
-    c = result.counts
-    if c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined:
-        print(f"Up to date: {c['reused']} images, {c['skipped']} skipped ({result.seconds:.2f} s).")
-    else:
-        speed = f", {result.images_per_second:.1f} img/s" if result.images_per_second else ""
-        print(
-            f"Extracted {c['extracted']}, reused {c['reused']}, skipped {c['skipped']}, "
-            f"removed {c['removed']} in {result.seconds:.1f} s{speed}."
-        )
-    for skip in result.skipped[:20]:
-        print(f"  skipped {skip.relpath}: {skip.reason}")
-    if len(result.skipped) > 20:
-        print(f"  ... and {len(result.skipped) - 20} more (listed under skipped/ in the file)")
-    shape = "x".join(str(d) for d in result.feature_shape)
-    print(f"Features ({shape} per image): {result.path}")
-
-
-class _progress_bar:
-    """Extraction progress, usable as `progress(done, total)`.
-
-    tqdm on a terminal; elsewhere (CI logs, a notebook running `make`) one
-    plain line every `PLAIN_INTERVAL` seconds and at the end, since a
-    redrawn bar there is either invisible or a wall of carriage returns.
-    """
-
-    PLAIN_INTERVAL = 10.0
-
-    def __init__(self, disable: bool):
-        self.disable = disable
-        self.bar = None
-        self.last_line = time.monotonic()
-
-    def __enter__(self):
-        return None if self.disable else self
-
-    def __call__(self, done: int, total: int) -> None:
-        if not sys.stderr.isatty():
-            now = time.monotonic()
-            if done == total or now - self.last_line >= self.PLAIN_INTERVAL:
-                print(f"extracting: {done}/{total} images ({done / max(total, 1):.0%})", file=sys.stderr, flush=True)
-                self.last_line = now
-            return
-        if self.bar is None:
-            from tqdm import tqdm
-
-            self.bar = tqdm(total=total, unit="img", desc="extracting", file=sys.stderr)
-        self.bar.total = total  # grows when a file changed mid-run and its content is extracted again
-        self.bar.update(done - self.bar.n)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _cmd_list(args) -> int:
-    from .features.backbones import get_backbone_cfg, list_backbones
+    from ..features.backbones import get_backbone_cfg, list_backbones
 
     if args.heads:
-        from .heads import get_head_cfg, list_heads
+        from ..heads import get_head_cfg, list_heads
 
         for name in list_heads(args.pattern):
             cfg = get_head_cfg(name)
@@ -482,7 +297,7 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_cache(args) -> int:
-    from .store import list_feature_sets
+    from ..store import list_feature_sets
 
     sets = [{"name": name, "path": str(path), "images": n} for name, path, n in list_feature_sets(args.cache_dir)]
     if args.json:
@@ -496,7 +311,7 @@ def _cmd_cache(args) -> int:
 
 
 def _cmd_sample_data(args) -> int:
-    from .features.sample_data import write_digits
+    from ..features.sample_data import write_digits
 
     print(f"Sample dataset: {write_digits(args.out)}")
     return ExitStatus.OK
@@ -542,7 +357,7 @@ def _add_predict_parsers(sub) -> None:
 
 
 def _cmd_predict(args) -> int:
-    from .runs.predict import check_output_file, check_output_folder, predict_images, write_predictions_csv
+    from ..runs.predict import check_output_file, check_output_folder, predict_images, write_predictions_csv
 
     # Before minutes of extraction, not after.
     check_output_folder(Path(args.output).parent)
@@ -574,7 +389,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_evaluate(args) -> int:
-    from .runs.evaluate import evaluate_run
+    from ..runs.evaluate import evaluate_run
 
     result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output)
     if not args.quiet:
@@ -597,7 +412,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .runs.export import export_run
+    from ..runs.export import export_run
 
     result = export_run(
         args.run, args.out, format=args.format, weights=args.weights, include_weights=not args.no_weights,

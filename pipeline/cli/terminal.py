@@ -1,0 +1,197 @@
+"""What the command line shows: option hints, signals, output levels, progress, summaries.
+
+Library errors name config fields (`BottleneckError.field`); here they get
+the flag and Make variable that set them. Nothing here runs a stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+log = logging.getLogger("bottleneck")
+_PRODUCT = "pipeline"  # warnings of classes defined in this package are the product's own
+
+
+# The flag and Make variable that set each config field or argument a
+# library error names (`BottleneckError.field`), per command.
+_EXTRACT_OPTIONS = {
+    "data": ("DATA (the data folder argument)", "DATA"),
+    "model": ("--model", "MODEL"),
+    "size": ("--size", "SIZE"),
+    "pooling": ("--pooling", "POOLING"),
+    "layer": ("--layer", "LAYER"),
+    "weights": ("--weights", "WEIGHTS"),
+    "precision": ("--precision", "PRECISION"),
+    "storage_dtype": ("--storage-dtype", "ARGS"),
+    "batch_size": ("--batch-size", "BATCH"),
+    "workers": ("--workers", "WORKERS"),
+    "shard_size": ("--shard-size", "ARGS"),
+    "cache_dir": ("--cache-dir", "CACHE"),
+    "name": ("--name", "ARGS"),
+    "verify": ("--verify", "ARGS"),
+    "config": ("--config", "CONFIG"),
+}
+_TRAIN_OPTIONS = {
+    "features": ("FEATURES (the feature set argument)", "FEATURES"),
+    "heads": ("--head", "HEAD"),
+    "params": ("--param", "PARAMS"),
+    "fraction": ("--fraction", "FRACTION"),
+    "sweep": ("--sweep", "SWEEP"),
+    "select": ("--select", "SELECT"),
+    "refit": ("--refit", "REFIT"),
+    "splits": ("--splits", "SPLITS"),
+    "seed": ("--seed", "SEED"),
+    "runs_dir": ("--runs-dir", "ARGS"),
+    "cache_dir": ("--cache-dir", "CACHE"),
+    "config": ("--config", "CONFIG"),
+}
+_RUN_OPTIONS = {
+    "run": ("RUN (the run folder argument)", "RUN"),
+    "weights": ("--weights", "ARGS"),
+    "top_k": ("--top-k", "TOPK"),
+    "output": ("--output", "OUTPUT"),
+    "out": ("OUT (the export target argument)", "OUT"),
+    "format": ("--format", "FORMAT"),
+    "data": ("DATA (the labelled folder argument)", "DATA"),
+    "overwrite": ("--force", "ARGS"),
+}
+_OPTIONS = {
+    "features": _EXTRACT_OPTIONS,
+    "train-head": _TRAIN_OPTIONS,
+    "predict": _RUN_OPTIONS,
+    "evaluate": _RUN_OPTIONS,
+    "export": _RUN_OPTIONS,
+}
+# What an interruption leaves, per command: extraction resumes, a run in
+# progress is discarded.
+INTERRUPTED = {
+    "features": "Finished work is kept; run the same command again to resume.",
+    "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
+}
+_STOP_SIGNALS = ("SIGTERM", "SIGHUP")
+
+
+
+def option_hint(command: str, field: str | None) -> str:
+    """` [set with --size; make: SIZE=...]` for the option an error is about, when it has one."""
+    flag, variable = _OPTIONS.get(command, {}).get(field, (None, None))
+    if flag is None:
+        return ""
+    make = f'ARGS="{flag} ..."' if variable == "ARGS" else f"{variable}=..."
+    return f" [set with {flag}; make {command}: {make}]"
+
+
+@contextlib.contextmanager
+def output_shown(*, quiet: bool, verbose: bool):
+    """The product's messages and warnings, one line each; other libraries' only as --verbose asks.
+
+    Libraries log from ERROR and their warnings are hidden: they concern
+    their internals (a MobileNetV2 weights file of another width gives a
+    hundred Keras warnings before the one error that explains them).
+    --verbose adds the product's debug messages, the libraries' warnings and
+    logs from INFO (Pillow logs each PNG chunk at DEBUG), and TensorFlow's C++
+    log at its default level. Filters and environment are restored on return.
+    """
+    others = logging.INFO if verbose else logging.ERROR
+    handler = logging.StreamHandler()
+    handler.addFilter(lambda record: record.name.partition(".")[0] == log.name or record.levelno >= others)
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(format="%(message)s", level=level, handlers=[handler], force=True)
+    with warnings.catch_warnings(), contextlib.ExitStack() as restore:
+        if verbose:
+            warnings.simplefilter("default")  # DeprecationWarnings too, once per place
+            if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:  # a level the user set stays
+                os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+                restore.callback(os.environ.pop, "TF_CPP_MIN_LOG_LEVEL", None)
+        def show(message, category, filename, lineno, file=None, line=None):
+            if category.__module__.partition(".")[0] == _PRODUCT:
+                log.warning("warning: %s", message)
+            elif verbose:  # in full, where `logging.captureWarnings` would put it
+                logging.getLogger("py.warnings").warning(
+                    "%s", warnings.formatwarning(message, category, filename, lineno, line).rstrip())
+        warnings.showwarning = show
+        yield
+
+
+@contextlib.contextmanager
+def stop_signals_as_interrupt():
+    """SIGTERM and SIGHUP end a command the way Ctrl-C does: finished work kept, one line, status 130.
+
+    They are re-raised as SIGINT, so the store's deferral of Ctrl-C around
+    HDF5 writes covers them too.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {name: signal.signal(getattr(signal, name), as_sigint) for name in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for name, handler in previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+
+def as_sigint(signum, frame) -> None:
+    signal.raise_signal(signal.SIGINT)
+
+
+def print_features_summary(result) -> None:
+    c = result.counts
+    if c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined:
+        print(f"Up to date: {c['reused']} images, {c['skipped']} skipped ({result.seconds:.2f} s).")
+    else:
+        speed = f", {result.images_per_second:.1f} img/s" if result.images_per_second else ""
+        print(
+            f"Extracted {c['extracted']}, reused {c['reused']}, skipped {c['skipped']}, "
+            f"removed {c['removed']} in {result.seconds:.1f} s{speed}."
+        )
+    for skip in result.skipped[:20]:
+        print(f"  skipped {skip.relpath}: {skip.reason}")
+    if len(result.skipped) > 20:
+        print(f"  ... and {len(result.skipped) - 20} more (listed under skipped/ in the file)")
+    shape = "x".join(str(d) for d in result.feature_shape)
+    print(f"Features ({shape} per image): {result.path}")
+
+
+class ProgressBar:
+    """Extraction progress, usable as `progress(done, total)`.
+
+    tqdm on a terminal; elsewhere (CI logs, a notebook running `make`) one
+    plain line every `PLAIN_INTERVAL` seconds and at the end, since a
+    redrawn bar there is either invisible or a wall of carriage returns.
+    """
+
+    PLAIN_INTERVAL = 10.0
+
+    def __init__(self, disable: bool):
+        self.disable = disable
+        self.bar = None
+        self.last_line = time.monotonic()
+
+    def __enter__(self):
+        return None if self.disable else self
+
+    def __call__(self, done: int, total: int) -> None:
+        if not sys.stderr.isatty():
+            now = time.monotonic()
+            if done == total or now - self.last_line >= self.PLAIN_INTERVAL:
+                print(f"extracting: {done}/{total} images ({done / max(total, 1):.0%})", file=sys.stderr, flush=True)
+                self.last_line = now
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="img", desc="extracting", file=sys.stderr)
+        self.bar.total = total  # grows when a file changed mid-run and its content is extracted again
+        self.bar.update(done - self.bar.n)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
