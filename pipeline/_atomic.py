@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .errors import WriteError
+
 TMP_PREFIX = ".tmp-"
 FILE_MODE = 0o644
 
@@ -135,3 +137,26 @@ def publish_folder(tmp: Path, final: Path, *, fresh_name: Callable[[], str] | No
         if fresh_name is None:
             raise FileExistsError(f"'{final}' already exists; nothing was replaced.")
         final = final.with_name(fresh_name())
+
+
+def check_writable(folder: str | os.PathLike, *, field: str, create: bool = False) -> Path:
+    """Checks, before any work, that `folder` takes new entries; a `WriteError` naming it otherwise.
+
+    Creating and removing a hidden folder answers for read-only mounts,
+    permissions and ACLs alike. With `create`, a missing `folder` (and its
+    parents) is made first.
+    """
+    folder = Path(folder)
+    probe = temporary_name(folder / "write-check")
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        probe.mkdir()
+        probe.rmdir()
+    except OSError as e:
+        raise WriteError(
+            f"Cannot write into '{folder}' ({e.strerror or e}); nothing was written. Pass `{field}=` a "
+            "folder you can write to.",
+            field=field,
+        ) from None
+    return folder

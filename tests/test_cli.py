@@ -320,3 +320,9 @@ def test_an_error_before_any_shard_leaves_no_feature_set_folder(
     assert main(["features", str(tiny_dataset), *args, "--cache-dir", str(cache)]) == ExitStatus.BAD_INPUT
     assert "error: " in capsys.readouterr().err
     assert not list(cache.iterdir())
+
+
+def test_a_features_field_named_by_another_command_points_at_make_features():
+    assert terminal.option_hint("train-head", "verify") == ' [extract again with --verify; make features: ARGS="--verify"]'
+    assert terminal.option_hint("train-head", "fraction") == " [set with --fraction; make train-head: FRACTION=...]"
+    assert terminal.option_hint("list", None) == ""

@@ -683,3 +683,13 @@ def test_default_dense_is_within_two_points_of_logreg(sign_digits_features_96, t
     unfinished = json.loads((seed003.run_dir / "metrics.json").read_text())
     assert unfinished["best_epoch"] == unfinished["epochs_run"] == 30
     assert unfinished["warnings"][0].startswith("dense_seed003: best epoch = last epoch 30")
+
+
+def test_an_unwritable_runs_folder_exits_3_before_any_head_is_fitted(blobs, tmp_path, caplog):
+    """Issue 15 #10: a runs folder that cannot be written failed after minutes of fitting."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the runs folder should go")
+    status, _, err = _main("train-head", str(blobs), "--head", "logreg", "--runs-dir", str(blocker / "runs"))
+    assert status == cli.ExitStatus.CANNOT_WRITE
+    assert f"'{blocker / 'runs'}'" in err and "--runs-dir" in err and len(err.strip().splitlines()) == 1
+    assert "Training" not in caplog.text

@@ -76,16 +76,26 @@ INTERRUPTED = {
     "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-
+_SWITCHES = ("--verify", "--force")  # flags that take no value
 
 
 def option_hint(command: str, field: str | None) -> str:
-    """` [set with --size; make: SIZE=...]` for the option an error is about, when it has one."""
-    flag, variable = _OPTIONS.get(command, {}).get(field, (None, None))
-    if flag is None:
+    """` [set with --size; make features: SIZE=...]` for the option an error is about.
+
+    A field of the features stage named by another command's error (a
+    damaged set read by `train-head` asks for `verify`) points at
+    `make features`.
+    """
+    if field in _OPTIONS.get(command, {}):
+        flag, variable = _OPTIONS[command][field]
+        how = "set with"
+    elif field in _EXTRACT_OPTIONS:
+        (flag, variable), command, how = _EXTRACT_OPTIONS[field], "features", "extract again with"
+    else:
         return ""
-    make = f'ARGS="{flag} ..."' if variable == "ARGS" else f"{variable}=..."
-    return f" [set with {flag}; make {command}: {make}]"
+    value = "" if flag in _SWITCHES else " ..."
+    make = f'ARGS="{flag}{value}"' if variable == "ARGS" else f"{variable}=..."
+    return f" [{how} {flag}; make {command}: {make}]"
 
 
 @contextlib.contextmanager

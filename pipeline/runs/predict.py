@@ -431,17 +431,7 @@ def check_output_folder(folder: str | os.PathLike, *, field: str = "output") -> 
             "Create it first, or pass a path in an existing folder.",
             field=field,
         )
-    probe = _atomic.temporary_name(folder / "write-check")
-    try:
-        probe.mkdir()
-        probe.rmdir()
-    except OSError as e:
-        raise WriteError(
-            f"Cannot write into '{folder}' ({e.strerror or e}); nothing was written. Pass `{field}=` a "
-            "folder you can write to.",
-            field=field,
-        ) from None
-    return folder
+    return _atomic.check_writable(folder, field=field)
 
 
 @contextlib.contextmanager
