@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
 import secrets
@@ -139,18 +140,20 @@ def publish_folder(tmp: Path, final: Path, *, fresh_name: Callable[[], str] | No
         final = final.with_name(fresh_name())
 
 
-def check_writable(folder: str | os.PathLike, *, field: str, create: bool = False) -> Path:
-    """Checks, before any work, that `folder` takes new entries; a `WriteError` naming it otherwise.
+def check_writable(folder: str | os.PathLike, *, field: str) -> Path:
+    """Checks, before any work, that `folder` can take new entries; a `WriteError` naming it otherwise.
 
-    Creating and removing a hidden folder answers for read-only mounts,
-    permissions and ACLs alike. With `create`, a missing `folder` (and its
-    parents) is made first.
+    A `folder` that does not exist yet is judged by its nearest existing
+    parent, which must be a folder the new one can be made in; nothing is
+    created. Creating and removing a hidden folder answers for read-only
+    mounts, permissions and ACLs alike.
     """
     folder = Path(folder)
-    probe = temporary_name(folder / "write-check")
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    probe = temporary_name(existing / "write-check")
     try:
-        if create:
-            folder.mkdir(parents=True, exist_ok=True)
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, f"'{existing}' is a file", str(existing))
         probe.mkdir()
         probe.rmdir()
     except OSError as e:

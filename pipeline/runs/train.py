@@ -121,7 +121,7 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}.")
     plans = plan_params(config.heads, config.params, config.seed)
     grids = plan_sweep(plans, config.sweep, config.params)
-    _atomic.check_writable(config.runs_dir, field="runs_dir", create=True)  # before minutes of fitting
+    _atomic.check_writable(config.runs_dir, field="runs_dir")  # before minutes of fitting
     fs = read_feature_set(resolve_features(features, config.cache_dir))
     parts = training_splits(fs, config=config)
     if any(grids.values()):
