@@ -4,7 +4,7 @@ import pytest
 
 from pipeline.cli import ExitStatus, main, terminal
 
-FAST = ["--model", "resnet50", "--size", "32", "--weights", "none", "--batch-size", "8"]
+FAST = ["--model", "mobilenet_025", "--size", "32", "--weights", "none", "--batch-size", "8"]
 
 
 def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, capsys):
@@ -92,7 +92,7 @@ def test_cache_ls_shows_feature_sets(tiny_dataset, tmp_path, capsys):
     capsys.readouterr()
     assert main(["cache", "ls", "--cache-dir", str(cache), "--json"]) == ExitStatus.OK
     (entry,) = json.loads(capsys.readouterr().out)
-    assert entry["images"] == 18 and entry["name"].startswith("data-resnet50-32-avg-")
+    assert entry["images"] == 18 and entry["name"].startswith("data-mobilenet_025-32-avg-")
 
 
 def test_list_heads_prints_every_head(capsys):
@@ -204,20 +204,6 @@ def test_progress_is_a_plain_line_where_stderr_is_not_a_terminal(tiny_dataset, t
     assert len(lines) > 1 and all(line.startswith("extracting: ") for line in lines[1:])
 
 
-def test_a_features_run_prints_no_tensorflow_banner(tiny_dataset, tmp_path):
-    import subprocess
-    import sys
-
-    result = subprocess.run(
-        [sys.executable, "-m", "pipeline", "features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path)],
-        capture_output=True, text=True,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "absl::InitializeLog" not in result.stderr and "oneDNN" not in result.stderr
-    assert "cpu_feature_guard" not in result.stderr and "I0000" not in result.stderr
-    assert result.stderr.splitlines()[0] == "Found 18 images in 3 classes."
-
-
 @pytest.fixture(scope="module")
 def narrow_mobilenet_v2_weights(tmp_path_factory):
     """A weights file of MobileNetV2 at width 0.35: the family of `mobilenet_v2`, not its model."""
@@ -236,7 +222,9 @@ def test_a_wrong_weights_file_of_the_same_family_is_one_line_of_stderr(tiny_data
             "--weights", str(narrow_mobilenet_v2_weights), "--cache-dir", str(tmp_path / "cache")]
     result = subprocess.run([sys.executable, "-m", "pipeline", *args], capture_output=True, text=True)
     assert result.returncode == ExitStatus.BAD_INPUT
-    (line,) = result.stderr.splitlines()[1:]  # after "Found 18 images in 3 classes.": no Keras warning
+    # After "Found 18 images in 3 classes.": no Keras warning, and no TensorFlow start-up banner
+    # (the process imported Keras), only the error.
+    (line,) = result.stderr.splitlines()[1:]
     assert line.startswith(f"error: Could not load weights file '{narrow_mobilenet_v2_weights}' into mobilenet_v2")
     assert len(line) < 1000 and result.stdout == ""
     verbose = subprocess.run([sys.executable, "-m", "pipeline", "-v", *args], capture_output=True, text=True)

@@ -22,7 +22,7 @@ from pipeline.features import feature_set_dir, feature_spec
 from pipeline.store import feature_key, FeatureStore, IndexRow, read_feature_set
 from pipeline.store.index import _sealed
 
-FAST = ["--model", "resnet50", "--size", "32", "--weights", "none", "--batch-size", "8"]
+FAST = ["--model", "mobilenet_025", "--size", "32", "--weights", "none", "--batch-size", "8"]
 SECRET = np.arange(64 * 2048, dtype=np.float32)  # what a crafted set would leak
 KEY = "k" * 64
 
@@ -43,7 +43,7 @@ def feature_set(built, tmp_path):
     shutil.copytree(built / "cache", tmp_path / "cache")
     # An unnamed set's folder follows its data folder's path: give the copy the copied data's name.
     (copied,) = (tmp_path / "cache").glob("*/features.h5")
-    config = ExtractConfig(data=str(tmp_path / "data"), model="resnet50", size=32, weights="none",
+    config = ExtractConfig(data=str(tmp_path / "data"), model="mobilenet_025", size=32, weights="none",
                            cache_dir=str(tmp_path / "cache"))
     spec = feature_spec(config)
     set_dir = feature_set_dir(config, spec, feature_key(spec))
