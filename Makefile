@@ -79,7 +79,7 @@ list: $(VENV)/.installed
 	$(BOTTLENECK) list
 
 test: lint
-	$(PY) -m pytest -q --durations=30 $(ARGS)
+	$(PY) -m pytest -q -n auto --dist loadfile --durations=30 $(ARGS)
 
 # The import contracts of pyproject.toml ([tool.importlinter]): the layout's rules.
 lint: $(VENV)/.installed
