@@ -3,25 +3,22 @@
 Synthetic feature sets as in test_train.py (no Keras except the one dense test).
 """
 
-import contextlib
 import csv
 import dataclasses
 import inspect
-import io
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from pipeline import cli
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.heads import create_head, get_head_cfg, list_heads, plan_params, split_indices
 from pipeline.heads import sweep as sweep_lib
 from pipeline.runs import leaderboard, train
 from pipeline.store import read_feature_set
-from test_train import make_set
+from test_train import _config, _main, make_set
 
 GRIDS = {
     "logreg": {"C"},
@@ -37,17 +34,6 @@ GRIDS = {
 def overlapping(tmp_path):
     # Overlapping blobs, so validation accuracy differs between values of C.
     return make_set(tmp_path / "cache" / "blobs-synthetic-8-avg-ffffffff", per_class=60, spread=3.0, seed=3)
-
-
-def _config(tmp_path, **overrides):
-    return TrainConfig(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), **overrides)
-
-
-def _main(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(list(argv))
-    return status, out.getvalue(), err.getvalue()
 
 
 def _sweep_csv(run_dir):
