@@ -140,6 +140,17 @@ def publish_folder(tmp: Path, final: Path, *, fresh_name: Callable[[], str] | No
         final = final.with_name(fresh_name())
 
 
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """Turns a failed write of `path` (disk full, I/O error, ...) into a `WriteError` naming it."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as e:
+        raise WriteError(f"Cannot write '{path}' ({e.strerror or e}); nothing was replaced.") from e
+
+
 def check_writable(folder: str | os.PathLike, *, field: str) -> Path:
     """Checks, before any work, that `folder` can take new entries; a `WriteError` naming it otherwise.
 

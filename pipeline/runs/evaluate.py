@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..features import discovery
 from ..heads import metrics as metrics_lib
 from . import layout
-from .predict import Predictor, check_output_folder, csv_text, writing
+from .predict import Predictor, check_output_folder, csv_text
 
 __all__ = ["EvaluationResult", "evaluate_run"]
 
@@ -180,7 +180,7 @@ def _publish(parent: Path, class_names, measured: _Measured, report: dict[str, A
     def fresh_name() -> str:
         return f"{layout.EVAL_PREFIX}{layout.run_id()}"
 
-    with writing(parent), _atomic.staged_folder(parent / fresh_name(), fresh_name=fresh_name) as staged:
+    with _atomic.writing(parent), _atomic.staged_folder(parent / fresh_name(), fresh_name=fresh_name) as staged:
         figure = metrics_lib.plot_confusion_matrix(np.asarray(measured.metrics["confusion_matrix"]), list(class_names))
         figure.savefig(staged.path / layout.CONFUSION_MATRIX, dpi=100, bbox_inches="tight")
         layout.write_json(staged.path / layout.METRICS, report)

@@ -53,7 +53,7 @@ from ..errors import ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
 from . import layout
-from .predict import Predictor, check_output_file, writing
+from .predict import Predictor, check_output_file
 
 __all__ = ["EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
 
@@ -268,7 +268,7 @@ def _sidecar(out: Path) -> Path:
 def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
     model = build_export_model(predictor)
     diff = _check_export(model, predictor)
-    with writing(out):
+    with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         with _atomic.replacing(out) as tmp:
             model.save(tmp)
@@ -294,7 +294,7 @@ def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     sidecar = _sidecar(out)
-    with writing(sidecar):
+    with _atomic.writing(sidecar):
         layout.write_json(sidecar, info)
     return ExportResult(out, "keras", {out.name: digest, sidecar.name: discovery.file_sha256(sidecar)}, diff)
 
@@ -317,7 +317,7 @@ def _check_export(model, predictor: Predictor) -> float:
 
 
 def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> ExportResult:
-    with writing(out), _atomic.staged_folder(out) as staged:
+    with _atomic.writing(out), _atomic.staged_folder(out) as staged:
         weights_file = _copy_checked(predictor, staged.path, include_weights)
         lineage = dict(predictor.lineage)
         weights = predictor.config.weights

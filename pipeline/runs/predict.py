@@ -17,20 +17,19 @@ every output is refused, escaped and reported the same way.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import _atomic, heads
-from ..errors import BottleneckError, ConfigError, DataError, RunError, WriteError
+from ..errors import BottleneckError, ConfigError, DataError, RunError
 from ..features import backbones, decode, discovery
 from .source import RunSource
 
@@ -375,7 +374,7 @@ def write_predictions_csv(
         for p in predictions
     ]
     header = ["path", "predicted_class", "probability", "top_k_classes", "top_k_probabilities", "error"]
-    with writing(output):
+    with _atomic.writing(output):
         _atomic.write_text(output, csv_text(header, rows))
     return output
 
@@ -432,17 +431,6 @@ def check_output_folder(folder: str | os.PathLike, *, field: str = "output") -> 
             field=field,
         )
     return _atomic.check_writable(folder, field=field)
-
-
-@contextlib.contextmanager
-def writing(path: Path) -> Iterator[None]:
-    """Turns a failed write of `path` (disk full, I/O error, ...) into a `WriteError` naming it."""
-    try:
-        yield
-    except WriteError:
-        raise
-    except OSError as e:
-        raise WriteError(f"Cannot write '{path}' ({e.strerror or e}); nothing was replaced.") from e
 
 
 # Cells a spreadsheet runs as a formula (OWASP, "CSV Injection").
