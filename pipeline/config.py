@@ -47,7 +47,9 @@ class ExtractConfig:
 
     Args:
         data: folder of images, one subfolder per class, optionally under
-            `train/`, `validation/` and `test/`.
+            `train/`, `validation/` and `test/`; or a manifest (`.csv` or
+            `.parquet` with columns `path`, `label`, optional `split` and
+            `group`, see `features.manifest`).
         model: backbone name from `bottleneck list`. Defaults to
             `"mobilenet_v2"`.
         size: square input size in pixels. `None` uses the backbone's

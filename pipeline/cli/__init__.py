@@ -81,7 +81,8 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("features", help="extract backbone features of an image folder into the cache")
-    p.add_argument("data", help="image folder: DATA/<class>/* or DATA/{train,validation,test}/<class>/*")
+    p.add_argument("data", help="image folder, DATA/<class>/* or DATA/{train,validation,test}/<class>/*, "
+                   "or a manifest .csv/.parquet with columns path,label[,split][,group]")
     p.add_argument(
         "--model", nargs="+", action="extend",
         help="backbone name (see `bottleneck list`); several names extract several feature sets in one pass, "

@@ -44,7 +44,9 @@ __all__ = [
     "ImageEntry",
     "file_sha256",
     "index_directory",
+    "normalized_split",
     "split_key",
+    "stat_image",
 ]
 
 IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".tif", ".tiff", ".webp")
@@ -207,6 +209,11 @@ class Dataset:
                 "skipped at extraction."
             )
         return " ".join(notes)
+
+
+def normalized_split(name: str) -> str | None:
+    """`"train"`, `"validation"` or `"test"` for a split folder's name in any accepted spelling, else None."""
+    return _SPLIT_FOLDER_NAMES.get(name.lower())
 
 
 def split_key(relpath: str) -> float:
@@ -494,7 +501,7 @@ class _Scan:
                 elif not _is_image_name(entry.name):
                     self.ignored.append(prefix + rel)
                 else:
-                    size, mtime_ns = _stat(entry.path)
+                    size, mtime_ns = stat_image(entry.path)
                     self.images.append((prefix + rel, class_name, folder_split, rel, size, mtime_ns))
 
     def _skip_dir_link(self, entry, relpath):
@@ -508,7 +515,8 @@ class _Scan:
         return False
 
 
-def _stat(path):
+def stat_image(path) -> tuple[int, int]:
+    """(size, mtime_ns) of an image file, or (-1, -1) when it cannot be stat'ed or is not a regular file."""
     try:
         st = os.stat(path)
     except OSError:

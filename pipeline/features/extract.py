@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from .._versions import library_versions
-from . import backbones, decode, discovery
+from . import backbones, decode, discovery, manifest
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError, WeightsUnavailableError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
@@ -156,7 +156,7 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
             field="data",
         )
     jobs = [(c, feature_spec(c)) for c in configs]
-    dataset = discovery.index_directory(configs[0].data)
+    dataset = manifest.load_dataset(configs[0].data)
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
     stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
     # A set taken over from a moved folder is rewritten, to record where its images are now.

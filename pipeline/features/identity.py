@@ -26,7 +26,7 @@ def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key:
     `<cache>/<name>-<model>-<size>-<pooling or layer>-<key8>` when
     `config.name` is given; otherwise
     `<cache>/<data folder name>-<model>-<size>-<pooling or layer>-<key8>-<data8>`,
-    where `<data8>` hashes the data folder's resolved path, so two folders of
+    where `<data8>` hashes the data folder's (or manifest's) resolved path, so two folders of
     the same name (`a/imgs`, `b/imgs`) never share a set. Characters other
     than letters, digits, `.`, `_` and `-` become `_`.
 
@@ -37,7 +37,7 @@ def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key:
     if config.name is None:
         root = Path(config.data).resolve()
         # A data folder may be hidden or long-named; its set must be neither (the hash keeps it unique).
-        dataset = _clean(root.name).lstrip(".")[:_MAX_NAME] or "data"
+        dataset = _clean(root.stem if root.is_file() else root.name).lstrip(".")[:_MAX_NAME] or "data"
         where = "-" + hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     else:
         dataset, where = _checked_name(config.name), ""

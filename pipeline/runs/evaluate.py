@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _atomic
 from ..errors import DataError
-from ..features import discovery
+from ..features import manifest
 from ..heads import metrics as metrics_lib
 from . import layout
 from .predict import Predictor, check_output_folder, csv_text
@@ -97,7 +97,7 @@ def evaluate_run(
 
     Args:
         run_dir: a run folder or a bundle folder.
-        data: a class-per-folder image folder (`discovery.index_directory`).
+        data: a class-per-folder image folder or a manifest (`manifest.load_dataset`).
         weights: a weights file replacing the recorded one (same sha256).
             Defaults to `None`.
         output: an existing folder to write `eval-<id>/` into, for run
@@ -116,7 +116,7 @@ def evaluate_run(
     """
     predictor = Predictor.load(run_dir, weights=weights)
     parent = check_output_folder(predictor.root if output is None else output)
-    dataset = discovery.index_directory(data)
+    dataset = manifest.load_dataset(data)
     known, unknown = _match_classes(dataset, predictor.class_names)
     measured, skipped = _measure(predictor, dataset, known)
     present = set(measured.labels.tolist())

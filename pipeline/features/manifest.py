@@ -1,0 +1,197 @@
+"""Read a manifest (CSV or Parquet) as a dataset, instead of a class-per-folder tree.
+
+A manifest lists one image per row::
+
+    path,label,split,group
+    photos/a.jpg,cat,,mia
+    /mnt/other/b.png,dog,,
+
+- `path` (required): the image file, relative to the manifest's folder or
+  absolute.
+- `label` (required): the class name.
+- `split` (optional): `train`, `validation` or `test` (the spellings split
+  folders accept: `val`, `valid`, `dev`, `training`, `testing`). Either
+  every row names one or none does; then the head stage cuts the splits from
+  the split keys, as for a folder without split folders.
+- `group` (optional): the same object, patient or photo session. The split
+  key of an image is hashed from its group when it has one, so every image
+  of a group falls in the same split; with a `split` column, a group whose
+  rows name two splits is refused, since that is the leakage groups exist to
+  prevent.
+
+Other columns are ignored. The result is a `discovery.Dataset` rooted at the
+manifest's folder, so the cache, resume, skipped files and the feature key
+work as for folders. A row that cannot be trusted (a missing column or
+value, a path listed twice) is refused with the manifest's line number.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from ..errors import DataError
+from .discovery import IMAGE_EXTENSIONS, Dataset, ImageEntry, index_directory, normalized_split, split_key, stat_image
+
+__all__ = ["MANIFEST_SUFFIXES", "is_manifest", "load_dataset", "read_manifest"]
+
+MANIFEST_SUFFIXES = (".csv", ".parquet")
+_REQUIRED = ("path", "label")
+_GROUP_PREFIX = "group:"  # keeps a group key apart from any path key
+
+
+def is_manifest(data: str | os.PathLike) -> bool:
+    """Whether `data` names a manifest file rather than an image folder."""
+    return Path(data).suffix.lower() in MANIFEST_SUFFIXES and not Path(data).is_dir()
+
+
+def load_dataset(data: str | os.PathLike) -> Dataset:
+    """The images of `data`: a manifest file (`read_manifest`) or an image folder (`index_directory`)."""
+    return read_manifest(data) if is_manifest(data) else index_directory(data)
+
+
+def read_manifest(path: str | os.PathLike) -> Dataset:
+    """Lists the images of a manifest with their labels, splits and split keys.
+
+    Args:
+        path: a `.csv` (UTF-8, header row) or `.parquet` file.
+
+    Returns:
+        A `Dataset` rooted at the manifest's folder; an absolute `path` cell
+        keeps its absolute path as the entry's relpath.
+
+    Raises:
+        DataError: the file is missing or unreadable, lacks a `path` or
+            `label` column, has an empty cell in one, lists a path twice,
+            names an unknown split, names a split on some rows only, or
+            puts one group in two splits. Its `field` is `"data"`.
+    """
+    given = Path(path)
+    if not given.is_file():
+        raise DataError(f"Manifest '{given}' does not exist or is not a file.", field="data")
+    rows = _read_rows(given)
+    root = given.resolve().parent
+    entries, ignored, seen, groups = [], [], {}, {}
+    has_splits = bool(rows) and bool(rows[0][1].get("split"))
+    for line, row in rows:
+        relpath = _relpath(given, line, row["path"])
+        if relpath in seen:
+            raise DataError(
+                f"Manifest '{given}' lists '{row['path']}' twice (lines {seen[relpath]} and {line}); "
+                "keep one row per image.",
+                field="data",
+            )
+        seen[relpath] = line
+        if os.path.splitext(relpath)[1].lower() not in IMAGE_EXTENSIONS:
+            ignored.append(relpath)
+            continue
+        split = _split(given, line, row.get("split", ""), has_splits)
+        group = row.get("group", "")
+        if group and has_splits and groups.setdefault(group, (split, line))[0] != split:
+            first_split, first_line = groups[group]
+            raise DataError(
+                f"Manifest '{given}' puts group '{group}' in two splits ({first_split} on line "
+                f"{first_line}, {split} on line {line}); a group must stay in one split.",
+                field="data",
+            )
+        key = split_key(_GROUP_PREFIX + group if group else relpath)
+        size, mtime_ns = stat_image(root / relpath)
+        entries.append((relpath, row["label"], split, key, size, mtime_ns))
+    if not entries:
+        raise DataError(f"Manifest '{given}' lists no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).",
+                        field="data")
+    class_names = tuple(sorted({label for _, label, *_ in entries}))
+    label_of = {name: i for i, name in enumerate(class_names)}
+    return Dataset(
+        root=root,
+        class_names=class_names,
+        entries=tuple(
+            ImageEntry(relpath, label_of[label], split, size, mtime, key)
+            for relpath, label, split, key, size, mtime in sorted(entries)
+        ),
+        has_folder_splits=has_splits,
+        ignored=tuple(sorted(ignored)),
+    )
+
+
+def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs with every cell a stripped string."""
+    try:
+        table = _read_parquet(path) if path.suffix.lower() == ".parquet" else _read_csv(path)
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"Manifest '{path}' cannot be read: {e}.", field="data") from None
+    columns, records = table
+    missing = [c for c in _REQUIRED if c not in columns]
+    if missing:
+        raise DataError(
+            f"Manifest '{path}' has no {' or '.join(repr(c) for c in missing)} column (columns: "
+            f"{', '.join(repr(c) for c in columns) or 'none'}). The header must name at least "
+            "'path' and 'label'; 'split' and 'group' are optional.",
+            field="data",
+        )
+    rows = []
+    for line, record in records:
+        row = {k: ("" if v is None else str(v)).strip() for k, v in record.items() if k in columns}
+        for column in _REQUIRED:
+            if not row[column]:
+                raise DataError(f"Manifest '{path}' line {line}: the '{column}' cell is empty.", field="data")
+        rows.append((line, row))
+    return rows
+
+
+def _read_csv(path: Path):
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = [c.strip() for c in reader.fieldnames or ()]
+        reader.fieldnames = columns
+        # Line numbers as an editor shows them: the header is line 1.
+        records = [(reader.line_num, record) for record in reader]
+    return columns, records
+
+
+def _read_parquet(path: Path):
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            f"Manifest '{path}' is Parquet, which needs pyarrow: pip install 'bottleneck-features[parquet]', "
+            "or write the manifest as CSV.",
+            field="data",
+        ) from None
+    try:
+        table = pq.read_table(path)
+    except Exception as e:  # pyarrow raises its own error types for damaged files
+        raise DataError(f"Manifest '{path}' is not a readable Parquet file: {e}.", field="data") from None
+    # Row i is "line" i + 2, so messages count rows as the CSV form would.
+    return table.column_names, [(i + 2, record) for i, record in enumerate(table.to_pylist())]
+
+
+def _relpath(manifest: Path, line: int, cell: str) -> str:
+    path = Path(cell)
+    if path.is_absolute():
+        return path.as_posix()
+    normal = os.path.normpath(cell).replace(os.sep, "/")
+    if normal in (".", "") or normal.endswith("/"):
+        raise DataError(f"Manifest '{manifest}' line {line}: '{cell}' names a folder, not an image.",
+                        field="data")
+    return normal
+
+
+def _split(manifest: Path, line: int, cell: str, has_splits: bool) -> str:
+    if not has_splits:
+        if cell:
+            raise DataError(
+                f"Manifest '{manifest}' line {line} names split '{cell}' but the first row names none; "
+                "give every row a split, or none.",
+                field="data",
+            )
+        return ""
+    split = normalized_split(cell)
+    if split is None:
+        raise DataError(
+            f"Manifest '{manifest}' line {line}: split '{cell}' is not train, validation or test"
+            + (" (every row must name one when the first does)." if not cell else "."),
+            field="data",
+        )
+    return split

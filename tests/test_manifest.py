@@ -1,0 +1,117 @@
+"""Manifests (CSV and Parquet) in place of class folders."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from imagegen import make_dataset, write_image
+from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.errors import DataError
+from pipeline.features.discovery import split_key
+from pipeline.features.extract import extract_features
+from pipeline.features.manifest import read_manifest
+from pipeline.heads.splits import training_splits
+from pipeline.store import read_feature_set
+
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+
+
+def _write_csv(path, rows, header=("path", "label", "split", "group")):
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+def _grouped_manifest(tmp_path, groups=12, per_group=3):
+    """`groups` photo sessions of `per_group` images each, two classes, paths relative and absolute."""
+    rows = []
+    for g in range(groups):
+        for i in range(per_group):
+            image = write_image(tmp_path / "photos" / f"s{g}-{i}.png", seed=100 * g + i)
+            path = str(image) if i == 0 else f"photos/{image.name}"  # some absolute, some relative
+            rows.append((path, f"class{g % 2}", "", f"session{g}"))
+    return _write_csv(tmp_path / "photos.csv", rows)
+
+
+def test_images_of_one_group_always_share_a_split(tmp_path):
+    ds = read_manifest(_grouped_manifest(tmp_path))
+    assert ds.class_names == ("class0", "class1") and len(ds.entries) == 36
+    by_group = {}
+    for e in ds.entries:
+        by_group.setdefault(e.relpath.rsplit("/", 1)[-1].split("-")[0], set()).add(e.split_key)
+    assert all(len(keys) == 1 for keys in by_group.values())  # one split key per group
+    assert len({k for keys in by_group.values() for k in keys}) == 12  # and groups differ
+
+
+def test_a_manifest_is_extracted_and_trained_like_a_folder(tmp_path):
+    manifest = _grouped_manifest(tmp_path)
+    config = ExtractConfig(data=str(manifest), cache_dir=str(tmp_path / "cache"), **MODEL)
+    first = extract_features(config=config)
+    assert first.counts["extracted"] == 36 and first.path.parent.name.startswith("photos-resnet50-")
+    assert extract_features(config=config).counts == {"extracted": 0, "reused": 36, "skipped": 0, "removed": 0}
+
+    fs = read_feature_set(first.path)
+    splits = training_splits(fs, config=TrainConfig(splits=(0.5, 0.25, 0.25)))
+    group_of = {p: p.rsplit("/", 1)[-1].split("-")[0] for p in fs.paths}
+    split_of_group = {}
+    for split, rows in splits.items():
+        for row in rows:
+            split_of_group.setdefault(group_of[fs.paths[row]], set()).add(split)
+    assert all(len(s) == 1 for s in split_of_group.values())
+
+
+def test_a_split_column_gives_folder_splits(tmp_path):
+    make_dataset(tmp_path / "imgs", classes=2, per_class=3)
+    rows = [(f"imgs/class{c}/{i:03d}.png", f"class{c}", split, "")
+            for c in range(2) for i, split in enumerate(("train", "val", "Test"))]
+    ds = read_manifest(_write_csv(tmp_path / "m.csv", rows))
+    assert ds.has_folder_splits
+    assert {e.relpath: e.folder_split for e in ds.entries}["imgs/class1/001.png"] == "validation"
+    assert {e.folder_split for e in ds.entries} == {"train", "validation", "test"}
+    assert ds.entries[0].split_key == split_key("imgs/class0/000.png")
+
+
+def test_parquet_manifest_equals_the_csv_one(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    import pyarrow as pa
+
+    csv_path = _grouped_manifest(tmp_path, groups=4)
+    with open(csv_path, newline="") as f:
+        records = list(csv.DictReader(f))
+    table = pa.Table.from_pylist(records)
+    pq.write_table(table, tmp_path / "photos.parquet")
+    assert read_manifest(tmp_path / "photos.parquet") == read_manifest(csv_path)
+
+
+@pytest.mark.parametrize("rows, header, message", [
+    ([("a.png", "cat")], ("path", "kind"), "no 'label' column"),
+    ([("a.png", "")], ("path", "label"), "line 2: the 'label' cell is empty"),
+    ([("a.png", "cat"), ("./a.png", "dog")], ("path", "label"), "lists './a.png' twice (lines 2 and 3)"),
+    ([("a.png", "cat", "train"), ("b.png", "cat", "")], ("path", "label", "split"), "line 3: split ''"),
+    ([("a.png", "cat", ""), ("b.png", "cat", "train")], ("path", "label", "split"), "line 3 names split 'train'"),
+    ([("a.png", "cat", "holdout")], ("path", "label", "split"), "split 'holdout' is not train"),
+    ([("a.png", "cat", "train", "g"), ("b.png", "cat", "test", "g")], ("path", "label", "split", "group"),
+     "group 'g' in two splits (train on line 2, test on line 3)"),
+])
+def test_untrustworthy_manifests_are_refused_naming_the_line(tmp_path, rows, header, message):
+    write_image(tmp_path / "a.png", seed=1)
+    write_image(tmp_path / "b.png", seed=2)
+    with pytest.raises(DataError, match="m.csv") as info:
+        read_manifest(_write_csv(tmp_path / "m.csv", rows, header=header))
+    assert message in str(info.value)
+    assert info.value.field == "data"
+
+
+def test_missing_files_are_listed_and_skipped_at_extraction(tmp_path):
+    write_image(tmp_path / "a.png", seed=1)
+    write_image(tmp_path / "b.png", seed=2)
+    manifest = _write_csv(tmp_path / "m.csv", [("a.png", "cat"), ("gone.png", "dog"), ("b.png", "dog")],
+                          header=("path", "label"))
+    result = extract_features(config=ExtractConfig(data=str(manifest), cache_dir=str(tmp_path / "c"), **MODEL))
+    assert result.counts["extracted"] == 2 and result.counts["skipped"] == 1
+    fs = read_feature_set(result.path)
+    assert sorted(fs.paths) == ["a.png", "b.png"]
+    np.testing.assert_array_equal(fs.labels, [0, 1])
