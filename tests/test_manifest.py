@@ -115,3 +115,39 @@ def test_missing_files_are_listed_and_skipped_at_extraction(tmp_path):
     fs = read_feature_set(result.path)
     assert sorted(fs.paths) == ["a.png", "b.png"]
     np.testing.assert_array_equal(fs.labels, [0, 1])
+
+
+def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
+    import json
+    import subprocess
+
+    from imagegen import PYTHON, REPO
+
+    make_dataset(tmp_path / "data", classes=2, per_class=3)
+    result = extract_features(config=ExtractConfig(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), **MODEL))
+    fs = read_feature_set(result.path)
+
+    def cli(*args):
+        return subprocess.run([PYTHON, "-m", "pipeline", "cache", "export", *args, "--cache-dir", str(tmp_path / "c")],
+                              cwd=REPO, capture_output=True, text=True)
+
+    npz_out = tmp_path / "f.npz"
+    done = cli("data", "--output", str(npz_out), "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[-1])["format"] == "npz"
+    with np.load(npz_out) as z:
+        np.testing.assert_array_equal(z["features"], fs.features)
+        np.testing.assert_array_equal(z["labels"], fs.labels)
+        assert z["paths"].tolist() == fs.paths and z["class_names"].tolist() == fs.class_names
+        np.testing.assert_array_equal(z["split_keys"], fs.split_keys)
+        assert str(z["content_hash"]) == fs.content_hash
+
+    again = cli("data", "--output", str(npz_out))
+    assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
+
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    assert cli("data", "--output", str(tmp_path / "f.parquet")).returncode == 0
+    table = pq.read_table(tmp_path / "f.parquet")
+    np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), fs.features)
+    assert table["path"].to_pylist() == fs.paths
+    assert json.loads(table.schema.metadata[b"class_names"]) == fs.class_names

@@ -114,8 +114,12 @@ def _build_parser() -> argparse.ArgumentParser:
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_list)
 
-    p = sub.add_parser("cache", help="inspect the feature cache")
-    p.add_argument("action", choices=("ls",))
+    p = sub.add_parser("cache", help="list feature sets, or export one for other tools")
+    p.add_argument("action", choices=("ls", "export"))
+    p.add_argument("features", nargs="?", help="export: the feature set (name, prefix or path)")
+    p.add_argument("--output", "-o", help="export: the file to write (default <set name>.<format>)")
+    p.add_argument("--format", choices=("npz", "parquet"), help="export: default from --output's suffix, else npz")
+    p.add_argument("--force", action="store_true", help="export: replace the output file if it exists")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--json", action="store_true")
     _common(p, default=argparse.SUPPRESS)
@@ -300,6 +304,11 @@ def _cmd_list(args) -> int:
 def _cmd_cache(args) -> int:
     from ..store import list_feature_sets
 
+    if args.action == "export":
+        return _export_cache(args)
+    if args.features is not None:
+        raise ConfigError(f"`cache ls` takes no feature set (received {args.features!r}); "
+                          "did you mean `cache export`?")
     sets = [{"name": name, "path": str(path), "images": n} for name, path, n in list_feature_sets(args.cache_dir)]
     if args.json:
         print(json.dumps(sets))
@@ -308,6 +317,20 @@ def _cmd_cache(args) -> int:
             print(f"{s['name']:60} {s['images']:8d} images")
         if not sets:
             print(f"No feature sets under {args.cache_dir}/. Run `make features` first.")
+    return ExitStatus.OK
+
+
+def _export_cache(args) -> int:
+    from ..store import resolve_features
+    from ..store.export import export_feature_set
+
+    path = resolve_features(args.features, args.cache_dir)
+    fmt = args.format or (args.output and Path(args.output).suffix.lstrip(".")) or "npz"
+    out = export_feature_set(path, args.output or f"{path.parent.name}.{fmt}", format=fmt, overwrite=args.force)
+    if args.json:
+        print(json.dumps({"path": str(out), "format": fmt, "features": str(path)}))
+    else:
+        print(f"Wrote {out} ({fmt}) from {path.parent.name}.")
     return ExitStatus.OK
 
 

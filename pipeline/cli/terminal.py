@@ -62,7 +62,14 @@ _RUN_OPTIONS = {
     "data": ("DATA (the labelled folder argument)", "DATA"),
     "overwrite": ("--force", "ARGS"),
 }
+# `cache export` has no Make target of its own: its hints name the flag only.
+_CACHE_OPTIONS = {
+    "out": ("--output", None),
+    "format": ("--format", None),
+    "overwrite": ("--force", None),
+}
 _OPTIONS = {
+    "cache": _CACHE_OPTIONS,
     "features": _EXTRACT_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
     "predict": _RUN_OPTIONS,
@@ -93,6 +100,8 @@ def option_hint(command: str, field: str | None) -> str:
         (flag, variable), command, how = _EXTRACT_OPTIONS[field], "features", "extract again with"
     else:
         return ""
+    if variable is None:
+        return f" [{how} {flag}]"
     value = "" if flag in _SWITCHES else " ..."
     make = f'ARGS="{flag}{value}"' if variable == "ARGS" else f"{variable}=..."
     return f" [{how} {flag}; make {command}: {make}]"
