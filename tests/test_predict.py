@@ -31,6 +31,7 @@ from pipeline.errors import ConfigError, DataError, RunError, WriteError
 from pipeline.runs.export import export_run, preprocess_affine
 from pipeline.features.extract import extract_features
 from pipeline.heads import load_head
+from pipeline.runs import evaluate as evaluate_module
 from pipeline.runs.evaluate import evaluate_run
 from pipeline.runs.predict import Prediction, Predictor, predict_images, write_predictions_csv
 from pipeline.store import read_feature_set
@@ -473,8 +474,8 @@ def test_evaluate_a_read_only_run_writes_elsewhere_and_checks_first(tiny, tmp_pa
     before = sorted(p.name for p in run.iterdir())
     _read_only(run, monkeypatch)
     extracted = []
-    real_extract = Predictor.extract
-    monkeypatch.setattr(Predictor, "extract", lambda self, paths: extracted.append(paths) or real_extract(self, paths))
+    real_extract = evaluate_module.extract_features
+    monkeypatch.setattr(evaluate_module, "extract_features", lambda **kw: extracted.append(kw) or real_extract(**kw))
     try:
         with pytest.raises(WriteError) as info:
             evaluate_run(run, tiny.data)
@@ -491,3 +492,29 @@ def test_evaluate_a_read_only_run_writes_elsewhere_and_checks_first(tiny, tmp_pa
     assert sorted(p.name for p in result.out_dir.iterdir()) == ["confusion_matrix.png", "metrics.json", "predictions.csv"]
     assert sorted(p.name for p in run.iterdir()) == before and extracted
     assert result.accuracy == json.loads((result.out_dir / "metrics.json").read_text())["test"]["accuracy"]
+
+
+def test_evaluate_extracts_through_the_cache_and_flags_training_images(tiny, tmp_path, caplog):
+    """Issue 14: a second evaluate of one folder extracts nothing; images the run trained on are counted."""
+    run, copy = tiny.runs["logreg"], shutil.copytree(tiny.data, tmp_path / "copy")
+    assert evaluate_run(run, tiny.data, output=_folder(tmp_path / "own")).extracted == 0  # the run's own set
+    first = evaluate_run(run, copy, output=_folder(tmp_path / "a"))
+    second = evaluate_run(tiny.runs["dense"], copy, output=_folder(tmp_path / "b"))  # same backbone: shared
+    assert first.extracted == len(tiny.features.paths) and second.extracted == 0
+    assert second.n_images == first.n_images == len(tiny.features.paths)
+    assert first.overlap["checked"]
+    assert sum(first.overlap[s] for s in ("train", "validation", "test")) == len(tiny.features.paths)
+    assert "same content as images the run was trained or measured on" in caplog.text
+
+    fresh = tmp_path / "fresh"
+    for c in range(3):
+        write_image(fresh / f"class{c}" / "new.png", seed=5000 + c)
+    clean = evaluate_run(run, fresh, output=_folder(tmp_path / "c"))
+    assert clean.overlap == {"checked": True, "train": 0, "validation": 0, "test": 0, "examples": []}
+    report = json.loads((clean.out_dir / "metrics.json").read_text())
+    assert report["overlap"] == clean.overlap and Path(report["features_path"]).is_file()
+
+
+def _folder(path):
+    path.mkdir(parents=True)
+    return path

@@ -361,8 +361,10 @@ def _add_predict_parsers(sub) -> None:
 
     p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
     p.add_argument("run", help=run_help)
-    p.add_argument("data", help="labelled folder, DATA/<class>/*; classes are matched by name")
+    p.add_argument("data", help="labelled folder, DATA/<class>/*, or a manifest; classes are matched by name")
     p.add_argument("--output", help="existing folder that receives eval-<id>/ (default: the run folder)")
+    p.add_argument("--cache-dir", help="feature cache the data is extracted into and reused from "
+                   "(default: the cache of the run's feature set, else cache)")
     p.add_argument("--weights", help=weights_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _common(p, default=argparse.SUPPRESS)
@@ -415,12 +417,13 @@ def _cmd_predict(args) -> int:
 def _cmd_evaluate(args) -> int:
     from ..runs.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output)
+    result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir)
     if not args.quiet:
         print(result.dataset_summary)
         macro_f1 = result.metrics.get("macro_f1")
         f1 = "" if macro_f1 is None else f", macro F1 {macro_f1:.4f}"
-        print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images.")
+        print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images "
+              f"({result.extracted} extracted now, the rest from the cache).")
         for name, paths in result.unknown_classes.items():
             print(f"  unknown class {name!r}: {len(paths)} images left out")
         if result.missing_classes:

@@ -1,15 +1,23 @@
 """Evaluation: measure a trained run (or a bundle) on a new labelled folder.
 
-Entry point: `evaluate_run(run_dir, data)`. The images go through the same
-`Predictor` as `predict_images`, the metrics are training's own
+Entry point: `evaluate_run(run_dir, data)`. The images are extracted through
+the features stage's cache, under the run's own extraction spec, so a second
+evaluation of the same folder (by this run or any run on the same backbone)
+extracts nothing, and added images are extracted alone. The head is the
+run's (`Predictor`), the metrics are training's own
 (`heads.metrics.classification_metrics`), and the results are published as
 one new `eval-<id>/` folder (`layout` names its files), in the run folder
 or in a folder given with `output`.
+
+Images of the data with the same content as images the run's feature set
+holds are counted per split of the run (`overlap` in the metrics): test
+numbers measured on training images are no test at all.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from pathlib import Path
@@ -18,13 +26,19 @@ from typing import Any
 import numpy as np
 
 from .. import _atomic
-from ..errors import DataError
+from .. import config as config_lib
+from ..errors import BottleneckError, DataError
 from ..features import manifest
+from ..features.extract import extract_features
 from ..heads import metrics as metrics_lib
+from ..heads.splits import training_splits
+from ..store import FeatureStore, read_feature_set
 from . import layout
 from .predict import Predictor, check_output_folder, csv_text
 
 __all__ = ["EvaluationResult", "evaluate_run"]
+
+log = logging.getLogger("bottleneck")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +56,11 @@ class EvaluationResult:
         missing_classes: classes of the run with no image in the data.
         skipped: `(relpath, reason)` of images that could not be decoded.
         dataset_summary: "Found N images in K classes." and notes.
+        overlap: images of the data whose content the run's feature set
+            holds, `{"train": n, "validation": n, "test": n}` by the run's
+            split, plus `"examples"`; or `{"checked": False, "reason": ...}`
+            when the run's feature set is not on this machine.
+        extracted: images extracted now (0 when the cache had them all).
     """
 
     out_dir: Path
@@ -51,6 +70,8 @@ class EvaluationResult:
     missing_classes: list[str]
     skipped: list[tuple[str, str]]
     dataset_summary: str
+    overlap: dict[str, Any] = dataclasses.field(default_factory=dict)
+    extracted: int = 0
 
     @property
     def accuracy(self) -> float:
@@ -65,6 +86,8 @@ class EvaluationResult:
             "unknown_classes": self.unknown_classes,
             "missing_classes": self.missing_classes,
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "overlap": self.overlap,
+            "extracted": self.extracted,
         }
 
 
@@ -84,6 +107,7 @@ def evaluate_run(
     *,
     weights: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Measures a trained run on a new labelled image folder.
 
@@ -103,6 +127,10 @@ def evaluate_run(
         output: an existing folder to write `eval-<id>/` into, for run
             folders that are read-only or shared. Defaults to `None` (the
             run folder).
+        cache_dir: the feature cache the data's features are extracted
+            into and reused from. Defaults to `None`: the cache holding the
+            run's own feature set when it is on this machine, else
+            `"cache"`.
 
     Returns:
         An `EvaluationResult`.
@@ -118,7 +146,12 @@ def evaluate_run(
     parent = check_output_folder(predictor.root if output is None else output)
     dataset = manifest.load_dataset(data)
     known, unknown = _match_classes(dataset, predictor.class_names)
-    measured, skipped = _measure(predictor, dataset, known)
+    extraction = extract_features(config=dataclasses.replace(
+        predictor.config, data=str(data), cache_dir=str(cache_dir or _run_cache(predictor)), name=None))
+    digests = {p: r.sha256 for p, r in _index_state(extraction.path).files.items()}
+    measured, skipped = _measure(predictor, dataset, known, extraction)
+    overlap = _overlap(predictor, {digests[p] for p in measured.relpaths})
+    _warn_overlap(overlap, dataset.root)
     present = set(measured.labels.tolist())
     missing = [n for i, n in enumerate(predictor.class_names) if i not in present]
     report = {
@@ -126,16 +159,19 @@ def evaluate_run(
         "sizes": {"test": len(measured.relpaths)},
         "data": str(dataset.root),
         "run": str(predictor.root),
+        "features_path": str(extraction.path),
         "dataset_summary": dataset.summary(),
         "unknown_classes": {name: {"images": len(paths), "paths": paths} for name, paths in unknown.items()},
         "missing_classes": missing,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
+        "overlap": overlap,
         "weights": predictor.lineage.get("weights"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out_dir = _publish(parent, predictor.class_names, measured, report)
     return EvaluationResult(
-        out_dir, measured.metrics, len(measured.relpaths), unknown, missing, skipped, dataset.summary()
+        out_dir, measured.metrics, len(measured.relpaths), unknown, missing, skipped, dataset.summary(),
+        overlap, extraction.counts["extracted"],
     )
 
 
@@ -158,21 +194,68 @@ def _match_classes(dataset, class_names) -> tuple[list, dict[str, list[str]]]:
     return known, unknown
 
 
-def _measure(predictor: Predictor, dataset, known) -> tuple[_Measured, list[tuple[str, str]]]:
-    features, ok, errors = predictor.extract([dataset.root / e.relpath for e in known])
-    skipped = [(known[i].relpath, reason) for i, reason in sorted(errors.items())]
-    if not ok:
+def _measure(predictor: Predictor, dataset, known, extraction) -> tuple[_Measured, list[tuple[str, str]]]:
+    fs = read_feature_set(extraction.path)
+    row_of = {p: i for i, p in enumerate(fs.paths)}
+    reasons = {s.relpath: s.reason for s in extraction.skipped}
+    used = [e for e in known if e.relpath in row_of]
+    skipped = [(e.relpath, reasons.get(e.relpath, "not extracted")) for e in known if e.relpath not in row_of]
+    if not used:
         raise DataError(
             f"None of the {len(known)} images of known classes under '{dataset.root}' could be decoded. "
             "First reasons: " + "; ".join(f"{p}: {r}" for p, r in skipped[:3]),
             field="data",
         )
-    used = [known[i] for i in ok]
     label_of = {name: i for i, name in enumerate(predictor.class_names)}
     labels = np.array([label_of[dataset.class_names[e.label]] for e in used], dtype=np.int64)
-    proba = predictor.predict_proba(features)
+    proba = predictor.predict_proba(fs.features[[row_of[e.relpath] for e in used]])
     metrics = metrics_lib.classification_metrics(labels, proba, list(predictor.class_names))
     return _Measured([e.relpath for e in used], labels, proba, metrics), skipped
+
+
+def _run_cache(predictor: Predictor) -> Path:
+    """The cache folder of the run's feature set (`<cache>/<set>/features.h5`), or `cache`."""
+    features_path = Path(str(predictor.lineage.get("features_path", "")))
+    return features_path.parent.parent if features_path.is_file() else Path("cache")
+
+
+def _index_state(features_path: Path):
+    return FeatureStore(Path(features_path).parent).read_index_state()
+
+
+def _overlap(predictor: Predictor, digests: set[str]) -> dict[str, Any]:
+    """How many evaluated images the run's feature set holds, by the run's split."""
+    features_path = predictor.lineage.get("features_path")
+    try:
+        fs = read_feature_set(features_path)
+        if fs.content_hash != predictor.lineage.get("content_hash"):
+            return {"checked": False, "reason": f"the feature set at '{features_path}' changed since the run"}
+        table = layout.read_json(predictor.root / layout.CONFIG, "run folder").get("train_config", {})
+        config = config_lib.resolve(config_lib.TrainConfig, {k: table[k] for k in ("splits", "fraction", "seed")})
+        parts = training_splits(fs, config=config)
+        run_digests = [r.sha256 for r in (_index_state(fs.path).files[p] for p in fs.paths)]
+    except (BottleneckError, OSError, KeyError, TypeError) as e:
+        return {"checked": False, "reason": f"the run's feature set cannot be read here ({e})"}
+    overlap: dict[str, Any] = {"checked": True, "examples": []}
+    for split, rows in parts.items():
+        shared = [fs.paths[i] for i in rows if run_digests[i] in digests]
+        overlap[split] = len(shared)
+        overlap["examples"].extend(shared[:3])
+    return overlap
+
+
+def _warn_overlap(overlap: dict[str, Any], root: Path) -> None:
+    if not overlap.get("checked"):
+        log.warning("Overlap with the run's images not checked: %s.", overlap.get("reason"))
+        return
+    counts = {split: overlap.get(split, 0) for split in ("train", "validation", "test")}
+    if any(counts.values()):
+        log.warning(
+            "%d images of '%s' have the same content as images the run was trained or measured on "
+            "(train %d, validation %d, test %d; e.g. %s): these are no independent test.",
+            sum(counts.values()), root, counts["train"], counts["validation"], counts["test"],
+            ", ".join(overlap["examples"][:3]),
+        )
 
 
 def _publish(parent: Path, class_names, measured: _Measured, report: dict[str, Any]) -> Path:
