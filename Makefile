@@ -14,6 +14,7 @@ LAYER ?=
 BATCH ?=
 PRECISION ?=
 WORKERS ?=
+DECODE_MODE ?=
 CACHE ?= cache
 CONFIG ?=
 # train-head: FEATURES is a cache name/prefix or path (empty: the only set in
@@ -49,7 +50,8 @@ opt = $(if $(strip $(2)),$(1) $(2))
 FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CACHE) \
 	$(call opt,--size,$(SIZE)) $(call opt,--pooling,$(POOLING)) $(call opt,--layer,$(LAYER)) \
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) \
-	$(call opt,--workers,$(WORKERS)) $(call opt,--config,$(CONFIG)) $(ARGS))
+	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) \
+	$(call opt,--config,$(CONFIG)) $(ARGS))
 TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \

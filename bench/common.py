@@ -268,6 +268,58 @@ def decode_ceiling(paths: Sequence[Path], size: int, workers: int) -> float:
     return len(paths) / (time.perf_counter() - t)
 
 
+def pool_decode_rate(paths: Sequence[Path], size: int, workers: int, mode: str) -> float:
+    """img/s of `decode_batches` (the extraction's own pool) over `paths` in `workers` threads or processes."""
+    import types
+
+    from pipeline.features import decode
+
+    entries = [types.SimpleNamespace(relpath=str(p)) for p in paths]  # absolute: root / relpath is the path
+    t = time.perf_counter()
+    for _ in decode.decode_batches(Path("/"), entries, size, 32, workers, mode=mode):
+        pass
+    return len(paths) / (time.perf_counter() - t)
+
+
+def gil_share(paths: Sequence[Path], size: int, seconds: float = 2.0) -> float:
+    """Share of a decode's wall time that holds the GIL, measured with a spinning Python thread.
+
+    A pure-Python counter runs beside a thread that decodes `paths` in a
+    loop; it can only count while the decoder has released the GIL. One
+    minus its rate relative to counting alone is the share the decoder
+    holds. Needs a second core free (the spinner must not wait for a CPU).
+    """
+    import threading
+
+    from pipeline.features import decode
+
+    def spin_rate(work) -> float:
+        stop, count = threading.Event(), [0]
+
+        def spin():
+            c = 0
+            while not stop.is_set():
+                c += 1
+            count[0] = c
+
+        thread = threading.Thread(target=spin)
+        t = time.perf_counter()
+        thread.start()
+        work()
+        stop.set()
+        thread.join()
+        return count[0] / (time.perf_counter() - t)
+
+    def decode_for(duration: float):
+        end = time.perf_counter() + duration
+        while time.perf_counter() < end:
+            for p in paths:
+                decode.load_image(p, size)
+
+    alone = spin_rate(lambda: time.sleep(seconds))
+    return max(0.0, 1.0 - spin_rate(lambda: decode_for(seconds)) / alone)
+
+
 def _batch(size: int, batch_size: int) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (batch_size, size, size, 3), dtype=np.uint8)
 

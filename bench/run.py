@@ -14,6 +14,9 @@ head   seconds to train the `logreg` head on cached features vs seconds to
 noop   `python -m pipeline features ...` re-run on the unchanged N-image
        set: counts, heavy modules imported, wall time.
 rss    peak RSS of `python -m pipeline features` on N vs 10N images.
+decode decode alone in threads vs worker processes on 500x375 and phone-sized
+       JPEGs, the share of a decode that holds the GIL, and the projection
+       of both to 8, 16 and 32 cores.
 
 Prints a markdown report and writes it to `bench/results/<label>-<date>.md`
 (with the raw numbers in `.json` beside it).
@@ -35,7 +38,8 @@ from pathlib import Path
 from bench import common
 from bench.common import fmt, fmt_ratio, med, table
 
-SECTIONS = ("speed", "multi", "head", "noop", "rss")
+SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode")
+PROJECTED_CORES = (8, 16, 32)
 
 
 def _log(message: str) -> None:
@@ -380,6 +384,69 @@ def rss(workdir: Path, n: int, factor: int, size: int | None, precision: str) ->
 # -- report -----------------------------------------------------------------------------------
 
 
+def decode_scaling(workdir: Path, n: int, reps: int, size: int = 224) -> dict:
+    """Decode alone: 1 thread, every core in threads, every core in processes; GIL share; projections.
+
+    The projection's model: a thread pool is bounded by the GIL-held share
+    f of a decode (the held parts run one at a time), so N threads give
+    `serial * min(N, 1 / f)`; processes share nothing, so N give
+    `serial * N * e`, e being the process pool's efficiency measured here
+    (its rate over `cores * serial`: start-up and copying out of shared
+    memory included). Both assume the cores are free and the disk keeps up.
+    """
+    cores = os.cpu_count() or 1
+    out = {"cores": cores, "size": size, "sets": []}
+    for side, count in ((500, 4 * n), (3024, n)):
+        paths = common.image_paths(common.prepare_large(workdir, count, side))
+        _log(f"decode: {count} JPEGs of {side}x{side * 3 // 4}")
+        raw: dict[str, list[float]] = {"serial": [], "threads": [], "processes": [], "gil_share": [], "startup_s": []}
+        for rep in range(reps):
+            modes = ("threads", "processes") if rep % 2 == 0 else ("processes", "threads")
+            raw["serial"].append(common.pool_decode_rate(paths, size, 1, "threads"))
+            for mode in modes:
+                raw[mode].append(common.pool_decode_rate(paths, size, cores, mode))
+            raw["startup_s"].append(1 / common.pool_decode_rate(paths[:1], size, cores, "processes"))
+            raw["gil_share"].append(common.gil_share(paths[:8], size))
+        serial, share = med(raw["serial"]), med(raw["gil_share"])
+        # Steady state: a pool starts once per extraction, so its start-up is left out of the projection.
+        busy = count / med(raw["processes"]) - med(raw["startup_s"])
+        efficiency = count / max(busy, 1e-9) / (cores * serial)
+        projected = {
+            c: {"threads": serial * min(c, 1 / max(share, 1e-3)), "processes": serial * c * efficiency}
+            for c in PROJECTED_CORES
+        }
+        out["sets"].append({"image": f"{side}x{side * 3 // 4}", "n": count, "raw": raw,
+                            "efficiency": efficiency, "projected": projected})
+    return out
+
+
+def _decode_lines(m: dict) -> list[str]:
+    rows = []
+    for s in m["sets"]:
+        raw = s["raw"]
+        rows.append([
+            s["image"], s["n"], fmt(med(raw["serial"])), fmt(med(raw["threads"])), fmt(med(raw["processes"])),
+            f"{med(raw['gil_share']):.2f}", fmt(med(raw["startup_s"]), 2), f"{s['efficiency']:.2f}",
+            *(f"{fmt(s['projected'][c]['threads'], 0)} / {fmt(s['projected'][c]['processes'], 0)}"
+              for c in PROJECTED_CORES),
+        ])
+    return [
+        f"## Decoding past the GIL: threads vs processes (issue 13), {m['cores']} cores, {m['size']} px",
+        "",
+        table(["JPEG", "n", "1 thread img/s", f"{m['cores']} threads", f"{m['cores']} processes",
+               "GIL share", "pool start s", "process eff.", *(f"{c} cores: threads / processes" for c in PROJECTED_CORES)], rows),
+        "",
+        "- Measured: `decode_batches` (the extraction's own pool, reference decoder) over generated photos. "
+        "GIL share: a pure-Python counter beside a decoding thread counts only while the decoder has released "
+        "the GIL; one minus its rate relative to counting alone.",
+        "- Projected (model in `bench/run.py` `decode_scaling`): threads `1-thread rate x min(N, 1 / GIL share)`, "
+        "processes `1-thread rate x N x process efficiency`, the efficiency measured here in steady state (the "
+        "process pool's rate with its start-up, measured on one image, taken out: a pool starts once per "
+        "extraction); free cores and a disk that keeps up assumed.",
+        "",
+    ]
+
+
 def render(env: dict, args, results: dict, commands: list[str]) -> str:
     v = env["versions"]
     tf = v.get("tensorflow") or v.get("tensorflow-cpu")
@@ -547,6 +614,8 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
             "- The extra images are the N real ones re-encoded with one pixel changed (distinct sha256 each).",
             "",
         ]
+    if "decode" in results:
+        lines += _decode_lines(results["decode"])
     lines += ["## Reproduce", "", "```sh", *commands, "```", ""]
     return "\n".join(lines)
 
@@ -568,6 +637,8 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--head-size", type=int, default=224, help="input size of the head section's features (default 224)")
     p.add_argument("--rss-size", type=int, default=32, help="input size of the rss runs; 0: the backbone's (default 32)")
     p.add_argument("--rss-factor", type=int, default=10, help="the large rss run has this many times N images (default 10)")
+    p.add_argument("--decode-n", type=int, default=48,
+                   help="phone-sized JPEGs of the decode section; 4x as many 500x375 ones (default 48)")
     p.add_argument("--precision", default="float32", help="dtype policy for every model (default float32)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated subset of {','.join(SECTIONS)}")
     p.add_argument("--workdir", default=None,
@@ -620,6 +691,8 @@ def _run(args, sections, workdir: Path, argv, started: float) -> int:
         results["noop"] = noop(results["head"]["cli_args"], args.n, max(5, args.reps))
     if "rss" in sections:
         results["rss"] = rss(workdir, args.n, args.rss_factor, args.rss_size, args.precision)
+    if "decode" in sections:
+        results["decode"] = decode_scaling(workdir, args.decode_n, args.reps)
     env["load_end"] = os.getloadavg()
     env["tensorflow_imported"] = any(m.split(".")[0] == "tensorflow" and v is not None for m, v in sys.modules.items())
     env["bench_seconds"] = time.perf_counter() - started

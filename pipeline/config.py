@@ -22,6 +22,7 @@ from .errors import ConfigError
 POOLINGS = ("avg", "max", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
+DECODE_MODES = ("auto", "threads", "processes")
 SWEEP_SELECTS = ("accuracy", "log_loss", "macro_f1")
 SWEEP_REFITS = ("train", "train+validation")
 
@@ -67,8 +68,11 @@ class ExtractConfig:
         storage_dtype: dtype of the stored features, `"float32"` or
             `"float16"`. Defaults to `"float32"`.
         batch_size: images per forward pass. Defaults to `64`.
-        workers: decoding threads running ahead of the model.
+        workers: decoding threads or processes running ahead of the model.
             Defaults to `min(8, cpu_count)`.
+        decode_mode: `"threads"`, `"processes"` (past the GIL; the images
+            are handed over in shared memory) or `"auto"` (processes from 4
+            workers up). Both give the same arrays. Defaults to `"auto"`.
         shard_size: images per shard file; a kill loses at most one shard
             of work. Defaults to `1024`.
         cache_dir: folder holding the feature sets. Defaults to `"cache"`.
@@ -91,6 +95,7 @@ class ExtractConfig:
     storage_dtype: str = "float32"
     batch_size: int = 64
     workers: int = dataclasses.field(default_factory=_default_workers)
+    decode_mode: str = "auto"
     shard_size: int = 1024
     cache_dir: str = "cache"
     name: str | None = None
@@ -100,6 +105,7 @@ class ExtractConfig:
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("storage_dtype", self.storage_dtype, STORAGE_DTYPES)
+        _check_choice("decode_mode", self.decode_mode, DECODE_MODES)
         for field in ("batch_size", "workers", "shard_size"):
             _check_positive(field, getattr(self, field))
         if self.size is not None:

@@ -3,6 +3,7 @@
 import hashlib
 import os
 import time
+import types
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from PIL import Image, ImageOps
 
 import badfiles
+from imagegen import write_image
 from pipeline.errors import ConfigError
 from pipeline.features.decode import ACCEPTED_FORMATS, DECODER_ID, DecodeError, load_image
 
@@ -363,3 +365,35 @@ def test_decode_batches_reports_the_digest_of_every_file_it_read(tmp_path):
         "gone.png": None,
     }
     assert [len(batch) for batch in decode_batches(tmp_path, entries, 4, batch_size=8, workers=2)] == [3]
+
+
+def test_processes_decode_the_same_arrays_digests_and_failures_as_threads(tmp_path):
+    """Issue 13: the shared-memory process pool is the thread pool's equal."""
+    from pipeline.features.decode import decode_batches
+
+    entries = []
+    for i, fmt in enumerate(["PNG", "JPEG", "PNG", "JPEG", "PNG", "JPEG", "PNG"]):
+        path = write_image(tmp_path / f"{i}.{fmt.lower()}", seed=i, size=30 + 17 * i, fmt=fmt)
+        entries.append(types.SimpleNamespace(relpath=path.name))
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    entries.insert(3, types.SimpleNamespace(relpath="bad.png"))
+
+    def run(mode):
+        return list(decode_batches(tmp_path, entries, 24, batch_size=3, workers=2, return_digests=True, mode=mode))
+
+    threads, processes = run("threads"), run("processes")
+    assert len(threads) == len(processes) == 3
+    for (ok_t, img_t, fail_t, dig_t), (ok_p, img_p, fail_p, dig_p) in zip(threads, processes):
+        assert [e.relpath for e in ok_t] == [e.relpath for e in ok_p]
+        np.testing.assert_array_equal(img_t, img_p)
+        assert [(e.relpath, r) for e, r in fail_t] == [(e.relpath, r) for e, r in fail_p]
+        assert dig_t == dig_p
+    assert any(fail for _, _, fail, _ in processes)  # the bad file is reported, not fatal
+
+
+@pytest.mark.parametrize("mode, workers, chosen", [("auto", 2, "threads"), ("auto", 8, "processes"),
+                                                    ("threads", 8, "threads"), ("processes", 1, "processes")])
+def test_auto_decode_mode_takes_processes_from_four_workers(mode, workers, chosen):
+    from pipeline.features.decode_pool import chosen_mode
+
+    assert chosen_mode(mode, workers) == chosen

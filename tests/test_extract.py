@@ -406,3 +406,15 @@ def test_the_dataset_is_announced_before_any_image_is_extracted(tiny_dataset, tm
         result = extract_features(config=_config(tiny_dataset, tmp_path / "cache"), progress=progress)
     assert announced_by_first_batch == [1] and caplog.messages.count("Found 18 images in 3 classes.") == 1
     assert result.dataset_summary == result.to_json()["dataset_summary"] == "Found 18 images in 3 classes."
+
+
+def test_decoding_in_processes_from_the_cli_stores_the_same_features(tiny_dataset, tmp_path):
+    """Issue 13: worker processes are spawned from `python -m pipeline` and change no number."""
+    threads = extract_features(config=_config(tiny_dataset, tmp_path / "threads", decode_mode="threads"))
+    done = _cli("features", str(tiny_dataset), "--model", "resnet50", "--size", "32", "--weights", "none",
+                "--workers", "2", "--decode-mode", "processes", "--cache-dir", str(tmp_path / "processes"), "--json")
+    assert done.returncode == 0, done.stderr
+    processes = json.loads(done.stdout.splitlines()[-1])
+    assert processes["counts"]["extracted"] == 18
+    assert Path(processes["path"]).parent.name == threads.path.parent.name  # decode mode is not in the key
+    np.testing.assert_array_equal(read_feature_set(processes["path"]).features, read_feature_set(threads.path).features)

@@ -97,7 +97,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "mixed_float16"), help="default float32")
     p.add_argument("--storage-dtype", choices=("float32", "float16"), help="stored feature dtype (default float32)")
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
-    p.add_argument("--workers", type=int, help="decoding threads (default min(8, cores))")
+    p.add_argument("--workers", type=int, help="decoding threads or processes (default min(8, cores))")
+    p.add_argument("--decode-mode", choices=("auto", "threads", "processes"),
+                   help="decode in threads or in processes past the GIL; auto: processes from 4 workers (default)")
     p.add_argument("--shard-size", type=int, help="images per shard file (default 1024)")
     p.add_argument("--cache-dir", help="where feature sets live (default cache)")
     p.add_argument("--name", help="dataset name in the feature set's folder name (default: the data folder's name)")
@@ -252,6 +254,7 @@ def _cmd_features(args) -> int:
             storage_dtype=args.storage_dtype,
             batch_size=args.batch_size,
             workers=args.workers,
+            decode_mode=args.decode_mode,
             shard_size=args.shard_size,
             cache_dir=args.cache_dir,
             name=args.name,

@@ -32,6 +32,7 @@ _EXTRACT_OPTIONS = {
     "storage_dtype": ("--storage-dtype", "ARGS"),
     "batch_size": ("--batch-size", "BATCH"),
     "workers": ("--workers", "WORKERS"),
+    "decode_mode": ("--decode-mode", "DECODE_MODE"),
     "shard_size": ("--shard-size", "ARGS"),
     "cache_dir": ("--cache-dir", "CACHE"),
     "name": ("--name", "ARGS"),

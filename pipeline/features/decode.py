@@ -30,7 +30,6 @@ The steps, in order:
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import io
 import itertools
@@ -47,6 +46,7 @@ import PIL
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError
+from .decode_pool import decoder_pool
 
 __all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_image"]
 
@@ -164,7 +164,14 @@ def load_image(path, size, *, return_digest=False):
 
 
 def decode_batches(
-    root: Path, entries: Sequence, size: int, batch_size: int, workers: int, *, return_digests: bool = False
+    root: Path,
+    entries: Sequence,
+    size: int,
+    batch_size: int,
+    workers: int,
+    *,
+    return_digests: bool = False,
+    mode: str = "threads",
 ) -> Iterator:
     """Decodes `root / entry.relpath` for each entry, yielding batches in order.
 
@@ -179,21 +186,23 @@ def decode_batches(
     Callers that key results by content use it, not a hash taken earlier:
     the file may have been replaced in between.
 
-    Decoding runs in a thread pool (Pillow releases the GIL) at most a few
-    batches ahead of the model, so memory stays flat however many images.
+    Decoding runs in `workers` threads or processes (`mode`: `"threads"`,
+    `"processes"` or `"auto"`, see `decode_pool`), which give the same
+    arrays, at most a few batches ahead of the model, so memory stays flat
+    however many images.
     """
     size = _check_size(size)
     lookahead = max(2 * batch_size, 4 * workers)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+    with decoder_pool(mode, workers, _load_or_reason, size, slots=lookahead) as pool:
         pending: deque = deque()
         queued = iter(entries)
         for entry in itertools.islice(queued, lookahead):
-            pending.append((entry, pool.submit(_load_or_reason, root / entry.relpath, size)))
+            pending.append((entry, pool.submit(root / entry.relpath)))
         while pending:
             ok, images, failures, digests = [], [], [], {}
             while pending and len(ok) + len(failures) < batch_size:
-                entry, future = pending.popleft()
-                image, digest, reason = future.result()
+                entry, handle = pending.popleft()
+                image, digest, reason = handle.result()
                 digests[entry.relpath] = digest
                 if reason is None:
                     ok.append(entry)
@@ -202,7 +211,7 @@ def decode_batches(
                     failures.append((entry, reason))
                 nxt = next(queued, None)
                 if nxt is not None:
-                    pending.append((nxt, pool.submit(_load_or_reason, root / nxt.relpath, size)))
+                    pending.append((nxt, pool.submit(root / nxt.relpath)))
             stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
             yield (ok, stacked, failures, digests) if return_digests else (ok, stacked, failures)
 

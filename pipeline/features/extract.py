@@ -356,7 +356,8 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
         while todo := _next_round(plans):
             total += len(todo)
             for entries, images, failures, digests in decode.decode_batches(
-                dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True
+                dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True,
+                mode=first.decode_mode,
             ):
                 for plan, model, appender in zip(plans, models, shards):
                     _store_batch(plan, model, appender, entries, images, failures, digests)
