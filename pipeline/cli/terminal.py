@@ -62,7 +62,15 @@ _RUN_OPTIONS = {
     "data": ("DATA (the labelled folder argument)", "DATA"),
     "overwrite": ("--force", "ARGS"),
 }
+_REPORT_OPTIONS = {
+    "runs_dir": ("RUNS_DIR (the runs folder argument)", "RUNS"),
+    "features": ("--features", "FEATURES"),
+    "output": ("--output", "OUTPUT"),
+    "overwrite": ("--force", "ARGS"),
+    "duplicate_threshold": ("--duplicate-threshold", "ARGS"),
+}
 _OPTIONS = {
+    "report": _REPORT_OPTIONS,
     "features": _EXTRACT_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
     "predict": _RUN_OPTIONS,
