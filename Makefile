@@ -42,6 +42,8 @@ OUTPUT ?=
 TOPK ?=
 OUT ?=
 FORMAT ?=
+# report: RUNS is the runs folder, OUTPUT the HTML file (FEATURES narrows it to some feature sets).
+RUNS ?= runs
 # Extra flags passed through unchanged, e.g. ARGS="--json".
 ARGS ?=
 
@@ -59,7 +61,7 @@ TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export
+.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -114,3 +116,6 @@ evaluate: $(VENV)/.installed
 
 export: $(VENV)/.installed
 	$(BOTTLENECK) export $(RUN) $(OUT) $(call opt,--format,$(FORMAT)) $(ARGS)
+
+report: $(VENV)/.installed
+	$(BOTTLENECK) report $(RUNS) $(call opt,--features,$(FEATURES)) $(call opt,--output,$(OUTPUT)) $(ARGS)

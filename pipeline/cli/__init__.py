@@ -175,7 +175,35 @@ def _build_parser() -> argparse.ArgumentParser:
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_runs)
     _add_predict_parsers(sub)
+
+    p = sub.add_parser("report", help="write one self-contained HTML report of the runs, to choose a model from")
+    p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default runs)")
+    p.add_argument("--features", help="only runs on feature sets whose name starts with this")
+    p.add_argument("--output", "-o", default="report.html", help="HTML file to write (default report.html)")
+    p.add_argument("--force", action="store_true", help="replace the HTML file if it exists")
+    p.add_argument("--duplicate-threshold", type=float, default=0.98,
+                   help="cosine similarity of cached features from which two images are near-duplicates (default 0.98)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p, default=argparse.SUPPRESS)
+    p.set_defaults(handler=_cmd_report)
     return parser
+
+
+def _cmd_report(args) -> int:
+    from ..runs.report import build_report
+
+    result = build_report(args.runs_dir, args.output, features=args.features,
+                          duplicate_threshold=args.duplicate_threshold, overwrite=args.force)
+    if not args.quiet:
+        for folder, reason in result.skipped:
+            print(f"skipped {folder}: {reason}")
+        print(f"Report of {result.n_runs} runs ({len(result.skipped)} skipped, {result.n_cross_split} near-duplicate "
+              f"pairs across splits): {result.path}")
+    elif not args.json:
+        print(result.path)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return ExitStatus.OK
 
 
 def _cmd_train_head(args) -> int:

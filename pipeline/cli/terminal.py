@@ -69,8 +69,16 @@ _CACHE_OPTIONS = {
     "format": ("--format", None),
     "overwrite": ("--force", None),
 }
+_REPORT_OPTIONS = {
+    "runs_dir": ("RUNS_DIR (the runs folder argument)", "RUNS"),
+    "features": ("--features", "FEATURES"),
+    "output": ("--output", "OUTPUT"),
+    "overwrite": ("--force", "ARGS"),
+    "duplicate_threshold": ("--duplicate-threshold", "ARGS"),
+}
 _OPTIONS = {
     "cache": _CACHE_OPTIONS,
+    "report": _REPORT_OPTIONS,
     "features": _EXTRACT_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
     "predict": _RUN_OPTIONS,

@@ -12,6 +12,8 @@ that spells the names. A run lives under `<runs_dir>/<feature set>/`::
       metrics.json           validation and test metrics, fit_seconds, sizes;
                              dense heads: epochs_run, best_epoch, warnings
       confusion_matrix.png   on test (on validation when there is no test)
+      test_predictions.csv   per image of that split: split, path, true and predicted
+                             class, probability of the predicted and of the true class
       config.json            the resolved TrainConfig and this head's params
       sweep.csv, sweep.png   a swept head only: every candidate's validation
                              scores; the chosen metric against each parameter
@@ -56,6 +58,8 @@ CONFUSION_MATRIX = "confusion_matrix.png"
 CONFIG = "config.json"
 LINEAGE = "lineage.json"
 PREDICTIONS = "predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
+TEST_PREDICTIONS_COLUMNS = ("split", "path", "true", "predicted", "probability", "true_probability")
 SWEEP_CSV = "sweep.csv"
 SWEEP_PLOT = "sweep.png"
 EVAL_PREFIX = "eval-"

@@ -26,11 +26,13 @@ from typing import Any
 from .. import _atomic, config as config_lib
 from ..errors import WriteError
 from ..heads import FittedHead, fit_head, plan_params, save_head, training_splits
+from ..heads.apply import aligned_proba, feature_matrix
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..store import FeatureSet, read_feature_set, resolve_features
 from . import layout
 from .leaderboard import rebuild_leaderboard, scores
+from .predict import csv_text
 
 __all__ = ["RunResult", "train_heads"]
 
@@ -144,6 +146,7 @@ def _run_one(
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
             fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path)
             head_sha256 = _write_run(staged.path, fs, head, params, fitted, config)
+            _write_test_predictions(staged.path, fs, parts, fitted)
             if search is not None:
                 fitted = _write_sweep(staged.path, search, fitted, config)
     except OSError as e:
@@ -225,6 +228,20 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
     })
     layout.write_json(folder / layout.LINEAGE, lineage)
     return lineage["head_sha256"]
+
+
+def _write_test_predictions(folder: Path, fs: FeatureSet, parts, fitted: FittedHead) -> None:
+    """`test_predictions.csv`: each image of the split the confusion matrix shows, for the report."""
+    split = "test" if len(parts["test"]) else "validation"
+    rows = parts[split]
+    proba = aligned_proba(fitted.estimator, feature_matrix(fitted.estimator, fs.features[rows]), len(fs.class_names))
+    predicted = proba.argmax(axis=1)
+    truth = fs.labels[rows]
+    lines = (
+        (split, fs.paths[row], fs.class_names[t], fs.class_names[p], float(proba[k, p]), float(proba[k, t]))
+        for k, (row, t, p) in enumerate(zip(rows, truth, predicted))
+    )
+    _atomic.write_text(folder / layout.TEST_PREDICTIONS, csv_text(layout.TEST_PREDICTIONS_COLUMNS, lines))
 
 
 def _save_figure(fig, path: Path) -> None:

@@ -1,0 +1,169 @@
+"""Near-duplicate images and split leakage, found in cached features (pure NumPy).
+
+Two photos of one scene (a burst, a resized copy, a file saved twice) land
+in different splits by chance, and a head then scores on what it was
+trained on. `find_leakage` lists the pairs of rows whose features have a
+cosine similarity at or above a threshold, the pairs of those that cross
+splits, and the files (same sha256) stored under two classes.
+
+No `n x n` matrix is ever held: similarities are computed one block of
+`block_size` rows against the rows after it, in float32, so memory stays
+at `block_size x n` whatever the size of the set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import numbers
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["DEFAULT_THRESHOLD", "DuplicatePair", "LeakageCheck", "find_leakage", "near_duplicate_pairs"]
+
+DEFAULT_THRESHOLD = 0.98
+"""Cosine similarity at or above which two rows count as near-duplicates."""
+
+_DEFAULT_BLOCK = 1024
+_DEFAULT_MAX_PAIRS = 10_000
+
+
+@dataclasses.dataclass(frozen=True)
+class DuplicatePair:
+    """Rows `i < j` whose features have cosine similarity `similarity`."""
+
+    i: int
+    j: int
+    similarity: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LeakageCheck:
+    """What `find_leakage` found.
+
+    Attributes:
+        threshold: the cosine similarity threshold used.
+        pairs: near-duplicate pairs, most similar first (at most `max_pairs`).
+        n_pairs: every near-duplicate pair found, kept or not.
+        cross_split: the pairs of `pairs` whose rows are in different splits.
+        conflicts: groups of rows holding the same file (sha256) under
+            different labels, each a tuple of row indices.
+    """
+
+    threshold: float
+    pairs: tuple[DuplicatePair, ...]
+    n_pairs: int
+    cross_split: tuple[DuplicatePair, ...]
+    conflicts: tuple[tuple[int, ...], ...]
+
+
+def near_duplicate_pairs(
+    features, threshold: float = DEFAULT_THRESHOLD, *, block_size: int = _DEFAULT_BLOCK,
+    max_pairs: int = _DEFAULT_MAX_PAIRS,
+) -> tuple[list[DuplicatePair], int]:
+    """Pairs of rows whose features have cosine similarity >= `threshold`.
+
+    Args:
+        features: array of shape `(n, ...)`; each row is flattened.
+        threshold: float in (-1, 1]. Defaults to `0.98`.
+        block_size: rows compared against the rest at a time; memory is
+            about `block_size x n` float32. Defaults to `1024`.
+        max_pairs: most pairs returned (the most similar); a set of
+            identical features would otherwise give `n^2 / 2`.
+            Defaults to `10000`.
+
+    Returns:
+        `(pairs, n_found)`: `DuplicatePair`s with `i < j`, most similar
+        first (ties by `i`, `j`), and how many pairs were found in all.
+        An all-zero row is similar to nothing.
+
+    Example:
+
+    ```python
+    pairs, n = near_duplicate_pairs(fs.features, 0.99)
+    ```
+    """
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not -1 < threshold <= 1:
+        raise ValueError(f"`threshold` must be a number in (-1, 1]. Received: threshold={threshold!r}.")
+    _check_int("block_size", block_size)
+    _check_int("max_pairs", max_pairs)
+    x = np.asarray(features, dtype=np.float32)
+    x = x.reshape(len(x), -1)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    x = x / np.where(norms > 0, norms, 1)
+    found_i, found_j, found_s = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+    n_found = 0
+    for start in range(0, len(x), block_size):
+        sims = x[start : start + block_size] @ x[start:].T  # this block against itself and every later row
+        rows, cols = np.nonzero(sims >= threshold)
+        upper = cols > rows  # j > i, each pair once, no row with itself
+        rows, cols = rows[upper], cols[upper]
+        n_found += len(rows)
+        found_i = np.concatenate([found_i, rows + start])
+        found_j = np.concatenate([found_j, cols + start])
+        found_s = np.concatenate([found_s, sims[rows, cols]])
+        if len(found_s) > 2 * max_pairs:
+            found_i, found_j, found_s = _most_similar(found_i, found_j, found_s, max_pairs)
+    found_i, found_j, found_s = _most_similar(found_i, found_j, found_s, max_pairs)
+    pairs = [DuplicatePair(int(i), int(j), float(min(s, 1.0))) for i, j, s in zip(found_i, found_j, found_s)]
+    return pairs, n_found
+
+
+def find_leakage(
+    features, *, splits: Sequence[str] | None = None, sha256: Sequence[str] | None = None,
+    labels: Sequence[int] | None = None, threshold: float = DEFAULT_THRESHOLD,
+    block_size: int = _DEFAULT_BLOCK, max_pairs: int = _DEFAULT_MAX_PAIRS,
+) -> LeakageCheck:
+    """Near-duplicates, those crossing splits, and one file under two labels.
+
+    Args:
+        features: array of shape `(n, ...)`, e.g. `FeatureSet.features`.
+        splits: the split name of each row (`"train"`, `"validation"`,
+            `"test"`); `None` finds no cross-split pairs. Defaults to `None`.
+        sha256: the content hash of each row's file; with `labels`, finds
+            one file stored under two classes. Defaults to `None`.
+        labels: the class index of each row. Defaults to `None`.
+        threshold, block_size, max_pairs: as `near_duplicate_pairs`.
+
+    Returns:
+        A `LeakageCheck`.
+
+    Example:
+
+    ```python
+    parts = split_indices(fs)
+    names = np.empty(len(fs.labels), dtype=object)
+    for name, rows in parts.items():
+        names[rows] = name
+    check = find_leakage(fs.features, splits=names, threshold=0.98)
+    ```
+    """
+    n = len(features)
+    for name, values in (("splits", splits), ("sha256", sha256), ("labels", labels)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"`{name}` must give one value per row of `features` ({n}). Received {len(values)}.")
+    pairs, n_found = near_duplicate_pairs(features, threshold, block_size=block_size, max_pairs=max_pairs)
+    cross = tuple(p for p in pairs if splits is not None and splits[p.i] != splits[p.j])
+    return LeakageCheck(float(threshold), tuple(pairs), n_found, cross, _label_conflicts(sha256, labels))
+
+
+def _label_conflicts(sha256, labels) -> tuple[tuple[int, ...], ...]:
+    if sha256 is None or labels is None:
+        return ()
+    rows_of = defaultdict(list)
+    for row, digest in enumerate(sha256):
+        rows_of[digest].append(row)
+    return tuple(
+        tuple(rows) for rows in rows_of.values() if len({int(labels[r]) for r in rows}) > 1
+    )
+
+
+def _most_similar(i, j, s, keep: int):
+    order = np.lexsort((j, i, -s))[:keep]
+    return i[order], j[order], s[order]
+
+
+def _check_int(name: str, value) -> None:
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}.")
