@@ -222,9 +222,12 @@ def _with_views(results: list[ExtractResult], configs, n_views: list[int]) -> li
     views = iter(results[len(configs):])
     merged = []
     for config, result, n in zip(configs, results, n_views):
-        extracted = sum(next(views).counts["extracted"] for _ in range(n))
+        mine = [next(views) for _ in range(n)]
         if config.augment:  # only then: the counts of a run without views are unchanged
-            result = dataclasses.replace(result, counts={**result.counts, "views": extracted})
+            counts = {**result.counts, "views": sum(r.counts["extracted"] for r in mine)}
+            # The clean set may have been up to date at once; the run lasted until its views were written.
+            seconds = max([result.seconds] + [r.seconds for r in mine])
+            result = dataclasses.replace(result, counts=counts, seconds=seconds)
         merged.append(result)
     return merged
 
