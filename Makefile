@@ -32,6 +32,12 @@ SELECT ?=
 REFIT ?=
 SPLITS ?=
 SEED ?=
+# features: AUGMENT=K augmented views per training image, AUGMENT_OPS, AUGMENT_SEED;
+# train-head: AUGMENTED=1 trains on them too.
+AUGMENT ?=
+AUGMENT_OPS ?=
+AUGMENT_SEED ?=
+AUGMENTED ?=
 # predict / evaluate / export: RUN is a run folder (or a bundle folder),
 # IMAGES space-separated files or folders, OUTPUT the predictions CSV, OUT
 # the export target (OUT.keras, or a new folder for a bundle); evaluate
@@ -53,13 +59,15 @@ FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CAC
 	$(call opt,--size,$(SIZE)) $(call opt,--pooling,$(POOLING)) $(call opt,--layer,$(LAYER)) \
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) \
 	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) \
-	$(call opt,--config,$(CONFIG)) $(ARGS))
+	$(call opt,--augment,$(AUGMENT)) $(call opt,--augment-ops,$(AUGMENT_OPS)) \
+	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
 	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
 	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) \
-	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) \
+	$(if $(filter 1,$(AUGMENTED)),--augmented) $(ARGS))
 
 .PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export report
 

@@ -25,16 +25,20 @@ STORAGE_DTYPES = ("float32", "float16")
 DECODE_MODES = ("auto", "threads", "processes")
 SWEEP_SELECTS = ("accuracy", "log_loss", "macro_f1")
 SWEEP_REFITS = ("train", "train+validation")
+# Seed 004's augmentation: RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2)
+# (its RandomHeight/RandomWidth change the image size, which a fixed-size extractor can't take).
+DEFAULT_AUGMENT_OPS = "flip,rotation=0.2,zoom=0.2"
 
 
 # Sanity bounds, far above any useful value, so that a typo fails here with
 # its value named instead of as an out-of-memory kill or a segfault later.
-_EXTRACT_LIMITS = {"size": 4096, "batch_size": 4096, "workers": 256, "shard_size": 1_000_000}
+_EXTRACT_LIMITS = {"size": 4096, "batch_size": 4096, "workers": 256, "shard_size": 1_000_000, "augment": 100}
 _EXTRACT_LIMIT_REASONS = {
     "size": "The largest ImageNet backbone was trained at 600 px; one 4096 px image already takes 200 MB as float32.",
     "batch_size": "Larger batches do not run faster on any backbone; 32-256 is typical.",
     "workers": "More decoding threads than cores only add memory.",
     "shard_size": "A shard is written whole before it counts as done; smaller shards lose less work on a kill.",
+    "augment": "Each view costs a full extraction of the training images; 2-10 is typical.",
 }
 
 
@@ -83,6 +87,15 @@ class ExtractConfig:
             the shards whose size and mtime match the index (shards are
             never rewritten in place) and reads none of them; use it after
             a read reported a damaged shard. Defaults to `False`.
+        augment: int >= 0, augmented views extracted per image besides the
+            clean row (only images under `train/` when the data has split
+            folders). Raising it extracts only the new views. Defaults to `0`.
+        augment_ops: the Keras augmentation ops of the views, e.g.
+            `"flip,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1"`
+            (see `pipeline.features.augment.parse_augment_ops`).
+            Defaults to `"flip,rotation=0.2,zoom=0.2"` (seed 004's).
+        augment_seed: int >= 0; with the ops, each image's content and the
+            view index it fixes every view. Defaults to `0`.
     """
 
     data: str
@@ -100,8 +113,13 @@ class ExtractConfig:
     cache_dir: str = "cache"
     name: str | None = None
     verify: bool = False
+    augment: int = 0
+    augment_ops: str = DEFAULT_AUGMENT_OPS
+    augment_seed: int = 0
 
     def __post_init__(self):
+        for field in ("augment", "augment_seed"):
+            _check_non_negative(field, getattr(self, field))
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("storage_dtype", self.storage_dtype, STORAGE_DTYPES)
@@ -182,6 +200,11 @@ def _check_choice(name: str, value, choices) -> None:
         raise ConfigError(f"`{name}` must be one of {allowed}. Received: {name}={value!r}", field=name)
 
 
+def _check_non_negative(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}", field=name)
+
+
 def _check_positive(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ConfigError(f"`{name}` must be a positive integer. Received: {name}={value!r}", field=name)
@@ -236,6 +259,9 @@ class TrainConfig:
             `"train"` or `"train+validation"` (the run's validation
             metrics are then the sweep's, from before the refit; needs
             `sweep` and a test split). Defaults to `"train"`.
+        augmented: train on the clean training rows plus every cached
+            augmented view of them (`features` with `augment`); validation
+            and test stay clean. Defaults to `False`.
     """
 
     heads: tuple[str, ...] = ("logreg",)
@@ -248,6 +274,7 @@ class TrainConfig:
     sweep: bool | dict[str, tuple] | None = None
     select: str = "accuracy"
     refit: str = "train"
+    augmented: bool = False
 
     def __post_init__(self):
         heads = (self.heads,) if isinstance(self.heads, str) else self.heads
@@ -289,6 +316,8 @@ class TrainConfig:
         object.__setattr__(self, "sweep", _check_sweep(self.sweep))
         _check_choice("select", self.select, SWEEP_SELECTS)
         _check_choice("refit", self.refit, SWEEP_REFITS)
+        if not isinstance(self.augmented, bool):
+            raise ConfigError(f"`augmented` must be True or False. Received: augmented={self.augmented!r}", field="augmented")
         if self.refit != "train" and self.sweep is None:
             raise ConfigError(
                 f"`refit` chooses what a sweep's winner is trained on, and no `sweep` is set. "

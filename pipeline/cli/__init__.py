@@ -105,6 +105,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="dataset name in the feature set's folder name (default: the data folder's name)")
     p.add_argument("--verify", action="store_true", default=None,
                    help="check every cached feature's checksum, even when nothing changed")
+    p.add_argument("--augment", type=int, metavar="K",
+                   help="also extract K augmented views of each training image (default 0)")
+    p.add_argument("--augment-ops",
+                   help="ops of the views, e.g. flip,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1,brightness=0.1 "
+                   "(default flip,rotation=0.2,zoom=0.2)")
+    p.add_argument("--augment-seed", type=int, help="seed of the views (default 0)")
     p.add_argument("--config", help="TOML file with a [features] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     _common(p, default=argparse.SUPPRESS)
@@ -159,6 +165,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", help="what a sweep's winner is trained on: train (default) or train+validation")
     p.add_argument("--splits", help="train,validation,test shares when the data has no split folders (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, help="seed of the fraction subset and of the heads (default 0)")
+    p.add_argument("--augmented", action="store_true", default=None,
+                   help="also train on the cached augmented views of the training images (features --augment K)")
     p.add_argument("--runs-dir", help="where run folders and the leaderboard go (default runs)")
     p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
     p.add_argument("--config", help="TOML file with a [train] table")
@@ -227,6 +235,7 @@ def _cmd_train_head(args) -> int:
         refit=args.refit,
         splits=args.splits,
         seed=args.seed,
+        augmented=args.augmented,
         runs_dir=args.runs_dir,
         cache_dir=args.cache_dir,
     )
@@ -287,6 +296,9 @@ def _cmd_features(args) -> int:
             cache_dir=args.cache_dir,
             name=args.name,
             verify=args.verify,
+            augment=args.augment,
+            augment_ops=args.augment_ops,
+            augment_seed=args.augment_seed,
         )
         for model, weights in _weights_per_model(args.model or [None], args.weights)
     ]

@@ -37,6 +37,9 @@ _EXTRACT_OPTIONS = {
     "cache_dir": ("--cache-dir", "CACHE"),
     "name": ("--name", "ARGS"),
     "verify": ("--verify", "ARGS"),
+    "augment": ("--augment", "AUGMENT"),
+    "augment_ops": ("--augment-ops", "AUGMENT_OPS"),
+    "augment_seed": ("--augment-seed", "AUGMENT_SEED"),
     "config": ("--config", "CONFIG"),
 }
 _TRAIN_OPTIONS = {
@@ -49,6 +52,7 @@ _TRAIN_OPTIONS = {
     "refit": ("--refit", "REFIT"),
     "splits": ("--splits", "SPLITS"),
     "seed": ("--seed", "SEED"),
+    "augmented": ("--augmented", "AUGMENTED"),
     "runs_dir": ("--runs-dir", "ARGS"),
     "cache_dir": ("--cache-dir", "CACHE"),
     "config": ("--config", "CONFIG"),
@@ -92,7 +96,7 @@ INTERRUPTED = {
     "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-_SWITCHES = ("--verify", "--force")  # flags that take no value
+_SWITCHES = ("--verify", "--force", "--augmented")  # flags that take no value
 
 
 def option_hint(command: str, field: str | None) -> str:
@@ -112,7 +116,7 @@ def option_hint(command: str, field: str | None) -> str:
     if variable is None:
         return f" [{how} {flag}]"
     value = "" if flag in _SWITCHES else " ..."
-    make = f'ARGS="{flag}{value}"' if variable == "ARGS" else f"{variable}=..."
+    make = f'ARGS="{flag}{value}"' if variable == "ARGS" else f"{variable}={'1' if flag in _SWITCHES else '...'}"
     return f" [{how} {flag}; make {command}: {make}]"
 
 
@@ -180,6 +184,8 @@ def print_features_summary(result) -> None:
             f"Extracted {c['extracted']}, reused {c['reused']}, skipped {c['skipped']}, "
             f"removed {c['removed']} in {result.seconds:.1f} s{speed}."
         )
+    if "views" in c:
+        print(f"Augmented views extracted: {c['views']}.")
     for skip in result.skipped[:20]:
         print(f"  skipped {skip.relpath}: {skip.reason}")
     if len(result.skipped) > 20:

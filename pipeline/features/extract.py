@@ -18,10 +18,11 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from .._versions import library_versions
-from . import backbones, decode, discovery, manifest
+from . import augment, backbones, decode, discovery, manifest
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError, WeightsUnavailableError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
+from ..store.lookup import view_set_dir
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
@@ -38,7 +39,8 @@ class ExtractResult:
     Attributes:
         path: the feature set's index file, to pass to `train-head`.
         counts: images `extracted` now, `reused` from earlier runs,
-            `skipped` (undecodable) and `removed` since the last run.
+            `skipped` (undecodable) and `removed` since the last run; with
+            `augment`, also the augmented `views` extracted now.
         seconds: wall time of the whole run.
         images_per_second: extracted images over the time from the start
             of decoding to the last row written (model build excluded);
@@ -155,18 +157,23 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
             + ", ".join(sorted({c.data for c in configs})) + ". Extract each folder on its own.",
             field="data",
         )
-    jobs = [(c, feature_spec(c)) for c in configs]
+    clean = [(c, feature_spec(c)) for c in configs]
     dataset = manifest.load_dataset(configs[0].data)
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
-    stores = [FeatureStore(feature_set_dir(c, spec, feature_key(spec))) for c, spec in jobs]
+    roots = [feature_set_dir(c, spec, feature_key(spec)) for c, spec in clean]
+    per_set = [_view_jobs(c, spec, root, dataset) for (c, spec), root in zip(clean, roots)]
+    views = [view for jobs_of_set in per_set for view in jobs_of_set]
+    jobs = clean + [(c, spec) for c, spec, _, _ in views]
+    datasets = [dataset] * len(clean) + [d for _, _, d, _ in views]
+    stores = [FeatureStore(root) for root in roots + [root for _, _, _, root in views]]
     # A set taken over from a moved folder is rewritten, to record where its images are now.
-    current = [records_this_folder(store, dataset.root, config) for store, config in zip(stores, configs)]
+    current = [records_this_folder(store, dataset.root, config) for store, (config, _) in zip(stores, jobs)]
     results: list[ExtractResult | None] = [
-        _answer_if_up_to_date(store, dataset, config, feature_key(spec), started) if ok else None
-        for store, (config, spec), ok in zip(stores, jobs, current)
+        _answer_if_up_to_date(store, data, config, feature_key(spec), started) if ok else None
+        for store, data, (config, spec), ok in zip(stores, datasets, jobs, current)
     ]
     if all(results):
-        return results
+        return _with_views(results, configs, [len(v) for v in per_set])
     hashed: dict[str, str] = {}  # file sha256s, computed once for all backbones
     with contextlib.ExitStack() as locks:
         plans = []
@@ -177,16 +184,52 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
                 "Waiting for %s to finish writing %s ...", holder, root)))
             current[i] = records_this_folder(store, dataset.root, config)  # again, now that no one else writes
             if current[i]:
-                results[i] = _answer_if_up_to_date(store, dataset, config, feature_key(spec), started)
+                results[i] = _answer_if_up_to_date(store, datasets[i], config, feature_key(spec), started)
             if results[i] is None:
-                plans.append((i, _plan(store, dataset, config, spec, hashed)))
+                plans.append((i, _plan(store, datasets[i], config, spec, hashed)))
         for size in sorted({plan.spec["size"] for _, plan in plans}):
             group = [plan for _, plan in plans if plan.spec["size"] == size and plan.todo]
             if group:
                 _run_models(group, dataset, progress)
         for i, plan in plans:
-            results[i] = _finish(plan, dataset, started)
-    return results
+            results[i] = _finish(plan, datasets[i], started)
+    return _with_views(results, configs, [len(v) for v in per_set])
+
+
+def _view_jobs(config, spec, root: Path, dataset) -> list:
+    """`(config, spec, dataset, folder)` of each augmented view set of one clean set.
+
+    A view's spec is the clean spec plus its ops, seed and index, so views
+    of other ops or seeds never mix. With split folders only `train/`
+    images get views: the others are never trained on.
+    """
+    if not config.augment:
+        return []
+    ops = augment.format_augment_ops(augment.parse_augment_ops(config.augment_ops))
+    entries = tuple(e for e in dataset.entries if e.folder_split in ("", "train"))
+    if not entries:
+        return []
+    trained = dataclasses.replace(dataset, entries=entries)
+    return [
+        (config, {**spec, "augment": {"ops": ops, "seed": config.augment_seed, "view": view}}, trained,
+         view_set_dir(root, ops=ops, seed=config.augment_seed, view=view))
+        for view in range(1, config.augment + 1)
+    ]
+
+
+def _with_views(results: list[ExtractResult], configs, n_views: list[int]) -> list[ExtractResult]:
+    """The clean sets' results, each counting the views extracted for it (the view results follow them)."""
+    views = iter(results[len(configs):])
+    merged = []
+    for config, result, n in zip(configs, results, n_views):
+        mine = [next(views) for _ in range(n)]
+        if config.augment:  # only then: the counts of a run without views are unchanged
+            counts = {**result.counts, "views": sum(r.counts["extracted"] for r in mine)}
+            # The clean set may have been up to date at once; the run lasted until its views were written.
+            seconds = max([result.seconds] + [r.seconds for r in mine])
+            result = dataclasses.replace(result, counts=counts, seconds=seconds)
+        merged.append(result)
+    return merged
 
 
 @dataclasses.dataclass
@@ -342,7 +385,8 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
 
 def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
-    models = [_build_model(plan) for plan in plans]
+    built: dict[str, Any] = {}
+    models = [_build_model(plan, built) for plan in plans]
     first = plans[0].config
     done, total, decoding_started = 0, 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
@@ -368,7 +412,12 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
         plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
 
 
-def _build_model(plan: _Plan):
+def _build_model(plan: _Plan, built: dict[str, Any]):
+    """The plan's extractor; built once per clean spec, as its views run the same model on other pixels."""
+    clean_key = feature_key({k: v for k, v in plan.spec.items() if k != "augment"})
+    if clean_key in built:
+        plan.feature_shape = tuple(int(d) for d in built[clean_key].output_shape[1:])
+        return built[clean_key]
     t0 = time.perf_counter()
     model = backbones.build_extractor(
         backbones.get_backbone_cfg(plan.config.model),
@@ -387,6 +436,7 @@ def _build_model(plan: _Plan):
         )
     plan.timings["model_build_seconds"] = time.perf_counter() - t0
     plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
+    built[clean_key] = model
     return model
 
 
@@ -428,8 +478,12 @@ def _store_batch(plan: _Plan, model, appender, entries, images, failures, digest
     if mine:
         # Most batches are wanted whole: skip the copy fancy indexing makes.
         batch = images if len(mine) == len(entries) else images[mine]
-        features = backbones.predict_batches(model, batch, plan.config.batch_size)
         stored = [plan.digests[entries[i].relpath] for i in mine]
+        view = plan.spec.get("augment")
+        if view is not None:
+            ops = augment.parse_augment_ops(view["ops"])
+            batch = augment.apply_view(batch, stored, ops=ops, seed=view["seed"], view=view["view"])
+        features = backbones.predict_batches(model, batch, plan.config.batch_size)
         locations = appender.append(
             features, stored, [entries[i].relpath for i in mine]  # the store checks the cast to storage_dtype
         )

@@ -35,6 +35,7 @@ LEADERBOARD_COLUMNS = (
     "head",
     "params",
     "fraction",
+    "augmented",
     "val_accuracy",
     "test_accuracy",
     "test_macro_f1",
@@ -158,6 +159,7 @@ def _row(run: Path) -> tuple[tuple[str, str], dict[str, str]]:
         "head": str(config.get("head") or ""),
         "params": json.dumps(config.get("params") or {}, sort_keys=True, separators=(",", ":")),
         "fraction": f"{fraction:g}" if _is_number(fraction) else "",
+        "augmented": _augmented(lineage.get("augmented")),
         **{name: "" if value is None else f"{value:.4f}" for name, value in scores(metrics).items()},
         "fit_seconds": f"{fit_seconds:.3f}" if _is_number(fit_seconds) else "",
         "run_dir": str(run),
@@ -165,6 +167,16 @@ def _row(run: Path) -> tuple[tuple[str, str], dict[str, str]]:
     # `trained_at` orders runs finished within one second; runs from before
     # it was recorded sort first, by folder name.
     return (str(lineage.get("trained_at") or ""), run.name), row
+
+
+def _augmented(record: Any) -> str:
+    """`no`, or the views trained on: `4 views flip=horizontal,... seed 0` per ops and seed."""
+    if not isinstance(record, list) or not record:
+        return "no"
+    try:
+        return "; ".join(f"{len(r['views'])} views {r['ops']} seed {r['seed']}" for r in record)
+    except (TypeError, KeyError):
+        return "unreadable lineage record"
 
 
 def _is_number(value: Any) -> bool:

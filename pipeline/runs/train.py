@@ -23,13 +23,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .. import _atomic, config as config_lib
-from ..errors import WriteError
+from ..errors import ConfigError, FeatureStoreError, WriteError
 from ..heads import FittedHead, fit_head, plan_params, save_head, training_splits
 from ..heads.apply import aligned_proba, feature_matrix
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
-from ..store import FeatureSet, read_feature_set, resolve_features
+from ..store import FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
+from ..store.lookup import list_view_sets
 from . import layout
 from .leaderboard import rebuild_leaderboard, scores
 from .predict import csv_text
@@ -128,11 +131,92 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     parts = training_splits(fs, config=config)
     if any(grids.values()):
         check_sweep_rows(fs.name, parts, splits=config.splits, refit=config.refit)
-    return [_run_one(fs, parts, head, params, config, grids[head]) for head, params in plans]
+    views = None
+    if config.augmented:
+        fs, parts, views = add_views(fs, parts)
+    return [_run_one(fs, parts, head, params, config, grids[head], views) for head, params in plans]
+
+
+def add_views(fs: FeatureSet, parts) -> tuple[FeatureSet, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Appends the cached augmented views of the training rows to a feature set and its training split.
+
+    Views are matched to training rows by path and content hash; a view
+    whose content is also a validation or test image (a duplicate file) is
+    left out, so training never sees a view of an image it is measured on.
+    Validation and test keep their clean rows only.
+
+    Args:
+        fs: the clean `FeatureSet`.
+        parts: its `{"train", "validation", "test"}` rows, after `fraction`.
+
+    Returns:
+        `(feature set with the view rows appended, parts with them added to
+        "train", record)`, the record holding one
+        `{"ops", "seed", "views", "rows"}` per ops and seed.
+
+    Raises:
+        ConfigError: the set has no views (`field="augmented"`).
+        FeatureStoreError: a view set does not belong to this feature set.
+    """
+    folders = list_view_sets(fs.path)
+    if not folders:
+        raise ConfigError(
+            f"`augmented` trains on cached augmented views, and feature set '{fs.name}' has none. "
+            "Extract them first with the features stage's `augment` (e.g. `bottleneck features DATA "
+            "--augment 4` with the same model and settings), or leave `augmented` unset.",
+            field="augmented",
+        )
+    sha = _sha256_by_path(Path(fs.path).parent)
+    train_keys = {(fs.paths[i], sha[fs.paths[i]]) for i in parts["train"]}
+    held_out = {sha[fs.paths[i]] for split in ("validation", "test") for i in parts[split]}
+    blocks, rows, record = [fs.features], [], {}
+    n = len(fs.labels)
+    for folder in folders:
+        view = read_feature_set(folder)
+        augment = _check_view(fs, view)
+        view_sha = _sha256_by_path(folder)
+        keep = [i for i, p in enumerate(view.paths) if (p, view_sha[p]) in train_keys and view_sha[p] not in held_out]
+        blocks.append(view.features[keep])
+        rows.append((view, keep))
+        entry = record.setdefault((augment["ops"], augment["seed"]), {"ops": augment["ops"], "seed": augment["seed"],
+                                                                      "views": [], "rows": 0})
+        entry["views"].append(augment["view"])
+        entry["rows"] += len(keep)
+    added = np.arange(n, n + sum(len(keep) for _, keep in rows))
+    grown = dataclasses.replace(
+        fs,
+        features=np.concatenate(blocks),
+        labels=np.concatenate([fs.labels] + [v.labels[keep] for v, keep in rows]),
+        paths=fs.paths + [v.paths[i] for v, keep in rows for i in keep],
+        split_keys=np.concatenate([fs.split_keys] + [v.split_keys[keep] for v, keep in rows]),
+        folder_splits=np.concatenate([fs.folder_splits] + [v.folder_splits[keep] for v, keep in rows]),
+    )
+    return grown, {**parts, "train": np.concatenate([parts["train"], added])}, list(record.values())
+
+
+def _sha256_by_path(root: Path) -> dict[str, str]:
+    state = FeatureStore(root).read_index_state()
+    if state is None:
+        raise FeatureStoreError(f"Feature set '{root}' changed while it was read; train again.", field="features")
+    return {path: f.sha256 for path, f in state.files.items()}
+
+
+def _check_view(fs: FeatureSet, view: FeatureSet) -> dict[str, Any]:
+    """The view's `augment` record, once its spec is the clean set's plus `augment`."""
+    spec = view.attrs.get("spec")
+    spec = dict(spec) if isinstance(spec, dict) else {}
+    augment = spec.pop("augment", None)
+    if not isinstance(augment, dict) or feature_key(spec) != fs.attrs.get("feature_key") or view.class_names != fs.class_names:
+        raise FeatureStoreError(
+            f"View set '{view.path}' is not a view of feature set '{fs.name}' (another spec or classes). "
+            "Delete that folder and extract the views again with `augment`.",
+            field="features",
+        )
+    return augment
 
 
 def _run_one(
-    fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig, grid=None
+    fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig, grid=None, views=None
 ) -> RunResult:
     out_root = Path(config.runs_dir) / fs.name
     search = None if grid is None else _sweep(fs, parts, head, params, grid, config)
@@ -145,7 +229,7 @@ def _run_one(
     try:
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
             fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path)
-            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config)
+            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views)
             _write_test_predictions(staged.path, fs, parts, fitted)
             if search is not None:
                 fitted = _write_sweep(staged.path, search, fitted, config)
@@ -190,7 +274,7 @@ def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) 
     return fitted
 
 
-def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config) -> str:
+def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views) -> str:
     """Writes every file of a run into `folder`; returns the head file's sha256."""
     shown = "test" if fitted.metrics["test"] is not None else "validation"
     _save_figure(plot_confusion_matrix(fitted.metrics[shown]["confusion_matrix"], fs.class_names),
@@ -206,9 +290,11 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
         "backbone": fs.attrs.get("backbone"),
         "weights": fs.attrs.get("weights"),
         "extraction_config": fs.config,
-        "n_images": len(fs.labels),
+        "n_images": len(fs.labels) - sum(v["rows"] for v in views or ()),
         "class_names": list(fs.class_names),
     }
+    if views:
+        lineage["augmented"] = views  # the view sets trained on: ops, seed, view indices, rows
     recorded = ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")
     lineage["head_sha256"] = save_head(
         folder / layout.HEAD,
@@ -219,6 +305,7 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
     lineage["trained_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
     layout.write_json(folder / layout.METRICS, {
         **fitted.metrics, "fit_seconds": fitted.fit_seconds, "sizes": fitted.sizes, **fitted.convergence,
+        **({"augmented": views} if views else {}),
     })
     layout.write_json(folder / layout.CONFIG, {
         "train_config": config_lib.to_dict(config),

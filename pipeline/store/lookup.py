@@ -1,8 +1,15 @@
-"""Finding feature sets in the cache: listing them, and one by path, name or unique prefix."""
+"""Finding feature sets in the cache: listing them, one by path, name or unique prefix, and their views.
+
+Augmented views of a set are feature sets of their own, one per view, in
+folders inside the clean set's folder (`view_set_dir`): out of the cache's
+top level, so listings and name look-ups see the clean set alone.
+"""
 
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +17,9 @@ from ..errors import ConfigError, FeatureStoreError
 from .feature_set import FeatureStore
 from .index import INDEX_NAME
 
-__all__ = ["list_feature_sets", "resolve_features"]
+__all__ = ["list_feature_sets", "list_view_sets", "resolve_features", "view_set_dir"]
+
+_VIEW_GLOB = "view*-*"
 
 
 def list_feature_sets(cache_dir: str | os.PathLike) -> list[tuple[str, Path, int]]:
@@ -90,3 +99,31 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
         f"Feature sets there: {listing}. Run `make features` to make one.",
         field="features",
     )
+
+
+def view_set_dir(root: str | os.PathLike, *, ops: str, seed: int, view: int) -> Path:
+    """The folder of augmented view `view` of a feature set.
+
+    Args:
+        root: the clean feature set's folder.
+        ops: the canonical augmentation ops text.
+        seed: the augmentation seed.
+        view: the view's index, from 1.
+
+    Returns:
+        `<root>/view<view>-<tag8>`, where `<tag8>` hashes `ops` and `seed`,
+        so views of other ops or seeds never share a set.
+    """
+    tag = hashlib.sha256(json.dumps({"ops": ops, "seed": seed}, sort_keys=True).encode()).hexdigest()[:8]
+    return Path(root) / f"view{view}-{tag}"
+
+
+def list_view_sets(root: str | os.PathLike) -> list[Path]:
+    """The folders of the complete augmented view sets of a feature set, sorted.
+
+    Args:
+        root: the clean feature set's folder or its `features.h5`.
+    """
+    root = Path(root)
+    root = root.parent if root.name == INDEX_NAME else root
+    return [folder for folder in sorted(root.glob(_VIEW_GLOB)) if FeatureStore(folder).read_index_state() is not None]

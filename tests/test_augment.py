@@ -1,0 +1,177 @@
+"""Augmented views: parsing, per-image determinism, caching, resume, and training on them."""
+
+import dataclasses
+import hashlib
+import shutil
+
+import numpy as np
+import pytest
+
+from imagegen import make_dataset
+from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.errors import ConfigError
+from pipeline.features import augment
+from pipeline.features.extract import extract_features
+from pipeline.heads import training_splits
+from pipeline.runs import train
+from pipeline.store import FeatureStore, read_feature_set
+from pipeline.store.lookup import list_view_sets
+
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+OPS = "flip,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1,brightness=0.1"
+
+
+def _config(data, cache, **overrides):
+    return ExtractConfig(data=str(data), cache_dir=str(cache), **{**MODEL, **overrides})
+
+
+def _views(result):
+    return {folder.name: read_feature_set(folder) for folder in list_view_sets(result.path)}
+
+
+@pytest.fixture(scope="module")
+def split_data(tmp_path_factory):
+    """train/ (3 classes x 3 images) and test/ (3 classes x 1) folders."""
+    root = tmp_path_factory.mktemp("augment") / "data"
+    make_dataset(root / "train", per_class=3)
+    make_dataset(root / "test", per_class=1, start=50)
+    return root
+
+
+@pytest.fixture(scope="module")
+def extracted(split_data, tmp_path_factory):
+    """The split data extracted with 2 views, then 4 (each run's result)."""
+    cache = tmp_path_factory.mktemp("augment-cache")
+    two = extract_features(config=_config(split_data, cache, augment=2, augment_ops=OPS))
+    four = extract_features(config=_config(split_data, cache, augment=4, augment_ops=OPS))
+    return cache, two, four
+
+
+@pytest.mark.parametrize("text", ["flip,bogus", "rotation=2", "zoom=abc", "flip=diagonal", "flip,flip", "", "zoom=0"])
+def test_bad_ops_are_refused_naming_augment_ops(text):
+    with pytest.raises(ConfigError) as info:
+        augment.parse_augment_ops(text)
+    assert info.value.field == "augment_ops" and repr(text) in str(info.value)
+
+
+def test_ops_have_one_canonical_text_in_the_order_given():
+    ops = augment.parse_augment_ops(" zoom=0.20, flip ")
+    assert augment.format_augment_ops(ops) == "zoom=0.2,flip=horizontal"
+    assert augment.parse_augment_ops(augment.format_augment_ops(ops)) == ops
+
+
+def test_transformations_match_what_the_keras_layers_build():
+    keras = pytest.importorskip("keras")
+    ops = augment.parse_augment_ops(OPS)
+    images = keras.ops.zeros((5, 24, 24, 3))
+    for (name, value), layer in zip(ops, augment._layers(ops)):
+        theirs = layer.get_random_transformation(images, training=True, seed=1)
+        op = augment.AUGMENT_OPS[name]
+        mine = op.transformation(np.random.default_rng(0).random((5, op.draws)), value, 24)
+        assert {k: tuple(v.shape) for k, v in mine.items()} == {k: tuple(theirs[k].shape) for k in mine}, name
+    rotation = augment._layers(ops)[1]
+    theirs = rotation.get_random_transformation(images, training=True, seed=3)
+    u = (np.asarray(theirs["angle"]) / (0.1 * 360) + 1) / 2  # the draws that give Keras' angles
+    mine = augment.AUGMENT_OPS["rotation"].transformation(u[:, None], 0.1, 24)
+    np.testing.assert_allclose(mine["rotation_matrix"], np.asarray(theirs["rotation_matrix"]), atol=1e-4)
+
+
+def test_a_view_depends_on_the_image_alone_not_on_its_batch():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)]
+    ops = augment.parse_augment_ops(OPS)
+    whole = augment.apply_view(images, digests, ops=ops, seed=0, view=1)
+    order = [4, 1, 5]
+    part = augment.apply_view(images[order], [digests[i] for i in order], ops=ops, seed=0, view=1)
+    np.testing.assert_array_equal(part, whole[order])
+    assert whole.dtype == np.uint8 and not np.array_equal(whole, images)
+    assert not np.array_equal(augment.apply_view(images, digests, ops=ops, seed=1, view=1), whole)
+    assert not np.array_equal(augment.apply_view(images, digests, ops=ops, seed=0, view=2), whole)
+
+
+def test_views_of_train_images_only_and_k4_after_k2_extracts_two_more(extracted):
+    _, two, four = extracted
+    assert two.counts == {"extracted": 12, "reused": 0, "skipped": 0, "removed": 0, "views": 2 * 9}
+    assert four.counts == {"extracted": 0, "reused": 12, "skipped": 0, "removed": 0, "views": 2 * 9}
+    clean = read_feature_set(four.path)
+    views = _views(four)
+    assert len(views) == 4 and len({name.split("-")[1] for name in views}) == 1  # one ops+seed tag
+    train_paths = [p for p, s in zip(clean.paths, clean.folder_splits) if s == "train"]
+    for view in views.values():
+        assert view.paths == train_paths
+        assert not np.allclose(view.features, clean.features[: len(train_paths)])
+    first, second = (v.features for v in list(views.values())[:2])
+    assert not np.allclose(first, second)
+
+
+def test_views_are_reproducible_and_another_seed_gives_others(extracted, split_data, tmp_path):
+    _, _, four = extracted
+    again = extract_features(config=_config(split_data, tmp_path / "a", augment=2, augment_ops=OPS))
+    for name, view in _views(again).items():
+        np.testing.assert_array_equal(view.features, _views(four)[name].features)  # bit for bit
+    other_batch = extract_features(config=_config(split_data, tmp_path / "b", augment=1, augment_ops=OPS, batch_size=3))
+    (name, view), = _views(other_batch).items()
+    np.testing.assert_allclose(view.features, _views(four)[name].features, rtol=1e-5, atol=1e-6)
+    seeded = extract_features(config=_config(split_data, tmp_path / "c", augment=1, augment_ops=OPS, augment_seed=7))
+    (other, view7), = _views(seeded).items()
+    assert other != name and not np.allclose(view7.features, view.features)
+
+
+def test_an_interrupted_view_extraction_resumes_to_the_uninterrupted_result(extracted, split_data, tmp_path, monkeypatch):
+    _, _, four = extracted
+    real, calls = augment.apply_view, []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    config = _config(split_data, tmp_path / "cache", augment=2, augment_ops=OPS, shard_size=2)
+    monkeypatch.setattr(augment, "apply_view", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(config=config)
+    monkeypatch.setattr(augment, "apply_view", real)
+    resumed = extract_features(config=config)
+    assert 0 < resumed.counts["views"] < 18  # the views finished before the interrupt were kept
+    for name, view in _views(resumed).items():
+        expected = _views(four)[name]
+        assert view.paths == expected.paths
+        np.testing.assert_allclose(view.features, expected.features, rtol=1e-5, atol=1e-6)
+
+
+def test_augmented_training_never_sees_a_view_of_a_held_out_image(tmp_path):
+    # Data without split folders: every image has views, and only the training rows' may be used.
+    data = tmp_path / "data"
+    make_dataset(data, per_class=6)
+    result = extract_features(config=_config(data, tmp_path / "cache", augment=2, augment_ops=OPS))
+    fs = read_feature_set(result.path)
+    config = TrainConfig(splits=(0.5, 0.25, 0.25), fraction=0.5, augmented=True)
+    parts = training_splits(fs, config=config)
+    grown, grown_parts, record = train.add_views(fs, parts)
+
+    sha = {p: f.sha256 for p, f in FeatureStore(result.path.parent).read_index_state().files.items()}
+    trained = {sha[fs.paths[i]] for i in parts["train"]}
+    held_out = {sha[fs.paths[i]] for split in ("validation", "test") for i in parts[split]}
+    added = grown_parts["train"][len(parts["train"]):]
+    assert len(added) == 2 * len(parts["train"])
+    assert {sha[grown.paths[i]] for i in added} == trained and not trained & held_out
+    for split in ("validation", "test"):
+        np.testing.assert_array_equal(grown_parts[split], parts[split])
+    assert record == [{"ops": augment.format_augment_ops(augment.parse_augment_ops(OPS)), "seed": 0,
+                       "views": [1, 2], "rows": len(added)}]
+
+    [run] = train.train_heads(result.path, config=dataclasses.replace(config, runs_dir=str(tmp_path / "runs")))
+    assert run.sizes["train"] == 3 * len(parts["train"])
+    assert (run.run_dir / "lineage.json").read_text().count('"views"') == 1
+
+
+def test_augmented_without_views_says_which_command_makes_them(extracted, tmp_path):
+    cache = tmp_path / "cache"
+    shutil.copytree(extracted[0], cache)
+    for folder in list_view_sets(cache / extracted[1].path.parent.name):
+        shutil.rmtree(folder)
+    with pytest.raises(ConfigError) as info:
+        train.train_heads(None, config=TrainConfig(augmented=True, cache_dir=str(cache), runs_dir=str(tmp_path / "r")))
+    assert info.value.field == "augmented" and "--augment" in str(info.value)
