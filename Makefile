@@ -15,6 +15,8 @@ BATCH ?=
 PRECISION ?=
 WORKERS ?=
 DECODE_MODE ?=
+NUM_SHARDS ?=
+SHARD_INDEX ?=
 CACHE ?= cache
 CONFIG ?=
 # train-head: FEATURES is a cache name/prefix or path (empty: the only set in
@@ -60,7 +62,8 @@ FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CAC
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) \
 	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) \
 	$(call opt,--augment,$(AUGMENT)) $(call opt,--augment-ops,$(AUGMENT_OPS)) \
-	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--num-shards,$(NUM_SHARDS)) \
+	$(call opt,--shard-index,$(SHARD_INDEX)) $(call opt,--config,$(CONFIG)) $(ARGS))
 TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \

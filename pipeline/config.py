@@ -77,6 +77,14 @@ class ExtractConfig:
         decode_mode: `"threads"`, `"processes"` (past the GIL; the images
             are handed over in shared memory) or `"auto"` (processes from 4
             workers up). Both give the same arrays. Defaults to `"auto"`.
+        num_shards: with more than 1, this run is one of `num_shards`
+            workers (on any launcher: Slurm, Kubernetes, ssh) that extract
+            one part each of the missing images, by content hash, into the
+            same feature set, writing shards only; a plain run afterwards
+            (`num_shards` 1) writes the index from every complete shard.
+            Defaults to `1`.
+        shard_index: this worker's part, `0 <= shard_index < num_shards`.
+            Defaults to `0`.
         shard_size: images per shard file; a kill loses at most one shard
             of work. Defaults to `1024`.
         cache_dir: folder holding the feature sets. Defaults to `"cache"`.
@@ -109,6 +117,8 @@ class ExtractConfig:
     batch_size: int = 64
     workers: int = dataclasses.field(default_factory=_default_workers)
     decode_mode: str = "auto"
+    num_shards: int = 1
+    shard_index: int = 0
     shard_size: int = 1024
     cache_dir: str = "cache"
     name: str | None = None
@@ -124,8 +134,16 @@ class ExtractConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("storage_dtype", self.storage_dtype, STORAGE_DTYPES)
         _check_choice("decode_mode", self.decode_mode, DECODE_MODES)
-        for field in ("batch_size", "workers", "shard_size"):
+        for field in ("batch_size", "workers", "shard_size", "num_shards"):
             _check_positive(field, getattr(self, field))
+        if not isinstance(self.shard_index, int) or isinstance(self.shard_index, bool) or not (
+            0 <= self.shard_index < self.num_shards
+        ):
+            raise ConfigError(
+                f"`shard_index` must be in 0..num_shards-1. Received: shard_index={self.shard_index}, "
+                f"num_shards={self.num_shards}. Number the workers 0 to {self.num_shards - 1}.",
+                field="shard_index",
+            )
         if self.size is not None:
             _check_positive("size", self.size)
         for field, limit in _EXTRACT_LIMITS.items():

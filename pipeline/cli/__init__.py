@@ -100,6 +100,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding threads or processes (default min(8, cores))")
     p.add_argument("--decode-mode", choices=("auto", "threads", "processes"),
                    help="decode in threads or in processes past the GIL; auto: processes from 4 workers (default)")
+    p.add_argument("--num-shards", type=int,
+                   help="run as one of N workers, each extracting a part of the missing images into shards; "
+                   "a plain run afterwards writes the index (default 1: no workers)")
+    p.add_argument("--shard-index", type=int, help="this worker's part, 0..N-1 (with --num-shards)")
     p.add_argument("--shard-size", type=int, help="images per shard file (default 1024)")
     p.add_argument("--cache-dir", help="where feature sets live (default cache)")
     p.add_argument("--name", help="dataset name in the feature set's folder name (default: the data folder's name)")
@@ -292,6 +296,8 @@ def _cmd_features(args) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             decode_mode=args.decode_mode,
+            num_shards=args.num_shards,
+            shard_index=args.shard_index,
             shard_size=args.shard_size,
             cache_dir=args.cache_dir,
             name=args.name,

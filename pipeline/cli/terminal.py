@@ -33,6 +33,8 @@ _EXTRACT_OPTIONS = {
     "batch_size": ("--batch-size", "BATCH"),
     "workers": ("--workers", "WORKERS"),
     "decode_mode": ("--decode-mode", "DECODE_MODE"),
+    "num_shards": ("--num-shards", "NUM_SHARDS"),
+    "shard_index": ("--shard-index", "SHARD_INDEX"),
     "shard_size": ("--shard-size", "ARGS"),
     "cache_dir": ("--cache-dir", "CACHE"),
     "name": ("--name", "ARGS"),
@@ -176,6 +178,12 @@ def as_sigint(signum, frame) -> None:
 
 def print_features_summary(result) -> None:
     c = result.counts
+    if result.worker is not None:
+        index, count = result.worker
+        print(f"Worker {index} of 0..{count - 1}: extracted {c['extracted']}, skipped {c['skipped']} into the shards of "
+              f"{result.path.parent} in {result.seconds:.1f} s. Once every worker is done, run the same command "
+              "without --num-shards and --shard-index: it writes the index (and extracts what a lost worker left).")
+        return
     if c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined:
         print(f"Up to date: {c['reused']} images, {c['skipped']} skipped ({result.seconds:.2f} s).")
     else:

@@ -53,6 +53,9 @@ class ExtractResult:
         label_conflicts: files with the same content under different
             classes, one tuple of paths (the first of each class) per
             content: probably labelling mistakes, and they poison training.
+        worker: `(shard_index, num_shards)` for a worker of a sharded
+            extraction, which writes shards only: `path` is then the index
+            a plain run writes once every worker is done. `None` otherwise.
     """
 
     path: Path
@@ -64,9 +67,12 @@ class ExtractResult:
     feature_shape: tuple[int, ...]
     quarantined: list[str]
     label_conflicts: tuple[tuple[str, ...], ...] = ()
+    worker: tuple[int, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            **({"worker": {"shard_index": self.worker[0], "num_shards": self.worker[1], "index_written": False}}
+               if self.worker else {}),
             "path": str(self.path),
             "counts": self.counts,
             "seconds": round(self.seconds, 3),
@@ -180,7 +186,7 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
         # Locks are taken in path order so that two multi-backbone runs can't deadlock.
         for i in sorted((i for i, r in enumerate(results) if r is None), key=lambda i: str(stores[i].root)):
             store, (config, spec) = stores[i], jobs[i]
-            locks.enter_context(store.write_lock(on_wait=lambda holder, root=store.root: log.warning(
+            locks.enter_context(store.write_lock(shared=config.num_shards > 1, on_wait=lambda holder, root=store.root: log.warning(
                 "Waiting for %s to finish writing %s ...", holder, root)))
             current[i] = records_this_folder(store, dataset.root, config)  # again, now that no one else writes
             if current[i]:
@@ -192,7 +198,8 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
             if group:
                 _run_models(group, dataset, progress)
         for i, plan in plans:
-            results[i] = _finish(plan, datasets[i], started)
+            results[i] = (_finish(plan, datasets[i], started) if plan.config.num_shards == 1
+                          else _worker_result(plan, datasets[i], started))
     return _with_views(results, configs, [len(v) for v in per_set])
 
 
@@ -289,7 +296,9 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
     `hashed` caches file sha256s by relative path across the plans of one run.
     """
     key = feature_key(spec)
-    store.clean_temporary()
+    worker = config.num_shards > 1
+    if not worker:  # other workers' shards in progress look like leftovers
+        store.clean_temporary()
     state = store.read_index_state()
     known = state.fingerprints() if state else {}
     known_files = state.files if state else {}
@@ -299,7 +308,8 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
     damaged = sorted(set(unreadable) | set(store.verify_shards(sorted({n for n, _ in located.values()}))))
     if damaged:
         log.warning("Damaged shards set aside and re-extracted: %s", ", ".join(damaged))
-        store.quarantine(damaged)
+        if not worker:  # a worker leaves them for the plain run that writes the index
+            store.quarantine(damaged)
         located = {d: loc for d, loc in located.items() if loc[0] not in damaged}
 
     digests: dict[str, str] = {}
@@ -319,6 +329,8 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
                 skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
 
     todo = [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located]
+    if worker:
+        todo = [e for e in todo if worker_of(digests[e.relpath], config.num_shards) == config.shard_index]
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
     return _Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
@@ -380,6 +392,33 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     return ExtractResult(
         plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds and n_extracted else None,
         skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
+    )
+
+
+def worker_of(digest: str, num_shards: int) -> int:
+    """The worker of a sharded extraction that extracts this content.
+
+    By content hash, not path: copies of one picture go to one worker, so
+    no two workers store the same content, and parts stay even whatever
+    the folder layout or manifest groups.
+    """
+    return int(digest[:16], 16) % num_shards
+
+
+def _worker_result(plan: _Plan, dataset, started: float) -> ExtractResult:
+    """What a worker of a sharded extraction did; it writes no index."""
+    mine = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
+    failed = [
+        SkippedFile(e.relpath, plan.failed.get(plan.digests[e.relpath]) or plan.changed[e.relpath], e.size, e.mtime_ns)
+        for e in plan.todo
+        if plan.digests[e.relpath] in plan.failed or e.relpath in plan.changed
+    ]
+    seconds = plan.timings.get("extract_seconds")
+    return ExtractResult(
+        plan.store.index_path, {"extracted": len(mine), "reused": 0, "skipped": len(failed), "removed": 0},
+        time.perf_counter() - started, len(mine) / seconds if seconds and mine else None, failed,
+        dataset.summary(), tuple(plan.feature_shape), plan.damaged,
+        worker=(plan.config.shard_index, plan.config.num_shards),
     )
 
 

@@ -95,23 +95,31 @@ class FeatureStore:
     # -- locking -------------------------------------------------------------
 
     @contextlib.contextmanager
-    def write_lock(self, *, wait: bool = True, on_wait=None) -> Iterator[None]:
+    def write_lock(self, *, wait: bool = True, on_wait=None, shared: bool = False) -> Iterator[None]:
         """Holds the set's write lock; a second writer waits (or fails fast).
 
         `on_wait` is called once, with the holder's description, before
         blocking, so the caller can tell the user why nothing happens.
 
+        With `shared`, several holders write at once: the workers of a
+        sharded extraction, each adding only new shards of its own images
+        and touching nothing else (no temporary files cleaned, no index
+        written). A plain (exclusive) holder waits until they are all done,
+        and they wait for it.
+
         A set folder this call created is removed again when the body
         raises having written nothing into it (a wrong weights file, an
         unknown layer, ...), so a failed first run leaves no empty set
-        behind. A folder that existed before is never removed.
+        behind; not under a shared lock, where another worker may be about
+        to write. A folder that existed before is never removed.
 
         Raises:
             WriteError: (field `cache_dir`) the set's folders cannot be
                 created or written; raised before any work is done.
             StoreBusyError: another process holds the lock and `wait` is false.
         """
-        f, created = self._acquire_write_lock(wait, on_wait)
+        f, created = self._acquire_write_lock(wait, on_wait, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        created = created and not shared
         with f:
             try:
                 f.seek(0)
@@ -129,7 +137,7 @@ class FeatureStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _acquire_write_lock(self, wait: bool, on_wait):
+    def _acquire_write_lock(self, wait: bool, on_wait, mode: int):
         """The locked, open lock file, and whether this call created the set folder.
 
         A writer that waited may get the lock of a folder its holder has
@@ -140,7 +148,7 @@ class FeatureStore:
             f, made = self._open_write_lock()
             created = created or made
             try:
-                if self._lock(f, wait, on_wait):
+                if self._lock(f, wait, on_wait, mode):
                     return f, created
             except BaseException:
                 f.close()
@@ -148,10 +156,10 @@ class FeatureStore:
             f.close()
             on_wait = None  # the user was told once
 
-    def _lock(self, f, wait: bool, on_wait) -> bool:
-        """Locks `f`; whether it is still the set's lock file once locked."""
+    def _lock(self, f, wait: bool, on_wait, mode: int) -> bool:
+        """Locks `f` (`mode`: LOCK_EX or LOCK_SH); whether it is still the set's lock file once locked."""
         try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or "another process"
@@ -162,7 +170,7 @@ class FeatureStore:
                 ) from None
             if on_wait is not None:
                 on_wait(holder)
-            fcntl.flock(f, fcntl.LOCK_EX)
+            fcntl.flock(f, mode)
         return _same_file(f, self._write_lock_path)
 
     @property
