@@ -24,6 +24,9 @@ CONFIG ?=
 # train+validation) say how the winner is chosen and trained.
 FEATURES ?=
 HEAD ?=
+# curve: FRACTIONS="0.01,0.1,0.5,1" REPEATS=3 (HEAD, PARAMS, SWEEP, SELECT, SPLITS, SEED as for train-head)
+FRACTIONS ?=
+REPEATS ?=
 PARAMS ?=
 FRACTION ?=
 SWEEP ?=
@@ -57,7 +60,13 @@ TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export
+CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
+	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
+	$(call opt,--fractions,$(FRACTIONS)) $(call opt,--repeats,$(REPEATS)) $(call opt,--splits,$(SPLITS)) \
+	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
+	$(call opt,--select,$(SELECT)) $(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+
+.PHONY: setup features test lint sample-data list clean-cache train-head curve predict evaluate export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -100,6 +109,9 @@ bench: $(VENV)/.installed
 
 train-head: $(VENV)/.installed
 	$(BOTTLENECK) train-head $(TRAIN_FLAGS)
+
+curve: $(VENV)/.installed
+	$(BOTTLENECK) curve $(CURVE_FLAGS)
 
 clean-cache:
 	rm -rf $(CACHE)/*/

@@ -159,6 +159,25 @@ def _build_parser() -> argparse.ArgumentParser:
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_train_head)
 
+    p = sub.add_parser("curve", help="data-fraction curve: heads trained on growing shares of the training split")
+    p.add_argument("features", nargs="?", help="feature set, as for train-head")
+    p.add_argument("--head", action="append", dest="heads", metavar="NAME",
+                   help="head to measure, repeatable; 'all' for every registry head (default logreg)")
+    p.add_argument("--param", action="append", dest="params", metavar="KEY=VALUE", help="head parameter, as for train-head")
+    p.add_argument("--fractions", help="shares of the training split, e.g. 0.01,0.1,0.5,1 (the default)")
+    p.add_argument("--repeats", type=int, help="subsets drawn per fraction, seeds SEED, SEED+1, ... (default 3)")
+    p.add_argument("--sweep", nargs="?", const=True, action="append", metavar="[HEAD.]KEY=V1,V2",
+                   help="choose each point's parameters on the validation split, as for train-head")
+    p.add_argument("--select", help="validation metric a sweep picks by: accuracy (default), macro_f1 or log_loss")
+    p.add_argument("--splits", help="train,validation,test shares when the data has no split folders (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, help="seed of the first repeat's subsets and heads (default 0)")
+    p.add_argument("--runs-dir", help="where the curve folder goes (default runs)")
+    p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
+    p.add_argument("--config", help="TOML file with a [curve] table")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p, default=argparse.SUPPRESS)
+    p.set_defaults(handler=_cmd_curve)
+
     p = sub.add_parser("runs", help="inspect trained runs")
     p.add_argument("action", choices=("ls",))
     p.add_argument("--runs-dir", default="runs")
@@ -206,6 +225,41 @@ def _cmd_train_head(args) -> int:
         print("\n".join(str(r.run_dir) for r in results))
     if args.json:
         print(json.dumps({"runs": [r.to_json() for r in results]}))
+    return ExitStatus.OK
+
+
+def _cmd_curve(args) -> int:
+    from .. import config as config_lib
+    from ..heads import parse_params
+    from ..heads.sweep import parse_sweep
+    from ..runs.curve import run_curve
+
+    table = config_lib.load_toml(args.config).get("curve", {})
+    params = None
+    if args.params:  # flags override the file's params key by key
+        params = {**table.get("params", {}), **parse_params(args.params)}
+    config = config_lib.resolve(
+        config_lib.CurveConfig,
+        table,
+        heads=tuple(args.heads) if args.heads else None,
+        params=params,
+        fractions=args.fractions,
+        repeats=args.repeats,
+        sweep=parse_sweep(args.sweep) if args.sweep else None,
+        select=args.select,
+        splits=args.splits,
+        seed=args.seed,
+        runs_dir=args.runs_dir,
+        cache_dir=args.cache_dir,
+    )
+    result = run_curve(args.features, config=config)
+    if not args.quiet:
+        terminal.print_curve_summary(result.rows)
+        print(f"Curve: {result.run_dir}")
+    elif not args.json:
+        print(result.run_dir)
+    if args.json:
+        print(json.dumps(result.to_json()))
     return ExitStatus.OK
 
 

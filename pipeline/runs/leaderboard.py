@@ -140,8 +140,9 @@ def _run_folders(runs_dir: Path) -> Iterator[Path]:
         if feature_set.name.startswith(".") or not feature_set.is_dir():
             continue
         for run in sorted(feature_set.iterdir()):
-            # A `.tmp-` folder is a run still being written (or a killed one).
-            if not run.name.startswith(".") and (run / layout.LINEAGE).is_file():
+            # A `.tmp-` folder is a run still being written (or a killed one);
+            # a curve folder holds many fits, listed in its own curve.csv.
+            if not run.name.startswith((".", layout.CURVE_PREFIX)) and (run / layout.LINEAGE).is_file():
                 yield run
 
 
