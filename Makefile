@@ -66,7 +66,7 @@ CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
 	$(call opt,--select,$(SELECT)) $(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head curve predict evaluate export
+.PHONY: setup features test lint sample-data list clean-cache train-head curve runs predict evaluate export
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,10 @@ bench: $(VENV)/.installed
 
 train-head: $(VENV)/.installed
 	$(BOTTLENECK) train-head $(TRAIN_FLAGS)
+
+# The leaderboard: ARGS="--head logreg --sort test_accuracy --limit 10 --json".
+runs: $(VENV)/.installed
+	$(BOTTLENECK) runs ls $(ARGS)
 
 curve: $(VENV)/.installed
 	$(BOTTLENECK) curve $(CURVE_FLAGS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         with terminal.stop_signals_as_interrupt(), terminal.output_shown(quiet=args.quiet, verbose=args.verbose):
-            return args.handler(args)
+            status = args.handler(args)
+            sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+            return status
+    except BrokenPipeError:
+        # The reader stopped reading (`bottleneck runs ls | head -1`): it had
+        # what it wanted. As Python's docs on SIGPIPE advise, stdout becomes
+        # devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitStatus.OK
     except KeyboardInterrupt:
         if args.traceback:
             raise
@@ -181,9 +190,15 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("runs", help="inspect trained runs")
     p.add_argument("action", choices=("ls",))
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--features", help="only runs on feature sets whose name or content hash starts with this")
+    p.add_argument("--head", help="only runs of this head")
+    p.add_argument("--sort", default="val_accuracy",
+                   help="column to rank by, best first: val_accuracy (default), test_accuracy, test_macro_f1, "
+                   "fraction, n_images or fit_seconds (lowest first)")
+    p.add_argument("--limit", type=int, help="show at most this many runs")
     p.add_argument("--rebuild", action="store_true",
-                   help="rewrite leaderboard.csv and .md from the run folders (after editing or deleting runs)")
-    p.add_argument("--json", action="store_true")
+                   help="rewrite leaderboard.csv and .md from the run folders (runs ls also does when they disagree)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON list, numbers as numbers")
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_runs)
     _add_predict_parsers(sub)
@@ -264,21 +279,18 @@ def _cmd_curve(args) -> int:
 
 
 def _cmd_runs(args) -> int:
-    from ..runs.leaderboard import LEADERBOARD_COLUMNS, list_runs, rebuild_leaderboard
+    from ..runs.leaderboard import list_runs, rebuild_leaderboard, shown_table
 
     if args.rebuild:
         rebuild_leaderboard(args.runs_dir)
-    rows = list_runs(args.runs_dir)
+    rows = list_runs(args.runs_dir, features=args.features, head=args.head, sort=args.sort, limit=args.limit)
     if args.json:
         print(json.dumps(rows))
     elif not rows:
-        print(f"No runs under {args.runs_dir}/. Run `make train-head` first.")
+        print(f"No runs under {args.runs_dir}/{' matching the filters' if args.features or args.head else ''}. "
+              "Run `make train-head` first.")
     else:
-        shown = LEADERBOARD_COLUMNS
-        widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in shown}
-        print("  ".join(c.ljust(widths[c]) for c in shown))
-        for r in rows:
-            print("  ".join(r.get(c, "").ljust(widths[c]) for c in shown))
+        print("\n".join(shown_table(rows)))
     return ExitStatus.OK
 
 

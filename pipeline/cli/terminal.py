@@ -69,8 +69,15 @@ _RUN_OPTIONS = {
     "data": ("DATA (the labelled folder argument)", "DATA"),
     "overwrite": ("--force", "ARGS"),
 }
+_RUNS_OPTIONS = {
+    "features": ("--features", "ARGS"),
+    "head": ("--head", "ARGS"),
+    "sort": ("--sort", "ARGS"),
+    "limit": ("--limit", "ARGS"),
+}
 _OPTIONS = {
     "features": _EXTRACT_OPTIONS,
+    "runs": _RUNS_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
     "curve": _CURVE_OPTIONS,
     "predict": _RUN_OPTIONS,
