@@ -143,7 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head", action="append", dest="heads", metavar="NAME",
         help="head from `bottleneck list --heads`, or module:Class of a scikit-learn estimator; "
-        "repeat to compare several on the same features (default logreg)",
+        "repeat to compare several on the same features; 'all' trains every registry head with light "
+        "defaults (default logreg)",
     )
     p.add_argument(
         "--param", action="append", dest="params", metavar="KEY=VALUE",
@@ -354,7 +355,8 @@ def _cmd_list(args) -> int:
 
         for name in list_heads(args.pattern):
             cfg = get_head_cfg(name)
-            print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}")
+            light = f" (with --head all: {dict(cfg.light_params)})" if cfg.light_params else ""
+            print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}{light}")
         return ExitStatus.OK
     for name in list_backbones(args.pattern):
         cfg = get_backbone_cfg(name)
