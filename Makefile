@@ -27,6 +27,9 @@ CONFIG ?=
 # train+validation) say how the winner is chosen and trained.
 FEATURES ?=
 HEAD ?=
+# curve: FRACTIONS="0.01,0.1,0.5,1" REPEATS=3 (HEAD, PARAMS, SWEEP, SELECT, SPLITS, SEED as for train-head)
+FRACTIONS ?=
+REPEATS ?=
 PARAMS ?=
 FRACTION ?=
 SWEEP ?=
@@ -72,7 +75,13 @@ TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) \
 	$(if $(filter 1,$(AUGMENTED)),--augmented) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export report
+CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
+	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
+	$(call opt,--fractions,$(FRACTIONS)) $(call opt,--repeats,$(REPEATS)) $(call opt,--splits,$(SPLITS)) \
+	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
+	$(call opt,--select,$(SELECT)) $(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+
+.PHONY: setup features test lint sample-data list clean-cache train-head curve runs predict evaluate export report
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -115,6 +124,13 @@ bench: $(VENV)/.installed
 
 train-head: $(VENV)/.installed
 	$(BOTTLENECK) train-head $(TRAIN_FLAGS)
+
+# The leaderboard: ARGS="--head logreg --sort test_accuracy --limit 10 --json".
+runs: $(VENV)/.installed
+	$(BOTTLENECK) runs ls $(ARGS)
+
+curve: $(VENV)/.installed
+	$(BOTTLENECK) curve $(CURVE_FLAGS)
 
 clean-cache:
 	rm -rf $(CACHE)/*/

@@ -380,3 +380,68 @@ def _parse_splits(value) -> tuple[float, float, float]:
             field="splits",
         )
     return shares
+
+
+DEFAULT_FRACTIONS = (0.01, 0.1, 0.5, 1.0)
+# The TrainConfig fields a curve shares; its own `fractions` and `repeats`
+# replace `fraction` (and a curve always fits on the training rows alone).
+_CURVE_SHARED = ("heads", "params", "splits", "seed", "runs_dir", "cache_dir", "sweep", "select")
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveConfig:
+    """What `bottleneck curve` measures: heads trained on growing shares of the training split.
+
+    Args:
+        heads, params, splits, runs_dir, cache_dir, sweep, select: as in
+            `TrainConfig` (checked by it); `heads=("all",)` trains every
+            registry head with its light defaults.
+        fractions: tuple of distinct floats in `(0, 1]` (or the string
+            `"0.01,0.1,0.5,1"`), the shares of the training split to train
+            on, each a stratified subset keeping at least one example per
+            class. Stored sorted. Defaults to `(0.01, 0.1, 0.5, 1.0)`.
+        repeats: int >= 1, how many subsets are drawn per fraction; repeat
+            `r` draws with seed `seed + r` (and seeds the heads with it), so
+            the spread shows how much a score owes to the draw. For one
+            repeat the subsets are nested (the 1% inside the 10%), and
+            every head trains on the same ones. Defaults to `3`.
+        seed: int >= 0, the seed of repeat 0. Defaults to `0`.
+    """
+
+    heads: tuple[str, ...] = ("logreg",)
+    params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fractions: tuple[float, ...] = DEFAULT_FRACTIONS
+    repeats: int = 3
+    splits: tuple[float, float, float] = DEFAULT_SPLITS
+    seed: int = 0
+    runs_dir: str = "runs"
+    cache_dir: str = "cache"
+    sweep: bool | dict[str, tuple] | None = None
+    select: str = "accuracy"
+
+    def __post_init__(self):
+        checked = TrainConfig(**{name: getattr(self, name) for name in _CURVE_SHARED})
+        for name in _CURVE_SHARED:
+            object.__setattr__(self, name, getattr(checked, name))
+        object.__setattr__(self, "fractions", _parse_fractions(self.fractions))
+        _check_positive("repeats", self.repeats)
+
+    def train_config(self, fraction: float, repeat: int) -> TrainConfig:
+        """The `TrainConfig` of one point of the curve: `fraction`, seeded `seed + repeat`."""
+        shared = {name: getattr(self, name) for name in _CURVE_SHARED}
+        return TrainConfig(**{**shared, "fraction": fraction, "seed": self.seed + repeat})
+
+
+def _parse_fractions(value) -> tuple[float, ...]:
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        fractions = tuple(float(p) for p in parts)
+    except (TypeError, ValueError):
+        fractions = ()
+    if not fractions or any(not 0 < f <= 1 for f in fractions) or len(set(fractions)) != len(fractions):
+        raise ConfigError(
+            "`fractions` must be distinct shares of the training split in (0, 1], e.g. 0.01,0.1,0.5,1. "
+            f"Received: fractions={value!r}",
+            field="fractions",
+        )
+    return tuple(sorted(fractions))

@@ -314,7 +314,7 @@ def test_leaderboard_gains_a_row_per_run_and_runs_ls_sorts_by_validation(blobs, 
     markdown = (tmp_path / "runs" / "leaderboard.md").read_text().splitlines()
     assert len(markdown) == 2 + 3 and "val_accuracy" in markdown[0]
     status, out, _ = _main("runs", "ls", "--runs-dir", str(tmp_path / "runs"))
-    assert status == 0 and out.splitlines()[1].split()[-1] == ranked[0]["run_dir"]
+    assert status == 0 and ranked[0]["run_dir"].endswith("-" + out.splitlines()[1].split()[-1])  # the run id
     assert not list((tmp_path / "runs").glob(".tmp-*"))
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -21,7 +22,15 @@ def main(argv: list[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
     try:
         with terminal.stop_signals_as_interrupt(), terminal.output_shown(quiet=args.quiet, verbose=args.verbose):
-            return args.handler(args)
+            status = args.handler(args)
+            sys.stdout.flush()  # here, so that a closed pipe is caught below and not at exit
+            return status
+    except BrokenPipeError:
+        # The reader stopped reading (`bottleneck runs ls | head -1`): it had
+        # what it wanted. As Python's docs on SIGPIPE advise, stdout becomes
+        # devnull so the flush at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return ExitStatus.OK
     except KeyboardInterrupt:
         if args.traceback:
             raise
@@ -151,7 +160,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--head", action="append", dest="heads", metavar="NAME",
         help="head from `bottleneck list --heads`, or module:Class of a scikit-learn estimator; "
-        "repeat to compare several on the same features (default logreg)",
+        "repeat to compare several on the same features; 'all' trains every registry head with light "
+        "defaults (default logreg)",
     )
     p.add_argument(
         "--param", action="append", dest="params", metavar="KEY=VALUE",
@@ -178,12 +188,37 @@ def _build_parser() -> argparse.ArgumentParser:
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_train_head)
 
+    p = sub.add_parser("curve", help="data-fraction curve: heads trained on growing shares of the training split")
+    p.add_argument("features", nargs="?", help="feature set, as for train-head")
+    p.add_argument("--head", action="append", dest="heads", metavar="NAME",
+                   help="head to measure, repeatable; 'all' for every registry head (default logreg)")
+    p.add_argument("--param", action="append", dest="params", metavar="KEY=VALUE", help="head parameter, as for train-head")
+    p.add_argument("--fractions", help="shares of the training split, e.g. 0.01,0.1,0.5,1 (the default)")
+    p.add_argument("--repeats", type=int, help="subsets drawn per fraction, seeds SEED, SEED+1, ... (default 3)")
+    p.add_argument("--sweep", nargs="?", const=True, action="append", metavar="[HEAD.]KEY=V1,V2",
+                   help="choose each point's parameters on the validation split, as for train-head")
+    p.add_argument("--select", help="validation metric a sweep picks by: accuracy (default), macro_f1 or log_loss")
+    p.add_argument("--splits", help="train,validation,test shares when the data has no split folders (default 0.8,0.1,0.1)")
+    p.add_argument("--seed", type=int, help="seed of the first repeat's subsets and heads (default 0)")
+    p.add_argument("--runs-dir", help="where the curve folder goes (default runs)")
+    p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
+    p.add_argument("--config", help="TOML file with a [curve] table")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    _common(p, default=argparse.SUPPRESS)
+    p.set_defaults(handler=_cmd_curve)
+
     p = sub.add_parser("runs", help="inspect trained runs")
     p.add_argument("action", choices=("ls",))
     p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--features", help="only runs on feature sets whose name or content hash starts with this")
+    p.add_argument("--head", help="only runs of this head")
+    p.add_argument("--sort", default="val_accuracy",
+                   help="column to rank by, best first: val_accuracy (default), test_accuracy, test_macro_f1, "
+                   "fraction, n_images or fit_seconds (lowest first)")
+    p.add_argument("--limit", type=int, help="show at most this many runs")
     p.add_argument("--rebuild", action="store_true",
-                   help="rewrite leaderboard.csv and .md from the run folders (after editing or deleting runs)")
-    p.add_argument("--json", action="store_true")
+                   help="rewrite leaderboard.csv and .md from the run folders (runs ls also does when they disagree)")
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON list, numbers as numbers")
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_runs)
     _add_predict_parsers(sub)
@@ -257,22 +292,54 @@ def _cmd_train_head(args) -> int:
     return ExitStatus.OK
 
 
+def _cmd_curve(args) -> int:
+    from .. import config as config_lib
+    from ..heads import parse_params
+    from ..heads.sweep import parse_sweep
+    from ..runs.curve import run_curve
+
+    table = config_lib.load_toml(args.config).get("curve", {})
+    params = None
+    if args.params:  # flags override the file's params key by key
+        params = {**table.get("params", {}), **parse_params(args.params)}
+    config = config_lib.resolve(
+        config_lib.CurveConfig,
+        table,
+        heads=tuple(args.heads) if args.heads else None,
+        params=params,
+        fractions=args.fractions,
+        repeats=args.repeats,
+        sweep=parse_sweep(args.sweep) if args.sweep else None,
+        select=args.select,
+        splits=args.splits,
+        seed=args.seed,
+        runs_dir=args.runs_dir,
+        cache_dir=args.cache_dir,
+    )
+    result = run_curve(args.features, config=config)
+    if not args.quiet:
+        terminal.print_curve_summary(result.rows)
+        print(f"Curve: {result.run_dir}")
+    elif not args.json:
+        print(result.run_dir)
+    if args.json:
+        print(json.dumps(result.to_json()))
+    return ExitStatus.OK
+
+
 def _cmd_runs(args) -> int:
-    from ..runs.leaderboard import LEADERBOARD_COLUMNS, list_runs, rebuild_leaderboard
+    from ..runs.leaderboard import list_runs, rebuild_leaderboard, shown_table
 
     if args.rebuild:
         rebuild_leaderboard(args.runs_dir)
-    rows = list_runs(args.runs_dir)
+    rows = list_runs(args.runs_dir, features=args.features, head=args.head, sort=args.sort, limit=args.limit)
     if args.json:
         print(json.dumps(rows))
     elif not rows:
-        print(f"No runs under {args.runs_dir}/. Run `make train-head` first.")
+        print(f"No runs under {args.runs_dir}/{' matching the filters' if args.features or args.head else ''}. "
+              "Run `make train-head` first.")
     else:
-        shown = LEADERBOARD_COLUMNS
-        widths = {c: max(len(c), *(len(r.get(c, "")) for r in rows)) for c in shown}
-        print("  ".join(c.ljust(widths[c]) for c in shown))
-        for r in rows:
-            print("  ".join(r.get(c, "").ljust(widths[c]) for c in shown))
+        print("\n".join(shown_table(rows)))
     return ExitStatus.OK
 
 
@@ -342,7 +409,8 @@ def _cmd_list(args) -> int:
 
         for name in list_heads(args.pattern):
             cfg = get_head_cfg(name)
-            print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}")
+            light = f" (with --head all: {dict(cfg.light_params)})" if cfg.light_params else ""
+            print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}{light}")
         return ExitStatus.OK
     for name in list_backbones(args.pattern):
         cfg = get_backbone_cfg(name)

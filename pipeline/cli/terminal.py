@@ -59,6 +59,13 @@ _TRAIN_OPTIONS = {
     "cache_dir": ("--cache-dir", "CACHE"),
     "config": ("--config", "CONFIG"),
 }
+_CURVE_OPTIONS = {
+    **{field: option for field, option in _TRAIN_OPTIONS.items() if field not in ("fraction", "refit")},
+    "fractions": ("--fractions", "FRACTIONS"),
+    "repeats": ("--repeats", "REPEATS"),
+    # A point's fraction is one of `fractions`.
+    "fraction": ("--fractions", "FRACTIONS"),
+}
 _RUN_OPTIONS = {
     "run": ("RUN (the run folder argument)", "RUN"),
     "weights": ("--weights", "ARGS"),
@@ -82,11 +89,19 @@ _REPORT_OPTIONS = {
     "overwrite": ("--force", "ARGS"),
     "duplicate_threshold": ("--duplicate-threshold", "ARGS"),
 }
+_RUNS_OPTIONS = {
+    "features": ("--features", "ARGS"),
+    "head": ("--head", "ARGS"),
+    "sort": ("--sort", "ARGS"),
+    "limit": ("--limit", "ARGS"),
+}
 _OPTIONS = {
     "cache": _CACHE_OPTIONS,
     "report": _REPORT_OPTIONS,
     "features": _EXTRACT_OPTIONS,
+    "runs": _RUNS_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
+    "curve": _CURVE_OPTIONS,
     "predict": _RUN_OPTIONS,
     "evaluate": _RUN_OPTIONS,
     "export": _RUN_OPTIONS,
@@ -96,6 +111,7 @@ _OPTIONS = {
 INTERRUPTED = {
     "features": "Finished work is kept; run the same command again to resume.",
     "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
+    "curve": "No curve folder was written; run the same command again.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
 _SWITCHES = ("--verify", "--force", "--augmented")  # flags that take no value
@@ -200,6 +216,18 @@ def print_features_summary(result) -> None:
         print(f"  ... and {len(result.skipped) - 20} more (listed under skipped/ in the file)")
     shape = "x".join(str(d) for d in result.feature_shape)
     print(f"Features ({shape} per image): {result.path}")
+
+
+def print_curve_summary(rows) -> None:
+    """Mean test (else validation) accuracy, and its min-max over repeats, per head and fraction."""
+    split = "test" if any(r["test_accuracy"] is not None for r in rows) else "val"
+    print(f"{'head':16} {'fraction':>8} {'n_train':>8} {split + ' acc':>9}  min-max")
+    for key in dict.fromkeys((r["head"], r["fraction"]) for r in rows):
+        point = [r for r in rows if (r["head"], r["fraction"]) == key]
+        scores = [r[f"{split}_accuracy"] for r in point]
+        n_train = sum(r["n_train"] for r in point) / len(point)
+        mean = sum(scores) / len(scores)
+        print(f"{key[0]:16} {key[1]:8g} {n_train:8.0f} {mean:9.4f}  {min(scores):.4f}-{max(scores):.4f}")
 
 
 class ProgressBar:

@@ -38,9 +38,11 @@ from ..errors import ConfigError
 from .dense import DenseClassifier
 
 __all__ = [
+    "ALL_HEADS",
     "HEADS",
     "HeadCfg",
     "create_head",
+    "expand_heads",
     "get_head_cfg",
     "list_heads",
     "parse_param",
@@ -71,6 +73,11 @@ class HeadCfg:
             tuple of values a sweep searches by default (`TrainConfig.sweep
             = True`); every combination is one candidate. Empty for rows
             without a sensible default grid.
+        light_params: read-only mapping of plain parameter names to values
+            that override `default_params` when the head is trained as one
+            of `heads=("all",)`, so that comparing every head costs minutes,
+            not hours; empty for heads that are fast as they are. Given
+            `params` still win.
     """
 
     name: str
@@ -81,6 +88,7 @@ class HeadCfg:
     proba: str = "native"
     uses_keras: bool = False
     sweep_grid: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+    light_params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
 
 
 def _calibrated(estimator) -> Callable[[], CalibratedClassifierCV]:
@@ -126,6 +134,8 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             proba="softmax",
             uses_keras=True,
             sweep_grid=_frozen(learning_rate=(1e-4, 1e-3, 1e-2), dropout=(0.0, 0.25, 0.5)),
+            # Converges in 20-30 epochs on ImageNet features; 200 is a cap, patience 10 its slack.
+            light_params=_frozen(epochs=50, early_stopping_patience=5),
         ),
         # Written out rather than derived from `dense`: these are the
         # tutorial's numbers and must not follow changes to the defaults.
@@ -171,6 +181,8 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             needs_scaling=True,
             proba="calibrated",
             sweep_grid=_frozen(C=(0.1, 1.0, 10.0, 100.0), gamma=(1e-5, 1e-4, 1e-3, 1e-2)),
+            # Each calibration fold is a full kernel fit, quadratic in the examples: 2 folds, not 3.
+            light_params=_frozen(cv=2),
         ),
         HeadCfg(
             name="knn",
@@ -185,12 +197,15 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             factory=RandomForestClassifier,
             default_params=_frozen(n_estimators=200, random_state=0),
             description="Random forest of 200 trees.",
+            light_params=_frozen(n_estimators=50),
         ),
         HeadCfg(
             name="hist_gb",
             factory=HistGradientBoostingClassifier,
             default_params=_frozen(random_state=0),
             description="Histogram gradient boosting (early stopping above 10k samples).",
+            # One tree per class per iteration over ~1000 feature columns: minutes at 100 iterations.
+            light_params=_frozen(max_iter=30),
         ),
         HeadCfg(
             name="ridge",
@@ -212,6 +227,30 @@ _PARAMS_DOC = """params: keyword arguments for the estimator. Plain names (`C`,
             keys are accepted as well. They override the row's
             `default_params`; `None` is passed on as a value (drop unset CLI
             options before calling)."""
+
+
+# The `heads` entry that stands for every registry row, each with its `light_params`.
+ALL_HEADS = "all"
+
+
+def expand_heads(heads: Sequence[str]) -> list[str]:
+    """`heads` with `"all"` replaced by every registry head, in `list_heads()` order, each named once.
+
+    Args:
+        heads: head names, as in `TrainConfig.heads`.
+
+    Returns:
+        The list of heads to train.
+
+    Example:
+
+    ```python
+    expand_heads(["all"])                                   # list_heads()
+    expand_heads(["sklearn.neighbors:NearestCentroid", "all"])  # that one, then every row
+    ```
+    """
+    expanded = [name for head in heads for name in (list_heads() if head == ALL_HEADS else [head])]
+    return list(dict.fromkeys(expanded))
 
 
 def list_heads(pattern: str = "") -> list[str]:
@@ -246,7 +285,7 @@ def get_head_cfg(name: str) -> HeadCfg:
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise ConfigError(
             f"Unknown head {name!r}.{hint} Valid heads: {', '.join(list_heads())}; "
-            "or an import path 'module:Class' of a scikit-learn estimator.",
+            f"{ALL_HEADS!r} for every one; or an import path 'module:Class' of a scikit-learn estimator.",
             field="heads",
         ) from None
 
@@ -449,7 +488,9 @@ def plan_params(heads: Sequence[str], params: Mapping[str, Any], seed: int) -> l
     """The parameters each head gets; unknown heads and parameters fail here, before any work.
 
     Args:
-        heads: head names, as in `TrainConfig.heads`.
+        heads: head names, as in `TrainConfig.heads`; `"all"` stands for
+            every registry head (see `expand_heads`), each starting from its
+            row's `light_params`.
         params: as in `TrainConfig.params`: a plain key (`"C"`) goes to
             every head that accepts it (at least one must), a key
             `"head.key"` (`"dense.epochs"`) to that head only.
@@ -467,6 +508,8 @@ def plan_params(heads: Sequence[str], params: Mapping[str, Any], seed: int) -> l
     # [("logreg", {"C": 0.5, "random_state": 0}), ("knn", {"n_neighbors": 3})]
     ```
     """
+    light = ALL_HEADS in heads
+    heads = expand_heads(heads)
     fresh = {head: create_head(head) for head in heads}  # unknown heads raise
     targeted: dict[str, dict[str, Any]] = {head: {} for head in heads}
     shared: dict[str, Any] = {}
@@ -487,7 +530,8 @@ def plan_params(heads: Sequence[str], params: Mapping[str, Any], seed: int) -> l
             raise ConfigError(_unknown_param_message(key, fresh), field="params")
     plans = []
     for head, est in fresh.items():
-        planned = {k: v for k, v in shared.items() if _accepts(est, k)}
+        planned = dict(get_head_cfg(head).light_params) if light and head in HEADS else {}
+        planned.update({k: v for k, v in shared.items() if _accepts(est, k)})
         planned.update(targeted[head])
         if "random_state" not in planned and _accepts(est, "random_state"):
             planned["random_state"] = seed

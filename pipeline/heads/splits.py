@@ -2,96 +2,21 @@
 
 Splits come from the feature set alone (split folders, or each image's
 stored split key), never from a seed, so runs with other seeds, fractions or
-heads are scored on the same validation and test images.
+heads are scored on the same validation and test images. The cutting itself
+(`split_indices`, `subsample`) lives in `store.splits`, shared with
+`FeatureSet.split`; this module adds the checks a head needs.
 """
 
 from __future__ import annotations
-
-import numbers
-from typing import Sequence
 
 import numpy as np
 
 from .. import config as config_lib
 from ..errors import ConfigError, FeatureStoreError
 from ..store import FeatureSet
+from ..store.splits import SPLITS, split_indices, subsample
 
 __all__ = ["SPLITS", "split_indices", "subsample", "training_splits"]
-
-SPLITS = ("train", "validation", "test")
-
-
-def split_indices(
-    feature_set: FeatureSet, splits: Sequence[float] = config_lib.DEFAULT_SPLITS
-) -> dict[str, np.ndarray]:
-    """Row indices of the train, validation and test splits.
-
-    Folder splits win when the data had them: `train/`, `validation/` and
-    `test/` rows as they are; with no `validation/` folder, validation is
-    carved out of `train/` by split key, in the ratio `splits[1] : splits[0]`.
-    Otherwise the stored split keys (stable per image path, uniform in
-    [0, 1)) are cut at the cumulative `splits`, so adding images never moves
-    an existing image to another split. No seed is involved.
-
-    Args:
-        feature_set: a `FeatureSet` (only `split_keys` and `folder_splits`
-            are read).
-        splits: train, validation, test shares summing to 1.
-            Defaults to `(0.8, 0.1, 0.1)`.
-
-    Returns:
-        `{"train": idx, "validation": idx, "test": idx}`, sorted int64 row
-        indices; validation or test may be empty.
-    """
-    train_share, val_share, _ = config_lib._parse_splits(splits)
-    keys = np.asarray(feature_set.split_keys, dtype=np.float64)
-    folders = np.asarray(feature_set.folder_splits).astype(str)
-    rows = np.arange(len(keys))
-    if np.any(folders != ""):
-        out = {name: rows[folders == name] for name in SPLITS}
-        if not len(out["validation"]):
-            train = out["train"]
-            carved = keys[train] < val_share / (train_share + val_share)
-            out["validation"], out["train"] = train[carved], train[~carved]
-        return out
-    return {
-        "train": rows[keys < train_share],
-        "validation": rows[(keys >= train_share) & (keys < train_share + val_share)],
-        "test": rows[keys >= train_share + val_share],
-    }
-
-
-def subsample(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
-    """A stratified, seeded subset of `indices` (the 1% / 10% experiments).
-
-    Each class keeps `round(fraction * its count)` rows, at least one. The
-    rows of a class are shuffled once by `seed` and the first ones kept, so
-    for one seed the 1% subset lies inside the 10% subset.
-
-    Args:
-        indices: row indices to draw from (the training split).
-        labels: the labels of *all* rows (indexed by `indices`).
-        fraction: float in (0, 1]; `1` returns `indices` unchanged.
-        seed: int seeding the draw. Defaults to `0`.
-
-    Returns:
-        Sorted int64 row indices.
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    if not 0 < fraction <= 1:
-        raise ConfigError(f"`fraction` must be a number in (0, 1]. Received: fraction={fraction!r}", field="fraction")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"`seed` must be an integer >= 0. Received: seed={seed!r}", field="seed")
-    if fraction == 1:
-        return np.sort(indices)
-    rng = np.random.default_rng(seed)
-    of_rows = np.asarray(labels)[indices]
-    kept = []
-    for label in np.unique(of_rows):
-        members = indices[of_rows == label]
-        members = members[rng.permutation(len(members))]
-        kept.append(members[: max(1, int(round(fraction * len(members))))])
-    return np.sort(np.concatenate(kept)) if kept else indices
 
 
 def training_splits(feature_set: FeatureSet, *, config: config_lib.TrainConfig) -> dict[str, np.ndarray]:

@@ -21,6 +21,14 @@ that spells the names. A run lives under `<runs_dir>/<feature set>/`::
       eval-<id>/             one `evaluate` of a labelled folder:
         metrics.json, confusion_matrix.png, predictions.csv
 
+A data-fraction curve (`bottleneck curve`) is a folder beside the runs::
+
+    curve-<id>/
+      curve.csv            one row per head x fraction x repeat: training size, validation and test scores
+      curve.png            test accuracy against training images (log x), mean and min-max per head
+      config.json          the resolved CurveConfig and each head's params
+      lineage.json         which features (path, content hash, key), backbone and weights; trained_at
+
 `<id>` is the UTC time to the second plus 8 random hex digits: run folders
 sort by time and never collide. `<runs_dir>/leaderboard.csv` and
 `leaderboard.md` list every finished run; they are rebuilt from the run
@@ -63,6 +71,9 @@ TEST_PREDICTIONS_COLUMNS = ("split", "path", "true", "predicted", "probability",
 SWEEP_CSV = "sweep.csv"
 SWEEP_PLOT = "sweep.png"
 EVAL_PREFIX = "eval-"
+CURVE_PREFIX = "curve-"
+CURVE_CSV = "curve.csv"
+CURVE_PLOT = "curve.png"
 
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"

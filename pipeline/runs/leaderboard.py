@@ -3,16 +3,21 @@
 The run folders are the source of truth: each holds its head, params,
 fraction, metrics and lineage, everything a row shows. `leaderboard.csv`
 (in run order) and `leaderboard.md` (best validation accuracy first) are
-rewritten from them after every run, so a person or a spreadsheet editing
-the CSV (a byte-order mark, CRLF line ends, a renamed header, a stray byte)
-can never blank, drop or block a row: the next run writes them afresh, and
-`list_runs` never reads them.
+rewritten from them after every run, and by `list_runs` whenever they
+disagree with the folders (a run deleted, a file edited: a byte-order mark,
+CRLF line ends, a renamed header, a stray byte), so no edit can blank, drop
+or block a row for long, and `list_runs` never reads a row from them.
+
+What a row holds is one table, `COLUMNS`: each column says how it is read
+from a run folder, written as text, shown by `runs ls` (if at all) and
+sorted.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -21,29 +26,54 @@ import math
 import numbers
 import os
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from .. import _atomic
-from ..errors import RunError, WriteError
+from ..errors import ConfigError, RunError, WriteError
 from . import layout
 
-__all__ = ["LEADERBOARD_COLUMNS", "list_runs", "rebuild_leaderboard", "scores"]
-
-LEADERBOARD_COLUMNS = (
-    "features",
-    "backbone",
-    "head",
-    "params",
-    "fraction",
-    "augmented",
-    "val_accuracy",
-    "test_accuracy",
-    "test_macro_f1",
-    "fit_seconds",
-    "run_dir",
-)
+__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "shown_table"]
 
 log = logging.getLogger("bottleneck")
+
+
+class _Run(NamedTuple):
+    """What a row is read from: a run folder and its three JSON files."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    lineage: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """One column of the leaderboard.
+
+    Attributes:
+        name: the key in `list_runs` rows, `leaderboard.csv` and `runs ls --json`.
+        read: the typed value (str, int, float or `None`) of a run.
+        fmt: format spec writing a value as text (`".4f"`); `None` is `""`.
+        header: the heading in `runs ls`'s table; `None` keeps the column
+            out of it (it stays in the files and the JSON).
+        width: the most characters `runs ls` shows of a value; longer
+            values end in "~". `None`: no limit.
+        show: the text `runs ls` shows for a row, when not the value's.
+        better: `1` (higher is better) or `-1` (lower is better) for a
+            numeric column, which `sort` accepts and `runs ls` aligns
+            right; `0` for the others.
+    """
+
+    name: str
+    read: Callable[[_Run], Any]
+    fmt: str = ""
+    header: str | None = None
+    width: int | None = None
+    show: Callable[[Mapping[str, Any]], str] | None = None
+    better: int = 0
+
+    def text(self, value: Any) -> str:
+        return "" if value is None else format(value, self.fmt)
 
 
 def scores(metrics: Mapping[str, Any]) -> dict[str, float | None]:
@@ -60,24 +90,117 @@ def scores(metrics: Mapping[str, Any]) -> dict[str, float | None]:
     }
 
 
-def list_runs(runs_dir: str | os.PathLike = "runs") -> list[dict[str, str]]:
-    """Every finished run, best validation accuracy first.
+def _number(value: Any) -> Any:
+    return value if _is_number(value) else None
+
+
+def _score(name: str) -> Callable[[_Run], float | None]:
+    return lambda run: scores(run.metrics)[name]
+
+
+def _run_id(row: Mapping[str, Any]) -> str:
+    # The folder is `<head>-<id>`; the head has its own column.
+    name = Path(row["run_dir"]).name
+    prefix = f"{layout.slug(row['head'])}-"
+    return name[len(prefix):] if name.startswith(prefix) else name
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("features", lambda run: str(run.lineage.get("feature_set") or run.path.parent.name)),
+    Column("backbone", lambda run: str(run.lineage.get("backbone") or ""), header="backbone", width=14),
+    # Images and content hash tell runs on a set before and after images were added apart.
+    Column("n_images", lambda run: _number(run.lineage.get("n_images")), header="images", better=1),
+    Column("features_hash", lambda run: str(run.lineage.get("content_hash") or ""), header="hash",
+           show=lambda row: row["features_hash"][:8]),
+    Column("head", lambda run: str(run.config.get("head") or ""), header="head", width=14),
+    Column("params", lambda run: json.dumps(run.config.get("params") or {}, sort_keys=True, separators=(",", ":"))),
+    Column("fraction", lambda run: _number((run.config.get("train_config") or {}).get("fraction")), "g",
+           header="frac", better=1),
+    Column("augmented", lambda run: _augmented(run.lineage.get("augmented"))),
+    Column("val_accuracy", _score("val_accuracy"), ".4f", header="val", better=1),
+    Column("test_accuracy", _score("test_accuracy"), ".4f", header="test", better=1),
+    Column("test_macro_f1", _score("test_macro_f1"), ".4f", header="f1", better=1),
+    Column("fit_seconds", lambda run: _number(run.metrics.get("fit_seconds")), ".3f", better=-1),
+    Column("run_dir", lambda run: str(run.path), header="run", show=_run_id),
+)
+LEADERBOARD_COLUMNS = tuple(c.name for c in COLUMNS)
+_BY_NAME = {c.name: c for c in COLUMNS}
+SORTABLE = tuple(c.name for c in COLUMNS if c.better)
+
+
+def list_runs(
+    runs_dir: str | os.PathLike = "runs",
+    *,
+    features: str | None = None,
+    head: str | None = None,
+    sort: str = "val_accuracy",
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Finished runs, best first, read from the run folders.
 
     Rows are read from the run folders, not from `leaderboard.csv`, so an
-    edited or damaged CSV never hides a run.
+    edited or damaged CSV never hides a run; when the leaderboard files
+    disagree with the rows (or are missing), they are rewritten, as
+    `rebuild_leaderboard` does. An unwritable runs folder only warns.
 
     Args:
         runs_dir: the runs folder. Defaults to `"runs"`.
+        features: keep runs on feature sets whose name or content hash
+            starts with this. `None` keeps all. Defaults to `None`.
+        head: keep runs of this head. `None` keeps all. Defaults to `None`.
+        sort: a column of `SORTABLE`; scores, fractions and image counts
+            sort highest first, `fit_seconds` lowest first, runs without a
+            value last, equal values in run order.
+            Defaults to `"val_accuracy"`.
+        limit: int >= 1, the most rows returned. `None`: all.
+            Defaults to `None`.
 
     Returns:
-        Rows as dicts keyed by `LEADERBOARD_COLUMNS`, values as
-        `leaderboard.csv` writes them; runs without validation come last.
-        Empty when nothing was trained yet.
+        Rows as dicts keyed by `LEADERBOARD_COLUMNS`, numbers as numbers
+        and `None` where a run has no value. Empty when nothing was trained.
     """
-    return _by_val_accuracy(_read_runs(Path(runs_dir)))
+    if sort not in SORTABLE:
+        raise ConfigError(f"`sort` must be one of {', '.join(SORTABLE)}. Received: sort={sort!r}", field="sort")
+    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+        raise ConfigError(f"`limit` must be an integer >= 1. Received: limit={limit!r}", field="limit")
+    runs_dir = Path(runs_dir)
+    rows = _read_runs(runs_dir)
+    if not _files_agree(runs_dir, rows):
+        try:
+            rebuild_leaderboard(runs_dir)
+        except WriteError as e:
+            log.warning("warning: %s", e)
+    kept = [
+        row for row in rows
+        if (features is None or row["features"].startswith(features) or row["features_hash"].startswith(features))
+        and (head is None or row["head"] == head)
+    ]
+    return _best_first(kept, sort)[:limit]
 
 
-def rebuild_leaderboard(runs_dir: str | os.PathLike = "runs") -> list[dict[str, str]]:
+def shown_table(rows: list[Mapping[str, Any]]) -> list[str]:
+    """`runs ls`'s table: the columns with a `header`, each cut to its `width`, one line per row.
+
+    Columns are one space apart, numbers aligned right, so that the table
+    fits 100 characters for the usual backbones and heads.
+    """
+    shown = [c for c in COLUMNS if c.header]
+    cells = [[c.header for c in shown]] + [[_cell(c, row) for c in shown] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(shown))]
+    return [
+        " ".join(cell.rjust(w) if c.better else cell.ljust(w) for c, cell, w in zip(shown, line, widths)).rstrip()
+        for line in cells
+    ]
+
+
+def _cell(column: Column, row: Mapping[str, Any]) -> str:
+    text = column.show(row) if column.show else column.text(row[column.name])
+    if column.width and len(text) > column.width:
+        return text[: column.width - 1] + "~"
+    return text
+
+
+def rebuild_leaderboard(runs_dir: str | os.PathLike = "runs") -> list[dict[str, Any]]:
     """Rewrites `leaderboard.csv` and `leaderboard.md` from the run folders.
 
     Called after every run; call it yourself after deleting run folders or
@@ -88,7 +211,8 @@ def rebuild_leaderboard(runs_dir: str | os.PathLike = "runs") -> list[dict[str, 
         runs_dir: the runs folder. Defaults to `"runs"`.
 
     Returns:
-        The rows written to `leaderboard.csv`, in run order.
+        The rows written to `leaderboard.csv`, in run order, typed as
+        `list_runs` gives them.
 
     Raises:
         WriteError: a file could not be written; the run folders are
@@ -101,7 +225,7 @@ def rebuild_leaderboard(runs_dir: str | os.PathLike = "runs") -> list[dict[str, 
         with _locked(runs_dir):
             rows = _read_runs(runs_dir)
             _atomic.write_text(runs_dir / layout.LEADERBOARD_CSV, _csv(rows))
-            _atomic.write_text(runs_dir / layout.LEADERBOARD_MD, _markdown(_by_val_accuracy(rows)))
+            _atomic.write_text(runs_dir / layout.LEADERBOARD_MD, _markdown(_best_first(rows, "val_accuracy")))
     except OSError as e:
         raise WriteError(
             f"Cannot write the leaderboard in '{runs_dir}' ({e}). The run folders are complete; "
@@ -123,7 +247,7 @@ def _locked(runs_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _read_runs(runs_dir: Path) -> list[dict[str, str]]:
+def _read_runs(runs_dir: Path) -> list[dict[str, Any]]:
     """A row per run folder `<runs_dir>/<feature set>/<run>/`, in the order the runs finished."""
     found = []
     for run in _run_folders(runs_dir):
@@ -141,32 +265,24 @@ def _run_folders(runs_dir: Path) -> Iterator[Path]:
         if feature_set.name.startswith(".") or not feature_set.is_dir():
             continue
         for run in sorted(feature_set.iterdir()):
-            # A `.tmp-` folder is a run still being written (or a killed one).
-            if not run.name.startswith(".") and (run / layout.LINEAGE).is_file():
+            # A `.tmp-` folder is a run still being written (or a killed one);
+            # a curve folder holds many fits, listed in its own curve.csv.
+            if not run.name.startswith((".", layout.CURVE_PREFIX)) and (run / layout.LINEAGE).is_file():
                 yield run
 
 
-def _row(run: Path) -> tuple[tuple[str, str], dict[str, str]]:
+def _row(path: Path) -> tuple[tuple[str, str], dict[str, Any]]:
     """`(sort key, row)` of one run folder; a damaged folder is a `RunError`."""
-    config = layout.read_json(run / layout.CONFIG, "run folder")
-    metrics = layout.read_json(run / layout.METRICS, "run folder")
-    lineage = layout.read_json(run / layout.LINEAGE, "run folder")
-    fraction = (config.get("train_config") or {}).get("fraction")
-    fit_seconds = metrics.get("fit_seconds")
-    row = {
-        "features": str(lineage.get("feature_set") or run.parent.name),
-        "backbone": str(lineage.get("backbone") or ""),
-        "head": str(config.get("head") or ""),
-        "params": json.dumps(config.get("params") or {}, sort_keys=True, separators=(",", ":")),
-        "fraction": f"{fraction:g}" if _is_number(fraction) else "",
-        "augmented": _augmented(lineage.get("augmented")),
-        **{name: "" if value is None else f"{value:.4f}" for name, value in scores(metrics).items()},
-        "fit_seconds": f"{fit_seconds:.3f}" if _is_number(fit_seconds) else "",
-        "run_dir": str(run),
-    }
+    run = _Run(
+        path,
+        layout.read_json(path / layout.CONFIG, "run folder"),
+        layout.read_json(path / layout.METRICS, "run folder"),
+        layout.read_json(path / layout.LINEAGE, "run folder"),
+    )
+    row = {c.name: c.read(run) for c in COLUMNS}
     # `trained_at` orders runs finished within one second; runs from before
     # it was recorded sort first, by folder name.
-    return (str(lineage.get("trained_at") or ""), run.name), row
+    return (str(run.lineage.get("trained_at") or ""), path.name), row
 
 
 def _augmented(record: Any) -> str:
@@ -183,30 +299,41 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _by_val_accuracy(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+def _best_first(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
+    better = _BY_NAME[sort].better
+
     def key(row):
-        try:
-            return -float(row["val_accuracy"])
-        except ValueError:
-            return math.inf  # no validation split: last
+        value = row[sort]
+        return math.inf if value is None else -better * value  # no value: last
 
     return sorted(rows, key=key)  # stable: equal scores keep run order
 
 
-def _csv(rows: list[dict[str, str]]) -> str:
+def _files_agree(runs_dir: Path, rows: list[dict[str, Any]]) -> bool:
+    """Whether both leaderboard files hold exactly `rows` (or, without runs, neither exists): one read each, no lock."""
+    if not rows and not any((runs_dir / name).exists() for name in (layout.LEADERBOARD_CSV, layout.LEADERBOARD_MD)):
+        return True
+    expected = {layout.LEADERBOARD_CSV: _csv(rows), layout.LEADERBOARD_MD: _markdown(_best_first(rows, "val_accuracy"))}
+    try:
+        return all((runs_dir / name).read_bytes() == text.encode("utf-8") for name, text in expected.items())
+    except OSError:
+        return False
+
+
+def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=LEADERBOARD_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({c.name: c.text(row[c.name]) for c in COLUMNS} for row in rows)
     return buffer.getvalue()
 
 
-def _markdown(rows: list[dict[str, str]]) -> str:
+def _markdown(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| " + " | ".join(LEADERBOARD_COLUMNS) + " |",
         "|" + "|".join("---" for _ in LEADERBOARD_COLUMNS) + "|",
     ]
     for row in rows:
-        cells = [row[c].replace("|", "\\|") for c in LEADERBOARD_COLUMNS]
+        cells = [c.text(row[c.name]).replace("|", "\\|") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

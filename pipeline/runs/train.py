@@ -266,7 +266,7 @@ def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) 
     writer.writeheader()
     writer.writerows(layout.jsonable(rows))
     _atomic.write_text(folder / layout.SWEEP_CSV, buffer.getvalue())
-    _save_figure(plot_sweep(search), folder / layout.SWEEP_PLOT)
+    save_figure(plot_sweep(search), folder / layout.SWEEP_PLOT)
     metrics = layout.read_json(folder / layout.METRICS, "run folder")
     metrics["validation"] = fitted.metrics["validation"]
     metrics["sweep"] = {**search.record(), "refit": config.refit}
@@ -277,23 +277,14 @@ def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) 
 def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views) -> str:
     """Writes every file of a run into `folder`; returns the head file's sha256."""
     shown = "test" if fitted.metrics["test"] is not None else "validation"
-    _save_figure(plot_confusion_matrix(fitted.metrics[shown]["confusion_matrix"], fs.class_names),
+    save_figure(plot_confusion_matrix(fitted.metrics[shown]["confusion_matrix"], fs.class_names),
                  folder / layout.CONFUSION_MATRIX)
     if fitted.history is not None:
-        _save_figure(plot_history(fitted.history), folder / layout.HISTORY)
+        save_figure(plot_history(fitted.history), folder / layout.HISTORY)
         fitted.estimator.save_keras(folder / layout.MODEL)
-    lineage = {
-        "features_path": str(Path(fs.path).resolve()),
-        "feature_set": fs.name,
-        "content_hash": fs.content_hash,
-        "feature_key": fs.attrs.get("feature_key"),
-        "backbone": fs.attrs.get("backbone"),
-        "weights": fs.attrs.get("weights"),
-        "extraction_config": fs.config,
-        "n_images": len(fs.labels) - sum(v["rows"] for v in views or ()),
-        "class_names": list(fs.class_names),
-    }
+    lineage = feature_lineage(fs)
     if views:
+        lineage["n_images"] -= sum(v["rows"] for v in views)
         lineage["augmented"] = views  # the view sets trained on: ops, seed, view indices, rows
     recorded = ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")
     lineage["head_sha256"] = save_head(
@@ -331,7 +322,22 @@ def _write_test_predictions(folder: Path, fs: FeatureSet, parts, fitted: FittedH
     _atomic.write_text(folder / layout.TEST_PREDICTIONS, csv_text(layout.TEST_PREDICTIONS_COLUMNS, lines))
 
 
-def _save_figure(fig, path: Path) -> None:
+def feature_lineage(fs: FeatureSet) -> dict[str, Any]:
+    """What a run trained on: the feature set's path, name, content hash, key, backbone, weights, config, size."""
+    return {
+        "features_path": str(Path(fs.path).resolve()),
+        "feature_set": fs.name,
+        "content_hash": fs.content_hash,
+        "feature_key": fs.attrs.get("feature_key"),
+        "backbone": fs.attrs.get("backbone"),
+        "weights": fs.attrs.get("weights"),
+        "extraction_config": fs.config,
+        "n_images": len(fs.labels),
+        "class_names": list(fs.class_names),
+    }
+
+
+def save_figure(fig, path: Path) -> None:
     # heads.metrics builds Figures without pyplot: nothing to close.
     with _atomic.replacing(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)

@@ -29,6 +29,7 @@ import h5py
 import numpy as np
 
 from .._atomic import TMP_PREFIX, temporary_name
+from ..config import DEFAULT_SPLITS
 from ..errors import FeatureStoreError, StoreBusyError, WriteError
 from .index import (
     FORMAT_VERSION,
@@ -45,6 +46,7 @@ from .index import (
     write_index,
 )
 from .shards import ShardAppender
+from .splits import SPLITS, split_indices, subsample
 from .structure import shard_problem
 
 
@@ -78,6 +80,46 @@ class FeatureSet:
     config: dict[str, Any]
     attrs: dict[str, Any]
     content_hash: str
+
+    def split(
+        self, splits: Sequence[float] = DEFAULT_SPLITS, seed: int = 0, fraction: float = 1.0
+    ) -> tuple[np.ndarray, ...]:
+        """Features and labels of the train, validation and test splits, as the head stage cuts them.
+
+        The rows are those `train-head` trains and measures on with the
+        same `splits`, `seed` and `fraction` (see `store.splits`): the set's
+        split folders, or its stored split keys cut at `splits`, then a
+        stratified `fraction` of the training rows drawn with `seed`.
+
+        Args:
+            splits: train, validation and test shares summing to 1 (used
+                when the data had no split folders). Defaults to
+                `(0.8, 0.1, 0.1)`.
+            seed: int >= 0 seeding the `fraction` subset. Defaults to `0`.
+            fraction: float in (0, 1], the share of the training split kept.
+                Defaults to `1.0`.
+
+        Returns:
+            `(X_train, y_train, X_val, y_val, X_test, y_test)`; validation or
+            test may have 0 rows.
+
+        Example:
+
+        ```python
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.model_selection import GridSearchCV
+        from pipeline import read_feature_set
+
+        fs = read_feature_set("cache/digits-mobilenet_v2-224-avg-1a2b3c4d-5e6f7a8b")
+        X_train, y_train, X_val, y_val, X_test, y_test = fs.split(splits=(0.8, 0.1, 0.1), seed=0)
+        search = GridSearchCV(LogisticRegression(max_iter=1000), {"C": [0.01, 0.1, 1.0]}, cv=3)
+        search.fit(X_train, y_train)
+        print(search.best_params_, search.score(X_test, y_test))
+        ```
+        """
+        parts = split_indices(self, splits)
+        parts["train"] = subsample(parts["train"], self.labels, fraction, seed)
+        return tuple(array for name in SPLITS for array in (self.features[parts[name]], self.labels[parts[name]]))
 
 
 class FeatureStore:
