@@ -62,7 +62,7 @@ TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,jax,dev]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

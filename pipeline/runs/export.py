@@ -207,36 +207,43 @@ def _head_model(keras, predictor: Predictor, feature_shape):
 def _pillow_resize(keras, size: int):
     """Pillow's BILINEAR resize to `size x size` in Keras ops, for the traced formats.
 
-    The same triangle filter, widened by the shrink factor, as the reference
-    decoder's, one axis after the other (width first) with Pillow's rounding
-    to whole grey levels after each pass: within one grey level of Pillow's
-    fixed-point arithmetic. The `.keras` format cannot hold it (a custom layer
-    needs this package to load), but `saved_model` and `onnx` trace it into
-    plain graph operations; `tf2onnx` cannot convert `Resizing(antialias=True)`.
+    Pillow's own arithmetic (`libImaging/Resample.c`), step for step: a
+    triangle filter widened by the shrink factor, its weights rounded to
+    22-bit fixed point, one axis after the other (width first), each pass
+    rounded to whole grey levels. The sums are integers below 2**53, exact
+    in float64, so the result is the reference decoder's to the grey level
+    (measured in docs/predict.md). The `.keras` format cannot hold it (a
+    custom layer needs this package to load), but `saved_model` and `onnx`
+    trace it into plain graph operations.
     """
     ops = keras.ops
+    one = float(1 << _PILLOW_PRECISION_BITS)
 
     def weights(n_in):
-        scale = ops.cast(n_in, "float32") / size
-        support = ops.maximum(scale, 1.0)
-        centres = (ops.arange(size, dtype="float32") + 0.5) * scale
-        src = ops.cast(ops.arange(n_in), "float32") + 0.5
-        w = ops.maximum(0.0, 1.0 - ops.abs(src[None, :] - centres[:, None]) / support)
-        return w / ops.sum(w, axis=1, keepdims=True)
+        scale = ops.cast(n_in, "float64") / size
+        inverse = 1.0 / ops.maximum(scale, 1.0)
+        centres = (ops.cast(ops.arange(size), "float64") + 0.5) * scale
+        src = ops.cast(ops.arange(n_in), "float64")
+        w = ops.maximum(0.0, 1.0 - ops.abs((src[None, :] - centres[:, None] + 0.5) * inverse))
+        return ops.floor(w / ops.sum(w, axis=1, keepdims=True) * one + 0.5)
 
     def level(x):
-        return ops.clip(ops.floor(x + 0.5), 0.0, 255.0)
+        return ops.clip(ops.floor((x + one / 2) / one), 0.0, 255.0)
 
     class PillowBilinear(keras.layers.Layer):
         def call(self, x):
+            x = ops.cast(x, "float64")
             shape = ops.shape(x)
             x = level(ops.einsum("ow,bhwc->bhoc", weights(shape[2]), x))
-            return level(ops.einsum("oh,bhwc->bowc", weights(shape[1]), x))
+            return ops.cast(level(ops.einsum("oh,bhwc->bowc", weights(shape[1]), x)), "float32")
 
         def compute_output_shape(self, input_shape):
             return (input_shape[0], size, size, input_shape[3])
 
-    return PillowBilinear(dtype="float32", name="resize")
+    return PillowBilinear(dtype="float32", autocast=False, name="resize")
+
+
+_PILLOW_PRECISION_BITS = 32 - 8 - 2  # libImaging/Resample.c
 
 
 def export_run(
