@@ -2,12 +2,13 @@
 
 Entry point: `export_run(run_dir, out)`. Two formats:
 
-- `"keras"` (dense heads): one `.keras` file holding the whole classifier,
-  raw image in, class probabilities out::
+- `"keras"`, `"saved_model"`, `"onnx"` (dense heads, and `logreg`,
+  `linear_svm`, `ridge` as one `Dense` layer): the whole classifier, raw
+  image in, class probabilities out::
 
       image (batch, H, W, 3) uint8, any H and W
         -> Rescaling(1.0)                   cast to float32
-        -> Resizing(SIZE, SIZE, bilinear)   identity when H = W = SIZE
+        -> resize to SIZE x SIZE            identity when H = W = SIZE
         -> Dense(3) on the channel axis     the backbone's preprocess_input
         -> backbone -> pooling              the run's extractor
         -> dense head                       softmax over the run's classes
@@ -21,10 +22,10 @@ Entry point: `export_run(run_dir, out)`. Two formats:
   the class names (the order of the output columns), SIZE, the lineage and
   the model's sha256.
 
-  Keras' bilinear `Resizing` does not antialias when shrinking, unlike the
-  Pillow resize of `decode.load_image` that the head was trained on. For
-  the numbers `bottleneck predict` gives, feed images already decoded at
-  SIZE (they pass through `Resizing` unchanged).
+  `.keras` resizes with `Resizing(antialias=True)` (built-in layers only:
+  within one grey level of `decode.load_image`'s Pillow resize); the traced
+  formats with Pillow's own arithmetic (`_pillow_resize`). For exactly the
+  numbers `bottleneck predict` gives, feed images already decoded at SIZE.
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
