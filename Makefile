@@ -86,7 +86,7 @@ CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,jax,dev,parquet]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

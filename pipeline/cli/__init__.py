@@ -487,10 +487,11 @@ def _add_predict_parsers(sub) -> None:
     _common(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_evaluate)
 
-    p = sub.add_parser("export", help="export a run: one .keras model (dense heads) or a self-contained bundle")
+    p = sub.add_parser("export", help="export a run: one model (dense and linear heads) or a self-contained bundle")
     p.add_argument("run", help=run_help)
-    p.add_argument("out", help="OUT.keras for a dense head, or a new folder for a bundle")
-    p.add_argument("--format", choices=("keras", "bundle"), help="default: keras for dense heads, bundle otherwise")
+    p.add_argument("out", help="OUT.keras or OUT.onnx, a new folder for saved_model or a bundle")
+    p.add_argument("--format", choices=("keras", "saved_model", "onnx", "bundle"),  # runs.export.EXPORT_FORMATS
+                   help="default: from OUT's suffix (.keras, .onnx); else keras for dense heads, bundle otherwise")
     p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
     p.add_argument("--force", action="store_true", help="replace an existing .keras file")
     p.add_argument("--weights", help=weights_help)
@@ -563,7 +564,7 @@ def _cmd_export(args) -> int:
         overwrite=args.force,
     )
     if not args.quiet:
-        what = "Keras model" if result.format == "keras" else "bundle"
+        what = {"keras": "Keras model", "saved_model": "SavedModel", "onnx": "ONNX model"}.get(result.format, "bundle")
         check = "" if result.max_abs_diff is None else f" (checked against the run: max difference {result.max_abs_diff:.2g})"
         print(f"Exported {what}: {result.path}{check}")
     elif not args.json:

@@ -5,7 +5,7 @@ Keras at module level: scikit-learn heads train where Keras is missing.
 Writing run folders is not done here but in `pipeline.runs`.
 """
 
-from .apply import aligned_proba, feature_matrix
+from .apply import aligned_proba, feature_matrix, linear_softmax_weights
 from .dense import DenseClassifier
 from .fit import FittedHead, fit_head
 from .persist import HeadVersionWarning, load_head, save_head
@@ -24,6 +24,7 @@ __all__ = [
     "feature_matrix",
     "fit_head",
     "get_head_cfg",
+    "linear_softmax_weights",
     "list_heads",
     "load_head",
     "parse_param",

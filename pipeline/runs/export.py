@@ -2,12 +2,13 @@
 
 Entry point: `export_run(run_dir, out)`. Two formats:
 
-- `"keras"` (dense heads): one `.keras` file holding the whole classifier,
-  raw image in, class probabilities out::
+- `"keras"`, `"saved_model"`, `"onnx"` (dense heads, and `logreg`,
+  `linear_svm`, `ridge` as one `Dense` layer): the whole classifier, raw
+  image in, class probabilities out::
 
       image (batch, H, W, 3) uint8, any H and W
         -> Rescaling(1.0)                   cast to float32
-        -> Resizing(SIZE, SIZE, bilinear)   identity when H = W = SIZE
+        -> resize to SIZE x SIZE            identity when H = W = SIZE
         -> Dense(3) on the channel axis     the backbone's preprocess_input
         -> backbone -> pooling              the run's extractor
         -> dense head                       softmax over the run's classes
@@ -21,10 +22,10 @@ Entry point: `export_run(run_dir, out)`. Two formats:
   the class names (the order of the output columns), SIZE, the lineage and
   the model's sha256.
 
-  Keras' bilinear `Resizing` does not antialias when shrinking, unlike the
-  Pillow resize of `decode.load_image` that the head was trained on. For
-  the numbers `bottleneck predict` gives, feed images already decoded at
-  SIZE (they pass through `Resizing` unchanged).
+  `.keras` resizes with `Resizing(antialias=True)` (built-in layers only:
+  within one grey level of `decode.load_image`'s Pillow resize); the traced
+  formats with Pillow's own arithmetic (`_pillow_resize`). For exactly the
+  numbers `bottleneck predict` gives, feed images already decoded at SIZE.
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 import shutil
 import time
@@ -48,8 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import _atomic
-from ..errors import ConfigError, RunError
+from .. import _atomic, heads
+from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
 from . import layout
@@ -57,7 +59,7 @@ from .predict import Predictor, check_output_file
 
 __all__ = ["EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
 
-EXPORT_FORMATS = ("keras", "bundle")
+EXPORT_FORMATS = ("keras", "saved_model", "onnx", "bundle")
 _CHECK_TOLERANCE = 1e-4  # exported model vs extractor + head, on random images
 
 # The map is measured at 0 and at 255 on each channel, in float64.
@@ -125,35 +127,44 @@ def preprocess_affine(module: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_export_model(predictor: Predictor):
-    """The run's extractor and dense head as one Keras model of built-in layers.
+    """The run's extractor and head as one Keras model of built-in layers.
+
+    Dense heads are their own network; `logreg`, `linear_svm` and `ridge`
+    become one `Dense` layer (see `heads.linear_softmax_weights`). Images
+    are resized by `Resizing(..., antialias=True)`, Keras' form of the
+    reference decoder's Pillow bilinear filter (within one grey level).
 
     Args:
-        predictor: a loaded `Predictor` of a run with a dense head.
+        predictor: a loaded `Predictor`.
 
     Returns:
         A `keras.Model` mapping uint8 RGB images `(batch, H, W, 3)` of any
         size to class probabilities `(batch, len(predictor.class_names))`.
+        Its last layer, named `"head"`, maps features to probabilities.
+
+    Raises:
+        ConfigError: the head has no Keras form (`field="format"`).
     """
     from .._keras import import_keras
+
+    keras = import_keras()
+    size = predictor.size
+    resize = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, dtype="float32", name="resize")
+    return _build(keras, predictor, resize)
+
+
+def _build(keras, predictor: Predictor, resize):
     from ..features.backbones import get_backbone_cfg
     from ..features.layers import Preprocess
 
-    keras = import_keras()
-
-    if not predictor.is_dense:
-        raise ConfigError(
-            f"Only dense heads export to one .keras model; this run's head is "
-            f"{type(predictor.head).__name__}. Pass `format='bundle'` and a folder for `out`.",
-            field="format",
-        )
     module = get_backbone_cfg(predictor.config.model).module
     kernel, bias = preprocess_affine(module)
-    size = predictor.size
     extractor = predictor.extractor()
+    head = _head_model(keras, predictor, extractor.output_shape[1:])
 
     inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float32")(inputs)
-    x = keras.layers.Resizing(size, size, interpolation="bilinear", dtype="float32", name="resize")(x)
+    x = resize(x)
     preprocess = keras.layers.Dense(3, dtype="float32", trainable=False, name=f"preprocess_{module}")
     x = preprocess(x)
     preprocess.set_weights([kernel, bias])
@@ -171,8 +182,69 @@ def build_export_model(predictor: Predictor):
         # The head was trained on float16-stored features: round the same way.
         x = keras.layers.Activation("linear", dtype="float16", name="storage_float16")(x)
         x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
-    outputs = predictor.head.model_(x)
-    return keras.Model(inputs, outputs, name=f"{predictor.config.model}_{size}_classifier")
+    return keras.Model(inputs, head(x), name=f"{predictor.config.model}_{predictor.size}_classifier")
+
+
+def _head_model(keras, predictor: Predictor, feature_shape):
+    """Features -> probabilities, as a Keras model named "head"."""
+    features = keras.Input(tuple(feature_shape), dtype="float32", name="features")
+    if predictor.is_dense:
+        return keras.Model(features, predictor.head.model_(features), name="head")
+    try:
+        kernel, bias, link = heads.linear_softmax_weights(predictor.head, len(predictor.class_names))
+    except ValueError as e:
+        raise ConfigError(
+            f"This run's head ({type(predictor.head).__name__}) has no Keras form: {e}. Only dense, logreg, "
+            "linear_svm and ridge heads export as a model; pass `format='bundle'` and a folder for `out`.",
+            field="format",
+        ) from None
+    x = keras.layers.Flatten(name="flatten")(features) if len(feature_shape) > 1 else features
+    dense = keras.layers.Dense(len(bias), activation=link, dtype="float32", name="linear")
+    x = dense(x)
+    dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
+    return keras.Model(features, keras.layers.Activation("softmax", name="softmax")(x), name="head")
+
+
+def _pillow_resize(keras, size: int):
+    """Pillow's BILINEAR resize to `size x size` in Keras ops, for the traced formats.
+
+    Pillow's own arithmetic (`libImaging/Resample.c`), step for step: a
+    triangle filter widened by the shrink factor, its weights rounded to
+    22-bit fixed point, one axis after the other (width first), each pass
+    rounded to whole grey levels. The sums are integers below 2**53, exact
+    in float64, so the result is the reference decoder's to the grey level
+    (measured in docs/predict.md). The `.keras` format cannot hold it (a
+    custom layer needs this package to load), but `saved_model` and `onnx`
+    trace it into plain graph operations.
+    """
+    ops = keras.ops
+    one = float(1 << _PILLOW_PRECISION_BITS)
+
+    def weights(n_in):
+        scale = ops.cast(n_in, "float64") / size
+        inverse = 1.0 / ops.maximum(scale, 1.0)
+        centres = (ops.cast(ops.arange(size), "float64") + 0.5) * scale
+        src = ops.cast(ops.arange(n_in), "float64")
+        w = ops.maximum(0.0, 1.0 - ops.abs((src[None, :] - centres[:, None] + 0.5) * inverse))
+        return ops.floor(w / ops.sum(w, axis=1, keepdims=True) * one + 0.5)
+
+    def level(x):
+        return ops.clip(ops.floor((x + one / 2) / one), 0.0, 255.0)
+
+    class PillowBilinear(keras.layers.Layer):
+        def call(self, x):
+            x = ops.cast(x, "float64")
+            shape = ops.shape(x)
+            x = level(ops.einsum("ow,bhwc->bhoc", weights(shape[2]), x))
+            return ops.cast(level(ops.einsum("oh,bhwc->bowc", weights(shape[1]), x)), "float32")
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0], size, size, input_shape[3])
+
+    return PillowBilinear(dtype="float32", autocast=False, name="resize")
+
+
+_PILLOW_PRECISION_BITS = 32 - 8 - 2  # libImaging/Resample.c
 
 
 def export_run(
@@ -228,53 +300,96 @@ def export_run(
             field="format",
         )
     out = Path(out)
-    if format == "keras" or (format is None and out.suffix == ".keras"):
-        _check_keras_out(out, overwrite)
+    if format is None and out.suffix in (".keras", ".onnx"):
+        format = out.suffix[1:]
+    if format in _MODEL_FORMATS:
+        out = _check_model_out(out, format, overwrite)
     elif out.exists():
         raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the bundle (it is created).", field="out")
+    if format in ("saved_model", "onnx"):
+        _check_backend(format)
     predictor = Predictor.load(run_dir, weights=weights)
     if format is None:
         format = "keras" if predictor.is_dense else "bundle"
-        if format == "bundle" and out.suffix == ".keras":
-            raise ConfigError(
-                f"Only dense heads export to a .keras model; this run's head is {type(predictor.head).__name__}. "
-                f"Pass `format='bundle'` and a folder for `out`. Received: out={str(out)!r}",
-                field="format",
-            )
         if format == "keras":
-            if not out.suffix:  # `OUT=model` names the model: `model.keras`
-                out = out.with_suffix(".keras")
-            _check_keras_out(out, overwrite)
-    if format == "keras":
-        return _export_keras(predictor, out)
-    return _export_bundle(predictor, out, include_weights)
+            out = _check_model_out(out, format, overwrite)
+    if format == "bundle":
+        return _export_bundle(predictor, out, include_weights)
+    return _export_model(predictor, out, format)
 
 
-def _check_keras_out(out: Path, overwrite: bool) -> None:
-    if out.suffix != ".keras":
-        raise ConfigError(
-            f"`out` must end with '.keras' for a dense head's model, or pass `format='bundle'` for a "
-            f"bundle folder. Received: out={str(out)!r}",
-            field="out",
-        )
+_MODEL_FORMATS = {"keras": ".keras", "onnx": ".onnx", "saved_model": ""}
+
+
+def _check_model_out(out: Path, format: str, overwrite: bool) -> Path:
+    suffix = _MODEL_FORMATS[format]
+    if suffix and not out.suffix:  # `OUT=model` names the model: `model.keras`
+        out = out.with_suffix(suffix)
+    if out.suffix != suffix:
+        wanted = f"end with {suffix!r}" if suffix else "be a folder name without a suffix"
+        raise ConfigError(f"`out` must {wanted} for format={format!r}. Received: out={str(out)!r}", field="out")
+    if format == "saved_model" and out.exists():
+        raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the SavedModel.", field="out")
     for path in (out, _sidecar(out)):
         check_output_file(path, overwrite=overwrite, field="out")
+    return out
+
+
+def _check_backend(format: str) -> None:
+    """Refuses, before any work, a format the backend or the installed packages cannot write."""
+    from .._keras import import_keras
+
+    backend = import_keras().backend.backend()
+    if backend != "tensorflow":
+        raise ConfigError(
+            f"format={format!r} is written through TensorFlow (Keras' `model.export`), and this process runs "
+            f"Keras on {backend!r}. Export with KERAS_BACKEND=tensorflow, or pass format='keras'.",
+            field="format",
+        )
+    missing = [name for name in _ONNX_PACKAGES if format == "onnx" and importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(
+            f"format='onnx' needs {', '.join(missing)}: pip install 'bottleneck-features[onnx]' "
+            "(or pass format='keras').",
+            field="format",
+        )
+
+
+# tf2onnx converts, onnx checks, onnxruntime runs the file before it is published.
+_ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 
 
 def _sidecar(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
+def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
+    from .._keras import import_keras
+
+    keras = import_keras()
     model = build_export_model(predictor)
     diff = _check_export(model, predictor)
+    if format != "keras":
+        # The traced formats hold Pillow's own resize (see `_pillow_resize`).
+        model = _build(keras, predictor, _pillow_resize(keras, predictor.size))
+        diff = max(diff, _check_export(model, predictor))
     with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        with _atomic.replacing(out) as tmp:
-            model.save(tmp)
-            digest = discovery.file_sha256(tmp)
+        if format == "saved_model":
+            with _atomic.staged_folder(out) as staged:
+                model.export(str(staged.path), format="tf_saved_model", verbose=False)
+                _check_artifact(keras.layers.TFSMLayer(str(staged.path), call_endpoint="serve"), model, predictor.size)
+            digest = None
+        else:
+            with _atomic.replacing(out) as tmp:
+                if format == "keras":
+                    model.save(tmp)
+                else:
+                    model.export(str(tmp), format="onnx", verbose=False)
+                    _check_artifact(_onnx_runner(tmp), model, predictor.size)
+                digest = discovery.file_sha256(tmp)
     info = {
-        "format": "bottleneck-keras-export",
+        "format": f"bottleneck-{format}-export",
         "model": out.name,
         "model_sha256": digest,
         "class_names": list(predictor.class_names),
@@ -283,8 +398,8 @@ def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
             "shape": [None, None, None, 3],
             "channels": "RGB",
             "size": predictor.size,
-            "note": "any size is resized inside to SIZE x SIZE (Keras bilinear, no antialiasing); "
-            "decode and resize with Pillow bilinear to SIZE first to match `predict_images` exactly",
+            "note": "raw RGB images of any size, resized inside to SIZE x SIZE as the reference decoder "
+            "(Pillow bilinear, squash) does; JPEGs larger than twice SIZE differ slightly (see docs/predict.md)",
         },
         "output": "softmax probabilities, one column per class_names entry",
         "backbone": predictor.config.model,
@@ -296,24 +411,67 @@ def _export_keras(predictor: Predictor, out: Path) -> ExportResult:
     sidecar = _sidecar(out)
     with _atomic.writing(sidecar):
         layout.write_json(sidecar, info)
-    return ExportResult(out, "keras", {out.name: digest, sidecar.name: discovery.file_sha256(sidecar)}, diff)
+    files = {sidecar.name: discovery.file_sha256(sidecar)}
+    if digest is not None:
+        files[out.name] = digest
+    return ExportResult(out, format, files, diff)
+
+
+def _check_images(size: int) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(4, size, size, 3), dtype=np.uint8)
 
 
 def _check_export(model, predictor: Predictor) -> float:
-    """Runs the exported graph and extractor + head on the same random images."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(4, predictor.size, predictor.size, 3), dtype=np.uint8)
+    """Runs the exported graph and extractor + head on the same random images, and its head on the run's features."""
+    images = _check_images(predictor.size)
     exported = np.asarray(model.predict_on_batch(images), dtype=np.float64)
     features = np.asarray(predictor.extractor().predict_on_batch(images))
     features = features.astype(predictor.config.storage_dtype).astype(np.float32)
-    expected = predictor.predict_proba(features)
-    diff = float(np.max(np.abs(exported - expected)))
+    diff = float(np.max(np.abs(exported - predictor.predict_proba(features))))
+    cached = _run_features(predictor)
+    if cached is not None:
+        head = np.asarray(model.get_layer("head").predict(cached, verbose=0), dtype=np.float64)
+        diff = max(diff, float(np.max(np.abs(head - predictor.predict_proba(cached)))))
     if not diff < _CHECK_TOLERANCE:
         raise RuntimeError(
             f"The exported model differs from extractor + head by {diff:.3g} (more than {_CHECK_TOLERANCE}) "
-            "on random images; nothing was written. Report this with the run folder."
+            "on random images or the run's features; nothing was written. Report this with the run folder."
         )
     return diff
+
+
+def _run_features(predictor: Predictor, limit: int = 512) -> np.ndarray | None:
+    """Up to `limit` rows of the features the head was trained on, or `None` when the set is gone or changed."""
+    from ..store import read_feature_set
+
+    path = predictor.lineage.get("features_path")
+    try:
+        fs = read_feature_set(path) if path else None
+    except BottleneckError:
+        return None
+    if fs is None or fs.content_hash != predictor.lineage.get("content_hash"):
+        return None
+    return np.asarray(fs.features[:limit], dtype=np.float32)
+
+
+def _onnx_runner(path: Path):
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda images: session.run(None, {name: images})[0]
+
+
+def _check_artifact(run, model, size: int) -> None:
+    """The written file, loaded back, gives the model's numbers (a converter may drop an op unnoticed)."""
+    images = _check_images(size + 13)  # resized inside
+    got = np.asarray(run(images), dtype=np.float64)
+    diff = float(np.max(np.abs(got - np.asarray(model.predict_on_batch(images), np.float64))))
+    if not diff < _CHECK_TOLERANCE:
+        raise RuntimeError(
+            f"The written model, loaded back, differs from the built one by {diff:.3g}; nothing was written. "
+            "Report this with the run folder and the versions of keras, tf2onnx and onnxruntime."
+        )
 
 
 def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> ExportResult:
