@@ -340,10 +340,9 @@ def test_user_errors_exit_2_with_the_fix(tiny, tmp_path, argv, message):
     (lambda t, run: predict_images(run, [t.data / t.features.paths[0]], top_k=0), ConfigError, "top_k", "`top_k`"),
     (lambda t, run: Predictor.load(run.parent / "nope"), RunError, "run", "`run_dir`"),
     (lambda t, run: Predictor.load(run, weights=run / "head.joblib"), ConfigError, "weights", "`weights`"),
-    (lambda t, run: export_run(run, run.parent / "x.onnx", format="onnx"), ConfigError, "format", "`format`"),
+    (lambda t, run: export_run(run, run.parent / "x.tflite", format="tflite"), ConfigError, "format", "`format`"),
     (lambda t, run: export_run(run, run.parent / "x.h5", format="keras"), ConfigError, "out", "`out`"),
-    (lambda t, run: export_run(t.runs["logreg"], run.parent / "x.keras"), ConfigError, "format", "format='bundle'"),
-], ids=["top_k", "run", "weights", "format", "out", "keras-for-sklearn"])
+], ids=["top_k", "run", "weights", "format", "out"])
 def test_library_errors_name_the_argument_to_fix(tiny, call, error, field, named):
     with pytest.raises(error) as info:
         call(tiny, tiny.runs["dense"])
