@@ -199,7 +199,7 @@ def test_exported_keras_model_equals_predict_in_a_fresh_process(signs, tmp_path)
     exported = np.load(tmp_path / "proba.npy")
     np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=0)
     assert (exported.argmax(1) == expected.argmax(1)).all()
-    # Raw 100x100 photos, resized inside by Keras (no antialiasing) rather than Pillow.
+    # Raw 100x100 photos, resized inside the model.
     raw = np.load(tmp_path / "raw.npy")
     np.testing.assert_allclose(raw.sum(1), 1, atol=1e-5)
     print(f"raw-photo vs Pillow-decoded max |diff| {np.abs(raw - expected).max():.3g}, "

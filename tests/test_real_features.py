@@ -1,8 +1,8 @@
 """Stored features equal plain Keras on real photos with real ImageNet weights.
 
 The reference is what a user would write by hand: Pillow decode, EXIF
-orientation applied, RGB, `resize((size, size), Image.BILINEAR)` — the
-product's reference resize filter — then the model's own
+orientation applied, RGB, Keras' `Resizing(224, 224, antialias=True)` and
+`ops.round` — the product's reference resize — then the model's own
 `preprocess_input` and `model.predict` of the Keras application with
 `pooling="avg"`.
 """
@@ -43,8 +43,9 @@ def _by_hand(root, relpaths, model, preprocess_input):
     images = []
     for rel in relpaths:
         with Image.open(root / rel) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB").resize((224, 224), Image.BILINEAR)
-            images.append(np.asarray(img, dtype=np.float32))
+            pixels = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32)
+        resized = keras.layers.Resizing(224, 224, interpolation="bilinear", antialias=True)(pixels[None])
+        images.append(np.asarray(keras.ops.round(resized))[0])
     return model.predict(preprocess_input(np.stack(images)), verbose=0)
 
 

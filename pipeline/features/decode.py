@@ -21,15 +21,31 @@ The steps, in order:
    palette/colour-key transparency are composited onto white; every other
    mode goes through `Image.convert("RGB")`. Only the first frame of an
    animated GIF or a multi-page TIFF is used.
-6. Resize to `(size, size)` with `Image.Resampling.BILINEAR`, ignoring the
-   aspect ratio ("squash", the default of keras
-   `image_dataset_from_directory`). Pillow's bilinear filter widens its
-   support when shrinking, so it averages every source pixel instead of
-   sampling a few, and it is the reference filter of the product.
+6. An image at least 4x `size` on its short side is first shrunk by
+   `Image.reduce` (a box filter, by the whole factor that keeps it at
+   least 2x `size`), so that the next step stays cheap for huge PNGs.
+7. Resize to `(size, size)`, ignoring the aspect ratio ("squash", the
+   default of keras `image_dataset_from_directory`), with `resize_squash`:
+   an antialiased bilinear (triangle) filter, widened by the shrink factor
+   so that every source pixel counts, computed in float and rounded to the
+   nearest grey level. It is the arithmetic of Keras'
+   `Resizing(interpolation="bilinear", antialias=True)` followed by
+   `ops.round`, which is how exported models resize: features, `predict`
+   and an exported model given the same decoded image agree by
+   construction (a few values in 10^5 may round the other way, where
+   float32 sums differ). Pillow's own `resize` differs by one grey level
+   on up to a third of the pixels (it rounds between its two passes, in
+   fixed point), which moves a sensitive backbone's probabilities by a few
+   hundredths.
+
+Steps 2 and 6 only act on images at least twice `size`: for those, an
+exported model given the full-size image sees slightly different pixels
+(measured in docs/predict.md).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -43,16 +59,17 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import PIL
+import scipy.sparse
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError
 from .decode_pool import decoder_pool
 
-__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_image"]
+__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_image", "resize_squash"]
 
 DECODER_ID = (
     f"pillow{PIL.__version__.split('.')[0]}"
-    "-draft-exif-rgb16scaled-alphawhite-bilinear-squash"
+    "-draft-exif-rgb16scaled-alphawhite-reduce4x-triangle-round-squash"
 )
 """Names the decoder and every choice that changes its output.
 
@@ -328,8 +345,42 @@ def _decode(data: bytes, size):
             raise DecodeError(
                 f"unsupported colour mode {img.mode!r}: {_pillow_message(e)}"
             ) from None
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-        return np.array(rgb, dtype=np.uint8)
+        return resize_squash(np.asarray(_reduced(rgb, size)), size)
+
+
+def resize_squash(image: np.ndarray, size: int) -> np.ndarray:
+    """Resizes a uint8 `(H, W, 3)` image to `(size, size, 3)`: antialiased bilinear, rounded.
+
+    Each output pixel is the average of the source pixels under a triangle
+    centred on it (half-pixel centres), of half-width one output pixel when
+    shrinking and one source pixel when enlarging, its weights normalised
+    where it crosses the border; one axis after the other, in float32,
+    without rounding between the passes; then rounded half to even. This is
+    Keras' `Resizing(size, size, interpolation="bilinear", antialias=True)`
+    followed by `keras.ops.round` (`tests/test_export.py` compares them).
+    """
+    height, width, channels = image.shape
+    x = image.transpose(1, 0, 2).reshape(width, height * channels).astype(np.float32)
+    x = _triangle_weights(width, size) @ x  # (size, height * channels)
+    x = x.reshape(size, height, channels).transpose(1, 0, 2).reshape(height, size * channels)
+    x = _triangle_weights(height, size) @ x  # (size, size * channels)
+    return np.rint(x.reshape(size, size, channels)).astype(np.uint8)
+
+
+@functools.lru_cache(maxsize=256)
+def _triangle_weights(n_in: int, n_out: int) -> scipy.sparse.csr_matrix:
+    """`(n_out, n_in)` weights of the triangle filter; sparse, since each row spans a few pixels."""
+    scale = n_in / n_out
+    half_width = max(scale, 1.0)
+    centres = (np.arange(n_out) + 0.5) * scale
+    taps = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in) + 0.5 - centres[:, None]) / half_width)
+    return scipy.sparse.csr_matrix((taps / taps.sum(axis=1, keepdims=True)).astype(np.float32))
+
+
+def _reduced(img, size: int):
+    """`img` shrunk by a whole factor when its short side is at least 4x `size` (box filter)."""
+    factor = min(img.size) // (2 * size)
+    return img.reduce(factor) if factor >= 2 else img
 
 
 def _to_rgb(img):
