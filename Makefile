@@ -41,6 +41,12 @@ OUTPUT ?=
 TOPK ?=
 OUT ?=
 FORMAT ?=
+# finetune: RUN is a dense head's run folder; UNFREEZE the top layers to train
+# (a number or all), EPOCHS and LR (learning rate); ARGS="--resume" continues
+# a killed fine-tune.
+UNFREEZE ?=
+EPOCHS ?=
+LR ?=
 # Extra flags passed through unchanged, e.g. ARGS="--json".
 ARGS ?=
 
@@ -56,8 +62,11 @@ TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
 	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,$(EPOCHS)) \
+	$(call opt,--learning-rate,$(LR)) $(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
+	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export
+.PHONY: setup features test lint sample-data list clean-cache train-head predict evaluate export finetune
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -112,3 +121,6 @@ evaluate: $(VENV)/.installed
 
 export: $(VENV)/.installed
 	$(BOTTLENECK) export $(RUN) $(OUT) $(call opt,--format,$(FORMAT)) $(ARGS)
+
+finetune: $(VENV)/.installed
+	$(BOTTLENECK) finetune $(RUN) $(FINETUNE_FLAGS)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "list_backbones": "features",
     "ExtractConfig": "config",
     "TrainConfig": "config",
+    "FinetuneConfig": "config",
     "BottleneckError": "errors",
     "ExitStatus": "errors",
     "FeatureSet": "store",
@@ -38,6 +39,8 @@ _EXPORTS = {
     "predict_images": "runs.predict",
     "ExportResult": "runs.export",
     "export_run": "runs.export",
+    "FinetuneResult": "runs.finetune",
+    "finetune_run": "runs.finetune",
 }
 
 __all__ = sorted(_EXPORTS)

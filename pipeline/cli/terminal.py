@@ -62,8 +62,23 @@ _RUN_OPTIONS = {
     "data": ("DATA (the labelled folder argument)", "DATA"),
     "overwrite": ("--force", "ARGS"),
 }
+_FINETUNE_OPTIONS = {
+    "run": ("RUN (the run folder argument)", "RUN"),
+    "unfreeze": ("--unfreeze", "UNFREEZE"),
+    "unfreeze_from": ("--unfreeze-from", "ARGS"),
+    "epochs": ("--epochs", "EPOCHS"),
+    "learning_rate": ("--learning-rate", "LR"),
+    "batch_size": ("--batch-size", "BATCH"),
+    "early_stopping_patience": ("--patience", "ARGS"),
+    "workers": ("--workers", "WORKERS"),
+    "seed": ("--seed", "SEED"),
+    "runs_dir": ("--runs-dir", "ARGS"),
+    "resume": ("--resume", "ARGS"),
+    "config": ("--config", "CONFIG"),
+}
 _OPTIONS = {
     "features": _EXTRACT_OPTIONS,
+    "finetune": _FINETUNE_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
     "predict": _RUN_OPTIONS,
     "evaluate": _RUN_OPTIONS,
@@ -74,9 +89,10 @@ _OPTIONS = {
 INTERRUPTED = {
     "features": "Finished work is kept; run the same command again to resume.",
     "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
+    "finetune": "Completed epochs are kept; run the same command with --resume to continue.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-_SWITCHES = ("--verify", "--force")  # flags that take no value
+_SWITCHES = ("--verify", "--force", "--resume")  # flags that take no value
 
 
 def option_hint(command: str, field: str | None) -> str:

@@ -1,7 +1,9 @@
 """The leaderboard: one row per finished run, read from the run folders.
 
 The run folders are the source of truth: each holds its head, params,
-fraction, metrics and lineage, everything a row shows. `leaderboard.csv`
+fraction, metrics and lineage, everything a row shows. A fine-tuned run
+(`kind` `finetune`) also shows how many base layers it unfroze and the
+run it started from. `leaderboard.csv`
 (in run order) and `leaderboard.md` (best validation accuracy first) are
 rewritten from them after every run, so a person or a spreadsheet editing
 the CSV (a byte-order mark, CRLF line ends, a renamed header, a stray byte)
@@ -39,6 +41,9 @@ LEADERBOARD_COLUMNS = (
     "test_accuracy",
     "test_macro_f1",
     "fit_seconds",
+    "kind",
+    "unfrozen",
+    "parent",
     "run_dir",
 )
 
@@ -161,6 +166,10 @@ def _row(run: Path) -> tuple[tuple[str, str], dict[str, str]]:
         **{name: "" if value is None else f"{value:.4f}" for name, value in scores(metrics).items()},
         "fit_seconds": f"{fit_seconds:.3f}" if _is_number(fit_seconds) else "",
         "run_dir": str(run),
+        # A fine-tune's row: how many base layers it trained, from which run.
+        "kind": str(lineage.get("kind") or "head"),
+        "unfrozen": str(lineage.get("unfrozen_layers") or ""),
+        "parent": str(lineage.get("parent_run") or ""),
     }
     # `trained_at` orders runs finished within one second; runs from before
     # it was recorded sort first, by folder name.
