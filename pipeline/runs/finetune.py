@@ -139,7 +139,8 @@ def finetune_run(run: str | os.PathLike, *, config: config_lib.FinetuneConfig) -
         state, model = _start(job, config, fm)
     job.predictor.head.model_ = fm.head_of(model)  # trained in place: saved as the run's head
     _train(job, config, state, model, fm)
-    model.set_weights(_saved_weights(job.folder / state["best"]))
+    if state["best_epoch"] != state["epoch"]:
+        model.set_weights(_saved_weights(job.folder / state["best"]))
     return _publish(job, config, state, model, fm)
 
 
@@ -265,7 +266,7 @@ def _start(job: _Job, config, fm) -> tuple[dict[str, Any], Any]:
     }
     job.folder.mkdir(parents=True)
     fm.save_model(model, job.folder / state["checkpoint"])
-    fm.save_model(model, job.folder / state["best"])
+    fm.copy_file(job.folder / state["checkpoint"], job.folder / state["best"])
     fm.write_state(job.folder, state)
     return state, model
 

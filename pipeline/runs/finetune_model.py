@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import math
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -23,7 +24,8 @@ from ..features import decode
 from ..features.layers import Preprocess  # noqa: F401 - registers the layer that checkpoints hold
 from . import layout
 
-__all__ = ["EpochCheckpoint", "ImageBatches", "base_of", "build_model", "full_base", "head_of", "save_model",
+__all__ = ["EpochCheckpoint", "ImageBatches", "base_of", "build_model", "copy_file", "full_base", "head_of",
+           "save_model",
            "unfreeze_top", "write_state"]
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -202,13 +204,13 @@ def full_base(trained_base, untouched_base):
 class EpochCheckpoint(keras.callbacks.Callback):
     """Early stopping and a best-by-loss checkpoint that survive a kill.
 
-    After each epoch, on a copy of the state: the history grows; a strictly
-    lower monitored loss saves the whole model as `best-<epoch>.keras`; the
-    model with its optimizer state is saved as `checkpoint-<epoch>.keras`;
-    then `finetune-state.json` is replaced to name both, and only then are
-    the files it no longer names removed, so a kill at any moment leaves a
-    state whose files exist and belong to it. Training stops after
-    `patience` epochs without improvement, as Keras' `EarlyStopping`
+    After each epoch, on a copy of the state: the history grows; the model
+    with its optimizer state is saved as `checkpoint-<epoch>.keras`, and
+    copied to `best-<epoch>.keras` when the monitored loss is strictly lower
+    than before; then `finetune-state.json` is replaced to name both, and
+    only then are the files it no longer names removed, so a kill at any
+    moment leaves a state whose files exist and belong to it. Training
+    stops after `patience` epochs without improvement, as Keras' `EarlyStopping`
     counts. The state is a plain dict, so a resumed run carries on with
     the same best loss, patience count and history.
     """
@@ -228,14 +230,16 @@ class EpochCheckpoint(keras.callbacks.Callback):
                 new["history"].setdefault(key, []).append(float(logs[key]))
         new["fit_seconds"] += time.perf_counter() - self._mark
         current, best = float(logs[self.monitor]), new["best_loss"]  # best None: nothing measured before
-        if math.isfinite(current) and (best is None or current < best):
+        improved = math.isfinite(current) and (best is None or current < best)
+        if improved:
             new.update(best_loss=current, best_epoch=epoch + 1, wait=0, best=layout.best_name(epoch + 1))
-            save_model(self.model, self.folder / new["best"])
         else:
             new["wait"] += 1
         new["stopped"] = self.patience is not None and new["wait"] >= self.patience
         new.update(epoch=epoch + 1, checkpoint=layout.checkpoint_name(epoch + 1))
         save_model(self.model, self.folder / new["checkpoint"])
+        if improved:  # the same model: saved once, copied
+            copy_file(self.folder / new["checkpoint"], self.folder / new["best"])
         write_state(self.folder, new)
         for key in ("best", "checkpoint"):
             if self.state[key] != new[key]:
@@ -250,6 +254,11 @@ def save_model(model, path: Path) -> None:
     """The whole model (and its optimizer state, once compiled) as a `.keras` file, atomically."""
     with _atomic.replacing(path) as tmp:  # `tmp` keeps the `.keras` suffix Keras requires
         model.save(tmp)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    with _atomic.replacing(target) as tmp:
+        shutil.copyfile(source, tmp)
 
 
 def write_state(folder: Path, state: dict[str, Any]) -> None:
