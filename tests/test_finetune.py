@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -147,7 +148,9 @@ def test_the_run_folder_and_leaderboard_row(tuned):
     rows = {r["run_dir"]: r for r in leaderboard.list_runs(run.parent.parent)}
     row = rows[str(run)]
     assert (row["kind"], row["unfrozen"], row["parent"]) == ("finetune", str(UNFREEZE), str(tuned.parent.resolve()))
-    assert rows[str(tuned.parent)]["kind"] == "head"
+    head_row = rows[str(tuned.parent)]
+    assert (head_row["kind"], head_row["unfrozen"]) == ("head", "0")
+    assert head_row["parent"] == str(Path(lineage["features_path"]).parent)
 
 
 def test_predict_and_export_agree_with_the_finetuned_model(tuned, tmp_path):

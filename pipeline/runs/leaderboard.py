@@ -1,9 +1,10 @@
 """The leaderboard: one row per finished run, read from the run folders.
 
 The run folders are the source of truth: each holds its head, params,
-fraction, metrics and lineage, everything a row shows. A fine-tuned run
-(`kind` `finetune`) also shows how many base layers it unfroze and the
-run it started from. `leaderboard.csv`
+fraction, metrics and lineage, everything a row shows. Each row says what
+the run started from: a head run (`kind` `head`, 0 layers unfrozen) its
+feature set, a fine-tuned run (`kind` `finetune`) the run it fine-tuned and
+how many base layers it unfroze. `leaderboard.csv`
 (in run order) and `leaderboard.md` (best validation accuracy first) are
 rewritten from them after every run, so a person or a spreadsheet editing
 the CSV (a byte-order mark, CRLF line ends, a renamed header, a stray byte)
@@ -166,10 +167,10 @@ def _row(run: Path) -> tuple[tuple[str, str], dict[str, str]]:
         **{name: "" if value is None else f"{value:.4f}" for name, value in scores(metrics).items()},
         "fit_seconds": f"{fit_seconds:.3f}" if _is_number(fit_seconds) else "",
         "run_dir": str(run),
-        # A fine-tune's row: how many base layers it trained, from which run.
+        # What a run started from: a head its feature set (no base layer trained), a fine-tune its run.
         "kind": str(lineage.get("kind") or "head"),
-        "unfrozen": str(lineage.get("unfrozen_layers") or ""),
-        "parent": str(lineage.get("parent_run") or ""),
+        "unfrozen": str(lineage.get("unfrozen_layers") or 0),
+        "parent": str(lineage.get("parent_run") or Path(str(lineage.get("features_path") or run.parent)).parent),
     }
     # `trained_at` orders runs finished within one second; runs from before
     # it was recorded sort first, by folder name.
