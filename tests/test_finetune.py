@@ -221,3 +221,14 @@ def test_a_logreg_run_is_refused_on_the_command_line_with_the_fix(tuned):
         status = cli.main(["finetune", str(tuned.logreg), "--epochs", "1"])
     assert status == 2
     assert "dense" in err.getvalue() and "make finetune: RUN=" in err.getvalue()
+
+
+def test_a_fine_tune_killed_before_its_first_state_starts_again(tmp_path):
+    folder = tmp_path / ".tmp-finetune-of-dense-x"
+    (folder / "sub").mkdir(parents=True)  # what a kill while saving epoch 0 leaves
+    config = FinetuneConfig()
+    assert finetune._config_for(folder, config) is config and not folder.exists()
+    folder.mkdir()
+    with pytest.raises(ConfigError) as e:
+        finetune._config_for(folder, FinetuneConfig(resume=True))
+    assert e.value.field == "resume" and "no unfinished fine-tune" in str(e.value)

@@ -25,6 +25,7 @@ import dataclasses
 import datetime
 import importlib.util
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -141,7 +142,8 @@ def finetune_run(run: str | os.PathLike, *, config: config_lib.FinetuneConfig) -
     _train(job, config, state, model, fm)
     if state["best_epoch"] != state["epoch"]:
         model.set_weights(_saved_weights(job.folder / state["best"]))
-    return _publish(job, config, state, model, fm)
+    with _atomic.writing(job.folder):  # a full disk is a WriteError; the folder stays for `resume`
+        return _publish(job, config, state, model, fm)
 
 
 def _open(run, config) -> _Job:
@@ -203,6 +205,8 @@ def _images(fs) -> tuple[list[str], list[str]]:
 def _config_for(folder: Path, config) -> config_lib.FinetuneConfig:
     """The config to train with: `config`, or the unfinished fine-tune's stored one when resuming."""
     state_file = folder / layout.FINETUNE_STATE
+    if folder.exists() and not state_file.exists():
+        shutil.rmtree(folder)  # killed before its first state was written: nothing to resume
     if not config.resume:
         if folder.exists():
             raise ConfigError(
@@ -295,7 +299,8 @@ def _train(job: _Job, config, state: dict[str, Any], model, fm) -> None:
     monitor = "val_loss" if len(job.parts["validation"]) else "loss"
     train = _batches(job, config, "train", fm, shuffle=True, epoch=state["epoch"])
     validation = _batches(job, config, "validation", fm) if monitor == "val_loss" else None
-    callbacks = [fm.EpochCheckpoint(job.folder, state, monitor=monitor, patience=config.early_stopping_patience)]
+    callbacks = [fm.EpochCheckpoint(job.folder, state, monitor=monitor, patience=config.early_stopping_patience,
+                                    epochs=config.epochs)]
     callbacks += _tensorboard(job.folder / layout.LOGS)
     try:
         model.fit(train, validation_data=validation, epochs=config.epochs, initial_epoch=state["epoch"],
@@ -364,11 +369,12 @@ def _publish(job: _Job, config, state: dict[str, Any], model, fm) -> FinetuneRes
         "params": job.parent_config.get("params", {}), "unfrozen": state["unfrozen"],
     })
     layout.write_json(folder / layout.LINEAGE, lineage)
-    os.replace(folder / state["best"], folder / layout.BEST_MODEL)
-    for name in os.listdir(folder):
-        if name == layout.FINETUNE_STATE or name.startswith(("checkpoint-", "best-")):
-            os.unlink(folder / name)
     published = _atomic.publish_folder(folder, folder.parent / _run_name(), fresh_name=_run_name)
+    # Only now: until the rename, a kill leaves a folder `resume` can finish from its own files.
+    os.replace(published / state["best"], published / layout.BEST_MODEL)
+    for name in os.listdir(published):
+        if name == layout.FINETUNE_STATE or name.startswith(("checkpoint-", "best-")):
+            os.unlink(published / name)
     rebuild_leaderboard(job.runs_dir)
     return FinetuneResult(published, source.root, metrics, tuple(state["unfrozen"]), epochs_run,
                           state["best_epoch"], state["fit_seconds"], sizes)

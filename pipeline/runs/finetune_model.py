@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import math
 import shutil
 import time
@@ -27,6 +28,8 @@ from . import layout
 __all__ = ["EpochCheckpoint", "ImageBatches", "base_of", "build_model", "copy_file", "full_base", "head_of",
            "save_model",
            "unfreeze_top", "write_state"]
+
+log = logging.getLogger("bottleneck")
 
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
@@ -215,9 +218,9 @@ class EpochCheckpoint(keras.callbacks.Callback):
     the same best loss, patience count and history.
     """
 
-    def __init__(self, folder: Path, state: dict[str, Any], *, monitor: str, patience: int | None):
+    def __init__(self, folder: Path, state: dict[str, Any], *, monitor: str, patience: int | None, epochs: int):
         super().__init__()
-        self.folder, self.state, self.monitor, self.patience = folder, state, monitor, patience
+        self.folder, self.state, self.monitor, self.patience, self.epochs = folder, state, monitor, patience, epochs
         self._mark = time.perf_counter()
 
     def on_train_begin(self, logs=None):
@@ -247,6 +250,8 @@ class EpochCheckpoint(keras.callbacks.Callback):
         self.state.clear()
         self.state.update(new)
         self.model.stop_training = new["stopped"]
+        shown = ", ".join(f"{k} {logs[k]:.4f}" for k in HISTORY_KEYS if k in logs)
+        log.info("epoch %d/%d: %s%s", epoch + 1, self.epochs, shown, " (best so far)" if improved else "")
         self._mark = time.perf_counter()
 
 
