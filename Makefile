@@ -55,6 +55,12 @@ OUT ?=
 FORMAT ?=
 # report: RUNS is the runs folder, OUTPUT the HTML file (FEATURES narrows it to some feature sets).
 RUNS ?= runs
+# finetune: RUN is a dense head's run folder; UNFREEZE the top layers to train
+# (a number or all), EPOCHS and LR (learning rate); ARGS="--resume" continues
+# a killed fine-tune.
+UNFREEZE ?=
+EPOCHS ?=
+LR ?=
 # Extra flags passed through unchanged, e.g. ARGS="--json".
 ARGS ?=
 
@@ -80,8 +86,11 @@ CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(call opt,--fractions,$(FRACTIONS)) $(call opt,--repeats,$(REPEATS)) $(call opt,--splits,$(SPLITS)) \
 	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
 	$(call opt,--select,$(SELECT)) $(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,$(EPOCHS)) \
+	$(call opt,--learning-rate,$(LR)) $(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
+	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head curve runs predict evaluate export report
+.PHONY: setup features test lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -146,3 +155,6 @@ export: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(BOTTLENECK) report $(RUNS) $(call opt,--features,$(FEATURES)) $(call opt,--output,$(OUTPUT)) $(ARGS)
+
+finetune: $(VENV)/.installed
+	$(BOTTLENECK) finetune $(RUN) $(FINETUNE_FLAGS)

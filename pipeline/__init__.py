@@ -19,6 +19,7 @@ _EXPORTS = {
     "ExtractConfig": "config",
     "TrainConfig": "config",
     "CurveConfig": "config",
+    "FinetuneConfig": "config",
     "BottleneckError": "errors",
     "ExitStatus": "errors",
     "FeatureSet": "store",
@@ -41,6 +42,8 @@ _EXPORTS = {
     "predict_images": "runs.predict",
     "ExportResult": "runs.export",
     "export_run": "runs.export",
+    "FinetuneResult": "runs.finetune",
+    "finetune_run": "runs.finetune",
 }
 
 __all__ = sorted(_EXPORTS)

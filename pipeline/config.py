@@ -445,3 +445,95 @@ def _parse_fractions(value) -> tuple[float, ...]:
             field="fractions",
         )
     return tuple(sorted(fractions))
+
+
+DEFAULT_UNFREEZE = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """How `bottleneck finetune` trains the top of a dense head run's base, end to end.
+
+    Values come from the defaults, a TOML `[finetune]` table, then flags;
+    the resolved config is stored in the fine-tuned run's `config.json`.
+
+    Args:
+        unfreeze: int >= 1, how many of the base's top layers with weights
+            are trained (BatchNormalization layers are not counted and stay
+            frozen), or `"all"` for every such layer. `None` unfreezes
+            from `unfreeze_from` when that is set, else the top 10.
+            Defaults to `None`.
+        unfreeze_from: name of a layer of the base: it and every layer
+            above it are trained. Excludes `unfreeze`. Defaults to `None`.
+        epochs: int >= 1, at most this many passes over the training
+            images. Defaults to `10`.
+        learning_rate: float > 0, Adam's learning rate for base and head
+            (low, so the trained weights move little). Defaults to `1e-5`.
+        batch_size: int >= 1, images per gradient step. Defaults to `32`.
+        early_stopping_patience: int >= 0 or `None`: stop after this many
+            epochs without a lower validation loss. `None` runs every
+            epoch. The best epoch's weights are kept either way.
+            Defaults to `3`.
+        workers: int >= 1, threads decoding images ahead of the model.
+            Defaults to `min(8, cpu_count)`.
+        seed: int >= 0, seeds the order of the training images and Keras.
+            Defaults to `0`.
+        runs_dir: folder receiving the run folder and the leaderboard;
+            `None` is the runs folder of the run fine-tuned, so both share
+            a leaderboard. Defaults to `None`.
+        resume: bool, continue the unfinished fine-tune of this run from its
+            last completed epoch (with its stored config and optimizer
+            state). Defaults to `False`.
+    """
+
+    unfreeze: int | str | None = None
+    unfreeze_from: str | None = None
+    epochs: int = 10
+    learning_rate: float = 1e-5
+    batch_size: int = 32
+    early_stopping_patience: int | None = 3
+    workers: int = dataclasses.field(default_factory=_default_workers)
+    seed: int = 0
+    runs_dir: str | None = None
+    resume: bool = False
+
+    def __post_init__(self):
+        if self.unfreeze is not None and self.unfreeze_from is not None:
+            raise ConfigError(
+                f"`unfreeze` and `unfreeze_from` both choose the layers to train; give one. Received: "
+                f"unfreeze={self.unfreeze!r}, unfreeze_from={self.unfreeze_from!r}.",
+                field="unfreeze",
+            )
+        unfreeze = self.unfreeze
+        if isinstance(unfreeze, str) and unfreeze.strip().isdigit():
+            unfreeze = int(unfreeze)  # `--unfreeze 5` arrives as text, like `--unfreeze all`
+        if unfreeze is None and self.unfreeze_from is None:
+            unfreeze = DEFAULT_UNFREEZE
+        if unfreeze is not None and unfreeze != "all" and (
+            not isinstance(unfreeze, int) or isinstance(unfreeze, bool) or unfreeze < 1
+        ):
+            raise ConfigError(
+                f"`unfreeze` must be a positive number of layers or 'all'. Received: unfreeze={self.unfreeze!r}",
+                field="unfreeze",
+            )
+        object.__setattr__(self, "unfreeze", unfreeze)
+        if self.unfreeze_from is not None and (not isinstance(self.unfreeze_from, str) or not self.unfreeze_from):
+            raise ConfigError(f"`unfreeze_from` must be a layer name. Received: unfreeze_from={self.unfreeze_from!r}",
+                              field="unfreeze_from")
+        for field in ("epochs", "batch_size", "workers"):
+            _check_positive(field, getattr(self, field))
+        rate = self.learning_rate
+        if not isinstance(rate, (int, float)) or isinstance(rate, bool) or not 0 < rate < 1:
+            raise ConfigError(f"`learning_rate` must be a number in (0, 1), e.g. 1e-5. Received: learning_rate={rate!r}",
+                              field="learning_rate")
+        object.__setattr__(self, "learning_rate", float(rate))
+        patience = self.early_stopping_patience
+        if patience is not None and (not isinstance(patience, int) or isinstance(patience, bool) or patience < 0):
+            raise ConfigError(
+                f"`early_stopping_patience` must be None or an integer >= 0. Received: early_stopping_patience={patience!r}",
+                field="early_stopping_patience",
+            )
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ConfigError(f"`seed` must be an integer >= 0. Received: seed={self.seed!r}", field="seed")
+        if self.runs_dir is not None:
+            object.__setattr__(self, "runs_dir", os.fspath(self.runs_dir))

@@ -95,11 +95,26 @@ _RUNS_OPTIONS = {
     "sort": ("--sort", "ARGS"),
     "limit": ("--limit", "ARGS"),
 }
+_FINETUNE_OPTIONS = {
+    "run": ("RUN (the run folder argument)", "RUN"),
+    "unfreeze": ("--unfreeze", "UNFREEZE"),
+    "unfreeze_from": ("--unfreeze-from", "ARGS"),
+    "epochs": ("--epochs", "EPOCHS"),
+    "learning_rate": ("--learning-rate", "LR"),
+    "batch_size": ("--batch-size", "BATCH"),
+    "early_stopping_patience": ("--patience", "ARGS"),
+    "workers": ("--workers", "WORKERS"),
+    "seed": ("--seed", "SEED"),
+    "runs_dir": ("--runs-dir", "ARGS"),
+    "resume": ("--resume", "ARGS"),
+    "config": ("--config", "CONFIG"),
+}
 _OPTIONS = {
     "cache": _CACHE_OPTIONS,
     "report": _REPORT_OPTIONS,
     "features": _EXTRACT_OPTIONS,
     "runs": _RUNS_OPTIONS,
+    "finetune": _FINETUNE_OPTIONS,
     "train-head": _TRAIN_OPTIONS,
     "curve": _CURVE_OPTIONS,
     "predict": _RUN_OPTIONS,
@@ -112,9 +127,10 @@ INTERRUPTED = {
     "features": "Finished work is kept; run the same command again to resume.",
     "train-head": "The head in progress was discarded; heads finished before it are kept in their run folders.",
     "curve": "No curve folder was written; run the same command again.",
+    "finetune": "Completed epochs are kept; run the same command with --resume to continue.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-_SWITCHES = ("--verify", "--force", "--augmented")  # flags that take no value
+_SWITCHES = ("--verify", "--force", "--augmented", "--resume")  # flags that take no value
 
 
 def option_hint(command: str, field: str | None) -> str:

@@ -29,6 +29,21 @@ A data-fraction curve (`bottleneck curve`) is a folder beside the runs::
       config.json          the resolved CurveConfig and each head's params
       lineage.json         which features (path, content hash, key), backbone and weights; trained_at
 
+A fine-tuned run (`finetune`) is a dense run folder whose lineage names
+its parent run, plus the fine-tuned base::
+
+    finetune-<id>/
+      base.weights.h5        the fine-tuned base's weights, named relative to
+                             the run folder in lineage.json's extraction_config
+      best.keras, logs/      best whole model by validation loss, TensorBoard logs
+      ...                    head.joblib, model.keras, history.png, metrics.json,
+                             confusion_matrix.png, config.json, lineage.json
+
+While it trains it lives in `.tmp-finetune-of-<parent run>/` beside the
+runs of its feature set, holding `checkpoint-<epoch>.keras` (model and
+optimizer after that epoch), `best-<epoch>.keras` and `finetune-state.json`; `resume` continues
+from them, and they are removed before the folder is published.
+
 `<id>` is the UTC time to the second plus 8 random hex digits: run folders
 sort by time and never collide. `<runs_dir>/leaderboard.csv` and
 `leaderboard.md` list every finished run; they are rebuilt from the run
@@ -74,6 +89,11 @@ EVAL_PREFIX = "eval-"
 CURVE_PREFIX = "curve-"
 CURVE_CSV = "curve.csv"
 CURVE_PLOT = "curve.png"
+BASE_WEIGHTS = "base.weights.h5"
+BEST_MODEL = "best.keras"
+LOGS = "logs"
+FINETUNE_STATE = "finetune-state.json"
+FINETUNE_PREFIX = "finetune"
 
 LEADERBOARD_CSV = "leaderboard.csv"
 LEADERBOARD_MD = "leaderboard.md"
@@ -88,6 +108,21 @@ BUNDLE_FORMAT_VERSION = 1
 def run_id() -> str:
     """`<UTC time>-<8 hex>`: sorts by time, never collides."""
     return f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{secrets.token_hex(4)}"
+
+
+def checkpoint_name(epoch: int) -> str:
+    """The model-and-optimizer checkpoint of an unfinished fine-tune after `epoch`."""
+    return f"checkpoint-{epoch:04d}.keras"
+
+
+def best_name(epoch: int) -> str:
+    """The best model so far of an unfinished fine-tune, found after `epoch` (0: the run it started from)."""
+    return f"best-{epoch:04d}.keras"
+
+
+def unfinished_finetune(parent: Path) -> str:
+    """The folder a fine-tune of run `parent` trains in until it is published; hidden like any temporary."""
+    return f"{_atomic.TMP_PREFIX}{FINETUNE_PREFIX}-of-{parent.name}"
 
 
 def slug(name: str) -> str:

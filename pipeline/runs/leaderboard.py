@@ -1,7 +1,10 @@
 """The leaderboard: one row per finished run, read from the run folders.
 
 The run folders are the source of truth: each holds its head, params,
-fraction, metrics and lineage, everything a row shows. `leaderboard.csv`
+fraction, metrics and lineage, everything a row shows. Each row says what
+the run started from: a head run (`kind` `head`, 0 layers unfrozen) its
+feature set, a fine-tuned run (`kind` `finetune`) the run it fine-tuned and
+how many base layers it unfroze. `leaderboard.csv`
 (in run order) and `leaderboard.md` (best validation accuracy first) are
 rewritten from them after every run, and by `list_runs` whenever they
 disagree with the folders (a run deleted, a file edited: a byte-order mark,
@@ -121,6 +124,11 @@ COLUMNS: tuple[Column, ...] = (
     Column("test_accuracy", _score("test_accuracy"), ".4f", header="test", better=1),
     Column("test_macro_f1", _score("test_macro_f1"), ".4f", header="f1", better=1),
     Column("fit_seconds", lambda run: _number(run.metrics.get("fit_seconds")), ".3f", better=-1),
+    # What a run started from: a head its feature set (no base layer trained), a fine-tune its parent run.
+    Column("kind", lambda run: str(run.lineage.get("kind") or "head")),
+    Column("unfrozen", lambda run: _number(run.lineage.get("unfrozen_layers")) or 0),
+    Column("parent", lambda run: str(run.lineage.get("parent_run")
+                                     or Path(str(run.lineage.get("features_path") or run.path.parent)).parent)),
     Column("run_dir", lambda run: str(run.path), header="run", show=_run_id),
 )
 LEADERBOARD_COLUMNS = tuple(c.name for c in COLUMNS)

@@ -175,7 +175,11 @@ def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weigh
     except (TypeError, ValueError) as e:
         raise RunError(f"{what} records an extraction_config this version cannot use: {e}") from None
     size = backbones.resolve_size(backbones.get_backbone_cfg(config.model), config.size)
-    resolved = _resolve_weights(identity, config.weights, bundled_weights, weights_override, what)
+    recorded = config.weights
+    if kind == "run" and recorded not in ("imagenet", "none") and not Path(recorded).is_absolute():
+        # A fine-tuned run keeps its base's weights inside itself, named relative to the folder.
+        recorded = str(Path(root) / recorded)
+    resolved = _resolve_weights(identity, recorded, bundled_weights, weights_override, what)
     config = dataclasses.replace(config, weights=resolved)
     _check_feature_key(config, identity, lineage.get("feature_key"), what)
     return RunSource(Path(root), kind, lineage, config, size, Path(head_path), str(head_sha256), tuple(class_names))
