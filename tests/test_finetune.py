@@ -147,9 +147,9 @@ def test_the_run_folder_and_leaderboard_row(tuned):
     assert lineage["extraction_config"]["weights"] == layout.BASE_WEIGHTS
     rows = {r["run_dir"]: r for r in leaderboard.list_runs(run.parent.parent)}
     row = rows[str(run)]
-    assert (row["kind"], row["unfrozen"], row["parent"]) == ("finetune", str(UNFREEZE), str(tuned.parent.resolve()))
+    assert (row["kind"], row["unfrozen"], row["parent"]) == ("finetune", UNFREEZE, str(tuned.parent.resolve()))
     head_row = rows[str(tuned.parent)]
-    assert (head_row["kind"], head_row["unfrozen"]) == ("head", "0")
+    assert (head_row["kind"], head_row["unfrozen"]) == ("head", 0)
     assert head_row["parent"] == str(Path(lineage["features_path"]).parent)
 
 

@@ -199,11 +199,10 @@ def test_exported_keras_model_equals_predict_in_a_fresh_process(signs, tmp_path)
     exported = np.load(tmp_path / "proba.npy")
     np.testing.assert_allclose(exported, expected, atol=1e-4, rtol=0)
     assert (exported.argmax(1) == expected.argmax(1)).all()
-    # Raw 100x100 photos, resized inside the model.
+    # Raw 100x100 photos, resized inside the model as the reference decoder resizes them.
     raw = np.load(tmp_path / "raw.npy")
-    np.testing.assert_allclose(raw.sum(1), 1, atol=1e-5)
-    print(f"raw-photo vs Pillow-decoded max |diff| {np.abs(raw - expected).max():.3g}, "
-          f"argmax agreement {(raw.argmax(1) == expected.argmax(1)).mean():.2f}")
+    np.testing.assert_allclose(raw, expected, atol=0.01, rtol=0)
+    assert (raw.argmax(1) == expected.argmax(1)).all()
 
 
 @pytest.mark.parametrize("module", sorted({row.module for row in BACKBONES.values()}))

@@ -15,6 +15,8 @@ from pathlib import Path
 
 from ..errors import BottleneckError, ConfigError, ExitStatus
 from . import terminal
+from .parsing import Parser, common_flags
+from .run_commands import add_finetune_parser, add_predict_parsers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,43 +52,12 @@ def main(argv: list[str] | None = None) -> int:
         return ExitStatus.UNEXPECTED
 
 
-def _common(parser: argparse.ArgumentParser, default=False) -> None:
-    # Subcommands default to SUPPRESS so that `bottleneck -q features` keeps
-    # the root's value instead of the subparser's default overwriting it.
-    parser.add_argument("--quiet", "-q", action="store_true", default=default,
-                        help="print only what was written (its path) and errors")
-    parser.add_argument("--traceback", action="store_true", default=default,
-                        help="show the full Python traceback on errors")
-    parser.add_argument("--verbose", "-v", action="store_true", default=default,
-                        help="also show debug messages and the warnings and logs of the libraries used")
-
-
-class _StoreOnce(argparse.Action):
-    """Stores an option's value, refusing a second one: argparse would silently keep the last."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        given = namespace.__dict__.setdefault("_given_once", set())
-        if self.dest in given and option_string is not None:
-            parser.error(f"{option_string} is given twice; give it once.")
-        given.add(self.dest)
-        setattr(namespace, self.dest, values)
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser (and its subcommands' parsers) whose plain options refuse repeats."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.register("action", None, _StoreOnce)
-        self.register("action", "store", _StoreOnce)
-
-
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="bottleneck",
         description="Cached-feature transfer learning: extract frozen-backbone features once, train heads on them.",
     )
-    _common(parser)
+    common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("features", help="extract backbone features of an image folder into the cache")
@@ -126,13 +97,13 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment-seed", type=int, help="seed of the views (default 0)")
     p.add_argument("--config", help="TOML file with a [features] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_features)
 
     p = sub.add_parser("list", help="list backbones (or heads with --heads)")
     p.add_argument("pattern", nargs="?", default="", help="fnmatch pattern, e.g. 'resnet*'")
     p.add_argument("--heads", action="store_true", help="list the heads instead of the backbones")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_list)
 
     p = sub.add_parser("cache", help="list feature sets, or export one for other tools")
@@ -143,12 +114,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="export: replace the output file if it exists")
     p.add_argument("--cache-dir", default="cache")
     p.add_argument("--json", action="store_true")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_cache)
 
     p = sub.add_parser("sample-data", help="write the embedded sample dataset (scikit-learn digits as PNG folders)")
     p.add_argument("out", nargs="?", default="data/digits")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_sample_data)
 
     p = sub.add_parser("train-head", help="train heads on a cached feature set, one run folder each")
@@ -185,7 +156,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
     p.add_argument("--config", help="TOML file with a [train] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_train_head)
 
     p = sub.add_parser("curve", help="data-fraction curve: heads trained on growing shares of the training split")
@@ -204,7 +175,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", help="where feature sets are looked up by name (default cache)")
     p.add_argument("--config", help="TOML file with a [curve] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_curve)
 
     p = sub.add_parser("runs", help="inspect trained runs")
@@ -219,9 +190,9 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true",
                    help="rewrite leaderboard.csv and .md from the run folders (runs ls also does when they disagree)")
     p.add_argument("--json", action="store_true", help="print the rows as one JSON list, numbers as numbers")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_runs)
-    _add_predict_parsers(sub)
+    add_predict_parsers(sub)
 
     p = sub.add_parser("report", help="write one self-contained HTML report of the runs, to choose a model from")
     p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default runs)")
@@ -231,10 +202,10 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--duplicate-threshold", type=float, default=0.98,
                    help="cosine similarity of cached features from which two images are near-duplicates (default 0.98)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
+    common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_report)
 
-    _add_finetune_parser(sub)
+    add_finetune_parser(sub)
     return parser
 
 
@@ -457,165 +428,4 @@ def _cmd_sample_data(args) -> int:
     from ..features.sample_data import write_digits
 
     print(f"Sample dataset: {write_digits(args.out)}")
-    return ExitStatus.OK
-
-
-# -- predict, evaluate, export ---------------------------------------------
-
-
-def _add_predict_parsers(sub) -> None:
-    run_help = "run folder (runs/<feature set>/<head>-<id>) or a bundle folder from `bottleneck export`"
-    weights_help = "the run's weights file, if it moved (must have the sha256 recorded at extraction)"
-
-    p = sub.add_parser("predict", help="predict the class of new images with a trained run")
-    p.add_argument("run", help=run_help)
-    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
-    p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
-    p.add_argument("--force", action="store_true", help="replace the CSV if it exists")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_predict)
-
-    p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
-    p.add_argument("run", help=run_help)
-    p.add_argument("data", help="labelled folder, DATA/<class>/*, or a manifest; classes are matched by name")
-    p.add_argument("--output", help="existing folder that receives eval-<id>/ (default: the run folder)")
-    p.add_argument("--cache-dir", help="feature cache the data is extracted into and reused from "
-                   "(default: the cache of the run's feature set, else cache)")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_evaluate)
-
-    p = sub.add_parser("export", help="export a run: one model (dense and linear heads) or a self-contained bundle")
-    p.add_argument("run", help=run_help)
-    p.add_argument("out", help="OUT.keras or OUT.onnx, a new folder for saved_model or a bundle")
-    p.add_argument("--format", choices=("keras", "saved_model", "onnx", "bundle"),  # runs.export.EXPORT_FORMATS
-                   help="default: from OUT's suffix (.keras, .onnx); else keras for dense heads, bundle otherwise")
-    p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
-    p.add_argument("--force", action="store_true", help="replace an existing .keras file")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_export)
-
-
-def _cmd_predict(args) -> int:
-    from ..runs.predict import check_output_file, check_output_folder, predict_images, write_predictions_csv
-
-    # Before minutes of extraction, not after.
-    check_output_folder(Path(args.output).parent)
-    check_output_file(args.output, overwrite=args.force)
-    predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights)
-    path = write_predictions_csv(predictions, args.output, overwrite=args.force)
-    failed = sum(p.error is not None for p in predictions)
-    if not args.quiet:
-        shown = predictions[:20]
-        width = min(60, max(len("path"), *(len(p.path) for p in shown)))
-        print(f"{'path':{width}}  {'class':12} {'prob':>6}  top-{args.top_k}")
-        for p in shown:
-            name = p.path if len(p.path) <= width else "..." + p.path[-(width - 3):]
-            if p.error is not None:
-                print(f"{name:{width}}  error: {p.error}")
-            else:
-                top = ", ".join(f"{c} {q:.2f}" for c, q in p.top_k)
-                print(f"{name:{width}}  {p.predicted_class:12} {p.probability:6.3f}  {top}")
-        if len(predictions) > len(shown):
-            print(f"... and {len(predictions) - len(shown)} more")
-        errors = f", {failed} could not be read" if failed else ""
-        noun = "prediction" if len(predictions) == 1 else "predictions"
-        print(f"Wrote {len(predictions)} {noun} to {path}{errors}.")
-    elif not args.json:
-        print(path)
-    if args.json:
-        print(json.dumps({"output": str(path), "predictions": [p.to_json() for p in predictions]}))
-    return ExitStatus.OK
-
-
-def _cmd_evaluate(args) -> int:
-    from ..runs.evaluate import evaluate_run
-
-    result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir)
-    if not args.quiet:
-        print(result.dataset_summary)
-        macro_f1 = result.metrics.get("macro_f1")
-        f1 = "" if macro_f1 is None else f", macro F1 {macro_f1:.4f}"
-        print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images "
-              f"({result.extracted} extracted now, the rest from the cache).")
-        for name, paths in result.unknown_classes.items():
-            print(f"  unknown class {name!r}: {len(paths)} images left out")
-        if result.missing_classes:
-            print(f"  classes of the run without images here: {', '.join(result.missing_classes)}")
-        for path, reason in result.skipped[:20]:
-            print(f"  skipped {path}: {reason}")
-        print(f"Metrics and confusion matrix: {result.out_dir}")
-    elif not args.json:
-        print(result.out_dir)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    return ExitStatus.OK
-
-
-def _cmd_export(args) -> int:
-    from ..runs.export import export_run
-
-    result = export_run(
-        args.run, args.out, format=args.format, weights=args.weights, include_weights=not args.no_weights,
-        overwrite=args.force,
-    )
-    if not args.quiet:
-        what = {"keras": "Keras model", "saved_model": "SavedModel", "onnx": "ONNX model"}.get(result.format, "bundle")
-        check = "" if result.max_abs_diff is None else f" (checked against the run: max difference {result.max_abs_diff:.2g})"
-        print(f"Exported {what}: {result.path}{check}")
-    elif not args.json:
-        print(result.path)
-    if args.json:
-        print(json.dumps(result.to_json()))
-    return ExitStatus.OK
-
-
-# -- finetune -----------------------------------------------------------------
-
-
-def _add_finetune_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune the top of the base of a dense head run, end to end, into a new run")
-    p.add_argument("run", help="run folder of a dense head (runs/<feature set>/dense-<id>)")
-    p.add_argument("--unfreeze", metavar="N|all",
-                   help="train the top N layers with weights of the base (BatchNormalization stays frozen), or all (default 10)")
-    p.add_argument("--unfreeze-from", metavar="LAYER", help="train this layer of the base and every layer above it")
-    p.add_argument("--epochs", type=int, help="at most this many epochs (default 10)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-5)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    p.add_argument("--patience", type=int, dest="early_stopping_patience",
-                   help="stop after this many epochs without a lower validation loss (default 3)")
-    p.add_argument("--workers", type=int, help="decoding threads (default min(8, cores))")
-    p.add_argument("--seed", type=int, help="seed of the image order (default 0)")
-    p.add_argument("--runs-dir", help="where the run folder goes (default: the runs folder of RUN)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the killed fine-tune of RUN")
-    p.add_argument("--config", help="TOML file with a [finetune] table")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    _common(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_finetune)
-
-
-def _cmd_finetune(args) -> int:
-    from .. import config as config_lib
-    from ..runs.finetune import finetune_run
-
-    table = config_lib.load_toml(args.config).get("finetune", {})
-    flags = ("unfreeze", "unfreeze_from", "epochs", "learning_rate", "batch_size", "early_stopping_patience",
-             "workers", "seed", "runs_dir", "resume")
-    config = config_lib.resolve(config_lib.FinetuneConfig, table, **{f: getattr(args, f) for f in flags})
-    result = finetune_run(args.run, config=config)
-    if not args.quiet:
-        shown = {k: "-" if v is None else f"{v:.4f}" for k, v in result.to_json().items() if k.endswith("accuracy")}
-        print(f"Fine-tuned {len(result.unfrozen)} layers for {result.epochs_run} epochs (best {result.best_epoch}): "
-              f"val acc {shown['val_accuracy']}, test acc {shown['test_accuracy']}.")
-        print(f"Run: {result.run_dir}")
-    elif not args.json:
-        print(result.run_dir)
-    if args.json:
-        print(json.dumps(result.to_json()))
     return ExitStatus.OK
