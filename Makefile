@@ -88,6 +88,7 @@ CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(call opt,--select,$(SELECT)) $(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,$(EPOCHS)) \
 	$(call opt,--learning-rate,$(LR)) $(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
+	$(call opt,--augment-ops,$(AUGMENT_OPS)) $(call opt,--augment-seed,$(AUGMENT_SEED)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
 .PHONY: setup features test lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune

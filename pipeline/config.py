@@ -484,6 +484,13 @@ class FinetuneConfig:
         resume: bool, continue the unfinished fine-tune of this run from its
             last completed epoch (with its stored config and optimizer
             state). Defaults to `False`.
+        augment_ops: `None` (no augmentation), or the ops of the features
+            stage's cached views (`"flip,rotation=0.2,zoom=0.2"`, see
+            `ExtractConfig.augment_ops`), applied on the fly: epoch e trains
+            on view e+1 of every image, a function of the image, the ops
+            and `augment_seed`, so a resumed run sees what an uninterrupted
+            one would. Defaults to `None`.
+        augment_seed: int >= 0, the seed of the views. Defaults to `0`.
     """
 
     unfreeze: int | str | None = None
@@ -496,6 +503,8 @@ class FinetuneConfig:
     seed: int = 0
     runs_dir: str | None = None
     resume: bool = False
+    augment_ops: str | None = None
+    augment_seed: int = 0
 
     def __post_init__(self):
         if self.unfreeze is not None and self.unfreeze_from is not None:
@@ -533,7 +542,9 @@ class FinetuneConfig:
                 f"`early_stopping_patience` must be None or an integer >= 0. Received: early_stopping_patience={patience!r}",
                 field="early_stopping_patience",
             )
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ConfigError(f"`seed` must be an integer >= 0. Received: seed={self.seed!r}", field="seed")
+        for field in ("seed", "augment_seed"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ConfigError(f"`{field}` must be an integer >= 0. Received: {field}={value!r}", field=field)
         if self.runs_dir is not None:
             object.__setattr__(self, "runs_dir", os.fspath(self.runs_dir))

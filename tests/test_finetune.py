@@ -186,7 +186,7 @@ def test_the_input_pipeline_decodes_in_order_and_augments_in_one_place(tuned):
     from pipeline.features.discovery import file_sha256
 
     batches = finetune_model.ImageBatches(paths, np.arange(5), [file_sha256(p) for p in paths], size=SIZE,
-                                          batch_size=2, workers=2, augment=lambda x: 255 - x)
+                                          batch_size=2, workers=2, augment=lambda x, digests, epoch: 255 - x)
     images, labels = batches[1]
     assert len(batches) == 3 and labels.tolist() == [2, 3]
     np.testing.assert_array_equal(images, 255 - np.stack([load_image(p, SIZE) for p in paths[2:4]]))
@@ -232,3 +232,29 @@ def test_a_fine_tune_killed_before_its_first_state_starts_again(tmp_path):
     with pytest.raises(ConfigError) as e:
         finetune._config_for(folder, FinetuneConfig(resume=True))
     assert e.value.field == "resume" and "no unfinished fine-tune" in str(e.value)
+
+
+def test_training_batches_are_augmented_with_view_epoch_plus_one_of_the_cached_ops(tuned):
+    from pipeline.features import augment
+    from pipeline.features.discovery import file_sha256
+
+    paths = sorted(str(p) for p in tuned.data.rglob("*.png"))[:4]
+    digests = [file_sha256(p) for p in paths]
+    config = _config(augment_ops="flip,rotation=0.2", augment_seed=3)
+    batches = finetune_model.ImageBatches(paths, np.arange(4), digests, size=SIZE, batch_size=4, workers=1,
+                                          augment=finetune._augmentation(config))
+    clean = np.stack([load_image(p, SIZE) for p in paths])
+    ops = augment.parse_augment_ops("flip,rotation=0.2")
+    first, _ = batches[0]
+    np.testing.assert_array_equal(first, augment.apply_view(clean, digests, ops=ops, seed=3, view=1))
+    batches.on_epoch_end()
+    second, _ = batches[0]
+    np.testing.assert_array_equal(second, augment.apply_view(clean, digests, ops=ops, seed=3, view=2))
+    assert not np.array_equal(first, second) and not np.array_equal(first, clean)
+    assert finetune._augmentation(_config()) is None
+
+
+def test_bad_augment_ops_are_refused_before_anything_is_loaded(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        finetune.finetune_run(tmp_path / "no-such-run", config=_config(augment_ops="flip,spin=2"))
+    assert info.value.field == "augment_ops"

@@ -143,6 +143,9 @@ def add_finetune_parser(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of the image order (default 0)")
     p.add_argument("--runs-dir", help="where the run folder goes (default: the runs folder of RUN)")
     p.add_argument("--resume", action="store_true", default=None, help="continue the killed fine-tune of RUN")
+    p.add_argument("--augment-ops", help="augment the training images on the fly with these ops, as "
+                   "`features --augment-ops` (e.g. flip,rotation=0.2,zoom=0.2); epoch e trains on view e+1 (default off)")
+    p.add_argument("--augment-seed", type=int, help="seed of the augmented views (default 0)")
     p.add_argument("--config", help="TOML file with a [finetune] table")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     common_flags(p, default=argparse.SUPPRESS)
@@ -155,7 +158,7 @@ def _cmd_finetune(args) -> int:
 
     table = config_lib.load_toml(args.config).get("finetune", {})
     flags = ("unfreeze", "unfreeze_from", "epochs", "learning_rate", "batch_size", "early_stopping_patience",
-             "workers", "seed", "runs_dir", "resume")
+             "workers", "seed", "runs_dir", "resume", "augment_ops", "augment_seed")
     config = config_lib.resolve(config_lib.FinetuneConfig, table, **{f: getattr(args, f) for f in flags})
     result = finetune_run(args.run, config=config)
     if not args.quiet:

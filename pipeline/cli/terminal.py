@@ -107,6 +107,8 @@ _FINETUNE_OPTIONS = {
     "seed": ("--seed", "SEED"),
     "runs_dir": ("--runs-dir", "ARGS"),
     "resume": ("--resume", "ARGS"),
+    "augment_ops": ("--augment-ops", "AUGMENT_OPS"),
+    "augment_seed": ("--augment-seed", "AUGMENT_SEED"),
     "config": ("--config", "CONFIG"),
 }
 _OPTIONS = {

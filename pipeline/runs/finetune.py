@@ -34,6 +34,7 @@ import numpy as np
 
 from .. import _atomic, config as config_lib
 from ..errors import ConfigError, DataError, RunError
+from ..features import augment
 from ..heads import DenseClassifier, save_head, training_splits
 from ..heads.metrics import classification_metrics, plot_confusion_matrix, plot_history
 from ..store import FeatureStore, feature_key, read_feature_set
@@ -129,6 +130,8 @@ def finetune_run(run: str | os.PathLike, *, config: config_lib.FinetuneConfig) -
     """
     if not isinstance(config, config_lib.FinetuneConfig):
         raise TypeError(f"`config` must be a FinetuneConfig. Received: {type(config).__name__}.")
+    if config.augment_ops is not None:
+        augment.parse_augment_ops(config.augment_ops)  # refused before anything is loaded
     job = _open(run, config)
     config = _config_for(job.folder, config)
     from . import finetune_model as fm
@@ -236,12 +239,23 @@ def _config_for(folder: Path, config) -> config_lib.FinetuneConfig:
 
 
 def _batches(job: _Job, config, split: str, fm, *, shuffle: bool = False, epoch: int = 0):
+    """Batches of a split; the training batches (`shuffle`) are shuffled and, with `augment_ops`, augmented."""
     rows = job.parts[split]
     return fm.ImageBatches(
         [job.files[r] for r in rows], job.fs.labels[rows], [job.digests[r] for r in rows],
         size=job.predictor.size, batch_size=config.batch_size, workers=config.workers,
         shuffle_seed=config.seed if shuffle else None, epoch=epoch,
+        augment=_augmentation(config) if shuffle else None,
     )
+
+
+def _augmentation(config):
+    """Epoch e trains on view e+1 of each image: the cached views' ops, drawn per image and epoch."""
+    if config.augment_ops is None:
+        return None
+    ops = augment.parse_augment_ops(config.augment_ops)
+    return lambda images, digests, epoch: augment.apply_view(
+        images, digests, ops=ops, seed=config.augment_seed, view=epoch + 1)
 
 
 def _start(job: _Job, config, fm) -> tuple[dict[str, Any], Any]:

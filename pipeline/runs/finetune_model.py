@@ -56,9 +56,10 @@ class ImageBatches(keras.utils.PyDataset):
             Defaults to `None`.
         epoch: the epoch the first batch belongs to (`initial_epoch` when
             resuming). Defaults to `0`.
-        augment: `None`, or a function from a uint8 batch `(n, size, size,
-            3)` to one of the same shape and dtype, applied to every batch:
-            the one place per-batch augmentation goes. Defaults to `None`.
+        augment: `None`, or `augment(images, digests, epoch)` from a uint8
+            batch `(n, size, size, 3)`, its rows' sha256 and the epoch to
+            one of the same shape and dtype, applied to every batch: the
+            one place per-batch augmentation goes. Defaults to `None`.
     """
 
     def __init__(
@@ -72,7 +73,7 @@ class ImageBatches(keras.utils.PyDataset):
         workers: int,
         shuffle_seed: int | None = None,
         epoch: int = 0,
-        augment: Callable[[np.ndarray], np.ndarray] | None = None,
+        augment: Callable[[np.ndarray, list[str], int], np.ndarray] | None = None,
     ):
         super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=max(4, 2 * workers))
         self.files, self.digests = list(files), list(digests)
@@ -94,7 +95,7 @@ class ImageBatches(keras.utils.PyDataset):
         rows = self._order[index * self.batch_size : (index + 1) * self.batch_size]
         images = np.stack([self._load(row) for row in rows])
         if self.augment is not None:
-            images = self.augment(images)
+            images = self.augment(images, [self.digests[row] for row in rows], self.epoch)
         return images, self.labels[rows]
 
     def _load(self, row: int) -> np.ndarray:
