@@ -15,6 +15,7 @@ BATCH ?=
 PRECISION ?=
 WORKERS ?=
 DECODE_MODE ?=
+DEVICES ?=
 NUM_SHARDS ?=
 SHARD_INDEX ?=
 CACHE ?= cache
@@ -71,7 +72,7 @@ FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CAC
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) \
 	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) \
 	$(call opt,--augment,$(AUGMENT)) $(call opt,--augment-ops,$(AUGMENT_OPS)) \
-	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--num-shards,$(NUM_SHARDS)) \
+	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--devices,$(DEVICES)) $(call opt,--num-shards,$(NUM_SHARDS)) \
 	$(call opt,--shard-index,$(SHARD_INDEX)) $(call opt,--config,$(CONFIG)) $(ARGS))
 TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \

@@ -77,6 +77,10 @@ class ExtractConfig:
         decode_mode: `"threads"`, `"processes"` (past the GIL; the images
             are handed over in shared memory) or `"auto"` (processes from 4
             workers up). Both give the same arrays. Defaults to `"auto"`.
+        devices: how many devices run each model, one replica each, every
+            batch split over them (Keras data parallelism, JAX backend):
+            `"auto"` (every GPU when there are several), `"all"`, or a
+            number. Never changes the numbers. Defaults to `"auto"`.
         num_shards: with more than 1, this run is one of `num_shards`
             workers (on any launcher: Slurm, Kubernetes, ssh) that extract
             one part each of the missing images, by content hash, into the
@@ -117,6 +121,7 @@ class ExtractConfig:
     batch_size: int = 64
     workers: int = dataclasses.field(default_factory=_default_workers)
     decode_mode: str = "auto"
+    devices: int | str = "auto"
     num_shards: int = 1
     shard_index: int = 0
     shard_size: int = 1024
@@ -134,6 +139,7 @@ class ExtractConfig:
         _check_choice("precision", self.precision, PRECISIONS)
         _check_choice("storage_dtype", self.storage_dtype, STORAGE_DTYPES)
         _check_choice("decode_mode", self.decode_mode, DECODE_MODES)
+        object.__setattr__(self, "devices", _parse_devices(self.devices))
         for field in ("batch_size", "workers", "shard_size", "num_shards"):
             _check_positive(field, getattr(self, field))
         if not isinstance(self.shard_index, int) or isinstance(self.shard_index, bool) or not (
@@ -221,6 +227,15 @@ def _check_choice(name: str, value, choices) -> None:
 def _check_non_negative(name: str, value) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ConfigError(f"`{name}` must be an integer >= 0. Received: {name}={value!r}", field=name)
+
+
+def _parse_devices(value) -> int | str:
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)  # `--devices 2` arrives as text, like `--devices all`
+    if value in ("auto", "all") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise ConfigError(f"`devices` must be 'auto', 'all' or a positive number. Received: devices={value!r}",
+                      field="devices")
 
 
 def _check_positive(name: str, value) -> None:

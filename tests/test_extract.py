@@ -418,3 +418,39 @@ def test_decoding_in_processes_from_the_cli_stores_the_same_features(tiny_datase
     assert processes["counts"]["extracted"] == 18
     assert Path(processes["path"]).parent.name == threads.path.parent.name  # decode mode is not in the key
     np.testing.assert_array_equal(read_feature_set(processes["path"]).features, read_feature_set(threads.path).features)
+
+
+_DATA_PARALLEL = """
+import json, logging, sys
+import numpy as np
+from pipeline.config import ExtractConfig
+from pipeline.features.extract import extract_features
+from pipeline.store import read_feature_set
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+data, cache = sys.argv[1], sys.argv[2]
+model = dict(model="resnet50", size=32, weights="none", batch_size=3, workers=2)
+one = extract_features(config=ExtractConfig(data=data, cache_dir=cache + "/one", devices=1, **model))
+two = extract_features(config=ExtractConfig(data=data, cache_dir=cache + "/two", devices="all", **model))
+a, b = read_feature_set(one.path).features, read_feature_set(two.path).features
+print(json.dumps({"rows": [len(a), len(b)], "max_diff": float(np.abs(a - b).max())}))
+"""
+
+
+def test_every_device_runs_a_replica_and_the_features_do_not_change(tiny_dataset, tmp_path):
+    """Issue 13: one replica per device (JAX data parallelism), tried on two XLA host devices."""
+    done = subprocess.run(
+        [PYTHON, "-c", _DATA_PARALLEL, str(tiny_dataset), str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+        env={**os.environ, "KERAS_BACKEND": "jax", "XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.splitlines()[-1])
+    assert result["rows"] == [18, 18] and result["max_diff"] < 1e-5
+    assert "Running each model on 2 devices (data parallel)" in done.stderr  # batches of 3 padded to 4, split in 2
+
+
+def test_more_devices_than_visible_are_refused(tiny_dataset, tmp_path):
+    done = _cli("features", str(tiny_dataset), "--model", "resnet50", "--size", "32", "--weights", "none",
+                "--devices", "64", "--cache-dir", str(tmp_path), env={"KERAS_BACKEND": "jax"})
+    assert done.returncode == 2
+    assert "`devices` asks for 64 devices" in done.stderr and "--devices" in done.stderr

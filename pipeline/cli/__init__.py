@@ -80,6 +80,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="decoding threads or processes (default min(8, cores))")
     p.add_argument("--decode-mode", choices=("auto", "threads", "processes"),
                    help="decode in threads or in processes past the GIL; auto: processes from 4 workers (default)")
+    p.add_argument("--devices", metavar="auto|all|N",
+                   help="devices running each model, one replica each (JAX backend; default auto: every GPU)")
     p.add_argument("--num-shards", type=int,
                    help="run as one of N workers, each extracting a part of the missing images into shards; "
                    "a plain run afterwards writes the index (default 1: no workers)")
@@ -336,6 +338,7 @@ def _cmd_features(args) -> int:
             batch_size=args.batch_size,
             workers=args.workers,
             decode_mode=args.decode_mode,
+            devices=args.devices,
             num_shards=args.num_shards,
             shard_index=args.shard_index,
             shard_size=args.shard_size,

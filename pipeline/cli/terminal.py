@@ -33,6 +33,7 @@ _EXTRACT_OPTIONS = {
     "batch_size": ("--batch-size", "BATCH"),
     "workers": ("--workers", "WORKERS"),
     "decode_mode": ("--decode-mode", "DECODE_MODE"),
+    "devices": ("--devices", "DEVICES"),
     "num_shards": ("--num-shards", "NUM_SHARDS"),
     "shard_index": ("--shard-index", "SHARD_INDEX"),
     "shard_size": ("--shard-size", "ARGS"),

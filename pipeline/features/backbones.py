@@ -14,19 +14,23 @@ decoded images in fixed-shape passes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
+import logging
 import fnmatch
 import hashlib
 import importlib.metadata
 import tempfile
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 
 from ..errors import ConfigError, WeightsUnavailableError
+
+log = logging.getLogger("bottleneck")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -293,14 +297,65 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def replicas(devices: int | str) -> Iterator[int]:
+    """Models built and run inside hold one replica per device, each fed a slice of every batch.
+
+    Keras' data-parallel distribution (JAX backend): the weights are copied
+    to each device and every forward pass is split over them, so a machine's
+    GPUs all work on one feature set. `devices`: `"auto"` (every GPU when
+    there are several, else one device), `"all"` (every device of the
+    default platform; CPUs too, where XLA is told to make several) or a number.
+    Other backends run on one device (a warning says so when more were
+    asked for). Yields the number of replicas.
+
+    Raises:
+        ConfigError: `devices` asks for more devices than there are.
+    """
+    from .._keras import import_keras
+
+    keras = import_keras()
+    if keras.backend.backend() != "jax":
+        if devices not in ("auto", 1):
+            log.warning("devices=%s needs the JAX backend (KERAS_BACKEND=jax); running on one device.", devices)
+        yield 1
+        return
+    available = keras.distribution.list_devices()  # of the default platform: accelerators when there are any
+    accelerators = [d for d in available if not d.startswith("cpu")]
+    wanted = {"auto": len(accelerators) or 1, "all": len(available)}.get(devices, devices)
+    if wanted > len(available):
+        raise ConfigError(
+            f"`devices` asks for {wanted} devices but {len(available)} are visible ({', '.join(available)}). "
+            "Pass a smaller number, 'all' or 'auto'.",
+            field="devices",
+        )
+    if wanted < 2:
+        yield 1
+        return
+    log.info("Running each model on %d devices (data parallel): %s", wanted, ", ".join(available[:wanted]))
+    with keras.distribution.DataParallel(devices=available[:wanted]).scope():
+        yield wanted
+
+
+def _replicas_now() -> int:
+    from .._keras import import_keras
+
+    distribution = import_keras().distribution.distribution()
+    return 1 if distribution is None else int(distribution.device_mesh.devices.size)
+
+
 def predict_batches(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     """Runs an extractor over uint8 images in forward passes of exactly `batch_size` images.
 
     Every pass has the same shape, so the compiled step is traced once.
+    Inside `replicas`, `batch_size` is rounded up to a multiple of the
+    device count, so every device gets an equal slice.
 
     The last, short batch is padded with zeros; a longer input (another
     backbone's decode batch) is cut into batches. Returns one row per image.
     """
+    n_replicas = _replicas_now()
+    batch_size = -(-batch_size // n_replicas) * n_replicas
     outputs = []
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size]

@@ -424,11 +424,12 @@ def _worker_result(plan: _Plan, dataset, started: float) -> ExtractResult:
 
 def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
-    built: dict[str, Any] = {}
-    models = [_build_model(plan, built) for plan in plans]
     first = plans[0].config
-    done, total, decoding_started = 0, 0, time.perf_counter()
     with contextlib.ExitStack() as stack:
+        stack.enter_context(backbones.replicas(first.devices))
+        built: dict[str, Any] = {}
+        models = [_build_model(plan, built) for plan in plans]
+        done, total, decoding_started = 0, 0, time.perf_counter()
         shards = [
             stack.enter_context(plan.store.shard_appender(
                 plan.key, plan.feature_shape, plan.config.storage_dtype, plan.config.shard_size))
