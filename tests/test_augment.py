@@ -2,6 +2,7 @@
 
 import dataclasses
 import hashlib
+import json
 import shutil
 
 import numpy as np
@@ -103,6 +104,15 @@ def test_views_of_train_images_only_and_k4_after_k2_extracts_two_more(extracted)
         assert not np.allclose(view.features, clean.features[: len(train_paths)])
     first, second = (v.features for v in list(views.values())[:2])
     assert not np.allclose(first, second)
+
+
+def test_cache_ls_lists_the_clean_set_with_its_views_count(extracted, capsys):
+    from pipeline.cli import main
+
+    cache, _, four = extracted
+    assert main(["cache", "ls", "--cache-dir", str(cache), "--json"]) == 0
+    (listed,) = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert listed["name"] == four.path.parent.name and listed["images"] == 12 and listed["views"] == 4
 
 
 def test_views_are_reproducible_and_another_seed_gives_others(extracted, split_data, tmp_path):

@@ -396,18 +396,23 @@ def _cmd_list(args) -> int:
 
 def _cmd_cache(args) -> int:
     from ..store import list_feature_sets
+    from ..store.lookup import list_view_sets
 
     if args.action == "export":
         return _export_cache(args)
     if args.features is not None:
         raise ConfigError(f"`cache ls` takes no feature set (received {args.features!r}); "
                           "did you mean `cache export`?")
-    sets = [{"name": name, "path": str(path), "images": n} for name, path, n in list_feature_sets(args.cache_dir)]
+    sets = [
+        {"name": name, "path": str(path), "images": n, "views": len(list_view_sets(path))}
+        for name, path, n in list_feature_sets(args.cache_dir)
+    ]
     if args.json:
         print(json.dumps(sets))
     else:
         for s in sets:
-            print(f"{s['name']:60} {s['images']:8d} images")
+            views = f", {s['views']} augmented views" if s["views"] else ""
+            print(f"{s['name']:60} {s['images']:8d} images{views}")
         if not sets:
             print(f"No feature sets under {args.cache_dir}/. Run `make features` first.")
     return ExitStatus.OK
