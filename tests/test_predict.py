@@ -511,6 +511,21 @@ def test_evaluate_extracts_through_the_cache_and_flags_training_images(tiny, tmp
     assert report["overlap"] == clean.overlap and Path(report["features_path"]).is_file()
 
 
+def test_an_evaluation_in_the_run_folder_is_a_leaderboard_row_after_its_run(tiny, tmp_path):
+    from pipeline.runs import leaderboard
+
+    run = shutil.copytree(tiny.runs["logreg"], tmp_path / "runs" / tiny.runs["logreg"].parent.name / "logreg-copy",
+                          ignore=shutil.ignore_patterns("eval-*"))  # other tests evaluate the shared run
+    result = evaluate_run(run, tiny.data)
+    rows = leaderboard.rebuild_leaderboard(tmp_path / "runs")
+    assert [r["kind"] for r in rows] == ["head", "evaluation"]
+    head_row, eval_row = rows
+    assert eval_row["run_dir"] == str(result.out_dir) and eval_row["parent"] == str(run)
+    assert eval_row["test_accuracy"] == pytest.approx(result.accuracy) and eval_row["val_accuracy"] is None
+    assert eval_row["n_images"] == result.n_images and eval_row["head"] == head_row["head"] == "logreg"
+    assert str(result.out_dir) in (tmp_path / "runs" / "leaderboard.csv").read_text()  # written by evaluate
+
+
 def _folder(path):
     path.mkdir(parents=True)
     return path

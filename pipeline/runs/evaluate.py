@@ -7,7 +7,8 @@ extracts nothing, and added images are extracted alone. The head is the
 run's (`Predictor`), the metrics are training's own
 (`heads.metrics.classification_metrics`), and the results are published as
 one new `eval-<id>/` folder (`layout` names its files), in the run folder
-or in a folder given with `output`.
+(and then as an `evaluation` row on the leaderboard) or in a folder given
+with `output`.
 
 Images of the data with the same content as images the run's feature set
 holds are counted per split of the run (`overlap` in the metrics): test
@@ -27,13 +28,14 @@ import numpy as np
 
 from .. import _atomic
 from .. import config as config_lib
-from ..errors import BottleneckError, DataError
+from ..errors import BottleneckError, DataError, WriteError
 from ..features import manifest
 from ..features.extract import extract_features
 from ..heads import metrics as metrics_lib
 from ..heads.splits import training_splits
 from ..store import FeatureStore, read_feature_set
 from . import layout
+from .leaderboard import rebuild_leaderboard
 from .predict import Predictor, check_output_folder, csv_text
 
 __all__ = ["EvaluationResult", "evaluate_run"]
@@ -169,6 +171,8 @@ def evaluate_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     out_dir = _publish(parent, predictor.class_names, measured, report)
+    if out_dir.parent == predictor.root and predictor.source.kind == "run":
+        _add_to_leaderboard(predictor.root.parent.parent)
     return EvaluationResult(
         out_dir, measured.metrics, len(measured.relpaths), unknown, missing, skipped, dataset.summary(),
         overlap, extraction.counts["extracted"],
@@ -242,6 +246,14 @@ def _overlap(predictor: Predictor, digests: set[str]) -> dict[str, Any]:
         overlap[split] = len(shared)
         overlap["examples"].extend(shared[:3])
     return overlap
+
+
+def _add_to_leaderboard(runs_dir: Path) -> None:
+    """The evaluation as a row of the run's leaderboard; a leaderboard that cannot be written only warns."""
+    try:
+        rebuild_leaderboard(runs_dir)
+    except WriteError as e:
+        log.warning("warning: %s", e)
 
 
 def _warn_overlap(overlap: dict[str, Any], root: Path) -> None:

@@ -256,14 +256,33 @@ def _locked(runs_dir: Path) -> Iterator[None]:
 
 
 def _read_runs(runs_dir: Path) -> list[dict[str, Any]]:
-    """A row per run folder `<runs_dir>/<feature set>/<run>/`, in the order the runs finished."""
+    """A row per run folder `<runs_dir>/<feature set>/<run>/`, in the order the runs finished.
+
+    Each run's evaluations (`eval-<id>/` inside it, `bottleneck evaluate`)
+    follow it as rows of kind `evaluation`: the run's backbone, head and
+    params, the evaluated images' test scores, the run as parent.
+    """
     found = []
-    for run in _run_folders(runs_dir):
+    for path in _run_folders(runs_dir):
         try:
-            found.append(_row(run))
+            key, row, run = _row(path)
         except RunError as e:
             log.warning("Left out of the leaderboard: %s", e)
+            continue
+        found.append(((key, ""), row))
+        for evaluation in sorted(path.glob(f"{layout.EVAL_PREFIX}*")):
+            try:
+                found.append(((key, evaluation.name), _evaluation_row(run, evaluation)))
+            except RunError as e:
+                log.warning("Left out of the leaderboard: %s", e)
     return [row for _, row in sorted(found, key=lambda item: item[0])]
+
+
+def _evaluation_row(run: _Run, folder: Path) -> dict[str, Any]:
+    metrics = layout.read_json(folder / layout.METRICS, "evaluation folder")
+    size = (metrics.get("sizes") or {}).get("test")
+    lineage = {**run.lineage, "kind": "evaluation", "parent_run": str(run.path), "n_images": size}
+    return {c.name: c.read(_Run(folder, run.config, metrics, lineage)) for c in COLUMNS}
 
 
 def _run_folders(runs_dir: Path) -> Iterator[Path]:
@@ -279,8 +298,8 @@ def _run_folders(runs_dir: Path) -> Iterator[Path]:
                 yield run
 
 
-def _row(path: Path) -> tuple[tuple[str, str], dict[str, Any]]:
-    """`(sort key, row)` of one run folder; a damaged folder is a `RunError`."""
+def _row(path: Path) -> tuple[tuple[str, str], dict[str, Any], _Run]:
+    """`(sort key, row, what it was read from)` of one run folder; a damaged folder is a `RunError`."""
     run = _Run(
         path,
         layout.read_json(path / layout.CONFIG, "run folder"),
@@ -290,7 +309,7 @@ def _row(path: Path) -> tuple[tuple[str, str], dict[str, Any]]:
     row = {c.name: c.read(run) for c in COLUMNS}
     # `trained_at` orders runs finished within one second; runs from before
     # it was recorded sort first, by folder name.
-    return (str(run.lineage.get("trained_at") or ""), path.name), row
+    return (str(run.lineage.get("trained_at") or ""), path.name), row, run
 
 
 def _augmented(record: Any) -> str:
