@@ -82,8 +82,8 @@ class RunSource:
         root = Path(path)
         if not root.exists():
             raise RunError(
-                f"`run_dir` '{root}' does not exist. Pass a run folder as `runs ls` lists it "
-                "(runs/<feature set>/<head>-<id>) or a bundle folder written by `export_run`.",
+                f"`run_dir` '{root}' does not exist. Pass a run folder, runs/<feature set>/<head>-<id> "
+                "(`runs ls --json` gives each run_dir), or a bundle folder written by `export_run`.",
                 field="run",
             )
         if not root.is_dir():
