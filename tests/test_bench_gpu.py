@@ -1,5 +1,7 @@
 """bench/gpu.py's verdicts, table, time guard and flags, on synthetic results (no model is built)."""
 
+import shutil
+import subprocess
 import sys
 import time
 
@@ -150,3 +152,10 @@ def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         gpu.parse_args(argv)
     assert "Received" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("git") is None or not (common.REPO / ".git").exists(), reason="needs a git checkout")
+def test_carried_wheels_are_ignored_by_git():
+    # .whl/ holds ~3 MB of wheels for the GPU machine: never committed.
+    wheel = ".whl/keras-3.15.1-py3-none-any.whl"
+    assert subprocess.run(["git", "check-ignore", "-q", "--no-index", wheel], cwd=common.REPO).returncode == 0
