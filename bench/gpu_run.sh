@@ -7,7 +7,8 @@
 # for the download command) into /tmp/site, then runs `python -m bench.gpu` on
 # the JAX backend, unbuffered, writing the table and JSON to $OUT when it is
 # set (bench/results/ otherwise) with a copy of everything printed in
-# gpu-run.log there. PYTHON picks the interpreter (default python3).
+# gpu-run.log there (there also when --out names another folder for the
+# table). PYTHON picks the interpreter (default python3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
