@@ -133,6 +133,14 @@ BENCH_ARGS ?=
 bench: $(VENV)/.installed
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# The GPU table in one run (bench/gpu.py): no venv, so it runs on a GPU machine
+# with no package registry (Keras carried in .whl/); .venv's Python when there is one.
+# CPU smoke run: BENCH_GPU_ARGS=--quick.
+BENCH_GPU_ARGS ?=
+.PHONY: bench-gpu
+bench-gpu:
+	PYTHON=$(if $(wildcard $(PY)),$(PY),$(PYTHON)) bash bench/gpu_run.sh $(BENCH_GPU_ARGS)
+
 train-head: $(VENV)/.installed
 	$(BOTTLENECK) train-head $(TRAIN_FLAGS)
 

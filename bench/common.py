@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import datetime
+import functools
 import hashlib
 import importlib.metadata
 import json
+import multiprocessing
 import os
 import platform
 import shutil
@@ -181,6 +183,54 @@ def prepare_large(workdir: Path, n: int, side: int = 3024) -> Path:
     return out
 
 
+def prepare_photos(workdir: Path, n: int, side: int, workers: int) -> Path:
+    """`workdir/photos-<n>-<side>/<class>/*.jpg`: photo JPEGs as `prepare_large` makes them, in `workers` processes.
+
+    Each photo draws from its own seeded generator, so the set is the same
+    whatever the number of workers (but not the files of `prepare_large`,
+    whose photos share one generator). A phone-sized photo takes about a
+    second to make: one process would spend minutes of a GPU machine's time.
+    """
+    out = workdir / f"photos-{n}-{side}"
+    marker = workdir / f"photos-{n}-{side}.ok"
+    want = {"n": n, "side": side, "version": 1}
+    if _done(marker, want):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    for k in range(min(n, 4)):
+        (out / f"class{k}").mkdir(parents=True)
+    # spawn: the caller may have loaded JAX, whose threads make fork unsafe.
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        list(pool.map(_make_photo, [out] * n, range(n), [side] * n, chunksize=max(1, n // (4 * workers))))
+    marker.write_text(json.dumps(want))
+    return out
+
+
+def _make_photo(out: Path, i: int, side: int) -> None:
+    from PIL import Image
+
+    photos = _sample_photos()
+    rng = np.random.default_rng([1, i])
+    photo = photos[i % len(photos)]
+    h, w = photo.shape[:2]
+    y, x = rng.integers(0, h // 4), rng.integers(0, w // 4)
+    crop = photo[y : y + 3 * h // 4, x : x + 3 * w // 4]
+    if i % 2:
+        crop = crop[:, ::-1]
+    big = Image.fromarray(np.ascontiguousarray(crop)).resize((side, side * 3 // 4), Image.Resampling.BICUBIC)
+    noise = rng.standard_normal((side * 3 // 4, side, 3), dtype=np.float32) * 6
+    noisy = np.clip(np.asarray(big, np.float32) + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(noisy).save(out / f"class{i % 4}" / f"photo{i:05d}.jpg", quality=90)
+
+
+@functools.cache
+def _sample_photos() -> list[np.ndarray]:
+    from sklearn.datasets import load_sample_images
+
+    return load_sample_images().images
+
+
 def image_paths(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
 
@@ -279,6 +329,44 @@ def pool_decode_rate(paths: Sequence[Path], size: int, workers: int, mode: str) 
     for _ in decode.decode_batches(Path("/"), entries, size, 32, workers, mode=mode):
         pass
     return len(paths) / (time.perf_counter() - t)
+
+
+def steady_rate(marks: Sequence[tuple[float, int]], after: int = 0) -> float | None:
+    """img/s over `(time, images done)` marks, from the first mark `after` images past the first one to the last.
+
+    The first mark comes after a pool's start and a model's first call
+    (its compile); `after` also leaves out the images decoded ahead during
+    them, which come out faster than steady state. None when too few marks.
+    """
+    start = next((m for m in marks if m[1] >= marks[0][1] + after), None) if marks else None
+    if start is None or marks[-1][0] <= start[0]:
+        return None
+    return (marks[-1][1] - start[1]) / (marks[-1][0] - start[0])
+
+
+def decode_lookahead(batch_size: int, workers: int) -> int:
+    """Images `decode_batches` decodes ahead of its consumer (as `pipeline.features.decode` sets it)."""
+    return max(2 * batch_size, 4 * workers)
+
+
+def pool_decode_steady(paths: Sequence[Path], size: int, workers: int, mode: str, batch_size: int) -> dict:
+    """`pool_decode_rate`, also timed from the first batch on: `{"ips", "whole_ips", "first_batch_s"}`.
+
+    `ips` is the steady rate (None with a single batch); `whole_ips` counts
+    the pool's start, which in processes is a second or more of spawning.
+    """
+    import types
+
+    from pipeline.features import decode
+
+    entries = [types.SimpleNamespace(relpath=str(p)) for p in paths]  # absolute: root / relpath is the path
+    t, done, marks = time.perf_counter(), 0, []
+    for decoded, _, failures in decode.decode_batches(Path("/"), entries, size, batch_size, workers, mode=mode):
+        if failures:
+            raise RuntimeError(f"{len(failures)} files did not decode, e.g. {failures[0][0].relpath}: {failures[0][1]}")
+        done += len(decoded)
+        marks.append((time.perf_counter(), done))
+    return {"ips": steady_rate(marks, decode_lookahead(batch_size, workers)), "whole_ips": done / (marks[-1][0] - t), "first_batch_s": marks[0][0] - t}
 
 
 def gil_share(paths: Sequence[Path], size: int, seconds: float = 2.0) -> float:
