@@ -1,0 +1,116 @@
+"""The Ray engine (`engine="ray"`, issue 13) on one local Ray cluster: same numbers, same resume guarantees."""
+
+import os
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from imagegen import REPO, make_dataset
+from pipeline.cli import ExitStatus, main
+from pipeline.config import ExtractConfig
+from pipeline.features.extract import extract_features
+from pipeline.store import FeatureStore, read_feature_set
+
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2, shard_size=4)
+# Read by `_stop_after_first_shard` in every Ray worker: while this file exists, model workers fail.
+_STOP_FLAG = "BOTTLENECK_TEST_STOP_FLAG"
+
+
+def _stop_after_first_shard():
+    """Ray worker setup hook: a model worker raises at its second batch while the flag file exists."""
+    from pipeline.features import backbones
+
+    real, calls = backbones.predict_batches, []
+
+    def predict_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1 and Path(os.environ[_STOP_FLAG]).exists():
+            raise RuntimeError("model worker stopped by the test")
+        return real(*args, **kwargs)
+
+    backbones.predict_batches = predict_then_stop
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    try:
+        import ray
+    except ImportError:  # `make setup` installs the extra; on CI its absence is a failure, not a skip
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("the `ray` extra is not installed")
+    flag = tmp_path_factory.mktemp("ray") / "stop"
+    tests = str(Path(__file__).parent)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), tests]), _STOP_FLAG: str(flag)},
+                          "worker_process_setup_hook": "test_ray_engine._stop_after_first_shard"})
+    yield flag
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("ray-data") / "data", classes=3, per_class=8)
+
+
+@pytest.fixture(scope="module")
+def local(data, tmp_path_factory):
+    return read_feature_set(extract_features(config=_config(data, tmp_path_factory.mktemp("local"))).path)
+
+
+def _config(data, cache, **overrides):
+    return ExtractConfig(data=str(data), cache_dir=str(cache), **{**MODEL, **overrides})
+
+
+def _shard_rows(set_dir):
+    digests = []
+    for name in FeatureStore(set_dir).shard_names():
+        with h5py.File(set_dir / "shards" / name, "r") as f:
+            digests += f["sha256"].asstr()[:].tolist()
+    return digests
+
+
+def test_ray_engine_gives_the_local_feature_set_and_a_rerun_extracts_nothing(cluster, data, local, tmp_path):
+    cache = tmp_path / "cache"
+    result = extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
+    assert result.counts == {"extracted": 24, "reused": 0, "skipped": 0, "removed": 0}
+    assert result.path.parent.name == local.name  # engine settings are not in the feature key
+    fs = read_feature_set(result.path)
+    assert fs.paths == local.paths and fs.labels.tolist() == local.labels.tolist()
+    np.testing.assert_allclose(fs.features, local.features, rtol=1e-5, atol=1e-5)
+    rows = _shard_rows(result.path.parent)
+    assert len(rows) == len(set(rows)) == 24 and len(FeatureStore(result.path.parent).shard_names()) == 6
+
+    again = extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
+    assert again.counts == {"extracted": 0, "reused": 24, "skipped": 0, "removed": 0}
+
+
+def test_a_run_stopped_after_some_shards_resumes_and_nothing_is_lost_or_stored_twice(cluster, data, local, tmp_path):
+    cache = tmp_path / "cache"
+    cluster.touch()
+    try:
+        with pytest.raises(Exception, match="model worker stopped by the test"):
+            extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
+    finally:
+        cluster.unlink()
+    set_dir = cache / local.name
+    kept = _shard_rows(set_dir)
+    assert 0 < len(kept) < 24 and not (set_dir / "features.h5").exists()  # no index until the driver is done
+
+    resumed = extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
+    assert resumed.counts == {"extracted": 24 - len(kept), "reused": len(kept), "skipped": 0, "removed": 0}
+    rows = _shard_rows(set_dir)
+    assert len(rows) == len(set(rows)) == 24
+    np.testing.assert_allclose(read_feature_set(resumed.path).features, local.features, rtol=1e-5, atol=1e-5)
+
+
+def test_without_ray_the_engine_is_refused_with_the_install_command(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if it were not installed
+    cache = tmp_path / "cache"
+    args = ["features", str(data), "--model", "resnet50", "--size", "32", "--weights", "none", "--engine", "ray",
+            "--cache-dir", str(cache)]
+    assert main(args) == ExitStatus.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "`engine` 'ray' needs Ray" in err and "pip install 'ray[data]" in err and "--engine" in err
+    assert not cache.exists()
