@@ -11,6 +11,7 @@ import pytest
 from imagegen import REPO, make_dataset
 from pipeline.cli import ExitStatus, main
 from pipeline.config import ExtractConfig
+from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
 from pipeline.store import FeatureStore, read_feature_set
 
@@ -91,18 +92,26 @@ def test_a_run_stopped_after_some_shards_resumes_and_nothing_is_lost_or_stored_t
     cluster.touch()
     try:
         with pytest.raises(Exception, match="model worker stopped by the test"):
-            extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
+            extract_features(config=_config(data, cache, engine="ray"))  # one worker: the test runs on 2 cores
     finally:
         cluster.unlink()
     set_dir = cache / local.name
     kept = _shard_rows(set_dir)
-    assert 0 < len(kept) < 24 and not (set_dir / "features.h5").exists()  # no index until the driver is done
+    assert len(kept) == 4 and not (set_dir / "features.h5").exists()  # the first shard; no index until the end
 
-    resumed = extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
+    resumed = extract_features(config=_config(data, cache, engine="ray"))
     assert resumed.counts == {"extracted": 24 - len(kept), "reused": len(kept), "skipped": 0, "removed": 0}
     rows = _shard_rows(set_dir)
     assert len(rows) == len(set(rows)) == 24
     np.testing.assert_allclose(read_feature_set(resumed.path).features, local.features, rtol=1e-5, atol=1e-5)
+
+
+def test_an_error_in_a_model_worker_is_raised_as_the_local_engine_raises_it(cluster, data, tmp_path):
+    cache = tmp_path / "cache"
+    with pytest.raises(ConfigError, match="Unknown layer 'conv9_bogus'") as info:
+        extract_features(config=_config(data, cache, engine="ray", layer="conv9_bogus"))
+    assert info.value.field == "layer"  # so the CLI names --layer and LAYER
+    assert not list(cache.glob("*/features.h5")) and not list(cache.glob("*/shards/*.h5"))
 
 
 def test_without_ray_the_engine_is_refused_with_the_install_command(data, tmp_path, capsys, monkeypatch):

@@ -23,6 +23,7 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import pickle
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -63,7 +64,7 @@ def run_plans(plans: Sequence, dataset, progress) -> None:
         while todo := extract._next_round(plans):
             total += len(todo)
             results = _pipeline(plans, todo, dataset.root, config).iter_batches(batch_size=None, batch_format="numpy")
-            for batch in _reraising(results):
+            for batch in results:
                 done |= _record(plans, batch)
                 if progress is not None:
                     progress(len(done), total)
@@ -77,17 +78,34 @@ def run_plans(plans: Sequence, dataset, progress) -> None:
 def _cluster(config):
     """Joins the cluster `config.ray_address` names, or starts a local one; leaves it as found."""
     import ray
+    import ray.data  # now: its import sets up the loggers quieted below
 
-    if ray.is_initialized():  # the caller's session (a notebook, the tests): keep it
-        yield
-        return
-    # Workers' logs (Keras banners, TensorFlow warnings) reach this terminal only with --verbose.
-    ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=log.isEnabledFor(logging.DEBUG),
-             logging_level=logging.WARNING)
+    verbose = log.isEnabledFor(logging.DEBUG)
+    with _ray_logs_shown(verbose):
+        if ray.is_initialized():  # the caller's session (a notebook, the tests): keep it
+            yield
+            return
+        # Workers' logs (Keras banners, TensorFlow warnings) reach this terminal only when debugging.
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_logs_shown(verbose: bool):
+    """Ray logs each pipeline's plan and progress at INFO on its own handlers; as other libraries', they show when debugging."""
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO if verbose else logging.ERROR)
     try:
         yield
     finally:
-        ray.shutdown()
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _pipeline(plans: Sequence, todo: Sequence, root, config):
@@ -147,11 +165,27 @@ class _ModelWorker:
         from .extract import _build_model
 
         built: dict[str, Any] = {}
-        self._plans = plans
-        self._models = [_build_model(plan, built) for plan in plans]
+        self._plans, self._error = plans, None
         self._paths = [{d: r for r, d in plan.digests.items()} for plan in plans]  # one file per content a round
+        try:
+            self._models = [_build_model(plan, built) for plan in plans]
+        except BottleneckError as e:  # sent with the first batch's answer: see `__call__`
+            self._error = e
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Ray passes an error on as its text only; a product error (an unknown layer, weights that cannot
+        # be had, a full disk) is sent back whole, so that the driver raises it as the local engine would.
+        try:
+            if self._error is not None:
+                raise self._error
+            rows = self._store(batch)
+        except BottleneckError as e:
+            rows = [(-1, "error", b"", "", "", -1, "", pickle.dumps(e))]
+        columns = dict(zip(_COLUMNS, zip(*rows))) if rows else dict.fromkeys(_COLUMNS, ())
+        return {name: np.array(columns[name], dtype=dtype) for name, dtype in _COLUMNS.items()}
+
+    def _store(self, batch: dict[str, np.ndarray]) -> list[tuple]:
+        """Stores one batch as one shard per plan; returns the result rows."""
         from .extract import _store_batch
 
         entries = [_Entry(os.fsdecode(r)) for r in batch["relpath"]]
@@ -161,31 +195,36 @@ class _ModelWorker:
         failures = [(e, reason) for e, reason, good in zip(entries, batch["reason"], ok) if not good]
         rows: list[tuple] = []
         for i, (plan, model) in enumerate(zip(self._plans, self._models)):
-            seen = (len(plan.located), len(plan.failed), len(plan.changed))
-            config = plan.config
-            with plan.store.shard_appender(plan.key, plan.feature_shape, config.storage_dtype, max(1, len(entries))) as shard:
+            # What this batch adds, only: a round names each content once, so no earlier batch had it.
+            plan.located, plan.failed, plan.changed = {}, {}, {}
+            rows_in_shard = max(1, len(entries))  # the whole batch in one shard
+            with plan.store.shard_appender(plan.key, plan.feature_shape, plan.config.storage_dtype, rows_in_shard) as shard:
                 _store_batch(plan, model, shard, decoded, batch["image"][ok], failures, digests)
-            rows += _new_rows(i, plan, self._paths[i], seen)
-        columns = dict(zip(_COLUMNS, zip(*rows))) if rows else dict.fromkeys(_COLUMNS, ())
-        return {name: np.array(columns[name], dtype=dtype) for name, dtype in _COLUMNS.items()}
+            rows += _result_rows(i, plan, self._paths[i])
+        return rows
 
 
-_COLUMNS = {"plan": np.int32, "status": str, "relpath": bytes, "digest": str, "shard": str, "row": np.int64, "reason": str}
+_COLUMNS = {
+    "plan": np.int32, "status": str, "relpath": object, "digest": str, "shard": str, "row": np.int64, "reason": str,
+    "error": object,  # bytes held as objects: numpy's fixed-width bytes drop trailing NULs
+}
 
 
-def _new_rows(i: int, plan, by_digest: dict[str, str], seen: tuple[int, int, int]) -> list[tuple]:
-    """What `_store_batch` just added to the worker's plan, as result rows for the driver."""
+def _result_rows(i: int, plan, by_digest: dict[str, str]) -> list[tuple]:
+    """What `_store_batch` recorded in plan `i` of a worker, as rows for the driver."""
     return (
-        [(i, "stored", os.fsencode(by_digest[d]), d, shard, row, "") for d, (shard, row) in list(plan.located.items())[seen[0]:]]
-        + [(i, "failed", os.fsencode(by_digest[d]), d, "", -1, why) for d, why in list(plan.failed.items())[seen[1]:]]
-        + [(i, "changed", os.fsencode(r), "", "", -1, why) for r, why in list(plan.changed.items())[seen[2]:]]
+        [(i, "stored", os.fsencode(by_digest[d]), d, shard, row, "", b"") for d, (shard, row) in plan.located.items()]
+        + [(i, "failed", os.fsencode(by_digest[d]), d, "", -1, why, b"") for d, why in plan.failed.items()]
+        + [(i, "changed", os.fsencode(r), "", "", -1, why, b"") for r, why in plan.changed.items()]
     )
 
 
 def _record(plans: Sequence, batch: dict[str, np.ndarray]) -> set[str]:
     """Records result rows in the driver's plans; returns the files they answer for."""
     files = set()
-    for i, status, relpath, digest, shard, row, reason in zip(*(batch[name] for name in _COLUMNS)):
+    for i, status, relpath, digest, shard, row, reason, error in zip(*(batch[name] for name in _COLUMNS)):
+        if status == "error":
+            raise pickle.loads(error)  # from this run's own workers
         plan, relpath = plans[int(i)], os.fsdecode(relpath)
         files.add(relpath)
         if status == "stored":
@@ -196,15 +235,3 @@ def _record(plans: Sequence, batch: dict[str, np.ndarray]) -> set[str]:
             plan.changed[relpath] = str(reason)
     return files
 
-
-def _reraising(batches):
-    """`batches`, with a product error raised in a worker raised here as itself (Ray wraps it)."""
-    try:
-        yield from batches
-    except Exception as e:  # noqa: BLE001 - re-raised below unless a product error is inside
-        cause = e
-        while cause is not None and not isinstance(cause, BottleneckError):
-            cause = getattr(cause, "cause", None) or cause.__cause__
-        if cause is None:
-            raise
-        raise cause from None
