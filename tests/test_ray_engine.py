@@ -14,6 +14,7 @@ from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
 from pipeline.store import FeatureStore, read_feature_set
+from pipeline.store.lookup import list_view_sets
 
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2, shard_size=4)
 # Read by `_stop_after_first_shard` in every Ray worker: while this file exists, model workers fail.
@@ -52,12 +53,21 @@ def cluster(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("ray-data") / "data", classes=3, per_class=8)
+    root = make_dataset(tmp_path_factory.mktemp("ray-data") / "data", classes=3, per_class=8)
+    (root / "class1" / "broken.png").write_bytes(b"not an image")  # skipped with its reason, by either engine
+    return root
 
 
 @pytest.fixture(scope="module")
 def local(data, tmp_path_factory):
-    return read_feature_set(extract_features(config=_config(data, tmp_path_factory.mktemp("local"))).path)
+    """The local engine's clean set and its one augmented view set."""
+    result = extract_features(config=_config(data, tmp_path_factory.mktemp("local"), augment=1))
+    return read_feature_set(result.path), result, _view(result)
+
+
+def _view(result):
+    (view,) = list_view_sets(result.path)
+    return read_feature_set(view)
 
 
 def _config(data, cache, **overrides):
@@ -72,22 +82,26 @@ def _shard_rows(set_dir):
     return digests
 
 
-def test_ray_engine_gives_the_local_feature_set_and_a_rerun_extracts_nothing(cluster, data, local, tmp_path):
+def test_ray_engine_gives_the_local_feature_sets_and_a_rerun_extracts_nothing(cluster, data, local, tmp_path):
+    clean, local_result, view = local
     cache = tmp_path / "cache"
-    result = extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
-    assert result.counts == {"extracted": 24, "reused": 0, "skipped": 0, "removed": 0}
-    assert result.path.parent.name == local.name  # engine settings are not in the feature key
-    fs = read_feature_set(result.path)
-    assert fs.paths == local.paths and fs.labels.tolist() == local.labels.tolist()
-    np.testing.assert_allclose(fs.features, local.features, rtol=1e-5, atol=1e-5)
-    rows = _shard_rows(result.path.parent)
-    assert len(rows) == len(set(rows)) == 24 and len(FeatureStore(result.path.parent).shard_names()) == 6
+    # A clean set and a view set: two plans, so every batch is stored as one shard of each.
+    result = extract_features(config=_config(data, cache, engine="ray", ray_workers=2, augment=1))
+    assert result.counts == {"extracted": 24, "reused": 0, "skipped": 1, "removed": 0, "views": 24}
+    assert result.path.parent.name == clean.name  # engine settings are not in the feature key
+    assert [(s.relpath, s.reason) for s in result.skipped] == [(s.relpath, s.reason) for s in local_result.skipped]
+    for mine, theirs in ((read_feature_set(result.path), clean), (_view(result), view)):
+        assert mine.paths == theirs.paths and mine.labels.tolist() == theirs.labels.tolist()
+        np.testing.assert_allclose(mine.features, theirs.features, rtol=1e-5, atol=1e-5)
+        rows = _shard_rows(mine.path.parent)
+        assert len(rows) == len(set(rows)) == 24  # nothing stored twice, the broken file never
 
-    again = extract_features(config=_config(data, cache, engine="ray", ray_workers=2))
-    assert again.counts == {"extracted": 0, "reused": 24, "skipped": 0, "removed": 0}
+    again = extract_features(config=_config(data, cache, engine="ray", ray_workers=2, augment=1))
+    assert again.counts == {"extracted": 0, "reused": 24, "skipped": 1, "removed": 0, "views": 0}
 
 
 def test_a_run_stopped_after_some_shards_resumes_and_nothing_is_lost_or_stored_twice(cluster, data, local, tmp_path):
+    clean = local[0]
     cache = tmp_path / "cache"
     cluster.touch()
     try:
@@ -95,15 +109,15 @@ def test_a_run_stopped_after_some_shards_resumes_and_nothing_is_lost_or_stored_t
             extract_features(config=_config(data, cache, engine="ray"))  # one worker: the test runs on 2 cores
     finally:
         cluster.unlink()
-    set_dir = cache / local.name
+    set_dir = cache / clean.name
     kept = _shard_rows(set_dir)
-    assert len(kept) == 4 and not (set_dir / "features.h5").exists()  # the first shard; no index until the end
+    assert 0 < len(kept) <= 4 and not (set_dir / "features.h5").exists()  # one shard kept; no index until the end
 
     resumed = extract_features(config=_config(data, cache, engine="ray"))
-    assert resumed.counts == {"extracted": 24 - len(kept), "reused": len(kept), "skipped": 0, "removed": 0}
+    assert resumed.counts == {"extracted": 24 - len(kept), "reused": len(kept), "skipped": 1, "removed": 0}
     rows = _shard_rows(set_dir)
     assert len(rows) == len(set(rows)) == 24
-    np.testing.assert_allclose(read_feature_set(resumed.path).features, local.features, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(read_feature_set(resumed.path).features, clean.features, rtol=1e-5, atol=1e-5)
 
 
 def test_an_error_in_a_model_worker_is_raised_as_the_local_engine_raises_it(cluster, data, tmp_path):

@@ -114,12 +114,18 @@ def _pipeline(plans: Sequence, todo: Sequence, root, config):
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # the caller shows progress
     size = plans[0].spec["size"]
-    files = ray.data.from_items([{"path": os.fsencode(root / e.relpath), "relpath": os.fsencode(e.relpath)} for e in todo])
+    # Each file with the digest each plan planned for it ("" where a plan does not need it), joined
+    # by commas: the rows carry what the workers need, so no worker is sent the whole plan.
+    files = ray.data.from_items([
+        {"path": os.fsencode(root / e.relpath), "relpath": os.fsencode(e.relpath),
+         "digests": ",".join(plan.digests[e.relpath] if plan.needs(e.relpath) else "" for plan in plans)}
+        for e in todo
+    ])
     return files.map_batches(
         _decode_batch, fn_kwargs={"size": size}, batch_size=config.batch_size, batch_format="numpy",
     ).map_batches(
         _ModelWorker,
-        fn_constructor_kwargs={"plans": [_for_workers(plan, todo) for plan in plans]},
+        fn_constructor_kwargs={"plans": [_for_workers(plan) for plan in plans]},
         batch_size=config.shard_size,
         batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=config.ray_workers),
@@ -130,11 +136,10 @@ def _pipeline(plans: Sequence, todo: Sequence, root, config):
     )
 
 
-def _for_workers(plan, todo: Sequence):
-    """A copy of `plan` that holds only what workers need for this round's files."""
+def _for_workers(plan):
+    """A copy of `plan` without its per-file state: a worker is told per batch what to store."""
     return dataclasses.replace(
-        plan, previous=set(), skipped={}, located={}, todo=[], damaged=[], failed={}, changed={}, timings={},
-        digests={e.relpath: plan.digests[e.relpath] for e in todo if plan.needs(e.relpath)},
+        plan, previous=set(), digests={}, skipped={}, located={}, todo=[], damaged=[], failed={}, changed={}, timings={},
     )
 
 
@@ -148,6 +153,7 @@ def _decode_batch(batch: dict[str, np.ndarray], *, size: int) -> dict[str, np.nd
         reasons.append(reason or "")
     return {
         "relpath": batch["relpath"],
+        "digests": batch["digests"],
         "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
         "sha256": np.array(digests, dtype=object),
         "reason": np.array(reasons, dtype=object),
@@ -166,7 +172,6 @@ class _ModelWorker:
 
         built: dict[str, Any] = {}
         self._plans, self._error = plans, None
-        self._paths = [{d: r for r, d in plan.digests.items()} for plan in plans]  # one file per content a round
         try:
             self._models = [_build_model(plan, built) for plan in plans]
         except BottleneckError as e:  # sent with the first batch's answer: see `__call__`
@@ -190,17 +195,19 @@ class _ModelWorker:
 
         entries = [_Entry(os.fsdecode(r)) for r in batch["relpath"]]
         ok = batch["reason"] == ""
-        digests = {e.relpath: d or None for e, d in zip(entries, batch["sha256"])}
+        read = {e.relpath: d or None for e, d in zip(entries, batch["sha256"])}
+        planned = [str(d).split(",") for d in batch["digests"]]
         decoded = [e for e, good in zip(entries, ok) if good]
         failures = [(e, reason) for e, reason, good in zip(entries, batch["reason"], ok) if not good]
         rows: list[tuple] = []
         for i, (plan, model) in enumerate(zip(self._plans, self._models)):
-            # What this batch adds, only: a round names each content once, so no earlier batch had it.
+            # This batch's files only: a round names each content once, so no earlier batch had them.
+            plan.digests = {e.relpath: d[i] for e, d in zip(entries, planned) if d[i]}
             plan.located, plan.failed, plan.changed = {}, {}, {}
             rows_in_shard = max(1, len(entries))  # the whole batch in one shard
             with plan.store.shard_appender(plan.key, plan.feature_shape, plan.config.storage_dtype, rows_in_shard) as shard:
-                _store_batch(plan, model, shard, decoded, batch["image"][ok], failures, digests)
-            rows += _result_rows(i, plan, self._paths[i])
+                _store_batch(plan, model, shard, decoded, batch["image"][ok], failures, read)
+            rows += _result_rows(i, plan)
         return rows
 
 
@@ -210,8 +217,9 @@ _COLUMNS = {
 }
 
 
-def _result_rows(i: int, plan, by_digest: dict[str, str]) -> list[tuple]:
+def _result_rows(i: int, plan) -> list[tuple]:
     """What `_store_batch` recorded in plan `i` of a worker, as rows for the driver."""
+    by_digest = {d: r for r, d in plan.digests.items()}
     return (
         [(i, "stored", os.fsencode(by_digest[d]), d, shard, row, "", b"") for d, (shard, row) in plan.located.items()]
         + [(i, "failed", os.fsencode(by_digest[d]), d, "", -1, why, b"") for d, why in plan.failed.items()]
