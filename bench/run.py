@@ -505,8 +505,10 @@ def _ray_lines(m: dict) -> list[str]:
         f"local cluster of {m['cores']} CPUs started once (not timed). 2 workers / 1 worker: "
         f"{fmt_ratio(m['two_vs_one'])}.",
         "- Whole call: planning, decoding in Ray tasks, model workers started (framework import and model build, "
-        "per run) and the index written; the local engine's whole call includes its model build. On one machine the "
-        "model workers share the cores the decoding uses: the Ray engine pays off across machines, not here.",
+        "per run) and the index written; the local engine's whole call includes its model build. A Ray run's fixed "
+        "cost (new worker processes importing the framework, the pipeline's start) dominates at a few hundred images, "
+        "and on one machine the model workers share the cores the decoding uses: the engine pays off across machines "
+        "and on large sets, not here.",
         "",
     ]
 

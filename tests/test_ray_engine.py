@@ -137,3 +137,11 @@ def test_without_ray_the_engine_is_refused_with_the_install_command(data, tmp_pa
     err = capsys.readouterr().err
     assert "`engine` 'ray' needs Ray" in err and "pip install 'ray[data]" in err and "--engine" in err
     assert not cache.exists()
+
+
+@pytest.mark.parametrize("field, value", [("engine", "spark"), ("ray_workers", 0), ("gpus_per_worker", -1),
+                                          ("gpus_per_worker", float("nan"))])
+def test_bad_engine_settings_are_refused_naming_the_field(data, tmp_path, field, value):
+    with pytest.raises(ConfigError) as info:
+        _config(data, tmp_path, **{field: value})
+    assert info.value.field == field and f"{field}=" in str(info.value)
