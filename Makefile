@@ -18,6 +18,12 @@ DECODE_MODE ?=
 DEVICES ?=
 NUM_SHARDS ?=
 SHARD_INDEX ?=
+# ENGINE=ray spreads extraction over a Ray cluster (RAY_ADDRESS=auto or ray://host:port,
+# RAY_WORKERS model workers, GPUS_PER_WORKER each).
+ENGINE ?=
+RAY_ADDRESS ?=
+RAY_WORKERS ?=
+GPUS_PER_WORKER ?=
 CACHE ?= cache
 CONFIG ?=
 # train-head: FEATURES is a cache name/prefix or path (empty: the only set in
@@ -73,7 +79,9 @@ FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CAC
 	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) \
 	$(call opt,--augment,$(AUGMENT)) $(call opt,--augment-ops,$(AUGMENT_OPS)) \
 	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--devices,$(DEVICES)) $(call opt,--num-shards,$(NUM_SHARDS)) \
-	$(call opt,--shard-index,$(SHARD_INDEX)) $(call opt,--config,$(CONFIG)) $(ARGS))
+	$(call opt,--shard-index,$(SHARD_INDEX)) $(call opt,--engine,$(ENGINE)) $(call opt,--address,$(RAY_ADDRESS)) \
+	$(call opt,--ray-workers,$(RAY_WORKERS)) $(call opt,--gpus-per-worker,$(GPUS_PER_WORKER)) \
+	$(call opt,--config,$(CONFIG)) $(ARGS))
 TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
@@ -97,7 +105,7 @@ FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,dev]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,ray,dev]'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -17,6 +17,8 @@ rss    peak RSS of `python -m pipeline features` on N vs 10N images.
 decode decode alone in threads vs worker processes on 500x375 and phone-sized
        JPEGs, the share of a decode that holds the GIL, and the projection
        of both to 8, 16 and 32 cores.
+ray    the Ray engine (`--engine ray`) with 1 and 2 model workers on a local
+       Ray cluster vs the local engine, on the same small JPEGs.
 
 Prints a markdown report and writes it to `bench/results/<label>-<date>.md`
 (with the raw numbers in `.json` beside it).
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import importlib.util
 import json
 import os
 import shutil
@@ -38,7 +41,7 @@ from pathlib import Path
 from bench import common
 from bench.common import fmt, fmt_ratio, med, table
 
-SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode")
+SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode", "ray")
 PROJECTED_CORES = (8, 16, 32)
 
 
@@ -447,6 +450,69 @@ def _decode_lines(m: dict) -> list[str]:
     ]
 
 
+# -- the Ray engine (issue 13) ---------------------------------------------------------
+
+RAY_CONTENDERS = {"local": {}, "ray, 1 worker": {"engine": "ray", "ray_workers": 1},
+                  "ray, 2 workers": {"engine": "ray", "ray_workers": 2}}
+RAY_SHARD_SIZE = 64  # several shards, so that two model workers have batches to share
+
+
+def ray_scaling(workdir: Path, n: int, size: int, reps: int, precision: str) -> dict:
+    """The Ray engine with 1 and 2 model workers vs the local engine, on the same `n` photos.
+
+    One local Ray cluster serves every Ray run (its start is not timed); each
+    run starts its own model workers, whose start (framework import, model
+    build) is in the whole call, as the local engine's model build is.
+    """
+    import ray
+
+    folder = common.prepare_real(workdir, n)
+    cache = workdir / "cache-ray"
+    per_s: dict[str, list[float]] = {name: [] for name in RAY_CONTENDERS}
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        for rep in range(reps):
+            _log(f"ray: mobilenet_v2 @{size}, {n} photos, repetition {rep + 1}/{reps}")
+            names = list(RAY_CONTENDERS)
+            k = rep % len(names)
+            for name in names[k:] + names[:k]:
+                result = _extract(folder, cache, model="mobilenet_v2", size=size, weights="none", precision=precision,
+                                  shard_size=RAY_SHARD_SIZE, **RAY_CONTENDERS[name])
+                assert result.counts["extracted"] == n, result.counts
+                per_s[name].append(n / result.seconds)
+                _log(f"  {name}: {per_s[name][-1]:.1f} img/s whole call")
+                shutil.rmtree(cache, ignore_errors=True)
+                _release()
+    finally:
+        ray.shutdown()
+    return {
+        "n": n, "size": size, "reps": reps, "cores": os.cpu_count(), "ray": ray.__version__, "per_s": per_s,
+        "vs_local": {name: [r / l for r, l in zip(per_s[name], per_s["local"])] for name in RAY_CONTENDERS},
+        "two_vs_one": [b / a for a, b in zip(per_s["ray, 1 worker"], per_s["ray, 2 workers"])],
+    }
+
+
+def _ray_lines(m: dict) -> list[str]:
+    return [
+        "## The Ray engine on one machine (issue 13)",
+        "",
+        table(
+            ["engine", "img/s (whole call)", "vs local"],
+            [[name, fmt(med(m["per_s"][name])), fmt_ratio(m["vs_local"][name])] for name in RAY_CONTENDERS],
+        ),
+        "",
+        f"- {m['n']} photos, mobilenet_v2 @{m['size']}, random weights, shards of {RAY_SHARD_SIZE}; Ray {m['ray']} "
+        f"local cluster of {m['cores']} CPUs started once (not timed). 2 workers / 1 worker: "
+        f"{fmt_ratio(m['two_vs_one'])}.",
+        "- Whole call: planning, decoding in Ray tasks, model workers started (framework import and model build, "
+        "per run) and the index written; the local engine's whole call includes its model build. A Ray run's fixed "
+        "cost (new worker processes importing the framework, the pipeline's start) dominates at a few hundred images, "
+        "and on one machine the model workers share the cores the decoding uses: the engine pays off across machines "
+        "and on large sets, not here.",
+        "",
+    ]
+
+
 def render(env: dict, args, results: dict, commands: list[str]) -> str:
     v = env["versions"]
     tf = v.get("tensorflow") or v.get("tensorflow-cpu")
@@ -616,6 +682,8 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
         ]
     if "decode" in results:
         lines += _decode_lines(results["decode"])
+    if "ray" in results:
+        lines += _ray_lines(results["ray"])
     lines += ["## Reproduce", "", "```sh", *commands, "```", ""]
     return "\n".join(lines)
 
@@ -639,6 +707,8 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rss-factor", type=int, default=10, help="the large rss run has this many times N images (default 10)")
     p.add_argument("--decode-n", type=int, default=48,
                    help="phone-sized JPEGs of the decode section; 4x as many 500x375 ones (default 48)")
+    p.add_argument("--ray-n", type=int, default=320, help="photos of the Ray engine comparison (default 320)")
+    p.add_argument("--ray-size", type=int, default=96, help="input size of the Ray engine comparison (default 96)")
     p.add_argument("--precision", default="float32", help="dtype policy for every model (default float32)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated subset of {','.join(SECTIONS)}")
     p.add_argument("--workdir", default=None,
@@ -658,6 +728,9 @@ def main(argv: list[str] | None = None, *, defaults: dict | None = None) -> int:
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"--sections: unknown {unknown}; valid: {', '.join(SECTIONS)}")
+    if "ray" in sections and importlib.util.find_spec("ray") is None:  # said now, not after the other sections
+        raise SystemExit("--sections: ray needs Ray: pip install 'ray[data]>=2.9' (make setup installs it), "
+                         "or leave ray out of --sections")
     if "noop" in sections and "head" not in sections:
         sections.insert(sections.index("noop"), "head")  # noop re-runs the head section's command
     if args.workdir is None:
@@ -693,6 +766,8 @@ def _run(args, sections, workdir: Path, argv, started: float) -> int:
         results["rss"] = rss(workdir, args.n, args.rss_factor, args.rss_size, args.precision)
     if "decode" in sections:
         results["decode"] = decode_scaling(workdir, args.decode_n, args.reps)
+    if "ray" in sections:
+        results["ray"] = ray_scaling(workdir, args.ray_n, args.ray_size, args.reps, args.precision)
     env["load_end"] = os.getloadavg()
     env["tensorflow_imported"] = any(m.split(".")[0] == "tensorflow" and v is not None for m, v in sys.modules.items())
     env["bench_seconds"] = time.perf_counter() - started

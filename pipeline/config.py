@@ -23,6 +23,7 @@ POOLINGS = ("avg", "max", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
 DECODE_MODES = ("auto", "threads", "processes")
+ENGINES = ("local", "ray")
 SWEEP_SELECTS = ("accuracy", "log_loss", "macro_f1")
 SWEEP_REFITS = ("train", "train+validation")
 # Seed 004's augmentation: RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2)
@@ -91,6 +92,19 @@ class ExtractConfig:
             Defaults to `0`.
         shard_size: images per shard file; a kill loses at most one shard
             of work. Defaults to `1024`.
+        engine: `"local"` (this process) or `"ray"` (a Ray cluster decodes
+            in CPU tasks and `ray_workers` model workers write the shards;
+            needs the `ray` extra). Never changes the numbers. Defaults to
+            `"local"`.
+        ray_address: with `engine="ray"`, the cluster to join: `"auto"`
+            (the one `ray start` runs on this node), `"ray://host:port"`,
+            or `None` for `RAY_ADDRESS`, else a new local cluster.
+            Defaults to `None`.
+        ray_workers: with `engine="ray"`, model workers (each builds the
+            base once and writes one shard per `shard_size` images).
+            Defaults to `1`.
+        gpus_per_worker: with `engine="ray"`, GPUs each model worker
+            reserves (0: runs on CPU; fractions share a GPU). Defaults to `0`.
         cache_dir: folder holding the feature sets. Defaults to `"cache"`.
         name: dataset name used in the feature set's folder name. `None`
             uses the data folder's name. Defaults to `None`.
@@ -125,6 +139,10 @@ class ExtractConfig:
     num_shards: int = 1
     shard_index: int = 0
     shard_size: int = 1024
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_workers: int = 1
+    gpus_per_worker: float = 0
     cache_dir: str = "cache"
     name: str | None = None
     verify: bool = False
@@ -140,7 +158,13 @@ class ExtractConfig:
         _check_choice("storage_dtype", self.storage_dtype, STORAGE_DTYPES)
         _check_choice("decode_mode", self.decode_mode, DECODE_MODES)
         object.__setattr__(self, "devices", _parse_devices(self.devices))
-        for field in ("batch_size", "workers", "shard_size", "num_shards"):
+        _check_choice("engine", self.engine, ENGINES)
+        if isinstance(self.gpus_per_worker, bool) or not isinstance(self.gpus_per_worker, (int, float)) or not (
+            0 <= self.gpus_per_worker < float("inf")
+        ):
+            raise ConfigError(f"`gpus_per_worker` must be a number >= 0. Received: gpus_per_worker={self.gpus_per_worker!r}",
+                              field="gpus_per_worker")
+        for field in ("batch_size", "workers", "shard_size", "num_shards", "ray_workers"):
             _check_positive(field, getattr(self, field))
         if not isinstance(self.shard_index, int) or isinstance(self.shard_index, bool) or not (
             0 <= self.shard_index < self.num_shards

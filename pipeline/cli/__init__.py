@@ -87,6 +87,13 @@ def _build_parser() -> argparse.ArgumentParser:
                    "a plain run afterwards writes the index (default 1: no workers)")
     p.add_argument("--shard-index", type=int, help="this worker's part, 0..N-1 (with --num-shards)")
     p.add_argument("--shard-size", type=int, help="images per shard file (default 1024)")
+    p.add_argument("--engine", choices=("local", "ray"),
+                   help="local (default), or ray: decode and run the base on a Ray cluster (the ray extra)")
+    p.add_argument("--address", dest="ray_address",
+                   help="with --engine ray: auto (the cluster `ray start` runs here) or ray://host:port "
+                   "(default: RAY_ADDRESS, else a new local cluster)")
+    p.add_argument("--ray-workers", type=int, help="with --engine ray: model workers, one shard per batch (default 1)")
+    p.add_argument("--gpus-per-worker", type=float, help="with --engine ray: GPUs per model worker (default 0: CPU)")
     p.add_argument("--cache-dir", help="where feature sets live (default cache)")
     p.add_argument("--name", help="dataset name in the feature set's folder name (default: the data folder's name)")
     p.add_argument("--verify", action="store_true", default=None,
@@ -342,6 +349,10 @@ def _cmd_features(args) -> int:
             num_shards=args.num_shards,
             shard_index=args.shard_index,
             shard_size=args.shard_size,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            ray_workers=args.ray_workers,
+            gpus_per_worker=args.gpus_per_worker,
             cache_dir=args.cache_dir,
             name=args.name,
             verify=args.verify,

@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from .._versions import library_versions
-from . import augment, backbones, decode, discovery, manifest
+from . import augment, backbones, decode, discovery, manifest, ray_engine
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError, WeightsUnavailableError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
@@ -163,6 +163,8 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
             + ", ".join(sorted({c.data for c in configs})) + ". Extract each folder on its own.",
             field="data",
         )
+    if any(c.engine == "ray" for c in configs):
+        ray_engine.require_ray()  # before anything is written
     clean = [(c, feature_spec(c)) for c in configs]
     dataset = manifest.load_dataset(configs[0].data)
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
@@ -196,7 +198,7 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
         for size in sorted({plan.spec["size"] for _, plan in plans}):
             group = [plan for _, plan in plans if plan.spec["size"] == size and plan.todo]
             if group:
-                _run_models(group, dataset, progress)
+                (ray_engine.run_plans if group[0].config.engine == "ray" else _run_models)(group, dataset, progress)
         for i, plan in plans:
             results[i] = (_finish(plan, datasets[i], started) if plan.config.num_shards == 1
                           else _worker_result(plan, datasets[i], started))

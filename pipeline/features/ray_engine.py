@@ -1,0 +1,245 @@
+"""The Ray engine of the features stage (`engine="ray"`): extraction spread over a Ray cluster.
+
+The driver plans as the local engine does, under the set's write lock
+(`extract._plan`). A Ray Data pipeline then decodes the planned files in CPU
+tasks with the reference decoder and hands them, `shard_size` at a time, to a
+pool of model workers (actors). Each builds the frozen base once and writes
+every batch it gets as one complete shard through the store's
+`ShardAppender` (a temporary name, renamed when complete), deciding what to
+store exactly as the local engine does (`extract._store_batch`). Workers send
+back small rows only (status, digest, shard, row), never features. The driver
+records them in its plans, and `extract._finish` writes the index once. A
+killed worker or driver loses only the shards being written: the next run
+finds every complete one with `scan_shards` and extracts the rest.
+
+Every node must see the data and the cache folder at the same paths (shared
+storage), and have this package and Ray installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import importlib.util
+import logging
+import os
+import pickle
+import time
+from typing import Any, NamedTuple, Sequence
+
+import numpy as np
+
+from . import decode
+from ..errors import BottleneckError, ConfigError
+
+__all__ = ["require_ray", "run_plans"]
+
+_INSTALL = "pip install 'ray[data]>=2.9' (or the `ray` extra: pip install 'bottleneck-features[ray]')"
+
+log = logging.getLogger("bottleneck")
+
+
+def require_ray() -> None:
+    """Raises a `ConfigError` naming `engine` when Ray cannot be imported."""
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError(
+            f"`engine` 'ray' needs Ray, which is not installed. Install it with {_INSTALL}, "
+            "or use engine='local'.",
+            field="engine",
+        )
+
+
+def run_plans(plans: Sequence, dataset, progress) -> None:
+    """Extracts what `plans` (of one input size) still need on a Ray cluster; fills in each plan.
+
+    Like `extract._run_models`: one round unless a file changed after it
+    was hashed, when another file planned with the same content stands in
+    for it in the next round.
+    """
+    from . import extract  # imports this module: only at run time
+
+    config = plans[0].config
+    started, done, total = time.perf_counter(), set(), 0
+    with _cluster(config):
+        while todo := extract._next_round(plans):
+            total += len(todo)
+            results = _pipeline(plans, todo, dataset.root, config).iter_batches(batch_size=None, batch_format="numpy")
+            for batch in results:
+                done |= _record(plans, batch)
+                if progress is not None:
+                    progress(len(done), total)
+    for plan in plans:
+        plan.timings["extract_seconds"] = time.perf_counter() - started
+        if not plan.feature_shape and plan.located:  # no model was built here: read it off a new shard
+            plan.feature_shape = plan.store.shard_feature_shape(next(iter(plan.located.values()))[0])
+
+
+@contextlib.contextmanager
+def _cluster(config):
+    """Joins the cluster `config.ray_address` names, or starts a local one; leaves it as found."""
+    import ray
+    import ray.data  # now: its import sets up the loggers quieted below
+
+    verbose = log.isEnabledFor(logging.DEBUG)
+    with _ray_logs_shown(verbose):
+        if ray.is_initialized():  # the caller's session (a notebook, the tests): keep it
+            yield
+            return
+        # Workers' logs (Keras banners, TensorFlow warnings) reach this terminal only when debugging.
+        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=verbose,
+                 logging_level=logging.INFO if verbose else logging.ERROR)
+        try:
+            yield
+        finally:
+            ray.shutdown()
+
+
+@contextlib.contextmanager
+def _ray_logs_shown(verbose: bool):
+    """Ray logs each pipeline's plan and progress at INFO on its own handlers; as other libraries', they show when debugging."""
+    loggers = [logging.getLogger(name) for name in ("ray", "ray.data")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.INFO if verbose else logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _pipeline(plans: Sequence, todo: Sequence, root, config):
+    """The Ray Data pipeline of one round: files -> decode tasks -> model workers -> result rows."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller shows progress
+    size = plans[0].spec["size"]
+    # Each file with the digest each plan planned for it ("" where a plan does not need it), joined
+    # by commas: the rows carry what the workers need, so no worker is sent the whole plan.
+    files = ray.data.from_items([
+        {"path": os.fsencode(root / e.relpath), "relpath": os.fsencode(e.relpath),
+         "digests": ",".join(plan.digests[e.relpath] if plan.needs(e.relpath) else "" for plan in plans)}
+        for e in todo
+    ])
+    return files.map_batches(
+        _decode_batch, fn_kwargs={"size": size}, batch_size=config.batch_size, batch_format="numpy",
+    ).map_batches(
+        _ModelWorker,
+        fn_constructor_kwargs={"plans": [_for_workers(plan) for plan in plans]},
+        batch_size=config.shard_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=config.ray_workers),
+        num_gpus=config.gpus_per_worker,
+        # The base's threads are not counted, so decoding keeps every CPU Ray knows of and
+        # a small cluster never waits forever for a CPU the workers hold.
+        num_cpus=0,
+    )
+
+
+def _for_workers(plan):
+    """A copy of `plan` without its per-file state: a worker is told per batch what to store."""
+    return dataclasses.replace(
+        plan, previous=set(), digests={}, skipped={}, located={}, todo=[], damaged=[], failed={}, changed={}, timings={},
+    )
+
+
+def _decode_batch(batch: dict[str, np.ndarray], *, size: int) -> dict[str, np.ndarray]:
+    """Decodes files with the reference decoder; a failure is a row with its reason, never an error."""
+    images, digests, reasons = [], [], []
+    for path in batch["path"]:
+        image, digest, reason = decode._load_or_reason(path, size)
+        images.append(np.zeros((size, size, 3), np.uint8) if image is None else image)
+        digests.append(digest or "")
+        reasons.append(reason or "")
+    return {
+        "relpath": batch["relpath"],
+        "digests": batch["digests"],
+        "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
+        "sha256": np.array(digests, dtype=object),
+        "reason": np.array(reasons, dtype=object),
+    }
+
+
+class _Entry(NamedTuple):
+    relpath: str
+
+
+class _ModelWorker:
+    """A Ray actor: builds the plans' bases once, then stores each batch as one shard per plan."""
+
+    def __init__(self, plans: Sequence):
+        from .extract import _build_model
+
+        built: dict[str, Any] = {}
+        self._plans, self._error = plans, None
+        try:
+            self._models = [_build_model(plan, built) for plan in plans]
+        except BottleneckError as e:  # sent with the first batch's answer: see `__call__`
+            self._error = e
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # Ray passes an error on as its text only; a product error (an unknown layer, weights that cannot
+        # be had, a full disk) is sent back whole, so that the driver raises it as the local engine would.
+        try:
+            if self._error is not None:
+                raise self._error
+            rows = self._store(batch)
+        except BottleneckError as e:
+            rows = [(-1, "error", b"", "", "", -1, "", pickle.dumps(e))]
+        columns = dict(zip(_COLUMNS, zip(*rows))) if rows else dict.fromkeys(_COLUMNS, ())
+        return {name: np.array(columns[name], dtype=dtype) for name, dtype in _COLUMNS.items()}
+
+    def _store(self, batch: dict[str, np.ndarray]) -> list[tuple]:
+        """Stores one batch as one shard per plan; returns the result rows."""
+        from .extract import _store_batch
+
+        entries = [_Entry(os.fsdecode(r)) for r in batch["relpath"]]
+        ok = batch["reason"] == ""
+        read = {e.relpath: d or None for e, d in zip(entries, batch["sha256"])}
+        planned = [str(d).split(",") for d in batch["digests"]]
+        decoded = [e for e, good in zip(entries, ok) if good]
+        failures = [(e, reason) for e, reason, good in zip(entries, batch["reason"], ok) if not good]
+        rows: list[tuple] = []
+        for i, (plan, model) in enumerate(zip(self._plans, self._models)):
+            # This batch's files only: a round names each content once, so no earlier batch had them.
+            plan.digests = {e.relpath: d[i] for e, d in zip(entries, planned) if d[i]}
+            plan.located, plan.failed, plan.changed = {}, {}, {}
+            rows_in_shard = max(1, len(entries))  # the whole batch in one shard
+            with plan.store.shard_appender(plan.key, plan.feature_shape, plan.config.storage_dtype, rows_in_shard) as shard:
+                _store_batch(plan, model, shard, decoded, batch["image"][ok], failures, read)
+            rows += _result_rows(i, plan)
+        return rows
+
+
+_COLUMNS = {
+    "plan": np.int32, "status": str, "relpath": object, "digest": str, "shard": str, "row": np.int64, "reason": str,
+    "error": object,  # bytes held as objects: numpy's fixed-width bytes drop trailing NULs
+}
+
+
+def _result_rows(i: int, plan) -> list[tuple]:
+    """What `_store_batch` recorded in plan `i` of a worker, as rows for the driver."""
+    by_digest = {d: r for r, d in plan.digests.items()}
+    return (
+        [(i, "stored", os.fsencode(by_digest[d]), d, shard, row, "", b"") for d, (shard, row) in plan.located.items()]
+        + [(i, "failed", os.fsencode(by_digest[d]), d, "", -1, why, b"") for d, why in plan.failed.items()]
+        + [(i, "changed", os.fsencode(r), "", "", -1, why, b"") for r, why in plan.changed.items()]
+    )
+
+
+def _record(plans: Sequence, batch: dict[str, np.ndarray]) -> set[str]:
+    """Records result rows in the driver's plans; returns the files they answer for."""
+    files = set()
+    for i, status, relpath, digest, shard, row, reason, error in zip(*(batch[name] for name in _COLUMNS)):
+        if status == "error":
+            raise pickle.loads(error)  # from this run's own workers
+        plan, relpath = plans[int(i)], os.fsdecode(relpath)
+        files.add(relpath)
+        if status == "stored":
+            plan.located[digest] = (str(shard), int(row))
+        elif status == "failed":
+            plan.failed[digest] = str(reason)
+        else:
+            plan.changed[relpath] = str(reason)
+    return files
+
