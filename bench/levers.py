@@ -77,8 +77,8 @@ def train(workdir: Path, features: str, fraction: float, augmented: bool, sweep:
     return rows
 
 
-def _acc(x: float) -> str:
-    return f"{x:.3f} ({round(x * 100, 1):g})" if x is not None else "-"
+def _acc(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 def render(env: dict, args, extracted: dict, rows: list[dict]) -> str:
@@ -90,12 +90,12 @@ def render(env: dict, args, extracted: dict, rows: list[dict]) -> str:
         f"{env['load_end'][0]:.2f} at the end; {extracted['clean']['dataset_summary']}",
         "",
         table(
-            ["extraction", "images", "loop s", "wall s", "img/s"],
+            ["extraction", "images", "seconds", "wall s", "images/s"],
             [
                 ["clean", clean["counts"]["extracted"], fmt(clean["seconds"]), fmt(extracted["clean_wall"]),
-                 fmt(clean["images_per_second"])],
-                [f"--augment {VIEWS} (views only)", views["counts"]["extracted"], fmt(views["seconds"]),
-                 fmt(extracted["views_wall"]), fmt(views["images_per_second"])],
+                 fmt(clean["counts"]["extracted"] / clean["seconds"])],
+                [f"--augment {VIEWS} (views only)", views["counts"]["views"], fmt(views["seconds"]),
+                 fmt(extracted["views_wall"]), fmt(views["counts"]["views"] / views["seconds"])],
             ],
         ),
         "",
@@ -116,7 +116,8 @@ def render(env: dict, args, extracted: dict, rows: list[dict]) -> str:
         "",
         f"Validation {rows[0]['sizes']['validation']} and test {rows[0]['sizes']['test']} images: "
         f"one test image is {100 / rows[0]['sizes']['test']:.2f} points. "
-        "`fit s`: the run's final fit; `sweep s`: every candidate's fit.",
+        "`seconds`: the command's own (JSON `seconds`); `fit s`: the run's final fit; "
+        "`sweep s`: the candidates' fits summed (logreg's run in parallel).",
         "",
         f"    python -m bench.levers --workdir {args.workdir} --size {args.size}",
     ]
