@@ -95,6 +95,7 @@ def test_views_of_train_images_only_and_k4_after_k2_extracts_two_more(extracted)
     _, two, four = extracted
     assert two.counts == {"extracted": 12, "reused": 0, "skipped": 0, "removed": 0, "views": 2 * 9}
     assert four.counts == {"extracted": 0, "reused": 12, "skipped": 0, "removed": 0, "views": 2 * 9}
+    assert four.images_per_second > 0  # views alone are extracted rows too
     clean = read_feature_set(four.path)
     views = _views(four)
     assert len(views) == 4 and len({name.split("-")[1] for name in views}) == 1  # one ops+seed tag

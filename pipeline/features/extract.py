@@ -42,9 +42,9 @@ class ExtractResult:
             `skipped` (undecodable) and `removed` since the last run; with
             `augment`, also the augmented `views` extracted now.
         seconds: wall time of the whole run.
-        images_per_second: extracted images over the time from the start
-            of decoding to the last row written (model build excluded);
-            `None` when nothing was extracted.
+        images_per_second: extracted rows (images, and augmented views)
+            over the time from the start of decoding to the last row written
+            (model build excluded); `None` when nothing was extracted.
         skipped: every skipped file with its reason.
         dataset_summary: "Found N images in K classes." and notes.
         feature_shape: shape of one image's features.
@@ -236,7 +236,10 @@ def _with_views(results: list[ExtractResult], configs, n_views: list[int]) -> li
             counts = {**result.counts, "views": sum(r.counts["extracted"] for r in mine)}
             # The clean set may have been up to date at once; the run lasted until its views were written.
             seconds = max([result.seconds] + [r.seconds for r in mine])
-            result = dataclasses.replace(result, counts=counts, seconds=seconds)
+            # Views and clean rows come from one pass, so their rates add up to the pass's rows per second.
+            rates = [r.images_per_second for r in [result, *mine] if r.images_per_second]
+            result = dataclasses.replace(result, counts=counts, seconds=seconds,
+                                         images_per_second=sum(rates) if rates else None)
         merged.append(result)
     return merged
 
