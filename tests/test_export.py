@@ -209,5 +209,6 @@ def test_the_reference_resize_is_keras_resizing_with_rounding(height, width):
     in_keras = np.asarray(keras.ops.round(layer(image[None].astype("float32"))))[0]
     ours = resize_squash(image, SIZE).astype(np.float32)
     differ = in_keras != ours
-    # float32 sums in another order may round a near-tie apart: measured up to 12 of 49,152 values.
+    # float32 sums in another order may round a value halfway between two levels apart: measured up to
+    # 12 of 49,152 values here, 63 of 150,528 enlarging photos from 100 to 224 px (0.05%).
     assert np.abs(in_keras - ours).max() <= 1 and differ.sum() <= 25

@@ -1,10 +1,11 @@
 """Stored features equal plain Keras on real photos with real ImageNet weights.
 
 The reference is what a user would write by hand: Pillow decode, EXIF
-orientation applied, RGB, Keras' `Resizing(224, 224, antialias=True)` and
-`ops.round` — the product's reference resize — then the model's own
-`preprocess_input` and `model.predict` of the Keras application with
-`pooling="avg"`.
+orientation applied, RGB, the product's reference resize
+(`decode.resize_squash`: Keras' `Resizing(antialias=True)` and rounding,
+which tests/test_export.py compares with the Keras layer) — then the
+model's own `preprocess_input` and `model.predict` of the Keras application
+with `pooling="avg"`.
 """
 
 import keras
@@ -14,6 +15,7 @@ from PIL import Image, ImageOps
 
 from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
 from pipeline.config import ExtractConfig
+from pipeline.features.decode import resize_squash
 from pipeline.features.extract import extract_features
 from pipeline.store import read_feature_set
 
@@ -43,9 +45,8 @@ def _by_hand(root, relpaths, model, preprocess_input):
     images = []
     for rel in relpaths:
         with Image.open(root / rel) as img:
-            pixels = np.asarray(ImageOps.exif_transpose(img).convert("RGB"), dtype=np.float32)
-        resized = keras.layers.Resizing(224, 224, interpolation="bilinear", antialias=True)(pixels[None])
-        images.append(np.asarray(keras.ops.round(resized))[0])
+            pixels = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        images.append(resize_squash(pixels, 224).astype(np.float32))
     return model.predict(preprocess_input(np.stack(images)), verbose=0)
 
 

@@ -32,8 +32,8 @@ The steps, in order:
    `Resizing(interpolation="bilinear", antialias=True)` followed by
    `ops.round`, which is how exported models resize: features, `predict`
    and an exported model given the same decoded image agree by
-   construction (a few values in 10^5 may round the other way, where
-   float32 sums differ). Pillow's own `resize` differs by one grey level
+   construction (a value halfway between two grey levels may round the
+   other way where the float32 sums differ: up to 0.05% of the values). Pillow's own `resize` differs by one grey level
    on up to a third of the pixels (it rounds between its two passes, in
    fixed point), which moves a sensitive backbone's probabilities by a few
    hundredths.
