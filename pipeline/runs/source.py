@@ -83,7 +83,7 @@ class RunSource:
         if not root.exists():
             raise RunError(
                 f"`run_dir` '{root}' does not exist. Pass a run folder, runs/<feature set>/<head>-<id> "
-                "(`runs ls --json` gives each run_dir), or a bundle folder written by `export_run`.",
+                "(`leaderboard.list_runs` gives each run_dir), or a bundle folder written by `export_run`.",
                 field="run",
             )
         if not root.is_dir():
