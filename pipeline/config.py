@@ -76,7 +76,7 @@ class ExtractConfig:
         workers: decoding threads or processes running ahead of the model.
             Defaults to `min(8, cpu_count)`.
         decode_mode: `"threads"`, `"processes"` (past the GIL; the images
-            are handed over in shared memory) or `"auto"` (processes from 4
+            are handed over in shared memory) or `"auto"` (processes from 8
             workers up). Both give the same arrays. Defaults to `"auto"`.
         devices: how many devices run each model, one replica each, every
             batch split over them (Keras data parallelism, JAX backend):

@@ -391,9 +391,10 @@ def test_processes_decode_the_same_arrays_digests_and_failures_as_threads(tmp_pa
     assert any(fail for _, _, fail, _ in processes)  # the bad file is reported, not fatal
 
 
-@pytest.mark.parametrize("mode, workers, chosen", [("auto", 2, "threads"), ("auto", 8, "processes"),
-                                                    ("threads", 8, "threads"), ("processes", 1, "processes")])
-def test_auto_decode_mode_takes_processes_from_four_workers(mode, workers, chosen):
+@pytest.mark.parametrize("mode, workers, chosen", [("auto", 2, "threads"), ("auto", 7, "threads"),
+                                                    ("auto", 8, "processes"), ("threads", 8, "threads"),
+                                                    ("processes", 1, "processes")])
+def test_auto_decode_mode_takes_processes_from_eight_workers(mode, workers, chosen):
     from pipeline.features.decode_pool import chosen_mode
 
     assert chosen_mode(mode, workers) == chosen

@@ -79,7 +79,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per forward pass (default 64)")
     p.add_argument("--workers", type=int, help="decoding threads or processes (default min(8, cores))")
     p.add_argument("--decode-mode", choices=("auto", "threads", "processes"),
-                   help="decode in threads or in processes past the GIL; auto: processes from 4 workers (default)")
+                   help="decode in threads or in processes past the GIL; auto: processes from 8 workers (default)")
     p.add_argument("--devices", metavar="auto|all|N",
                    help="devices running each model, one replica each (JAX backend; default auto: every GPU)")
     p.add_argument("--num-shards", type=int,

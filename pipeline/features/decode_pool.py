@@ -29,9 +29,11 @@ from ..config import DECODE_MODES
 from ..errors import ConfigError
 
 __all__ = ["chosen_mode", "decoder_pool"]
-# A decode holds the GIL about a third of its time (measured in bench/run.py),
-# so threads stop gaining near 3 workers; from 4 up, processes are chosen.
-_PROCESSES_FROM = 4
+# On 2 cores threads decode 1.7x faster than processes in steady state (bench
+# section "decode"); on a 16-core GPU machine Pillow in processes was measured
+# at 2x threads (issue 13). Between, the crossover is unmeasured: the default
+# worker count (min(8, cores)) takes processes where the machine has 8 cores.
+_PROCESSES_FROM = 8
 
 
 def chosen_mode(mode: str, workers: int) -> str:
