@@ -88,11 +88,11 @@ def _cmd_evaluate(args) -> int:
 
     result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir)
     if not args.quiet:
-        print(result.dataset_summary)
+        # The dataset's summary was logged when the folder was listed, before extraction.
         macro_f1 = result.metrics.get("macro_f1")
         f1 = "" if macro_f1 is None else f", macro F1 {macro_f1:.4f}"
-        print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images "
-              f"({result.extracted} extracted now, the rest from the cache).")
+        cached = f"{result.extracted} images extracted now" if result.extracted else "features all from the cache"
+        print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images ({cached}).")
         for name, paths in result.unknown_classes.items():
             print(f"  unknown class {name!r}: {len(paths)} images left out")
         if result.missing_classes:
