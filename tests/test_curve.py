@@ -88,6 +88,19 @@ def test_curve_writes_a_row_per_head_fraction_and_repeat_with_its_lineage(blobs,
     assert saved["params"] == {"logreg": {"random_state": 0}, "knn": {"n_neighbors": 1}}
     # A curve is no run: the leaderboard leaves it out, without a warning.
     assert leaderboard.rebuild_leaderboard(tmp_path / "runs") == [] and "Left out" not in caplog.text
+    assert all(r["error"] == "" for r in rows)
+
+
+def test_a_point_a_head_cannot_fit_is_a_row_with_the_reason_and_the_rest_is_kept(blobs, tmp_path, caplog):
+    """linear_svm calibrates with 3 folds: at 5% (2 examples per class) it cannot fit, at 100% it can."""
+    result = curve.run_curve(blobs, config=_config(tmp_path, heads=("linear_svm", "logreg"), fractions="0.05,1", repeats=1))
+    by_point = {(r["head"], r["fraction"]): r for r in result.rows}
+    failed = by_point[("linear_svm", 0.05)]
+    assert failed["error"] and failed["test_accuracy"] is None
+    assert failed["n_train"] == by_point[("logreg", 0.05)]["n_train"]  # the same subset, not fitted
+    assert "linear_svm at fraction 0.05, repeat 0 not fitted" in caplog.text
+    assert all(r["error"] == "" and r["test_accuracy"] > 0.5 for key, r in by_point.items() if key != ("linear_svm", 0.05))
+    assert (result.run_dir / layout.CURVE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_every_head_trains_on_the_same_nested_subsets_and_never_on_test(blobs, tmp_path, monkeypatch):

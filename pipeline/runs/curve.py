@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import io
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from joblib import Parallel, delayed
 from matplotlib.figure import Figure
 
 from .. import _atomic, config as config_lib
-from ..errors import WriteError
+from ..errors import ConfigError, WriteError
 from ..heads import DenseClassifier, create_head, fit_head, plan_params, training_splits
 from ..heads.sweep import check_sweep_rows, plan_sweep, sweep_head
 from ..store import FeatureSet, read_feature_set, resolve_features
@@ -43,6 +44,8 @@ from . import layout
 from .train import feature_lineage, save_figure
 
 __all__ = ["CURVE_COLUMNS", "CurveResult", "plot_curve", "run_curve"]
+
+log = logging.getLogger("bottleneck")
 
 CURVE_COLUMNS = (
     "head",
@@ -58,6 +61,7 @@ CURVE_COLUMNS = (
     "test_log_loss",
     "fit_seconds",
     "params",
+    "error",
 )
 _SCORES = ("accuracy", "macro_f1", "log_loss")
 
@@ -70,7 +74,11 @@ class CurveResult:
         run_dir: the published `curve-<id>/` folder.
         rows: one dict per head x fraction x repeat, keyed by
             `CURVE_COLUMNS`, as `curve.csv` holds them (scores `None` where
-            a split is empty; `params` the head's parameters as JSON).
+            a split is empty; `params` the head's parameters as JSON;
+            `error` empty, or why the head could not be fitted at that
+            point, e.g. a calibrated head on fewer examples per class than
+            its cross-validation folds: that point has no scores, the
+            others are kept).
     """
 
     run_dir: Path
@@ -145,24 +153,32 @@ def run_curve(features: str | os.PathLike | None, *, config: config_lib.CurveCon
 
 def _point(fs: FeatureSet, head: str, params, fraction: float, repeat: int, parts, grid, config) -> dict[str, Any]:
     """One head at one fraction and repeat: swept on validation if asked (never test), fitted, scored."""
-    if grid is not None:
-        train, val = parts["train"], parts["validation"]
-        params = sweep_head(
-            head, params, grid,
-            train=(fs.features[train], fs.labels[train]),
-            validation=(fs.features[val], fs.labels[val]),
-            class_names=fs.class_names, select=config.select, n_jobs=1,
-        ).params
-    fitted = fit_head(head, params, fs, parts)
+    row = {"head": head, "fraction": fraction, "repeat": repeat, "seed": config.seed + repeat}
+    try:
+        if grid is not None:
+            train, val = parts["train"], parts["validation"]
+            params = sweep_head(
+                head, params, grid,
+                train=(fs.features[train], fs.labels[train]),
+                validation=(fs.features[val], fs.labels[val]),
+                class_names=fs.class_names, select=config.select, n_jobs=1,
+            ).params
+        fitted = fit_head(head, params, fs, parts)
+    except ConfigError as e:
+        # One point a head cannot learn from (fewer examples than its folds) must not cost the whole curve.
+        log.warning("curve: %s at fraction %g, repeat %d not fitted: %s", head, fraction, repeat, e)
+        return {
+            **row, "n_train": len(parts["train"]), **{c: None for c in CURVE_COLUMNS if c.startswith(("val_", "test_"))},
+            "fit_seconds": None, "params": json.dumps(layout.jsonable(params), sort_keys=True), "error": str(e),
+        }
     scores = {
         f"{prefix}_{name}": None if fitted.metrics[split] is None else float(fitted.metrics[split][name])
         for prefix, split in (("val", "validation"), ("test", "test"))
         for name in _SCORES
     }
     return {
-        "head": head, "fraction": fraction, "repeat": repeat, "seed": config.seed + repeat,
-        "n_train": fitted.sizes["train"], **scores, "fit_seconds": round(fitted.fit_seconds, 4),
-        "params": json.dumps(layout.jsonable(params), sort_keys=True),
+        **row, "n_train": fitted.sizes["train"], **scores, "fit_seconds": round(fitted.fit_seconds, 4),
+        "params": json.dumps(layout.jsonable(params), sort_keys=True), "error": "",
     }
 
 
@@ -209,9 +225,10 @@ def plot_curve(rows: list[dict[str, Any]]) -> Figure:
     split = "test" if any(r["test_accuracy"] is not None for r in rows) else "val"
     fig = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = fig.add_subplot()
-    for head in dict.fromkeys(r["head"] for r in rows):
-        fractions = sorted({r["fraction"] for r in rows if r["head"] == head})
-        at = [[r for r in rows if r["head"] == head and r["fraction"] == f] for f in fractions]
+    fitted = [r for r in rows if not r["error"]]
+    for head in dict.fromkeys(r["head"] for r in fitted):
+        fractions = sorted({r["fraction"] for r in fitted if r["head"] == head})
+        at = [[r for r in fitted if r["head"] == head and r["fraction"] == f] for f in fractions]
         x = [np.mean([r["n_train"] for r in point]) for point in at]
         y = [np.array([r[f"{split}_accuracy"] for r in point], dtype=np.float64) for point in at]
         line, = ax.plot(x, [v.mean() for v in y], marker="o", label=head)
