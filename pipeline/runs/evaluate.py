@@ -228,16 +228,23 @@ def _index_state(features_path: Path):
 
 
 def _overlap(predictor: Predictor, digests: set[str]) -> dict[str, Any]:
-    """How many evaluated images the run's feature set holds, by the run's split."""
+    """How many evaluated images the run's feature set holds, by the run's split.
+
+    The index's hashes answer first; the set's features are read (to cut the
+    run's splits) only when some image is shared.
+    """
     features_path = predictor.lineage.get("features_path")
     try:
+        state = _index_state(Path(features_path))
+        if state is None or state.content_hash != predictor.lineage.get("content_hash"):
+            return {"checked": False, "reason": f"the feature set at '{features_path}' is gone or changed since the run"}
+        if not digests & {record.sha256 for record in state.files.values()}:
+            return {"checked": True, "examples": [], "train": 0, "validation": 0, "test": 0}
         fs = read_feature_set(features_path)
-        if fs.content_hash != predictor.lineage.get("content_hash"):
-            return {"checked": False, "reason": f"the feature set at '{features_path}' changed since the run"}
         table = layout.read_json(predictor.root / layout.CONFIG, "run folder").get("train_config", {})
         config = config_lib.resolve(config_lib.TrainConfig, {k: table[k] for k in ("splits", "fraction", "seed")})
         parts = training_splits(fs, config=config)
-        run_digests = [r.sha256 for r in (_index_state(fs.path).files[p] for p in fs.paths)]
+        run_digests = [state.files[p].sha256 for p in fs.paths]
     except (BottleneckError, OSError, KeyError, TypeError) as e:
         return {"checked": False, "reason": f"the run's feature set cannot be read here ({e})"}
     overlap: dict[str, Any] = {"checked": True, "examples": []}

@@ -111,6 +111,8 @@ class IndexState:
         shards: every shard the rows point at.
         data_root: the data folder the rows were extracted from, or `None`
             when the index does not record it.
+        content_hash: the set's `content_hash` (see `FeatureSet`), or
+            `None` when the index does not record it.
     """
 
     feature_key: str
@@ -120,6 +122,7 @@ class IndexState:
     skipped: Mapping[str, SkippedFile]
     shards: tuple[ShardRecord, ...]
     data_root: str | None = None
+    content_hash: str | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
@@ -258,6 +261,7 @@ def read_index_state(path: Path) -> IndexState | None:
                     ShardRecord(n, size, mtime) for n, size, mtime in zip(names, f["shards/size"][:].tolist(), mtimes)
                 ),
                 data_root=str(f.attrs["data_root"]) if "data_root" in f.attrs else None,
+                content_hash=str(f.attrs["content_hash"]) if "content_hash" in f.attrs else None,
             )
     except (OSError, KeyError, ValueError):  # ValueError: FeatureStoreError, undecodable text
         return None
