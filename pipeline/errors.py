@@ -13,7 +13,9 @@ users can keep catching those.
 
 from __future__ import annotations
 
+import difflib
 import enum
+from collections.abc import Iterable
 
 __all__ = [
     "BottleneckError",
@@ -25,6 +27,7 @@ __all__ = [
     "StoreBusyError",
     "WeightsUnavailableError",
     "WriteError",
+    "did_you_mean",
 ]
 
 
@@ -81,3 +84,9 @@ class WriteError(BottleneckError, OSError):
     """An output could not be written (disk full, quota, read-only folder, I/O error)."""
 
     exit_status = ExitStatus.CANNOT_WRITE
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """` Did you mean 'a', 'b'?` for the up to 3 choices closest to a mistyped `name`, else `""`."""
+    close = difflib.get_close_matches(name, list(choices), n=3)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""

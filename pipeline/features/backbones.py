@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 import logging
 import fnmatch
 import hashlib
@@ -28,7 +27,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, WeightsUnavailableError
+from ..errors import ConfigError, WeightsUnavailableError, did_you_mean
 
 log = logging.getLogger("bottleneck")
 
@@ -283,8 +282,7 @@ def _get_layer(model, name: str):
 
 
 def _unknown_name_message(what: str, name: str, valid: list[str]) -> str:
-    close = difflib.get_close_matches(name, valid, n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, valid)
     shown = ", ".join(sorted(valid)) if len(valid) <= 60 else f"{len(valid)} names"
     return f"Unknown {what} {name!r}.{hint} Valid: {shown}."
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import difflib
 import fnmatch
 import importlib
 import importlib.metadata
@@ -34,7 +33,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
-from ..errors import ConfigError
+from ..errors import ConfigError, did_you_mean
 from .dense import DenseClassifier
 
 __all__ = [
@@ -281,8 +280,7 @@ def get_head_cfg(name: str) -> HeadCfg:
     try:
         return HEADS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, list(HEADS), n=3)
-        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, HEADS)
         raise ConfigError(
             f"Unknown head {name!r}.{hint} Valid heads: {', '.join(list_heads())}; "
             f"{ALL_HEADS!r} for every one; or an import path 'module:Class' of a scikit-learn estimator.",
@@ -358,8 +356,7 @@ def _resolve_param(estimator, key: str, head: str) -> str:
             field="params",
         )
     plain = _plain_params(estimator)
-    close = difflib.get_close_matches(key, plain, n=3)
-    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(key, plain)
     raise ConfigError(
         f"Unknown parameter {key!r} for head {head!r}.{hint} "
         f"Valid parameters: {', '.join(plain)} (scikit-learn's step__param keys "
@@ -555,7 +552,6 @@ def _plain_params(estimator) -> list[str]:
 
 def _unknown_param_message(key: str, fresh: Mapping[str, Any]) -> str:
     every = sorted({p for est in fresh.values() for p in _plain_params(est)})
-    close = difflib.get_close_matches(key, every, n=3)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(key, every)
     valid = "; ".join(f"{head}: {', '.join(_plain_params(est)) or '(none)'}" for head, est in fresh.items())
     return f"Unknown parameter {key!r}: no head being trained accepts it.{hint} Valid parameters: {valid}."

@@ -7,7 +7,6 @@ Keras at module level. Everything here works on any Keras 3 backend.
 from __future__ import annotations
 
 import copy
-import difflib
 import logging
 import math
 import shutil
@@ -20,7 +19,7 @@ import keras
 import numpy as np
 
 from .. import _atomic
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, did_you_mean
 from ..features import decode
 from ..features.layers import Preprocess  # noqa: F401 - registers the layer that checkpoints hold
 from . import layout
@@ -163,8 +162,7 @@ def unfreeze_top(base, *, unfreeze: int | str | None, unfreeze_from: str | None)
     if unfreeze_from is not None:
         names = [layer.name for layer in layers]
         if unfreeze_from not in names:
-            close = difflib.get_close_matches(unfreeze_from, names, n=3)
-            hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+            hint = did_you_mean(unfreeze_from, names)
             raise ConfigError(
                 f"`unfreeze_from` must name a layer of the base {base.name!r} ({len(names)} layers).{hint} "
                 f"Received: unfreeze_from={unfreeze_from!r}",

@@ -7,13 +7,12 @@ top level, so listings and name look-ups see the clean set alone.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import os
 from pathlib import Path
 
-from ..errors import ConfigError, FeatureStoreError
+from ..errors import ConfigError, FeatureStoreError, did_you_mean
 from .feature_set import FeatureStore
 from .index import INDEX_NAME
 
@@ -92,8 +91,7 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
             f"({', '.join(matches)}). Give more of the name.",
             field="features",
         )
-    close = difflib.get_close_matches(name, available, n=3)
-    hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+    hint = did_you_mean(name, available)
     raise FeatureStoreError(
         f"No feature set {name!r}: it is neither a path nor a name in '{cache}/'.{hint} "
         f"Feature sets there: {listing}. Run `make features` to make one.",
