@@ -235,23 +235,31 @@ def _cmd_report(args) -> int:
     return ExitStatus.OK
 
 
-def _cmd_train_head(args) -> int:
-    from .. import config as config_lib
+def _head_flags(args, table: dict) -> dict:
+    """`heads`, `params` and `sweep` from the flags that train-head and curve share, over the TOML table."""
     from ..heads import parse_params
     from ..heads.sweep import parse_sweep
-    from ..runs.train import train_heads
 
-    table = config_lib.load_toml(args.config).get("train", {})
     params = None
     if args.params:  # flags override the file's params key by key
         params = {**table.get("params", {}), **parse_params(args.params)}
+    return {
+        "heads": tuple(args.heads) if args.heads else None,
+        "params": params,
+        "sweep": parse_sweep(args.sweep) if args.sweep else None,  # a bare --sweep appends True
+    }
+
+
+def _cmd_train_head(args) -> int:
+    from .. import config as config_lib
+    from ..runs.train import train_heads
+
+    table = config_lib.load_toml(args.config).get("train", {})
     config = config_lib.resolve(
         config_lib.TrainConfig,
         table,
-        heads=tuple(args.heads) if args.heads else None,
-        params=params,
+        **_head_flags(args, table),
         fraction=args.fraction,
-        sweep=parse_sweep(args.sweep) if args.sweep else None,  # a bare --sweep appends True
         select=args.select,
         refit=args.refit,
         splits=args.splits,
@@ -276,22 +284,15 @@ def _cmd_train_head(args) -> int:
 
 def _cmd_curve(args) -> int:
     from .. import config as config_lib
-    from ..heads import parse_params
-    from ..heads.sweep import parse_sweep
     from ..runs.curve import run_curve
 
     table = config_lib.load_toml(args.config).get("curve", {})
-    params = None
-    if args.params:  # flags override the file's params key by key
-        params = {**table.get("params", {}), **parse_params(args.params)}
     config = config_lib.resolve(
         config_lib.CurveConfig,
         table,
-        heads=tuple(args.heads) if args.heads else None,
-        params=params,
+        **_head_flags(args, table),
         fractions=args.fractions,
         repeats=args.repeats,
-        sweep=parse_sweep(args.sweep) if args.sweep else None,
         select=args.select,
         splits=args.splits,
         seed=args.seed,
