@@ -146,50 +146,16 @@ def prepare_variants(workdir: Path, n: int, factor: int = 10) -> Path:
     return out
 
 
-def prepare_large(workdir: Path, n: int, side: int = 3024) -> Path:
-    """`workdir/large-<n>-<side>/<class>/*.jpg`: `n` phone-sized photo JPEGs (side x 3/4 side).
+def prepare_photos(workdir: Path, n: int, side: int, workers: int) -> Path:
+    """`workdir/photos-<n>-<side>/<class>/*.jpg`: `n` photo JPEGs of side x 3/4 side, made in `workers` processes.
 
     Made from scikit-learn's two sample photos: a random crop, flipped half
-    the time, upscaled to the size of a phone photo, with sensor-like noise
-    so the file holds as much entropy-coded data as a real one (1.5-1.8 MB at
-    quality 90, like the three 3024x3024 photos of the shared data). Four
-    classes, so the set is a valid data folder.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    out = workdir / f"large-{n}-{side}"
-    marker = workdir / f"large-{n}-{side}.ok"
-    want = {"n": n, "side": side, "version": 1}
-    if _done(marker, want):
-        return out
-    shutil.rmtree(out, ignore_errors=True)
-    photos = load_sample_images().images
-    rng = np.random.default_rng(0)
-    height = side * 3 // 4
-    for i in range(n):
-        photo = photos[i % len(photos)]
-        h, w = photo.shape[:2]
-        y, x = rng.integers(0, h // 4), rng.integers(0, w // 4)
-        crop = photo[y : y + 3 * h // 4, x : x + 3 * w // 4]
-        if i % 2:
-            crop = crop[:, ::-1]
-        big = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize((side, height), Image.Resampling.BICUBIC))
-        noisy = np.clip(big + rng.normal(0, 6, big.shape), 0, 255).astype(np.uint8)
-        folder = out / f"class{i % 4}"
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(noisy).save(folder / f"photo{i:04d}.jpg", quality=90)
-    marker.write_text(json.dumps(want))
-    return out
-
-
-def prepare_photos(workdir: Path, n: int, side: int, workers: int) -> Path:
-    """`workdir/photos-<n>-<side>/<class>/*.jpg`: photo JPEGs as `prepare_large` makes them, in `workers` processes.
-
-    Each photo draws from its own seeded generator, so the set is the same
-    whatever the number of workers (but not the files of `prepare_large`,
-    whose photos share one generator). A phone-sized photo takes about a
-    second to make: one process would spend minutes of a GPU machine's time.
+    the time, upscaled, with sensor-like noise so the file holds as much
+    entropy-coded data as a real one (at 3024 px, 1.5-1.8 MB at quality 90,
+    like the three 3024x3024 photos of the shared data). Four classes, so
+    the set is a valid data folder. Each photo draws from its own seeded
+    generator, so the set is the same whatever the number of workers. A
+    phone-sized photo takes about a second to make.
     """
     out = workdir / f"photos-{n}-{side}"
     marker = workdir / f"photos-{n}-{side}.ok"

@@ -222,7 +222,7 @@ def multi(workdir: Path, models: list[str], size: int, n: int, reps: int, precis
     from pipeline.config import ExtractConfig
     from pipeline.features.extract import extract_many
 
-    folder = common.prepare_large(workdir, n)
+    folder = common.prepare_photos(workdir, n, 3024, os.cpu_count() or 1)
     file_mb = [p.stat().st_size / 1e6 for p in common.image_paths(folder)]
     cache = workdir / "cache-multi"
     workers = ExtractConfig(data=str(folder), model=models[0]).workers
@@ -400,7 +400,7 @@ def decode_scaling(workdir: Path, n: int, reps: int, size: int = 224) -> dict:
     cores = os.cpu_count() or 1
     out = {"cores": cores, "size": size, "sets": []}
     for side, count in ((500, 4 * n), (3024, n)):
-        paths = common.image_paths(common.prepare_large(workdir, count, side))
+        paths = common.image_paths(common.prepare_photos(workdir, count, side, os.cpu_count() or 1))
         _log(f"decode: {count} JPEGs of {side}x{side * 3 // 4}")
         raw: dict[str, list[float]] = {"serial": [], "threads": [], "processes": [], "gil_share": [], "startup_s": []}
         for rep in range(reps):
