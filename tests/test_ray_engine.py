@@ -4,16 +4,16 @@ import os
 import sys
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 
+from shardfiles import shard_digests
 from imagegen import REPO, make_dataset
 from pipeline.cli import ExitStatus, main
 from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
-from pipeline.store import FeatureStore, read_feature_set
+from pipeline.store import read_feature_set
 from pipeline.store.lookup import list_view_sets
 
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2, shard_size=4)
@@ -74,12 +74,6 @@ def _config(data, cache, **overrides):
     return ExtractConfig(data=str(data), cache_dir=str(cache), **{**MODEL, **overrides})
 
 
-def _shard_rows(set_dir):
-    digests = []
-    for name in FeatureStore(set_dir).shard_names():
-        with h5py.File(set_dir / "shards" / name, "r") as f:
-            digests += f["sha256"].asstr()[:].tolist()
-    return digests
 
 
 def test_ray_engine_gives_the_local_feature_sets_and_a_rerun_extracts_nothing(cluster, data, local, tmp_path):
@@ -93,7 +87,7 @@ def test_ray_engine_gives_the_local_feature_sets_and_a_rerun_extracts_nothing(cl
     for mine, theirs in ((read_feature_set(result.path), clean), (_view(result), view)):
         assert mine.paths == theirs.paths and mine.labels.tolist() == theirs.labels.tolist()
         np.testing.assert_allclose(mine.features, theirs.features, rtol=1e-5, atol=1e-5)
-        rows = _shard_rows(mine.path.parent)
+        rows = shard_digests(mine.path.parent)
         assert len(rows) == len(set(rows)) == 24  # nothing stored twice, the broken file never
 
     again = extract_features(config=_config(data, cache, engine="ray", ray_workers=2, augment=1))
@@ -110,12 +104,12 @@ def test_a_run_stopped_after_some_shards_resumes_and_nothing_is_lost_or_stored_t
     finally:
         cluster.unlink()
     set_dir = cache / clean.name
-    kept = _shard_rows(set_dir)
+    kept = shard_digests(set_dir)
     assert 0 < len(kept) <= 4 and not (set_dir / "features.h5").exists()  # one shard kept; no index until the end
 
     resumed = extract_features(config=_config(data, cache, engine="ray"))
     assert resumed.counts == {"extracted": 24 - len(kept), "reused": len(kept), "skipped": 1, "removed": 0}
-    rows = _shard_rows(set_dir)
+    rows = shard_digests(set_dir)
     assert len(rows) == len(set(rows)) == 24
     np.testing.assert_allclose(read_feature_set(resumed.path).features, clean.features, rtol=1e-5, atol=1e-5)
 

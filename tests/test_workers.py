@@ -3,10 +3,10 @@
 import json
 import subprocess
 
-import h5py
 import numpy as np
 import pytest
 
+from shardfiles import shard_digests
 from imagegen import PYTHON, REPO, make_dataset
 from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError
@@ -22,13 +22,6 @@ def _config(data, cache, **overrides):
     return ExtractConfig(data=str(data), cache_dir=str(cache), **{**MODEL, **overrides})
 
 
-def _shard_rows(set_dir):
-    """sha256 of every row of every complete shard."""
-    digests = []
-    for name in FeatureStore(set_dir).shard_names():
-        with h5py.File(set_dir / "shards" / name, "r") as f:
-            digests += f["sha256"].asstr()[:].tolist()
-    return digests
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +53,7 @@ def test_two_worker_processes_then_a_plain_run_equal_one_run(data, single, tmp_p
     fs = read_feature_set(merged.path)
     assert fs.paths == single.paths and fs.labels.tolist() == single.labels.tolist()
     np.testing.assert_array_equal(fs.features, single.features)
-    assert sorted(_shard_rows(merged.path.parent)) == sorted(set(_shard_rows(merged.path.parent)))  # no duplicates
+    assert sorted(shard_digests(merged.path.parent)) == sorted(set(shard_digests(merged.path.parent)))  # no duplicates
 
 
 def test_a_worker_stopped_mid_run_resumes_and_nothing_is_lost_or_stored_twice(data, single, tmp_path, monkeypatch):
@@ -80,7 +73,7 @@ def test_a_worker_stopped_mid_run_resumes_and_nothing_is_lost_or_stored_twice(da
     set_dir = cache / single.name
     in_progress = set_dir / "shards" / f"{TMP_PREFIX}other-worker.h5"
     in_progress.write_bytes(b"another worker's shard being written")
-    kept = len(_shard_rows(set_dir))
+    kept = len(shard_digests(set_dir))
     assert kept == 4  # the first batch survived the stop
 
     again = extract_features(config=_config(data, cache, num_shards=2, shard_index=1))
@@ -91,7 +84,7 @@ def test_a_worker_stopped_mid_run_resumes_and_nothing_is_lost_or_stored_twice(da
     extract_features(config=_config(data, cache, num_shards=2, shard_index=0))
     merged = extract_features(config=_config(data, cache))
     assert merged.counts["extracted"] == 0 and not in_progress.exists()  # the plain run cleans up
-    rows = _shard_rows(set_dir)
+    rows = shard_digests(set_dir)
     assert len(rows) == len(set(rows)) == len(set(_digests(single)))
     np.testing.assert_array_equal(read_feature_set(merged.path).features, single.features)
 
