@@ -397,19 +397,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
                     save_best_only=True,
                 )
             )
-            # Keras writes TensorBoard events through `tensorflow.summary` (which
-            # needs the `tensorboard` package) on every backend; look for both
-            # without importing them.
-            missing = [p for p in _TENSORBOARD_NEEDS if importlib.util.find_spec(p) is None]
-            if not missing:
-                callbacks.append(keras.callbacks.TensorBoard(log_dir=str(folder / "logs")))
-            else:
-                warnings.warn(
-                    "TensorBoard logs need the packages "
-                    f"{', '.join(_TENSORBOARD_NEEDS)}; not installed: {', '.join(missing)}. "
-                    f"No logs are written to {folder / 'logs'}.",
-                    stacklevel=3,
-                )
+            callbacks += tensorboard_callbacks(folder / "logs")
         return callbacks
 
     def predict_proba(self, X) -> np.ndarray:
@@ -472,3 +460,21 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
                 self.model_ = keras.saving.load_model(file)
 
 
+def tensorboard_callbacks(folder: Path) -> list:
+    """`[TensorBoard(folder)]`, or `[]` with a warning where its packages are missing.
+
+    Keras writes TensorBoard events through `tensorflow.summary` (which needs
+    the `tensorboard` package) on every backend; both are looked for without
+    importing them.
+    """
+    missing = [p for p in _TENSORBOARD_NEEDS if importlib.util.find_spec(p) is None]
+    if missing:
+        warnings.warn(
+            f"TensorBoard logs need the packages {', '.join(_TENSORBOARD_NEEDS)}; not installed: "
+            f"{', '.join(missing)}. No logs are written to {folder}.",
+            stacklevel=3,
+        )
+        return []
+    from .._keras import import_keras
+
+    return [import_keras().callbacks.TensorBoard(log_dir=str(folder))]

@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import importlib.util
 import os
 import shutil
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,9 @@ import numpy as np
 from .. import _atomic, config as config_lib
 from ..errors import ConfigError, DataError, RunError
 from ..features import augment
+from ..features.discovery import file_sha256
 from ..heads import DenseClassifier, save_head, training_splits
+from ..heads.dense import tensorboard_callbacks
 from ..heads.metrics import classification_metrics, plot_confusion_matrix, plot_history
 from ..store import FeatureStore, feature_key, read_feature_set
 from . import layout
@@ -45,7 +45,6 @@ from .train import save_figure
 
 __all__ = ["FinetuneResult", "finetune_run"]
 
-_TENSORBOARD_NEEDS = ("tensorflow", "tensorboard")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -315,7 +314,7 @@ def _train(job: _Job, config, state: dict[str, Any], model, fm) -> None:
     validation = _batches(job, config, "validation", fm) if monitor == "val_loss" else None
     callbacks = [fm.EpochCheckpoint(job.folder, state, monitor=monitor, patience=config.early_stopping_patience,
                                     epochs=config.epochs)]
-    callbacks += _tensorboard(job.folder / layout.LOGS)
+    callbacks += tensorboard_callbacks(job.folder / layout.LOGS)
     try:
         model.fit(train, validation_data=validation, epochs=config.epochs, initial_epoch=state["epoch"],
                   callbacks=callbacks, verbose=0)
@@ -325,18 +324,6 @@ def _train(job: _Job, config, state: dict[str, Any], model, fm) -> None:
         if error is not None:
             raise error from None
         raise
-
-
-def _tensorboard(folder: Path) -> list:
-    import keras
-
-    # Keras writes TensorBoard events through `tensorflow.summary` on every backend.
-    missing = [p for p in _TENSORBOARD_NEEDS if importlib.util.find_spec(p) is None]
-    if missing:
-        warnings.warn(f"TensorBoard logs need {', '.join(_TENSORBOARD_NEEDS)}; not installed: {', '.join(missing)}. "
-                      f"No logs are written to {folder}.", stacklevel=3)
-        return []
-    return [keras.callbacks.TensorBoard(log_dir=str(folder))]
 
 
 def _predict(job: _Job, config, model, split: str, fm) -> tuple[np.ndarray, np.ndarray]:
@@ -358,7 +345,7 @@ def _publish(job: _Job, config, state: dict[str, Any], model, fm) -> FinetuneRes
         untouched = fm.base_of(_whole_extractor(job))
     with _atomic.replacing(folder / layout.BASE_WEIGHTS) as tmp:  # `tmp` keeps the `.weights.h5` suffix
         fm.full_base(base, untouched).save_weights(tmp)
-    identity = f"sha256:{_file_sha256(folder / layout.BASE_WEIGHTS)}"
+    identity = f"sha256:{file_sha256(folder / layout.BASE_WEIGHTS)}"
     head = job.predictor.head  # its `model_` is the fine-tune model's head, trained in place
     lineage = _lineage(job, identity, state)
     lineage["head_sha256"] = save_head(folder / layout.HEAD, head, metadata={
@@ -436,8 +423,3 @@ def _warnings(state: dict[str, Any], epochs_run: int, config) -> list[str]:
 def _run_name() -> str:
     return f"{layout.FINETUNE_PREFIX}-{layout.run_id()}"
 
-
-def _file_sha256(path: Path) -> str:
-    from ..features import discovery
-
-    return discovery.file_sha256(path)
