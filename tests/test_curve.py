@@ -16,7 +16,8 @@ from pipeline.config import CurveConfig, TrainConfig
 from pipeline.heads import training_splits
 from pipeline.runs import curve, layout, leaderboard
 from pipeline.store import read_feature_set
-from test_train import _main, make_set
+from helpers import make_set
+from helpers import run_cli as _main
 
 
 @pytest.fixture

@@ -18,7 +18,9 @@ from pipeline.config import TrainConfig
 from pipeline.heads import get_head_cfg, list_heads, plan_params
 from pipeline.runs import layout, leaderboard, train
 from pipeline.store import read_feature_set
-from test_train import _config, _main, make_set
+from helpers import make_set
+from helpers import run_cli as _main
+from helpers import train_config as _config
 
 SET = "blobs-synthetic-8-avg-ffffffff"
 

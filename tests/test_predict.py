@@ -7,10 +7,8 @@ only needs *some* features, and `signs` (the real MobileNetV2 weights at
 check and for the weights-file checks.
 """
 
-import contextlib
 import csv
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -22,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import run_cli as _main
 from imagegen import PYTHON, SIGN_DIGITS, WEIGHTS, make_dataset, require_shared, write_image
 from pipeline import cli
 from pipeline.features.backbones import BACKBONES
@@ -38,13 +37,6 @@ from pipeline.store import read_feature_set
 from pipeline.runs.train import train_heads
 
 MOBILENET_V2 = "mobilenet_v2_1.0_224_no_top.weights.h5"
-
-
-def _main(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()
 
 
 def _train(root, data, heads, params, **extract):

@@ -6,7 +6,6 @@ damaging it. The browser test FAILS when `chromium` is missing: .ci/run
 installs it.
 """
 
-import contextlib
 import csv
 import html
 import io
@@ -19,8 +18,8 @@ import types
 import numpy as np
 import pytest
 
+from helpers import run_cli as _main
 from imagegen import make_dataset
-from pipeline import cli
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
@@ -138,10 +137,3 @@ def test_features_filter_threshold_and_overwrite_are_checked(pipeline_runs, tmp_
     assert status == 2 and "--force" in stderr
     status, _, stderr = _main("report", pipeline_runs.runs_dir, "-o", out, "--force", "--duplicate-threshold", "7")
     assert status == 2 and "--duplicate-threshold" in stderr
-
-
-def _main(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main([str(a) for a in argv])
-    return status, out.getvalue(), err.getvalue()

@@ -18,7 +18,9 @@ from pipeline.heads import create_head, get_head_cfg, list_heads, plan_params, s
 from pipeline.heads import sweep as sweep_lib
 from pipeline.runs import leaderboard, train
 from pipeline.store import read_feature_set
-from test_train import _config, _main, make_set
+from helpers import make_set
+from helpers import run_cli as _main
+from helpers import train_config as _config
 
 GRIDS = {
     "logreg": {"C"},

@@ -6,10 +6,8 @@ features of the sign-language digits photos, extracted once per session by
 the `sign_digits_features` fixture in conftest.py.
 """
 
-import contextlib
 import csv
 import importlib.util
-import io
 import json
 import logging
 import re
@@ -23,6 +21,9 @@ import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
 
+from helpers import KEY, make_set
+from helpers import run_cli as _main
+from helpers import train_config as _config
 from imagegen import PYTHON, REPO, SIGN_DIGITS, require_shared
 from pipeline import cli
 from pipeline.runs import layout, leaderboard, train
@@ -31,64 +32,11 @@ from pipeline.errors import ConfigError, WriteError
 from pipeline.heads import (
     SPLITS, get_head_cfg, list_heads, load_head, parse_params, plan_params, split_indices, subsample,
 )
-from pipeline.store import FeatureStore, FeatureStoreError, IndexRow, read_feature_set, resolve_features
-
-KEY = "f" * 64
-
-
-def make_set(
-    root, *, classes=3, per_class=30, dim=8, folder_splits=None, keys=None, seed=0, spread=0.6,
-    scale=1.0, offset=0.0, dtype="float32", config=None,
-):
-    """A complete feature set of Gaussian blobs, one per class, written via FeatureStore.
-
-    Args:
-        folder_splits: `None` for the class-per-folder layout, or a function
-            of the row number giving "train", "validation" or "test".
-        keys: split keys per row; `None` draws them uniformly.
-        scale, offset: every feature becomes `feature * scale + offset`
-            (`scale=1e-12` mimics random weights).
-        dtype: the stored dtype.
-        config: the recorded extraction config. Defaults to `{"model": "synthetic"}`.
-    """
-    rng = np.random.default_rng(seed)
-    n = classes * per_class
-    labels = np.repeat(np.arange(classes), per_class)
-    centres = rng.normal(size=(classes, dim)) * 3
-    features = ((centres[labels] + rng.normal(scale=spread, size=(n, dim))) * scale + offset).astype(dtype)
-    keys = rng.random(n) if keys is None else np.asarray(keys, dtype=np.float64)
-    store = FeatureStore(root)
-    digests = [f"{i:064x}" for i in range(n)]
-    relpaths = [f"class{labels[i]}/{i:04d}.png" for i in range(n)]
-    with store.shard_appender(KEY, (dim,), dtype, shard_rows=n) as shard:
-        shard.append(features, digests, relpaths)
-    located, _ = store.scan_shards(KEY)
-    rows = [
-        IndexRow(relpaths[i], int(labels[i]), folder_splits(i) if folder_splits else "", float(keys[i]), 1, 1, digests[i])
-        for i in range(n)
-    ]
-    store.write_index(
-        rows, [located[d] for d in digests], [], [f"class{c}" for c in range(classes)],
-        feature_shape=(dim,), dtype=dtype,
-        attrs={"feature_key": KEY, "backbone": "synthetic", "weights": "none", "config": config or {"model": "synthetic"}},
-    )
-    return store.index_path
-
+from pipeline.store import FeatureStoreError, read_feature_set, resolve_features
 
 @pytest.fixture
 def blobs(tmp_path):
     return make_set(tmp_path / "cache" / "blobs-synthetic-8-avg-ffffffff")
-
-
-def _config(tmp_path, **overrides):
-    return TrainConfig(runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache"), **overrides)
-
-
-def _main(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        status = cli.main(list(argv))
-    return status, out.getvalue(), err.getvalue()
 
 
 # -- splits and fractions ----------------------------------------------------
