@@ -1,8 +1,27 @@
-"""Fixtures shared by several test modules."""
+"""Fixtures shared by several test modules, and the rule for tests with needs."""
 
 import pytest
 
 from badfiles import make_bad_corpus
+from needs import NEEDS, require
+
+# Tests using these fixtures extract the 2,062 shared photos with real
+# weights (minutes on CPU): they need ../shared and are left out of `make test-fast`.
+_REAL_FEATURE_FIXTURES = {"sign_digits_features", "sign_digits_features_96"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if _REAL_FEATURE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.weights)
+            item.add_marker(pytest.mark.slow)
+
+
+def pytest_runtest_setup(item):
+    """A marked need that is missing skips the test locally and fails it on CI (tests/needs.py)."""
+    for need in NEEDS:
+        if item.get_closest_marker(need) is not None:
+            require(need)
 
 
 @pytest.fixture(scope="session")
@@ -23,7 +42,7 @@ def sign_digits_features(tmp_path_factory):
 
     Extracted once per session (a few minutes on a 2-core CPU) into a
     temporary cache and shared by every test that needs real features;
-    tests must only read it. Skipped when ../shared is absent (fails on CI).
+    tests must only read it. Needs ../shared (the rule of tests/needs.py).
     """
     return _sign_digits_features(tmp_path_factory, size=224)
 
@@ -35,7 +54,7 @@ def sign_digits_features_96(tmp_path_factory):
 
 
 def _sign_digits_features(tmp_path_factory, *, size):
-    from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
+    from needs import SIGN_DIGITS, WEIGHTS, require_shared
     from pipeline.config import ExtractConfig
     from pipeline.features.extract import extract_features
 

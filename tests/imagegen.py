@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-WEIGHTS = SHARED / "weights"
-SIGN_DIGITS = SHARED / "data" / "sign-language-digits"
+from needs import REPO, SHARED, SIGN_DIGITS, WEIGHTS, require_shared  # noqa: F401 (re-exported)
 
 
 def write_image(path: Path, seed: int, size: int = 40, fmt: str | None = None) -> Path:
@@ -32,18 +28,6 @@ def make_dataset(root: Path, classes: int = 3, per_class: int = 6, start: int = 
         for i in range(start, start + per_class):
             write_image(root / f"class{c}" / f"{i:03d}.png", seed=1000 * c + i)
     return root
-
-
-def require_shared(path: Path) -> Path:
-    """The shared file or folder; skips locally when absent, fails on CI."""
-    import pytest
-
-    if not path.exists():
-        message = f"{path} is missing (../shared beside the repo)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return path
 
 
 PYTHON = sys.executable

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 import badfiles
+from needs import SIGN_DIGITS, require_shared
 from pipeline.features import sample_data
 from pipeline.features.discovery import (
     IMAGE_EXTENSIONS,
@@ -22,7 +23,7 @@ from pipeline.features.discovery import (
 )
 from pipeline.features.sample_data import DIGITS_IMAGES, write_digits
 
-PHOTOS = Path("/work/shared/data/sign-language-digits")
+PHOTOS = SIGN_DIGITS
 
 
 def _touch(root, *relpaths, data=b"x"):
@@ -424,8 +425,7 @@ def test_output_file_names_match_their_definitions():
 
 
 def test_real_dataset():
-    if not PHOTOS.is_dir():
-        pytest.skip(f"{PHOTOS} is missing")
+    require_shared(PHOTOS)
     ds = index_directory(PHOTOS)
     n_files = sum(len(os.listdir(PHOTOS / str(d))) for d in range(10))
     assert ds.class_names == tuple(str(d) for d in range(10))

@@ -10,10 +10,8 @@ and fed to the exported model as it is.
 """
 
 import contextlib
-import importlib.util
 import io
 import json
-import os
 import shutil
 import types
 
@@ -81,14 +79,6 @@ def _assert_agrees(got, expected):
     assert np.abs(got - expected).max() <= TOLERANCE
 
 
-def _require_onnx():
-    missing = [m for m in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-    if missing:
-        if os.environ.get("CI"):
-            pytest.fail(f"{missing} missing: `make setup` installs the onnx extra")
-        pytest.skip(f"{missing} not installed (pip install 'bottleneck-features[onnx]')")
-
-
 def _onnx(path):
     import onnxruntime
 
@@ -112,11 +102,9 @@ def _keras_model(path):
 
 @pytest.mark.weights
 @pytest.mark.parametrize("head", ["dense", "logreg"])
-@pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), ("onnx", "signs.onnx"),
+@pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), pytest.param("onnx", "signs.onnx", marks=pytest.mark.onnx),
                                       ("saved_model", "signs_saved_model")])
 def test_exported_model_on_raw_photos_of_any_size_agrees_with_predict(signs, tmp_path, head, fmt, out):
-    if fmt == "onnx":
-        _require_onnx()
     run = signs.runs[head]
     status = cli.main(["export", str(run), str(tmp_path / out), "--format", fmt, "--quiet"])
     assert status == cli.ExitStatus.OK

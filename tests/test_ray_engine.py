@@ -9,6 +9,7 @@ import pytest
 
 from shardfiles import shard_digests
 from imagegen import REPO, make_dataset
+from needs import require
 from pipeline.cli import ExitStatus, main
 from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError
@@ -19,6 +20,8 @@ from pipeline.store.lookup import list_view_sets
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2, shard_size=4)
 # Read by `_stop_after_first_shard` in every Ray worker: while this file exists, model workers fail.
 _STOP_FLAG = "BOTTLENECK_TEST_STOP_FLAG"
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _stop_after_first_shard():
@@ -38,10 +41,9 @@ def _stop_after_first_shard():
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    try:
-        import ray
-    except ImportError:  # `make setup` installs the extra; on CI its absence is a failure, not a skip
-        (pytest.fail if os.environ.get("CI") else pytest.skip)("the `ray` extra is not installed")
+    require("ray")
+    import ray
+
     flag = tmp_path_factory.mktemp("ray") / "stop"
     tests = str(Path(__file__).parent)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,

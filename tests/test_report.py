@@ -2,8 +2,8 @@
 
 One small real pipeline (tiny PNGs, a random-weight MobileNetV2 at 32 px,
 two heads) is built once per module; tests copy its runs folder before
-damaging it. The browser test FAILS when `chromium` is missing: .ci/run
-installs it.
+damaging it. The browser test is marked `browser`: without `chromium` it
+skips locally and fails on CI (tests/needs.py), where .ci/run installs it.
 """
 
 import csv
@@ -20,6 +20,7 @@ import pytest
 
 from helpers import run_cli as _main
 from imagegen import make_dataset
+from needs import require
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
@@ -52,9 +53,8 @@ def _copy_runs(pipeline_runs, tmp_path):
 
 def _chromium_check(page, screenshot):
     """(self-check dict, stderr) of the page opened in headless Chromium; a screenshot saved beside."""
+    require("browser")
     browser = shutil.which("chromium")
-    if browser is None:
-        pytest.fail("chromium is not installed: `apt-get install -y chromium` (.ci/run does this before `make test`).")
     flags = [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
              "--virtual-time-budget=10000", "--enable-logging=stderr", "--v=0"]
     url = page.resolve().as_uri()
@@ -79,6 +79,7 @@ def test_run_folders_record_each_test_image_prediction(pipeline_runs):
         assert all(0 <= float(r["true_probability"]) <= float(r["probability"]) <= 1 for r in rows)
 
 
+@pytest.mark.browser
 def test_report_renders_in_chromium_with_every_image_and_a_row_per_run(pipeline_runs, tmp_path):
     runs_dir = _copy_runs(pipeline_runs, tmp_path)
     set_dir = next(p for p in runs_dir.iterdir() if p.is_dir())
