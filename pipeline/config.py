@@ -26,7 +26,7 @@ DECODE_MODES = ("auto", "threads", "processes")
 ENGINES = ("local", "ray")
 SWEEP_SELECTS = ("accuracy", "log_loss", "macro_f1")
 SWEEP_REFITS = ("train", "train+validation")
-# Seed 004's augmentation: RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2)
+# The classic Keras tutorial augmentation: RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2)
 # (its RandomHeight/RandomWidth change the image size, which a fixed-size extractor can't take).
 DEFAULT_AUGMENT_OPS = "flip,rotation=0.2,zoom=0.2"
 
@@ -119,7 +119,7 @@ class ExtractConfig:
         augment_ops: the Keras augmentation ops of the views, e.g.
             `"flip,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1"`
             (see `pipeline.features.augment.parse_augment_ops`).
-            Defaults to `"flip,rotation=0.2,zoom=0.2"` (seed 004's).
+            Defaults to `"flip,rotation=0.2,zoom=0.2"` (the classic tutorial ops).
         augment_seed: int >= 0; with the ops, each image's content and the
             view index it fixes every view. Defaults to `0`.
     """

@@ -31,7 +31,7 @@ from ..errors import ConfigError
 __all__ = ["chosen_mode", "decoder_pool"]
 # On 2 cores threads decode 1.7x faster than processes in steady state (bench
 # section "decode"); on a 16-core GPU machine Pillow in processes was measured
-# at 2x threads (issue 13). Between, the crossover is unmeasured: the default
+# at 2x threads (docs/performance.md). Between, the crossover is unmeasured: the default
 # worker count (min(8, cores)) takes processes where the machine has 8 cores.
 _PROCESSES_FROM = 8
 

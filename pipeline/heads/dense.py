@@ -1,4 +1,4 @@
-"""The Keras dense head: seed 003's network as a scikit-learn estimator,
+"""The Keras dense head: the classic bottleneck-features network as a scikit-learn estimator,
 trained to convergence by default.
 
 Keras is imported lazily, inside `DenseClassifier`'s methods only, so that
@@ -63,10 +63,10 @@ def _monitor(has_validation: bool) -> str:
 class DenseClassifier(ClassifierMixin, BaseEstimator):
     """Small Keras network on cached features, as a scikit-learn classifier.
 
-    The default network is the classic bottleneck-features head of seed 003:
+    The default network is the classic bottleneck-features head of Keras tutorials:
     `[Flatten] -> Dense(256, relu) -> Dropout(0.5) -> Dense(n_classes,
     softmax)`, on sparse categorical cross-entropy in batches of 64. Unlike
-    the seed (Adam 1e-4 for a fixed 30 epochs, still improving at the end),
+    the tutorials (Adam 1e-4 for a fixed 30 epochs, still improving at the end),
     it trains to convergence: Adam(learning_rate=1e-3) until the monitored
     loss has not improved for 10 epochs, at most 200 epochs, keeping the best
     epoch's weights. Measured on MobileNetV2 features of the sign-language

@@ -150,7 +150,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
                 batch_size=64,
                 early_stopping_patience=None,
             ),
-            description="Seed 003's dense head as published: Adam 1e-4 for 30 epochs, "
+            description="The classic tutorial dense head as published: Adam 1e-4 for 30 epochs, "
             "no early stopping (often still improving at the end).",
             proba="softmax",
             uses_keras=True,

@@ -1,6 +1,6 @@
 """Fine-tuning the top of a dense head run's base: `finetune_run(run, *, config)`.
 
-The seeds end by unfreezing the top of the base and training on with a low
+Transfer-learning tutorials end by unfreezing the top of the base and training on with a low
 learning rate. This starts from a trained `dense` run: the base is rebuilt
 exactly as the run's lineage says (the checks of `source.RunSource`: the
 weights file by sha256, size, pooling or layer, precision), the trained
