@@ -100,7 +100,7 @@ FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,
 	$(call opt,--augment-ops,$(AUGMENT_OPS)) $(call opt,--augment-seed,$(AUGMENT_SEED)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune
+.PHONY: setup features test test-fast lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -123,6 +123,10 @@ list: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q -n auto --dist loadfile --durations=30 $(ARGS)
+
+# The quick subset while iterating: no slow end-to-end runs, no Ray cluster, no browser.
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -n auto --dist loadfile -m "not slow and not ray and not browser" $(ARGS)
 
 # The import contracts of pyproject.toml ([tool.importlinter]): the layout's rules.
 lint: $(VENV)/.installed
