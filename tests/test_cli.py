@@ -246,6 +246,7 @@ def _warn_and_log(args):
     return ExitStatus.OK
 
 
+@pytest.mark.filterwarnings("default::pipeline.runs.source.RunSpecWarning")  # raised on purpose
 @pytest.mark.parametrize("argv", [["list"], ["-q", "list"], ["list", "-v"], ["-v", "list"], ["list", "--verbose"]])
 def test_library_warnings_and_debug_show_only_with_verbose(monkeypatch, capsys, argv):
     import warnings

@@ -205,6 +205,7 @@ def test_up_to_date_run_imports_neither_keras_nor_tensorflow(tiny_dataset, tmp_p
     assert heavy == []
 
 
+@pytest.mark.slow  # tens of seconds: left out of make test-fast
 def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_path):
     pytest.importorskip("jax")
     weights = tmp_path / "random.weights.h5"
@@ -408,6 +409,7 @@ def test_the_dataset_is_announced_before_any_image_is_extracted(tiny_dataset, tm
     assert result.dataset_summary == result.to_json()["dataset_summary"] == "Found 18 images in 3 classes."
 
 
+@pytest.mark.slow  # tens of seconds: left out of make test-fast
 def test_decoding_in_processes_from_the_cli_stores_the_same_features(tiny_dataset, tmp_path):
     """Issue 13: worker processes are spawned from `python -m pipeline` and change no number."""
     threads = extract_features(config=_config(tiny_dataset, tmp_path / "threads", decode_mode="threads"))
@@ -437,6 +439,7 @@ print(json.dumps({"rows": [len(a), len(b)], "max_diff": float(np.abs(a - b).max(
 """
 
 
+@pytest.mark.slow  # tens of seconds: left out of make test-fast
 def test_every_device_runs_a_replica_and_the_features_do_not_change(tiny_dataset, tmp_path):
     """Issue 13: one replica per device (JAX data parallelism), tried on two XLA host devices."""
     done = subprocess.run(

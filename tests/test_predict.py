@@ -159,6 +159,7 @@ _LOAD_ELSEWHERE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # tens of seconds: left out of make test-fast
 def test_exported_keras_model_equals_predict_in_a_fresh_process(signs, tmp_path):
     """20 photos not used in training, 2 per digit, MobileNetV2 at 96 px."""
     run = signs.runs["dense"]
