@@ -18,16 +18,14 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from .._versions import library_versions
-from . import augment, backbones, decode, discovery, manifest, ray_engine
+from . import augment, backbones, decode, discovery, manifest, ray_engine, rounds
 from .identity import feature_set_dir, records_this_folder
-from ..errors import ConfigError, DataError, WeightsUnavailableError
+from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
 from ..store.lookup import view_set_dir
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
-
-_CHANGED = "changed while it was being extracted; run again"
 
 log = logging.getLogger("bottleneck")
 
@@ -244,34 +242,6 @@ def _with_views(results: list[ExtractResult], configs, n_views: list[int]) -> li
     return merged
 
 
-@dataclasses.dataclass
-class _Plan:
-    """What one feature set needs, worked out under its write lock."""
-
-    store: FeatureStore
-    config: config_lib.ExtractConfig
-    spec: dict[str, Any]
-    key: str
-    previous: set[str]
-    digests: dict[str, str]
-    skipped: dict[str, SkippedFile]
-    located: dict[str, tuple[str, int]]
-    todo: list
-    damaged: list[str]
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # by digest: the content cannot be decoded
-    changed: dict[str, str] = dataclasses.field(default_factory=dict)  # by path: the file is not what was hashed
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    feature_shape: tuple[int, ...] = ()
-
-    def needs(self, relpath: str) -> bool:
-        """Whether decoding this file could still give the plan features it lacks."""
-        digest = self.digests.get(relpath)
-        return (
-            digest is not None and relpath not in self.changed
-            and digest not in self.located and digest not in self.failed
-        )
-
-
 def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, started: float) -> ExtractResult | None:
     """The result of a run with nothing to do, or `None` when there is work.
 
@@ -295,7 +265,7 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
     )
 
 
-def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) -> _Plan:
+def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) -> rounds.Plan:
     """Fingerprints the folder and finds the images no complete shard holds.
 
     `hashed` caches file sha256s by relative path across the plans of one run.
@@ -337,12 +307,12 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
     if worker:
         todo = [e for e in todo if worker_of(digests[e.relpath], config.num_shards) == config.shard_index]
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
-    return _Plan(
+    return rounds.Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
     )
 
 
-def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
+def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """Writes the index of a plan whose images have all been extracted or skipped."""
     extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
     skipped = dict(plan.skipped)
@@ -410,7 +380,7 @@ def worker_of(digest: str, num_shards: int) -> int:
     return int(digest[:16], 16) % num_shards
 
 
-def _worker_result(plan: _Plan, dataset, started: float) -> ExtractResult:
+def _worker_result(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """What a worker of a sharded extraction did; it writes no index."""
     mine = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
     failed = [
@@ -427,13 +397,13 @@ def _worker_result(plan: _Plan, dataset, started: float) -> ExtractResult:
     )
 
 
-def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
+def _run_models(plans: Sequence[rounds.Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
     first = plans[0].config
     with contextlib.ExitStack() as stack:
         stack.enter_context(backbones.replicas(first.devices))
         built: dict[str, Any] = {}
-        models = [_build_model(plan, built) for plan in plans]
+        models = [rounds.build_model(plan, built) for plan in plans]
         done, total, decoding_started = 0, 0, time.perf_counter()
         shards = [
             stack.enter_context(plan.store.shard_appender(
@@ -442,97 +412,19 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
         ]
         # One round, unless a file changed after it was hashed: another file planned
         # with the same content then stands in for it in the next round.
-        while todo := _next_round(plans):
+        while todo := rounds.next_round(plans):
             total += len(todo)
             for entries, images, failures, digests in decode.decode_batches(
                 dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True,
                 mode=first.decode_mode,
             ):
                 for plan, model, appender in zip(plans, models, shards):
-                    _store_batch(plan, model, appender, entries, images, failures, digests)
+                    rounds.store_batch(plan, model, appender, entries, images, failures, digests)
                 done += len(entries) + len(failures)
                 if progress is not None:
                     progress(done, total)
     for plan in plans:
         plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
-
-
-def _build_model(plan: _Plan, built: dict[str, Any]):
-    """The plan's extractor; built once per clean spec, as its views run the same model on other pixels."""
-    clean_key = feature_key({k: v for k, v in plan.spec.items() if k != "augment"})
-    if clean_key in built:
-        plan.feature_shape = tuple(int(d) for d in built[clean_key].output_shape[1:])
-        return built[clean_key]
-    t0 = time.perf_counter()
-    model = backbones.build_extractor(
-        backbones.get_backbone_cfg(plan.config.model),
-        size=plan.spec["size"],
-        weights=plan.config.weights,
-        pooling=plan.config.pooling,
-        layer=plan.config.layer,
-        precision=plan.config.precision,
-    )
-    if backbones.weights_identity(plan.config.weights) != plan.spec["weights"]:
-        # The features would be stored under the key of the weights hashed before.
-        raise WeightsUnavailableError(
-            f"Weights file '{plan.config.weights}' changed while it was being loaded; nothing was "
-            "extracted with it. Run again once it is written.",
-            field="weights",
-        )
-    plan.timings["model_build_seconds"] = time.perf_counter() - t0
-    plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
-    built[clean_key] = model
-    return model
-
-
-def _next_round(plans: Sequence[_Plan]) -> list:
-    """One file, in path order, for each content some plan still needs."""
-    claimed, chosen = set(), []
-    for relpath, entry in sorted({e.relpath: e for plan in plans for e in plan.todo}.items()):
-        claims = {(i, plan.digests[relpath]) for i, plan in enumerate(plans) if plan.needs(relpath)}
-        if claims - claimed:
-            claimed |= claims
-            chosen.append(entry)
-    return chosen
-
-
-def _store_batch(plan: _Plan, model, appender, entries, images, failures, digests) -> None:
-    """Appends the features a plan needs from one decoded batch.
-
-    A row is stored under its planned digest only if that is the digest of
-    the bytes decoded: a file replaced since it was hashed is set aside for
-    this run, never stored under the content it no longer has.
-    """
-    mine, taken = [], set()
-    for i, entry in enumerate(entries):
-        planned = plan.digests.get(entry.relpath)
-        if not plan.needs(entry.relpath) or planned in taken:
-            continue
-        if digests[entry.relpath] == planned:
-            mine.append(i)
-            taken.add(planned)
-        else:
-            plan.changed[entry.relpath] = _CHANGED
-    for entry, reason in failures:
-        if plan.needs(entry.relpath):
-            planned = plan.digests[entry.relpath]
-            if digests[entry.relpath] == planned:
-                plan.failed[planned] = reason  # the same bytes fail alike in every copy
-            else:  # unreadable now, or other bytes: this file's problem, not its planned content's
-                plan.changed[entry.relpath] = _CHANGED if digests[entry.relpath] else reason
-    if mine:
-        # Most batches are wanted whole: skip the copy fancy indexing makes.
-        batch = images if len(mine) == len(entries) else images[mine]
-        stored = [plan.digests[entries[i].relpath] for i in mine]
-        view = plan.spec.get("augment")
-        if view is not None:
-            ops = augment.parse_augment_ops(view["ops"])
-            batch = augment.apply_view(batch, stored, ops=ops, seed=view["seed"], view=view["view"])
-        features = backbones.predict_batches(model, batch, plan.config.batch_size)
-        locations = appender.append(
-            features, stored, [entries[i].relpath for i in mine]  # the store checks the cast to storage_dtype
-        )
-        plan.located.update(zip(stored, locations))
 
 
 def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
