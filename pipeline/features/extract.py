@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from .._versions import library_versions
-from . import augment, backbones, decode, discovery, manifest, ray_engine, rounds
+from . import augment, backbones, decode, ray_engine, rounds, sources
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
@@ -164,7 +164,8 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
     if any(c.engine == "ray" for c in configs):
         ray_engine.require_ray()  # before anything is written
     clean = [(c, feature_spec(c)) for c in configs]
-    dataset = manifest.load_dataset(configs[0].data)
+    source = sources.open_source(configs[0].data)
+    dataset = source.list()
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
     roots = [feature_set_dir(c, spec, feature_key(spec)) for c, spec in clean]
     per_set = [_view_jobs(c, spec, root, dataset) for (c, spec), root in zip(clean, roots)]
@@ -192,7 +193,7 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
             if current[i]:
                 results[i] = _answer_if_up_to_date(store, datasets[i], config, feature_key(spec), started)
             if results[i] is None:
-                plans.append((i, _plan(store, datasets[i], config, spec, hashed)))
+                plans.append((i, _plan(store, source, datasets[i], config, spec, hashed)))
         for size in sorted({plan.spec["size"] for _, plan in plans}):
             group = [plan for _, plan in plans if plan.spec["size"] == size and plan.todo]
             if group:
@@ -265,7 +266,7 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
     )
 
 
-def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) -> rounds.Plan:
+def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, str]) -> rounds.Plan:
     """Fingerprints the folder and finds the images no complete shard holds.
 
     `hashed` caches file sha256s by relative path across the plans of one run.
@@ -298,7 +299,7 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
         else:
             try:
                 if entry.relpath not in hashed:
-                    hashed[entry.relpath] = discovery.file_sha256(dataset.root / entry.relpath)
+                    hashed[entry.relpath] = source.sha256(entry.relpath)
                 digests[entry.relpath] = hashed[entry.relpath]
             except OSError as e:
                 skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
