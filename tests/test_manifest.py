@@ -151,3 +151,26 @@ def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
     np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), fs.features)
     assert table["path"].to_pylist() == fs.paths
     assert json.loads(table.schema.metadata[b"class_names"]) == fs.class_names
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_manifest_edits_reindex_without_reextracting(tmp_path, verify):
+    """A changed label (to an existing class), split or group is re-indexed; no image is extracted again."""
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    rows = [(f"{i}.png", f"c{i % 2}", "train", "") for i in range(4)]
+    manifest = _write_csv(tmp_path / "m.csv", rows)
+    config = ExtractConfig(data=str(manifest), cache_dir=str(tmp_path / "c"), verify=verify, **MODEL)
+    assert extract_features(config=config).counts["extracted"] == 4
+
+    rows[0] = ("0.png", "c1", "train", "")  # label, to an existing class
+    rows[1] = ("1.png", "c1", "test", "")  # split
+    rows[2] = ("2.png", "c0", "train", "session")  # group, so its split key
+    _write_csv(manifest, rows)
+    again = extract_features(config=config)
+    assert again.counts == {"extracted": 0, "reused": 4, "skipped": 0, "removed": 0}
+    fs = read_feature_set(again.path)
+    row = {p: i for i, p in enumerate(fs.paths)}
+    assert fs.labels[row["0.png"]] == 1
+    assert fs.folder_splits[row["1.png"]] == "test"
+    assert fs.split_keys[row["2.png"]] == split_key("group:session")

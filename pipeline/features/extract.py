@@ -246,7 +246,8 @@ def _with_views(results: list[ExtractResult], configs, n_views: list[int]) -> li
 def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, started: float) -> ExtractResult | None:
     """The result of a run with nothing to do, or `None` when there is work.
 
-    Cheap first: file sizes and mtimes of the images and the shards. Only
+    Cheap first: file sizes and mtimes of the images and the shards, and
+    each row's label, split and split key (a manifest edit). Only
     shards whose mtime moved (or all, with `config.verify`) are read to
     check their checksums, so a no-op costs the same at any cache size.
     """
@@ -255,6 +256,9 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
         return None
     if {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries} != state.fingerprints():
         return None
+    if any(state.files[e.relpath].labelling != (e.label, e.folder_split, e.split_key)
+           for e in dataset.entries if e.relpath in state.files):
+        return None  # a manifest edit (label, split, group): re-indexed, nothing re-extracted
     if not store.shards_unchanged(state, verify=config.verify):
         return None
     skipped = list(state.skipped.values())
