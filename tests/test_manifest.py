@@ -132,7 +132,8 @@ def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
                               cwd=REPO, capture_output=True, text=True)
 
     npz_out = tmp_path / "f.npz"
-    done = cli("data", "--output", str(npz_out), "--json")
+    # `set:` names the set even where the repository holds a `data/` folder (made by `make features`).
+    done = cli("set:data", "--output", str(npz_out), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["format"] == "npz"
     with np.load(npz_out) as z:
@@ -142,11 +143,11 @@ def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
         np.testing.assert_array_equal(z["split_keys"], fs.split_keys)
         assert str(z["content_hash"]) == fs.content_hash
 
-    again = cli("data", "--output", str(npz_out))
+    again = cli("set:data", "--output", str(npz_out))
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
 
     pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
-    assert cli("data", "--output", str(tmp_path / "f.parquet")).returncode == 0
+    assert cli("set:data", "--output", str(tmp_path / "f.parquet")).returncode == 0
     table = pq.read_table(tmp_path / "f.parquet")
     np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), fs.features)
     assert table["path"].to_pylist() == fs.paths
