@@ -175,3 +175,27 @@ def test_manifest_edits_reindex_without_reextracting(tmp_path, verify):
     assert fs.labels[row["0.png"]] == 1
     assert fs.folder_splits[row["1.png"]] == "test"
     assert fs.split_keys[row["2.png"]] == split_key("group:session")
+
+
+def test_a_file_listed_relative_and_absolute_is_listed_twice(tmp_path):
+    write_image(tmp_path / "x.png", seed=1)
+    rows = [("x.png", "cat"), (str(tmp_path / "x.png"), "dog")]
+    with pytest.raises(DataError, match="lists .* twice \\(lines 2 and 3\\)"):
+        read_manifest(_write_csv(tmp_path / "m.csv", rows, header=("path", "label")))
+
+
+def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
+    import shutil
+
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    shutil.copy(tmp_path / "0.png", tmp_path / "copy-of-0.png")
+    rows = [("0.png", "a", "train", ""), ("1.png", "a", "train", ""), ("2.png", "b", "train", ""),
+            ("copy-of-0.png", "a", "test", "")]
+    config = ExtractConfig(data=str(_write_csv(tmp_path / "m.csv", rows)), cache_dir=str(tmp_path / "c"), **MODEL)
+    for _ in range(2):  # extracted, then up to date: said both times
+        caplog.clear()
+        result = extract_features(config=config)
+        assert result.split_duplicates == (("0.png", "copy-of-0.png"),)
+        assert result.to_json()["split_duplicates"] == {"count": 1, "examples": [["0.png", "copy-of-0.png"]]}
+        assert "1 image content is stored at several paths that can fall in different splits" in caplog.text

@@ -23,6 +23,7 @@ from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
 from ..store.lookup import view_set_dir
+from ..store.splits import duplicates_across_splits
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
@@ -51,6 +52,10 @@ class ExtractResult:
         label_conflicts: files with the same content under different
             classes, one tuple of paths (the first of each class) per
             content: probably labelling mistakes, and they poison training.
+        split_duplicates: exact copies (same content) in more than one
+            split, one tuple of paths per content: with split folders, by
+            folder; otherwise copies whose split keys differ, so the split
+            fractions may put them apart. Test scores then read too high.
         worker: `(shard_index, num_shards)` for a worker of a sharded
             extraction, which writes shards only: `path` is then the index
             a plain run writes once every worker is done. `None` otherwise.
@@ -66,6 +71,7 @@ class ExtractResult:
     quarantined: list[str]
     label_conflicts: tuple[tuple[str, ...], ...] = ()
     worker: tuple[int, int] | None = None
+    split_duplicates: tuple[tuple[str, ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -80,6 +86,8 @@ class ExtractResult:
             "skipped": [{"path": s.relpath, "reason": s.reason} for s in self.skipped],
             "quarantined": self.quarantined,
             "label_conflicts": [list(paths) for paths in self.label_conflicts],
+            "split_duplicates": {"count": len(self.split_duplicates),
+                                 "examples": [list(paths) for paths in self.split_duplicates[:5]]},
         }
 
 
@@ -150,6 +158,9 @@ def extract_many(
     for paths in sorted({paths for result in results for paths in result.label_conflicts}):
         log.warning("Same image content in %d classes, probably a labelling mistake: %s",
                     len(paths), " and ".join(f"'{p}'" for p in paths))
+    for result in results:
+        if result.split_duplicates:
+            log.warning("%s", _duplicates_note(result.split_duplicates))
     return results
 
 
@@ -263,10 +274,11 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
         return None
     skipped = list(state.skipped.values())
     counts = {"extracted": 0, "reused": len(state.files), "skipped": len(skipped), "removed": 0}
-    conflicts = _label_conflicts(dataset, {path: f.sha256 for path, f in state.files.items()})
+    digest_of = {path: f.sha256 for path, f in state.files.items()}
+    conflicts = _label_conflicts(dataset, digest_of)
     return ExtractResult(
         store.index_path, counts, time.perf_counter() - started, None, skipped, _summary(dataset, conflicts),
-        state.feature_shape, [], conflicts,
+        state.feature_shape, [], conflicts, split_duplicates=_split_duplicates(dataset, digest_of),
     )
 
 
@@ -368,10 +380,12 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     )
     plan.store.delete_unreferenced_shards([name for name, _ in locations])
     seconds = plan.timings.get("extract_seconds")
-    conflicts = _label_conflicts(dataset, {row.relpath: row.sha256 for row in rows})
+    digest_of = {row.relpath: row.sha256 for row in rows}
+    conflicts = _label_conflicts(dataset, digest_of)
     return ExtractResult(
         plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds and n_extracted else None,
         skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
+        split_duplicates=_split_duplicates(dataset, digest_of),
     )
 
 
@@ -439,6 +453,24 @@ def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...
         if entry.relpath in digest_of:
             classes_of.setdefault(digest_of[entry.relpath], {}).setdefault(entry.label, entry.relpath)
     return tuple(sorted(tuple(paths.values()) for paths in classes_of.values() if len(paths) > 1))
+
+
+def _split_duplicates(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """The paths of each content held in more than one split (by folder, else by split key)."""
+    entries = [e for e in dataset.entries if e.relpath in digest_of]
+    splits = [e.folder_split if dataset.has_folder_splits else e.split_key for e in entries]
+    rows = duplicates_across_splits([digest_of[e.relpath] for e in entries], splits)
+    return tuple(tuple(entries[i].relpath for i in group) for group in rows)
+
+
+def _duplicates_note(duplicates) -> str:
+    shown = "; ".join(" = ".join(f"'{p}'" for p in paths) for paths in duplicates[:3])
+    more = f"; and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
+    return (
+        f"{len(duplicates)} image content{'s are' if len(duplicates) > 1 else ' is'} stored at several paths "
+        f"that can fall in different splits, so test scores would read too high: {shown}{more}. "
+        "Keep one copy, or give the copies one group in a manifest."
+    )
 
 
 def _summary(dataset, conflicts) -> str:

@@ -7,7 +7,8 @@ A manifest lists one image per row::
     /mnt/other/b.png,dog,,
 
 - `path` (required): the image file, relative to the manifest's folder or
-  absolute.
+  absolute. An absolute path below the manifest's folder is keyed as the
+  relative one, so `x.jpg` and `/abs/x.jpg` are one file listed twice.
 - `label` (required): the class name.
 - `split` (optional): `train`, `validation` or `test` (the spellings split
   folders accept: `val`, `valid`, `dev`, `training`, `testing`). Either
@@ -75,7 +76,7 @@ def read_manifest(path: str | os.PathLike) -> Dataset:
     entries, ignored, seen, groups = [], [], {}, {}
     has_splits = bool(rows) and bool(rows[0][1].get("split"))
     for line, row in rows:
-        relpath = _relpath(given, line, row["path"])
+        relpath = _relpath(given, root, line, row["path"])
         if relpath in seen:
             raise DataError(
                 f"Manifest '{given}' lists '{row['path']}' twice (lines {seen[relpath]} and {line}); "
@@ -167,10 +168,15 @@ def _read_parquet(path: Path):
     return table.column_names, [(i + 2, record) for i, record in enumerate(table.to_pylist())]
 
 
-def _relpath(manifest: Path, line: int, cell: str) -> str:
+def _relpath(manifest: Path, root: Path, line: int, cell: str) -> str:
+    """The path of a cell as rows are keyed: relative to `root` when it lies below it, so one file has one key."""
     path = Path(cell)
     if path.is_absolute():
-        return path.as_posix()
+        path = Path(os.path.normpath(cell))
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:  # outside the manifest's folder: kept absolute
+            return path.as_posix()
     normal = os.path.normpath(cell).replace(os.sep, "/")
     if normal in (".", "") or normal.endswith("/"):
         raise DataError(f"Manifest '{manifest}' line {line}: '{cell}' names a folder, not an image.",
