@@ -1,6 +1,7 @@
 """Manifests (CSV and Parquet) in place of class folders."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -199,3 +200,38 @@ def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
         assert result.split_duplicates == (("0.png", "copy-of-0.png"),)
         assert result.to_json()["split_duplicates"] == {"count": 1, "examples": [["0.png", "copy-of-0.png"]]}
         assert "1 image content is stored at several paths that can fall in different splits" in caplog.text
+
+
+@pytest.mark.parametrize("labels, column, shown", [
+    ([float("nan"), 1.0], "label", "nan is float"),
+    ([0.0, 1.0], "label", "0.0 is float"),
+    ([[1, 2], [3]], "label", "[1, 2] is list"),
+    ([True, False], "label", "True is bool"),
+])
+def test_parquet_labels_that_are_no_text_or_integer_are_refused(tmp_path, labels, column, shown):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"path": ["a.png", "b.png"], "label": labels}), tmp_path / "m.parquet")
+    with pytest.raises(DataError, match=f"row (1|2) \\(column '{column}'\\).*{re.escape(shown)}"):
+        read_manifest(tmp_path / "m.parquet")
+
+
+def test_parquet_integer_labels_and_bytes_paths(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    import pyarrow as pa
+
+    write_image(tmp_path / "a.png", seed=1)
+    pq.write_table(pa.table({"path": ["a.png"], "label": [7]}), tmp_path / "ok.parquet")
+    assert read_manifest(tmp_path / "ok.parquet").class_names == ("7",)
+    pq.write_table(pa.table({"path": [b"a.png"], "label": ["cat"]}), tmp_path / "bytes.parquet")
+    with pytest.raises(DataError, match="row 1 \\(column 'path'\\).*bytes, not text"):
+        read_manifest(tmp_path / "bytes.parquet")
+
+
+def test_a_csv_header_naming_path_twice_is_refused(tmp_path):
+    write_image(tmp_path / "a.png", seed=1)
+    write_image(tmp_path / "b.png", seed=2)
+    manifest = _write_csv(tmp_path / "m.csv", [("a.png", "cat", "b.png")], header=("path", "label", "path"))
+    with pytest.raises(DataError, match="names column 'path' more than once"):
+        read_manifest(manifest)

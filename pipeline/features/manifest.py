@@ -39,6 +39,7 @@ __all__ = ["MANIFEST_SUFFIXES", "is_manifest", "load_dataset", "read_manifest"]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 _REQUIRED = ("path", "label")
+_KNOWN = ("path", "label", "split", "group")
 _GROUP_PREFIX = "group:"  # keeps a group key apart from any path key
 
 
@@ -123,6 +124,13 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"Manifest '{path}' cannot be read: {e}.", field="data") from None
     columns, records = table
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise DataError(
+            f"Manifest '{path}' names column {', '.join(repr(c) for c in twice)} more than once in its "
+            "header, so which one holds the value is unclear. Keep one.",
+            field="data",
+        )
     missing = [c for c in _REQUIRED if c not in columns]
     if missing:
         raise DataError(
@@ -133,12 +141,33 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         )
     rows = []
     for line, record in records:
+        for column in _KNOWN:
+            _check_cell_type(path, line, column, record.get(column))
         row = {k: ("" if v is None else str(v)).strip() for k, v in record.items() if k in columns}
         for column in _REQUIRED:
             if not row[column]:
                 raise DataError(f"Manifest '{path}' line {line}: the '{column}' cell is empty.", field="data")
         rows.append((line, row))
     return rows
+
+
+def _check_cell_type(path: Path, line: int, column: str, value) -> None:
+    """Refuses a Parquet cell that is no text (or, for a label, no integer): it would become a wrong name.
+
+    A float label reads "0.0" or "nan", a list "[1, 2]", bytes "b'..'": none
+    is the class or file meant. CSV cells are always text.
+    """
+    if value is None or isinstance(value, str):
+        return
+    if column == "label" and isinstance(value, int) and not isinstance(value, bool):
+        return
+    allowed = "text or an integer" if column == "label" else "text"
+    raise DataError(
+        f"Manifest '{path}' row {line - 1} (column '{column}'): the value {value!r:.60} is "
+        f"{type(value).__name__}, not {allowed}. Write the '{column}' column as strings"
+        + (" (class names) or integers." if column == "label" else "."),
+        field="data",
+    )
 
 
 def _read_csv(path: Path):
