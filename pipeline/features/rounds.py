@@ -13,14 +13,20 @@ import dataclasses
 import time
 from typing import Any, Sequence
 
+import numpy as np
+
 from .. import config as config_lib
 from ..errors import WeightsUnavailableError
 from ..store import FeatureStore, SkippedFile, feature_key
 from . import augment, backbones
 
-__all__ = ["CHANGED", "Plan", "build_model", "next_round", "store_batch"]
+__all__ = ["CHANGED", "NOT_FINITE", "Plan", "build_model", "next_round", "store_batch"]
 
 CHANGED = "changed while it was being extracted; run again"
+NOT_FINITE = (
+    "the backbone gave NaN or infinite features for this image, so it is not stored (check the weights "
+    "and precision; a float16 base can overflow)"
+)
 
 
 @dataclasses.dataclass
@@ -123,7 +129,22 @@ def store_batch(plan: Plan, model, appender, entries, images, failures, digests)
             ops = augment.parse_augment_ops(view["ops"])
             batch = augment.apply_view(batch, stored, ops=ops, seed=view["seed"], view=view["view"])
         features = backbones.predict_batches(model, batch, plan.config.batch_size)
+        features, stored, mine = _finite_rows(plan, features, stored, mine)
+        if not mine:
+            return
         locations = appender.append(
             features, stored, [entries[i].relpath for i in mine]  # the store checks the cast to storage_dtype
         )
         plan.located.update(zip(stored, locations))
+
+
+def _finite_rows(plan: Plan, features, stored: list[str], mine: list[int]):
+    """Drops rows with a NaN or infinite feature, recording each as failed: never stored, never trained on."""
+    finite = np.isfinite(features.reshape(len(features), -1)).all(axis=1)
+    if finite.all():
+        return features, stored, mine
+    for digest in np.asarray(stored)[~finite]:
+        plan.failed[str(digest)] = NOT_FINITE
+    keep = np.flatnonzero(finite)
+    return features[keep], [stored[i] for i in keep], [mine[i] for i in keep]
+
