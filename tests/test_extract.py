@@ -483,3 +483,24 @@ def test_nan_or_inf_features_are_never_stored(tmp_path, monkeypatch):
             "red/1.png": rounds.NOT_FINITE, "blue/1.png": rounds.NOT_FINITE}
         fs = read_feature_set(result.path)
         assert fs.paths == ["green/1.png"] and np.isfinite(fs.features).all()
+
+
+def test_a_file_unreadable_once_is_retried_once_readable(tmp_path, monkeypatch):
+    """Permission denied is not remembered by size/mtime: `chmod` fixes it without touching the file."""
+    from pipeline.features import sources
+
+    make_dataset(tmp_path / "data", classes=2, per_class=2)
+    real_hash = sources.file_sha256
+
+    def denied(path):
+        if str(path).endswith("class0/000.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_hash(path)
+
+    config = ExtractConfig(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), **MODEL)
+    monkeypatch.setattr(sources, "file_sha256", denied)
+    first = extract_features(config=config)
+    assert [s.relpath for s in first.skipped] == ["class0/000.png"] and "permission denied" in first.skipped[0].reason
+    monkeypatch.setattr(sources, "file_sha256", real_hash)
+    again = extract_features(config=config)
+    assert again.skipped == [] and again.counts["extracted"] == 1

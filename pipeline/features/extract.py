@@ -318,7 +318,8 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
                     hashed[entry.relpath] = source.sha256(entry.relpath)
                 digests[entry.relpath] = hashed[entry.relpath]
             except OSError as e:
-                skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
+                # No fingerprint: `chmod` leaves the mtime alone, so a remembered skip would never be retried.
+                skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), -1, -1)
 
     todo = [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located]
     if worker:
