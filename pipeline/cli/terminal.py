@@ -216,6 +216,8 @@ def as_sigint(signum, frame) -> None:
 
 
 def print_features_summary(result) -> None:
+    from ..store import shown_path
+
     c = result.counts
     if result.worker is not None:
         index, count = result.worker
@@ -239,7 +241,7 @@ def print_features_summary(result) -> None:
     if "views" in c and not (c["extracted"] == 0 and views_now):
         print(f"Augmented views extracted: {c['views']}.")
     for skip in result.skipped[:20]:
-        print(f"  skipped {skip.relpath}: {skip.reason}")
+        print(f"  skipped {shown_path(skip.relpath)}: {skip.reason}")
     if len(result.skipped) > 20:
         print(f"  ... and {len(result.skipped) - 20} more (listed under skipped/ in the file)")
     shape = "x".join(str(d) for d in result.feature_shape)

@@ -21,7 +21,7 @@ from .._versions import library_versions
 from . import augment, backbones, decode, ray_engine, rounds, sources
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError
-from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
+from ..store import FeatureStore, IndexRow, SkippedFile, feature_key, shown_path
 from ..store.lookup import view_set_dir
 from ..store.splits import duplicates_across_splits
 
@@ -157,7 +157,7 @@ def extract_many(
     results = _extract_many(configs, progress)
     for paths in sorted({paths for result in results for paths in result.label_conflicts}):
         log.warning("Same image content in %d classes, probably a labelling mistake: %s",
-                    len(paths), " and ".join(f"'{p}'" for p in paths))
+                    len(paths), " and ".join(f"'{shown_path(p)}'" for p in paths))
     for result in results:
         if result.split_duplicates:
             log.warning("%s", _duplicates_note(result.split_duplicates))
@@ -465,7 +465,7 @@ def _split_duplicates(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ..
 
 
 def _duplicates_note(duplicates) -> str:
-    shown = "; ".join(" = ".join(f"'{p}'" for p in paths) for paths in duplicates[:3])
+    shown = "; ".join(" = ".join(f"'{shown_path(p)}'" for p in paths) for paths in duplicates[:3])
     more = f"; and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
     return (
         f"{len(duplicates)} image content{'s are' if len(duplicates) > 1 else ' is'} stored at several paths "
@@ -478,7 +478,7 @@ def _summary(dataset, conflicts) -> str:
     """The dataset's summary, plus a note on contents found under several classes."""
     if not conflicts:
         return dataset.summary()
-    shown = "; ".join(" = ".join(f"'{p}'" for p in paths) for paths in conflicts[:3])
+    shown = "; ".join(" = ".join(f"'{shown_path(p)}'" for p in paths) for paths in conflicts[:3])
     more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
     return (
         f"{dataset.summary()} {len(conflicts)} image content{'s are' if len(conflicts) > 1 else ' is'} "
