@@ -186,3 +186,19 @@ def test_augmented_without_views_says_which_command_makes_them(extracted, tmp_pa
     with pytest.raises(ConfigError) as info:
         train.train_heads(None, config=TrainConfig(augmented=True, cache_dir=str(cache), runs_dir=str(tmp_path / "r")))
     assert info.value.field == "augmented" and "--augment" in str(info.value)
+
+
+def test_an_up_to_date_set_whose_views_were_extracted_says_what_took_the_time(capsys, tmp_path):
+    import types
+
+    from pipeline.cli.terminal import print_features_summary
+
+    result = types.SimpleNamespace(
+        counts={"extracted": 0, "reused": 3781, "skipped": 0, "removed": 0, "views": 6136}, worker=None,
+        quarantined=[], seconds=312.02, images_per_second=19.7, skipped=[], feature_shape=(1280,),
+        path=tmp_path / "features.h5",
+    )
+    print_features_summary(result)
+    out = capsys.readouterr().out
+    assert "3781 images up to date, 0 skipped; 6136 augmented views extracted in 312.0 s." in out
+    assert "Up to date" not in out and out.count("6136") == 1

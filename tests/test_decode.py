@@ -412,3 +412,21 @@ def test_huge_images_are_reduced_by_a_whole_factor_before_the_resize(tmp_path):
     # Measured 2.4 grey levels on average on this noise-like image (photos are smoother); a misplaced
     # or missing step gives tens.
     assert 0 < np.abs(decoded - direct).mean() < 4
+
+
+def test_a_file_larger_than_the_bomb_limit_allows_is_refused_unread(tmp_path, monkeypatch):
+    """A sparse multi-GB `.jpg` must not be read into memory: its size alone refuses it."""
+    from pipeline.features import decode as decode_module
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    limit = decode_module.max_file_bytes()
+    assert limit == 1000 * 8 + (1 << 20)
+    huge = tmp_path / "huge.jpg"
+    with open(huge, "wb") as f:
+        f.truncate(limit + 1)  # sparse: costs no disk
+    reads = []
+    real_fdopen = os.fdopen
+    monkeypatch.setattr(os, "fdopen", lambda *a, **k: reads.append(a) or real_fdopen(*a, **k))
+    image, digest, reason = decode_module._load_or_reason(huge, 32)
+    assert image is None and reason.startswith(f"file too large: {limit + 1} bytes")
+    assert reads == []  # refused before the file was opened for reading

@@ -457,3 +457,53 @@ def test_more_devices_than_visible_are_refused(tiny_dataset, tmp_path):
                 "--devices", "64", "--cache-dir", str(tmp_path), env={"KERAS_BACKEND": "jax"})
     assert done.returncode == 2
     assert "`devices` asks for 64 devices" in done.stderr and "--devices" in done.stderr
+
+
+def test_nan_or_inf_features_are_never_stored(tmp_path, monkeypatch):
+    """A row the backbone answers with NaN/inf is skipped with its reason, on this run and the next."""
+    import types
+
+    from PIL import Image
+
+    from pipeline.features import backbones, rounds
+
+    for name, colour in (("red", (255, 0, 0)), ("green", (0, 255, 0)), ("blue", (0, 0, 255))):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (40, 40), colour).save(tmp_path / "data" / name / "1.png")
+
+    def predict(model, batch, batch_size):
+        features = batch.astype(np.float32).mean(axis=(1, 2))
+        features[features[:, 0] > 200, 1] = np.nan  # red gives NaN
+        features[features[:, 2] > 200, 0] = np.inf  # blue gives inf
+        return features
+
+    monkeypatch.setattr(backbones, "build_extractor", lambda *a, **k: types.SimpleNamespace(output_shape=(None, 3)))
+    monkeypatch.setattr(backbones, "predict_batches", predict)
+    config = ExtractConfig(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), **MODEL)
+    for _ in range(2):
+        result = extract_features(config=config)
+        assert {s.relpath: s.reason for s in result.skipped} == {
+            "red/1.png": rounds.NOT_FINITE, "blue/1.png": rounds.NOT_FINITE}
+        fs = read_feature_set(result.path)
+        assert fs.paths == ["green/1.png"] and np.isfinite(fs.features).all()
+
+
+def test_a_file_unreadable_once_is_retried_once_readable(tmp_path, monkeypatch):
+    """Permission denied is not remembered by size/mtime: `chmod` fixes it without touching the file."""
+    from pipeline.features import sources
+
+    make_dataset(tmp_path / "data", classes=2, per_class=2)
+    real_hash = sources.file_sha256
+
+    def denied(path):
+        if str(path).endswith("class0/000.png"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_hash(path)
+
+    config = ExtractConfig(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), **MODEL)
+    monkeypatch.setattr(sources, "file_sha256", denied)
+    first = extract_features(config=config)
+    assert [s.relpath for s in first.skipped] == ["class0/000.png"] and "permission denied" in first.skipped[0].reason
+    monkeypatch.setattr(sources, "file_sha256", real_hash)
+    again = extract_features(config=config)
+    assert again.skipped == [] and again.counts["extracted"] == 1

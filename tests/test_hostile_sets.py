@@ -7,6 +7,7 @@ the fletcher32 checksum its rows are trusted by, is refused by readers and
 set aside by the next extraction, never trained on.
 """
 
+import dataclasses
 import os
 import shutil
 
@@ -346,3 +347,25 @@ def test_a_crafted_index_is_refused_and_rebuilt_by_the_next_run(feature_set, kin
     assert rebuilt.labels.tolist() == clean.labels.tolist() and rebuilt.paths == clean.paths
     with h5py.File(index, "r") as f:
         assert {s.file_name for s in f["features"].virtual_sources()} == {f"shards/{n}" for n in store.shard_names()}
+
+
+def test_verify_repairs_a_shard_swapped_for_another_of_the_same_set(tmp_path):
+    """Same set, same key, same size and mtime: only the rows' contents tell; `verify` re-extracts them."""
+    from pipeline.features.extract import extract_features
+
+    make_dataset(tmp_path / "data", classes=2, per_class=4)
+    config = ExtractConfig(data=str(tmp_path / "data"), cache_dir=str(tmp_path / "c"), model="resnet50", size=32,
+                           weights="none", batch_size=4, workers=1, shard_size=4)
+    first = extract_features(config=config)
+    reference = read_feature_set(first.path)
+    first_shard, second_shard = sorted((first.path.parent / "shards").glob("[!.]*.h5"))
+    st = first_shard.stat()
+    assert second_shard.stat().st_size == st.st_size
+    shutil.copy(second_shard, first_shard)
+    os.utime(first_shard, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    repaired = extract_features(config=dataclasses.replace(config, verify=True))
+    assert repaired.counts["extracted"] == 4 and repaired.counts["reused"] == 4
+    again = read_feature_set(repaired.path)
+    assert again.paths == reference.paths
+    np.testing.assert_allclose(again.features, reference.features, rtol=1e-5, atol=1e-6)

@@ -1,6 +1,7 @@
 """Manifests (CSV and Parquet) in place of class folders."""
 
 import csv
+import re
 
 import numpy as np
 import pytest
@@ -132,7 +133,8 @@ def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
                               cwd=REPO, capture_output=True, text=True)
 
     npz_out = tmp_path / "f.npz"
-    done = cli("data", "--output", str(npz_out), "--json")
+    # `set:` names the set even where the repository holds a `data/` folder (made by `make features`).
+    done = cli("set:data", "--output", str(npz_out), "--json")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout.splitlines()[-1])["format"] == "npz"
     with np.load(npz_out) as z:
@@ -142,12 +144,94 @@ def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
         np.testing.assert_array_equal(z["split_keys"], fs.split_keys)
         assert str(z["content_hash"]) == fs.content_hash
 
-    again = cli("data", "--output", str(npz_out))
+    again = cli("set:data", "--output", str(npz_out))
     assert again.returncode == 2 and "already exists" in again.stderr and "--force" in again.stderr
 
     pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
-    assert cli("data", "--output", str(tmp_path / "f.parquet")).returncode == 0
+    assert cli("set:data", "--output", str(tmp_path / "f.parquet")).returncode == 0
     table = pq.read_table(tmp_path / "f.parquet")
     np.testing.assert_array_equal(np.array(table["features"].to_pylist(), dtype=np.float32), fs.features)
     assert table["path"].to_pylist() == fs.paths
     assert json.loads(table.schema.metadata[b"class_names"]) == fs.class_names
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_manifest_edits_reindex_without_reextracting(tmp_path, verify):
+    """A changed label (to an existing class), split or group is re-indexed; no image is extracted again."""
+    for i in range(4):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    rows = [(f"{i}.png", f"c{i % 2}", "train", "") for i in range(4)]
+    manifest = _write_csv(tmp_path / "m.csv", rows)
+    config = ExtractConfig(data=str(manifest), cache_dir=str(tmp_path / "c"), verify=verify, **MODEL)
+    assert extract_features(config=config).counts["extracted"] == 4
+
+    rows[0] = ("0.png", "c1", "train", "")  # label, to an existing class
+    rows[1] = ("1.png", "c1", "test", "")  # split
+    rows[2] = ("2.png", "c0", "train", "session")  # group, so its split key
+    _write_csv(manifest, rows)
+    again = extract_features(config=config)
+    assert again.counts == {"extracted": 0, "reused": 4, "skipped": 0, "removed": 0}
+    fs = read_feature_set(again.path)
+    row = {p: i for i, p in enumerate(fs.paths)}
+    assert fs.labels[row["0.png"]] == 1
+    assert fs.folder_splits[row["1.png"]] == "test"
+    assert fs.split_keys[row["2.png"]] == split_key("group:session")
+
+
+def test_a_file_listed_relative_and_absolute_is_listed_twice(tmp_path):
+    write_image(tmp_path / "x.png", seed=1)
+    rows = [("x.png", "cat"), (str(tmp_path / "x.png"), "dog")]
+    with pytest.raises(DataError, match="lists .* twice \\(lines 2 and 3\\)"):
+        read_manifest(_write_csv(tmp_path / "m.csv", rows, header=("path", "label")))
+
+
+def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
+    import shutil
+
+    for i in range(3):
+        write_image(tmp_path / f"{i}.png", seed=i)
+    shutil.copy(tmp_path / "0.png", tmp_path / "copy-of-0.png")
+    rows = [("0.png", "a", "train", ""), ("1.png", "a", "train", ""), ("2.png", "b", "train", ""),
+            ("copy-of-0.png", "a", "test", "")]
+    config = ExtractConfig(data=str(_write_csv(tmp_path / "m.csv", rows)), cache_dir=str(tmp_path / "c"), **MODEL)
+    for _ in range(2):  # extracted, then up to date: said both times
+        caplog.clear()
+        result = extract_features(config=config)
+        assert result.split_duplicates == (("0.png", "copy-of-0.png"),)
+        assert result.to_json()["split_duplicates"] == {"count": 1, "examples": [["0.png", "copy-of-0.png"]]}
+        assert "1 image content is stored at several paths that can fall in different splits" in caplog.text
+
+
+@pytest.mark.parametrize("labels, column, shown", [
+    ([float("nan"), 1.0], "label", "nan is float"),
+    ([0.0, 1.0], "label", "0.0 is float"),
+    ([[1, 2], [3]], "label", "[1, 2] is list"),
+    ([True, False], "label", "True is bool"),
+])
+def test_parquet_labels_that_are_no_text_or_integer_are_refused(tmp_path, labels, column, shown):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"path": ["a.png", "b.png"], "label": labels}), tmp_path / "m.parquet")
+    with pytest.raises(DataError, match=f"row (1|2) \\(column '{column}'\\).*{re.escape(shown)}"):
+        read_manifest(tmp_path / "m.parquet")
+
+
+def test_parquet_integer_labels_and_bytes_paths(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    import pyarrow as pa
+
+    write_image(tmp_path / "a.png", seed=1)
+    pq.write_table(pa.table({"path": ["a.png"], "label": [7]}), tmp_path / "ok.parquet")
+    assert read_manifest(tmp_path / "ok.parquet").class_names == ("7",)
+    pq.write_table(pa.table({"path": [b"a.png"], "label": ["cat"]}), tmp_path / "bytes.parquet")
+    with pytest.raises(DataError, match="row 1 \\(column 'path'\\).*bytes, not text"):
+        read_manifest(tmp_path / "bytes.parquet")
+
+
+def test_a_csv_header_naming_path_twice_is_refused(tmp_path):
+    write_image(tmp_path / "a.png", seed=1)
+    write_image(tmp_path / "b.png", seed=2)
+    manifest = _write_csv(tmp_path / "m.csv", [("a.png", "cat", "b.png")], header=("path", "label", "path"))
+    with pytest.raises(DataError, match="names column 'path' more than once"):
+        read_manifest(manifest)

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -372,3 +373,36 @@ def test_a_read_only_bind_mount_is_a_write_error_and_its_complete_sets_still_rea
         assert len(read_feature_set(next((read_only / "built").glob("*/features.h5"))).paths) == 18
     finally:
         subprocess.run(["umount", str(read_only)], capture_output=True)
+
+
+def _cache_with_set(tmp_path, name):
+    """A cache holding one (hand-made, sealed) index named `name`; only its presence matters to look-ups."""
+    from pipeline.store import INDEX_NAME
+
+    folder = tmp_path / "cache" / name
+    folder.mkdir(parents=True)
+    (folder / INDEX_NAME).write_bytes(b"")
+    return tmp_path / "cache"
+
+
+@pytest.mark.parametrize("given", ["data", "da"])
+def test_a_word_that_is_both_a_path_and_a_set_is_refused_with_both_readings(tmp_path, monkeypatch, given):
+    from pipeline.errors import ConfigError
+    from pipeline.store import INDEX_NAME, resolve_features
+
+    cache = _cache_with_set(tmp_path, "data")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / given).mkdir()
+    with pytest.raises(ConfigError, match=f"'./{given}' for the path, or 'set:{given}' for the set"):
+        resolve_features(given, cache)
+    assert resolve_features(f"set:{given}", cache) == cache / "data" / INDEX_NAME
+    assert resolve_features(f"./{given}", cache) == Path(f"./{given}") / INDEX_NAME
+
+
+def test_a_path_that_names_no_set_is_still_a_path(tmp_path, monkeypatch):
+    from pipeline.store import INDEX_NAME, resolve_features
+
+    cache = _cache_with_set(tmp_path, "digits")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "other").mkdir()
+    assert resolve_features("other", cache) == Path("other") / INDEX_NAME

@@ -216,6 +216,8 @@ def as_sigint(signum, frame) -> None:
 
 
 def print_features_summary(result) -> None:
+    from ..store import shown_path
+
     c = result.counts
     if result.worker is not None:
         index, count = result.worker
@@ -223,7 +225,12 @@ def print_features_summary(result) -> None:
               f"{result.path.parent} in {result.seconds:.1f} s. Once every worker is done, run the same command "
               "without --num-shards and --shard-index: it writes the index (and extracts what a lost worker left).")
         return
-    if c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined:
+    views_now = c.get("views", 0)
+    if c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined and views_now:
+        # The run's seconds went to the views: say so, not that it took that long to find nothing to do.
+        print(f"{c['reused']} images up to date, {c['skipped']} skipped; {views_now} augmented views extracted "
+              f"in {result.seconds:.1f} s.")
+    elif c["extracted"] == 0 and c["removed"] == 0 and not result.quarantined:
         print(f"Up to date: {c['reused']} images, {c['skipped']} skipped ({result.seconds:.2f} s).")
     else:
         speed = f", {result.images_per_second:.1f} img/s" if result.images_per_second else ""
@@ -231,10 +238,10 @@ def print_features_summary(result) -> None:
             f"Extracted {c['extracted']}, reused {c['reused']}, skipped {c['skipped']}, "
             f"removed {c['removed']} in {result.seconds:.1f} s{speed}."
         )
-    if "views" in c:
+    if "views" in c and not (c["extracted"] == 0 and views_now):
         print(f"Augmented views extracted: {c['views']}.")
     for skip in result.skipped[:20]:
-        print(f"  skipped {skip.relpath}: {skip.reason}")
+        print(f"  skipped {shown_path(skip.relpath)}: {skip.reason}")
     if len(result.skipped) > 20:
         print(f"  ... and {len(result.skipped) - 20} more (listed under skipped/ in the file)")
     shape = "x".join(str(d) for d in result.feature_shape)

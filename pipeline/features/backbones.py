@@ -18,7 +18,6 @@ import contextlib
 import dataclasses
 import logging
 import fnmatch
-import hashlib
 import importlib.metadata
 import tempfile
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 
 from ..errors import ConfigError, WeightsUnavailableError, did_you_mean
+from ..store.content import file_sha256
 
 log = logging.getLogger("bottleneck")
 
@@ -140,7 +140,7 @@ def weights_identity(weights: str) -> str:
             "weights (smoke runs only).",
             field="weights",
         )
-    return f"sha256:{_sha256(path)}"
+    return f"sha256:{file_sha256(path)}"
 
 
 def build_extractor(
@@ -285,14 +285,6 @@ def _unknown_name_message(what: str, name: str, valid: list[str]) -> str:
     hint = did_you_mean(name, valid)
     shown = ", ".join(sorted(valid)) if len(valid) <= 60 else f"{len(valid)} names"
     return f"Unknown {what} {name!r}.{hint} Valid: {shown}."
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

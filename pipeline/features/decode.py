@@ -105,6 +105,8 @@ _SIGNATURES = (
     (b"MM\x00*", "TIFF"),
     (b"BM", "BMP"),
 )
+_MAX_BYTES_PER_PIXEL = 8
+_HEADER_SLACK = 1 << 20
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
 
 # Pillow plugins report corrupt data through many exception types, not only
@@ -265,18 +267,42 @@ def _read_file(path) -> bytes:
             raise DecodeError("not a file: it is a folder")
         if not stat.S_ISREG(st.st_mode):
             raise DecodeError("not a regular file (a pipe, socket or device)")
+        limit = max_file_bytes()
+        if st.st_size > limit:
+            raise DecodeError(_too_large(st.st_size, limit))
         f = os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
     with f:
         try:
-            data = f.read()
+            data = f.read(limit + 1)  # a file grown since fstat is still read no further
         except OSError as e:
             raise DecodeError(f"cannot read the file: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise DecodeError(_too_large(len(data), limit))
     if not data:
         raise DecodeError("empty file (0 bytes)")
     return data
+
+
+def max_file_bytes() -> int:
+    """The largest image file read: what the decompression-bomb limit allows, uncompressed.
+
+    `PIL.Image.MAX_IMAGE_PIXELS` pixels at 8 bytes each (16-bit RGBA, the
+    widest mode decoded) plus 1 MiB of headers and metadata: no image the
+    decoder would accept is larger, so a bigger file (a 2 GB sparse `.jpg`)
+    is refused before a byte of it is read.
+    """
+    pixels = Image.MAX_IMAGE_PIXELS
+    return (pixels * _MAX_BYTES_PER_PIXEL if pixels else 1 << 62) + _HEADER_SLACK
+
+
+def _too_large(n_bytes: int, limit: int) -> str:
+    return (
+        f"file too large: {n_bytes} bytes, more than any image within the decompression-bomb limit "
+        f"holds ({limit} bytes for PIL.Image.MAX_IMAGE_PIXELS={Image.MAX_IMAGE_PIXELS})"
+    )
 
 
 def _load_or_reason(path: Path, size: int):

@@ -28,7 +28,6 @@ row i of a feature file matched to file i and its label.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import hashlib
 import os
 import re
@@ -36,6 +35,7 @@ import stat
 from pathlib import Path
 
 from ..errors import DataError
+from ..store.content import file_sha256  # re-exported: callers hash files through discovery
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -79,7 +79,6 @@ _OUTPUT_FILES = {
 }
 _RUNS_FILE = "leaderboard.csv"
 _NOHASH = re.compile(r"_nohash_.*$")
-_HASH_BLOCK = 1 << 20
 
 _LAYOUT_HINT = "Pass as `data` a folder with one subfolder per class."
 
@@ -245,33 +244,6 @@ def split_key(relpath: str) -> float:
     key = f"{head}/{name}" if head else name
     digest = hashlib.sha1(key.encode("utf-8", "surrogateescape")).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
-
-
-def file_sha256(path) -> str:
-    """Returns the SHA-256 of a file's content as lowercase hex.
-
-    The file is read in 1 MiB blocks, so memory stays flat for any size.
-
-    Args:
-        path: str, bytes or `os.PathLike`. The file to hash.
-
-    Returns:
-        64 hexadecimal characters.
-
-    Raises:
-        OSError: The file cannot be read, or is not a regular file (a FIFO
-            named like an image would otherwise block the read forever).
-    """
-    # O_NONBLOCK lets the open of a FIFO return so fstat() can refuse it;
-    # it has no effect on regular files.
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    with open(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", os.fsdecode(path))
-        digest = hashlib.sha256()
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def index_directory(root) -> Dataset:

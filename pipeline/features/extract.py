@@ -18,16 +18,15 @@ from typing import Any, Callable, Sequence
 
 from .. import config as config_lib
 from .._versions import library_versions
-from . import augment, backbones, decode, discovery, manifest, ray_engine
+from . import augment, backbones, decode, ray_engine, rounds, sources
 from .identity import feature_set_dir, records_this_folder
-from ..errors import ConfigError, DataError, WeightsUnavailableError
-from ..store import FeatureStore, IndexRow, SkippedFile, feature_key
+from ..errors import ConfigError, DataError
+from ..store import FeatureStore, IndexRow, SkippedFile, feature_key, shown_path
 from ..store.lookup import view_set_dir
+from ..store.splits import duplicates_across_splits
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
-
-_CHANGED = "changed while it was being extracted; run again"
 
 log = logging.getLogger("bottleneck")
 
@@ -53,6 +52,10 @@ class ExtractResult:
         label_conflicts: files with the same content under different
             classes, one tuple of paths (the first of each class) per
             content: probably labelling mistakes, and they poison training.
+        split_duplicates: exact copies (same content) in more than one
+            split, one tuple of paths per content: with split folders, by
+            folder; otherwise copies whose split keys differ, so the split
+            fractions may put them apart. Test scores then read too high.
         worker: `(shard_index, num_shards)` for a worker of a sharded
             extraction, which writes shards only: `path` is then the index
             a plain run writes once every worker is done. `None` otherwise.
@@ -68,6 +71,7 @@ class ExtractResult:
     quarantined: list[str]
     label_conflicts: tuple[tuple[str, ...], ...] = ()
     worker: tuple[int, int] | None = None
+    split_duplicates: tuple[tuple[str, ...], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +86,8 @@ class ExtractResult:
             "skipped": [{"path": s.relpath, "reason": s.reason} for s in self.skipped],
             "quarantined": self.quarantined,
             "label_conflicts": [list(paths) for paths in self.label_conflicts],
+            "split_duplicates": {"count": len(self.split_duplicates),
+                                 "examples": [list(paths) for paths in self.split_duplicates[:5]]},
         }
 
 
@@ -151,7 +157,10 @@ def extract_many(
     results = _extract_many(configs, progress)
     for paths in sorted({paths for result in results for paths in result.label_conflicts}):
         log.warning("Same image content in %d classes, probably a labelling mistake: %s",
-                    len(paths), " and ".join(f"'{p}'" for p in paths))
+                    len(paths), " and ".join(f"'{shown_path(p)}'" for p in paths))
+    for result in results:
+        if result.split_duplicates:
+            log.warning("%s", _duplicates_note(result.split_duplicates))
     return results
 
 
@@ -166,7 +175,8 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
     if any(c.engine == "ray" for c in configs):
         ray_engine.require_ray()  # before anything is written
     clean = [(c, feature_spec(c)) for c in configs]
-    dataset = manifest.load_dataset(configs[0].data)
+    source = sources.open_source(configs[0].data)
+    dataset = source.list()
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
     roots = [feature_set_dir(c, spec, feature_key(spec)) for c, spec in clean]
     per_set = [_view_jobs(c, spec, root, dataset) for (c, spec), root in zip(clean, roots)]
@@ -194,7 +204,7 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
             if current[i]:
                 results[i] = _answer_if_up_to_date(store, datasets[i], config, feature_key(spec), started)
             if results[i] is None:
-                plans.append((i, _plan(store, datasets[i], config, spec, hashed)))
+                plans.append((i, _plan(store, source, datasets[i], config, spec, hashed)))
         for size in sorted({plan.spec["size"] for _, plan in plans}):
             group = [plan for _, plan in plans if plan.spec["size"] == size and plan.todo]
             if group:
@@ -244,38 +254,11 @@ def _with_views(results: list[ExtractResult], configs, n_views: list[int]) -> li
     return merged
 
 
-@dataclasses.dataclass
-class _Plan:
-    """What one feature set needs, worked out under its write lock."""
-
-    store: FeatureStore
-    config: config_lib.ExtractConfig
-    spec: dict[str, Any]
-    key: str
-    previous: set[str]
-    digests: dict[str, str]
-    skipped: dict[str, SkippedFile]
-    located: dict[str, tuple[str, int]]
-    todo: list
-    damaged: list[str]
-    failed: dict[str, str] = dataclasses.field(default_factory=dict)  # by digest: the content cannot be decoded
-    changed: dict[str, str] = dataclasses.field(default_factory=dict)  # by path: the file is not what was hashed
-    timings: dict[str, float] = dataclasses.field(default_factory=dict)
-    feature_shape: tuple[int, ...] = ()
-
-    def needs(self, relpath: str) -> bool:
-        """Whether decoding this file could still give the plan features it lacks."""
-        digest = self.digests.get(relpath)
-        return (
-            digest is not None and relpath not in self.changed
-            and digest not in self.located and digest not in self.failed
-        )
-
-
 def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, started: float) -> ExtractResult | None:
     """The result of a run with nothing to do, or `None` when there is work.
 
-    Cheap first: file sizes and mtimes of the images and the shards. Only
+    Cheap first: file sizes and mtimes of the images and the shards, and
+    each row's label, split and split key (a manifest edit). Only
     shards whose mtime moved (or all, with `config.verify`) are read to
     check their checksums, so a no-op costs the same at any cache size.
     """
@@ -284,18 +267,22 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
         return None
     if {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries} != state.fingerprints():
         return None
+    if any(state.files[e.relpath].labelling != (e.label, e.folder_split, e.split_key)
+           for e in dataset.entries if e.relpath in state.files):
+        return None  # a manifest edit (label, split, group): re-indexed, nothing re-extracted
     if not store.shards_unchanged(state, verify=config.verify):
         return None
     skipped = list(state.skipped.values())
     counts = {"extracted": 0, "reused": len(state.files), "skipped": len(skipped), "removed": 0}
-    conflicts = _label_conflicts(dataset, {path: f.sha256 for path, f in state.files.items()})
+    digest_of = {path: f.sha256 for path, f in state.files.items()}
+    conflicts = _label_conflicts(dataset, digest_of)
     return ExtractResult(
         store.index_path, counts, time.perf_counter() - started, None, skipped, _summary(dataset, conflicts),
-        state.feature_shape, [], conflicts,
+        state.feature_shape, [], conflicts, split_duplicates=_split_duplicates(dataset, digest_of),
     )
 
 
-def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) -> _Plan:
+def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, str]) -> rounds.Plan:
     """Fingerprints the folder and finds the images no complete shard holds.
 
     `hashed` caches file sha256s by relative path across the plans of one run.
@@ -328,21 +315,22 @@ def _plan(store: FeatureStore, dataset, config, spec, hashed: dict[str, str]) ->
         else:
             try:
                 if entry.relpath not in hashed:
-                    hashed[entry.relpath] = discovery.file_sha256(dataset.root / entry.relpath)
+                    hashed[entry.relpath] = source.sha256(entry.relpath)
                 digests[entry.relpath] = hashed[entry.relpath]
             except OSError as e:
-                skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), entry.size, entry.mtime_ns)
+                # No fingerprint: `chmod` leaves the mtime alone, so a remembered skip would never be retried.
+                skipped[entry.relpath] = SkippedFile(entry.relpath, _os_reason(e), -1, -1)
 
     todo = [e for e in dataset.entries if e.relpath in digests and digests[e.relpath] not in located]
     if worker:
         todo = [e for e in todo if worker_of(digests[e.relpath], config.num_shards) == config.shard_index]
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
-    return _Plan(
+    return rounds.Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
     )
 
 
-def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
+def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """Writes the index of a plan whose images have all been extracted or skipped."""
     extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
     skipped = dict(plan.skipped)
@@ -393,10 +381,12 @@ def _finish(plan: _Plan, dataset, started: float) -> ExtractResult:
     )
     plan.store.delete_unreferenced_shards([name for name, _ in locations])
     seconds = plan.timings.get("extract_seconds")
-    conflicts = _label_conflicts(dataset, {row.relpath: row.sha256 for row in rows})
+    digest_of = {row.relpath: row.sha256 for row in rows}
+    conflicts = _label_conflicts(dataset, digest_of)
     return ExtractResult(
         plan.store.index_path, counts, time.perf_counter() - started, n_extracted / seconds if seconds and n_extracted else None,
         skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
+        split_duplicates=_split_duplicates(dataset, digest_of),
     )
 
 
@@ -410,7 +400,7 @@ def worker_of(digest: str, num_shards: int) -> int:
     return int(digest[:16], 16) % num_shards
 
 
-def _worker_result(plan: _Plan, dataset, started: float) -> ExtractResult:
+def _worker_result(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """What a worker of a sharded extraction did; it writes no index."""
     mine = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
     failed = [
@@ -427,13 +417,13 @@ def _worker_result(plan: _Plan, dataset, started: float) -> ExtractResult:
     )
 
 
-def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
+def _run_models(plans: Sequence[rounds.Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
     first = plans[0].config
     with contextlib.ExitStack() as stack:
         stack.enter_context(backbones.replicas(first.devices))
         built: dict[str, Any] = {}
-        models = [_build_model(plan, built) for plan in plans]
+        models = [rounds.build_model(plan, built) for plan in plans]
         done, total, decoding_started = 0, 0, time.perf_counter()
         shards = [
             stack.enter_context(plan.store.shard_appender(
@@ -442,97 +432,19 @@ def _run_models(plans: Sequence[_Plan], dataset, progress) -> None:
         ]
         # One round, unless a file changed after it was hashed: another file planned
         # with the same content then stands in for it in the next round.
-        while todo := _next_round(plans):
+        while todo := rounds.next_round(plans):
             total += len(todo)
             for entries, images, failures, digests in decode.decode_batches(
                 dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True,
                 mode=first.decode_mode,
             ):
                 for plan, model, appender in zip(plans, models, shards):
-                    _store_batch(plan, model, appender, entries, images, failures, digests)
+                    rounds.store_batch(plan, model, appender, entries, images, failures, digests)
                 done += len(entries) + len(failures)
                 if progress is not None:
                     progress(done, total)
     for plan in plans:
         plan.timings["extract_seconds"] = time.perf_counter() - decoding_started
-
-
-def _build_model(plan: _Plan, built: dict[str, Any]):
-    """The plan's extractor; built once per clean spec, as its views run the same model on other pixels."""
-    clean_key = feature_key({k: v for k, v in plan.spec.items() if k != "augment"})
-    if clean_key in built:
-        plan.feature_shape = tuple(int(d) for d in built[clean_key].output_shape[1:])
-        return built[clean_key]
-    t0 = time.perf_counter()
-    model = backbones.build_extractor(
-        backbones.get_backbone_cfg(plan.config.model),
-        size=plan.spec["size"],
-        weights=plan.config.weights,
-        pooling=plan.config.pooling,
-        layer=plan.config.layer,
-        precision=plan.config.precision,
-    )
-    if backbones.weights_identity(plan.config.weights) != plan.spec["weights"]:
-        # The features would be stored under the key of the weights hashed before.
-        raise WeightsUnavailableError(
-            f"Weights file '{plan.config.weights}' changed while it was being loaded; nothing was "
-            "extracted with it. Run again once it is written.",
-            field="weights",
-        )
-    plan.timings["model_build_seconds"] = time.perf_counter() - t0
-    plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
-    built[clean_key] = model
-    return model
-
-
-def _next_round(plans: Sequence[_Plan]) -> list:
-    """One file, in path order, for each content some plan still needs."""
-    claimed, chosen = set(), []
-    for relpath, entry in sorted({e.relpath: e for plan in plans for e in plan.todo}.items()):
-        claims = {(i, plan.digests[relpath]) for i, plan in enumerate(plans) if plan.needs(relpath)}
-        if claims - claimed:
-            claimed |= claims
-            chosen.append(entry)
-    return chosen
-
-
-def _store_batch(plan: _Plan, model, appender, entries, images, failures, digests) -> None:
-    """Appends the features a plan needs from one decoded batch.
-
-    A row is stored under its planned digest only if that is the digest of
-    the bytes decoded: a file replaced since it was hashed is set aside for
-    this run, never stored under the content it no longer has.
-    """
-    mine, taken = [], set()
-    for i, entry in enumerate(entries):
-        planned = plan.digests.get(entry.relpath)
-        if not plan.needs(entry.relpath) or planned in taken:
-            continue
-        if digests[entry.relpath] == planned:
-            mine.append(i)
-            taken.add(planned)
-        else:
-            plan.changed[entry.relpath] = _CHANGED
-    for entry, reason in failures:
-        if plan.needs(entry.relpath):
-            planned = plan.digests[entry.relpath]
-            if digests[entry.relpath] == planned:
-                plan.failed[planned] = reason  # the same bytes fail alike in every copy
-            else:  # unreadable now, or other bytes: this file's problem, not its planned content's
-                plan.changed[entry.relpath] = _CHANGED if digests[entry.relpath] else reason
-    if mine:
-        # Most batches are wanted whole: skip the copy fancy indexing makes.
-        batch = images if len(mine) == len(entries) else images[mine]
-        stored = [plan.digests[entries[i].relpath] for i in mine]
-        view = plan.spec.get("augment")
-        if view is not None:
-            ops = augment.parse_augment_ops(view["ops"])
-            batch = augment.apply_view(batch, stored, ops=ops, seed=view["seed"], view=view["view"])
-        features = backbones.predict_batches(model, batch, plan.config.batch_size)
-        locations = appender.append(
-            features, stored, [entries[i].relpath for i in mine]  # the store checks the cast to storage_dtype
-        )
-        plan.located.update(zip(stored, locations))
 
 
 def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
@@ -544,11 +456,29 @@ def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...
     return tuple(sorted(tuple(paths.values()) for paths in classes_of.values() if len(paths) > 1))
 
 
+def _split_duplicates(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
+    """The paths of each content held in more than one split (by folder, else by split key)."""
+    entries = [e for e in dataset.entries if e.relpath in digest_of]
+    splits = [e.folder_split if dataset.has_folder_splits else e.split_key for e in entries]
+    rows = duplicates_across_splits([digest_of[e.relpath] for e in entries], splits)
+    return tuple(tuple(entries[i].relpath for i in group) for group in rows)
+
+
+def _duplicates_note(duplicates) -> str:
+    shown = "; ".join(" = ".join(f"'{shown_path(p)}'" for p in paths) for paths in duplicates[:3])
+    more = f"; and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
+    return (
+        f"{len(duplicates)} image content{'s are' if len(duplicates) > 1 else ' is'} stored at several paths "
+        f"that can fall in different splits, so test scores would read too high: {shown}{more}. "
+        "Keep one copy, or give the copies one group in a manifest."
+    )
+
+
 def _summary(dataset, conflicts) -> str:
     """The dataset's summary, plus a note on contents found under several classes."""
     if not conflicts:
         return dataset.summary()
-    shown = "; ".join(" = ".join(f"'{p}'" for p in paths) for paths in conflicts[:3])
+    shown = "; ".join(" = ".join(f"'{shown_path(p)}'" for p in paths) for paths in conflicts[:3])
     more = f"; and {len(conflicts) - 3} more" if len(conflicts) > 3 else ""
     return (
         f"{dataset.summary()} {len(conflicts)} image content{'s are' if len(conflicts) > 1 else ' is'} "

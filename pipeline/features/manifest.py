@@ -7,7 +7,8 @@ A manifest lists one image per row::
     /mnt/other/b.png,dog,,
 
 - `path` (required): the image file, relative to the manifest's folder or
-  absolute.
+  absolute. An absolute path below the manifest's folder is keyed as the
+  relative one, so `x.jpg` and `/abs/x.jpg` are one file listed twice.
 - `label` (required): the class name.
 - `split` (optional): `train`, `validation` or `test` (the spellings split
   folders accept: `val`, `valid`, `dev`, `training`, `testing`). Either
@@ -38,6 +39,7 @@ __all__ = ["MANIFEST_SUFFIXES", "is_manifest", "load_dataset", "read_manifest"]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 _REQUIRED = ("path", "label")
+_KNOWN = ("path", "label", "split", "group")
 _GROUP_PREFIX = "group:"  # keeps a group key apart from any path key
 
 
@@ -75,7 +77,7 @@ def read_manifest(path: str | os.PathLike) -> Dataset:
     entries, ignored, seen, groups = [], [], {}, {}
     has_splits = bool(rows) and bool(rows[0][1].get("split"))
     for line, row in rows:
-        relpath = _relpath(given, line, row["path"])
+        relpath = _relpath(given, root, line, row["path"])
         if relpath in seen:
             raise DataError(
                 f"Manifest '{given}' lists '{row['path']}' twice (lines {seen[relpath]} and {line}); "
@@ -122,6 +124,13 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise DataError(f"Manifest '{path}' cannot be read: {e}.", field="data") from None
     columns, records = table
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise DataError(
+            f"Manifest '{path}' names column {', '.join(repr(c) for c in twice)} more than once in its "
+            "header, so which one holds the value is unclear. Keep one.",
+            field="data",
+        )
     missing = [c for c in _REQUIRED if c not in columns]
     if missing:
         raise DataError(
@@ -132,12 +141,33 @@ def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:
         )
     rows = []
     for line, record in records:
+        for column in _KNOWN:
+            _check_cell_type(path, line, column, record.get(column))
         row = {k: ("" if v is None else str(v)).strip() for k, v in record.items() if k in columns}
         for column in _REQUIRED:
             if not row[column]:
                 raise DataError(f"Manifest '{path}' line {line}: the '{column}' cell is empty.", field="data")
         rows.append((line, row))
     return rows
+
+
+def _check_cell_type(path: Path, line: int, column: str, value) -> None:
+    """Refuses a Parquet cell that is no text (or, for a label, no integer): it would become a wrong name.
+
+    A float label reads "0.0" or "nan", a list "[1, 2]", bytes "b'..'": none
+    is the class or file meant. CSV cells are always text.
+    """
+    if value is None or isinstance(value, str):
+        return
+    if column == "label" and isinstance(value, int) and not isinstance(value, bool):
+        return
+    allowed = "text or an integer" if column == "label" else "text"
+    raise DataError(
+        f"Manifest '{path}' row {line - 1} (column '{column}'): the value {value!r:.60} is "
+        f"{type(value).__name__}, not {allowed}. Write the '{column}' column as strings"
+        + (" (class names) or integers." if column == "label" else "."),
+        field="data",
+    )
 
 
 def _read_csv(path: Path):
@@ -167,10 +197,15 @@ def _read_parquet(path: Path):
     return table.column_names, [(i + 2, record) for i, record in enumerate(table.to_pylist())]
 
 
-def _relpath(manifest: Path, line: int, cell: str) -> str:
+def _relpath(manifest: Path, root: Path, line: int, cell: str) -> str:
+    """The path of a cell as rows are keyed: relative to `root` when it lies below it, so one file has one key."""
     path = Path(cell)
     if path.is_absolute():
-        return path.as_posix()
+        path = Path(os.path.normpath(cell))
+        try:
+            return path.relative_to(root).as_posix()
+        except ValueError:  # outside the manifest's folder: kept absolute
+            return path.as_posix()
     normal = os.path.normpath(cell).replace(os.sep, "/")
     if normal in (".", "") or normal.endswith("/"):
         raise DataError(f"Manifest '{manifest}' line {line}: '{cell}' names a folder, not an image.",

@@ -1,12 +1,12 @@
 """The Ray engine of the features stage (`engine="ray"`): extraction spread over a Ray cluster.
 
 The driver plans as the local engine does, under the set's write lock
-(`extract._plan`). A Ray Data pipeline then decodes the planned files in CPU
+(`extract._plan`, a `rounds.Plan`). A Ray Data pipeline then decodes the planned files in CPU
 tasks with the reference decoder and hands them, `shard_size` at a time, to a
 pool of model workers (actors). Each builds the frozen base once and writes
 every batch it gets as one complete shard through the store's
 `ShardAppender` (a temporary name, renamed when complete), deciding what to
-store exactly as the local engine does (`extract._store_batch`). Workers send
+store exactly as the local engine does (`rounds.store_batch`). Workers send
 back small rows only (status, digest, shard, row), never features. The driver
 records them in its plans, and `extract._finish` writes the index once. A
 killed worker or driver loses only the shards being written: the next run
@@ -29,7 +29,7 @@ from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
-from . import decode
+from . import decode, rounds
 from ..errors import BottleneckError, ConfigError
 
 __all__ = ["require_ray", "run_plans"]
@@ -56,12 +56,10 @@ def run_plans(plans: Sequence, dataset, progress) -> None:
     was hashed, when another file planned with the same content stands in
     for it in the next round.
     """
-    from . import extract  # imports this module: only at run time
-
     config = plans[0].config
     started, done, total = time.perf_counter(), set(), 0
     with _cluster(config):
-        while todo := extract._next_round(plans):
+        while todo := rounds.next_round(plans):
             total += len(todo)
             results = _pipeline(plans, todo, dataset.root, config).iter_batches(batch_size=None, batch_format="numpy")
             for batch in results:
@@ -168,12 +166,10 @@ class _ModelWorker:
     """A Ray actor: builds the plans' bases once, then stores each batch as one shard per plan."""
 
     def __init__(self, plans: Sequence):
-        from .extract import _build_model
-
         built: dict[str, Any] = {}
         self._plans, self._error = plans, None
         try:
-            self._models = [_build_model(plan, built) for plan in plans]
+            self._models = [rounds.build_model(plan, built) for plan in plans]
         except BottleneckError as e:  # sent with the first batch's answer: see `__call__`
             self._error = e
 
@@ -191,8 +187,6 @@ class _ModelWorker:
 
     def _store(self, batch: dict[str, np.ndarray]) -> list[tuple]:
         """Stores one batch as one shard per plan; returns the result rows."""
-        from .extract import _store_batch
-
         entries = [_Entry(os.fsdecode(r)) for r in batch["relpath"]]
         ok = batch["reason"] == ""
         read = {e.relpath: d or None for e, d in zip(entries, batch["sha256"])}
@@ -206,7 +200,7 @@ class _ModelWorker:
             plan.located, plan.failed, plan.changed = {}, {}, {}
             rows_in_shard = max(1, len(entries))  # the whole batch in one shard
             with plan.store.shard_appender(plan.key, plan.feature_shape, plan.config.storage_dtype, rows_in_shard) as shard:
-                _store_batch(plan, model, shard, decoded, batch["image"][ok], failures, read)
+                rounds.store_batch(plan, model, shard, decoded, batch["image"][ok], failures, read)
             rows += _result_rows(i, plan)
         return rows
 
@@ -218,7 +212,7 @@ _COLUMNS = {
 
 
 def _result_rows(i: int, plan) -> list[tuple]:
-    """What `_store_batch` recorded in plan `i` of a worker, as rows for the driver."""
+    """What `rounds.store_batch` recorded in plan `i` of a worker, as rows for the driver."""
     by_digest = {d: r for r, d in plan.digests.items()}
     return (
         [(i, "stored", os.fsencode(by_digest[d]), d, shard, row, "", b"") for d, (shard, row) in plan.located.items()]

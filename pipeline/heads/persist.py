@@ -15,6 +15,7 @@ import numpy as np
 from .. import _atomic
 from .._versions import DISTRIBUTION, package_version
 from ..errors import RunError
+from ..store.content import file_sha256
 from .dense import DenseClassifier
 
 __all__ = ["HeadVersionWarning", "load_head", "save_head"]
@@ -82,7 +83,7 @@ def save_head(path, estimator, *, metadata: dict) -> str:
     with _atomic.replacing(path) as tmp:
         with tmp.open("wb") as f:
             joblib.dump(payload, f)
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        digest = file_sha256(tmp)
     return digest
 
 

@@ -20,7 +20,7 @@ from .index import (
     feature_key,
 )
 from .lookup import list_feature_sets, resolve_features
-from .shards import ShardAppender, ShardWriter
+from .shards import ShardAppender, ShardWriter, shown_path
 
 __all__ = [
     "INDEX_NAME",
@@ -43,4 +43,5 @@ __all__ = [
     "list_feature_sets",
     "read_feature_set",
     "resolve_features",
+    "shown_path",
 ]

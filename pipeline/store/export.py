@@ -3,7 +3,9 @@
 Both hold the same columns, row i being image i of the set: `features`
 (`.npz`: the stored shape; Parquet: one fixed-size list per row, flattened,
 with the shape in the schema metadata), `labels` (class indices), `paths`
-(relative to the data folder), `split_keys` and `folder_splits`, plus the
+(relative to the data folder; Parquet adds `path_bytes`, each name's exact
+bytes, as a name that is not valid UTF-8 is shown with `\\xNN` escapes in its
+text column), `split_keys` and `folder_splits`, plus the
 class names and the set's content hash (`.npz`: arrays of their own;
 Parquet: schema metadata). The file is written to a temporary name and
 renamed, so an interrupted export never leaves a partial file.
@@ -94,7 +96,10 @@ def _write_parquet(fs, tmp: Path) -> None:
     rows = fs.features.reshape(len(fs.features), -1)
     features = pa.FixedSizeListArray.from_arrays(pa.array(rows.ravel()), rows.shape[1])
     table = pa.table({
-        "path": fs.paths,
+        # Parquet text is UTF-8: a file name that is not gets its bytes escaped (`\\xff`) here, and
+        # `path_bytes` holds every name's exact bytes.
+        "path": [os.fsencode(p).decode("utf-8", "backslashreplace") for p in fs.paths],
+        "path_bytes": pa.array([os.fsencode(p) for p in fs.paths], pa.binary()),
         "label": fs.labels,
         "split_key": fs.split_keys,
         "folder_split": list(fs.folder_splits),

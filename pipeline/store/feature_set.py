@@ -366,15 +366,41 @@ class FeatureStore:
 
         Cheap first: a shard must have its recorded size; only shards whose
         mtime moved (all of them with `verify`) are read to check their
-        checksums and their feature key (a shard swapped for another
-        backbone's passes its checksums), so the answer costs the same at
-        any cache size.
+        checksums, their feature key (a shard swapped for another
+        backbone's passes its checksums) and that each row's content is the
+        one the index expects there, so the answer costs the same at any
+        cache size.
         """
         stats = {s.name: _file_stat(self.shard_dir / s.name) for s in state.shards}
         if any(stats[s.name][0] != s.size for s in state.shards):
             return False
         changed = [s.name for s in state.shards if verify or stats[s.name][1] != s.mtime_ns]
-        return not self.verify_shards(changed) and all(self._key_of(name) == state.feature_key for name in changed)
+        return (not self.verify_shards(changed) and all(self._key_of(name) == state.feature_key for name in changed)
+                and self._rows_hold_their_content(changed))
+
+    def _rows_hold_their_content(self, names: Sequence[str]) -> bool:
+        """Whether each index row in the named shards points at its own image's sha256 there.
+
+        A shard swapped for another of the same set (same key, size and
+        mtime) passes every other check; the rows it would serve do not.
+        """
+        if not names:
+            return True
+        try:
+            with open_index(self.index_path) as f:
+                images, shard_names = f["images"], [n.decode() for n in f["shards/name"][:]]
+                wanted = collections.defaultdict(list)
+                for digest, shard, row in zip(images["sha256"][:], images["shard"][:], images["row"][:]):
+                    if shard_names[shard] in names:
+                        wanted[shard_names[shard]].append((int(row), digest))
+            for name, rows in wanted.items():
+                with self._open_shard(name) as shard:
+                    held = shard["sha256"][:]
+                    if any(row >= len(held) or held[row] != digest for row, digest in rows):
+                        return False
+        except (OSError, KeyError, ValueError, IndexError):
+            return False
+        return True
 
     def _key_of(self, name: str) -> str | None:
         """The feature key a shard was written for; `None` when it cannot be read."""

@@ -78,11 +78,16 @@ class SkippedFile:
 
 @dataclasses.dataclass(frozen=True)
 class FileRecord:
-    """An image the index holds a row for: its fingerprint and content hash."""
+    """An image the index holds a row for: its fingerprint, content hash and how it is labelled.
+
+    `labelling` is `(label, folder_split, split_key)`: a manifest can change
+    them without touching the image, and the set must then be re-indexed.
+    """
 
     size: int
     mtime_ns: int
     sha256: str
+    labelling: tuple[int, str, float] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,15 +252,17 @@ def read_index_state(path: Path) -> IndexState | None:
             # Absent from indexes written before it was recorded: verify those.
             mtimes = f["shards/mtime_ns"][:].tolist() if "mtime_ns" in f["shards"] else [None] * len(names)
             images, skipped = f["images"], f["skipped"]
+            labelling = zip(f["labels"][:].tolist(), (s.decode() for s in images["folder_split"][:]),
+                            images["split_key"][:].tolist())
             files = zip(_paths(images), images["size"][:].tolist(), images["mtime_ns"][:].tolist(),
-                        (s.decode() for s in images["sha256"][:]))
+                        (s.decode() for s in images["sha256"][:]), labelling)
             skips = zip(_paths(skipped), skipped["reason"][:], skipped["size"][:].tolist(),
                         skipped["mtime_ns"][:].tolist())
             return IndexState(
                 feature_key=f.attrs["feature_key"],
                 class_names=tuple(c.decode() for c in f["class_names"][:]),
                 feature_shape=tuple(int(d) for d in f["features"].shape[1:]),
-                files={p: FileRecord(size, mtime, sha) for p, size, mtime, sha in files},
+                files={p: FileRecord(size, mtime, sha, tuple(how)) for p, size, mtime, sha, how in files},
                 skipped={p: SkippedFile(p, reason.decode(), size, mtime) for p, reason, size, mtime in skips},
                 shards=tuple(
                     ShardRecord(n, size, mtime) for n, size, mtime in zip(names, f["shards/size"][:].tolist(), mtimes)

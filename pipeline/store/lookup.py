@@ -16,7 +16,10 @@ from ..errors import ConfigError, FeatureStoreError, did_you_mean
 from .feature_set import FeatureStore
 from .index import INDEX_NAME
 
-__all__ = ["list_feature_sets", "list_view_sets", "resolve_features", "view_set_dir"]
+__all__ = ["SET_PREFIX", "list_feature_sets", "list_view_sets", "resolve_features", "view_set_dir"]
+
+SET_PREFIX = "set:"
+"""Spells a feature set's name explicitly (`set:data`), never read as a path."""
 
 _VIEW_GLOB = "view*-*"
 
@@ -47,7 +50,10 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
         features: the path of a feature set folder or its `features.h5`;
             or a short name as `bottleneck cache ls` prints it (the folder
             name, or a prefix of exactly one folder name) looked up in
-            `cache_dir`; or `None` when `cache_dir` holds exactly one set.
+            `cache_dir`, optionally spelled `set:NAME`; or `None` when
+            `cache_dir` holds exactly one set. A bare word that is both an
+            existing path and a set's name (or prefix) is refused: spell it
+            `./NAME` or `set:NAME`.
         cache_dir: the cache folder. Defaults to `"cache"`.
 
     Returns:
@@ -56,7 +62,8 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
 
     Raises:
         ConfigError: `features` is `None` and `cache_dir` holds no set or
-            several, or `features` starts the names of several sets.
+            several, `features` starts the names of several sets, or it is
+            both an existing path and a set's name.
         FeatureStoreError: `features` is neither a path nor a set's name.
     """
     cache = Path(cache_dir)
@@ -76,10 +83,20 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
             f"or a unique prefix. Feature sets: {listing}.",
             field="features",
         )
+    text = os.fsdecode(features)
+    named = text.startswith(SET_PREFIX)
+    name = (text[len(SET_PREFIX):] if named else text).rstrip("/")
     path = Path(features)
-    if path.exists():
+    if not named and path.exists():
+        also_sets = [] if _spelled_as_path(text) else [a for a in available if a.startswith(name)]
+        if also_sets:
+            raise ConfigError(
+                f"{text!r} is both a path here and the name of feature set {also_sets[0]!r} in '{cache}/'"
+                + (f" (and {len(also_sets) - 1} more)" if len(also_sets) > 1 else "")
+                + f". Say which: './{text}' for the path, or '{SET_PREFIX}{text}' for the set.",
+                field="features",
+            )
         return path / INDEX_NAME if path.is_dir() else path
-    name = str(features).rstrip("/")
     if name in available:
         return cache / name / INDEX_NAME
     matches = [a for a in available if a.startswith(name)]
@@ -97,6 +114,11 @@ def resolve_features(features: str | os.PathLike | None, cache_dir: str | os.Pat
         f"Feature sets there: {listing}. Run `make features` to make one.",
         field="features",
     )
+
+
+def _spelled_as_path(text: str) -> bool:
+    """Whether an argument can only mean a path: it has a `/` or starts with `.` or `~`."""
+    return "/" in text or os.sep in text or text.startswith((".", "~"))
 
 
 def view_set_dir(root: str | os.PathLike, *, ops: str, seed: int, view: int) -> Path:

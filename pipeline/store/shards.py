@@ -42,6 +42,11 @@ def encode_path(relpath: str) -> bytes:
     return os.fsencode(relpath)
 
 
+def shown_path(relpath: str) -> str:
+    """A path as text for people and UTF-8 files: bytes that are not UTF-8 shown as `\\xNN` escapes."""
+    return encode_path(relpath).decode("utf-8", "backslashreplace")
+
+
 def decode_path(raw: bytes) -> str:
     return os.fsdecode(raw)
 

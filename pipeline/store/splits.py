@@ -16,7 +16,7 @@ import numpy as np
 from .. import config as config_lib
 from ..errors import ConfigError
 
-__all__ = ["SPLITS", "split_indices", "subsample"]
+__all__ = ["SPLITS", "duplicates_across_splits", "split_indices", "subsample"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -90,3 +90,22 @@ def subsample(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: in
         members = members[rng.permutation(len(members))]
         kept.append(members[: max(1, int(round(fraction * len(members))))])
     return np.sort(np.concatenate(kept)) if kept else indices
+
+
+def duplicates_across_splits(sha256: Sequence[str], splits: Sequence) -> list[tuple[int, ...]]:
+    """Rows holding one content (same sha256) in more than one split: exact copies that leak.
+
+    Args:
+        sha256: the content hash of each row.
+        splits: each row's split, or anything that decides it (a split key
+            before the split fractions are known).
+
+    Returns:
+        One tuple of row indices per such content (every row holding it),
+        sorted by first row; empty when no content crosses a split.
+    """
+    rows_of: dict[str, list[int]] = {}
+    for row, digest in enumerate(sha256):
+        rows_of.setdefault(digest, []).append(row)
+    return sorted(tuple(rows) for rows in rows_of.values() if len({splits[r] for r in rows}) > 1)
+

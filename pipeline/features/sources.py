@@ -1,0 +1,99 @@
+"""Data sources: where the images of a feature set come from.
+
+A source lists its items (a `discovery.Dataset`: id, label, split, size and a
+change token per item), opens an item's bytes, hashes them, and names itself
+for the feature set (`name`, recorded as the set's data root). The rest of
+the features stage asks the source, never the filesystem, so a new kind of
+data (fsspec URLs, WebDataset tar shards) is one new row of `SOURCES`.
+
+Today's sources are local: an image folder and a manifest file (CSV or
+Parquet) of local paths. Their item id is the path relative to the root
+(`ImageEntry.relpath`) and their change token is the file's mtime in ns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+from ..store.content import file_sha256
+from .discovery import Dataset, index_directory, stat_image
+from .manifest import is_manifest, read_manifest
+
+__all__ = ["SOURCES", "LocalSource", "SourceKind", "open_source"]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSource:
+    """Images on the local disk, listed by a folder scan or a manifest.
+
+    Attributes:
+        data: the `data` argument as given (a folder or a manifest file).
+        kind: the `SourceKind` row that matched it.
+    """
+
+    data: str
+    kind: "SourceKind"
+
+    @property
+    def root(self) -> Path:
+        """The folder item ids are relative to: the data folder, or the manifest's folder."""
+        path = Path(self.data).resolve()
+        return path.parent if path.is_file() else path
+
+    @property
+    def name(self) -> str:
+        """What the feature set records as its data root."""
+        return str(self.root)
+
+    def list(self) -> Dataset:
+        """Every item with its label, split and fingerprint (size, change token)."""
+        return self.kind.lister(self.data)
+
+    def stat(self, item_id: str) -> tuple[int, int]:
+        """`(size, change token)` of an item now, or `(-1, -1)` when it cannot be read as a file."""
+        return stat_image(self.path(item_id))
+
+    def open(self, item_id: str) -> BinaryIO:
+        """The item's bytes, as a binary file object (the caller closes it)."""
+        return open(self.path(item_id), "rb")
+
+    def sha256(self, item_id: str) -> str:
+        """The SHA-256 of the item's content (raises `OSError` when it cannot be read)."""
+        return file_sha256(self.path(item_id))
+
+    def path(self, item_id: str) -> Path:
+        """The local file of an item: engines that decode by path (the local and Ray engines) use it."""
+        return self.root / item_id
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceKind:
+    """A row of `SOURCES`: which `data` arguments it reads and how it lists them."""
+
+    name: str
+    matches: Callable[[str], bool]
+    lister: Callable[[str], Dataset]
+
+
+SOURCES: tuple[SourceKind, ...] = (
+    SourceKind("manifest", is_manifest, read_manifest),
+    SourceKind("folder", lambda data: True, index_directory),
+)
+"""Kinds of data, tried in order; the first whose `matches` accepts `data` reads it."""
+
+
+def open_source(data: str | os.PathLike) -> LocalSource:
+    """The source that reads `data`: a manifest file or an image folder.
+
+    Args:
+        data: a folder of class folders, or a `.csv` / `.parquet` manifest.
+
+    Returns:
+        A source; nothing is listed until `list()` is called.
+    """
+    given = os.fsdecode(data)
+    kind = next(row for row in SOURCES if row.matches(given))
+    return LocalSource(given, kind)

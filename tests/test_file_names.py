@@ -1,0 +1,42 @@
+"""File names that are not valid UTF-8 (legal on Linux): stored and shown losslessly by every stage."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imagegen import make_dataset
+from pipeline.cli import main
+from pipeline.store import read_feature_set
+
+BAD = b"\xff\xfe-bad.png"  # not UTF-8
+
+
+@pytest.fixture
+def odd_names(tmp_path, monkeypatch):
+    make_dataset(tmp_path / "data", classes=2, per_class=6)
+    os.rename(os.fsencode(tmp_path / "data/class0/000.png"), os.fsencode(tmp_path / "data/class0") + b"/" + BAD)
+    (Path(os.fsdecode(os.fsencode(tmp_path / "data/class1") + b"/\xfe-broken.png"))).write_bytes(b"not an image")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_features_train_head_and_cache_export_keep_a_non_utf8_name(odd_names, capsys):
+    pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
+    model = ["--model", "resnet50", "--size", "32", "--weights", "none", "--cache-dir", "c"]
+    assert main(["features", "data", *model]) == 0
+    out = capsys.readouterr().out
+    assert "class1/\\xfe-broken.png" in out or "class1/\udcfe-broken.png" in out  # the skip is shown
+    (index,) = Path("c").glob("*/features.h5")
+    fs = read_feature_set(index)
+    assert b"class0/" + BAD in [os.fsencode(p) for p in fs.paths]
+
+    assert main(["train-head", "--cache-dir", "c", "--head", "logreg", "--runs-dir", "runs"]) == 0
+    assert main(["cache", "export", f"set:{index.parent.name}", "--cache-dir", "c", "--output", "f.parquet"]) == 0
+    table = pq.read_table("f.parquet")
+    assert table.column("path_bytes").to_pylist() == [os.fsencode(p) for p in fs.paths]
+    assert "class0/\\xff\\xfe-bad.png" in table.column("path").to_pylist()
+    assert main(["cache", "export", f"set:{index.parent.name}", "--cache-dir", "c", "--output", "f.npz"]) == 0
+    with np.load("f.npz") as z:
+        assert [os.fsencode(p) for p in z["paths"]] == [os.fsencode(p) for p in fs.paths]
