@@ -693,3 +693,49 @@ def test_an_unwritable_runs_folder_exits_3_before_any_head_is_fitted(blobs, tmp_
     assert status == cli.ExitStatus.CANNOT_WRITE
     assert f"'{blocker / 'runs'}'" in err and "--runs-dir" in err and len(err.strip().splitlines()) == 1
     assert "Training" not in caplog.text
+
+
+# -- interrupting a fit inside compiled code ---------------------------------
+
+# liblinear's dual solver with a tolerance it never reaches on overlapping
+# classes: one fit runs for minutes inside compiled code, unaware of signals.
+_ENDLESS_SVM = ("--head", "linear_svm", "--param", "dual=True", "--param", "C=1000",
+                "--param", "max_iter=100000000", "--param", "tol=1e-12")
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_ends_a_fit_inside_compiled_code_within_two_seconds(signum, tmp_path):
+    import signal
+    import threading
+
+    features = make_set(tmp_path / "cache" / "long-synthetic-ffffffff", classes=4, per_class=500, dim=256, spread=3.0)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "pipeline", "train-head", str(features), "--runs-dir", str(tmp_path / "runs"), *_ENDLESS_SVM],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines, fitting = [], threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("Training linear_svm"):
+                fitting.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert fitting.wait(120), "".join(lines)
+        time.sleep(3)  # well inside liblinear
+        assert proc.poll() is None, "".join(lines)
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, signum))
+        status = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    reader.join(5)
+    assert status == 130 and took < 2.0, (status, took, "".join(lines))
+    assert lines[-1].startswith("Interrupted.") and "Traceback" not in "".join(lines)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.rglob("*") if p.is_dir() and p.parent != runs]

@@ -38,15 +38,19 @@ from .dense import DenseClassifier
 
 __all__ = [
     "ALL_HEADS",
+    "FitCost",
     "HEADS",
     "HeadCfg",
     "create_head",
+    "estimate_seconds",
     "expand_heads",
+    "format_seconds",
     "get_head_cfg",
     "list_heads",
     "parse_param",
     "parse_params",
     "plan_params",
+    "uses_keras",
 ]
 
 
@@ -88,6 +92,28 @@ class HeadCfg:
     uses_keras: bool = False
     sweep_grid: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     light_params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+    cost: FitCost | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class FitCost:
+    """What one fit of a head's defaults costs, measured by `bench/heads.py` on 2 cores.
+
+    The estimate for `n` rows of `d` features is
+    `seconds * (n / 1000) ** rows_power * (d / 1000)`: linear in the
+    features, and as steep in the rows as the head's solver (about 1 for
+    linear models and trees, 2 for kernel SVMs).
+
+    Attributes:
+        seconds: float, seconds at 1,000 rows x 1,000 features.
+        rows_power: float, how fast the cost grows with the rows.
+    """
+
+    seconds: float
+    rows_power: float = 1.0
+
+    def estimate(self, n_rows: int, n_features: int) -> float:
+        return self.seconds * (max(n_rows, 1) / 1000) ** self.rows_power * (max(n_features, 1) / 1000)
 
 
 def _calibrated(estimator) -> Callable[[], CalibratedClassifierCV]:
@@ -233,7 +259,10 @@ ALL_HEADS = "all"
 
 
 def expand_heads(heads: Sequence[str]) -> list[str]:
-    """`heads` with `"all"` replaced by every registry head, in `list_heads()` order, each named once.
+    """`heads` with `"all"` replaced by every registry head, cheapest first, each named once.
+
+    "Cheapest" is the row's measured `cost` (a row without one goes last,
+    then by name), so a slow head never keeps the fast ones waiting.
 
     Args:
         heads: head names, as in `TrainConfig.heads`.
@@ -244,12 +273,42 @@ def expand_heads(heads: Sequence[str]) -> list[str]:
     Example:
 
     ```python
-    expand_heads(["all"])                                   # list_heads()
+    expand_heads(["all"])                                   # ["ridge", "logreg", ...]
     expand_heads(["sklearn.neighbors:NearestCentroid", "all"])  # that one, then every row
     ```
     """
-    expanded = [name for head in heads for name in (list_heads() if head == ALL_HEADS else [head])]
+    expanded = [name for head in heads for name in (_by_cost(list_heads()) if head == ALL_HEADS else [head])]
     return list(dict.fromkeys(expanded))
+
+
+def _by_cost(names: Sequence[str]) -> list[str]:
+    def key(name: str) -> tuple[float, str]:
+        cost = HEADS[name].cost
+        return (cost.estimate(1000, 1000) if cost else float("inf"), name)
+
+    return sorted(names, key=key)
+
+
+def uses_keras(head: str) -> bool:
+    """Whether a head (registry name or import path) is the Keras dense head, which trains in this process."""
+    if ":" in head:
+        return isinstance(create_head(head), DenseClassifier)
+    return get_head_cfg(head).uses_keras
+
+
+def estimate_seconds(head: str, n_rows: int, n_features: int) -> float | None:
+    """A fit's estimated seconds from the row's measured `cost`; `None` for an import-path head."""
+    cost = None if ":" in head else get_head_cfg(head).cost
+    return None if cost is None else cost.estimate(n_rows, n_features)
+
+
+def format_seconds(seconds: float) -> str:
+    """`"~4 s"`, `"~3 min"`, `"~1.5 h"`: an estimate as a person reads it."""
+    if seconds < 90:
+        return f"~{max(seconds, 1):.0f} s"
+    if seconds < 5400:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"
 
 
 def list_heads(pattern: str = "") -> list[str]:
