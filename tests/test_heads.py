@@ -42,7 +42,7 @@ from pipeline.heads import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_HEADS = [
     "dense",
-    "dense_seed003",
+    "dense_small_lr",
     "hist_gb",
     "knn",
     "linear_svm",
@@ -243,11 +243,13 @@ def test_dense_row_shows_the_estimators_own_defaults():
     assert shown.items() <= DenseClassifier().get_params().items()
 
 
-def test_dense_seed003_row_has_seed_003s_settings():
+def test_dense_small_lr_row_has_the_tutorial_settings_and_answers_to_its_old_name():
     # ../shared/seeds/003: Dense(256, relu) -> Dropout(0.5) -> Dense, Adam(learning_rate=1e-4),
     # epochs=30, batch_size=64, validation_data only watched (no early stopping).
-    cfg = get_head_cfg("dense_seed003")
-    head = create_head("dense_seed003")
+    cfg = get_head_cfg("dense_small_lr")
+    head = create_head("dense_small_lr")
+    assert get_head_cfg("dense_seed003") is cfg and "dense_seed003" not in list_heads()
+    assert "seed" not in cfg.description.lower()
     assert isinstance(head, DenseClassifier) and cfg.uses_keras and cfg.proba == "softmax"
     seed = dict(hidden_units=(256,), dropout=0.5, optimizer="adam", learning_rate=1e-4, epochs=30,
                 batch_size=64, early_stopping_patience=None)

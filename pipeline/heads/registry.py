@@ -39,6 +39,7 @@ from .dense import DenseClassifier
 __all__ = [
     "ALL_HEADS",
     "FitCost",
+    "HEAD_ALIASES",
     "HEADS",
     "HeadCfg",
     "create_head",
@@ -165,7 +166,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
         # Written out rather than derived from `dense`: these are the
         # tutorial's numbers and must not follow changes to the defaults.
         HeadCfg(
-            name="dense_seed003",
+            name="dense_small_lr",
             factory=DenseClassifier,
             default_params=_frozen(
                 hidden_units=(256,),
@@ -176,7 +177,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
                 batch_size=64,
                 early_stopping_patience=None,
             ),
-            description="Seed 003's dense head as published: Adam 1e-4 for 30 epochs, "
+            description="The classic tutorial's dense head: Adam 1e-4 for 30 epochs, "
             "no early stopping (often still improving at the end).",
             proba="softmax",
             uses_keras=True,
@@ -243,6 +244,9 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
         ),
     )
 )
+
+# Former names, still accepted wherever a head is named.
+HEAD_ALIASES: Mapping[str, str] = types.MappingProxyType({"dense_seed003": "dense_small_lr"})
 
 _PARAMS_DOC = """params: keyword arguments for the estimator. Plain names (`C`,
             `n_neighbors`) reach the classifier wherever it sits inside the
@@ -337,7 +341,7 @@ def get_head_cfg(name: str) -> HeadCfg:
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a str. Received: {type(name).__name__}.")
     try:
-        return HEADS[name]
+        return HEADS[HEAD_ALIASES.get(name, name)]
     except KeyError:
         hint = did_you_mean(name, HEADS)
         raise ConfigError(
