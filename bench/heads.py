@@ -39,8 +39,8 @@ def main(argv=None) -> None:
     parser.add_argument("--cap", type=float, default=20.0)
     parser.add_argument("--heads", nargs="*", default=None)
     args = parser.parse_args(argv)
-    X, y = learnable_rows(args.rows, args.features)
-    held_out, held_y = learnable_rows(1000, args.features, seed=1)
+    X, y = learnable_rows(args.rows + 1000, args.features)  # one draw of class means for both
+    X, y, held_out, held_y = X[:args.rows], y[:args.rows], X[args.rows:], y[args.rows:]
     results = {}
     print(f"{args.rows} x {args.features} rows, {cores()} cores, cap {args.cap:g} s per head")
     for head in args.heads or list_heads():

@@ -674,3 +674,15 @@ def test_a_parameter_given_twice_is_refused_pointing_to_sweep():
         parse_params(["C=0.1", "C=1.0"])
     assert info.value.field == "params"
     assert parse_params(["C=0.1", "logreg.C=1.0"]) == {"C": 0.1, "logreg.C": 1.0}  # different targets
+
+
+def test_all_heads_run_cheapest_first_and_every_row_has_a_measured_cost():
+    from pipeline.heads.registry import estimate_seconds, expand_heads
+
+    order = expand_heads(["all"])
+    assert sorted(order) == list_heads() and order[:3] == ["knn", "logreg", "ridge"]
+    estimates = [estimate_seconds(head, 1000, 1000) for head in order]
+    assert None not in estimates and estimates == sorted(estimates)
+    # A kernel SVM grows with the square of the rows, a linear model linearly.
+    assert estimate_seconds("svm_rbf", 10_000, 1000) == pytest.approx(100 * estimate_seconds("svm_rbf", 1000, 1000))
+    assert estimate_seconds("logreg", 10_000, 1000) == pytest.approx(10 * estimate_seconds("logreg", 1000, 1000))

@@ -270,6 +270,14 @@ def test_a_long_fit_says_it_is_still_fitting_until_it_ends(blobs, tmp_path, capl
     assert [m for m in caplog.messages if m.startswith("still fitting")] == lines
 
 
+def test_each_fit_prints_its_estimate_first_and_json_records_it(blobs, tmp_path):
+    status, out, err = _main("train-head", str(blobs), "--runs-dir", str(tmp_path / "runs"), "--head", "logreg", "--json")
+    assert status == 0, err
+    (run,) = json.loads(out.strip().splitlines()[-1])["runs"]
+    assert run["estimated_seconds"] is not None and run["estimated_seconds"] >= 0
+    assert re.search(r"Training logreg on \d+ examples x 8 features \(estimated ~\d+ s\)", err), err
+
+
 def test_same_features_head_and_seed_give_the_same_metrics(blobs, tmp_path):
     config = _config(tmp_path, heads=("logreg", "dense"), params={"dense.epochs": 3, "dense.hidden_units": (16,)}, seed=7)
     first = train.train_heads(blobs, config=config)

@@ -149,6 +149,9 @@ def _dense_defaults() -> Mapping[str, Any]:
     return _frozen(**{name: defaults[name] for name in shown})
 
 
+# `cost`: bench/heads.py on 3,000 x 1,280 rows, 2 shared cores. knn, logreg
+# and ridge finished (0.4, 4.2 and 8.5 s); the others ran past the bench's
+# 20 s cap, so theirs are lower bounds that still order them after the fast ones.
 HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
     _rows(
         HeadCfg(
@@ -162,6 +165,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             sweep_grid=_frozen(learning_rate=(1e-4, 1e-3, 1e-2), dropout=(0.0, 0.25, 0.5)),
             # Converges in 20-30 epochs on ImageNet features; 200 is a cap, patience 10 its slack.
             light_params=_frozen(epochs=50, early_stopping_patience=5),
+            cost=FitCost(6.0),
         ),
         # Written out rather than derived from `dense`: these are the
         # tutorial's numbers and must not follow changes to the defaults.
@@ -181,6 +185,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             "no early stopping (often still improving at the end).",
             proba="softmax",
             uses_keras=True,
+            cost=FitCost(6.0),
         ),
         HeadCfg(
             name="logreg",
@@ -189,6 +194,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Multinomial logistic regression (lbfgs) on standardised features.",
             needs_scaling=True,
             sweep_grid=_frozen(C=(1e-3, 1e-2, 1e-1, 1.0, 10.0)),
+            cost=FitCost(1.1),
         ),
         HeadCfg(
             name="linear_svm",
@@ -198,6 +204,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             needs_scaling=True,
             proba="calibrated",
             sweep_grid=_frozen(C=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
+            cost=FitCost(10.0),
         ),
         HeadCfg(
             name="svm_rbf",
@@ -209,6 +216,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             sweep_grid=_frozen(C=(0.1, 1.0, 10.0, 100.0), gamma=(1e-5, 1e-4, 1e-3, 1e-2)),
             # Each calibration fold is a full kernel fit, quadratic in the examples: 2 folds, not 3.
             light_params=_frozen(cv=2),
+            cost=FitCost(2.5, rows_power=2.0),
         ),
         HeadCfg(
             name="knn",
@@ -217,6 +225,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="k-nearest neighbours on standardised features.",
             needs_scaling=True,
             sweep_grid=_frozen(n_neighbors=(1, 3, 5, 9, 15, 25)),
+            cost=FitCost(0.1),
         ),
         HeadCfg(
             name="random_forest",
@@ -224,6 +233,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             default_params=_frozen(n_estimators=200, random_state=0),
             description="Random forest of 200 trees.",
             light_params=_frozen(n_estimators=50),
+            cost=FitCost(6.0),
         ),
         HeadCfg(
             name="hist_gb",
@@ -232,6 +242,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Histogram gradient boosting (early stopping above 10k samples).",
             # One tree per class per iteration over ~1000 feature columns: minutes at 100 iterations.
             light_params=_frozen(max_iter=30),
+            cost=FitCost(8.0),
         ),
         HeadCfg(
             name="ridge",
@@ -241,6 +252,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             needs_scaling=True,
             proba="calibrated",
             sweep_grid=_frozen(alpha=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),
+            cost=FitCost(2.2),
         ),
     )
 )

@@ -29,6 +29,7 @@ from .. import _atomic, config as config_lib
 from ..errors import ConfigError, FeatureStoreError, WriteError
 from ..heads import FittedHead, fit_head, plan_params, save_head, training_splits
 from ..heads.apply import aligned_proba, feature_matrix
+from ..heads.registry import estimate_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..store import FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
@@ -55,6 +56,8 @@ class RunResult:
         sizes: examples per split actually used: `train` (after
             `fraction`), `validation`, `test`.
         head_sha256: sha256 of `head.joblib`, for `load_head(expected_sha256=)`.
+        estimated_seconds: the fit's estimate printed before it started
+            (`heads.estimate_seconds`); `None` for a head without a measured cost.
     """
 
     head: str
@@ -64,6 +67,7 @@ class RunResult:
     fit_seconds: float
     sizes: dict[str, int]
     head_sha256: str
+    estimated_seconds: float | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -84,6 +88,7 @@ class RunResult:
             "run_dir": str(self.run_dir),
             **scores(self.metrics),
             "fit_seconds": round(self.fit_seconds, 4),
+            "estimated_seconds": None if self.estimated_seconds is None else round(self.estimated_seconds, 2),
             "sizes": self.sizes,
             "head_sha256": self.head_sha256,
         }
@@ -236,7 +241,9 @@ def _run_one(
     except OSError as e:
         raise WriteError(f"Cannot write the {head!r} run under '{out_root}' ({e}); nothing of it was kept.") from e
     rebuild_leaderboard(config.runs_dir)
-    return RunResult(head, params, staged.published, fitted.metrics, fitted.fit_seconds, fitted.sizes, head_sha256)
+    estimate = estimate_seconds(head, fitted.sizes["train"], int(np.prod(fs.features.shape[1:])))
+    return RunResult(head, params, staged.published, fitted.metrics, fitted.fit_seconds, fitted.sizes, head_sha256,
+                     estimate)
 
 
 def _sweep(fs: FeatureSet, parts, head: str, params, grid, config) -> SweepResult:
