@@ -60,6 +60,7 @@ _TRAIN_OPTIONS = {
     "splits": ("--splits", "SPLITS"),
     "seed": ("--seed", "SEED"),
     "augmented": ("--augmented", "AUGMENTED"),
+    "time_limit": ("--time-limit", "ARGS"),
     "runs_dir": ("--runs-dir", "ARGS"),
     "cache_dir": ("--cache-dir", "CACHE"),
     "config": ("--config", "CONFIG"),
