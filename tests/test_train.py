@@ -747,3 +747,22 @@ def test_a_signal_ends_a_fit_inside_compiled_code_within_two_seconds(signum, tmp
     assert lines[-1].startswith("Interrupted.") and "Traceback" not in "".join(lines)
     runs = tmp_path / "runs"
     assert not runs.exists() or not [p for p in runs.rglob("*") if p.is_dir() and p.parent != runs]
+
+
+def test_a_head_past_its_time_limit_is_stopped_recorded_and_the_next_head_trains(tmp_path):
+    features = make_set(tmp_path / "cache" / "long-synthetic-ffffffff", classes=4, per_class=500, dim=256, spread=3.0)
+    runs = tmp_path / "runs"
+    started = time.monotonic()
+    endless = [a.replace("=", "", 0) if not a.startswith(("dual", "C=", "max_iter", "tol")) else f"linear_svm.{a}"
+               for a in _ENDLESS_SVM]
+    status, out, err = _main("train-head", str(features), "--runs-dir", str(runs), *endless,
+                             "--head", "logreg", "--time-limit", "3", "--json")
+    assert status == 0, err
+    assert time.monotonic() - started < 60
+    stopped, finished = json.loads(out.strip().splitlines()[-1])["runs"]
+    assert stopped["head"] == "linear_svm" and "time limit of 3 s" in stopped["stopped"]
+    assert stopped["val_accuracy"] is None and stopped["fit_seconds"] >= 3
+    assert finished["head"] == "logreg" and finished["stopped"] is None and finished["val_accuracy"] is not None
+    folders = [p.name for p in (runs / "long-synthetic-ffffffff").iterdir()]
+    assert not [f for f in folders if f.startswith(("linear_svm", ".tmp"))] and any(f.startswith("logreg") for f in folders)
+    assert "linear_svm: stopped at the time limit of 3 s" in err
