@@ -34,6 +34,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from ..errors import ConfigError, did_you_mean
+from .cost import FitCost, format_seconds
 from .dense import DenseClassifier
 
 __all__ = [
@@ -96,27 +97,6 @@ class HeadCfg:
     cost: FitCost | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class FitCost:
-    """What one fit of a head's defaults costs, measured by `bench/heads.py` on 2 cores.
-
-    The estimate for `n` rows of `d` features is
-    `seconds * (n / 1000) ** rows_power * (d / 1000)`: linear in the
-    features, and as steep in the rows as the head's solver (about 1 for
-    linear models and trees, 2 for kernel SVMs).
-
-    Attributes:
-        seconds: float, seconds at 1,000 rows x 1,000 features.
-        rows_power: float, how fast the cost grows with the rows.
-    """
-
-    seconds: float
-    rows_power: float = 1.0
-
-    def estimate(self, n_rows: int, n_features: int) -> float:
-        return self.seconds * (max(n_rows, 1) / 1000) ** self.rows_power * (max(n_features, 1) / 1000)
-
-
 def _calibrated(estimator) -> Callable[[], CalibratedClassifierCV]:
     # Probabilities for margin classifiers (SVMs, ridge) come from
     # CalibratedClassifierCV(ensemble=False): sigmoid (Platt) calibration
@@ -149,9 +129,8 @@ def _dense_defaults() -> Mapping[str, Any]:
     return _frozen(**{name: defaults[name] for name in shown})
 
 
-# `cost`: bench/heads.py on 3,000 x 1,280 rows, 2 shared cores. knn, logreg
-# and ridge finished (0.4, 4.2 and 8.5 s); the others ran past the bench's
-# 20 s cap, so theirs are lower bounds that still order them after the fast ones.
+# `cost`: bench/heads.py, 3,000 x 1,280 rows, 2 shared cores: knn, logreg, ridge took 0.4, 4.2, 8.5 s;
+# the others ran past its cap, so theirs are lower bounds that order them after the fast ones.
 HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
     _rows(
         HeadCfg(
@@ -307,24 +286,13 @@ def _by_cost(names: Sequence[str]) -> list[str]:
 
 def uses_keras(head: str) -> bool:
     """Whether a head (registry name or import path) is the Keras dense head, which trains in this process."""
-    if ":" in head:
-        return isinstance(create_head(head), DenseClassifier)
-    return get_head_cfg(head).uses_keras
+    return isinstance(create_head(head), DenseClassifier) if ":" in head else get_head_cfg(head).uses_keras
 
 
 def estimate_seconds(head: str, n_rows: int, n_features: int) -> float | None:
     """A fit's estimated seconds from the row's measured `cost`; `None` for an import-path head."""
     cost = None if ":" in head else get_head_cfg(head).cost
     return None if cost is None else cost.estimate(n_rows, n_features)
-
-
-def format_seconds(seconds: float) -> str:
-    """`"~4 s"`, `"~3 min"`, `"~1.5 h"`: an estimate as a person reads it."""
-    if seconds < 90:
-        return f"~{max(seconds, 1):.0f} s"
-    if seconds < 5400:
-        return f"~{seconds / 60:.0f} min"
-    return f"~{seconds / 3600:.1f} h"
 
 
 def list_heads(pattern: str = "") -> list[str]:
