@@ -280,7 +280,6 @@ def _by_cost(names: Sequence[str]) -> list[str]:
     def key(name: str) -> tuple[float, str]:
         cost = HEADS[name].cost
         return (cost.estimate(1000, 1000) if cost else float("inf"), name)
-
     return sorted(names, key=key)
 
 
@@ -555,6 +554,7 @@ def plan_params(heads: Sequence[str], params: Mapping[str, Any], seed: int) -> l
     shared: dict[str, Any] = {}
     for key, value in params.items():
         head, dot, name = key.rpartition(".")
+        head = head if head in targeted else HEAD_ALIASES.get(head, head)
         if not dot:
             shared[key] = value
         elif head in targeted:
