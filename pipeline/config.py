@@ -319,6 +319,10 @@ class TrainConfig:
         augmented: train on the clean training rows plus every cached
             augmented view of them (`features` with `augment`); validation
             and test stay clean. Defaults to `False`.
+        time_limit: seconds each scikit-learn head (its sweep included)
+            may take; one that runs past it is stopped, recorded with the
+            reason and no run folder, and the next head starts. `None` for
+            no limit. Defaults to `None`.
     """
 
     heads: tuple[str, ...] = ("logreg",)
@@ -332,8 +336,15 @@ class TrainConfig:
     select: str = "accuracy"
     refit: str = "train"
     augmented: bool = False
+    time_limit: float | None = None
 
     def __post_init__(self):
+        limit = self.time_limit
+        if limit is not None and (not isinstance(limit, (int, float)) or isinstance(limit, bool) or not limit > 0):
+            raise ConfigError(
+                f"`time_limit` must be a number of seconds > 0, e.g. 60. Received: time_limit={limit!r}",
+                field="time_limit",
+            )
         heads = (self.heads,) if isinstance(self.heads, str) else self.heads
         if not isinstance(heads, (tuple, list)) or not heads or not all(isinstance(h, str) and h for h in heads):
             raise ConfigError(

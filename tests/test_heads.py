@@ -42,7 +42,7 @@ from pipeline.heads import (
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPECTED_HEADS = [
     "dense",
-    "dense_seed003",
+    "dense_small_lr",
     "hist_gb",
     "knn",
     "linear_svm",
@@ -243,11 +243,13 @@ def test_dense_row_shows_the_estimators_own_defaults():
     assert shown.items() <= DenseClassifier().get_params().items()
 
 
-def test_dense_seed003_row_has_seed_003s_settings():
+def test_dense_small_lr_row_has_the_tutorial_settings_and_answers_to_its_old_name():
     # ../shared/seeds/003: Dense(256, relu) -> Dropout(0.5) -> Dense, Adam(learning_rate=1e-4),
     # epochs=30, batch_size=64, validation_data only watched (no early stopping).
-    cfg = get_head_cfg("dense_seed003")
-    head = create_head("dense_seed003")
+    cfg = get_head_cfg("dense_small_lr")
+    head = create_head("dense_small_lr")
+    assert get_head_cfg("dense_seed003") is cfg and "dense_seed003" not in list_heads()
+    assert "seed" not in cfg.description.lower()
     assert isinstance(head, DenseClassifier) and cfg.uses_keras and cfg.proba == "softmax"
     seed = dict(hidden_units=(256,), dropout=0.5, optimizer="adam", learning_rate=1e-4, epochs=30,
                 batch_size=64, early_stopping_patience=None)
@@ -672,3 +674,15 @@ def test_a_parameter_given_twice_is_refused_pointing_to_sweep():
         parse_params(["C=0.1", "C=1.0"])
     assert info.value.field == "params"
     assert parse_params(["C=0.1", "logreg.C=1.0"]) == {"C": 0.1, "logreg.C": 1.0}  # different targets
+
+
+def test_all_heads_run_cheapest_first_and_every_row_has_a_measured_cost():
+    from pipeline.heads.registry import estimate_seconds, expand_heads
+
+    order = expand_heads(["all"])
+    assert sorted(order) == list_heads() and order[:3] == ["knn", "logreg", "ridge"]
+    estimates = [estimate_seconds(head, 1000, 1000) for head in order]
+    assert None not in estimates and estimates == sorted(estimates)
+    # A kernel SVM grows with the square of the rows, a linear model linearly.
+    assert estimate_seconds("svm_rbf", 10_000, 1000) == pytest.approx(100 * estimate_seconds("svm_rbf", 1000, 1000))
+    assert estimate_seconds("logreg", 10_000, 1000) == pytest.approx(10 * estimate_seconds("logreg", 1000, 1000))

@@ -245,13 +245,13 @@ def test_a_sweep_without_a_validation_split_is_refused_before_fitting(overlappin
 
 def test_a_dense_sweep_runs_its_candidates_one_at_a_time(overlapping, tmp_path, monkeypatch):
     workers = []
-    real_parallel = sweep_lib.Parallel
+    real_in_threads = sweep_lib.in_threads
 
-    def recording(n_jobs, **kwargs):
+    def recording(calls, n_jobs):
         workers.append(n_jobs)
-        return real_parallel(n_jobs=n_jobs, **kwargs)
+        return real_in_threads(calls, n_jobs)
 
-    monkeypatch.setattr(sweep_lib, "Parallel", recording)
+    monkeypatch.setattr(sweep_lib, "in_threads", recording)
     params = {"dense.epochs": 3, "dense.hidden_units": (8,)}
     config = _config(tmp_path, heads=("dense",), params=params, sweep={"dense.dropout": [0.0, 0.5]})
     (run,) = train.train_heads(overlapping, config=config)

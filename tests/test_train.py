@@ -218,6 +218,14 @@ def test_a_long_fit_says_it_is_still_fitting_until_it_ends(blobs, tmp_path, capl
     assert [m for m in caplog.messages if m.startswith("still fitting")] == lines
 
 
+def test_each_fit_prints_its_estimate_first_and_json_records_it(blobs, tmp_path):
+    status, out, err = _main("train-head", str(blobs), "--runs-dir", str(tmp_path / "runs"), "--head", "logreg", "--json")
+    assert status == 0, err
+    (run,) = json.loads(out.strip().splitlines()[-1])["runs"]
+    assert run["estimated_seconds"] is not None and run["estimated_seconds"] >= 0
+    assert re.search(r"Training logreg on \d+ examples x 8 features \(estimated ~\d+ s\)", err), err
+
+
 def test_same_features_head_and_seed_give_the_same_metrics(blobs, tmp_path):
     config = _config(tmp_path, heads=("logreg", "dense"), params={"dense.epochs": 3, "dense.hidden_units": (16,)}, seed=7)
     first = train.train_heads(blobs, config=config)
@@ -641,3 +649,68 @@ def test_an_unwritable_runs_folder_exits_3_before_any_head_is_fitted(blobs, tmp_
     assert status == cli.ExitStatus.CANNOT_WRITE
     assert f"'{blocker / 'runs'}'" in err and "--runs-dir" in err and len(err.strip().splitlines()) == 1
     assert "Training" not in caplog.text
+
+
+# -- interrupting a fit inside compiled code ---------------------------------
+
+# liblinear's dual solver with a tolerance it never reaches on overlapping
+# classes: one fit runs for minutes inside compiled code, unaware of signals.
+_ENDLESS_SVM = ("--head", "linear_svm", "--param", "dual=True", "--param", "C=1000",
+                "--param", "max_iter=100000000", "--param", "tol=1e-12")
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_signal_ends_a_fit_inside_compiled_code_within_two_seconds(signum, tmp_path):
+    import signal
+    import threading
+
+    features = make_set(tmp_path / "cache" / "long-synthetic-ffffffff", classes=4, per_class=500, dim=256, spread=3.0)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "pipeline", "train-head", str(features), "--runs-dir", str(tmp_path / "runs"), *_ENDLESS_SVM],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines, fitting = [], threading.Event()
+
+    def read_stderr():
+        for line in proc.stderr:
+            lines.append(line)
+            if line.startswith("Training linear_svm"):
+                fitting.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert fitting.wait(120), "".join(lines)
+        time.sleep(3)  # well inside liblinear
+        assert proc.poll() is None, "".join(lines)
+        sent = time.monotonic()
+        proc.send_signal(getattr(signal, signum))
+        status = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+        proc.wait()
+    reader.join(5)
+    assert status == 130 and took < 2.0, (status, took, "".join(lines))
+    assert lines[-1].startswith("Interrupted.") and "Traceback" not in "".join(lines)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not [p for p in runs.rglob("*") if p.is_dir() and p.parent != runs]
+
+
+def test_a_head_past_its_time_limit_is_stopped_recorded_and_the_next_head_trains(tmp_path):
+    features = make_set(tmp_path / "cache" / "long-synthetic-ffffffff", classes=4, per_class=500, dim=256, spread=3.0)
+    runs = tmp_path / "runs"
+    started = time.monotonic()
+    endless = [a.replace("=", "", 0) if not a.startswith(("dual", "C=", "max_iter", "tol")) else f"linear_svm.{a}"
+               for a in _ENDLESS_SVM]
+    status, out, err = _main("train-head", str(features), "--runs-dir", str(runs), *endless,
+                             "--head", "logreg", "--time-limit", "3", "--json")
+    assert status == 0, err
+    assert time.monotonic() - started < 60
+    stopped, finished = json.loads(out.strip().splitlines()[-1])["runs"]
+    assert stopped["head"] == "linear_svm" and "time limit of 3 s" in stopped["stopped"]
+    assert stopped["val_accuracy"] is None and stopped["fit_seconds"] >= 3
+    assert finished["head"] == "logreg" and finished["stopped"] is None and finished["val_accuracy"] is not None
+    folders = [p.name for p in (runs / "long-synthetic-ffffffff").iterdir()]
+    assert not [f for f in folders if f.startswith(("linear_svm", ".tmp"))] and any(f.startswith("logreg") for f in folders)
+    assert "linear_svm: stopped at the time limit of 3 s" in err

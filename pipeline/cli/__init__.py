@@ -159,6 +159,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", help="what a sweep's winner is trained on: train (default) or train+validation")
     p.add_argument("--splits", help="train,validation,test shares when the data has no split folders (default 0.8,0.1,0.1)")
     p.add_argument("--seed", type=int, help="seed of the fraction subset and of the heads (default 0)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop a scikit-learn head (and its sweep) after this many seconds and go on to the next")
     p.add_argument("--augmented", action="store_true", default=None,
                    help="also train on the cached augmented views of the training images (features --augment K)")
     p.add_argument("--runs-dir", help="where run folders and the leaderboard go (default runs)")
@@ -265,6 +267,7 @@ def _cmd_train_head(args) -> int:
         splits=args.splits,
         seed=args.seed,
         augmented=args.augmented,
+        time_limit=args.time_limit,
         runs_dir=args.runs_dir,
         cache_dir=args.cache_dir,
     )
@@ -272,6 +275,9 @@ def _cmd_train_head(args) -> int:
     if not args.quiet:
         print(f"{'head':16} {'val acc':>8} {'test acc':>8} {'test F1':>8} {'fit s':>8}  run")
         for r in results:
+            if r.stopped:
+                print(f"{r.head:16} {'-':>8} {'-':>8} {'-':>8} {r.fit_seconds:8.2f}  (none: {r.stopped})")
+                continue
             cells = (r.val_accuracy, r.test_accuracy, r.test_macro_f1)
             scores = " ".join(f"{'-' if v is None else f'{v:.4f}':>8}" for v in cells)
             print(f"{r.head:16} {scores} {r.fit_seconds:8.2f}  {r.run_dir}")

@@ -60,6 +60,7 @@ _TRAIN_OPTIONS = {
     "splits": ("--splits", "SPLITS"),
     "seed": ("--seed", "SEED"),
     "augmented": ("--augmented", "AUGMENTED"),
+    "time_limit": ("--time-limit", "ARGS"),
     "runs_dir": ("--runs-dir", "ARGS"),
     "cache_dir": ("--cache-dir", "CACHE"),
     "config": ("--config", "CONFIG"),
@@ -212,7 +213,13 @@ def stop_signals_as_interrupt():
 
 
 def as_sigint(signum, frame) -> None:
-    signal.raise_signal(signal.SIGINT)
+    # Calls the SIGINT handler in place, not `raise_signal`: a command started
+    # in the background by a shell has SIGINT ignored, and SIGTERM must still end it.
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:
+        raise KeyboardInterrupt
 
 
 def print_features_summary(result) -> None:

@@ -78,7 +78,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
     epochs, 1e-4 in 92; patience 5 stopped at epoch 16 with 3.6 points
     less test accuracy, patience 20 took up to twice as long for scores
     within the noise of 202 images. The 200-epoch cap leaves room for a
-    smaller `learning_rate`. The registry row `dense_seed003` keeps the
+    smaller `learning_rate`. The registry row `dense_small_lr` keeps the
     seed's settings. `Flatten` is added only when `X` has more than 2 dims
     (spatial features such as `(N, 4, 4, 512)`).
     Two-class problems also use a 2-unit softmax (not a 1-unit sigmoid), so

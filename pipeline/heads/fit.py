@@ -17,9 +17,10 @@ from ..store import FeatureSet
 from .apply import aligned_proba, feature_matrix
 from .dense import DenseClassifier
 from .metrics import classification_metrics
-from .registry import create_head
+from .registry import create_head, estimate_seconds, format_seconds, uses_keras
+from .workers import FitTimeLimit, call_in_child
 
-__all__ = ["FittedHead", "fit_head"]
+__all__ = ["FitTimeLimit", "FittedHead", "fit_and_score", "fit_head"]
 
 log = logging.getLogger("bottleneck")
 
@@ -82,8 +83,15 @@ def fit_head(
     parts: Mapping[str, np.ndarray],
     *,
     callbacks_dir: str | os.PathLike | None = None,
+    time_limit: float | None = None,
+    threads: int | None = None,
 ) -> FittedHead:
     """Fits `create_head(head, **params)` on the training rows and scores it.
+
+    A scikit-learn head is fitted, and its validation and test rows
+    scored, in a child process (`workers.call_in_child`), so that Ctrl-C or
+    SIGTERM end it at once; the Keras head trains here, where Keras sees
+    the interrupt between batches.
 
     Args:
         head: a head name or import path (see `create_head`).
@@ -94,6 +102,11 @@ def fit_head(
         callbacks_dir: folder for the dense head's checkpoint and logs (see
             `DenseClassifier.fit`); other heads write nothing.
             Defaults to `None`.
+        time_limit: seconds the fit may take before it is stopped
+            (`FitTimeLimit`); `None` for no limit. A Keras head is not
+            limited. Defaults to `None`.
+        threads: BLAS/OpenMP threads of the fit; `None` for every core.
+            Defaults to `None`.
 
     Returns:
         A `FittedHead`.
@@ -101,29 +114,35 @@ def fit_head(
     Raises:
         ConfigError: the head fails to fit (its message says why; usually
             a parameter that does not suit this many examples).
+        FitTimeLimit: `time_limit` ran out.
     """
     estimator = create_head(head, **params)
     X = feature_matrix(estimator, feature_set.features)
     y = feature_set.labels
     train, val, test = parts["train"], parts["validation"], parts["test"]
-    is_dense = isinstance(estimator, DenseClassifier)
-    fit_kwargs = {}
-    if is_dense:
-        fit_kwargs = {"validation_data": (X[val], y[val]) if len(val) else None, "callbacks_dir": callbacks_dir}
-    log.info("Training %s on %d examples ...", head, len(train))
-    started = time.perf_counter()
+    n_classes = len(feature_set.class_names)
+    is_dense = uses_keras(head)
+    estimate = estimate_seconds(head, len(train), int(np.prod(X.shape[1:])))
+    shown = f" (estimated {format_seconds(estimate)})" if estimate is not None else ""
+    log.info("Training %s on %d examples x %d features%s ...", head, len(train), int(np.prod(X.shape[1:])), shown)
     try:
         with _still_fitting(head):
-            estimator.fit(X[train], y[train], **fit_kwargs)
+            if is_dense:
+                started = time.perf_counter()
+                validation_data = (X[val], y[val]) if len(val) else None
+                estimator.fit(X[train], y[train], validation_data=validation_data, callbacks_dir=callbacks_dir)
+                fit_seconds = time.perf_counter() - started
+                probas = [aligned_proba(estimator, X[rows], n_classes) for rows in (val, test)]
+            else:
+                estimator, probas, fit_seconds = call_in_child(
+                    fit_and_score, estimator, X[train], y[train], [X[val], X[test]], n_classes,
+                    time_limit=time_limit, threads=threads,
+                )
     except ValueError as e:
         raise ConfigError(f"Head {head!r} failed to fit on {len(train)} training examples: {e}", field="params") from e
-    fit_seconds = time.perf_counter() - started
-    n_classes = len(feature_set.class_names)
     metrics = {
-        name: classification_metrics(y[rows], aligned_proba(estimator, X[rows], n_classes), feature_set.class_names)
-        if len(rows)
-        else None
-        for name, rows in (("validation", val), ("test", test))
+        name: classification_metrics(y[rows], proba, feature_set.class_names) if len(rows) else None
+        for name, rows, proba in (("validation", val, probas[0]), ("test", test, probas[1]))
     }
     sizes = {"train": int(len(train)), "validation": int(len(val)), "test": int(len(test))}
     if not is_dense:
@@ -135,6 +154,14 @@ def fit_head(
         estimator, metrics, fit_seconds, sizes, estimator.history_,
         epochs_run=estimator.epochs_run_, best_epoch=estimator.best_epoch_, warnings=warnings,
     )
+
+
+def fit_and_score(estimator, X: np.ndarray, y: np.ndarray, scored: list[np.ndarray], n_classes: int):
+    """`(fitted estimator, aligned probabilities of each of scored, fit seconds)`: what a fit child returns."""
+    started = time.perf_counter()
+    estimator.fit(X, y)
+    fit_seconds = time.perf_counter() - started
+    return estimator, [aligned_proba(estimator, rows, n_classes) for rows in scored], fit_seconds
 
 
 @contextlib.contextmanager

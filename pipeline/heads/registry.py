@@ -34,19 +34,25 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC, LinearSVC
 
 from ..errors import ConfigError, did_you_mean
+from .cost import FitCost, format_seconds
 from .dense import DenseClassifier
 
 __all__ = [
     "ALL_HEADS",
+    "FitCost",
+    "HEAD_ALIASES",
     "HEADS",
     "HeadCfg",
     "create_head",
+    "estimate_seconds",
     "expand_heads",
+    "format_seconds",
     "get_head_cfg",
     "list_heads",
     "parse_param",
     "parse_params",
     "plan_params",
+    "uses_keras",
 ]
 
 
@@ -88,6 +94,7 @@ class HeadCfg:
     uses_keras: bool = False
     sweep_grid: Mapping[str, tuple] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
     light_params: Mapping[str, Any] = dataclasses.field(default_factory=lambda: types.MappingProxyType({}))
+    cost: FitCost | None = None
 
 
 def _calibrated(estimator) -> Callable[[], CalibratedClassifierCV]:
@@ -122,6 +129,8 @@ def _dense_defaults() -> Mapping[str, Any]:
     return _frozen(**{name: defaults[name] for name in shown})
 
 
+# `cost`: bench/heads.py, 3,000 x 1,280 rows, 2 shared cores: knn, logreg, ridge took 0.4, 4.2, 8.5 s;
+# the others ran past its cap, so theirs are lower bounds that order them after the fast ones.
 HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
     _rows(
         HeadCfg(
@@ -135,11 +144,12 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             sweep_grid=_frozen(learning_rate=(1e-4, 1e-3, 1e-2), dropout=(0.0, 0.25, 0.5)),
             # Converges in 20-30 epochs on ImageNet features; 200 is a cap, patience 10 its slack.
             light_params=_frozen(epochs=50, early_stopping_patience=5),
+            cost=FitCost(6.0),
         ),
         # Written out rather than derived from `dense`: these are the
         # tutorial's numbers and must not follow changes to the defaults.
         HeadCfg(
-            name="dense_seed003",
+            name="dense_small_lr",
             factory=DenseClassifier,
             default_params=_frozen(
                 hidden_units=(256,),
@@ -150,10 +160,15 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
                 batch_size=64,
                 early_stopping_patience=None,
             ),
+<<<<<<< ours
             description="The classic tutorial dense head as published: Adam 1e-4 for 30 epochs, "
+=======
+            description="The classic tutorial's dense head: Adam 1e-4 for 30 epochs, "
+>>>>>>> theirs
             "no early stopping (often still improving at the end).",
             proba="softmax",
             uses_keras=True,
+            cost=FitCost(6.0),
         ),
         HeadCfg(
             name="logreg",
@@ -162,6 +177,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Multinomial logistic regression (lbfgs) on standardised features.",
             needs_scaling=True,
             sweep_grid=_frozen(C=(1e-3, 1e-2, 1e-1, 1.0, 10.0)),
+            cost=FitCost(1.1),
         ),
         HeadCfg(
             name="linear_svm",
@@ -171,6 +187,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             needs_scaling=True,
             proba="calibrated",
             sweep_grid=_frozen(C=(1e-4, 1e-3, 1e-2, 1e-1, 1.0)),
+            cost=FitCost(10.0),
         ),
         HeadCfg(
             name="svm_rbf",
@@ -182,6 +199,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             sweep_grid=_frozen(C=(0.1, 1.0, 10.0, 100.0), gamma=(1e-5, 1e-4, 1e-3, 1e-2)),
             # Each calibration fold is a full kernel fit, quadratic in the examples: 2 folds, not 3.
             light_params=_frozen(cv=2),
+            cost=FitCost(2.5, rows_power=2.0),
         ),
         HeadCfg(
             name="knn",
@@ -190,6 +208,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="k-nearest neighbours on standardised features.",
             needs_scaling=True,
             sweep_grid=_frozen(n_neighbors=(1, 3, 5, 9, 15, 25)),
+            cost=FitCost(0.1),
         ),
         HeadCfg(
             name="random_forest",
@@ -197,6 +216,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             default_params=_frozen(n_estimators=200, random_state=0),
             description="Random forest of 200 trees.",
             light_params=_frozen(n_estimators=50),
+            cost=FitCost(6.0),
         ),
         HeadCfg(
             name="hist_gb",
@@ -205,6 +225,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             description="Histogram gradient boosting (early stopping above 10k samples).",
             # One tree per class per iteration over ~1000 feature columns: minutes at 100 iterations.
             light_params=_frozen(max_iter=30),
+            cost=FitCost(8.0),
         ),
         HeadCfg(
             name="ridge",
@@ -214,9 +235,13 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
             needs_scaling=True,
             proba="calibrated",
             sweep_grid=_frozen(alpha=(0.1, 1.0, 10.0, 100.0, 1e3, 1e4)),
+            cost=FitCost(2.2),
         ),
     )
 )
+
+# Former names, still accepted wherever a head is named.
+HEAD_ALIASES: Mapping[str, str] = types.MappingProxyType({"dense_seed003": "dense_small_lr"})
 
 _PARAMS_DOC = """params: keyword arguments for the estimator. Plain names (`C`,
             `n_neighbors`) reach the classifier wherever it sits inside the
@@ -233,7 +258,10 @@ ALL_HEADS = "all"
 
 
 def expand_heads(heads: Sequence[str]) -> list[str]:
-    """`heads` with `"all"` replaced by every registry head, in `list_heads()` order, each named once.
+    """`heads` with `"all"` replaced by every registry head, cheapest first, each named once.
+
+    "Cheapest" is the row's measured `cost` (a row without one goes last,
+    then by name), so a slow head never keeps the fast ones waiting.
 
     Args:
         heads: head names, as in `TrainConfig.heads`.
@@ -244,12 +272,30 @@ def expand_heads(heads: Sequence[str]) -> list[str]:
     Example:
 
     ```python
-    expand_heads(["all"])                                   # list_heads()
+    expand_heads(["all"])                                   # ["ridge", "logreg", ...]
     expand_heads(["sklearn.neighbors:NearestCentroid", "all"])  # that one, then every row
     ```
     """
-    expanded = [name for head in heads for name in (list_heads() if head == ALL_HEADS else [head])]
+    expanded = [name for head in heads for name in (_by_cost(list_heads()) if head == ALL_HEADS else [head])]
     return list(dict.fromkeys(expanded))
+
+
+def _by_cost(names: Sequence[str]) -> list[str]:
+    def key(name: str) -> tuple[float, str]:
+        cost = HEADS[name].cost
+        return (cost.estimate(1000, 1000) if cost else float("inf"), name)
+    return sorted(names, key=key)
+
+
+def uses_keras(head: str) -> bool:
+    """Whether a head (registry name or import path) is the Keras dense head, which trains in this process."""
+    return isinstance(create_head(head), DenseClassifier) if ":" in head else get_head_cfg(head).uses_keras
+
+
+def estimate_seconds(head: str, n_rows: int, n_features: int) -> float | None:
+    """A fit's estimated seconds from the row's measured `cost`; `None` for an import-path head."""
+    cost = None if ":" in head else get_head_cfg(head).cost
+    return None if cost is None else cost.estimate(n_rows, n_features)
 
 
 def list_heads(pattern: str = "") -> list[str]:
@@ -278,7 +324,7 @@ def get_head_cfg(name: str) -> HeadCfg:
     if not isinstance(name, str):
         raise TypeError(f"`name` must be a str. Received: {type(name).__name__}.")
     try:
-        return HEADS[name]
+        return HEADS[HEAD_ALIASES.get(name, name)]
     except KeyError:
         hint = did_you_mean(name, HEADS)
         raise ConfigError(
@@ -512,6 +558,7 @@ def plan_params(heads: Sequence[str], params: Mapping[str, Any], seed: int) -> l
     shared: dict[str, Any] = {}
     for key, value in params.items():
         head, dot, name = key.rpartition(".")
+        head = head if head in targeted else HEAD_ALIASES.get(head, head)
         if not dot:
             shared[key] = value
         elif head in targeted:

@@ -21,14 +21,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from joblib import Parallel, delayed
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
 from .apply import aligned_proba, feature_matrix
-from .dense import DenseClassifier
 from .metrics import classification_metrics
-from .registry import create_head, get_head_cfg, list_heads, parse_param, plan_params
+from .registry import (
+    create_head, estimate_seconds, format_seconds, get_head_cfg, list_heads, parse_param, plan_params, uses_keras,
+)
+from .workers import call_in_child, cores, in_threads, wait_seconds
 
 __all__ = ["SweepResult", "check_sweep_rows", "parse_sweep", "plan_sweep", "plot_sweep", "refit_rows", "sweep_head"]
 
@@ -247,6 +248,7 @@ def sweep_head(
     class_names: Sequence[str],
     select: str = "accuracy",
     n_jobs: int = -1,
+    deadline: float | None = None,
 ) -> SweepResult:
     """Fits every combination of `grid` on `train` and picks the best on `validation`.
 
@@ -263,8 +265,11 @@ def sweep_head(
         select: `"accuracy"`, `"macro_f1"` (highest wins) or `"log_loss"`
             (lowest wins); ties go to the better other metric, then to
             the earlier candidate. Defaults to `"accuracy"`.
-        n_jobs: joblib workers for scikit-learn heads; the dense head
-            always runs one candidate at a time. Defaults to `-1` (all cores).
+        n_jobs: candidates fitted side by side for scikit-learn heads;
+            the dense head always runs one candidate at a time.
+            Defaults to `-1` (one per core).
+        deadline: `time.monotonic()` time by which every candidate must
+            be done, else `FitTimeLimit`; `None` for none. Defaults to `None`.
 
     Returns:
         A `SweepResult`.
@@ -284,12 +289,24 @@ def sweep_head(
         raise ConfigError(f"`select` must be one of {', '.join(map(repr, _DIRECTION))}. Received: select={select!r}", field="select")
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*(tuple(grid[n]) for n in names))]
-    jobs = [delayed(_score)(head, {**params, **c}, c, train, validation, list(class_names)) for c in combos]
-    # Keras models in joblib workers would each import Keras and fight over
-    # the same cores, for no gain on a CPU: the dense head runs in order.
-    sequential = isinstance(create_head(head, **params), DenseClassifier)
-    log.info("Sweeping %s over %d candidates (%s) ...", head, len(combos), ", ".join(names))
-    candidates = tuple(Parallel(n_jobs=1 if sequential else n_jobs)(jobs))
+    # Keras models side by side would each import Keras and fight over the
+    # same cores, for no gain on a CPU: the dense head runs in order, here.
+    # Other candidates each fit in a child process (see `workers`), `n_jobs`
+    # at a time, each with its share of the cores.
+    keras = uses_keras(head)
+    n_jobs = 1 if keras else min(cores() if n_jobs == -1 else max(n_jobs, 1), len(combos))
+    threads = max(cores() // n_jobs, 1)
+
+    def job(c: dict[str, Any]):
+        args = (head, {**params, **c}, c, train, validation, list(class_names))
+        if keras:
+            return lambda: _score(*args)
+        return lambda: call_in_child(_score, *args, time_limit=wait_seconds(deadline), threads=threads)
+
+    estimate = estimate_seconds(head, len(train[1]), int(np.prod(train[0].shape[1:])))
+    shown = "" if estimate is None else f", estimated {format_seconds(estimate * len(combos) / n_jobs)}"
+    log.info("Sweeping %s over %d candidates (%s%s) ...", head, len(combos), ", ".join(names), shown)
+    candidates = tuple(in_threads([job(c) for c in combos], n_jobs))
     chosen = _best(candidates, select)
     log.info("Chose %s: validation %s %.4f.", _shown(candidates[chosen]["params"]), select,
              candidates[chosen]["metrics"][select])
@@ -305,7 +322,7 @@ def _score(head, params, swept, train, validation, class_names) -> dict[str, Any
     (X, y), (X_val, y_val) = train, validation
     X, X_val = feature_matrix(estimator, X), feature_matrix(estimator, X_val)
     # The dense head stops early on validation, exactly as `fit_head` trains it.
-    fit_kwargs = {"validation_data": (X_val, y_val)} if isinstance(estimator, DenseClassifier) else {}
+    fit_kwargs = {"validation_data": (X_val, y_val)} if uses_keras(head) else {}
     started = time.perf_counter()
     try:
         estimator.fit(X, y, **fit_kwargs)

@@ -19,7 +19,9 @@ import csv
 import dataclasses
 import datetime
 import io
+import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,8 @@ from .. import _atomic, config as config_lib
 from ..errors import ConfigError, FeatureStoreError, WriteError
 from ..heads import FittedHead, fit_head, plan_params, save_head, training_splits
 from ..heads.apply import aligned_proba, feature_matrix
+from ..heads.registry import estimate_seconds
+from ..heads.workers import FitTimeLimit, wait_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..store import FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
@@ -38,6 +42,8 @@ from .leaderboard import rebuild_leaderboard, scores
 from .predict import csv_text
 
 __all__ = ["RunResult", "train_heads"]
+
+log = logging.getLogger("bottleneck")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +61,12 @@ class RunResult:
         sizes: examples per split actually used: `train` (after
             `fraction`), `validation`, `test`.
         head_sha256: sha256 of `head.joblib`, for `load_head(expected_sha256=)`.
+        estimated_seconds: the fit's estimate printed before it started
+            (`heads.estimate_seconds`); `None` for a head without a measured cost.
+        stopped: `None`, or why the head was stopped before it finished
+            (`TrainConfig.time_limit`): then no run folder was written
+            (`run_dir` is where it would have gone, `head_sha256` is empty,
+            `metrics` are `None` and `fit_seconds` the time it ran).
     """
 
     head: str
@@ -64,6 +76,8 @@ class RunResult:
     fit_seconds: float
     sizes: dict[str, int]
     head_sha256: str
+    estimated_seconds: float | None = None
+    stopped: str | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -84,8 +98,10 @@ class RunResult:
             "run_dir": str(self.run_dir),
             **scores(self.metrics),
             "fit_seconds": round(self.fit_seconds, 4),
+            "estimated_seconds": None if self.estimated_seconds is None else round(self.estimated_seconds, 2),
             "sizes": self.sizes,
             "head_sha256": self.head_sha256,
+            "stopped": self.stopped,
         }
 
 
@@ -218,8 +234,23 @@ def _check_view(fs: FeatureSet, view: FeatureSet) -> dict[str, Any]:
 def _run_one(
     fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig, grid=None, views=None
 ) -> RunResult:
+    started = time.monotonic()
+    deadline = None if config.time_limit is None else started + config.time_limit
+    try:
+        return _fit_and_write(fs, parts, head, params, config, grid, views, deadline)
+    except FitTimeLimit:
+        # Recorded, not raised: the heads after it still train.
+        seconds = time.monotonic() - started
+        reason = f"stopped at the time limit of {config.time_limit:g} s (`time_limit`); lower the head's cost or raise the limit"
+        log.warning("%s: %s", head, reason)
+        estimate = estimate_seconds(head, len(parts["train"]), int(np.prod(fs.features.shape[1:])))
+        return RunResult(head, params, Path(config.runs_dir) / fs.name, {"validation": None, "test": None},
+                         seconds, {k: int(len(v)) for k, v in parts.items()}, "", estimate, stopped=reason)
+
+
+def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views, deadline) -> RunResult:
     out_root = Path(config.runs_dir) / fs.name
-    search = None if grid is None else _sweep(fs, parts, head, params, grid, config)
+    search = None if grid is None else _sweep(fs, parts, head, params, grid, config, deadline)
     if search is not None:
         params, parts = search.params, refit_rows(parts, config.refit)
 
@@ -228,7 +259,7 @@ def _run_one(
 
     try:
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
-            fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path)
+            fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path, time_limit=wait_seconds(deadline))
             head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views)
             _write_test_predictions(staged.path, fs, parts, fitted)
             if search is not None:
@@ -236,10 +267,12 @@ def _run_one(
     except OSError as e:
         raise WriteError(f"Cannot write the {head!r} run under '{out_root}' ({e}); nothing of it was kept.") from e
     rebuild_leaderboard(config.runs_dir)
-    return RunResult(head, params, staged.published, fitted.metrics, fitted.fit_seconds, fitted.sizes, head_sha256)
+    estimate = estimate_seconds(head, fitted.sizes["train"], int(np.prod(fs.features.shape[1:])))
+    return RunResult(head, params, staged.published, fitted.metrics, fitted.fit_seconds, fitted.sizes, head_sha256,
+                     estimate)
 
 
-def _sweep(fs: FeatureSet, parts, head: str, params, grid, config) -> SweepResult:
+def _sweep(fs: FeatureSet, parts, head: str, params, grid, config, deadline=None) -> SweepResult:
     """Searches `grid` on the training and validation rows; the test rows are not passed on."""
     train, val = parts["train"], parts["validation"]
     return sweep_head(
@@ -248,6 +281,7 @@ def _sweep(fs: FeatureSet, parts, head: str, params, grid, config) -> SweepResul
         validation=(fs.features[val], fs.labels[val]),
         class_names=fs.class_names,
         select=config.select,
+        deadline=deadline,
     )
 
 
