@@ -160,11 +160,7 @@ HEADS: Mapping[str, HeadCfg] = types.MappingProxyType(
                 batch_size=64,
                 early_stopping_patience=None,
             ),
-<<<<<<< ours
-            description="The classic tutorial dense head as published: Adam 1e-4 for 30 epochs, "
-=======
             description="The classic tutorial's dense head: Adam 1e-4 for 30 epochs, "
->>>>>>> theirs
             "no early stopping (often still improving at the end).",
             proba="softmax",
             uses_keras=True,
