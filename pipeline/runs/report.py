@@ -162,7 +162,7 @@ def build_report(
     page = report_html.render(runs, list(datasets.values()), skipped, runs_dir=str(runs_dir))
     with _atomic.writing(output):
         _atomic.write_text(output, page)
-    n_cross = sum(len(d.leakage.cross_split) for d in datasets.values() if d.leakage is not None)
+    n_cross = sum(d.leakage.n_cross_split for d in datasets.values() if d.leakage is not None)
     return ReportResult(output, len(runs), tuple(skipped), n_cross)
 
 

@@ -125,8 +125,8 @@ def _dataset(data) -> str:
     check = data.leakage
     out.append(f"<h3>Near-duplicates and split leakage ({_e(data.backbone)} features)</h3>"
                f"<p>{check.n_pairs} pairs with cosine similarity &ge; {check.threshold:g}; "
-               f"<b>{len(check.cross_split)} cross train/validation/test</b>"
-               f"{' (of the pairs kept)' if check.n_pairs > len(check.pairs) else ''}; "
+               f"<b>{check.n_cross_split} cross train/validation/test</b>"
+               f"{f' (the {len(data.pair_rows)} most similar listed)' if check.n_cross_split > len(data.pair_rows) else ''}; "
                f"{len(data.conflicts)} files stored under two classes.</p>")
     if data.pair_rows:
         out.append("<div class=grid>")
