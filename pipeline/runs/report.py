@@ -30,7 +30,7 @@ from ..errors import BottleneckError, ConfigError, RunError
 from ..heads import split_indices
 from ..heads.leakage import DEFAULT_THRESHOLD, LeakageCheck, find_leakage
 from ..store import FeatureStore, read_feature_set
-from . import layout, report_html
+from . import csvcells, layout, report_html
 from .leaderboard import scores
 from .predict import check_output_file, check_output_folder
 
@@ -40,7 +40,6 @@ MAX_MISCLASSIFIED = 24
 """Misclassified images shown per run, most confidently wrong first."""
 THUMBNAIL_PX = 64
 _MAX_PLOT_BYTES = 8 << 20  # a run's PNG larger than this is not a plot this product wrote
-_FORMULA_ESCAPED = ("'=", "'+", "'-", "'@", "'\t", "'\r")  # as `predict.csv_text` writes them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -259,14 +258,12 @@ def _read_predictions(path: Path, class_names: list[str], notes: list[str]) -> l
         reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != layout.TEST_PREDICTIONS_COLUMNS:
             raise ValueError(f"header {reader.fieldnames!r}, expected {list(layout.TEST_PREDICTIONS_COLUMNS)!r}")
-        for number, row in enumerate(reader, 2):
+        for number, cells in enumerate(reader, 2):
+            row = {k: csvcells.unescape(v) if isinstance(v, str) else v for k, v in cells.items()}
             p, q = float(row["probability"]), float(row["true_probability"])
             if row["true"] not in names or row["predicted"] not in names or not (0 <= p <= 1 and 0 <= q <= 1):
                 raise ValueError(f"line {number} names an unknown class or a probability outside [0, 1]")
-            relpath = row["path"]
-            if relpath.startswith(_FORMULA_ESCAPED):
-                relpath = relpath[1:]
-            rows.append({**row, "path": relpath, "probability": p, "true_probability": q})
+            rows.append({**row, "probability": p, "true_probability": q})
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
         notes.append(f"'{path}' is damaged ({e}): misclassified images not shown.")
         return None
