@@ -36,7 +36,8 @@ from .. import _atomic
 from ..errors import ConfigError, RunError, WriteError
 from . import csvcells, layout
 
-__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "shown_table"]
+__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "shown_table",
+           "variant"]
 
 log = logging.getLogger("bottleneck")
 
@@ -117,12 +118,12 @@ COLUMNS: tuple[Column, ...] = (
            show=lambda row: row["features_hash"][:8]),
     Column("head", lambda run: str(run.config.get("head") or ""), header="head", width=14),
     Column("params", lambda run: json.dumps(run.config.get("params") or {}, sort_keys=True, separators=(",", ":"))),
-    Column("fraction", lambda run: _fraction(run), "g", better=1),
+    Column("fraction", lambda run: _fraction(run.config), "g", better=1),
     Column("augmented", lambda run: _augmented(run.lineage.get("augmented"))),
     Column("transform", lambda run: _transform(run.lineage.get("transform"))),
     Column("sweep", lambda run: _sweep_choice(run.metrics.get("sweep"))),
     # The differences above in a few words, for `runs ls` and the report's headings.
-    Column("variant", lambda run: variant(run), header="variant", width=20),
+    Column("variant", lambda run: variant(run.lineage, run.config, run.metrics), header="variant", width=20),
     Column("val_accuracy", _score("val_accuracy"), ".4f", header="val", better=1),
     Column("test_accuracy", _score("test_accuracy"), ".4f", header="test", better=1),
     Column("test_macro_f1", _score("test_macro_f1"), ".4f", header="f1", better=1),
@@ -315,38 +316,40 @@ def _row(path: Path) -> tuple[tuple[str, str], dict[str, Any], _Run]:
     return (str(run.lineage.get("trained_at") or ""), path.name), row, run
 
 
-def variant(run: _Run) -> str:
+def variant(lineage: Mapping[str, Any], config: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
     """What tells a run apart from others of its head on its set, in a few words; `""` for a plain run.
 
-    E.g. `ft of 1a2b3c4d +20 layers`, `aug 4v flip,rotation`, `tf pca`,
+    Read from a run folder's `lineage.json`, `config.json` and `metrics.json`;
+    e.g. `ft of 1a2b3c4d +20 layers`, `aug 4v flip,rotation`, `tf pca`,
     `C=0.01` (the sweep's choice), `frac 0.5`.
     """
     parts = []
-    kind = str(run.lineage.get("kind") or "head")
+    kind = str(lineage.get("kind") or "head")
     if kind in ("finetune", "evaluation"):
-        parent = _run_tail(str(run.lineage.get("parent_run") or ""))
-        unfrozen = _number(run.lineage.get("unfrozen_layers"))
+        parent = _run_tail(str(lineage.get("parent_run") or ""))
+        unfrozen = _number(lineage.get("unfrozen_layers"))
         parts.append(f"{'ft' if kind == 'finetune' else 'eval'} of {parent}"
                      + (f" +{unfrozen} layers" if kind == "finetune" and unfrozen else ""))
-    record = run.lineage.get("augmented")
+    record = lineage.get("augmented")
     if isinstance(record, list) and record and all(isinstance(r, dict) for r in record):
         views = sum(len(r.get("views") or ()) for r in record)
         ops = ";".join(",".join(op.split("=")[0] for op in str(r.get("ops") or "").split(",")) for r in record)
         parts.append(f"aug {views}v {ops}")
-    transform = _transform(run.lineage.get("transform"))
+    transform = _transform(lineage.get("transform"))
     if transform:
         parts.append(f"tf {transform}")
-    chosen = run.metrics.get("sweep", {}).get("chosen") if isinstance(run.metrics.get("sweep"), dict) else None
+    chosen = metrics["sweep"].get("chosen") if isinstance(metrics.get("sweep"), dict) else None
     if isinstance(chosen, dict):
         parts.append(",".join(f"{k}={_short(v)}" for k, v in sorted(chosen.items())) or "sweep")
-    fraction = _fraction(run)
+    fraction = _fraction(config)
     if fraction is not None and fraction != 1:
         parts.append(f"frac {fraction:g}")
     return " ".join(parts)
 
 
-def _fraction(run: _Run) -> float | None:
-    return _number((run.config.get("train_config") or {}).get("fraction"))
+def _fraction(config: Mapping[str, Any]) -> float | None:
+    train_config = config.get("train_config")
+    return _number(train_config.get("fraction")) if isinstance(train_config, dict) else None
 
 
 def _run_tail(run_dir: str) -> str:

@@ -31,7 +31,7 @@ from ..heads import split_indices
 from ..heads.leakage import DEFAULT_THRESHOLD, LeakageCheck, find_leakage
 from ..store import FeatureStore, read_feature_set
 from . import csvcells, layout, report_html
-from .leaderboard import scores
+from .leaderboard import scores, variant
 from .predict import check_output_file, check_output_folder
 
 __all__ = ["ReportResult", "build_report"]
@@ -75,6 +75,7 @@ class Run:
     backbone: str
     head: str
     kind: str
+    variant: str  # what tells it apart from runs of its head (`leaderboard.variant`)
     params: dict[str, Any]
     metrics: dict[str, Any]
     scores: dict[str, float | None]
@@ -104,6 +105,7 @@ class Dataset:
     leakage: LeakageCheck | None
     pair_rows: list[dict[str, Any]]
     conflicts: list[list[str]]
+    paths: frozenset[str] = frozenset()  # the set's image paths: the only files thumbnails are made of
     error: str | None = None
 
 
@@ -210,6 +212,7 @@ def _read_run(folder: Path) -> Run:
         backbone=str(lineage.get("backbone") or extraction.get("model") or "?"),
         head=str(config.get("head") or folder.name.rsplit("-", 2)[0]),
         kind=str(lineage.get("kind") or config.get("kind") or "head"),
+        variant=variant(lineage, config, metrics),
         params=config.get("params") if isinstance(config.get("params"), dict) else {},
         metrics=metrics,
         scores=scores(metrics),
@@ -303,6 +306,7 @@ def _read_dataset(features_path: str, runs: list[Run], threshold: float) -> Data
         sorted((s.relpath, s.reason) for s in state.skipped.values()) if state else [],
         check, pair_rows,
         [[f"{fs.paths[r]} ({fs.class_names[fs.labels[r]]})" for r in group] for group in check.conflicts],
+        frozenset(fs.paths),
     )
 
 
@@ -312,12 +316,12 @@ def _attach_misclassified(run: Run, dataset: Dataset, thumbnails: _Thumbnails) -
     wrong = [row for row in run.predictions if row["true"] != row["predicted"]]
     wrong.sort(key=lambda row: -row["probability"])
     for row in wrong[:MAX_MISCLASSIFIED]:
-        run.misclassified.append({**row, "image": thumbnails.get(dataset.data_root, row["path"])})
+        run.misclassified.append({**row, "image": thumbnails.get(dataset, row["path"])})
     if len(wrong) > MAX_MISCLASSIFIED:
         run.notes.append(f"{len(wrong)} misclassified images; the {MAX_MISCLASSIFIED} most confident are shown.")
     for pair in dataset.pair_rows[:MAX_MISCLASSIFIED]:
-        pair.setdefault("image_a", thumbnails.get(dataset.data_root, pair["a"]))
-        pair.setdefault("image_b", thumbnails.get(dataset.data_root, pair["b"]))
+        pair.setdefault("image_a", thumbnails.get(dataset, pair["a"]))
+        pair.setdefault("image_b", thumbnails.get(dataset, pair["b"]))
 
 
 class _Thumbnails:
@@ -326,22 +330,21 @@ class _Thumbnails:
     def __init__(self):
         self._made: dict[tuple[str | None, str], str] = {}
 
-    def get(self, data_root: str | None, relpath: str) -> str:
-        key = (data_root, relpath)
+    def get(self, dataset: Dataset, relpath: str) -> str:
+        # Only a path the feature set lists is read: a predictions file edited to
+        # name another file shows the placeholder. A manifest may list files
+        # outside its folder (`../photos/a.jpg`): those are the set's images too.
+        if dataset.data_root is None or relpath not in dataset.paths:
+            return ""
+        key = (dataset.data_root, relpath)
         if key not in self._made:
-            self._made[key] = _thumbnail(data_root, relpath)
+            self._made[key] = _thumbnail(Path(dataset.data_root) / relpath)
         return self._made[key]
 
 
-def _thumbnail(data_root: str | None, relpath: str) -> str:
+def _thumbnail(file: Path) -> str:
     from PIL import Image, ImageOps
 
-    if data_root is None:
-        return ""
-    root = Path(data_root).resolve()
-    file = (root / relpath).resolve()
-    if root not in file.parents:  # a path edited to point outside the data folder is not read
-        return ""
     try:
         with Image.open(file) as image:
             image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
