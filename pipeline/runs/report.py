@@ -74,7 +74,6 @@ class Run:
     features_path: str
     backbone: str
     head: str
-    kind: str
     variant: str  # what tells it apart from runs of its head (`leaderboard.variant`)
     params: dict[str, Any]
     metrics: dict[str, Any]
@@ -211,7 +210,6 @@ def _read_run(folder: Path) -> Run:
         features_path=str(lineage.get("features_path") or ""),
         backbone=str(lineage.get("backbone") or extraction.get("model") or "?"),
         head=str(config.get("head") or folder.name.rsplit("-", 2)[0]),
-        kind=str(lineage.get("kind") or config.get("kind") or "head"),
         variant=variant(lineage, config, metrics),
         params=config.get("params") if isinstance(config.get("params"), dict) else {},
         metrics=metrics,
