@@ -104,6 +104,7 @@ def test_report_shows_leaks_conflicts_and_misclassified_images(pipeline_runs, tm
     assert result.n_cross_split >= 1
     assert re.search(r"test/class0/leaked\.png \(test, class0\)|train/class0/000\.png \(train, class0\) ~ test/class0/leaked", page)
     assert "Same file in two classes" in page and "train/class2/mislabelled.png" in page
+    assert "; 1 file stored under two classes" in page  # not "1 files"
     for run in pipeline_runs.runs:
         wrong = np.array(run.metrics["test"]["confusion_matrix"]).sum() - np.trace(run.metrics["test"]["confusion_matrix"])
         assert page.count(f"<p class=sub>{run.run_dir}</p>") == 1
@@ -234,6 +235,8 @@ def test_formula_like_class_names_and_manifest_paths_outside_its_folder_show_eve
     assert "is damaged" not in page and "misclassified images not shown" not in page
     assert "Misclassified test images" in page and "missing:" not in page
     assert "<b>4 cross train/validation/test</b>" in page  # the pairs' thumbnails are the ones checked above
+    status, stdout, _ = _main("report", hostile_runs, "--output", tmp_path / "again.html")
+    assert status == 0 and "4 near-duplicate pairs across splits" in stdout
     assert page.count("data:image/jpeg;base64,") >= 1
     text = html.unescape(page)
     for name in ("-neg", "+pos", "=eq"):
