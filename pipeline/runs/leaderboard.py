@@ -36,8 +36,8 @@ from .. import _atomic
 from ..errors import ConfigError, RunError, WriteError
 from . import csvcells, layout
 
-__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "shown_table",
-           "variant"]
+__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "short_run_id",
+           "shown_table", "variant"]
 
 log = logging.getLogger("bottleneck")
 
@@ -106,7 +106,7 @@ def _score(name: str) -> Callable[[_Run], float | None]:
 def _run_id(row: Mapping[str, Any]) -> str:
     # The folder is `<head>-<time>-<hex>`: the head has its own column, the order
     # of runs is the table's, and the hex tail is what a fine-tune's variant names.
-    return _run_tail(row["run_dir"])
+    return short_run_id(row["run_dir"])
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -326,7 +326,7 @@ def variant(lineage: Mapping[str, Any], config: Mapping[str, Any], metrics: Mapp
     parts = []
     kind = str(lineage.get("kind") or "head")
     if kind in ("finetune", "evaluation"):
-        parent = _run_tail(str(lineage.get("parent_run") or ""))
+        parent = short_run_id(str(lineage.get("parent_run") or ""))
         unfrozen = _number(lineage.get("unfrozen_layers"))
         parts.append(f"{'ft' if kind == 'finetune' else 'eval'} of {parent}"
                      + (f" +{unfrozen} layers" if kind == "finetune" and unfrozen else ""))
@@ -352,8 +352,8 @@ def _fraction(config: Mapping[str, Any]) -> float | None:
     return _number(train_config.get("fraction")) if isinstance(train_config, dict) else None
 
 
-def _run_tail(run_dir: str) -> str:
-    """The random tail of a run folder's name (`<head>-<time>-<hex>`), as `runs ls` shows it; the name otherwise."""
+def short_run_id(run_dir: str) -> str:
+    """The random end of a run folder's name (`<head>-<time>-<hex>`): `runs ls`'s run id; the name otherwise."""
     name = Path(run_dir).name
     tail = name.rsplit("-", 1)[-1]
     return tail if re.fullmatch("[0-9a-f]{8}", tail) and name != tail else name

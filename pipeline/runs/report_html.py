@@ -24,6 +24,8 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from .leaderboard import short_run_id
+
 OPEN_RUNS = 3
 """Runs per dataset shown in full; the others are folded (`<details>`)."""
 MAX_MATRIX_CLASSES = 30
@@ -37,7 +39,7 @@ body{font:14px/1.35 system-ui,sans-serif;margin:16px 24px;color:#222;max-width:1
 h1{font-size:21px;margin:0 0 4px}h2{font-size:18px;margin:18px 0 6px;border-bottom:1px solid #ccc}
 h3{font-size:15px;margin:12px 0 4px}p{margin:4px 0}
 table{border-collapse:collapse;margin:4px 0;font-size:13px}td,th{border:1px solid #ddd;padding:2px 6px;text-align:right}
-th{background:#f3f3f3}td.t,th.t{text-align:left}table.runs th{cursor:pointer}table.runs td{white-space:nowrap}
+th{background:#f3f3f3}td.t,th.t{text-align:left}table.runs th{cursor:pointer}table.runs td,table.runs th{white-space:nowrap}
 tr.best td{background:#e6f4e6;font-weight:600}.note{color:#a15c00}.skip{color:#b00}.sub{color:#666;font-size:12px}
 .grid{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-start}.thumb{width:150px;font-size:11px;overflow-wrap:anywhere}
 .thumb img,.ph{width:64px;height:64px}.ph{background:#eee;display:inline-block;text-align:center;font-size:9px}
@@ -62,8 +64,8 @@ screen:{height:window.innerHeight,width:window.innerWidth,scrollWidth:document.d
 table:bottom('table.runs'),best:bottom('.run.first .matrix')}})});
 """
 
-_COLUMNS = ("#", "backbone", "head", "variant", "params", "val acc", "test acc", "test macro F1", "fit s",
-            "content hash", "images", "run")
+_COLUMNS = ("#", "backbone", "head", "variant", "params", "val acc", "test acc", "test F1", "fit s", "hash",
+            "images", "run")
 _PARAMS_SHOWN = 48  # characters of a head's params in the runs table; the cell's title holds them all
 
 # Bidi embeddings, overrides, isolates and marks: shown as `\u202e` so a name reads as stored.
@@ -119,7 +121,8 @@ def _runs_table(table_id: str, ranked: list) -> str:
             f"<td class=t title='{_e(params)}'>{_e(_cut(params, _PARAMS_SHOWN))}</td>",
             _num(run.scores["val_accuracy"]), _num(run.scores["test_accuracy"]),
             _num(run.scores["test_macro_f1"]), _num(run.fit_seconds, 2), _td(run.content_hash[:8]),
-            _num(run.n_images, 0), f"<td class=t><a href='#{_anchor(run)}'>{_e(_cut(run.folder.name, 28))}</a></td>",
+            _num(run.n_images, 0),
+            f"<td class=t title='{_e(run.folder.name)}'><a href='#{_anchor(run)}'>{_e(short_run_id(str(run.folder)))}</a></td>",
         ]
         rows.append(f"<tr{' class=best' if run is best else ''}>{''.join(cells)}</tr>")
     return (f"<div class=wide><table class=runs id={table_id}><thead><tr>{head}</tr></thead>"
