@@ -5,6 +5,8 @@ trained by `train_heads`, or copied as their three JSON files where a test
 needs many.
 """
 
+import csv
+import io
 import json
 import os
 import shutil
@@ -42,12 +44,72 @@ def test_runs_ls_fits_100_columns_and_tells_sets_before_and_after_new_images_apa
     assert status == 0, err
     lines = out.splitlines()
     assert len(lines) == 1 + 3 and max(map(len, lines)) <= 100
-    assert lines[0].split() == ["backbone", "images", "hash", "head", "frac", "val", "test", "f1", "run"]
+    assert lines[0].split() == ["backbone", "images", "hash", "head", "variant", "val", "test", "f1", "run"]
     hashes = {r["n_images"]: r["features_hash"] for r in leaderboard.list_runs(runs)}
     assert sorted(hashes) == [90, 120] and hashes[90] != hashes[120]
     for n, content_hash in hashes.items():
         assert sum(f" {n} {content_hash[:8]} " in line for line in lines) == (2 if n == 90 else 1)
     assert any("sklearn.neigh~" in line for line in lines)  # cut to its column, marked
+
+
+def _variant_of(runs, name, *, lineage=None, metrics=None):
+    """A copy of the first logreg run named `name`, its lineage and metrics updated as another run would write them."""
+    first = next(r["run_dir"] for r in leaderboard.list_runs(runs, head="logreg") if r["fraction"] == 1)
+    copy = shutil.copytree(first, runs / SET / name)
+    for file, changes in ((layout.LINEAGE, lineage), (layout.METRICS, metrics)):
+        record = json.loads((copy / file).read_text())
+        (copy / file).write_text(json.dumps({**record, **(changes or {})}))
+    return copy
+
+
+def test_runs_ls_leaderboard_and_json_tell_augmented_transformed_swept_and_fine_tuned_runs_apart(runs):
+    views = [{"ops": "flip=horizontal,rotation=0.1", "seed": 0, "views": [1, 2], "rows": 60}]
+    _variant_of(runs, "logreg-29990101T000000-aaaaaaa1", lineage={"augmented": views})
+    _variant_of(runs, "logreg-29990101T000000-aaaaaaa2", lineage={"transform": "pca64"})
+    _variant_of(runs, "logreg-29990101T000000-aaaaaaa3", metrics={"sweep": {"chosen": {"C": 0.01}, "select": "x"}})
+    parent = Path(leaderboard.list_runs(runs, head="logreg")[0]["run_dir"])
+    _variant_of(runs, "finetune-29990101T000000-aaaaaaa4",
+                lineage={"kind": "finetune", "parent_run": str(parent), "unfrozen_layers": 20})
+    status, out, err = _main("runs", "ls", "--runs-dir", str(runs), "--sort", "fraction")
+    assert status == 0, err
+    lines = out.splitlines()
+    assert max(map(len, lines)) <= 100, out
+    by_id = {line.split()[-1][-1]: line + " " for line in lines if "aaaaaaa" in line}
+    assert " aug 2v flip,rotation " in by_id["1"]
+    assert " tf pca64 " in by_id["2"]
+    assert " C=0.01 " in by_id["3"]
+    assert f" ft of {parent.name[-8:]} +20" in by_id["4"]
+    assert sum(" frac 0.5 " in line for line in lines) == 1  # the run on half the training images
+    rows = {r["run_dir"][-1]: r for r in json.loads(_main("runs", "ls", "--runs-dir", str(runs), "--json")[1])
+            if "aaaaaaa" in r["run_dir"]}
+    assert rows["1"]["augmented"].startswith("2 views flip=horizontal,rotation=0.1")
+    assert rows["2"]["transform"] == "pca64" and rows["1"]["transform"] == ""
+    assert rows["3"]["sweep"] == '{"C":0.01}' and rows["1"]["sweep"] == ""
+    assert rows["4"]["parent"] == str(parent) and rows["4"]["kind"] == "finetune"
+    written = list(csv.DictReader(io.StringIO((runs / layout.LEADERBOARD_CSV).read_text())))
+    assert {r["variant"] for r in written} >= {rows[k]["variant"] for k in "1234"}
+    assert "tf pca64" in (runs / layout.LEADERBOARD_MD).read_text()
+
+
+def test_leaderboard_csv_escapes_every_text_cell_and_reads_back_losslessly(runs):
+    hostile = {"backbone": "=cmd|' /C calc'!A0", "feature_set": "-SUM1", "transform": "@x",
+               "parent_run": "'quoted"}
+    _variant_of(runs, "logreg-29990101T000000-bbbbbbb1",
+                lineage={"backbone": hostile["backbone"], "feature_set": hostile["feature_set"],
+                         "transform": hostile["transform"], "kind": "finetune", "parent_run": hostile["parent_run"]})
+    rows = leaderboard.rebuild_leaderboard(runs)
+    cells = list(csv.reader(io.StringIO((runs / layout.LEADERBOARD_CSV).read_text())))
+    assert cells[0] == list(leaderboard.LEADERBOARD_COLUMNS)
+    for line in cells[1:]:
+        assert not any(cell.startswith(("=", "+", "-", "@", "\t", "\r")) for cell in line), line
+    from pipeline.runs import csvcells
+
+    text = {c.name: c for c in leaderboard.COLUMNS}
+    read_back = [{k: csvcells.unescape(v) for k, v in zip(cells[0], line)} for line in cells[1:]]
+    assert read_back == [{k: text[k].text(v) for k, v in row.items()} for row in rows]
+    mine = next(r for r in read_back if r["run_dir"].endswith("bbbbbbb1"))
+    assert (mine["backbone"], mine["features"], mine["transform"], mine["parent"]) == (
+        hostile["backbone"], hostile["feature_set"], hostile["transform"], hostile["parent_run"])
 
 
 def test_runs_ls_filters_sorts_limits_and_gives_json_numbers(runs):
@@ -102,7 +164,7 @@ def test_runs_ls_piped_into_head_exits_0_without_a_traceback(runs):
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["backbone", "images", "hash", "head", "frac", "val", "test", "f1", "run"]
+    assert done.stdout.split() == ["backbone", "images", "hash", "head", "variant", "val", "test", "f1", "run"]
     assert done.stderr == ""
 
 

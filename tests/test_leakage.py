@@ -67,6 +67,20 @@ def test_max_pairs_keeps_the_most_similar_and_counts_them_all():
     assert all(p.i > 0 for p in pairs)
 
 
+def test_cross_split_pairs_are_all_counted_when_the_kept_pairs_are_capped():
+    """Many train-only copies are the most similar pairs: the cap must not hide the cross-split count."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(90, 16)).astype(np.float32)
+    x[:40] = x[0]  # 780 exact pairs, all in train
+    x[40:70] = x[1] + rng.normal(scale=1e-3, size=(30, 16)).astype(np.float32)  # near copies of row 1
+    splits = np.array(["train"] * 55 + ["test"] * 35, dtype=object)
+    expected = {(i, j) for i, j in _brute_force(x, 0.98) if splits[i] != splits[j]}
+    check = find_leakage(x, splits=splits, block_size=16, max_pairs=50)
+    assert len(expected) > 50 and check.n_cross_split == len(expected)
+    assert len(check.pairs) == len(check.cross_split) == 50
+    assert {(p.i, p.j) for p in check.cross_split} <= expected
+
+
 def test_zero_rows_match_nothing_and_bad_arguments_name_themselves():
     x = np.zeros((3, 4), dtype=np.float32)
     assert near_duplicate_pairs(x)[0] == []

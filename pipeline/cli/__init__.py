@@ -228,8 +228,9 @@ def _cmd_report(args) -> int:
     if not args.quiet:
         for folder, reason in result.skipped:
             print(f"skipped {folder}: {reason}")
-        print(f"Report of {result.n_runs} runs ({len(result.skipped)} skipped, {result.n_cross_split} near-duplicate "
-              f"pairs across splits): {result.path}")
+        pairs = f"{result.n_cross_split:,} near-duplicate pair{'' if result.n_cross_split == 1 else 's'}"
+        print(f"Report of {result.n_runs} run{'' if result.n_runs == 1 else 's'} ({len(result.skipped)} skipped, "
+              f"{pairs} across splits): {result.path}")
     elif not args.json:
         print(result.path)
     if args.json:

@@ -46,7 +46,9 @@ class LeakageCheck:
         threshold: the cosine similarity threshold used.
         pairs: near-duplicate pairs, most similar first (at most `max_pairs`).
         n_pairs: every near-duplicate pair found, kept or not.
-        cross_split: the pairs of `pairs` whose rows are in different splits.
+        cross_split: the most similar pairs whose rows are in different
+            splits (at most `max_pairs`).
+        n_cross_split: every cross-split pair found, kept or not.
         conflicts: groups of rows holding the same file (sha256) under
             different labels, each a tuple of row indices.
     """
@@ -55,6 +57,7 @@ class LeakageCheck:
     pairs: tuple[DuplicatePair, ...]
     n_pairs: int
     cross_split: tuple[DuplicatePair, ...]
+    n_cross_split: int
     conflicts: tuple[tuple[int, ...], ...]
 
 
@@ -84,30 +87,49 @@ def near_duplicate_pairs(
     pairs, n = near_duplicate_pairs(fs.features, 0.99)
     ```
     """
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not -1 < threshold <= 1:
-        raise ValueError(f"`threshold` must be a number in (-1, 1]. Received: threshold={threshold!r}.")
-    _check_int("block_size", block_size)
-    _check_int("max_pairs", max_pairs)
+    _check_arguments(threshold, block_size, max_pairs)
+    top, n_found = _TopPairs(max_pairs), 0
+    for i, j, sims in _similar_blocks(features, threshold, block_size):
+        top.add(i, j, sims)
+        n_found += len(i)
+    return top.pairs(), n_found
+
+
+def _similar_blocks(features, threshold: float, block_size: int):
+    """`(i, j, similarity)` arrays of the pairs `i < j` at or above `threshold`, one block of rows at a time."""
     x = np.asarray(features, dtype=np.float32)
     x = x.reshape(len(x), -1)
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     x = x / np.where(norms > 0, norms, 1)
-    found_i, found_j, found_s = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
-    n_found = 0
     for start in range(0, len(x), block_size):
         sims = x[start : start + block_size] @ x[start:].T  # this block against itself and every later row
         rows, cols = np.nonzero(sims >= threshold)
         upper = cols > rows  # j > i, each pair once, no row with itself
         rows, cols = rows[upper], cols[upper]
-        n_found += len(rows)
-        found_i = np.concatenate([found_i, rows + start])
-        found_j = np.concatenate([found_j, cols + start])
-        found_s = np.concatenate([found_s, sims[rows, cols]])
-        if len(found_s) > 2 * max_pairs:
-            found_i, found_j, found_s = _most_similar(found_i, found_j, found_s, max_pairs)
-    found_i, found_j, found_s = _most_similar(found_i, found_j, found_s, max_pairs)
-    pairs = [DuplicatePair(int(i), int(j), float(min(s, 1.0))) for i, j, s in zip(found_i, found_j, found_s)]
-    return pairs, n_found
+        yield rows + start, cols + start, sims[rows, cols]
+
+
+class _TopPairs:
+    """The `keep` most similar pairs of those added, trimmed as they come so memory stays bounded."""
+
+    def __init__(self, keep: int):
+        self._keep = keep
+        self._i, self._j, self._s = np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.float32)
+
+    def add(self, i, j, s) -> None:
+        self._i = np.concatenate([self._i, i])
+        self._j = np.concatenate([self._j, j])
+        self._s = np.concatenate([self._s, s])
+        if len(self._s) > 2 * self._keep:
+            self._trim()
+
+    def pairs(self) -> list[DuplicatePair]:
+        self._trim()
+        return [DuplicatePair(int(i), int(j), float(min(s, 1.0))) for i, j, s in zip(self._i, self._j, self._s)]
+
+    def _trim(self) -> None:
+        order = np.lexsort((self._j, self._i, -self._s))[: self._keep]
+        self._i, self._j, self._s = self._i[order], self._j[order], self._s[order]
 
 
 def find_leakage(
@@ -143,9 +165,21 @@ def find_leakage(
     for name, values in (("splits", splits), ("sha256", sha256), ("labels", labels)):
         if values is not None and len(values) != n:
             raise ValueError(f"`{name}` must give one value per row of `features` ({n}). Received {len(values)}.")
-    pairs, n_found = near_duplicate_pairs(features, threshold, block_size=block_size, max_pairs=max_pairs)
-    cross = tuple(p for p in pairs if splits is not None and splits[p.i] != splits[p.j])
-    return LeakageCheck(float(threshold), tuple(pairs), n_found, cross, _label_conflicts(sha256, labels))
+    _check_arguments(threshold, block_size, max_pairs)
+    split_of = None if splits is None else np.asarray(splits, dtype=object)
+    top, top_cross = _TopPairs(max_pairs), _TopPairs(max_pairs)
+    n_found = n_cross = 0
+    for i, j, sims in _similar_blocks(features, threshold, block_size):
+        top.add(i, j, sims)
+        n_found += len(i)
+        if split_of is not None:
+            # Counted and kept apart from `pairs`: the most similar pairs overall can
+            # crowd the cross-split ones out of the kept few.
+            crossing = split_of[i] != split_of[j]
+            top_cross.add(i[crossing], j[crossing], sims[crossing])
+            n_cross += int(crossing.sum())
+    return LeakageCheck(float(threshold), tuple(top.pairs()), n_found, tuple(top_cross.pairs()), n_cross,
+                        _label_conflicts(sha256, labels))
 
 
 def _label_conflicts(sha256, labels) -> tuple[tuple[int, ...], ...]:
@@ -159,9 +193,11 @@ def _label_conflicts(sha256, labels) -> tuple[tuple[int, ...], ...]:
     )
 
 
-def _most_similar(i, j, s, keep: int):
-    order = np.lexsort((j, i, -s))[:keep]
-    return i[order], j[order], s[order]
+def _check_arguments(threshold, block_size, max_pairs) -> None:
+    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not -1 < threshold <= 1:
+        raise ValueError(f"`threshold` must be a number in (-1, 1]. Received: threshold={threshold!r}.")
+    _check_int("block_size", block_size)
+    _check_int("max_pairs", max_pairs)
 
 
 def _check_int(name: str, value) -> None:

@@ -28,14 +28,16 @@ import logging
 import math
 import numbers
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from .. import _atomic
 from ..errors import ConfigError, RunError, WriteError
-from . import layout
+from . import csvcells, layout
 
-__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "shown_table"]
+__all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "short_run_id",
+           "shown_table", "variant"]
 
 log = logging.getLogger("bottleneck")
 
@@ -102,10 +104,9 @@ def _score(name: str) -> Callable[[_Run], float | None]:
 
 
 def _run_id(row: Mapping[str, Any]) -> str:
-    # The folder is `<head>-<id>`; the head has its own column.
-    name = Path(row["run_dir"]).name
-    prefix = f"{layout.slug(row['head'])}-"
-    return name[len(prefix):] if name.startswith(prefix) else name
+    # The folder is `<head>-<time>-<hex>`: the head has its own column, the order
+    # of runs is the table's, and the hex tail is what a fine-tune's variant names.
+    return short_run_id(row["run_dir"])
 
 
 COLUMNS: tuple[Column, ...] = (
@@ -117,9 +118,12 @@ COLUMNS: tuple[Column, ...] = (
            show=lambda row: row["features_hash"][:8]),
     Column("head", lambda run: str(run.config.get("head") or ""), header="head", width=14),
     Column("params", lambda run: json.dumps(run.config.get("params") or {}, sort_keys=True, separators=(",", ":"))),
-    Column("fraction", lambda run: _number((run.config.get("train_config") or {}).get("fraction")), "g",
-           header="frac", better=1),
+    Column("fraction", lambda run: _fraction(run.config), "g", better=1),
     Column("augmented", lambda run: _augmented(run.lineage.get("augmented"))),
+    Column("transform", lambda run: _transform(run.lineage.get("transform"))),
+    Column("sweep", lambda run: _sweep_choice(run.metrics.get("sweep"))),
+    # The differences above in a few words, for `runs ls` and the report's headings.
+    Column("variant", lambda run: variant(run.lineage, run.config, run.metrics), header="variant", width=20),
     Column("val_accuracy", _score("val_accuracy"), ".4f", header="val", better=1),
     Column("test_accuracy", _score("test_accuracy"), ".4f", header="test", better=1),
     Column("test_macro_f1", _score("test_macro_f1"), ".4f", header="f1", better=1),
@@ -129,7 +133,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("unfrozen", lambda run: _number(run.lineage.get("unfrozen_layers")) or 0),
     Column("parent", lambda run: str(run.lineage.get("parent_run")
                                      or Path(str(run.lineage.get("features_path") or run.path.parent)).parent)),
-    Column("run_dir", lambda run: str(run.path), header="run", show=_run_id),
+    Column("run_dir", lambda run: str(run.path), header="run", width=12, show=_run_id),
 )
 LEADERBOARD_COLUMNS = tuple(c.name for c in COLUMNS)
 _BY_NAME = {c.name: c for c in COLUMNS}
@@ -312,6 +316,69 @@ def _row(path: Path) -> tuple[tuple[str, str], dict[str, Any], _Run]:
     return (str(run.lineage.get("trained_at") or ""), path.name), row, run
 
 
+def variant(lineage: Mapping[str, Any], config: Mapping[str, Any], metrics: Mapping[str, Any]) -> str:
+    """What tells a run apart from others of its head on its set, in a few words; `""` for a plain run.
+
+    Read from a run folder's `lineage.json`, `config.json` and `metrics.json`;
+    e.g. `ft of 1a2b3c4d +20 layers`, `aug 4v flip,rotation`, `tf pca`,
+    `C=0.01` (the sweep's choice), `frac 0.5`.
+    """
+    parts = []
+    kind = str(lineage.get("kind") or "head")
+    if kind in ("finetune", "evaluation"):
+        parent = short_run_id(str(lineage.get("parent_run") or ""))
+        unfrozen = _number(lineage.get("unfrozen_layers"))
+        parts.append(f"{'ft' if kind == 'finetune' else 'eval'} of {parent}"
+                     + (f" +{unfrozen} layers" if kind == "finetune" and unfrozen else ""))
+    record = lineage.get("augmented")
+    if isinstance(record, list) and record and all(isinstance(r, dict) for r in record):
+        views = sum(len(r.get("views") or ()) for r in record)
+        ops = ";".join(",".join(op.split("=")[0] for op in str(r.get("ops") or "").split(",")) for r in record)
+        parts.append(f"aug {views}v {ops}")
+    transform = _transform(lineage.get("transform"))
+    if transform:
+        parts.append(f"tf {transform}")
+    chosen = metrics["sweep"].get("chosen") if isinstance(metrics.get("sweep"), dict) else None
+    if isinstance(chosen, dict):
+        parts.append(",".join(f"{k}={_short(v)}" for k, v in sorted(chosen.items())) or "sweep")
+    fraction = _fraction(config)
+    if fraction is not None and fraction != 1:
+        parts.append(f"frac {fraction:g}")
+    return " ".join(parts)
+
+
+def _fraction(config: Mapping[str, Any]) -> float | None:
+    train_config = config.get("train_config")
+    return _number(train_config.get("fraction")) if isinstance(train_config, dict) else None
+
+
+def short_run_id(run_dir: str) -> str:
+    """The random end of a run folder's name (`<head>-<time>-<hex>`): `runs ls`'s run id; the name otherwise."""
+    name = Path(run_dir).name
+    tail = name.rsplit("-", 1)[-1]
+    return tail if re.fullmatch("[0-9a-f]{8}", tail) and name != tail else name
+
+
+def _short(value: Any) -> str:
+    return format(value, "g") if _is_number(value) else json.dumps(value, separators=(",", ":"))
+
+
+def _transform(record: Any) -> str:
+    """The lineage's feature transform as text: a name as is, a record as compact JSON; `""` when none."""
+    if record is None or record == "" or record == {}:
+        return ""
+    if isinstance(record, str):
+        return record
+    return json.dumps(record, sort_keys=True, separators=(",", ":"))
+
+
+def _sweep_choice(record: Any) -> str:
+    """The params a sweep chose, as compact JSON; `""` for a run that was not swept."""
+    if not isinstance(record, dict):
+        return ""
+    return json.dumps(record.get("chosen"), sort_keys=True, separators=(",", ":"))
+
+
 def _augmented(record: Any) -> str:
     """`no`, or the views trained on: `4 views flip=horizontal,... seed 0` per ops and seed."""
     if not isinstance(record, list) or not record:
@@ -351,8 +418,13 @@ def _csv(rows: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=LEADERBOARD_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({c.name: c.text(row[c.name]) for c in COLUMNS} for row in rows)
+    writer.writerows({c.name: _csv_cell(c, row[c.name]) for c in COLUMNS} for row in rows)
     return buffer.getvalue()
+
+
+def _csv_cell(column: Column, value: Any) -> str:
+    # Lineage is user-controlled (a data folder `-SUM1`): text cells are escaped as predictions.csv's are.
+    return csvcells.escape(value) if isinstance(value, str) else column.text(value)
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:

@@ -31,6 +31,7 @@ import numpy as np
 from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, DataError, RunError
 from ..features import backbones, decode, discovery
+from . import csvcells
 from .source import RunSource
 
 log = logging.getLogger("bottleneck")
@@ -433,17 +434,13 @@ def check_output_folder(folder: str | os.PathLike, *, field: str = "output") -> 
     return _atomic.check_writable(folder, field=field)
 
 
-# Cells a spreadsheet runs as a formula (OWASP, "CSV Injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
 def csv_text(header: Sequence[str], rows: Iterable[Sequence[str | float | None]]) -> str:
     """A CSV document: floats as `0.123456`, `None` as empty, text escaped against formulas.
 
     Paths and class names are user-controlled, and a spreadsheet runs a cell
     starting with `=`, `+`, `-`, `@`, tab or carriage return as a formula,
     so such a text cell gets a leading `'` as OWASP advises; it shows as
-    text and the rest of the cell is unchanged. Lines end in CRLF as RFC
+    text and the rest of the cell is unchanged (`csvcells` reads it back). Lines end in CRLF as RFC
     4180 says: Python's writer then quotes a cell holding a lone carriage
     return, which would otherwise end the row early.
     """
@@ -459,5 +456,5 @@ def _csv_cell(value: str | float | None) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return "'" + value if value.startswith(_FORMULA_STARTS) else value
+        return csvcells.escape(value)
     return f"{value:.6f}"

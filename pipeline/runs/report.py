@@ -30,8 +30,8 @@ from ..errors import BottleneckError, ConfigError, RunError
 from ..heads import split_indices
 from ..heads.leakage import DEFAULT_THRESHOLD, LeakageCheck, find_leakage
 from ..store import FeatureStore, read_feature_set
-from . import layout, report_html
-from .leaderboard import scores
+from . import csvcells, layout, report_html
+from .leaderboard import scores, variant
 from .predict import check_output_file, check_output_folder
 
 __all__ = ["ReportResult", "build_report"]
@@ -40,7 +40,6 @@ MAX_MISCLASSIFIED = 24
 """Misclassified images shown per run, most confidently wrong first."""
 THUMBNAIL_PX = 64
 _MAX_PLOT_BYTES = 8 << 20  # a run's PNG larger than this is not a plot this product wrote
-_FORMULA_ESCAPED = ("'=", "'+", "'-", "'@", "'\t", "'\r")  # as `predict.csv_text` writes them
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +74,7 @@ class Run:
     features_path: str
     backbone: str
     head: str
-    kind: str
+    variant: str  # what tells it apart from runs of its head (`leaderboard.variant`)
     params: dict[str, Any]
     metrics: dict[str, Any]
     scores: dict[str, float | None]
@@ -105,6 +104,7 @@ class Dataset:
     leakage: LeakageCheck | None
     pair_rows: list[dict[str, Any]]
     conflicts: list[list[str]]
+    paths: frozenset[str] = frozenset()  # the set's image paths: the only files thumbnails are made of
     error: str | None = None
 
 
@@ -162,7 +162,7 @@ def build_report(
     page = report_html.render(runs, list(datasets.values()), skipped, runs_dir=str(runs_dir))
     with _atomic.writing(output):
         _atomic.write_text(output, page)
-    n_cross = sum(len(d.leakage.cross_split) for d in datasets.values() if d.leakage is not None)
+    n_cross = sum(d.leakage.n_cross_split for d in datasets.values() if d.leakage is not None)
     return ReportResult(output, len(runs), tuple(skipped), n_cross)
 
 
@@ -210,7 +210,7 @@ def _read_run(folder: Path) -> Run:
         features_path=str(lineage.get("features_path") or ""),
         backbone=str(lineage.get("backbone") or extraction.get("model") or "?"),
         head=str(config.get("head") or folder.name.rsplit("-", 2)[0]),
-        kind=str(lineage.get("kind") or config.get("kind") or "head"),
+        variant=variant(lineage, config, metrics),
         params=config.get("params") if isinstance(config.get("params"), dict) else {},
         metrics=metrics,
         scores=scores(metrics),
@@ -259,14 +259,12 @@ def _read_predictions(path: Path, class_names: list[str], notes: list[str]) -> l
         reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != layout.TEST_PREDICTIONS_COLUMNS:
             raise ValueError(f"header {reader.fieldnames!r}, expected {list(layout.TEST_PREDICTIONS_COLUMNS)!r}")
-        for number, row in enumerate(reader, 2):
+        for number, cells in enumerate(reader, 2):
+            row = {k: csvcells.unescape(v) if isinstance(v, str) else v for k, v in cells.items()}
             p, q = float(row["probability"]), float(row["true_probability"])
             if row["true"] not in names or row["predicted"] not in names or not (0 <= p <= 1 and 0 <= q <= 1):
                 raise ValueError(f"line {number} names an unknown class or a probability outside [0, 1]")
-            relpath = row["path"]
-            if relpath.startswith(_FORMULA_ESCAPED):
-                relpath = relpath[1:]
-            rows.append({**row, "path": relpath, "probability": p, "true_probability": q})
+            rows.append({**row, "probability": p, "true_probability": q})
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
         notes.append(f"'{path}' is damaged ({e}): misclassified images not shown.")
         return None
@@ -306,6 +304,7 @@ def _read_dataset(features_path: str, runs: list[Run], threshold: float) -> Data
         sorted((s.relpath, s.reason) for s in state.skipped.values()) if state else [],
         check, pair_rows,
         [[f"{fs.paths[r]} ({fs.class_names[fs.labels[r]]})" for r in group] for group in check.conflicts],
+        frozenset(fs.paths),
     )
 
 
@@ -315,12 +314,12 @@ def _attach_misclassified(run: Run, dataset: Dataset, thumbnails: _Thumbnails) -
     wrong = [row for row in run.predictions if row["true"] != row["predicted"]]
     wrong.sort(key=lambda row: -row["probability"])
     for row in wrong[:MAX_MISCLASSIFIED]:
-        run.misclassified.append({**row, "image": thumbnails.get(dataset.data_root, row["path"])})
+        run.misclassified.append({**row, "image": thumbnails.get(dataset, row["path"])})
     if len(wrong) > MAX_MISCLASSIFIED:
         run.notes.append(f"{len(wrong)} misclassified images; the {MAX_MISCLASSIFIED} most confident are shown.")
     for pair in dataset.pair_rows[:MAX_MISCLASSIFIED]:
-        pair.setdefault("image_a", thumbnails.get(dataset.data_root, pair["a"]))
-        pair.setdefault("image_b", thumbnails.get(dataset.data_root, pair["b"]))
+        pair.setdefault("image_a", thumbnails.get(dataset, pair["a"]))
+        pair.setdefault("image_b", thumbnails.get(dataset, pair["b"]))
 
 
 class _Thumbnails:
@@ -329,22 +328,21 @@ class _Thumbnails:
     def __init__(self):
         self._made: dict[tuple[str | None, str], str] = {}
 
-    def get(self, data_root: str | None, relpath: str) -> str:
-        key = (data_root, relpath)
+    def get(self, dataset: Dataset, relpath: str) -> str:
+        # Only a path the feature set lists is read: a predictions file edited to
+        # name another file shows the placeholder. A manifest may list files
+        # outside its folder (`../photos/a.jpg`): those are the set's images too.
+        if dataset.data_root is None or relpath not in dataset.paths:
+            return ""
+        key = (dataset.data_root, relpath)
         if key not in self._made:
-            self._made[key] = _thumbnail(data_root, relpath)
+            self._made[key] = _thumbnail(Path(dataset.data_root) / relpath)
         return self._made[key]
 
 
-def _thumbnail(data_root: str | None, relpath: str) -> str:
+def _thumbnail(file: Path) -> str:
     from PIL import Image, ImageOps
 
-    if data_root is None:
-        return ""
-    root = Path(data_root).resolve()
-    file = (root / relpath).resolve()
-    if root not in file.parents:  # a path edited to point outside the data folder is not read
-        return ""
     try:
         with Image.open(file) as image:
             image.draft("RGB", (THUMBNAIL_PX, THUMBNAIL_PX))
