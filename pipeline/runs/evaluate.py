@@ -110,6 +110,7 @@ def evaluate_run(
     weights: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    trust: bool = False,
 ) -> EvaluationResult:
     """Measures a trained run on a new labelled image folder.
 
@@ -133,6 +134,8 @@ def evaluate_run(
             into and reused from. Defaults to `None`: the cache holding the
             run's own feature set when it is on this machine, else
             `"cache"`.
+        trust: bool, accept a bundle whose head is a pickle (loading it
+            runs code from the bundle). Defaults to `False`.
 
     Returns:
         An `EvaluationResult`.
@@ -144,7 +147,7 @@ def evaluate_run(
         DataError: the data folder is missing or holds no images, no image
             belongs to a class of the run, or none could be decoded.
     """
-    predictor = Predictor.load(run_dir, weights=weights)
+    predictor = Predictor.load(run_dir, weights=weights, trust=trust)
     parent = check_output_folder(predictor.root if output is None else output)
     dataset = manifest.load_dataset(data)
     known, unknown = _match_classes(dataset, predictor.class_names)

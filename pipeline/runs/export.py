@@ -46,6 +46,7 @@ import importlib.util
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +56,18 @@ from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
-from . import layout
+from . import layout, preprocess, safe_head
 from .predict import Predictor, check_output_file
 
-__all__ = ["EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
+__all__ = ["BundlePickleWarning", "EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
 
 EXPORT_FORMATS = ("keras", "saved_model", "onnx", "bundle")
+
+
+class BundlePickleWarning(UserWarning):
+    """A bundle keeps its head as a pickle: its users must trust it."""
+
+
 _CHECK_TOLERANCE = 1e-4  # exported model vs extractor + head, on random images
 
 # The map is measured at 0 and at 255 on each channel, in float64.
@@ -247,6 +254,7 @@ def export_run(
     weights: str | os.PathLike | None = None,
     include_weights: bool = True,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> ExportResult:
     """Exports a trained run as one `.keras` model or a self-contained bundle.
 
@@ -267,6 +275,8 @@ def export_run(
             path (or `weights=` when predicting). Defaults to `True`.
         overwrite: bool, for `"keras"`: replace an existing `out` and its
             `<out>.json`. Defaults to `False`.
+        trust: bool, accept a bundle whose head is a pickle (loading it
+            runs code from the bundle). Defaults to `False`.
 
     Returns:
         An `ExportResult`.
@@ -300,7 +310,7 @@ def export_run(
         raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the bundle (it is created).", field="out")
     if format in ("saved_model", "onnx"):
         _check_backend(format)
-    predictor = Predictor.load(run_dir, weights=weights)
+    predictor = Predictor.load(run_dir, weights=weights, trust=trust)
     if format is None:
         format = "keras" if predictor.is_dense else "bundle"
         if format == "keras":
@@ -324,7 +334,23 @@ def _check_model_out(out: Path, format: str, overwrite: bool) -> Path:
         raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the SavedModel.", field="out")
     for path in (out, _sidecar(out)):
         check_output_file(path, overwrite=overwrite, field="out")
+    shipped = out.parent / layout.PREPROCESS
+    if shipped.exists() and shipped.read_bytes() != _preprocess_source():
+        check_output_file(shipped, overwrite=overwrite, field="out")
     return out
+
+
+def _preprocess_source() -> bytes:
+    return Path(preprocess.__file__).read_bytes()
+
+
+def _ship_preprocess(folder: Path) -> dict[str, str]:
+    """Writes `preprocess.py` (the reference decoder, Pillow only) into `folder`; returns `{name: sha256}`."""
+    target = folder / layout.PREPROCESS
+    source = _preprocess_source()
+    if not (target.is_file() and target.read_bytes() == source):
+        _atomic.write_bytes(target, source)
+    return {layout.PREPROCESS: discovery.file_sha256(target)}
 
 
 def _check_backend(format: str) -> None:
@@ -386,9 +412,11 @@ def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
             "shape": [None, None, None, 3],
             "channels": "RGB",
             "size": predictor.size,
-            "note": "raw RGB images of any size, resized inside to SIZE x SIZE as the reference decoder "
-            "does (antialiased bilinear, squash, rounded); images at least twice SIZE differ slightly "
-            "(see docs/predict.md)",
+            "preprocess": f"{layout.PREPROCESS}: load_image(path, size) decodes a file exactly as predict does",
+            "note": "RGB images of any size, resized inside to SIZE x SIZE as the reference decoder does "
+            f"(antialiased bilinear, squash, rounded); decode files with {layout.PREPROCESS}'s load_image, "
+            "which also applies EXIF orientation, transparency on white, 16-bit scaling and the decoder's "
+            "draft/reduce steps for big photos",
         },
         "output": "softmax probabilities, one column per class_names entry",
         "backbone": predictor.config.model,
@@ -400,7 +428,7 @@ def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
     sidecar = _sidecar(out)
     with _atomic.writing(sidecar):
         layout.write_json(sidecar, info)
-    files = {sidecar.name: discovery.file_sha256(sidecar)}
+    files = {sidecar.name: discovery.file_sha256(sidecar), **_ship_preprocess(out.parent)}
     if digest is not None:
         files[out.name] = digest
     return ExportResult(out, format, files, diff)
@@ -477,7 +505,8 @@ def _check_artifact(run, model, size: int) -> None:
 
 def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> ExportResult:
     with _atomic.writing(out), _atomic.staged_folder(out) as staged:
-        weights_file = _copy_checked(predictor, staged.path, include_weights)
+        head_file = _write_head(predictor, staged.path)
+        weights_file = _copy_weights(predictor, staged.path, include_weights)
         lineage = dict(predictor.lineage)
         weights = predictor.config.weights
         if not include_weights and weights not in ("imagenet", "none"):
@@ -486,8 +515,8 @@ def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> Ex
         bundle = {
             "format": layout.BUNDLE_FORMAT,
             "format_version": layout.BUNDLE_FORMAT_VERSION,
-            "head": layout.HEAD,
-            "head_sha256": predictor.source.head_sha256,
+            "head": head_file,
+            "head_sha256": discovery.file_sha256(staged.path / head_file),
             "head_type": type(predictor.head).__name__,
             "weights_file": weights_file,
             "class_names": list(predictor.class_names),
@@ -506,22 +535,44 @@ def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> Ex
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         layout.write_json(staged.path / layout.BUNDLE, bundle)
-        names = [layout.BUNDLE, layout.HEAD] + ([weights_file] if weights_file else [])
+        _ship_preprocess(staged.path)
+        names = [layout.BUNDLE, head_file, layout.PREPROCESS] + ([weights_file] if weights_file else [])
         files = {name: discovery.file_sha256(staged.path / name) for name in names}
         _atomic.write_text(staged.path / layout.MANIFEST, "".join(f"{digest}  {name}\n" for name, digest in files.items()))
     return ExportResult(out, "bundle", files)
 
 
-def _copy_checked(predictor: Predictor, folder: Path, include_weights: bool) -> str | None:
-    """Copies the head (and the weights file) into `folder`, each checked against its recorded sha256.
+def _write_head(predictor: Predictor, folder: Path) -> str:
+    """Writes the head into `folder` with skops, else copies its pickle; returns its file name.
+
+    A skops head loads without running code from the bundle; a pickle
+    (a head class outside scikit-learn) is loaded by the receiver only
+    with `--trust`, which the warning says.
+    """
+    try:
+        safe_head.dump_head(folder / layout.HEAD_SKOPS, predictor.head, predictor.head_metadata)
+        return layout.HEAD_SKOPS
+    except safe_head.NotPortable as e:
+        warnings.warn(
+            f"The bundle keeps the head as a pickle because {e}; whoever uses the bundle must pass --trust.",
+            BundlePickleWarning,
+            stacklevel=4,
+        )
+    source = predictor.source
+    if source.head_format != "pickle":
+        raise RunError(f"'{source.head_path}' holds types that cannot be exported safely; train the head again.")
+    shutil.copyfile(source.head_path, folder / layout.HEAD)
+    if discovery.file_sha256(folder / layout.HEAD) != source.head_sha256:
+        raise RunError(f"'{source.head_path}' changed while it was copied; export again.")
+    return layout.HEAD
+
+
+def _copy_weights(predictor: Predictor, folder: Path, include_weights: bool) -> str | None:
+    """Copies the weights file into `folder`, checked against its recorded sha256.
 
     Returns:
         The weights file's path inside `folder`, or `None` when none was copied.
     """
-    source = predictor.source
-    shutil.copyfile(source.head_path, folder / layout.HEAD)
-    if discovery.file_sha256(folder / layout.HEAD) != source.head_sha256:
-        raise RunError(f"'{source.head_path}' changed while it was copied; export again.")
     weights = predictor.config.weights
     if not include_weights or weights in ("imagenet", "none"):
         return None
