@@ -496,16 +496,17 @@ def test_evaluate_extracts_through_the_cache_and_flags_training_images(tiny, tmp
     assert evaluate_run(run, tiny.data, output=_folder(tmp_path / "own")).extracted == 0  # the run's own set
     first = evaluate_run(run, copy, output=_folder(tmp_path / "a"))
     second = evaluate_run(tiny.runs["dense"], copy, output=_folder(tmp_path / "b"))  # same backbone: shared
-    assert first.extracted == len(tiny.features.paths) and second.extracted == 0
+    assert first.extracted == second.extracted == 0  # same content as the run's set: its rows are copied
     assert second.n_images == first.n_images == len(tiny.features.paths)
     assert first.overlap["checked"]
     assert sum(first.overlap[s] for s in ("train", "validation", "test")) == len(tiny.features.paths)
-    assert "same content as images the run was trained or measured on" in caplog.text
+    assert "same content as images the run trained or validated on" in caplog.text
 
     fresh = tmp_path / "fresh"
     for c in range(3):
         write_image(fresh / f"class{c}" / "new.png", seed=5000 + c)
     clean = evaluate_run(run, fresh, output=_folder(tmp_path / "c"))
+    assert clean.extracted == 3 and evaluate_run(run, fresh, output=_folder(tmp_path / "d")).extracted == 0
     assert clean.overlap == {"checked": True, "train": 0, "validation": 0, "test": 0, "examples": []}
     report = json.loads((clean.out_dir / "metrics.json").read_text())
     assert report["overlap"] == clean.overlap and Path(report["features_path"]).is_file()
