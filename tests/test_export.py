@@ -197,6 +197,24 @@ def test_export_format_flag_lists_every_format():
     assert exited.value.code == cli.ExitStatus.BAD_INPUT and all(repr(f) in err.getvalue() for f in EXPORT_FORMATS)
 
 
+def test_export_formats_are_rows_that_export_and_the_cli_read(monkeypatch):
+    import types
+
+    from pipeline.cli import run_commands
+    from pipeline.runs import export as export_module
+    from pipeline.runs.export_formats import FORMATS, ExportFormat, format_of_suffix
+
+    assert run_commands.EXPORT_FORMATS is export_module.EXPORT_FORMATS and tuple(FORMATS) == export_module.EXPORT_FORMATS
+    assert [format_of_suffix(s) for s in (".keras", ".onnx", ".h5", "")] == ["keras", "onnx", None, None]
+    assert [row.name for row in FORMATS.values() if row.traced] == ["saved_model", "onnx"]
+    # A new row is known by suffix and refused for a wrong `out` without a line of export.py changing.
+    rows = types.MappingProxyType({**FORMATS, "tflite": ExportFormat("tflite", "TFLite model", ".tflite", "litert")})
+    monkeypatch.setattr(export_module, "FORMATS", rows)
+    monkeypatch.setattr("pipeline.runs.export_formats.FORMATS", rows)
+    with pytest.raises(ConfigError, match=r"end with '\.tflite' for format='tflite'"):
+        export_module.export_run("no-such-run", "model.keras", format="tflite")
+
+
 @pytest.mark.parametrize("height, width", [(64, 48), (100, 100), (170, 90), (31, 33), (255, 256), (300, 447), (128, 128)])
 def test_the_reference_resize_is_keras_resizing_with_rounding(height, width):
     """Features, `predict` and exported models agree by construction: one resize, two spellings."""
@@ -269,13 +287,14 @@ def test_shipped_preprocess_decodes_every_kind_as_the_reference_decoder(tmp_path
 
 
 @pytest.mark.weights
-@pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), ("onnx", "signs.onnx")])
+@pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), ("onnx", "signs.onnx"),
+                                      ("saved_model", "signs_saved_model")])
 def test_export_plus_shipped_preprocess_equals_predict_on_every_kind_of_photo(signs, tmp_path, fmt, out):
     if fmt == "onnx":
         _require_onnx()
     run = signs.runs["dense"]
     assert cli.main(["export", str(run), str(tmp_path / "model" / out), "--format", fmt, "--quiet"]) == 0
-    model = {"keras": _keras_model, "onnx": _onnx}[fmt](tmp_path / "model" / out)
+    model = {"keras": _keras_model, "onnx": _onnx, "saved_model": _saved_model}[fmt](tmp_path / "model" / out)
     shipped = _shipped_preprocess(tmp_path / "model")
     size = json.loads((tmp_path / "model" / f"{out}.json").read_text())["input"]["size"]
     kinds = _photo_kinds(signs.images[1], tmp_path / "kinds", SIZE)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ExitStatus
+from ..runs.export_formats import EXPORT_FORMATS, FORMATS
 from .parsing import common_flags
 
 __all__ = ["add_finetune_parser", "add_predict_parsers"]
@@ -45,7 +46,7 @@ def add_predict_parsers(sub) -> None:
     p = sub.add_parser("export", help="export a run: one model (dense and linear heads) or a self-contained bundle")
     p.add_argument("run", help=run_help)
     p.add_argument("out", help="OUT.keras or OUT.onnx, a new folder for saved_model or a bundle")
-    p.add_argument("--format", choices=("keras", "saved_model", "onnx", "bundle"),  # runs.export.EXPORT_FORMATS
+    p.add_argument("--format", choices=EXPORT_FORMATS,
                    help="default: from OUT's suffix (.keras, .onnx); else keras for dense heads, bundle otherwise")
     p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
     p.add_argument("--force", action="store_true", help="replace an existing .keras file")
@@ -122,7 +123,7 @@ def _cmd_export(args) -> int:
         overwrite=args.force, trust=args.trust,
     )
     if not args.quiet:
-        what = {"keras": "Keras model", "saved_model": "SavedModel", "onnx": "ONNX model"}.get(result.format, "bundle")
+        what = FORMATS[result.format].title
         check = "" if result.max_abs_diff is None else f" (checked against the run: max difference {result.max_abs_diff:.2g})"
         print(f"Exported {what}: {result.path}{check}")
     elif not args.json:

@@ -80,7 +80,13 @@ def run_plans(plans: Sequence, dataset, progress) -> None:
 
 @contextlib.contextmanager
 def _cluster(config):
-    """Joins the cluster `config.ray_address` names, or starts a local one; leaves it as found."""
+    """Joins the cluster `config.ray_address` (or RAY_ADDRESS) names, or starts a local one; leaves it as found.
+
+    Ray retries an address where nothing answers for minutes, so a
+    HOST:PORT or ray:// address is first tried with a plain TCP connect
+    bounded by `CONNECT_TIMEOUT_S`; that and Ray's own refusals ("auto"
+    without a cluster, a malformed address) are `ConfigError`s naming it.
+    """
     import ray
     import ray.data  # now: its import sets up the loggers quieted below
 

@@ -1,6 +1,7 @@
 """Export a trained run for use outside this package.
 
-Entry point: `export_run(run_dir, out)`. Two formats:
+Entry point: `export_run(run_dir, out)`. Four formats, the rows of
+`export_formats.FORMATS`, of two kinds:
 
 - `"keras"`, `"saved_model"`, `"onnx"` (dense heads, and `logreg`,
   `linear_svm`, `ridge` as one `Dense` layer): the whole classifier, raw
@@ -21,7 +22,8 @@ Entry point: `export_run(run_dir, out)`. Two formats:
   nothing at all): `preprocess_affine` measures that map and checks it, and
   a fixed `Dense(3)` reproduces it. Beside the model, `<out>.json` records
   the class names (the order of the output columns), SIZE, the lineage and
-  the model's sha256.
+  the model's sha256, and `preprocess.py` (the reference decoder, Pillow
+  only) is written beside it.
 
   The resize is the reference decoder's own (`decode.resize_squash` is its
   NumPy form), so the model given a decoded photo of any size predicts what
@@ -30,9 +32,10 @@ Entry point: `export_run(run_dir, out)`. Two formats:
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
-  `layout`'s module doc): the head file, the run's lineage, a copy of the
-  weights file when the run was extracted from one, and a `manifest.sha256`
-  checked before anything is loaded (`source.RunSource`).
+  `layout`'s module doc): the head (skops, `safe_head`), the run's
+  lineage, `preprocess.py`, a copy of the weights file when the run was
+  extracted from one, and a `manifest.sha256` checked before anything is
+  loaded (`source.RunSource`).
 
 Both are published atomically: the model file through `_atomic.replacing`,
 the bundle as a staged folder renamed into place when complete.
@@ -57,11 +60,11 @@ from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
 from . import layout, preprocess, safe_head
+from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
 from .predict import Predictor, check_output_file
 
 __all__ = ["BundlePickleWarning", "EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
 
-EXPORT_FORMATS = ("keras", "saved_model", "onnx", "bundle")
 
 
 class BundlePickleWarning(UserWarning):
@@ -79,8 +82,8 @@ class ExportResult:
     """What `export_run` wrote.
 
     Attributes:
-        path: the `.keras` file or the bundle folder.
-        format: `"keras"` or `"bundle"`.
+        path: the model file or folder, or the bundle folder.
+        format: the name of a row of `export_formats.FORMATS`.
         files: every file written, with its sha256.
         max_abs_diff: for `"keras"`, the largest difference between the
             exported model and extractor + head on random images at SIZE
@@ -259,14 +262,16 @@ def export_run(
     """Exports a trained run as one `.keras` model or a self-contained bundle.
 
     The run is checked as for prediction (head sha256, weights identity)
-    before anything is written; see the module doc for both formats.
+    before anything is written; see the module doc for the formats.
 
     Args:
         run_dir: a run folder (or a bundle folder).
         out: for `"keras"`, the model file to write, ending in `.keras`
             (`<out>.json` is written beside it; missing folders are
             created); for `"bundle"`, a folder that must not exist yet.
-        format: `"keras"` or `"bundle"`, or `None` for `"keras"` with a
+        format: a row of `export_formats.FORMATS` (`"keras"`,
+            `"saved_model"`, `"onnx"`, `"bundle"`), or `None` for the
+            format of `out`'s suffix, else `"keras"` with a
             dense head and `"bundle"` otherwise. Defaults to `None`.
         weights: a weights file replacing the recorded one (same sha256).
             Defaults to `None`.
@@ -296,42 +301,39 @@ def export_run(
     proba = model.predict(images_uint8)  # (n, H, W, 3) -> (n, n_classes)
     ```
     """
-    if format is not None and format not in EXPORT_FORMATS:
+    if format is not None and format not in FORMATS:
         raise ConfigError(
-            f"`format` must be one of {', '.join(map(repr, EXPORT_FORMATS))}. Received: format={format!r}",
+            f"`format` must be one of {', '.join(map(repr, FORMATS))}. Received: format={format!r}",
             field="format",
         )
     out = Path(out)
-    if format is None and out.suffix in (".keras", ".onnx"):
-        format = out.suffix[1:]
-    if format in _MODEL_FORMATS:
-        out = _check_model_out(out, format, overwrite)
+    name = format or format_of_suffix(out.suffix)
+    row = FORMATS[name] if name else None
+    if row is not None and row.is_model:
+        out = _check_model_out(out, row, overwrite)
     elif out.exists():
         raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the bundle (it is created).", field="out")
-    if format in ("saved_model", "onnx"):
-        _check_backend(format)
+    if row is not None and row.traced:
+        _check_backend(row)
     predictor = Predictor.load(run_dir, weights=weights, trust=trust)
-    if format is None:
-        format = "keras" if predictor.is_dense else "bundle"
-        if format == "keras":
-            out = _check_model_out(out, format, overwrite)
-    if format == "bundle":
+    if row is None:  # a model for dense heads, else a bundle
+        row = FORMATS["keras" if predictor.is_dense else "bundle"]
+        if row.is_model:
+            out = _check_model_out(out, row, overwrite)
+    if not row.is_model:
         return _export_bundle(predictor, out, include_weights)
-    return _export_model(predictor, out, format)
+    return _export_model(predictor, out, row)
 
 
-_MODEL_FORMATS = {"keras": ".keras", "onnx": ".onnx", "saved_model": ""}
-
-
-def _check_model_out(out: Path, format: str, overwrite: bool) -> Path:
-    suffix = _MODEL_FORMATS[format]
+def _check_model_out(out: Path, row: ExportFormat, overwrite: bool) -> Path:
+    suffix = row.suffix
     if suffix and not out.suffix:  # `OUT=model` names the model: `model.keras`
         out = out.with_suffix(suffix)
     if out.suffix != suffix:
         wanted = f"end with {suffix!r}" if suffix else "be a folder name without a suffix"
-        raise ConfigError(f"`out` must {wanted} for format={format!r}. Received: out={str(out)!r}", field="out")
-    if format == "saved_model" and out.exists():
-        raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the SavedModel.", field="out")
+        raise ConfigError(f"`out` must {wanted} for format={row.name!r}. Received: out={str(out)!r}", field="out")
+    if not suffix and out.exists():
+        raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the {row.title}.", field="out")
     for path in (out, _sidecar(out)):
         check_output_file(path, overwrite=overwrite, field="out")
     shipped = out.parent / layout.PREPROCESS
@@ -353,57 +355,47 @@ def _ship_preprocess(folder: Path) -> dict[str, str]:
     return {layout.PREPROCESS: discovery.file_sha256(target)}
 
 
-def _check_backend(format: str) -> None:
-    """Refuses, before any work, a format the backend or the installed packages cannot write."""
+def _check_backend(row: ExportFormat) -> None:
+    """Refuses, before any work, a traced format the backend or the installed packages cannot write."""
     from .._keras import import_keras
 
     backend = import_keras().backend.backend()
     if backend != "tensorflow":
         raise ConfigError(
-            f"format={format!r} is written through TensorFlow (Keras' `model.export`), and this process runs "
+            f"format={row.name!r} is written through TensorFlow (Keras' `model.export`), and this process runs "
             f"Keras on {backend!r}. Export with KERAS_BACKEND=tensorflow, or pass format='keras'.",
             field="format",
         )
-    missing = [name for name in _ONNX_PACKAGES if format == "onnx" and importlib.util.find_spec(name) is None]
+    missing = [name for name in row.packages if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(
-            f"format='onnx' needs {', '.join(missing)}: pip install 'bottleneck-features[onnx]' "
-            "(or pass format='keras').",
+            f"format={row.name!r} needs {', '.join(missing)}: {row.install} (or pass format='keras').",
             field="format",
         )
-
-
-# tf2onnx converts, onnx checks, onnxruntime runs the file before it is published.
-_ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 
 
 def _sidecar(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
+def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportResult:
     from .._keras import import_keras
 
     keras = import_keras()
-    model = _build(keras, predictor, traced=format != "keras")
+    model = _build(keras, predictor, traced=row.traced)
     diff = _check_export(model, predictor)
     with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        if format == "saved_model":
+        if not row.suffix:  # a folder
             with _atomic.staged_folder(out) as staged:
-                model.export(str(staged.path), format="tf_saved_model", verbose=False)
-                _check_artifact(keras.layers.TFSMLayer(str(staged.path), call_endpoint="serve"), model, predictor.size)
+                _write_model(model, staged.path, row, predictor.size)
             digest = None
         else:
             with _atomic.replacing(out) as tmp:
-                if format == "keras":
-                    model.save(tmp)
-                else:
-                    model.export(str(tmp), format="onnx", verbose=False)
-                    _check_artifact(_onnx_runner(tmp), model, predictor.size)
+                _write_model(model, tmp, row, predictor.size)
                 digest = discovery.file_sha256(tmp)
     info = {
-        "format": f"bottleneck-{format}-export",
+        "format": f"bottleneck-{row.name}-export",
         "model": out.name,
         "model_sha256": digest,
         "class_names": list(predictor.class_names),
@@ -431,7 +423,16 @@ def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
     files = {sidecar.name: discovery.file_sha256(sidecar), **_ship_preprocess(out.parent)}
     if digest is not None:
         files[out.name] = digest
-    return ExportResult(out, format, files, diff)
+    return ExportResult(out, row.name, files, diff)
+
+
+def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
+    """Writes the model as `row` says; a traced format is loaded back and compared before it is published."""
+    if not row.traced:
+        model.save(path)
+        return
+    model.export(str(path), format=row.keras_export, verbose=False)
+    _check_artifact(_RUNNERS[row.keras_export](path), model, size)
 
 
 def _check_images(height: int, width: int | None = None) -> np.ndarray:
@@ -489,6 +490,16 @@ def _onnx_runner(path: Path):
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
     return lambda images: session.run(None, {name: images})[0]
+
+
+def _saved_model_runner(path: Path):
+    from .._keras import import_keras
+
+    return import_keras().layers.TFSMLayer(str(path), call_endpoint="serve")
+
+
+# What runs each traced format's written file, by `ExportFormat.keras_export`.
+_RUNNERS = {"onnx": _onnx_runner, "tf_saved_model": _saved_model_runner}
 
 
 def _check_artifact(run, model, size: int) -> None:
