@@ -82,15 +82,29 @@ def _to_rgb(img):
 def _resize_squash(image, size):
     height, width, channels = image.shape
     x = image.transpose(1, 0, 2).reshape(width, height * channels).astype(np.float32)
-    x = _triangle_weights(width, size) @ x
+    x = _triangle(x, size)
     x = x.reshape(size, height, channels).transpose(1, 0, 2).reshape(height, size * channels)
-    x = _triangle_weights(height, size) @ x
+    x = _triangle(x, size)
     return np.rint(x.reshape(size, size, channels)).astype(np.uint8)
 
 
-def _triangle_weights(n_in, n_out):
+def _triangle(x, n_out):
+    """Rows of `x` resized to `n_out` by the triangle filter, summed tap by tap from the left in float32.
+
+    That order of the sums is the reference decoder's (a sparse matrix
+    product), so the result matches it exactly, not just within a grey level.
+    """
+    n_in = len(x)
     scale = n_in / n_out
     half_width = max(scale, 1.0)
     centres = (np.arange(n_out) + 0.5) * scale
     taps = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in) + 0.5 - centres[:, None]) / half_width)
-    return (taps / taps.sum(axis=1, keepdims=True)).astype(np.float32)
+    taps = (taps / taps.sum(axis=1, keepdims=True)).astype(np.float32)
+    out = np.zeros((n_out, x.shape[1]), np.float32)
+    rows = np.arange(n_out)
+    first = np.argmax(taps > 0, axis=1)
+    for k in range(int((taps > 0).sum(axis=1).max())):
+        column = np.minimum(first + k, n_in - 1)
+        weight = np.where(first + k < n_in, taps[rows, column], np.float32(0))
+        out += weight[:, None] * x[column]
+    return out
