@@ -171,3 +171,36 @@ def test_plot_history_without_validation_or_accuracy():
 def test_plot_history_validates(history, error, match):
     with pytest.raises(error, match=match):
         plot_history(history)
+
+
+# -- evaluate_run on a run's own test split --------------------------------------
+
+
+def test_evaluate_on_the_runs_own_test_split_extracts_nothing_and_says_whose_split(tmp_path, caplog):
+    import logging
+
+    from imagegen import write_image
+    from pipeline.config import ExtractConfig, TrainConfig
+    from pipeline.features.extract import extract_features
+    from pipeline.runs.evaluate import evaluate_run
+    from pipeline.runs.train import train_heads
+
+    data = tmp_path / "data"
+    for split, count in (("train", 6), ("test", 3)):
+        for c in range(3):
+            for i in range(count):
+                write_image(data / split / f"class{c}" / f"{i}.png", seed=100 * c + 10 * len(split) + i)
+    result = extract_features(config=ExtractConfig(
+        data=str(data), cache_dir=str(tmp_path / "cache"), model="resnet50", size=32, weights="none", batch_size=8))
+    (run,) = train_heads(result.path, config=TrainConfig(
+        heads=("logreg",), runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache")))
+
+    with caplog.at_level(logging.INFO, logger="bottleneck"):
+        evaluation = evaluate_run(run.run_dir, data / "test")
+
+    assert evaluation.extracted == 0 and evaluation.n_images == 9
+    assert {k: evaluation.overlap[k] for k in ("train", "validation", "test")} == {"train": 0, "validation": 0, "test": 9}
+    assert "9 images of" in caplog.text and "run's own test split" in caplog.text
+    assert "no independent test" not in caplog.text
+    again = evaluate_run(run.run_dir, data / "test")  # the copied rows are a cache like any other
+    assert again.extracted == 0 and again.accuracy == evaluation.accuracy

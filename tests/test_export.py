@@ -185,6 +185,24 @@ def test_export_format_flag_lists_every_format():
     assert exited.value.code == cli.ExitStatus.BAD_INPUT and all(repr(f) in err.getvalue() for f in EXPORT_FORMATS)
 
 
+def test_export_formats_are_rows_that_export_and_the_cli_read(monkeypatch):
+    import types
+
+    from pipeline.cli import run_commands
+    from pipeline.runs import export as export_module
+    from pipeline.runs.export_formats import FORMATS, ExportFormat, format_of_suffix
+
+    assert run_commands.EXPORT_FORMATS is export_module.EXPORT_FORMATS and tuple(FORMATS) == export_module.EXPORT_FORMATS
+    assert [format_of_suffix(s) for s in (".keras", ".onnx", ".h5", "")] == ["keras", "onnx", None, None]
+    assert [row.name for row in FORMATS.values() if row.traced] == ["saved_model", "onnx"]
+    # A new row is known by suffix and refused for a wrong `out` without a line of export.py changing.
+    rows = types.MappingProxyType({**FORMATS, "tflite": ExportFormat("tflite", "TFLite model", ".tflite", "litert")})
+    monkeypatch.setattr(export_module, "FORMATS", rows)
+    monkeypatch.setattr("pipeline.runs.export_formats.FORMATS", rows)
+    with pytest.raises(ConfigError, match=r"end with '\.tflite' for format='tflite'"):
+        export_module.export_run("no-such-run", "model.keras", format="tflite")
+
+
 @pytest.mark.parametrize("height, width", [(64, 48), (100, 100), (170, 90), (31, 33), (255, 256), (300, 447), (128, 128)])
 def test_the_reference_resize_is_keras_resizing_with_rounding(height, width):
     """Features, `predict` and exported models agree by construction: one resize, two spellings."""
@@ -200,3 +218,75 @@ def test_the_reference_resize_is_keras_resizing_with_rounding(height, width):
     # float32 sums in another order may round a value halfway between two levels apart: measured up to
     # 12 of 49,152 values here, 63 of 150,528 enlarging photos from 100 to 224 px (0.05%).
     assert np.abs(in_keras - ours).max() <= 1 and differ.sum() <= 25
+
+
+# -- the shipped preprocess.py is the reference decoder ----------------------
+
+
+def _photo_kinds(src, folder, size):
+    """One file per kind a phone or an editor writes, made from a real photo."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with Image.open(src) as photo:
+        rgb = photo.convert("RGB").resize((size + 37, size + 11), Image.Resampling.BICUBIC)
+    kinds = {}
+
+    def save(name, image, **kwargs):
+        kinds[name] = folder / name
+        image.save(kinds[name], **kwargs)
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: viewers rotate 90 degrees clockwise
+    save("exif-rotated.jpg", rgb.transpose(Image.Transpose.ROTATE_90), exif=exif.tobytes())
+    grey16 = (np.asarray(rgb.convert("L"), np.uint16) * 257 + 100).astype(np.uint16)
+    save("grey16.png", Image.fromarray(grey16.astype("<u2")))  # Pillow opens it as I;16
+    rgba = rgb.convert("RGBA")
+    alpha = np.full(rgba.size[::-1], 255, np.uint8)
+    alpha[:, : rgba.size[0] // 3] = 0  # a transparent band over arbitrary colours
+    rgba.putalpha(Image.fromarray(alpha))
+    save("rgba.png", rgba)
+    palette = rgb.quantize(64)
+    save("palette-transparent.png", palette, transparency=int(np.asarray(palette)[0, 0]))
+    save("cmyk.jpg", rgb.convert("CMYK"), quality=95)
+    save("grey.jpg", rgb.convert("L"), quality=95)
+    for factor in (2, 4, 8):
+        save(f"big-{factor}x.jpg", rgb.resize((size * factor + 5, size * factor)), quality=92)
+    save("big-4x.png", rgb.resize((size * 4 + 3, size * 4 + 9)))
+    save("big-2x.webp", rgb.resize((size * 2, size * 2 + 7)), quality=90)
+    return kinds
+
+
+def _shipped_preprocess(folder):
+    """The `preprocess.py` an export wrote, imported from its file as a user would."""
+    spec = importlib.util.spec_from_file_location("shipped_preprocess", folder / "preprocess.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_preprocess_decodes_every_kind_as_the_reference_decoder(tmp_path):
+    kinds = _photo_kinds(sorted((require_shared(SIGN_DIGITS) / "3").glob("*.JPG"))[0], tmp_path / "kinds", 32)
+    shutil.copyfile(importlib.util.find_spec("pipeline.runs.preprocess").origin, tmp_path / "preprocess.py")
+    shipped = _shipped_preprocess(tmp_path)
+    for name, path in kinds.items():
+        for size in (32, 48, 224):  # shrunk and enlarged
+            np.testing.assert_array_equal(shipped.load_image(path, size), load_image(path, size), err_msg=name)
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), ("onnx", "signs.onnx"),
+                                      ("saved_model", "signs_saved_model")])
+def test_export_plus_shipped_preprocess_equals_predict_on_every_kind_of_photo(signs, tmp_path, fmt, out):
+    if fmt == "onnx":
+        _require_onnx()
+    run = signs.runs["dense"]
+    assert cli.main(["export", str(run), str(tmp_path / "model" / out), "--format", fmt, "--quiet"]) == 0
+    model = {"keras": _keras_model, "onnx": _onnx, "saved_model": _saved_model}[fmt](tmp_path / "model" / out)
+    shipped = _shipped_preprocess(tmp_path / "model")
+    size = json.loads((tmp_path / "model" / f"{out}.json").read_text())["input"]["size"]
+    kinds = _photo_kinds(signs.images[1], tmp_path / "kinds", SIZE)
+
+    got = np.concatenate([model(shipped.load_image(path, size)[None]) for path in kinds.values()])
+    expected = _predicted(run, list(kinds.values()))
+
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() <= 1e-3, dict(zip(kinds, np.abs(got - expected).max(1)))

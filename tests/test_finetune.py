@@ -258,3 +258,17 @@ def test_bad_augment_ops_are_refused_before_anything_is_loaded(tmp_path):
     with pytest.raises(ConfigError) as info:
         finetune.finetune_run(tmp_path / "no-such-run", config=_config(augment_ops="flip,spin=2"))
     assert info.value.field == "augment_ops"
+
+
+def test_progress_is_logged_before_epoch_1_and_within_epochs(tuned, tmp_path, caplog, monkeypatch):
+    import logging
+
+    monkeypatch.setattr(finetune, "PROGRESS_INTERVAL", 0.0)  # every batch
+    with caplog.at_level(logging.INFO, logger="bottleneck"):
+        finetune.finetune_run(tuned.parent, config=_config(epochs=1, runs_dir=str(tmp_path / "runs")))
+    lines = [r.getMessage() for r in caplog.records]
+    first_epoch = next(i for i, line in enumerate(lines) if line.startswith("epoch 1/1:") and "batch" not in line)
+    before = lines[:first_epoch]
+    assert any(line.startswith("Building the fine-tune model") for line in before)
+    assert any(line.startswith("Training on") for line in before)
+    assert any(line.startswith("epoch 1/1: batch 1/") and "loss" in line for line in before)

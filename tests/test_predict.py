@@ -119,14 +119,14 @@ def test_bundle_of_a_sklearn_head_predicts_like_the_run_and_is_checked(tiny, tmp
     assert status == cli.ExitStatus.OK
     bundle = tmp_path / "bundle"
     assert json.loads(stdout.splitlines()[-1])["format"] == "bundle"
-    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "head.joblib", "manifest.sha256"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["bundle.json", "head.skops", "manifest.sha256", "preprocess.py"]
 
     some = [tiny.data / p for p in fs.paths[::4]]
     got = np.array([p.probabilities for p in predict_images(bundle, some, top_k=1)])
     np.testing.assert_allclose(got, _head_on_cached_features(run, fs)[::4], atol=1e-5, rtol=0)
 
-    (bundle / "head.joblib").write_bytes((bundle / "head.joblib").read_bytes() + b"\0")
-    with pytest.raises(RunError, match=r"head\.joblib.*sha256"):
+    (bundle / "head.skops").write_bytes((bundle / "head.skops").read_bytes() + b"\0")
+    with pytest.raises(RunError, match=r"head\.skops.*sha256"):
         Predictor.load(bundle)
     (bundle / "manifest.sha256").unlink()
     with pytest.raises(RunError, match="no manifest.sha256"):
@@ -429,7 +429,7 @@ def test_export_refuses_to_replace_a_keras_file_unless_overwrite(tiny, tmp_path)
     assert result.files["tiny.keras"] == hashlib.sha256(out.read_bytes()).hexdigest()
     sidecar = json.loads((tmp_path / "tiny.keras.json").read_text())
     assert sidecar["model_sha256"] == result.files["tiny.keras"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.keras", "tiny.keras.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["preprocess.py", "tiny.keras", "tiny.keras.json"]
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 
@@ -437,7 +437,7 @@ def test_export_out_without_suffix_names_the_keras_model_as_the_readme_says(tiny
     """`make export RUN=<dense run> OUT=model` writes model.keras."""
     status, out, err = _main("export", tiny.runs["dense"], tmp_path / "model")
     assert status == cli.ExitStatus.OK, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "model.keras.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "model.keras.json", "preprocess.py"]
     assert str(tmp_path / "model.keras") in out
 
 
@@ -489,16 +489,17 @@ def test_evaluate_extracts_through_the_cache_and_flags_training_images(tiny, tmp
     assert evaluate_run(run, tiny.data, output=_folder(tmp_path / "own")).extracted == 0  # the run's own set
     first = evaluate_run(run, copy, output=_folder(tmp_path / "a"))
     second = evaluate_run(tiny.runs["dense"], copy, output=_folder(tmp_path / "b"))  # same backbone: shared
-    assert first.extracted == len(tiny.features.paths) and second.extracted == 0
+    assert first.extracted == second.extracted == 0  # same content as the run's set: its rows are copied
     assert second.n_images == first.n_images == len(tiny.features.paths)
     assert first.overlap["checked"]
     assert sum(first.overlap[s] for s in ("train", "validation", "test")) == len(tiny.features.paths)
-    assert "same content as images the run was trained or measured on" in caplog.text
+    assert "same content as images the run trained or validated on" in caplog.text
 
     fresh = tmp_path / "fresh"
     for c in range(3):
         write_image(fresh / f"class{c}" / "new.png", seed=5000 + c)
     clean = evaluate_run(run, fresh, output=_folder(tmp_path / "c"))
+    assert clean.extracted == 3 and evaluate_run(run, fresh, output=_folder(tmp_path / "d")).extracted == 0
     assert clean.overlap == {"checked": True, "train": 0, "validation": 0, "test": 0, "examples": []}
     report = json.loads((clean.out_dir / "metrics.json").read_text())
     assert report["overlap"] == clean.overlap and Path(report["features_path"]).is_file()
@@ -522,3 +523,76 @@ def test_an_evaluation_in_the_run_folder_is_a_leaderboard_row_after_its_run(tiny
 def _folder(path):
     path.mkdir(parents=True)
     return path
+
+
+# -- a shared bundle cannot run code ------------------------------------------
+
+
+class _Marker:
+    """Writes a file when rebuilt: what a crafted head would do instead."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "ran"))
+
+    def __setstate__(self, state):
+        Path(state["path"]).write_text("ran")
+
+
+def _reseal(bundle, head_name, head_bytes):
+    """Rewrites a bundle the way an attacker can: new head, recomputed hashes beside it."""
+    for old in ("head.joblib", "head.skops"):
+        (bundle / old).unlink(missing_ok=True)
+    (bundle / head_name).write_bytes(head_bytes)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta.update(head=head_name, head_sha256=hashlib.sha256(head_bytes).hexdigest())
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+    names = [n for n in ("bundle.json", head_name, "preprocess.py") if (bundle / n).exists()]
+    lines = [f"{hashlib.sha256((bundle / n).read_bytes()).hexdigest()}  {n}\n" for n in names]
+    (bundle / "manifest.sha256").write_text("".join(lines))
+
+
+@pytest.mark.parametrize("trust", [False, True], ids=["plain", "trust-does-not-widen-skops"])
+def test_a_crafted_bundle_never_runs_its_code_on_predict(tiny, tmp_path, trust):
+    import pickle
+
+    import skops.io
+
+    bundle, marker = tmp_path / "bundle", tmp_path / "marker"
+    assert export_run(tiny.runs["logreg"], bundle).format == "bundle"
+    image = tiny.data / tiny.features.paths[0]
+    flag = ["--trust"] if trust else []
+
+    # A pickle whose __reduce__ writes the marker, with every hash recomputed.
+    _reseal(bundle, "head.joblib", pickle.dumps({"estimator": _Marker(marker)}))
+    if not trust:
+        status, _, stderr = _main("predict", bundle, image, "-o", tmp_path / "p.csv")
+        assert status == cli.ExitStatus.BAD_INPUT
+        assert "is a pickle" in stderr.splitlines()[0] and "--trust" in stderr
+        assert not marker.exists()
+
+    # A skops head holding a type outside scikit-learn is refused, trusted or not.
+    evil = skops.io.dumps({"estimator": _Marker(marker), "metadata": {}})
+    _reseal(bundle, "head.skops", evil)
+    status, _, stderr = _main("predict", bundle, image, "-o", tmp_path / "p.csv", *flag)
+    assert status == cli.ExitStatus.BAD_INPUT
+    assert "_Marker" in stderr and "nothing was built" in stderr
+    assert not marker.exists()
+
+
+def test_a_trusted_pickle_bundle_says_so_on_its_first_line(tiny, tmp_path):
+    bundle = tmp_path / "bundle"
+    export_run(tiny.runs["logreg"], bundle)
+    _reseal(bundle, "head.joblib", (tiny.runs["logreg"] / "head.joblib").read_bytes())
+    image = tiny.data / tiny.features.paths[0]
+
+    status, _, stderr = _main("predict", bundle, image, "-o", tmp_path / "p.csv", "--trust")
+
+    assert status == cli.ExitStatus.OK
+    assert stderr.splitlines()[0].startswith("warning: Trusting bundle") and "sources you trust" in stderr
+    help_text = io.StringIO()
+    with contextlib.redirect_stdout(help_text), pytest.raises(SystemExit):
+        cli.main(["predict", "--help"])
+    assert "--trust" in help_text.getvalue() and "runs code" in " ".join(help_text.getvalue().split())

@@ -141,3 +141,12 @@ def test_bad_engine_settings_are_refused_naming_the_field(data, tmp_path, field,
     with pytest.raises(ConfigError) as info:
         _config(data, tmp_path, **{field: value})
     assert info.value.field == field and f"{field}=" in str(info.value)
+
+
+def test_ray_datas_progress_bar_setting_is_restored_after_a_run(cluster, data, tmp_path):
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = True
+    assert extract_features(config=_config(data, tmp_path / "c", engine="ray")).counts["extracted"] > 0
+    assert context.enable_progress_bars is True

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ExitStatus
+from ..runs.export_formats import EXPORT_FORMATS, FORMATS
 from .parsing import common_flags
 
 __all__ = ["add_finetune_parser", "add_predict_parsers"]
@@ -15,6 +16,8 @@ __all__ = ["add_finetune_parser", "add_predict_parsers"]
 def add_predict_parsers(sub) -> None:
     run_help = "run folder (runs/<feature set>/<head>-<id>) or a bundle folder from `bottleneck export`"
     weights_help = "the run's weights file, if it moved (must have the sha256 recorded at extraction)"
+    trust_help = ("load a bundle whose head is a pickle: unpickling runs code from the bundle, so use it only for "
+                  "bundles from sources you trust (run folders are unpickled too: use only your own or trusted ones)")
 
     p = sub.add_parser("predict", help="predict the class of new images with a trained run")
     p.add_argument("run", help=run_help)
@@ -23,6 +26,7 @@ def add_predict_parsers(sub) -> None:
     p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
     p.add_argument("--force", action="store_true", help="replace the CSV if it exists")
     p.add_argument("--weights", help=weights_help)
+    p.add_argument("--trust", action="store_true", help=trust_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_predict)
@@ -34,6 +38,7 @@ def add_predict_parsers(sub) -> None:
     p.add_argument("--cache-dir", help="feature cache the data is extracted into and reused from "
                    "(default: the cache of the run's feature set, else cache)")
     p.add_argument("--weights", help=weights_help)
+    p.add_argument("--trust", action="store_true", help=trust_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_evaluate)
@@ -41,11 +46,12 @@ def add_predict_parsers(sub) -> None:
     p = sub.add_parser("export", help="export a run: one model (dense and linear heads) or a self-contained bundle")
     p.add_argument("run", help=run_help)
     p.add_argument("out", help="OUT.keras or OUT.onnx, a new folder for saved_model or a bundle")
-    p.add_argument("--format", choices=("keras", "saved_model", "onnx", "bundle"),  # runs.export.EXPORT_FORMATS
+    p.add_argument("--format", choices=EXPORT_FORMATS,
                    help="default: from OUT's suffix (.keras, .onnx); else keras for dense heads, bundle otherwise")
     p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
     p.add_argument("--force", action="store_true", help="replace an existing .keras file")
     p.add_argument("--weights", help=weights_help)
+    p.add_argument("--trust", action="store_true", help=trust_help)
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_export)
@@ -57,7 +63,7 @@ def _cmd_predict(args) -> int:
     # Before minutes of extraction, not after.
     check_output_folder(Path(args.output).parent)
     check_output_file(args.output, overwrite=args.force)
-    predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights)
+    predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights, trust=args.trust)
     path = write_predictions_csv(predictions, args.output, overwrite=args.force)
     failed = sum(p.error is not None for p in predictions)
     if not args.quiet:
@@ -86,7 +92,9 @@ def _cmd_predict(args) -> int:
 def _cmd_evaluate(args) -> int:
     from ..runs.evaluate import evaluate_run
 
-    result = evaluate_run(args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir)
+    result = evaluate_run(
+        args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir, trust=args.trust
+    )
     if not args.quiet:
         # The dataset's summary was logged when the folder was listed, before extraction.
         macro_f1 = result.metrics.get("macro_f1")
@@ -112,10 +120,10 @@ def _cmd_export(args) -> int:
 
     result = export_run(
         args.run, args.out, format=args.format, weights=args.weights, include_weights=not args.no_weights,
-        overwrite=args.force,
+        overwrite=args.force, trust=args.trust,
     )
     if not args.quiet:
-        what = {"keras": "Keras model", "saved_model": "SavedModel", "onnx": "ONNX model"}.get(result.format, "bundle")
+        what = FORMATS[result.format].title
         check = "" if result.max_abs_diff is None else f" (checked against the run: max difference {result.max_abs_diff:.2g})"
         print(f"Exported {what}: {result.path}{check}")
     elif not args.json:

@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import pickle
+import socket
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -37,6 +38,9 @@ __all__ = ["require_ray", "run_plans"]
 _INSTALL = "pip install 'ray[data]>=2.9' (or the `ray` extra: pip install 'bottleneck-features[ray]')"
 
 log = logging.getLogger("bottleneck")
+
+# How long joining a cluster may take before it is refused: Ray itself retries for minutes.
+CONNECT_TIMEOUT_S = 10.0
 
 
 def require_ray() -> None:
@@ -58,7 +62,7 @@ def run_plans(plans: Sequence, dataset, progress) -> None:
     """
     config = plans[0].config
     started, done, total = time.perf_counter(), set(), 0
-    with _cluster(config):
+    with _cluster(config), _progress_bars_off():
         while todo := rounds.next_round(plans):
             total += len(todo)
             results = _pipeline(plans, todo, dataset.root, config).iter_batches(batch_size=None, batch_format="numpy")
@@ -74,7 +78,13 @@ def run_plans(plans: Sequence, dataset, progress) -> None:
 
 @contextlib.contextmanager
 def _cluster(config):
-    """Joins the cluster `config.ray_address` names, or starts a local one; leaves it as found."""
+    """Joins the cluster `config.ray_address` (or RAY_ADDRESS) names, or starts a local one; leaves it as found.
+
+    Ray retries an address where nothing answers for minutes, so a
+    HOST:PORT or ray:// address is first tried with a plain TCP connect
+    bounded by `CONNECT_TIMEOUT_S`; that and Ray's own refusals ("auto"
+    without a cluster, a malformed address) are `ConfigError`s naming it.
+    """
     import ray
     import ray.data  # now: its import sets up the loggers quieted below
 
@@ -83,13 +93,59 @@ def _cluster(config):
         if ray.is_initialized():  # the caller's session (a notebook, the tests): keep it
             yield
             return
-        # Workers' logs (Keras banners, TensorFlow warnings) reach this terminal only when debugging.
-        ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=verbose,
-                 logging_level=logging.INFO if verbose else logging.ERROR)
+        address, named = _address(config.ray_address)
+        if address not in (None, "auto", "local"):
+            _check_reachable(address, named)
+        try:
+            # Workers' logs (Keras banners, TensorFlow warnings) reach this terminal only when debugging.
+            ray.init(address=config.ray_address, include_dashboard=False, log_to_driver=verbose,
+                     logging_level=logging.INFO if verbose else logging.ERROR)
+        except (ConnectionError, ValueError) as e:  # "auto" without a cluster, a malformed address
+            raise ConfigError(f"Cannot join the Ray cluster at {named}: {e}{_FIX}", field="ray_address") from None
         try:
             yield
         finally:
             ray.shutdown()
+
+
+_FIX = (" Start one with `ray start --head`, pass its address (HOST:PORT, ray://HOST:PORT or 'auto'), "
+        "or leave `ray_address` and RAY_ADDRESS unset for a local cluster.")
+
+
+def _address(configured: str | None) -> tuple[str | None, str]:
+    """The address Ray will join (the option, else RAY_ADDRESS, which Ray reads), and how to name it."""
+    if configured:
+        return configured, repr(configured)
+    from_env = os.environ.get("RAY_ADDRESS") or None
+    return from_env, f"{from_env!r} (from RAY_ADDRESS)"
+
+
+def _check_reachable(address: str, named: str) -> None:
+    """Refuses, within `CONNECT_TIMEOUT_S`, an address that is malformed or where nothing listens."""
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in host):
+        raise ConfigError(f"`ray_address` {named} is not HOST:PORT, ray://HOST:PORT, 'auto' or 'local'.{_FIX}",
+                          field="ray_address")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        reason = "no answer" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise ConfigError(f"Cannot reach the Ray cluster at {named} within {CONNECT_TIMEOUT_S:g} s ({reason}).{_FIX}",
+                          field="ray_address") from None
+
+
+@contextlib.contextmanager
+def _progress_bars_off():
+    """Ray Data's own bars off while extracting (the caller shows progress), as found afterwards."""
+    import ray.data
+
+    context = ray.data.DataContext.get_current()
+    before = context.enable_progress_bars
+    context.enable_progress_bars = False
+    try:
+        yield
+    finally:
+        context.enable_progress_bars = before
 
 
 @contextlib.contextmanager
@@ -110,7 +166,6 @@ def _pipeline(plans: Sequence, todo: Sequence, root, config):
     """The Ray Data pipeline of one round: files -> decode tasks -> model workers -> result rows."""
     import ray.data
 
-    ray.data.DataContext.get_current().enable_progress_bars = False  # the caller shows progress
     size = plans[0].spec["size"]
     # Each file with the digest each plan planned for it ("" where a plan does not need it), joined
     # by commas: the rows carry what the workers need, so no worker is sent the whole plan.

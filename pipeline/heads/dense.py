@@ -47,6 +47,24 @@ def _check_param(name: str, value: Any, ok: bool, allowed: str) -> None:
         raise ConfigError(f"`{name}` must be {allowed}. Received: {name}={value!r}.", field="params")
 
 
+# Weights of the head network at most (4 GiB in float32, 12 GiB with Adam's two moments):
+# beyond it the build fails deep inside the backend, or the machine swaps.
+_MAX_WEIGHTS = 2**30
+
+
+def _check_network_size(hidden_units: tuple[int, ...], n_features: int, n_classes: int) -> None:
+    widths = (n_features, *hidden_units, n_classes)
+    weights = sum((a + 1) * b for a, b in zip(widths, widths[1:]))
+    if weights > _MAX_WEIGHTS:
+        raise ConfigError(
+            f"`hidden_units` {hidden_units} on {n_features} features make a head of {weights:,} weights "
+            f"({weights * 4 / 2**30:,.1f} GiB in float32, three times that while training), more than the "
+            f"{_MAX_WEIGHTS:,} allowed. Received: hidden_units={hidden_units!r}; use layers of at most a few "
+            "thousand units, e.g. (256,).",
+            field="params",
+        )
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
@@ -311,6 +329,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
             )
         self.feature_shape_ = tuple(int(d) for d in X.shape[1:])
         self.n_features_in_ = int(np.prod(self.feature_shape_))
+        _check_network_size(hidden_units, self.n_features_in_, len(self.classes_))
         X = np.asarray(X, dtype=np.float32)
         y_index = y_index.astype(np.int32)
 

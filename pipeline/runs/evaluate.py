@@ -29,11 +29,12 @@ import numpy as np
 from .. import _atomic
 from .. import config as config_lib
 from ..errors import BottleneckError, DataError, WriteError
-from ..features import manifest
-from ..features.extract import extract_features
+from ..features import discovery, manifest
+from ..features.extract import extract_features, feature_spec
+from ..features.identity import feature_set_dir
 from ..heads import metrics as metrics_lib
 from ..heads.splits import training_splits
-from ..store import FeatureStore, read_feature_set
+from ..store import FeatureStore, feature_key, read_feature_set
 from . import layout
 from .leaderboard import rebuild_leaderboard
 from .predict import Predictor, check_output_folder, csv_text
@@ -110,6 +111,7 @@ def evaluate_run(
     weights: str | os.PathLike | None = None,
     output: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
+    trust: bool = False,
 ) -> EvaluationResult:
     """Measures a trained run on a new labelled image folder.
 
@@ -133,6 +135,8 @@ def evaluate_run(
             into and reused from. Defaults to `None`: the cache holding the
             run's own feature set when it is on this machine, else
             `"cache"`.
+        trust: bool, accept a bundle whose head is a pickle (loading it
+            runs code from the bundle). Defaults to `False`.
 
     Returns:
         An `EvaluationResult`.
@@ -144,12 +148,14 @@ def evaluate_run(
         DataError: the data folder is missing or holds no images, no image
             belongs to a class of the run, or none could be decoded.
     """
-    predictor = Predictor.load(run_dir, weights=weights)
+    predictor = Predictor.load(run_dir, weights=weights, trust=trust)
     parent = check_output_folder(predictor.root if output is None else output)
     dataset = manifest.load_dataset(data)
     known, unknown = _match_classes(dataset, predictor.class_names)
-    extraction = extract_features(config=dataclasses.replace(
-        predictor.config, data=str(data), cache_dir=str(cache_dir or _run_cache(predictor)), name=None))
+    config = dataclasses.replace(
+        predictor.config, data=str(data), cache_dir=str(cache_dir or _run_cache(predictor)), name=None)
+    _seed_from_run_set(predictor, config, dataset)
+    extraction = extract_features(config=config)
     digests = {p: r.sha256 for p, r in _index_state(extraction.path).files.items()}
     measured, skipped = _measure(predictor, dataset, known, extraction)
     overlap = _overlap(predictor, {digests[p] for p in measured.relpaths})
@@ -217,6 +223,46 @@ def _measure(predictor: Predictor, dataset, known, extraction) -> tuple[_Measure
     return _Measured([e.relpath for e in used], labels, proba, metrics), skipped
 
 
+def _seed_from_run_set(predictor: Predictor, config, dataset) -> int:
+    """Copies the run's cached rows of images in `dataset` into the set `extract_features` fills next.
+
+    Images are matched by content hash, and only when the run's set was
+    extracted under the very key this evaluation extracts with, so a copied
+    row is exactly what extraction would compute: the run's own test split
+    (or any image it has seen) is never extracted again. Returns how many
+    rows were copied.
+    """
+    run_index = Path(str(predictor.lineage.get("features_path", "")))
+    spec = feature_spec(config)
+    key = feature_key(spec)
+    state = _index_state(run_index) if run_index.is_file() else None
+    target = FeatureStore(feature_set_dir(config, spec, key))
+    if state is None or state.feature_key != key or target.root.resolve() == run_index.parent.resolve():
+        return 0
+    run_digests = {record.sha256: path for path, record in state.files.items()}
+    wanted: dict[str, str] = {}  # digest -> relpath under the evaluated folder
+    for entry in dataset.entries:
+        try:
+            digest = discovery.file_sha256(dataset.root / entry.relpath)
+        except OSError:
+            continue  # extraction names the reason
+        if digest in run_digests:
+            wanted.setdefault(digest, entry.relpath)
+    if not wanted:
+        return 0
+    with target.write_lock():
+        located, _ = target.scan_shards(key)
+        new = [digest for digest in wanted if digest not in located]
+        if new:
+            fs = read_feature_set(run_index)
+            row_of = {path: i for i, path in enumerate(fs.paths)}
+            rows = [row_of[run_digests[digest]] for digest in new]
+            with target.shard_appender(key, fs.features.shape[1:], config.storage_dtype, config.shard_size) as shards:
+                shards.append(fs.features[rows], new, [wanted[digest] for digest in new])
+    log.info("Reused the features of %d images from the run's feature set (same content, same key).", len(new))
+    return len(new)
+
+
 def _run_cache(predictor: Predictor) -> Path:
     """The cache folder of the run's feature set (`<cache>/<set>/features.h5`), or `cache`."""
     features_path = Path(str(predictor.lineage.get("features_path", "")))
@@ -264,17 +310,19 @@ def _add_to_leaderboard(runs_dir: Path) -> None:
 
 
 def _warn_overlap(overlap: dict[str, Any], root: Path) -> None:
+    """Images the run fitted on make no independent test; its own test split is one."""
     if not overlap.get("checked"):
         log.warning("Overlap with the run's images not checked: %s.", overlap.get("reason"))
         return
-    counts = {split: overlap.get(split, 0) for split in ("train", "validation", "test")}
-    if any(counts.values()):
+    seen = overlap.get("train", 0) + overlap.get("validation", 0)
+    if seen:
         log.warning(
-            "%d images of '%s' have the same content as images the run was trained or measured on "
-            "(train %d, validation %d, test %d; e.g. %s): these are no independent test.",
-            sum(counts.values()), root, counts["train"], counts["validation"], counts["test"],
-            ", ".join(overlap["examples"][:3]),
+            "%d images of '%s' have the same content as images the run trained or validated on "
+            "(train %d, validation %d; e.g. %s): these are no independent test.",
+            seen, root, overlap.get("train", 0), overlap.get("validation", 0), ", ".join(overlap["examples"][:3]),
         )
+    if overlap.get("test"):
+        log.info("%d images of '%s' are in the run's own test split.", overlap["test"], root)
 
 
 def _publish(parent: Path, class_names, measured: _Measured, report: dict[str, Any]) -> Path:

@@ -1,6 +1,7 @@
 """Export a trained run for use outside this package.
 
-Entry point: `export_run(run_dir, out)`. Two formats:
+Entry point: `export_run(run_dir, out)`. Four formats, the rows of
+`export_formats.FORMATS`, of two kinds:
 
 - `"keras"`, `"saved_model"`, `"onnx"` (dense heads, and `logreg`,
   `linear_svm`, `ridge` as one `Dense` layer): the whole classifier, raw
@@ -21,7 +22,8 @@ Entry point: `export_run(run_dir, out)`. Two formats:
   nothing at all): `preprocess_affine` measures that map and checks it, and
   a fixed `Dense(3)` reproduces it. Beside the model, `<out>.json` records
   the class names (the order of the output columns), SIZE, the lineage and
-  the model's sha256.
+  the model's sha256, and `preprocess.py` (the reference decoder, Pillow
+  only) is written beside it.
 
   The resize is the reference decoder's own (`decode.resize_squash` is its
   NumPy form), so the model given a decoded photo of any size predicts what
@@ -30,9 +32,10 @@ Entry point: `export_run(run_dir, out)`. Two formats:
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
-  `layout`'s module doc): the head file, the run's lineage, a copy of the
-  weights file when the run was extracted from one, and a `manifest.sha256`
-  checked before anything is loaded (`source.RunSource`).
+  `layout`'s module doc): the head (skops, `safe_head`), the run's
+  lineage, `preprocess.py`, a copy of the weights file when the run was
+  extracted from one, and a `manifest.sha256` checked before anything is
+  loaded (`source.RunSource`).
 
 Both are published atomically: the model file through `_atomic.replacing`,
 the bundle as a staged folder renamed into place when complete.
@@ -46,6 +49,7 @@ import importlib.util
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -55,12 +59,18 @@ from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
-from . import layout
+from . import layout, preprocess, safe_head
+from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
 from .predict import Predictor, check_output_file
 
-__all__ = ["EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
+__all__ = ["BundlePickleWarning", "EXPORT_FORMATS", "ExportResult", "build_export_model", "export_run", "preprocess_affine"]
 
-EXPORT_FORMATS = ("keras", "saved_model", "onnx", "bundle")
+
+
+class BundlePickleWarning(UserWarning):
+    """A bundle keeps its head as a pickle: its users must trust it."""
+
+
 _CHECK_TOLERANCE = 1e-4  # exported model vs extractor + head, on random images
 
 # The map is measured at 0 and at 255 on each channel, in float64.
@@ -72,8 +82,8 @@ class ExportResult:
     """What `export_run` wrote.
 
     Attributes:
-        path: the `.keras` file or the bundle folder.
-        format: `"keras"` or `"bundle"`.
+        path: the model file or folder, or the bundle folder.
+        format: the name of a row of `export_formats.FORMATS`.
         files: every file written, with its sha256.
         max_abs_diff: for `"keras"`, the largest difference between the
             exported model and extractor + head on random images at SIZE
@@ -247,18 +257,21 @@ def export_run(
     weights: str | os.PathLike | None = None,
     include_weights: bool = True,
     overwrite: bool = False,
+    trust: bool = False,
 ) -> ExportResult:
     """Exports a trained run as one `.keras` model or a self-contained bundle.
 
     The run is checked as for prediction (head sha256, weights identity)
-    before anything is written; see the module doc for both formats.
+    before anything is written; see the module doc for the formats.
 
     Args:
         run_dir: a run folder (or a bundle folder).
         out: for `"keras"`, the model file to write, ending in `.keras`
             (`<out>.json` is written beside it; missing folders are
             created); for `"bundle"`, a folder that must not exist yet.
-        format: `"keras"` or `"bundle"`, or `None` for `"keras"` with a
+        format: a row of `export_formats.FORMATS` (`"keras"`,
+            `"saved_model"`, `"onnx"`, `"bundle"`), or `None` for the
+            format of `out`'s suffix, else `"keras"` with a
             dense head and `"bundle"` otherwise. Defaults to `None`.
         weights: a weights file replacing the recorded one (same sha256).
             Defaults to `None`.
@@ -267,6 +280,8 @@ def export_run(
             path (or `weights=` when predicting). Defaults to `True`.
         overwrite: bool, for `"keras"`: replace an existing `out` and its
             `<out>.json`. Defaults to `False`.
+        trust: bool, accept a bundle whose head is a pickle (loading it
+            runs code from the bundle). Defaults to `False`.
 
     Returns:
         An `ExportResult`.
@@ -286,98 +301,101 @@ def export_run(
     proba = model.predict(images_uint8)  # (n, H, W, 3) -> (n, n_classes)
     ```
     """
-    if format is not None and format not in EXPORT_FORMATS:
+    if format is not None and format not in FORMATS:
         raise ConfigError(
-            f"`format` must be one of {', '.join(map(repr, EXPORT_FORMATS))}. Received: format={format!r}",
+            f"`format` must be one of {', '.join(map(repr, FORMATS))}. Received: format={format!r}",
             field="format",
         )
     out = Path(out)
-    if format is None and out.suffix in (".keras", ".onnx"):
-        format = out.suffix[1:]
-    if format in _MODEL_FORMATS:
-        out = _check_model_out(out, format, overwrite)
+    name = format or format_of_suffix(out.suffix)
+    row = FORMATS[name] if name else None
+    if row is not None and row.is_model:
+        out = _check_model_out(out, row, overwrite)
     elif out.exists():
         raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the bundle (it is created).", field="out")
-    if format in ("saved_model", "onnx"):
-        _check_backend(format)
-    predictor = Predictor.load(run_dir, weights=weights)
-    if format is None:
-        format = "keras" if predictor.is_dense else "bundle"
-        if format == "keras":
-            out = _check_model_out(out, format, overwrite)
-    if format == "bundle":
+    if row is not None and row.traced:
+        _check_backend(row)
+    predictor = Predictor.load(run_dir, weights=weights, trust=trust)
+    if row is None:  # a model for dense heads, else a bundle
+        row = FORMATS["keras" if predictor.is_dense else "bundle"]
+        if row.is_model:
+            out = _check_model_out(out, row, overwrite)
+    if not row.is_model:
         return _export_bundle(predictor, out, include_weights)
-    return _export_model(predictor, out, format)
+    return _export_model(predictor, out, row)
 
 
-_MODEL_FORMATS = {"keras": ".keras", "onnx": ".onnx", "saved_model": ""}
-
-
-def _check_model_out(out: Path, format: str, overwrite: bool) -> Path:
-    suffix = _MODEL_FORMATS[format]
+def _check_model_out(out: Path, row: ExportFormat, overwrite: bool) -> Path:
+    suffix = row.suffix
     if suffix and not out.suffix:  # `OUT=model` names the model: `model.keras`
         out = out.with_suffix(suffix)
     if out.suffix != suffix:
         wanted = f"end with {suffix!r}" if suffix else "be a folder name without a suffix"
-        raise ConfigError(f"`out` must {wanted} for format={format!r}. Received: out={str(out)!r}", field="out")
-    if format == "saved_model" and out.exists():
-        raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the SavedModel.", field="out")
+        raise ConfigError(f"`out` must {wanted} for format={row.name!r}. Received: out={str(out)!r}", field="out")
+    if not suffix and out.exists():
+        raise ConfigError(f"`out` '{out}' already exists; pass a new folder for the {row.title}.", field="out")
     for path in (out, _sidecar(out)):
         check_output_file(path, overwrite=overwrite, field="out")
+    shipped = out.parent / layout.PREPROCESS
+    if shipped.exists() and shipped.read_bytes() != _preprocess_source():
+        check_output_file(shipped, overwrite=overwrite, field="out")
     return out
 
 
-def _check_backend(format: str) -> None:
-    """Refuses, before any work, a format the backend or the installed packages cannot write."""
+def _preprocess_source() -> bytes:
+    return Path(preprocess.__file__).read_bytes()
+
+
+def _ship_preprocess(folder: Path) -> dict[str, str]:
+    """Writes `preprocess.py` (the reference decoder, Pillow only) into `folder`; returns `{name: sha256}`."""
+    target = folder / layout.PREPROCESS
+    source = _preprocess_source()
+    if not (target.is_file() and target.read_bytes() == source):
+        _atomic.write_bytes(target, source)
+    return {layout.PREPROCESS: discovery.file_sha256(target)}
+
+
+def _check_backend(row: ExportFormat) -> None:
+    """Refuses, before any work, a traced format the backend or the installed packages cannot write."""
     from .._keras import import_keras
 
     backend = import_keras().backend.backend()
     if backend != "tensorflow":
         raise ConfigError(
-            f"format={format!r} is written through TensorFlow (Keras' `model.export`), and this process runs "
+            f"format={row.name!r} is written through TensorFlow (Keras' `model.export`), and this process runs "
             f"Keras on {backend!r}. Export with KERAS_BACKEND=tensorflow, or pass format='keras'.",
             field="format",
         )
-    missing = [name for name in _ONNX_PACKAGES if format == "onnx" and importlib.util.find_spec(name) is None]
+    missing = [name for name in row.packages if importlib.util.find_spec(name) is None]
     if missing:
         raise ConfigError(
-            f"format='onnx' needs {', '.join(missing)}: pip install 'bottleneck-features[onnx]' "
-            "(or pass format='keras').",
+            f"format={row.name!r} needs {', '.join(missing)}: {row.install} (or pass format='keras').",
             field="format",
         )
-
-
-# tf2onnx converts, onnx checks, onnxruntime runs the file before it is published.
-_ONNX_PACKAGES = ("tf2onnx", "onnx", "onnxruntime")
 
 
 def _sidecar(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
-def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
+def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportResult:
     from .._keras import import_keras
 
     keras = import_keras()
-    model = _build(keras, predictor, traced=format != "keras")
+    model = _build(keras, predictor, traced=row.traced)
     diff = _check_export(model, predictor)
     with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        if format == "saved_model":
+        if not row.suffix:  # a folder
             with _atomic.staged_folder(out) as staged:
-                model.export(str(staged.path), format="tf_saved_model", verbose=False)
-                _check_artifact(keras.layers.TFSMLayer(str(staged.path), call_endpoint="serve"), model, predictor.size)
+                _write_model(model, staged.path, row, predictor.size)
             digest = None
         else:
             with _atomic.replacing(out) as tmp:
-                if format == "keras":
-                    model.save(tmp)
-                else:
-                    model.export(str(tmp), format="onnx", verbose=False)
-                    _check_artifact(_onnx_runner(tmp), model, predictor.size)
+                _write_model(model, tmp, row, predictor.size)
                 digest = discovery.file_sha256(tmp)
     info = {
-        "format": f"bottleneck-{format}-export",
+        "format": f"bottleneck-{row.name}-export",
         "model": out.name,
         "model_sha256": digest,
         "class_names": list(predictor.class_names),
@@ -386,9 +404,11 @@ def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
             "shape": [None, None, None, 3],
             "channels": "RGB",
             "size": predictor.size,
-            "note": "raw RGB images of any size, resized inside to SIZE x SIZE as the reference decoder "
-            "does (antialiased bilinear, squash, rounded); images at least twice SIZE differ slightly "
-            "(see docs/predict.md)",
+            "preprocess": f"{layout.PREPROCESS}: load_image(path, size) decodes a file exactly as predict does",
+            "note": "RGB images of any size, resized inside to SIZE x SIZE as the reference decoder does "
+            f"(antialiased bilinear, squash, rounded); decode files with {layout.PREPROCESS}'s load_image, "
+            "which also applies EXIF orientation, transparency on white, 16-bit scaling and the decoder's "
+            "draft/reduce steps for big photos",
         },
         "output": "softmax probabilities, one column per class_names entry",
         "backbone": predictor.config.model,
@@ -400,10 +420,19 @@ def _export_model(predictor: Predictor, out: Path, format: str) -> ExportResult:
     sidecar = _sidecar(out)
     with _atomic.writing(sidecar):
         layout.write_json(sidecar, info)
-    files = {sidecar.name: discovery.file_sha256(sidecar)}
+    files = {sidecar.name: discovery.file_sha256(sidecar), **_ship_preprocess(out.parent)}
     if digest is not None:
         files[out.name] = digest
-    return ExportResult(out, format, files, diff)
+    return ExportResult(out, row.name, files, diff)
+
+
+def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
+    """Writes the model as `row` says; a traced format is loaded back and compared before it is published."""
+    if not row.traced:
+        model.save(path)
+        return
+    model.export(str(path), format=row.keras_export, verbose=False)
+    _check_artifact(_RUNNERS[row.keras_export](path), model, size)
 
 
 def _check_images(height: int, width: int | None = None) -> np.ndarray:
@@ -463,6 +492,16 @@ def _onnx_runner(path: Path):
     return lambda images: session.run(None, {name: images})[0]
 
 
+def _saved_model_runner(path: Path):
+    from .._keras import import_keras
+
+    return import_keras().layers.TFSMLayer(str(path), call_endpoint="serve")
+
+
+# What runs each traced format's written file, by `ExportFormat.keras_export`.
+_RUNNERS = {"onnx": _onnx_runner, "tf_saved_model": _saved_model_runner}
+
+
 def _check_artifact(run, model, size: int) -> None:
     """The written file, loaded back, gives the model's numbers (a converter may drop an op unnoticed)."""
     images = _check_images(size + 13)  # resized inside
@@ -477,7 +516,8 @@ def _check_artifact(run, model, size: int) -> None:
 
 def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> ExportResult:
     with _atomic.writing(out), _atomic.staged_folder(out) as staged:
-        weights_file = _copy_checked(predictor, staged.path, include_weights)
+        head_file = _write_head(predictor, staged.path)
+        weights_file = _copy_weights(predictor, staged.path, include_weights)
         lineage = dict(predictor.lineage)
         weights = predictor.config.weights
         if not include_weights and weights not in ("imagenet", "none"):
@@ -486,8 +526,8 @@ def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> Ex
         bundle = {
             "format": layout.BUNDLE_FORMAT,
             "format_version": layout.BUNDLE_FORMAT_VERSION,
-            "head": layout.HEAD,
-            "head_sha256": predictor.source.head_sha256,
+            "head": head_file,
+            "head_sha256": discovery.file_sha256(staged.path / head_file),
             "head_type": type(predictor.head).__name__,
             "weights_file": weights_file,
             "class_names": list(predictor.class_names),
@@ -506,22 +546,44 @@ def _export_bundle(predictor: Predictor, out: Path, include_weights: bool) -> Ex
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         layout.write_json(staged.path / layout.BUNDLE, bundle)
-        names = [layout.BUNDLE, layout.HEAD] + ([weights_file] if weights_file else [])
+        _ship_preprocess(staged.path)
+        names = [layout.BUNDLE, head_file, layout.PREPROCESS] + ([weights_file] if weights_file else [])
         files = {name: discovery.file_sha256(staged.path / name) for name in names}
         _atomic.write_text(staged.path / layout.MANIFEST, "".join(f"{digest}  {name}\n" for name, digest in files.items()))
     return ExportResult(out, "bundle", files)
 
 
-def _copy_checked(predictor: Predictor, folder: Path, include_weights: bool) -> str | None:
-    """Copies the head (and the weights file) into `folder`, each checked against its recorded sha256.
+def _write_head(predictor: Predictor, folder: Path) -> str:
+    """Writes the head into `folder` with skops, else copies its pickle; returns its file name.
+
+    A skops head loads without running code from the bundle; a pickle
+    (a head class outside scikit-learn) is loaded by the receiver only
+    with `--trust`, which the warning says.
+    """
+    try:
+        safe_head.dump_head(folder / layout.HEAD_SKOPS, predictor.head, predictor.head_metadata)
+        return layout.HEAD_SKOPS
+    except safe_head.NotPortable as e:
+        warnings.warn(
+            f"The bundle keeps the head as a pickle because {e}; whoever uses the bundle must pass --trust.",
+            BundlePickleWarning,
+            stacklevel=4,
+        )
+    source = predictor.source
+    if source.head_format != "pickle":
+        raise RunError(f"'{source.head_path}' holds types that cannot be exported safely; train the head again.")
+    shutil.copyfile(source.head_path, folder / layout.HEAD)
+    if discovery.file_sha256(folder / layout.HEAD) != source.head_sha256:
+        raise RunError(f"'{source.head_path}' changed while it was copied; export again.")
+    return layout.HEAD
+
+
+def _copy_weights(predictor: Predictor, folder: Path, include_weights: bool) -> str | None:
+    """Copies the weights file into `folder`, checked against its recorded sha256.
 
     Returns:
         The weights file's path inside `folder`, or `None` when none was copied.
     """
-    source = predictor.source
-    shutil.copyfile(source.head_path, folder / layout.HEAD)
-    if discovery.file_sha256(folder / layout.HEAD) != source.head_sha256:
-        raise RunError(f"'{source.head_path}' changed while it was copied; export again.")
     weights = predictor.config.weights
     if not include_weights or weights in ("imagenet", "none"):
         return None

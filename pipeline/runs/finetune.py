@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,11 @@ from . import layout
 from .leaderboard import rebuild_leaderboard, scores
 from .predict import Predictor
 from .train import save_figure
+
+log = logging.getLogger("bottleneck")
+
+# Within an epoch, one line at most this often: a CPU epoch can take minutes.
+PROGRESS_INTERVAL = 10.0
 
 __all__ = ["FinetuneResult", "finetune_run"]
 
@@ -262,6 +269,8 @@ def _start(job: _Job, config, fm) -> tuple[dict[str, Any], Any]:
     import keras
 
     c = job.predictor.config
+    log.info("Building the fine-tune model: %s at %d px, the dense head on top, top %s layers trainable ...",
+             c.model, job.predictor.size, config.unfreeze if config.unfreeze_from is None else f"from {config.unfreeze_from}")
     model = fm.build_model(job.predictor.extractor(), job.predictor.head.model_, storage_dtype=c.storage_dtype)
     unfrozen = fm.unfreeze_top(fm.base_of(model), unfreeze=config.unfreeze, unfreeze_from=config.unfreeze_from)
     keras.utils.set_random_seed(config.seed)  # after the build: a random-weights base seeds itself
@@ -271,6 +280,7 @@ def _start(job: _Job, config, fm) -> tuple[dict[str, Any], Any]:
     model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     initial = {}
     if len(job.parts["validation"]):
+        log.info("Measuring it before any update on %d validation images ...", len(job.parts["validation"]))
         y, proba = _predict(job, config, model, "validation", fm)
         initial = classification_metrics(y, proba, job.fs.class_names)
         # The loss early stopping compares epochs by, as Keras computes it during `fit`.
@@ -314,7 +324,9 @@ def _train(job: _Job, config, state: dict[str, Any], model, fm) -> None:
     validation = _batches(job, config, "validation", fm) if monitor == "val_loss" else None
     callbacks = [fm.EpochCheckpoint(job.folder, state, monitor=monitor, patience=config.early_stopping_patience,
                                     epochs=config.epochs)]
-    callbacks += tensorboard_callbacks(job.folder / layout.LOGS)
+    callbacks += tensorboard_callbacks(job.folder / layout.LOGS) + [_batch_progress(config.epochs)]
+    log.info("Training on %d images for up to %d epochs, from epoch %d (the first batch traces the model) ...",
+             len(job.parts["train"]), config.epochs, state["epoch"] + 1)
     try:
         model.fit(train, validation_data=validation, epochs=config.epochs, initial_epoch=state["epoch"],
                   callbacks=callbacks, verbose=0)
@@ -324,6 +336,25 @@ def _train(job: _Job, config, state: dict[str, Any], model, fm) -> None:
         if error is not None:
             raise error from None
         raise
+
+
+def _batch_progress(epochs: int):
+    """A Keras callback logging `epoch e/N: batch b/B` at most every `PROGRESS_INTERVAL` seconds."""
+    import keras
+
+    class BatchProgress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch, self.last = epoch, time.monotonic()
+
+        def on_train_batch_end(self, batch, logs=None):
+            if time.monotonic() - self.last >= PROGRESS_INTERVAL:
+                steps = self.params.get("steps") or "?"
+                loss = (logs or {}).get("loss")
+                shown = "" if loss is None else f", loss {float(loss):.4f}"
+                log.info("epoch %d/%d: batch %d/%s%s", self.epoch + 1, epochs, batch + 1, steps, shown)
+                self.last = time.monotonic()
+
+    return BatchProgress()
 
 
 def _predict(job: _Job, config, model, split: str, fm) -> tuple[np.ndarray, np.ndarray]:

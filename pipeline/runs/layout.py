@@ -52,7 +52,11 @@ folders (the source of truth) after every run.
 A bundle (`export --format bundle`) stands in for a run folder::
 
     bundle.json        format, head file, weights file, the run's lineage
-    head.joblib        the head, as in the run
+    head.skops         the head, stored with skops (`safe_head`): loading
+                       it runs no code from the file; a head skops cannot
+                       hold safely stays `head.joblib`, a pickle, which
+                       `predict` loads only with `--trust`
+    preprocess.py      the reference decoder as one Pillow-only function
     weights/<file>     a copy of the weights file (when extracted from one)
     manifest.sha256    `sha256sum -c` format, every file above
 """
@@ -74,6 +78,8 @@ from .. import _atomic
 from ..errors import RunError
 
 HEAD = "head.joblib"
+HEAD_SKOPS = "head.skops"
+PREPROCESS = "preprocess.py"
 MODEL = "model.keras"
 HISTORY = "history.png"
 METRICS = "metrics.json"
@@ -102,7 +108,8 @@ LEADERBOARD_LOCK = ".leaderboard.lock"
 BUNDLE = "bundle.json"
 MANIFEST = "manifest.sha256"
 BUNDLE_FORMAT = "bottleneck-bundle"
-BUNDLE_FORMAT_VERSION = 1
+BUNDLE_FORMAT_VERSION = 2  # 2: head.skops; 1 (pickled head) is still read, with trust
+BUNDLE_FORMAT_VERSIONS = (1, 2)
 
 
 def run_id() -> str:

@@ -31,7 +31,7 @@ import numpy as np
 from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, DataError, RunError
 from ..features import backbones, decode, discovery
-from . import csvcells
+from . import csvcells, safe_head
 from .source import RunSource
 
 log = logging.getLogger("bottleneck")
@@ -97,7 +97,9 @@ class Predictor:
         self._extractor = None
 
     @classmethod
-    def load(cls, run_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None) -> Predictor:
+    def load(
+        cls, run_dir: str | os.PathLike, *, weights: str | os.PathLike | None = None, trust: bool = False
+    ) -> Predictor:
         """Checks a run folder or bundle and loads its head.
 
         Args:
@@ -107,6 +109,8 @@ class Predictor:
                 one (moved or copied elsewhere); it must have the recorded
                 sha256. Only for runs extracted from a weights file.
                 Defaults to `None` (the recorded file).
+            trust: bool, load a bundle whose head is a pickle (it runs code
+                from the bundle; see `RunSource`). Defaults to `False`.
 
         Returns:
             A `Predictor`.
@@ -115,9 +119,12 @@ class Predictor:
             RunError: a file is missing, or differs from its recorded sha256.
             ConfigError: `weights` was given for a run without a weights file.
         """
-        source = RunSource.open(run_dir, weights)
+        source = RunSource.open(run_dir, weights, trust=trust)
         try:
-            head, metadata = heads.load_head(source.head_path, expected_sha256=source.head_sha256)
+            if source.head_format == "skops":
+                head, metadata = safe_head.load_head(source.head_path)
+            else:
+                head, metadata = heads.load_head(source.head_path, expected_sha256=source.head_sha256)
         except ValueError as e:
             if isinstance(e, BottleneckError):
                 raise
@@ -270,6 +277,7 @@ def predict_images(
     *,
     top_k: int = 3,
     weights: str | os.PathLike | None = None,
+    trust: bool = False,
 ) -> list[Prediction]:
     """Predicts the class of image files with a trained run.
 
@@ -284,6 +292,8 @@ def predict_images(
         top_k: int >= 1, classes listed per image. Defaults to `3`.
         weights: a weights file replacing the recorded one; it must have
             the recorded sha256. Defaults to `None`.
+        trust: bool, accept a bundle whose head is a pickle (loading it
+            runs code from the bundle). Defaults to `False`.
 
     Returns:
         One `Prediction` per image, in the order given (folders expanded
@@ -305,8 +315,8 @@ def predict_images(
     ```
     """
     _check_top_k(top_k)
-    files = _expand(paths)
-    return Predictor.load(run_dir, weights=weights).predict(files, top_k=top_k)
+    predictor = Predictor.load(run_dir, weights=weights, trust=trust)  # first: a refused bundle is the first line
+    return predictor.predict(_expand(paths), top_k=top_k)
 
 
 def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:

@@ -7,6 +7,14 @@ was recorded when the features were extracted. The head file's recorded
 sha256 is carried along, and `heads.load_head` checks it against the very
 bytes it unpickles. Anything else is refused with a `RunError` naming the
 file. The file names of runs and bundles are in `layout`.
+
+Those hashes sit beside the files they check, so they catch accidents,
+not an attacker who edits a shared bundle. A bundle's head is therefore
+stored with skops (`safe_head`), which loads without running code from
+the file; a bundle that still holds a pickled head (older bundles, heads
+of classes outside scikit-learn) is refused unless `trust=True`. A run
+folder is the product's own output on this machine and its pickled head
+is loaded as such: run folders must come from a trusted source.
 """
 
 from __future__ import annotations
@@ -23,11 +31,15 @@ from ..errors import ConfigError, RunError
 from ..features import backbones, discovery
 from . import layout
 
-__all__ = ["RunSource", "RunSpecWarning"]
+__all__ = ["RunSource", "RunSpecWarning", "TrustedPickleWarning"]
 
 
 class RunSpecWarning(UserWarning):
     """Features are recomputed under a spec that differs from the recorded one."""
+
+
+class TrustedPickleWarning(UserWarning):
+    """A bundle's pickled head is loaded because the caller said it trusts the bundle."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +56,8 @@ class RunSource:
         head_path: the head file, to load with `head_sha256`.
         head_sha256: the head file's recorded sha256.
         class_names: tuple of the run's class names, in label order.
+        head_format: `"skops"` (loads without running code from the file,
+            `safe_head`) or `"pickle"` (`heads.load_head`).
     """
 
     root: Path
@@ -54,9 +68,12 @@ class RunSource:
     head_path: Path
     head_sha256: str
     class_names: tuple[str, ...]
+    head_format: str = "pickle"
 
     @classmethod
-    def open(cls, path: str | os.PathLike, weights: str | os.PathLike | None = None) -> RunSource:
+    def open(
+        cls, path: str | os.PathLike, weights: str | os.PathLike | None = None, *, trust: bool = False
+    ) -> RunSource:
         """Checks a run folder or bundle and resolves what rebuilds its features.
 
         Args:
@@ -66,13 +83,17 @@ class RunSource:
                 one (moved or copied elsewhere); it must have the recorded
                 sha256. Only for runs extracted from a weights file.
                 Defaults to `None` (the recorded or bundled file).
+            trust: bool, load a bundle's pickled head (unpickling runs
+                code from the bundle: only for bundles from a trusted
+                source). Defaults to `False` (such a bundle is refused).
 
         Returns:
             A `RunSource`.
 
         Raises:
             RunError: the folder is not a run or bundle, or one of its files
-                is missing, damaged or differs from its recorded sha256.
+                is missing, damaged or differs from its recorded sha256, or
+                a bundle holds a pickled head and `trust` is `False`.
             ConfigError: `weights` was given for a run without a weights file.
 
         Warns:
@@ -89,7 +110,7 @@ class RunSource:
         if not root.is_dir():
             raise RunError(f"`run_dir` '{root}' is a file, not a run folder or bundle folder.", field="run")
         if (root / layout.BUNDLE).exists():
-            return _open_bundle(root, weights)
+            return _open_bundle(root, weights, trust)
         if not (root / layout.LINEAGE).exists():
             raise RunError(
                 f"`run_dir` '{root}' is neither a run folder (no {layout.LINEAGE}) nor a bundle (no "
@@ -100,14 +121,30 @@ class RunSource:
         return _resolve(root, "run", lineage, root / layout.HEAD, lineage.get("head_sha256"), None, weights)
 
 
-def _open_bundle(root: Path, weights) -> RunSource:
+def _open_bundle(root: Path, weights, trust: bool) -> RunSource:
     listed = _verify_manifest(root)
     bundle = layout.read_json(root / layout.BUNDLE, "bundle")
     kind, version = bundle.get("format"), bundle.get("format_version")
-    if kind != layout.BUNDLE_FORMAT or version != layout.BUNDLE_FORMAT_VERSION:
+    if kind != layout.BUNDLE_FORMAT or version not in layout.BUNDLE_FORMAT_VERSIONS:
         raise RunError(
             f"'{root / layout.BUNDLE}' is not a {layout.BUNDLE_FORMAT} of version "
-            f"{layout.BUNDLE_FORMAT_VERSION} (format={kind!r}, version={version!r})."
+            f"{' or '.join(map(str, layout.BUNDLE_FORMAT_VERSIONS))} (format={kind!r}, version={version!r})."
+        )
+    head_format = "skops" if bundle.get("head") == layout.HEAD_SKOPS else "pickle"
+    if head_format == "pickle" and trust:
+        warnings.warn(
+            f"Trusting bundle '{root}': its head is a pickle, which runs code from the bundle when loaded. "
+            "Use only bundles from sources you trust.",
+            TrustedPickleWarning,
+            stacklevel=4,
+        )
+    elif head_format == "pickle":
+        raise RunError(
+            f"Refusing bundle '{root}': its head '{bundle.get('head')}' is a pickle, and loading a pickle runs "
+            "any code written into it; the hashes that would catch a change sit in the same folder. Pass "
+            "--trust (`trust=True`) only if the bundle comes from a source you trust, or ask for a bundle "
+            "exported by this version (its head loads without running code).",
+            field="trust",
         )
     names = [layout.BUNDLE, bundle.get("head", "")] + ([bundle["weights_file"]] if bundle.get("weights_file") else [])
     unlisted = [n for n in names if n not in listed]
@@ -120,7 +157,8 @@ def _open_bundle(root: Path, weights) -> RunSource:
     if not isinstance(lineage, dict):
         raise RunError(f"'{root / layout.BUNDLE}' holds no lineage; export the bundle again.")
     bundled = root / bundle["weights_file"] if bundle.get("weights_file") else None
-    return _resolve(root, "bundle", lineage, root / bundle["head"], bundle.get("head_sha256"), bundled, weights)
+    source = _resolve(root, "bundle", lineage, root / bundle["head"], bundle.get("head_sha256"), bundled, weights)
+    return dataclasses.replace(source, head_format=head_format)
 
 
 def _verify_manifest(root: Path) -> set[str]:
