@@ -390,7 +390,7 @@ def _weights_per_model(models: list, weights: list | None) -> list[tuple]:
 
 
 def _cmd_list(args) -> int:
-    from ..features.backbones import get_backbone_cfg, list_backbones
+    from ..features.backbones import describe_backbone, get_backbone_cfg, list_backbones
 
     if args.heads:
         from ..heads import get_head_cfg, list_heads
@@ -401,8 +401,7 @@ def _cmd_list(args) -> int:
             print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}{light}")
         return ExitStatus.OK
     for name in list_backbones(args.pattern):
-        cfg = get_backbone_cfg(name)
-        print(f"{name:24} {cfg.default_size:4d} px (min {cfg.min_size}), preprocess: {cfg.module}")
+        print(describe_backbone(get_backbone_cfg(name)))
     return ExitStatus.OK
 
 

@@ -90,10 +90,10 @@ def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
     cfg = backbones.get_backbone_cfg(config.model)
     return {
         "features_version": FEATURES_VERSION,
-        "backbone": cfg.to_dict(),
-        "weights": backbones.weights_identity(config.weights),
+        "backbone": backbones.spec_row(cfg),
+        "weights": backbones.weights_identity(config.weights, cfg),
         "size": backbones.resolve_size(cfg, config.size),
-        "pooling": config.pooling,
+        "pooling": backbones.resolve_pooling(cfg, config.pooling, config.layer),
         "layer": config.layer,
         "precision": config.precision,
         "storage_dtype": config.storage_dtype,
@@ -464,15 +464,16 @@ def _build_model(plan: _Plan, built: dict[str, Any]):
         plan.feature_shape = tuple(int(d) for d in built[clean_key].output_shape[1:])
         return built[clean_key]
     t0 = time.perf_counter()
+    cfg = backbones.get_backbone_cfg(plan.config.model)
     model = backbones.build_extractor(
-        backbones.get_backbone_cfg(plan.config.model),
+        cfg,
         size=plan.spec["size"],
         weights=plan.config.weights,
         pooling=plan.config.pooling,
         layer=plan.config.layer,
         precision=plan.config.precision,
     )
-    if backbones.weights_identity(plan.config.weights) != plan.spec["weights"]:
+    if backbones.weights_identity(plan.config.weights, cfg) != plan.spec["weights"]:
         # The features would be stored under the key of the weights hashed before.
         raise WeightsUnavailableError(
             f"Weights file '{plan.config.weights}' changed while it was being loaded; nothing was "
