@@ -69,7 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "decoding each image once per input size",
     )
     p.add_argument("--size", type=int, help="input size in pixels (default: the backbone's)")
-    p.add_argument("--pooling", choices=("avg", "max", "none"), help="global pooling, or none for spatial maps (default avg)")
+    p.add_argument("--pooling", choices=("avg", "max", "none", "cls", "mean", "cls+mean", "embedding"),
+                   help="global pooling, or none for spatial maps (default avg); KerasHub encoders: cls, mean, "
+                        "cls+mean, embedding (avg: the family's default)")
     p.add_argument("--layer", help="take this layer's output instead of the last")
     p.add_argument("--weights", nargs="+",
                    help="imagenet (default), none, or a weights file path; with several --model names, "
