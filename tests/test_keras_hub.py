@@ -235,7 +235,7 @@ def test_predict_and_export_agree_on_a_hub_run(presets, data, tmp_path):
     (run,) = train_heads(result.path, config=TrainConfig(heads=("logreg",), runs_dir=str(tmp_path / "runs"),
                                                          cache_dir=str(tmp_path / "cache")))
     fs = read_feature_set(result.path)
-    predictor = Predictor(run.run_dir)
+    predictor = Predictor.load(run.run_dir)
     features, ok, errors = predictor.extract([data / p for p in fs.paths])
     assert not errors
     np.testing.assert_allclose(features, fs.features, rtol=1e-5, atol=1e-5)

@@ -224,7 +224,7 @@ def build_extractor(
         options = {"layer": layer} if cfg.source == "applications" else {}
         x = source.build_features(keras, cfg, inputs, size=size, weights=weights, pooling=pooling, **options)
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
-        model = keras.Model(inputs, x, name=f"{_model_name(cfg.name)}_extractor")
+        model = keras.Model(inputs, x, name=f"{model_name(cfg.name)}_extractor")
         model.trainable = False
         return model
     finally:
@@ -240,7 +240,7 @@ def describe_backbone(cfg) -> str:
             f"{params}, licence: {cfg.licence}")
 
 
-def _model_name(name: str) -> str:
+def model_name(name: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else "_" for c in name)[-60:]
 
 

@@ -162,7 +162,7 @@ def _build(keras, predictor: Predictor, *, traced: bool):
         # The head was trained on float16-stored features: round the same way.
         x = keras.layers.Activation("linear", dtype="float16", name="storage_float16")(x)
         x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
-    return keras.Model(inputs, head(x), name=f"{predictor.config.model}_{predictor.size}_classifier")
+    return keras.Model(inputs, head(x), name=f"{backbones.model_name(cfg.name)}_{predictor.size}_classifier")
 
 
 def _layer_name(cfg) -> str:
