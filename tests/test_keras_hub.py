@@ -244,3 +244,26 @@ def test_predict_and_export_agree_on_a_hub_run(presets, data, tmp_path):
     images = np.stack([decode.load_image(data / p, SIZE) for p in fs.paths])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(model(images)), predictor.predict_proba(features),
                                atol=1e-4)
+
+
+def test_finetune_trains_only_the_top_block_and_above(presets, tmp_path):
+    from pipeline.config import ExtractConfig, FinetuneConfig, TrainConfig
+    from pipeline.features.extract import extract_features
+    from pipeline.runs import finetune
+    from pipeline.runs.predict import Predictor
+    from pipeline.runs.train import train_heads
+
+    data = make_dataset(tmp_path / "data", per_class=3)
+    result = extract_features(config=ExtractConfig(data=str(data), model=f"hub:{presets['dinov2']}",
+                                                   cache_dir=str(tmp_path / "cache"), batch_size=4))
+    (run,) = train_heads(result.path, config=TrainConfig(
+        heads=("dense",), params={"dense.epochs": 2}, runs_dir=str(tmp_path / "runs"), cache_dir=str(tmp_path / "cache")))
+    tuned = finetune.finetune_run(run.run_dir, config=FinetuneConfig(
+        unfreeze=1, epochs=1, learning_rate=1e-2, batch_size=4, early_stopping_patience=None, workers=1))
+    assert list(tuned.unfrozen) == ["layers_1", "dinov2_backbone_layernorm"]  # the top block of two, the final norm
+    before = Predictor.load(run.run_dir).extractor()
+    after = Predictor.load(tuned.run_dir).extractor()
+    changed = {v.path for v, w in zip(before.weights, after.weights)
+               if not np.allclose(keras.ops.convert_to_numpy(v), keras.ops.convert_to_numpy(w))}
+    assert changed and all("layers_0" not in p and "embeddings" not in p for p in changed), sorted(changed)
+    assert any("layers_1" in p for p in changed)
