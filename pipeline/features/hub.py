@@ -368,4 +368,7 @@ def _prefix_tokens(backbone, family: Family) -> int:
 
 def trainable_blocks(base, block_class: str) -> list:
     """The base's transformer blocks, bottom to top."""
-    return [layer for layer in base._flatten_layers(include_self=False) if type(layer).__name__ == block_class]
+    blocks = [layer for layer in base._flatten_layers(include_self=False) if type(layer).__name__ == block_class]
+    # The walk's order is not the model's: sort by where each block's weights sit in the base.
+    position = {id(v): i for i, v in enumerate(base.weights)}
+    return sorted(blocks, key=lambda block: min(position[id(v)] for v in block.weights))
