@@ -33,7 +33,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, did_you_mean
+from ..errors import ConfigError, WeightsUnavailableError, did_you_mean  # noqa: F401 - the error is re-exported
 from . import hub, hub_presets
 
 log = logging.getLogger("bottleneck")
