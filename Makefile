@@ -102,10 +102,13 @@ FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,
 
 .PHONY: setup features test test-fast lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune
 
+# KerasHub goes in with --no-deps: it requires tensorflow-text, which would add a second
+# TensorFlow beside tensorflow-cpu; the `hub` extra holds its other dependencies (docs/backbones.md).
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,ray,dev]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,ray,dev,hub]'
+	$(PY) -m pip install --quiet --no-deps 'keras-hub==0.32.0'
 	touch $@
 
 setup: $(VENV)/.installed

@@ -19,7 +19,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-POOLINGS = ("avg", "max", "none")
+# avg, max, none: keras.applications; the token poolings: KerasHub encoders (backbones.resolve_pooling).
+POOLINGS = ("avg", "max", "none", "cls", "mean", "cls+mean", "embedding")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
 DECODE_MODES = ("auto", "threads", "processes")

@@ -69,7 +69,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "decoding each image once per input size",
     )
     p.add_argument("--size", type=int, help="input size in pixels (default: the backbone's)")
-    p.add_argument("--pooling", choices=("avg", "max", "none"), help="global pooling, or none for spatial maps (default avg)")
+    p.add_argument("--pooling", choices=("avg", "max", "none", "cls", "mean", "cls+mean", "embedding"),
+                   help="global pooling, or none for spatial maps (default avg); KerasHub encoders: cls, mean, "
+                        "cls+mean, embedding (avg: the family's default)")
     p.add_argument("--layer", help="take this layer's output instead of the last")
     p.add_argument("--weights", nargs="+",
                    help="imagenet (default), none, or a weights file path; with several --model names, "
@@ -397,7 +399,7 @@ def _weights_per_model(models: list, weights: list | None) -> list[tuple]:
 
 
 def _cmd_list(args) -> int:
-    from ..features.backbones import get_backbone_cfg, list_backbones
+    from ..features.backbones import describe_backbone, get_backbone_cfg, list_backbones
 
     if args.heads:
         from ..heads import get_head_cfg, list_heads
@@ -408,8 +410,7 @@ def _cmd_list(args) -> int:
             print(f"{name:16} {cfg.description} {dict(cfg.default_params) or ''}{light}")
         return ExitStatus.OK
     for name in list_backbones(args.pattern):
-        cfg = get_backbone_cfg(name)
-        print(f"{name:24} {cfg.default_size:4d} px (min {cfg.min_size}), preprocess: {cfg.module}")
+        print(describe_backbone(get_backbone_cfg(name)))
     return ExitStatus.OK
 
 

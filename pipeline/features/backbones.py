@@ -1,40 +1,52 @@
-"""Registry of frozen ImageNet bases from `keras.applications`.
+"""Registry of frozen image encoders, from two sources.
 
-A backbone is one row of `BACKBONES`: the Keras constructor, the module whose
-`preprocess_input` belongs to it, its default and minimum input sizes and
-fixed constructor options (MobileNet's `alpha`). The table holds names,
-not objects, so listing backbones and computing cache keys never imports
-Keras; `build_extractor` imports it when a model is really needed.
+A backbone is one row of `BACKBONES`. Each row has a `source` whose module
+(`SOURCES`) owns what differs between them: building the frozen model,
+input size rules, pooling, preprocessing (for export), weights identity
+(for the key) and where fine-tuning's blocks are.
 
-Every model built here takes raw `uint8` RGB batches of shape
-`(batch, size, size, 3)` and applies the row's own `preprocess_input` inside
-the model, on the device, in float32; `predict_batches` runs one over
-decoded images in fixed-shape passes.
+- `applications` (`applications.py`): ImageNet CNNs of `keras.applications`;
+  a row (`BackboneCfg`) names the constructor and the module whose
+  `preprocess_input` belongs to it.
+- `keras_hub` (`hub.py`): KerasHub vision encoders (DINOv2/v3, SigLIP,
+  CLIP, ViT); a row (`hub.HubPresetCfg`) names a preset. The registry holds
+  the built-in presets of `hub_presets.py`; `hub:<handle>` names any other
+  (`hub:/path/to/preset_folder`, `hub:kaggle://...`, `hub:hf://...`).
+
+The tables hold names, not objects, so listing backbones and computing
+cache keys never imports Keras; `build_extractor` imports it when a model
+is really needed. Every model built here takes raw `uint8` RGB batches of
+shape `(batch, size, size, 3)` and preprocesses inside the model, on the
+device, in float32; `predict_batches` runs one over decoded images in
+fixed-shape passes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import logging
 import fnmatch
-import importlib.metadata
-import tempfile
-from pathlib import Path
-from types import MappingProxyType
+import importlib
+import logging
+from types import MappingProxyType, ModuleType
 from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import ConfigError, WeightsUnavailableError, did_you_mean
-from ..store.content import file_sha256
+from ..errors import ConfigError, WeightsUnavailableError, did_you_mean  # noqa: F401 - the error is re-exported
+from . import hub, hub_presets
 
 log = logging.getLogger("bottleneck")
+
+# source name -> the module implementing it (imported when a row of it is used).
+SOURCES: Mapping[str, str] = MappingProxyType({"applications": "applications", "keras_hub": "hub"})
+# name prefix -> the function making a row of a reference the registry does not list.
+PREFIXES: Mapping[str, Any] = MappingProxyType({hub.PREFIX: hub.row_for})
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneCfg:
-    """One row of the backbone registry.
+    """One `keras.applications` row of the backbone registry.
 
     Args:
         name: registry name, lower case with underscores.
@@ -52,6 +64,8 @@ class BackboneCfg:
     default_size: int = 224
     min_size: int = 32
     kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    source = "applications"  # a class attribute: not a field, so not in `to_dict` nor in existing keys
 
     def __post_init__(self):
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
@@ -93,7 +107,19 @@ def _rows() -> list[BackboneCfg]:
     return rows
 
 
-BACKBONES: Mapping[str, BackboneCfg] = MappingProxyType({row.name: row for row in _rows()})
+def _hub_rows() -> list[hub.HubPresetCfg]:
+    return [
+        hub.HubPresetCfg(name, handle, family, size, dim, params, licence)
+        for name, family, handle, params, size, dim, licence in hub_presets.PRESETS
+    ]
+
+
+BACKBONES: Mapping[str, Any] = MappingProxyType({row.name: row for row in [*_rows(), *_hub_rows()]})
+
+
+def source_of(cfg) -> ModuleType:
+    """The module of the row's source (`applications` or `hub`)."""
+    return importlib.import_module(f"{__package__}.{SOURCES[cfg.source]}")
 
 
 def list_backbones(pattern: str = "") -> list[str]:
@@ -101,50 +127,57 @@ def list_backbones(pattern: str = "") -> list[str]:
     return sorted(n for n in BACKBONES if not pattern or fnmatch.fnmatch(n, pattern))
 
 
-def get_backbone_cfg(name: str) -> BackboneCfg:
-    """The registry row of `name`; unknown names list the valid ones."""
-    try:
+def get_backbone_cfg(name: str):
+    """The registry row of `name`, or the row a prefixed reference (`hub:...`) makes; unknown names list the valid ones."""
+    if name in BACKBONES:
         return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(_unknown_name_message("model", name, list(BACKBONES)), field="model") from None
+    for prefix, make_row in PREFIXES.items():
+        if name.startswith(prefix):
+            return make_row(name)
+    message = unknown_name_message("model", name, list(BACKBONES))
+    raise ConfigError(f"{message} Or pass a KerasHub preset as hub:/path/to/preset_folder.", field="model")
 
 
-def resolve_size(cfg: BackboneCfg, size: int | None) -> int:
-    """The input size to use: `size`, or the row's default when `None`."""
-    size = cfg.default_size if size is None else size
-    if size < cfg.min_size:
-        raise ConfigError(
-            f"`size` must be at least {cfg.min_size} for {cfg.name}. Received: size={size}. "
-            f"Pass size={cfg.min_size} or more (its ImageNet weights were trained at {cfg.default_size}).",
-            field="size",
-        )
-    return size
+def resolve_size(cfg, size: int | None) -> int:
+    """The input size to use: `size` checked by the row's source, or the row's default when `None`."""
+    return source_of(cfg).resolve_size(cfg, size)
 
 
-def weights_identity(weights: str) -> str:
-    """A string naming exactly which weights `weights` selects.
+def resolve_pooling(cfg, pooling: str, layer: str | None = None) -> str:
+    """The pooling the row's source will apply for `pooling` (checked; `"avg"` may name a source default)."""
+    return source_of(cfg).resolve_pooling(cfg, pooling, layer)
 
-    `"imagenet"` is identified by the Keras version that downloads it,
-    `"none"` by itself, and a file by the sha256 of its content, so a cache
-    built from one weights file is never served for another.
+
+def spec_row(cfg) -> dict[str, Any]:
+    """The row as the feature key holds it (a KerasHub row: its preset's architecture and preprocessing)."""
+    return source_of(cfg).spec_row(cfg)
+
+
+def weights_identity(weights: str, cfg=None) -> str:
+    """A string naming exactly which weights `weights` selects for the row `cfg` (default: a keras.applications row).
+
+    `"imagenet"` names the row's published weights (`imagenet@keras-X` for
+    keras.applications, `preset-sha256:...` of the preset's weights files
+    for KerasHub), `"none"` random weights, and a file its sha256.
     """
-    if weights == "imagenet":
-        return f"imagenet@keras-{importlib.metadata.version('keras')}"
-    if weights == "none":
-        return "none"
-    path = Path(weights)
-    if not path.is_file():
-        raise WeightsUnavailableError(
-            f"Weights file '{weights}' does not exist. Pass `weights='imagenet'` to download the "
-            "ImageNet weights, the path of a local weights file, or `weights='none'` for random "
-            "weights (smoke runs only).",
-            field="weights",
-        )
-    return f"sha256:{file_sha256(path)}"
+    cfg = BACKBONES["mobilenet_v2"] if cfg is None else cfg
+    return source_of(cfg).weights_identity(cfg, weights)
+
+
+def preprocess_affine(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The row's preprocessing as `x @ kernel + bias` on RGB 0..255 (export writes it as a `Dense(3)`)."""
+    return source_of(cfg).preprocess_affine(cfg)
+
+
+def trainable_blocks(cfg, base) -> list | None:
+    """The base's transformer blocks bottom to top, or `None` where fine-tuning counts layers with weights."""
+    if cfg.source == "applications":
+        return None
+    return source_of(cfg).trainable_blocks(base, hub.family_of(hub.preset_folder(cfg))[1].block)
 
 
 def build_extractor(
-    cfg: BackboneCfg,
+    cfg,
     *,
     size: int,
     weights: str,
@@ -157,16 +190,18 @@ def build_extractor(
     Args:
         cfg: the backbone's registry row, from `get_backbone_cfg`.
         size: square input size in pixels.
-        weights: `"imagenet"`, `"none"` or a weights file path.
-        pooling: `"avg"`, `"max"` or `"none"`. Defaults to `"avg"`.
+        weights: `"imagenet"` (the row's published weights), `"none"` or a weights file path.
+        pooling: `"avg"`, `"max"` or `"none"` (keras.applications); `"cls"`,
+            `"mean"`, `"cls+mean"` or `"embedding"` (KerasHub, as its family
+            offers; `"avg"` picks the family's default). Defaults to `"avg"`.
         layer: name of the layer whose output is taken, or `None` for the
-            last layer. Defaults to `None`.
+            last layer (keras.applications only). Defaults to `None`.
         precision: Keras dtype policy name. Defaults to `"float32"`.
 
     Returns:
         A `keras.Model` mapping `uint8` images `(batch, size, size, 3)` to
         features `(batch, dim)`, or `(batch, h, w, dim)` when `pooling` is
-        `"none"`.
+        `"none"`. Its preprocessing layer is named `"preprocess"`.
 
     Example:
 
@@ -177,111 +212,39 @@ def build_extractor(
     from .._keras import import_keras
 
     keras = import_keras()
-    from .layers import Preprocess  # a Keras layer: imported once Keras is
-
+    source = source_of(cfg)
+    pooling = source.resolve_pooling(cfg, pooling, layer)
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
-        base = _load_base(keras, cfg, size, weights)
-        if layer is not None:
-            base = keras.Model(base.input, _get_layer(base, layer).output, name=f"{base.name}_to_{layer}")
-        base.trainable = False
+        if weights == "none":
+            # Seeded so that a resumed run continues with the same random model.
+            keras.utils.set_random_seed(0)
         inputs = keras.Input((size, size, 3), dtype="uint8", name="image")
-        x = Preprocess(cfg.module, dtype="float32")(inputs)
-        x = base(x, training=False)
-        pool = {"avg": keras.layers.GlobalAveragePooling2D, "max": keras.layers.GlobalMaxPooling2D}.get(pooling)
-        if pool is not None:
-            x = pool(dtype="float32")(x)
+        options = {"layer": layer} if cfg.source == "applications" else {}
+        x = source.build_features(keras, cfg, inputs, size=size, weights=weights, pooling=pooling, **options)
         x = keras.layers.Activation("linear", dtype="float32", name="features")(x)
-        return keras.Model(inputs, x, name=f"{cfg.name}_extractor")
+        model = keras.Model(inputs, x, name=f"{model_name(cfg.name)}_extractor")
+        model.trainable = False
+        return model
     finally:
         keras.config.set_dtype_policy(policy)
 
 
-def _load_base(keras, cfg: BackboneCfg, size: int, weights: str):
-    constructor = getattr(keras.applications, cfg.constructor)
-    kwargs = dict(include_top=False, input_shape=(size, size, 3), **cfg.kwargs)
-    if weights == "none":
-        # Seeded so that a resumed run continues with the same random model.
-        keras.utils.set_random_seed(0)
-        return constructor(weights=None, **kwargs)
-    if weights != "imagenet":
-        weights_identity(weights)  # fails early, with the fix, on a missing file
-        # What keras.applications does with a path, less its choice of loader by file name.
-        base = constructor(weights=None, **kwargs)
-        _load_weights_file(base, Path(weights), f"{cfg.name} (size {size}, options {dict(cfg.kwargs)})")
-        return base
-    try:
-        return constructor(weights="imagenet", **kwargs)
-    except Exception as e:  # Keras raises a bare Exception on a failed download
-        raise WeightsUnavailableError(
-            f"Could not get the ImageNet weights of {cfg.name}: {e}. Keras downloads "
-            "them into ~/.keras/models (or $KERAS_HOME/models) and needs the network "
-            "for that once. Offline, pass the path of a local weights file as `weights`, "
-            "or `weights='none'` for a smoke run with random weights.",
-            field="weights",
-        ) from e
+def describe_backbone(cfg) -> str:
+    """One line of `bottleneck list`: name, source, default size, feature width and how it preprocesses or its licence."""
+    if cfg.source == "applications":
+        return f"{cfg.name:34} applications {cfg.default_size:4d} px (min {cfg.min_size}), preprocess: {cfg.module}"
+    params = f"{cfg.params / 1e6:.0f}M params" if cfg.params else "params ?"
+    return (f"{cfg.name:34} keras_hub    {cfg.default_size or 0:4d} px, {cfg.family} {cfg.feature_dim or '?'} features, "
+            f"{params}, licence: {cfg.licence}")
 
 
-def _load_weights_file(model, path: Path, what: str) -> None:
-    """Loads a weights file into `model` with the loader its content needs, whatever its name.
-
-    Keras picks the loader by file name (`*.weights.h5`: Keras 3, other
-    `*.h5`: legacy, `*.keras`: archive), so a renamed file fails with a
-    misleading error. The format is read from the content instead, and
-    Keras is handed a symlink whose name says it.
-    """
-    try:
-        suffix = _weights_suffix(path)
-        if suffix is None:  # not HDF5 nor zip: Keras's own checks say what it is
-            model.load_weights(str(path))
-            return
-        with tempfile.TemporaryDirectory(prefix="bottleneck-weights-") as folder:
-            link = Path(folder) / f"weights{suffix}"
-            link.symlink_to(path.resolve())
-            model.load_weights(str(link))
-    except Exception as e:  # noqa: BLE001 - Keras reports a wrong file with many exception types
-        raise WeightsUnavailableError(
-            f"Could not load weights file '{path}' into {what}: {_one_line(e)} Check that the file "
-            "holds no-top weights of this exact model, or pass other `weights`.",
-            field="weights",
-        ) from e
+def model_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)[-60:]
 
 
-def _weights_suffix(path: Path) -> str | None:
-    """The file name ending Keras needs to load `path`, read from its content; `None` if unknown."""
-    import h5py
-
-    with path.open("rb") as f:
-        if f.read(4) == b"PK\x03\x04":
-            return ".keras"  # a zip archive: a whole saved model
-    if not h5py.is_hdf5(path):
-        return None
-    with h5py.File(path, "r") as f:
-        # Keras 3 writes top-level `layers` and `vars` groups; the legacy format
-        # lists its layers in `layer_names` (under `model_weights` in a full model).
-        if "layer_names" in f.attrs or "model_weights" in f:
-            return ".h5"
-        if "layers" in f or "vars" in f:
-            return ".weights.h5"
-    return None
-
-
-def _one_line(error: Exception, limit: int = 300) -> str:
-    """The start of an error's message on one line: Keras's can run to pages of tensor values."""
-    text = " ".join(str(error).split()) or type(error).__name__
-    text = text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
-    return text if text.endswith((".", "...")) else text + "."
-
-
-def _get_layer(model, name: str):
-    names = [layer.name for layer in model.layers]
-    if name not in names:
-        raise ConfigError(_unknown_name_message("layer", name, names), field="layer")
-    return model.get_layer(name)
-
-
-def _unknown_name_message(what: str, name: str, valid: list[str]) -> str:
+def unknown_name_message(what: str, name: str, valid: list[str]) -> str:
     hint = did_you_mean(name, valid)
     shown = ", ".join(sorted(valid)) if len(valid) <= 60 else f"{len(valid)} names"
     return f"Unknown {what} {name!r}.{hint} Valid: {shown}."

@@ -96,10 +96,10 @@ def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
     cfg = backbones.get_backbone_cfg(config.model)
     return {
         "features_version": FEATURES_VERSION,
-        "backbone": cfg.to_dict(),
-        "weights": backbones.weights_identity(config.weights),
+        "backbone": backbones.spec_row(cfg),
+        "weights": backbones.weights_identity(config.weights, cfg),
         "size": backbones.resolve_size(cfg, config.size),
-        "pooling": config.pooling,
+        "pooling": backbones.resolve_pooling(cfg, config.pooling, config.layer),
         "layer": config.layer,
         "precision": config.precision,
         "storage_dtype": config.storage_dtype,

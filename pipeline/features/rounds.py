@@ -64,15 +64,16 @@ def build_model(plan: Plan, built: dict[str, Any]):
         plan.feature_shape = tuple(int(d) for d in built[clean_key].output_shape[1:])
         return built[clean_key]
     t0 = time.perf_counter()
+    cfg = backbones.get_backbone_cfg(plan.config.model)
     model = backbones.build_extractor(
-        backbones.get_backbone_cfg(plan.config.model),
+        cfg,
         size=plan.spec["size"],
         weights=plan.config.weights,
         pooling=plan.config.pooling,
         layer=plan.config.layer,
         precision=plan.config.precision,
     )
-    if backbones.weights_identity(plan.config.weights) != plan.spec["weights"]:
+    if backbones.weights_identity(plan.config.weights, cfg) != plan.spec["weights"]:
         # The features would be stored under the key of the weights hashed before.
         raise WeightsUnavailableError(
             f"Weights file '{plan.config.weights}' changed while it was being loaded; nothing was "

@@ -44,7 +44,6 @@ the bundle as a staged folder renamed into place when complete.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import importlib.util
 import os
 import shutil
@@ -72,9 +71,6 @@ class BundlePickleWarning(UserWarning):
 
 
 _CHECK_TOLERANCE = 1e-4  # exported model vs extractor + head, on random images
-
-# The map is measured at 0 and at 255 on each channel, in float64.
-_PROBE = np.concatenate([np.zeros((1, 3)), 255.0 * np.eye(3)]).reshape(4, 1, 1, 3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,20 +117,9 @@ def preprocess_affine(module: str) -> tuple[np.ndarray, np.ndarray]:
     >>> float(kernel[2, 0]), round(float(bias[0]), 3)  # output B is input B minus 103.939
     (1.0, -103.939)
     """
-    fn = importlib.import_module(f"keras.applications.{module}").preprocess_input
-    out = np.asarray(fn(_PROBE.copy()), dtype=np.float64).reshape(4, 3)
-    bias = out[0]
-    kernel = (out[1:] - bias) / 255.0
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, size=(2, 8, 8, 3)).astype(np.float64)
-    expected = np.asarray(fn(x.copy()), dtype=np.float64)
-    if expected.shape != x.shape or not np.allclose(x @ kernel + bias, expected, rtol=1e-9, atol=1e-9):
-        raise ConfigError(
-            f"The preprocess_input of keras.applications.{module} is not a per-channel affine map, so it "
-            "cannot be exported with built-in layers. Pass `format='bundle'` instead.",
-            field="format",
-        )
-    return kernel.astype(np.float32), bias.astype(np.float32)
+    from ..features.applications import module_affine
+
+    return module_affine(module)
 
 
 def build_export_model(predictor: Predictor):
@@ -163,11 +148,10 @@ def build_export_model(predictor: Predictor):
 
 
 def _build(keras, predictor: Predictor, *, traced: bool):
-    from ..features.backbones import get_backbone_cfg
-    from ..features.layers import Preprocess
+    from ..features import backbones
 
-    module = get_backbone_cfg(predictor.config.model).module
-    kernel, bias = preprocess_affine(module)
+    cfg = backbones.get_backbone_cfg(predictor.config.model)
+    kernel, bias = backbones.preprocess_affine(cfg)
     extractor = predictor.extractor()
     head = _head_model(keras, predictor, extractor.output_shape[1:])
 
@@ -179,24 +163,20 @@ def _build(keras, predictor: Predictor, *, traced: bool):
     else:
         x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, dtype="float32", name="resize")(x)
     x = keras.ops.round(x)  # the decoder hands the backbone whole grey levels
-    preprocess = keras.layers.Dense(3, dtype="float32", trainable=False, name=f"preprocess_{module}")
+    preprocess = keras.layers.Dense(3, dtype="float32", trainable=False, name=f"preprocess_{_layer_name(cfg)}")
     x = preprocess(x)
     preprocess.set_weights([kernel, bias])
-    replaced = False
-    for layer in extractor.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, Preprocess):
-            replaced = True
-            continue
-        x = layer(x)
-    if not replaced:
-        raise RuntimeError("The extractor has no Preprocess layer to replace; build_extractor changed.")
+    # The extractor past its own preprocessing layer (the one every source names "preprocess").
+    x = keras.Model(extractor.get_layer("preprocess").output, extractor.output, name="extractor")(x)
     if predictor.config.storage_dtype == "float16":
         # The head was trained on float16-stored features: round the same way.
         x = keras.layers.Activation("linear", dtype="float16", name="storage_float16")(x)
         x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
-    return keras.Model(inputs, head(x), name=f"{predictor.config.model}_{predictor.size}_classifier")
+    return keras.Model(inputs, head(x), name=f"{backbones.model_name(cfg.name)}_{predictor.size}_classifier")
+
+
+def _layer_name(cfg) -> str:
+    return getattr(cfg, "module", None) or "preset"
 
 
 def _head_model(keras, predictor: Predictor, feature_shape):

@@ -272,7 +272,11 @@ def _start(job: _Job, config, fm) -> tuple[dict[str, Any], Any]:
     log.info("Building the fine-tune model: %s at %d px, the dense head on top, top %s layers trainable ...",
              c.model, job.predictor.size, config.unfreeze if config.unfreeze_from is None else f"from {config.unfreeze_from}")
     model = fm.build_model(job.predictor.extractor(), job.predictor.head.model_, storage_dtype=c.storage_dtype)
-    unfrozen = fm.unfreeze_top(fm.base_of(model), unfreeze=config.unfreeze, unfreeze_from=config.unfreeze_from)
+    from ..features import backbones
+
+    base = fm.base_of(model)
+    blocks = backbones.trainable_blocks(backbones.get_backbone_cfg(c.model), base)
+    unfrozen = fm.unfreeze_top(base, unfreeze=config.unfreeze, unfreeze_from=config.unfreeze_from, blocks=blocks)
     keras.utils.set_random_seed(config.seed)  # after the build: a random-weights base seeds itself
     optimizer = keras.optimizers.Adam(learning_rate=config.learning_rate)
     if c.precision == "mixed_float16":

@@ -143,7 +143,7 @@ def build_model(extractor, head_model, *, storage_dtype: str):
     return keras.Model(extractor.input, head_model(x), name="finetune")
 
 
-def unfreeze_top(base, *, unfreeze: int | str | None, unfreeze_from: str | None) -> list[str]:
+def unfreeze_top(base, *, unfreeze: int | str | None, unfreeze_from: str | None, blocks: list | None = None) -> list[str]:
     """Makes the chosen top layers of `base` trainable and every other layer frozen.
 
     Layers are counted when they have weights, BatchNormalization left out:
@@ -154,9 +154,16 @@ def unfreeze_top(base, *, unfreeze: int | str | None, unfreeze_from: str | None)
     reaches nested layers even where the base was called with
     `training=False`.
 
+    A transformer base (KerasHub) passes its `blocks`, bottom to top:
+    `unfreeze` then counts blocks, and the layers above the top block (the
+    final LayerNorm, SigLIP's attention-pool head) train with them; the
+    embeddings and lower blocks stay frozen.
+
     Returns:
         The names of the layers made trainable, bottom to top.
     """
+    if blocks is not None and unfreeze != "all":
+        return _unfreeze_blocks(base, blocks, unfreeze=unfreeze, unfreeze_from=unfreeze_from)
     layers = list(base.layers)
     weighted = [layer for layer in layers if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
     if unfreeze_from is not None:
@@ -187,6 +194,44 @@ def unfreeze_top(base, *, unfreeze: int | str | None, unfreeze_from: str | None)
     for layer in layers:
         layer.trainable = id(layer) in trained
     return [layer.name for layer in chosen]
+
+
+def _unfreeze_blocks(base, blocks: list, *, unfreeze: int | None, unfreeze_from: str | None) -> list[str]:
+    """Trains the top transformer blocks and what lies above them; nothing below."""
+    names = [block.name for block in blocks]
+    if unfreeze_from is not None:
+        if unfreeze_from not in names:
+            raise ConfigError(
+                f"`unfreeze_from` must name a transformer block of the base {base.name!r}.{did_you_mean(unfreeze_from, names)} "
+                f"Received: unfreeze_from={unfreeze_from!r}", field="unfreeze_from")
+        unfreeze = len(names) - names.index(unfreeze_from)
+    if unfreeze > len(blocks):
+        raise ConfigError(
+            f"`unfreeze` must be at most {len(blocks)}, the transformer blocks of the base {base.name!r}. "
+            f"Received: unfreeze={unfreeze}. Pass 'all' for the whole base.", field="unfreeze")
+    chosen = blocks[len(blocks) - unfreeze:]
+    top = list(base.layers)
+    # Top-level layers after the one holding the last block (final norm, pooling head) train too.
+    holder = next(i for i, layer in enumerate(top) if layer is blocks[-1] or blocks[-1] in _descendants(layer))
+    above = [layer for layer in top[holder + 1:] if layer.weights]
+    base.trainable = True
+    _train_only(base, {id(layer) for layer in [*chosen, *above]})
+    return [layer.name for layer in [*chosen, *above]]
+
+
+def _descendants(layer) -> list:
+    return list(layer._flatten_layers(include_self=False))  # Keras 3 has no public walk of nested layers
+
+
+def _train_only(layer, chosen: set[int]) -> None:
+    """Freezes every sublayer of `layer` but the chosen ones and the containers on their way."""
+    for child in layer._flatten_layers(include_self=False, recursive=False):
+        if id(child) in chosen:
+            continue
+        if any(id(d) in chosen for d in _descendants(child)):
+            _train_only(child, chosen)
+        else:
+            child.trainable = False
 
 
 def full_base(trained_base, untouched_base):

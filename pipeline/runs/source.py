@@ -212,18 +212,19 @@ def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weigh
         config = config_lib.ExtractConfig(**{k: v for k, v in extraction.items() if k in fields})
     except (TypeError, ValueError) as e:
         raise RunError(f"{what} records an extraction_config this version cannot use: {e}") from None
-    size = backbones.resolve_size(backbones.get_backbone_cfg(config.model), config.size)
+    cfg = backbones.get_backbone_cfg(config.model)
+    size = backbones.resolve_size(cfg, config.size)
     recorded = config.weights
     if kind == "run" and recorded not in ("imagenet", "none") and not Path(recorded).is_absolute():
         # A fine-tuned run keeps its base's weights inside itself, named relative to the folder.
         recorded = str(Path(root) / recorded)
-    resolved = _resolve_weights(identity, recorded, bundled_weights, weights_override, what)
+    resolved = _resolve_weights(identity, recorded, bundled_weights, weights_override, what, cfg)
     config = dataclasses.replace(config, weights=resolved)
     _check_feature_key(config, identity, lineage.get("feature_key"), what)
     return RunSource(Path(root), kind, lineage, config, size, Path(head_path), str(head_sha256), tuple(class_names))
 
 
-def _resolve_weights(identity: str, recorded: str, bundled: Path | None, override, what: str) -> str:
+def _resolve_weights(identity: str, recorded: str, bundled: Path | None, override, what: str, cfg) -> str:
     """The weights to build with: the recorded ones, checked against their identity."""
     if identity == "none" or identity.startswith("imagenet@"):
         if override is not None:
@@ -242,6 +243,15 @@ def _resolve_weights(identity: str, recorded: str, bundled: Path | None, overrid
                 "Keras fetches the same published files, but check the predictions if in doubt.",
                 RunSpecWarning,
                 stacklevel=5,
+            )
+        return "imagenet"
+    if identity.startswith("preset-sha256:"):  # a KerasHub preset's own weights, checked by content
+        now = backbones.weights_identity("imagenet", cfg)
+        if now != identity:
+            raise RunError(
+                f"{what} was extracted with KerasHub preset weights {identity[:26]}..., but the preset now holds "
+                f"{now[:26]}...; predictions would not match the head. Restore the preset folder the run used.",
+                field="weights",
             )
         return "imagenet"
     if not identity.startswith("sha256:"):
