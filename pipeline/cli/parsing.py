@@ -1,10 +1,58 @@
-"""argparse pieces every subcommand shares: the common flags, and options that refuse repeats."""
+"""argparse pieces every subcommand shares: the common flags, options that refuse repeats, and
+the options of each stage's command, generated from the config declarations (`pipeline.config.options`)."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["Parser", "common_flags"]
+from ..config import CurveConfig, ExtractConfig, FinetuneConfig, Option, TrainConfig, options_of
+
+__all__ = ["STAGE_OPTIONS", "Parser", "add_options", "add_stage_parser", "common_flags", "flag_values"]
+
+
+def _config_file(table: str) -> Option:
+    return Option(flag="--config", make="CONFIG", help=f"TOML file with a [{table}] table")
+
+
+_FEATURES_ARGUMENT = Option(
+    argument="the feature set", make="FEATURES", cli={"nargs": "?"},
+    help="feature set: a name (or unique prefix) from `bottleneck cache ls`, or a path to the set folder "
+    "or its features.h5; may be left out when the cache holds exactly one set")
+_RUN_ARGUMENT = Option(argument="the run folder", make="RUN",
+                       help="run folder of a dense head (runs/<feature set>/dense-<id>)")
+
+# Each stage command's arguments and options, in --help order: its config's
+# declarations plus the arguments that are not config fields.
+STAGE_OPTIONS: dict[str, dict[str, Option]] = {
+    "features": {**options_of(ExtractConfig), "config": _config_file("features")},
+    "train-head": {"features": _FEATURES_ARGUMENT, **options_of(TrainConfig), "config": _config_file("train")},
+    "curve": {"features": Option(argument="the feature set", make="FEATURES", cli={"nargs": "?"},
+                                 help="feature set, as for train-head"),
+              **options_of(CurveConfig), "config": _config_file("curve")},
+    "finetune": {"run": _RUN_ARGUMENT, **options_of(FinetuneConfig), "config": _config_file("finetune")},
+}
+
+
+def add_options(parser: argparse.ArgumentParser, options: dict[str, Option]) -> None:
+    """One argument per declared option; each is stored under its field's name."""
+    for name, opt in options.items():
+        if opt.argument or opt.flag:
+            parser.add_argument(*([name] if opt.argument else [opt.flag]), **opt.argparse_kwargs(name))
+
+
+def add_stage_parser(sub, command: str, handler, *, help: str) -> argparse.ArgumentParser:
+    """The subcommand of a stage: its declared options, `--json` and the common flags."""
+    parser = sub.add_parser(command, help=help)
+    add_options(parser, STAGE_OPTIONS[command])
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    common_flags(parser, default=argparse.SUPPRESS)
+    parser.set_defaults(handler=handler)
+    return parser
+
+
+def flag_values(args: argparse.Namespace, cls) -> dict:
+    """The parsed value of each of `cls`'s declared options (`None` where the flag was not given)."""
+    return {name: getattr(args, name) for name, opt in options_of(cls).items() if opt.argument or opt.flag}
 
 
 def common_flags(parser: argparse.ArgumentParser, default=False) -> None:

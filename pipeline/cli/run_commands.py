@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..errors import ExitStatus
-from .parsing import common_flags
+from .parsing import add_stage_parser, common_flags, flag_values
 
 __all__ = ["add_finetune_parser", "add_predict_parsers"]
 
@@ -129,27 +129,8 @@ def _cmd_export(args) -> int:
 
 
 def add_finetune_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune the top of the base of a dense head run, end to end, into a new run")
-    p.add_argument("run", help="run folder of a dense head (runs/<feature set>/dense-<id>)")
-    p.add_argument("--unfreeze", metavar="N|all",
-                   help="train the top N layers with weights of the base (BatchNormalization stays frozen), or all (default 10)")
-    p.add_argument("--unfreeze-from", metavar="LAYER", help="train this layer of the base and every layer above it")
-    p.add_argument("--epochs", type=int, help="at most this many epochs (default 10)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-5)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    p.add_argument("--patience", type=int, dest="early_stopping_patience",
-                   help="stop after this many epochs without a lower validation loss (default 3)")
-    p.add_argument("--workers", type=int, help="decoding threads (default min(8, cores))")
-    p.add_argument("--seed", type=int, help="seed of the image order (default 0)")
-    p.add_argument("--runs-dir", help="where the run folder goes (default: the runs folder of RUN)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the killed fine-tune of RUN")
-    p.add_argument("--augment-ops", help="augment the training images on the fly with these ops, as "
-                   "`features --augment-ops` (e.g. flip,rotation=0.2,zoom=0.2); epoch e trains on view e+1 (default off)")
-    p.add_argument("--augment-seed", type=int, help="seed of the augmented views (default 0)")
-    p.add_argument("--config", help="TOML file with a [finetune] table")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_finetune)
+    add_stage_parser(sub, "finetune", _cmd_finetune,
+                     help="fine-tune the top of the base of a dense head run, end to end, into a new run")
 
 
 def _cmd_finetune(args) -> int:
@@ -157,9 +138,7 @@ def _cmd_finetune(args) -> int:
     from ..runs.finetune import finetune_run
 
     table = config_lib.load_toml(args.config).get("finetune", {})
-    flags = ("unfreeze", "unfreeze_from", "epochs", "learning_rate", "batch_size", "early_stopping_patience",
-             "workers", "seed", "runs_dir", "resume", "augment_ops", "augment_seed")
-    config = config_lib.resolve(config_lib.FinetuneConfig, table, **{f: getattr(args, f) for f in flags})
+    config = config_lib.resolve(config_lib.FinetuneConfig, table, **flag_values(args, config_lib.FinetuneConfig))
     result = finetune_run(args.run, config=config)
     if not args.quiet:
         shown = {k: "-" if v is None else f"{v:.4f}" for k, v in result.to_json().items() if k.endswith("accuracy")}

@@ -88,15 +88,12 @@ class ExtractResult:
 def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
     """Everything that changes the extracted numbers, and nothing else."""
     cfg = backbones.get_backbone_cfg(config.model)
+    # The config's key fields (declared `key=True`) as set, but these three resolved first.
+    resolved = {"model": ("backbone", cfg.to_dict()), "weights": ("weights", backbones.weights_identity(config.weights)),
+                "size": ("size", backbones.resolve_size(cfg, config.size))}
     return {
         "features_version": FEATURES_VERSION,
-        "backbone": cfg.to_dict(),
-        "weights": backbones.weights_identity(config.weights),
-        "size": backbones.resolve_size(cfg, config.size),
-        "pooling": config.pooling,
-        "layer": config.layer,
-        "precision": config.precision,
-        "storage_dtype": config.storage_dtype,
+        **dict(resolved.get(name, (name, getattr(config, name))) for name in config_lib.key_fields(config)),
         "decoder": decode.DECODER_ID,
         "keras_major": importlib.metadata.version("keras").split(".")[0],
     }
