@@ -7,7 +7,7 @@ import argparse
 
 from ..config import CurveConfig, ExtractConfig, FinetuneConfig, Option, TrainConfig, options_of
 
-__all__ = ["STAGE_OPTIONS", "Parser", "add_options", "add_stage_parser", "common_flags", "flag_values"]
+__all__ = ["STAGE_OPTIONS", "Parser", "add_options", "add_stage_parser", "common_flags", "flag_values", "options_doc"]
 
 
 def _config_file(table: str) -> Option:
@@ -53,6 +53,26 @@ def add_stage_parser(sub, command: str, handler, *, help: str) -> argparse.Argum
 def flag_values(args: argparse.Namespace, cls) -> dict:
     """The parsed value of each of `cls`'s declared options (`None` where the flag was not given)."""
     return {name: getattr(args, name) for name, opt in options_of(cls).items() if opt.argument or opt.flag}
+
+
+def options_doc() -> str:
+    """docs/options.md: the Make variable and flag of every stage option, from the declarations."""
+    lines = [
+        "# Options of the stage commands",
+        "",
+        "Generated from the declarations in `pipeline/config/` (a test checks it is current); regenerate with",
+        "`python -c \"from pipeline.cli.parsing import options_doc; print(options_doc(), end='')\" > docs/options.md`.",
+        "A Make variable of `ARGS` means the flag is passed as `make ... ARGS=\"--flag value\"`.",
+        "Every command also takes `--json`, `--quiet` (`-q`), `--traceback` and `--verbose` (`-v`).",
+    ]
+    for command, options in STAGE_OPTIONS.items():
+        lines += ["", f"## `bottleneck {command}` (`make {command}`)", "", "| Make variable | flag | meaning |",
+                  "| --- | --- | --- |"]
+        for name, opt in options.items():
+            flag = "positional" if opt.argument else f"`{opt.flag}`"
+            meaning = (opt.help or "").replace("|", "\\|").replace("<", "\\<")
+            lines.append(f"| `{opt.make}` | {flag} | {meaning} |" if opt.make else f"| | {flag} | {meaning} |")
+    return "\n".join(lines) + "\n"
 
 
 def common_flags(parser: argparse.ArgumentParser, default=False) -> None:

@@ -132,7 +132,7 @@ class ExtractConfig:
         help="imagenet (default), none, or a weights file path; with several --model names, "
         "one value for all or one per model, in order")
     precision: str = option("float32", flag="--precision", make="PRECISION", key=True, check=one_of(PRECISIONS),
-                            help="default float32")
+                            help="Keras dtype policy of the forward pass (default float32)")
     storage_dtype: str = option("float32", flag="--storage-dtype", make="ARGS", key=True,
                                 check=one_of(STORAGE_DTYPES), help="stored feature dtype (default float32)")
     batch_size: int = option(64, flag="--batch-size", make="BATCH", help="images per forward pass (default 64)",
