@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.cli import main, terminal
-from pipeline.cli.parsing import STAGE_OPTIONS
+
+from pipeline.cli.options import COMMAND_OPTIONS
 from pipeline.config import CurveConfig, ExtractConfig, FinetuneConfig, TrainConfig, key_fields, options_of
 from pipeline.config.options import integer, number, one_of
 from pipeline.errors import ConfigError
@@ -18,8 +18,8 @@ from pipeline.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {"features": ExtractConfig, "train-head": TrainConfig, "curve": CurveConfig, "finetune": FinetuneConfig}
 REQUIRED = {ExtractConfig: {"data": "photos"}}
-# Makefile variables that set no option: the toolchain, the pass-through, the benchmarks, predict's image list.
-NOT_OPTIONS = {"PYTHON", "ARGS", "BENCH_ARGS", "BENCH_GPU_ARGS", "IMAGES"}
+# Makefile variables that set no option: the toolchain, the pass-through, the benchmarks.
+NOT_OPTIONS = {"PYTHON", "ARGS", "BENCH_ARGS", "BENCH_GPU_ARGS"}
 
 
 def _declared(check_type):
@@ -103,9 +103,10 @@ def _make_dry_run(target: str, variables: dict[str, str]) -> str:
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
-@pytest.mark.parametrize("command", STAGE_OPTIONS)
+@pytest.mark.parametrize("command", [c for c, options in COMMAND_OPTIONS.items() if any(
+    opt.make not in (None, "ARGS") for opt in options.values())])
 def test_every_declared_make_variable_reaches_its_flag(command):
-    options = {name: opt for name, opt in STAGE_OPTIONS[command].items() if opt.make not in (None, "ARGS")}
+    options = {name: opt for name, opt in COMMAND_OPTIONS[command].items() if opt.make not in (None, "ARGS")}
     values = {opt.make: "1" if opt.switch else "k=v" if opt.make == "SWEEP" else f"v{opt.make}" for opt in options.values()}
     line = _make_dry_run(command, values)
     for name, opt in options.items():
@@ -121,10 +122,9 @@ def test_every_declared_make_variable_reaches_its_flag(command):
 def test_every_makefile_variable_sets_a_declared_option():
     makefile = (ROOT / "Makefile").read_text()
     variables = set(re.findall(r"^([A-Z_]+) \?=", makefile, flags=re.M)) - NOT_OPTIONS
-    declared = {opt.make for options in STAGE_OPTIONS.values() for opt in options.values()}
-    hinted = {make for table in terminal._OPTIONS.values() for _, make in table.values()}
-    assert variables - declared - hinted == set()
-    assert declared - {"ARGS"} <= variables
+    declared = {opt.make for options in COMMAND_OPTIONS.values() for opt in options.values()}
+    assert variables - declared == set()
+    assert declared - {"ARGS", None} <= variables
 
 
 def test_the_options_page_is_generated_from_the_declarations():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import BottleneckError, ConfigError, ExitStatus
 from . import terminal
-from .parsing import Parser, add_stage_parser, common_flags, flag_values
+from .parsing import Parser, add_command, common_flags, flag_values
 from .run_commands import add_finetune_parser, add_predict_parsers
 
 
@@ -59,19 +59,21 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     common_flags(parser)
     sub = parser.add_subparsers(dest="command", required=True)
-    add_stage_parser(sub, "features", _cmd_features, help="extract backbone features of an image folder into the cache")
+    add_command(sub, "features", _cmd_features, help="extract backbone features of an image folder into the cache")
     _add_list_parser(sub)
-    _add_cache_parser(sub)
+    add_command(sub, "cache", _cmd_cache, help="list feature sets, or export one for other tools", json_help=None)
     p = sub.add_parser("sample-data", help="write the embedded sample dataset (scikit-learn digits as PNG folders)")
     p.add_argument("out", nargs="?", default="data/digits")
     common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_sample_data)
-    add_stage_parser(sub, "train-head", _cmd_train_head, help="train heads on a cached feature set, one run folder each")
-    add_stage_parser(sub, "curve", _cmd_curve,
-                     help="data-fraction curve: heads trained on growing shares of the training split")
-    _add_runs_parser(sub)
+    add_command(sub, "train-head", _cmd_train_head, help="train heads on a cached feature set, one run folder each")
+    add_command(sub, "curve", _cmd_curve,
+                help="data-fraction curve: heads trained on growing shares of the training split")
+    add_command(sub, "runs", _cmd_runs, help="inspect trained runs",
+                json_help="print the rows as one JSON list, numbers as numbers")
     add_predict_parsers(sub)
-    _add_report_parser(sub)
+    add_command(sub, "report", _cmd_report,
+                help="write one self-contained HTML report of the runs, to choose a model from")
     add_finetune_parser(sub)
     return parser
 
@@ -82,49 +84,6 @@ def _add_list_parser(sub) -> None:
     p.add_argument("--heads", action="store_true", help="list the heads instead of the backbones")
     common_flags(p, default=argparse.SUPPRESS)
     p.set_defaults(handler=_cmd_list)
-
-
-def _add_cache_parser(sub) -> None:
-    p = sub.add_parser("cache", help="list feature sets, or export one for other tools")
-    p.add_argument("action", choices=("ls", "export"))
-    p.add_argument("features", nargs="?", help="export: the feature set (name, prefix or path)")
-    p.add_argument("--output", "-o", help="export: the file to write (default <set name>.<format>)")
-    p.add_argument("--format", choices=("npz", "parquet"), help="export: default from --output's suffix, else npz")
-    p.add_argument("--force", action="store_true", help="export: replace the output file if it exists")
-    p.add_argument("--cache-dir", default="cache")
-    p.add_argument("--json", action="store_true")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_cache)
-
-
-def _add_runs_parser(sub) -> None:
-    p = sub.add_parser("runs", help="inspect trained runs")
-    p.add_argument("action", choices=("ls",))
-    p.add_argument("--runs-dir", default="runs")
-    p.add_argument("--features", help="only runs on feature sets whose name or content hash starts with this")
-    p.add_argument("--head", help="only runs of this head")
-    p.add_argument("--sort", default="val_accuracy",
-                   help="column to rank by, best first: val_accuracy (default), test_accuracy, test_macro_f1, "
-                   "fraction, n_images or fit_seconds (lowest first)")
-    p.add_argument("--limit", type=int, help="show at most this many runs")
-    p.add_argument("--rebuild", action="store_true",
-                   help="rewrite leaderboard.csv and .md from the run folders (runs ls also does when they disagree)")
-    p.add_argument("--json", action="store_true", help="print the rows as one JSON list, numbers as numbers")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_runs)
-
-
-def _add_report_parser(sub) -> None:
-    p = sub.add_parser("report", help="write one self-contained HTML report of the runs, to choose a model from")
-    p.add_argument("runs_dir", nargs="?", default="runs", help="the runs folder (default runs)")
-    p.add_argument("--features", help="only runs on feature sets whose name starts with this")
-    p.add_argument("--output", "-o", default="report.html", help="HTML file to write (default report.html)")
-    p.add_argument("--force", action="store_true", help="replace the HTML file if it exists")
-    p.add_argument("--duplicate-threshold", type=float, default=0.98,
-                   help="cosine similarity of cached features from which two images are near-duplicates (default 0.98)")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_report)
 
 
 def _cmd_report(args) -> int:

@@ -2,53 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from ..errors import ExitStatus
-from .parsing import add_stage_parser, common_flags, flag_values
+from .parsing import add_command, flag_values
 
 __all__ = ["add_finetune_parser", "add_predict_parsers"]
 
 
 def add_predict_parsers(sub) -> None:
-    run_help = "run folder (runs/<feature set>/<head>-<id>) or a bundle folder from `bottleneck export`"
-    weights_help = "the run's weights file, if it moved (must have the sha256 recorded at extraction)"
-
-    p = sub.add_parser("predict", help="predict the class of new images with a trained run")
-    p.add_argument("run", help=run_help)
-    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
-    p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
-    p.add_argument("--force", action="store_true", help="replace the CSV if it exists")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_predict)
-
-    p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
-    p.add_argument("run", help=run_help)
-    p.add_argument("data", help="labelled folder, DATA/<class>/*, or a manifest; classes are matched by name")
-    p.add_argument("--output", help="existing folder that receives eval-<id>/ (default: the run folder)")
-    p.add_argument("--cache-dir", help="feature cache the data is extracted into and reused from "
-                   "(default: the cache of the run's feature set, else cache)")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_evaluate)
-
-    p = sub.add_parser("export", help="export a run: one model (dense and linear heads) or a self-contained bundle")
-    p.add_argument("run", help=run_help)
-    p.add_argument("out", help="OUT.keras or OUT.onnx, a new folder for saved_model or a bundle")
-    p.add_argument("--format", choices=("keras", "saved_model", "onnx", "bundle"),  # runs.export.EXPORT_FORMATS
-                   help="default: from OUT's suffix (.keras, .onnx); else keras for dense heads, bundle otherwise")
-    p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
-    p.add_argument("--force", action="store_true", help="replace an existing .keras file")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_export)
+    add_command(sub, "predict", _cmd_predict, help="predict the class of new images with a trained run")
+    add_command(sub, "evaluate", _cmd_evaluate, help="measure a trained run on a new labelled class-per-folder set")
+    add_command(sub, "export", _cmd_export,
+                help="export a run: one model (dense and linear heads) or a self-contained bundle")
 
 
 def _cmd_predict(args) -> int:
@@ -129,7 +96,7 @@ def _cmd_export(args) -> int:
 
 
 def add_finetune_parser(sub) -> None:
-    add_stage_parser(sub, "finetune", _cmd_finetune,
+    add_command(sub, "finetune", _cmd_finetune,
                      help="fine-tune the top of the base of a dense head run, end to end, into a new run")
 
 

@@ -16,7 +16,7 @@ import time
 import warnings
 
 from ..config import Option
-from .parsing import STAGE_OPTIONS
+from .options import COMMAND_OPTIONS
 
 log = logging.getLogger("bottleneck")
 _PRODUCT = "pipeline"  # warnings of classes defined in this package are the product's own
@@ -27,105 +27,14 @@ def _hints(options: dict[str, Option]) -> dict[str, tuple[str, str | None]]:
 
 
 # The flag and Make variable that set each config field or argument a
-# library error names (`BottleneckError.field`), per command: the stages'
-# from their declarations, the other commands' written here.
-_EXTRACT_OPTIONS = _hints(STAGE_OPTIONS["features"])
-_CURVE_OPTIONS = {
-    **_hints(STAGE_OPTIONS["curve"]),
-    # A point's fraction is one of `fractions`.
-    "fraction": _hints(STAGE_OPTIONS["curve"])["fractions"],
-}
-_RUN_OPTIONS = {
-    "run": ("RUN (the run folder argument)", "RUN"),
-    "weights": ("--weights", "ARGS"),
-    "top_k": ("--top-k", "TOPK"),
-    "output": ("--output", "OUTPUT"),
-    "out": ("OUT (the export target argument)", "OUT"),
-    "format": ("--format", "FORMAT"),
-    "data": ("DATA (the labelled folder argument)", "DATA"),
-    "overwrite": ("--force", "ARGS"),
-}
-# `cache export` has no Make target of its own: its hints name the flag only.
-_CACHE_OPTIONS = {
-    "out": ("--output", None),
-    "format": ("--format", None),
-    "overwrite": ("--force", None),
-}
-_REPORT_OPTIONS = {
-    "runs_dir": ("RUNS_DIR (the runs folder argument)", "RUNS"),
-    "features": ("--features", "FEATURES"),
-    "output": ("--output", "OUTPUT"),
-    "overwrite": ("--force", "ARGS"),
-    "duplicate_threshold": ("--duplicate-threshold", "ARGS"),
-}
-_RUNS_OPTIONS = {
-    "features": ("--features", "ARGS"),
-    "head": ("--head", "ARGS"),
-    "sort": ("--sort", "ARGS"),
-    "limit": ("--limit", "ARGS"),
-}
-_OPTIONS = {
-    **_hints(STAGE_OPTIONS["curve"]),
-    # A point's fraction is one of `fractions`.
-    "fraction": _hints(STAGE_OPTIONS["curve"])["fractions"],
-}
-_RUN_OPTIONS = {
-    "run": ("RUN (the run folder argument)", "RUN"),
-    "weights": ("--weights", "ARGS"),
-    "top_k": ("--top-k", "TOPK"),
-    "output": ("--output", "OUTPUT"),
-    "out": ("OUT (the export target argument)", "OUT"),
-    "format": ("--format", "FORMAT"),
-    "data": ("DATA (the labelled folder argument)", "DATA"),
-    "overwrite": ("--force", "ARGS"),
-}
-# `cache export` has no Make target of its own: its hints name the flag only.
-_CACHE_OPTIONS = {
-    "out": ("--output", None),
-    "format": ("--format", None),
-    "overwrite": ("--force", None),
-}
-_REPORT_OPTIONS = {
-    "runs_dir": ("RUNS_DIR (the runs folder argument)", "RUNS"),
-    "features": ("--features", "FEATURES"),
-    "output": ("--output", "OUTPUT"),
-    "overwrite": ("--force", "ARGS"),
-    "duplicate_threshold": ("--duplicate-threshold", "ARGS"),
-}
-_RUNS_OPTIONS = {
-    "features": ("--features", "ARGS"),
-    "head": ("--head", "ARGS"),
-    "sort": ("--sort", "ARGS"),
-    "limit": ("--limit", "ARGS"),
-}
-_FINETUNE_OPTIONS = {
-    "run": ("RUN (the run folder argument)", "RUN"),
-    "unfreeze": ("--unfreeze", "UNFREEZE"),
-    "unfreeze_from": ("--unfreeze-from", "ARGS"),
-    "epochs": ("--epochs", "EPOCHS"),
-    "learning_rate": ("--learning-rate", "LR"),
-    "batch_size": ("--batch-size", "BATCH"),
-    "early_stopping_patience": ("--patience", "ARGS"),
-    "workers": ("--workers", "WORKERS"),
-    "seed": ("--seed", "SEED"),
-    "runs_dir": ("--runs-dir", "ARGS"),
-    "resume": ("--resume", "ARGS"),
-    "augment_ops": ("--augment-ops", "AUGMENT_OPS"),
-    "augment_seed": ("--augment-seed", "AUGMENT_SEED"),
-    "config": ("--config", "CONFIG"),
-}
-_OPTIONS = {
-    "cache": _CACHE_OPTIONS,
-    "report": _REPORT_OPTIONS,
-    "features": _EXTRACT_OPTIONS,
-    "runs": _RUNS_OPTIONS,
-    "finetune": _hints(STAGE_OPTIONS["finetune"]),
-    "train-head": _hints(STAGE_OPTIONS["train-head"]),
-    "curve": _CURVE_OPTIONS,
-    "predict": _RUN_OPTIONS,
-    "evaluate": _RUN_OPTIONS,
-    "export": _RUN_OPTIONS,
-}
+# library error names (`BottleneckError.field`), per command.
+_OPTIONS = {command: _hints(options) for command, options in COMMAND_OPTIONS.items()}
+_OPTIONS["curve"]["fraction"] = _OPTIONS["curve"]["fractions"]  # a point's fraction is one of `fractions`
+# predict, evaluate and export read runs through the same code, whose errors may name another one's argument.
+_OPTIONS["predict"] = _OPTIONS["evaluate"] = _OPTIONS["export"] = {
+    **_OPTIONS["predict"], **_OPTIONS["evaluate"], **_OPTIONS["export"]}
+_EXTRACT_OPTIONS = _OPTIONS["features"]
+
 # What an interruption leaves, per command: extraction resumes, a run in
 # progress is discarded.
 INTERRUPTED = {
@@ -135,8 +44,7 @@ INTERRUPTED = {
     "finetune": "Completed epochs are kept; run the same command with --resume to continue.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-# Flags that take no value.
-_SWITCHES = {"--force", *(opt.flag for options in STAGE_OPTIONS.values() for opt in options.values() if opt.switch)}
+_SWITCHES = {opt.flag for options in COMMAND_OPTIONS.values() for opt in options.values() if opt.switch}
 
 
 def option_hint(command: str, field: str | None) -> str:

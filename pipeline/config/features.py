@@ -6,7 +6,7 @@ import dataclasses
 import os
 
 from ..errors import ConfigError
-from .options import integer, number, one_of, option, validate
+from .options import integer, is_int, number, one_of, option, validate
 
 POOLINGS = ("avg", "max", "none")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -28,7 +28,7 @@ def default_workers() -> int:
 def _parse_devices(name: str, value) -> int | str:
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)  # `--devices 2` arrives as text, like `--devices all`
-    if value in ("auto", "all") or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+    if value in ("auto", "all") or (is_int(value) and value >= 1):
         return value
     raise ConfigError(f"`devices` must be 'auto', 'all' or a positive number. Received: devices={value!r}",
                       field="devices")
@@ -187,9 +187,7 @@ class ExtractConfig:
 
     def __post_init__(self):
         validate(self)
-        if not isinstance(self.shard_index, int) or isinstance(self.shard_index, bool) or not (
-            0 <= self.shard_index < self.num_shards
-        ):
+        if not is_int(self.shard_index) or not 0 <= self.shard_index < self.num_shards:
             raise ConfigError(
                 f"`shard_index` must be in 0..num_shards-1. Received: shard_index={self.shard_index}, "
                 f"num_shards={self.num_shards}. Number the workers 0 to {self.num_shards - 1}.",

@@ -7,7 +7,7 @@ import os
 
 from ..errors import ConfigError
 from .features import default_workers
-from .options import integer, number, option, validate
+from .options import integer, is_int, number, option, validate
 
 DEFAULT_UNFREEZE = 10
 
@@ -16,7 +16,7 @@ def _check_unfreeze(name: str, received) -> int | str | None:
     value = received
     if isinstance(value, str) and value.strip().isdigit():
         value = int(value)  # `--unfreeze 5` arrives as text, like `--unfreeze all`
-    if value is not None and value != "all" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+    if value is not None and value != "all" and (not is_int(value) or value < 1):
         raise ConfigError(f"`unfreeze` must be a positive number of layers or 'all'. Received: unfreeze={received!r}",
                           field="unfreeze")
     return value

@@ -13,8 +13,9 @@ Adding an option is one field, e.g. in `ExtractConfig`:
                                help="JPEG quality of ... (default 95)",
                                check=integer(min=1, max=100), key=True)
 
-- `flag`: the command-line flag; `argument="the data folder"` instead makes
-  it a positional argument (`DATA (the data folder argument)` in hints).
+- `flag`: the command-line flag (`short`: its one-letter alias);
+  `argument="the data folder"` instead makes it a positional argument
+  (`DATA (the data folder argument)` in hints).
 - `make`: the Make variable that sets it; `"ARGS"` when it is passed as
   `ARGS="--flag ..."`; a variable of its own also needs one
   `$(call opt,--flag,$(VAR))` in the Makefile's `<TARGET>_FLAGS` (a test
@@ -42,7 +43,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Option", "boolean", "folder", "integer", "key_fields", "number", "one_of", "option", "options_of", "validate"]
+__all__ = ["Option", "boolean", "folder", "integer", "is_int", "key_fields", "number", "one_of", "option", "options_of", "validate"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Option:
     """How one config field is set, shown and checked; see the module docstring."""
 
     flag: str | None = None
+    short: str | None = None
     make: str | None = None
     help: str | None = None
     check: Callable[[str, Any], Any] | None = None
@@ -58,6 +60,10 @@ class Option:
     switch: bool = False
     flag_choices: bool = True
     cli: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def names(self, name: str) -> list[str]:
+        """What `add_argument` takes first: the field's name for an argument, else the flags."""
+        return [name] if self.argument else [self.flag, *([self.short] if self.short else [])]
 
     def shown(self, name: str) -> str:
         """The flag as a hint names it: `--size`, or `DATA (the data folder argument)`."""
@@ -110,7 +116,8 @@ def validate(config) -> None:
             object.__setattr__(config, name, opt.check(name, getattr(config, name)))
 
 
-def _is_int(value) -> bool:
+def is_int(value) -> bool:
+    """An int that is not a bool (`True` is an int to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -127,7 +134,7 @@ class integer:
     def __call__(self, name: str, value):
         if value is None and self.optional:
             return value
-        if not _is_int(value) or value < self.min:
+        if not is_int(value) or value < self.min:
             what = "a positive integer" if self.min == 1 else f"an integer >= {self.min}"
             what = f"None or {what}" if self.optional and self.min != 1 else what
             raise ConfigError(f"`{name}` must be {what}. Received: {name}={value!r}", field=name)
