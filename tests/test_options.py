@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-
+from pipeline.cli import terminal
 from pipeline.cli.options import COMMAND_OPTIONS
 from pipeline.config import CurveConfig, ExtractConfig, FinetuneConfig, TrainConfig, key_fields, options_of
 from pipeline.config.options import integer, number, one_of
@@ -58,7 +58,7 @@ def test_every_choice_option_lists_its_choices(cls, name, check):
 
 @pytest.mark.parametrize("command", CONFIGS)
 def test_each_declared_flag_sets_its_field_and_only_it(command):
-    """The flags are generated: each parses into its field; the unset ones stay None, so a config file's values stand."""
+    """Each generated flag parses into its field; the unset ones stay None, so a config file's values stand."""
     from pipeline.cli import _build_parser
 
     parser = _build_parser()
@@ -74,13 +74,33 @@ def _valid_text(opt) -> str:
     return opt.check.choices[-1] if isinstance(opt.check, one_of) else "1"
 
 
+@pytest.mark.parametrize(
+    "command, field, hint",
+    [
+        ("features", "batch_size", " [set with --batch-size; make features: BATCH=...]"),
+        ("features", "storage_dtype", ' [set with --storage-dtype; make features: ARGS="--storage-dtype ..."]'),
+        ("train-head", "features", " [set with FEATURES (the feature set argument); make train-head: FEATURES=...]"),
+        ("train-head", "augmented", " [set with --augmented; make train-head: AUGMENTED=1]"),
+        ("curve", "fraction", " [set with --fractions; make curve: FRACTIONS=...]"),
+        ("finetune", "early_stopping_patience", ' [set with --patience; make finetune: ARGS="--patience ..."]'),
+        ("predict", "data", " [set with DATA (the labelled folder argument); make predict: DATA=...]"),
+        ("export", "overwrite", ' [set with --force; make export: ARGS="--force"]'),
+        ("cache", "out", " [set with --output]"),
+        ("evaluate", "pooling", " [extract again with --pooling; make features: POOLING=...]"),
+    ],
+)
+def test_hints_name_the_declared_flag_and_make_variable(command, field, hint):
+    assert terminal.option_hint(command, field) == hint
+
+
 def test_the_feature_key_holds_exactly_the_declared_key_fields():
     from pipeline.features.extract import feature_spec
 
     config = ExtractConfig(data="photos", weights="none")
     spec = feature_spec(config)
     resolved = {"model": "backbone"}  # the backbone row stands for its name
-    assert set(spec) == {"features_version", "decoder", "keras_major", *(resolved.get(f, f) for f in key_fields(config))}
+    declared = {resolved.get(name, name) for name in key_fields(config)}
+    assert set(spec) == {"features_version", "decoder", "keras_major", *declared}
     for name in ("batch_size", "workers", "shard_size", "verify", "augment", "cache_dir"):
         assert not options_of(ExtractConfig)[name].key
         changed = dataclasses.replace(config, **{name: {"verify": True, "cache_dir": "elsewhere"}.get(name, 2)})
@@ -90,8 +110,9 @@ def test_the_feature_key_holds_exactly_the_declared_key_fields():
 def test_a_curve_shares_train_heads_fields_declared_once():
     shared = [f for f in dataclasses.fields(CurveConfig) if f.name in {g.name for g in dataclasses.fields(TrainConfig)}]
     assert [f.name for f in shared] == ["heads", "params", "splits", "seed", "runs_dir", "cache_dir", "sweep", "select"]
+    train = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for field in shared:  # the same declaration, not a copy
-        assert field.metadata["option"] is next(f for f in dataclasses.fields(TrainConfig) if f.name == field.name).metadata["option"]
+        assert field.metadata["option"] is train[field.name].metadata["option"]
     with pytest.raises(ConfigError, match="`seed` must be an integer >= 0"):
         CurveConfig(seed=-1)
 
@@ -107,7 +128,9 @@ def _make_dry_run(target: str, variables: dict[str, str]) -> str:
     opt.make not in (None, "ARGS") for opt in options.values())])
 def test_every_declared_make_variable_reaches_its_flag(command):
     options = {name: opt for name, opt in COMMAND_OPTIONS[command].items() if opt.make not in (None, "ARGS")}
-    values = {opt.make: "1" if opt.switch else "k=v" if opt.make == "SWEEP" else f"v{opt.make}" for opt in options.values()}
+    # A switch's variable is 1; a sweep's value must hold "=" to be passed on.
+    values = {opt.make: "1" if opt.switch else "k=v" if opt.make == "SWEEP" else f"v{opt.make}"
+              for opt in options.values()}
     line = _make_dry_run(command, values)
     for name, opt in options.items():
         value = values[opt.make]
@@ -130,11 +153,12 @@ def test_every_makefile_variable_sets_a_declared_option():
 def test_the_options_page_is_generated_from_the_declarations():
     from pipeline.cli.parsing import options_doc
 
-    assert (ROOT / "docs" / "options.md").read_text() == options_doc(), "regenerate docs/options.md (see its first lines)"
+    page = (ROOT / "docs" / "options.md").read_text()
+    assert page == options_doc(), "regenerate docs/options.md (see its first lines)"
 
 
 def test_adding_an_option_is_one_declaration(tmp_path):
-    """In a scratch copy, one new field shows in --help, the hint table, the error hint, the options page and the key."""
+    """In a scratch copy, one new field shows in --help, the hints, an error, the options page and the key."""
     shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     declarations = tmp_path / "pipeline" / "config" / "features.py"
     anchor = "\n    def __post_init__(self):"
@@ -163,5 +187,5 @@ def test_adding_an_option_is_one_declaration(tmp_path):
     )
     page = run("-c", "from pipeline.cli.parsing import options_doc; print(options_doc())").stdout
     assert "| `JPEG_QUALITY` | `--jpeg-quality` | quality of the re-encoded JPEG (default 95) |" in page
-    key = run("-c", "from pipeline.config import ExtractConfig, key_fields; print(key_fields(ExtractConfig)[-1])").stdout
+    key = run("-c", "from pipeline.config import ExtractConfig, key_fields as k; print(k(ExtractConfig)[-1])").stdout
     assert key.strip() == "jpeg_quality"

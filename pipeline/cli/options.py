@@ -35,7 +35,8 @@ _PREDICT = {
     "run": _RUN,
     "images": Option(argument="the images", make="IMAGES", cli={"nargs": "+"},
                      help="image files or folders (searched recursively)"),
-    "top_k": Option(flag="--top-k", make="TOPK", cli={"type": int, "default": 3}, help="classes listed per image (default 3)"),
+    "top_k": Option(flag="--top-k", make="TOPK", cli={"type": int, "default": 3},
+                    help="classes listed per image (default 3)"),
     "output": Option(flag="--output", short="-o", make="OUTPUT", cli={"default": "predictions.csv"},
                      help="CSV file to write (default predictions.csv)"),
     "overwrite": _force("replace the CSV if it exists"),
@@ -65,7 +66,8 @@ _EXPORT = {
 # `cache export` has no Make target of its own: its hints name the flag only.
 _CACHE = {
     "action": Option(argument="the action", cli={"choices": ("ls", "export")}, help="ls, or export one set"),
-    "features": Option(argument="the feature set", cli={"nargs": "?"}, help="export: the feature set (name, prefix or path)"),
+    "features": Option(argument="the feature set", cli={"nargs": "?"},
+                       help="export: the feature set (name, prefix or path)"),
     "out": Option(flag="--output", short="-o", cli={"dest": "output"},
                   help="export: the file to write (default <set name>.<format>)"),
     "format": Option(flag="--format", cli={"choices": ("npz", "parquet")},
@@ -84,12 +86,14 @@ _RUNS = {
                    "fraction, n_images or fit_seconds (lowest first)"),
     "limit": Option(flag="--limit", make="ARGS", cli={"type": int}, help="show at most this many runs"),
     "rebuild": Option(flag="--rebuild", make="ARGS", switch=True, cli={"default": False},
-                      help="rewrite leaderboard.csv and .md from the run folders (runs ls also does when they disagree)"),
+                      help="rewrite leaderboard.csv and .md from the run folders "
+                      "(runs ls also does when they disagree)"),
 }
 _REPORT = {
     "runs_dir": Option(argument="the runs folder", make="RUNS", cli={"nargs": "?", "default": "runs"},
                        help="the runs folder (default runs)"),
-    "features": Option(flag="--features", make="FEATURES", help="only runs on feature sets whose name starts with this"),
+    "features": Option(flag="--features", make="FEATURES",
+                       help="only runs on feature sets whose name starts with this"),
     "output": Option(flag="--output", short="-o", make="OUTPUT", cli={"default": "report.html"},
                      help="HTML file to write (default report.html)"),
     "overwrite": _force("replace the HTML file if it exists"),
@@ -111,7 +115,8 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
     "curve": {"features": _feature_set("feature set, as for train-head"), **options_of(CurveConfig),
               "config": _config_file("curve")},
     "finetune": {
-        "run": Option(argument="the run folder", make="RUN", help="run folder of a dense head (runs/<feature set>/dense-<id>)"),
+        "run": Option(argument="the run folder", make="RUN",
+                      help="run folder of a dense head (runs/<feature set>/dense-<id>)"),
         **options_of(FinetuneConfig),
         "config": _config_file("finetune"),
     },

@@ -46,7 +46,8 @@ def options_doc() -> str:
     ]
     for command, options in COMMAND_OPTIONS.items():
         make = f" (`make {command}`)" if any(opt.make for opt in options.values()) else ""
-        lines += ["", f"## `bottleneck {command}`{make}", "", "| Make variable | flag | meaning |", "| --- | --- | --- |"]
+        lines += ["", f"## `bottleneck {command}`{make}", ""]
+        lines += ["| Make variable | flag | meaning |", "| --- | --- | --- |"]
         for name, opt in options.items():
             flag = f"`{name.upper()}` (positional)" if opt.argument else ", ".join(f"`{f}`" for f in opt.names(name))
             meaning = (opt.help or "").replace("|", "\\|").replace("<", "\\<")

@@ -17,7 +17,8 @@ from .features import DECODE_MODES, DEFAULT_AUGMENT_OPS, ENGINES, POOLINGS, PREC
 from .files import load_toml, resolve, to_dict
 from .finetune import DEFAULT_UNFREEZE, FinetuneConfig
 from .options import Option, key_fields, options_of
-from .train import DEFAULT_FRACTIONS, DEFAULT_SPLITS, SWEEP_REFITS, SWEEP_SELECTS, CurveConfig, TrainConfig, _parse_splits
+from .train import (DEFAULT_FRACTIONS, DEFAULT_SPLITS, SWEEP_REFITS, SWEEP_SELECTS, CurveConfig, TrainConfig,
+                    _parse_splits)
 
 __all__ = [
     "DECODE_MODES", "DEFAULT_AUGMENT_OPS", "DEFAULT_FRACTIONS", "DEFAULT_SPLITS", "DEFAULT_UNFREEZE", "ENGINES",

@@ -43,7 +43,10 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["Option", "boolean", "folder", "integer", "is_int", "key_fields", "number", "one_of", "option", "options_of", "validate"]
+__all__ = [
+    "Option", "boolean", "folder", "integer", "is_int", "key_fields", "number", "one_of", "option", "options_of",
+    "validate",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,7 +174,8 @@ class number:
         )
         if not ok:
             example = f", e.g. {self.e_g}" if self.e_g else ""
-            raise ConfigError(f"`{name}` must be a number {self.bounds()}{example}. Received: {name}={value!r}", field=name)
+            raise ConfigError(f"`{name}` must be a number {self.bounds()}{example}. Received: {name}={value!r}",
+                              field=name)
         return float(value) if self.as_float else value
 
 
