@@ -2,35 +2,51 @@
 
 A stage's config is a frozen dataclass whose fields are declared with
 `option(...)`. From those declarations come the command's argparse flags
-(`pipeline.cli.parsing.add_options`), the hint an error prints
-(`[set with --size; make features: SIZE=...]`), the Make-variable table of
-the docs, the validation run by `__post_init__` (`validate`) and, for the
-features stage, the fields hashed into the feature key (`key_fields`).
+(`pipeline.cli.parsing.add_command`), the hint an error prints
+(`[set with --size; make features: SIZE=...]`), docs/options.md, the
+validation run by `__post_init__` (`validate`) and, for the features stage,
+the fields hashed into the feature key (`key_fields`).
 
-Adding an option is one field, e.g. in `ExtractConfig`:
+Adding an option to a stage is one field. In `TrainConfig` (config/train.py):
 
-    jpeg_quality: int = option(95, flag="--jpeg-quality", make="ARGS",
-                               help="JPEG quality of ... (default 95)",
-                               check=integer(min=1, max=100), key=True)
+    time_limit: float | None = option(
+        None, flag="--time-limit", make="ARGS", check=number(low=0, open_low=True, optional=True),
+        help="stop a head's fit after this many seconds (default: no limit)")
+
+`bottleneck train-head --time-limit 60`, `make train-head ARGS="--time-limit 60"`,
+`time_limit = 60` in the `[train]` table and the hint of an error naming
+`time_limit` all follow; the library reads `config.time_limit`. A command
+without a config (predict, evaluate, export, cache, runs, report) declares
+its options in `pipeline/cli/options.py` the same way, with `Option(...)`,
+and its handler reads `args.<name>`:
+
+    "trust": Option(flag="--trust", make="ARGS", switch=True, cli={"default": False},
+                    help="load a bundle whose files are not the ones recorded"),
+
+Then regenerate docs/options.md (its first lines say how; a test checks).
+
+The keywords of `option` (those of `Option`):
 
 - `flag`: the command-line flag (`short`: its one-letter alias);
   `argument="the data folder"` instead makes it a positional argument
   (`DATA (the data folder argument)` in hints).
 - `make`: the Make variable that sets it; `"ARGS"` when it is passed as
-  `ARGS="--flag ..."`; a variable of its own also needs one
-  `$(call opt,--flag,$(VAR))` in the Makefile's `<TARGET>_FLAGS` (a test
-  checks both ways).
+  `ARGS="--flag ..."`. A variable of its own also needs one
+  `$(call opt,--flag,$(VAR))` in the Makefile's `<TARGET>_FLAGS` and a
+  `VAR ?=` line (a test checks both ways).
 - `check`: `integer`, `number`, `one_of`, `boolean`, `folder` or any
   `(name, value) -> value` callable raising `ConfigError`; its `arg_type`
   and `choices` become argparse's `type=` and `choices=`
   (`flag_choices=False` leaves a wrong value to the config's message).
-- `key=True`: the value changes the extracted numbers (features stage):
-  it goes into the feature key.
+- `key=True`: the value changes the extracted numbers (features stage): it
+  goes into the feature key (`features.extract.feature_spec`).
 - `switch=True`: a flag that takes no value (`--verify`); `cli={...}` holds
-  further argparse keywords (`nargs`, `action`, `metavar`).
+  further argparse keywords (`nargs`, `action`, `metavar`, `dest`).
+- `help`: the flag's help, also the meaning column of docs/options.md; a
+  config class's `option_help` dict replaces it for fields it inherits.
 
-The flag is read from the command line, the TOML table and the
-dataclass default, in that order of priority (`files.resolve`).
+Values come from the command line, the TOML table and the dataclass
+default, in that order of priority (`files.resolve`).
 """
 
 from __future__ import annotations
@@ -151,7 +167,8 @@ class number:
     """A finite int or float (not a bool) in the range `bounds` writes, e.g. `"in (0, 1]"` or `">= 0"`.
 
     `low`/`high` are the limits, `open_low`/`open_high` exclude them; `e_g`
-    ends the message with an example. Stored as a float when `as_float`.
+    ends the message with an example. Stored as a float when `as_float`;
+    `None` passes when `optional`.
     """
 
     low: float = 0
@@ -160,6 +177,7 @@ class number:
     open_high: bool = False
     e_g: str = ""
     as_float: bool = True
+    optional: bool = False
     arg_type = float
 
     def bounds(self) -> str:
@@ -168,6 +186,8 @@ class number:
         return f"in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}{')' if self.open_high else ']'}"
 
     def __call__(self, name: str, value):
+        if value is None and self.optional:
+            return value
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and (
             (self.low < value if self.open_low else self.low <= value)
             and (value < self.high if self.open_high or self.high == math.inf else value <= self.high)
