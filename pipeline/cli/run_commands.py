@@ -2,59 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 from ..errors import ExitStatus
-from ..runs.export_formats import EXPORT_FORMATS, FORMATS
-from .parsing import common_flags
+from ..runs.export_formats import FORMATS
+from .parsing import add_command, flag_values
 
 __all__ = ["add_finetune_parser", "add_predict_parsers"]
 
 
 def add_predict_parsers(sub) -> None:
-    run_help = "run folder (runs/<feature set>/<head>-<id>) or a bundle folder from `bottleneck export`"
-    weights_help = "the run's weights file, if it moved (must have the sha256 recorded at extraction)"
-    trust_help = ("load a bundle whose head is a pickle: unpickling runs code from the bundle, so use it only for "
-                  "bundles from sources you trust (run folders are unpickled too: use only your own or trusted ones)")
-
-    p = sub.add_parser("predict", help="predict the class of new images with a trained run")
-    p.add_argument("run", help=run_help)
-    p.add_argument("images", nargs="+", help="image files or folders (searched recursively)")
-    p.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
-    p.add_argument("--output", "-o", default="predictions.csv", help="CSV file to write (default predictions.csv)")
-    p.add_argument("--force", action="store_true", help="replace the CSV if it exists")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--trust", action="store_true", help=trust_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_predict)
-
-    p = sub.add_parser("evaluate", help="measure a trained run on a new labelled class-per-folder set")
-    p.add_argument("run", help=run_help)
-    p.add_argument("data", help="labelled folder, DATA/<class>/*, or a manifest; classes are matched by name")
-    p.add_argument("--output", help="existing folder that receives eval-<id>/ (default: the run folder)")
-    p.add_argument("--cache-dir", help="feature cache the data is extracted into and reused from "
-                   "(default: the cache of the run's feature set, else cache)")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--trust", action="store_true", help=trust_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_evaluate)
-
-    p = sub.add_parser("export", help="export a run: one model (dense and linear heads) or a self-contained bundle")
-    p.add_argument("run", help=run_help)
-    p.add_argument("out", help="OUT.keras or OUT.onnx, a new folder for saved_model or a bundle")
-    p.add_argument("--format", choices=EXPORT_FORMATS,
-                   help="default: from OUT's suffix (.keras, .onnx); else keras for dense heads, bundle otherwise")
-    p.add_argument("--no-weights", action="store_true", help="bundle: refer to the weights file instead of copying it")
-    p.add_argument("--force", action="store_true", help="replace an existing .keras file")
-    p.add_argument("--weights", help=weights_help)
-    p.add_argument("--trust", action="store_true", help=trust_help)
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_export)
+    add_command(sub, "predict", _cmd_predict, help="predict the class of new images with a trained run")
+    add_command(sub, "evaluate", _cmd_evaluate, help="measure a trained run on a new labelled class-per-folder set")
+    add_command(sub, "export", _cmd_export,
+                help="export a run: one model (dense and linear heads) or a self-contained bundle")
 
 
 def _cmd_predict(args) -> int:
@@ -137,27 +99,8 @@ def _cmd_export(args) -> int:
 
 
 def add_finetune_parser(sub) -> None:
-    p = sub.add_parser("finetune", help="fine-tune the top of the base of a dense head run, end to end, into a new run")
-    p.add_argument("run", help="run folder of a dense head (runs/<feature set>/dense-<id>)")
-    p.add_argument("--unfreeze", metavar="N|all",
-                   help="train the top N layers with weights of the base (BatchNormalization stays frozen), or all (default 10)")
-    p.add_argument("--unfreeze-from", metavar="LAYER", help="train this layer of the base and every layer above it")
-    p.add_argument("--epochs", type=int, help="at most this many epochs (default 10)")
-    p.add_argument("--learning-rate", type=float, help="Adam learning rate (default 1e-5)")
-    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    p.add_argument("--patience", type=int, dest="early_stopping_patience",
-                   help="stop after this many epochs without a lower validation loss (default 3)")
-    p.add_argument("--workers", type=int, help="decoding threads (default min(8, cores))")
-    p.add_argument("--seed", type=int, help="seed of the image order (default 0)")
-    p.add_argument("--runs-dir", help="where the run folder goes (default: the runs folder of RUN)")
-    p.add_argument("--resume", action="store_true", default=None, help="continue the killed fine-tune of RUN")
-    p.add_argument("--augment-ops", help="augment the training images on the fly with these ops, as "
-                   "`features --augment-ops` (e.g. flip,rotation=0.2,zoom=0.2); epoch e trains on view e+1 (default off)")
-    p.add_argument("--augment-seed", type=int, help="seed of the augmented views (default 0)")
-    p.add_argument("--config", help="TOML file with a [finetune] table")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    common_flags(p, default=argparse.SUPPRESS)
-    p.set_defaults(handler=_cmd_finetune)
+    add_command(sub, "finetune", _cmd_finetune,
+                     help="fine-tune the top of the base of a dense head run, end to end, into a new run")
 
 
 def _cmd_finetune(args) -> int:
@@ -165,9 +108,7 @@ def _cmd_finetune(args) -> int:
     from ..runs.finetune import finetune_run
 
     table = config_lib.load_toml(args.config).get("finetune", {})
-    flags = ("unfreeze", "unfreeze_from", "epochs", "learning_rate", "batch_size", "early_stopping_patience",
-             "workers", "seed", "runs_dir", "resume", "augment_ops", "augment_seed")
-    config = config_lib.resolve(config_lib.FinetuneConfig, table, **{f: getattr(args, f) for f in flags})
+    config = config_lib.resolve(config_lib.FinetuneConfig, table, **flag_values(args, config_lib.FinetuneConfig))
     result = finetune_run(args.run, config=config)
     if not args.quiet:
         shown = {k: "-" if v is None else f"{v:.4f}" for k, v in result.to_json().items() if k.endswith("accuracy")}

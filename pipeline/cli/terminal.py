@@ -15,120 +15,26 @@ import threading
 import time
 import warnings
 
+from ..config import Option
+from .options import COMMAND_OPTIONS
+
 log = logging.getLogger("bottleneck")
 _PRODUCT = "pipeline"  # warnings of classes defined in this package are the product's own
 
 
+def _hints(options: dict[str, Option]) -> dict[str, tuple[str, str | None]]:
+    return {name: (opt.shown(name), opt.make) for name, opt in options.items()}
+
+
 # The flag and Make variable that set each config field or argument a
 # library error names (`BottleneckError.field`), per command.
-_EXTRACT_OPTIONS = {
-    "data": ("DATA (the data folder argument)", "DATA"),
-    "model": ("--model", "MODEL"),
-    "size": ("--size", "SIZE"),
-    "pooling": ("--pooling", "POOLING"),
-    "layer": ("--layer", "LAYER"),
-    "weights": ("--weights", "WEIGHTS"),
-    "precision": ("--precision", "PRECISION"),
-    "storage_dtype": ("--storage-dtype", "ARGS"),
-    "batch_size": ("--batch-size", "BATCH"),
-    "workers": ("--workers", "WORKERS"),
-    "decode_mode": ("--decode-mode", "DECODE_MODE"),
-    "devices": ("--devices", "DEVICES"),
-    "num_shards": ("--num-shards", "NUM_SHARDS"),
-    "shard_index": ("--shard-index", "SHARD_INDEX"),
-    "shard_size": ("--shard-size", "ARGS"),
-    "engine": ("--engine", "ENGINE"),
-    "ray_address": ("--address", "RAY_ADDRESS"),
-    "ray_workers": ("--ray-workers", "RAY_WORKERS"),
-    "gpus_per_worker": ("--gpus-per-worker", "GPUS_PER_WORKER"),
-    "cache_dir": ("--cache-dir", "CACHE"),
-    "name": ("--name", "ARGS"),
-    "verify": ("--verify", "ARGS"),
-    "augment": ("--augment", "AUGMENT"),
-    "augment_ops": ("--augment-ops", "AUGMENT_OPS"),
-    "augment_seed": ("--augment-seed", "AUGMENT_SEED"),
-    "config": ("--config", "CONFIG"),
-}
-_TRAIN_OPTIONS = {
-    "features": ("FEATURES (the feature set argument)", "FEATURES"),
-    "heads": ("--head", "HEAD"),
-    "params": ("--param", "PARAMS"),
-    "fraction": ("--fraction", "FRACTION"),
-    "sweep": ("--sweep", "SWEEP"),
-    "select": ("--select", "SELECT"),
-    "refit": ("--refit", "REFIT"),
-    "splits": ("--splits", "SPLITS"),
-    "seed": ("--seed", "SEED"),
-    "augmented": ("--augmented", "AUGMENTED"),
-    "time_limit": ("--time-limit", "ARGS"),
-    "runs_dir": ("--runs-dir", "ARGS"),
-    "cache_dir": ("--cache-dir", "CACHE"),
-    "config": ("--config", "CONFIG"),
-}
-_CURVE_OPTIONS = {
-    **{field: option for field, option in _TRAIN_OPTIONS.items() if field not in ("fraction", "refit")},
-    "fractions": ("--fractions", "FRACTIONS"),
-    "repeats": ("--repeats", "REPEATS"),
-    # A point's fraction is one of `fractions`.
-    "fraction": ("--fractions", "FRACTIONS"),
-}
-_RUN_OPTIONS = {
-    "run": ("RUN (the run folder argument)", "RUN"),
-    "weights": ("--weights", "ARGS"),
-    "top_k": ("--top-k", "TOPK"),
-    "output": ("--output", "OUTPUT"),
-    "out": ("OUT (the export target argument)", "OUT"),
-    "format": ("--format", "FORMAT"),
-    "data": ("DATA (the labelled folder argument)", "DATA"),
-    "overwrite": ("--force", "ARGS"),
-}
-# `cache export` has no Make target of its own: its hints name the flag only.
-_CACHE_OPTIONS = {
-    "out": ("--output", None),
-    "format": ("--format", None),
-    "overwrite": ("--force", None),
-}
-_REPORT_OPTIONS = {
-    "runs_dir": ("RUNS_DIR (the runs folder argument)", "RUNS"),
-    "features": ("--features", "FEATURES"),
-    "output": ("--output", "OUTPUT"),
-    "overwrite": ("--force", "ARGS"),
-    "duplicate_threshold": ("--duplicate-threshold", "ARGS"),
-}
-_RUNS_OPTIONS = {
-    "features": ("--features", "ARGS"),
-    "head": ("--head", "ARGS"),
-    "sort": ("--sort", "ARGS"),
-    "limit": ("--limit", "ARGS"),
-}
-_FINETUNE_OPTIONS = {
-    "run": ("RUN (the run folder argument)", "RUN"),
-    "unfreeze": ("--unfreeze", "UNFREEZE"),
-    "unfreeze_from": ("--unfreeze-from", "ARGS"),
-    "epochs": ("--epochs", "EPOCHS"),
-    "learning_rate": ("--learning-rate", "LR"),
-    "batch_size": ("--batch-size", "BATCH"),
-    "early_stopping_patience": ("--patience", "ARGS"),
-    "workers": ("--workers", "WORKERS"),
-    "seed": ("--seed", "SEED"),
-    "runs_dir": ("--runs-dir", "ARGS"),
-    "resume": ("--resume", "ARGS"),
-    "augment_ops": ("--augment-ops", "AUGMENT_OPS"),
-    "augment_seed": ("--augment-seed", "AUGMENT_SEED"),
-    "config": ("--config", "CONFIG"),
-}
-_OPTIONS = {
-    "cache": _CACHE_OPTIONS,
-    "report": _REPORT_OPTIONS,
-    "features": _EXTRACT_OPTIONS,
-    "runs": _RUNS_OPTIONS,
-    "finetune": _FINETUNE_OPTIONS,
-    "train-head": _TRAIN_OPTIONS,
-    "curve": _CURVE_OPTIONS,
-    "predict": _RUN_OPTIONS,
-    "evaluate": _RUN_OPTIONS,
-    "export": _RUN_OPTIONS,
-}
+_OPTIONS = {command: _hints(options) for command, options in COMMAND_OPTIONS.items()}
+_OPTIONS["curve"]["fraction"] = _OPTIONS["curve"]["fractions"]  # a point's fraction is one of `fractions`
+# predict, evaluate and export read runs through the same code, whose errors may name another one's argument.
+_OPTIONS["predict"] = _OPTIONS["evaluate"] = _OPTIONS["export"] = {
+    **_OPTIONS["predict"], **_OPTIONS["evaluate"], **_OPTIONS["export"]}
+_EXTRACT_OPTIONS = _OPTIONS["features"]
+
 # What an interruption leaves, per command: extraction resumes, a run in
 # progress is discarded.
 INTERRUPTED = {
@@ -138,7 +44,7 @@ INTERRUPTED = {
     "finetune": "Completed epochs are kept; run the same command with --resume to continue.",
 }
 _STOP_SIGNALS = ("SIGTERM", "SIGHUP")
-_SWITCHES = ("--verify", "--force", "--augmented", "--resume")  # flags that take no value
+_SWITCHES = {opt.flag for options in COMMAND_OPTIONS.values() for opt in options.values() if opt.switch}
 
 
 def option_hint(command: str, field: str | None) -> str:

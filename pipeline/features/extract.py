@@ -94,15 +94,16 @@ class ExtractResult:
 def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
     """Everything that changes the extracted numbers, and nothing else."""
     cfg = backbones.get_backbone_cfg(config.model)
+    # The config's key fields (declared `key=True`) as set, but these four resolved by the backbone's source first.
+    resolved = {
+        "model": ("backbone", backbones.spec_row(cfg)),
+        "weights": ("weights", backbones.weights_identity(config.weights, cfg)),
+        "size": ("size", backbones.resolve_size(cfg, config.size)),
+        "pooling": ("pooling", backbones.resolve_pooling(cfg, config.pooling, config.layer)),
+    }
     return {
         "features_version": FEATURES_VERSION,
-        "backbone": backbones.spec_row(cfg),
-        "weights": backbones.weights_identity(config.weights, cfg),
-        "size": backbones.resolve_size(cfg, config.size),
-        "pooling": backbones.resolve_pooling(cfg, config.pooling, config.layer),
-        "layer": config.layer,
-        "precision": config.precision,
-        "storage_dtype": config.storage_dtype,
+        **dict(resolved.get(name, (name, getattr(config, name))) for name in config_lib.key_fields(config)),
         "decoder": decode.DECODER_ID,
         "keras_major": importlib.metadata.version("keras").split(".")[0],
     }
