@@ -10,6 +10,7 @@ and fed to the exported model as it is.
 """
 
 import contextlib
+import importlib
 import io
 import json
 import shutil
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from needs import require
 from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
 from pipeline import cli
 from pipeline.config import ExtractConfig, TrainConfig
@@ -188,11 +190,11 @@ def test_export_format_flag_lists_every_format():
 def test_export_formats_are_rows_that_export_and_the_cli_read(monkeypatch):
     import types
 
-    from pipeline.cli import run_commands
+    from pipeline.cli import options as cli_options
     from pipeline.runs import export as export_module
     from pipeline.runs.export_formats import FORMATS, ExportFormat, format_of_suffix
 
-    assert run_commands.EXPORT_FORMATS is export_module.EXPORT_FORMATS and tuple(FORMATS) == export_module.EXPORT_FORMATS
+    assert cli_options.EXPORT_FORMATS is export_module.EXPORT_FORMATS and tuple(FORMATS) == export_module.EXPORT_FORMATS
     assert [format_of_suffix(s) for s in (".keras", ".onnx", ".h5", "")] == ["keras", "onnx", None, None]
     assert [row.name for row in FORMATS.values() if row.traced] == ["saved_model", "onnx"]
     # A new row is known by suffix and refused for a wrong `out` without a line of export.py changing.
@@ -277,7 +279,7 @@ def test_shipped_preprocess_decodes_every_kind_as_the_reference_decoder(tmp_path
                                       ("saved_model", "signs_saved_model")])
 def test_export_plus_shipped_preprocess_equals_predict_on_every_kind_of_photo(signs, tmp_path, fmt, out):
     if fmt == "onnx":
-        _require_onnx()
+        require("onnx")
     run = signs.runs["dense"]
     assert cli.main(["export", str(run), str(tmp_path / "model" / out), "--format", fmt, "--quiet"]) == 0
     model = {"keras": _keras_model, "onnx": _onnx, "saved_model": _saved_model}[fmt](tmp_path / "model" / out)

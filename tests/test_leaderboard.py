@@ -172,8 +172,10 @@ def test_runs_ls_piped_into_head_exits_0_without_a_traceback(runs):
 
 
 def test_all_expands_to_every_registry_head_with_its_light_defaults():
+    from pipeline.heads.registry import expand_heads
+
     plans = dict(plan_params(["all"], {"n_estimators": 7}, seed=3))
-    assert list(plans) == list_heads()
+    assert list(plans) == expand_heads(["all"]) and sorted(plans) == list_heads()  # cheapest first
     for head, params in plans.items():
         light = dict(get_head_cfg(head).light_params)
         assert {k: v for k, v in params.items() if k in light and k != "n_estimators"} == {

@@ -7,8 +7,10 @@ only needs *some* features, and `signs` (the real MobileNetV2 weights at
 check and for the weights-file checks.
 """
 
+import contextlib
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil

@@ -40,12 +40,12 @@ def test_one_file_hasher():
         str(p.relative_to(PACKAGE)) for p in PACKAGE.rglob("*.py") if "hashlib.sha256()" in p.read_text()
     )
     assert streaming == ["store/content.py"]
-    from pipeline.features import backbones, discovery
+    from pipeline.features import applications, discovery, hub
     from pipeline.heads import persist
     from pipeline.store.content import file_sha256
 
     assert discovery.file_sha256 is file_sha256
-    assert backbones.file_sha256 is file_sha256 and persist.file_sha256 is file_sha256
+    assert applications.file_sha256 is file_sha256 and hub.file_sha256 is file_sha256 and persist.file_sha256 is file_sha256
 
 
 def test_folder_and_manifest_sources_list_open_and_hash(tmp_path):

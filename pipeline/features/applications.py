@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..store.content import file_sha256
 from ..errors import ConfigError, WeightsUnavailableError
 
 SOURCE = "applications"
@@ -69,7 +70,6 @@ def weights_identity(cfg, weights: str) -> str:
             "weights (smoke runs only).",
             field="weights",
         )
-    from .discovery import file_sha256
 
     return f"sha256:{file_sha256(path)}"
 

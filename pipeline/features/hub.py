@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, WeightsUnavailableError
+from ..store.content import file_sha256
 
 SOURCE = "keras_hub"
 PREFIX = "hub:"
@@ -219,12 +220,9 @@ def weights_files(folder: Path) -> list[Path]:
 
 
 def _sha256(paths: list[Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """One file's sha256; for a sharded weights set, the sha256 of its files' sha256s in order."""
+    digests = [file_sha256(path) for path in paths]
+    return digests[0] if len(digests) == 1 else hashlib.sha256(" ".join(digests).encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- the source's contract
