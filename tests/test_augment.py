@@ -11,7 +11,7 @@ import pytest
 from imagegen import make_dataset
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.features import augment
+from pipeline.features import augment, decode
 from pipeline.features.extract import extract_features
 from pipeline.heads import training_splits
 from pipeline.runs import train
@@ -48,7 +48,9 @@ def extracted(split_data, tmp_path_factory):
     return cache, two, four
 
 
-@pytest.mark.parametrize("text", ["flip,bogus", "rotation=2", "zoom=abc", "flip=diagonal", "flip,flip", "", "zoom=0"])
+@pytest.mark.parametrize("text", ["flip,bogus", "rotation=2", "zoom=abc", "flip=diagonal", "flip,flip", "", "zoom=0",
+                                  "rotate=10", "rotate=200deg", "crop=0.8-0.6", "crop=0-1", "crop=a-b", "flip,crop",
+                                  "jitter=2"])
 def test_bad_ops_are_refused_naming_augment_ops(text):
     with pytest.raises(ConfigError) as info:
         augment.parse_augment_ops(text)
@@ -59,6 +61,96 @@ def test_ops_have_one_canonical_text_in_the_order_given():
     ops = augment.parse_augment_ops(" zoom=0.20, flip ")
     assert augment.format_augment_ops(ops) == "zoom=0.2,flip=horizontal"
     assert augment.parse_augment_ops(augment.format_augment_ops(ops)) == ops
+
+
+PHOTO_OPS = "crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"
+
+
+def test_the_default_ops_are_the_photo_ops_in_units_a_user_reads():
+    assert ExtractConfig(data="d").augment_ops == PHOTO_OPS
+    ops = augment.parse_augment_ops("crop=0.6, flip, rotate=10.0deg, jitter")
+    assert augment.format_augment_ops(ops) == PHOTO_OPS
+    assert dict(ops)["rotate"] == 10.0 and dict(ops)["crop"] == (0.6, 1.0)
+
+
+def test_the_older_ops_keep_their_canonical_text_so_cached_views_keep_their_keys():
+    # The text the view sets made before the photo ops were named under (`view_set_dir` hashes it).
+    for given, canonical in [("flip,rotation=0.2,zoom=0.2", "flip=horizontal,rotation=0.2,zoom=0.2"),
+                             (OPS, "flip=horizontal,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1,brightness=0.1")]:
+        assert augment.format_augment_ops(augment.parse_augment_ops(given)) == canonical
+    ops = augment.parse_augment_ops(OPS)
+    assert not augment.needs_decoded(ops)
+    assert augment.view_draws(["ab"], ops=ops, seed=0, view=1).shape == (1, 7)  # the draws of before, column for column
+
+
+def test_rotate_in_degrees_is_rotation_in_turns():
+    rng = np.random.default_rng(0).random((4, 1))
+    mine = augment.AUGMENT_OPS["rotate"].transformation(rng, 36.0, 24)["rotation_matrix"]
+    np.testing.assert_allclose(mine, augment.AUGMENT_OPS["rotation"].transformation(rng, 0.1, 24)["rotation_matrix"])
+    angles = np.degrees(np.arctan2(mine[:, 3], mine[:, 0]))
+    assert np.all(np.abs(angles) <= 36.0)
+
+
+def test_a_crop_covers_its_fraction_of_the_area_with_a_bounded_aspect():
+    draws = np.random.default_rng(1).random((500, 4))
+    boxes = np.array([augment.crop_box(u, (0.6, 1.0), 300, 200) for u in draws])
+    top, left, rows, columns = boxes.T
+    area = rows * columns / (300 * 200)
+    assert area.min() >= 0.6 * 0.75 - 0.01 and area.max() <= 1.0 and np.median(area) > 0.7
+    assert np.all(top >= 0) and np.all(left >= 0) and np.all(top + rows <= 300) and np.all(left + columns <= 200)
+    assert area.std() > 0.05 and np.unique(left).size > 20  # the crops vary in size and place
+
+
+def test_a_crop_is_cut_from_the_decoded_image_not_from_the_resized_one():
+    # The resized batch is blue; the decoded images (4x larger) are red with a fine pattern the resize averages away.
+    size, n = 16, 3
+    resized = np.zeros((n, size, size, 3), np.uint8)
+    resized[..., 2] = 255
+    decoded = [np.zeros((4 * size, 4 * size, 3), np.uint8) for _ in range(n)]
+    for image in decoded:
+        image[..., 0] = 255
+        image[::2, ::2, 1] = 255
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(n)]
+    out = augment.apply_view(resized, digests, ops=augment.parse_augment_ops("crop=0.5-0.5"), seed=0, view=1,
+                             decoded=decoded)
+    assert out.shape == resized.shape and np.all(out[..., 0] == 255) and np.all(out[..., 2] == 0)
+    with pytest.raises(ValueError, match="decoded"):
+        augment.apply_view(resized, digests, ops=augment.parse_augment_ops("crop"), seed=0, view=1)
+
+
+def test_a_photo_view_depends_on_the_image_alone_not_on_its_batch():
+    rng = np.random.default_rng(0)
+    decoded = [rng.integers(0, 256, (40 + 3 * i, 50, 3), dtype=np.uint8) for i in range(6)]
+    images = np.stack([decode.resize_squash(d, 32) for d in decoded])
+    digests = [hashlib.sha256(bytes([i])).hexdigest() for i in range(6)]
+    ops = augment.parse_augment_ops(PHOTO_OPS)
+    whole = augment.apply_view(images, digests, ops=ops, seed=0, view=1, decoded=decoded)
+    order = [4, 1, 5]
+    part = augment.apply_view(images[order], [digests[i] for i in order], ops=ops, seed=0, view=1,
+                              decoded=[decoded[i] for i in order])
+    np.testing.assert_array_equal(part, whole[order])
+    again = augment.apply_view(images, digests, ops=ops, seed=0, view=1, decoded=decoded)
+    np.testing.assert_array_equal(again, whole)
+    assert whole.dtype == np.uint8 and not np.array_equal(whole, images)
+    assert not np.array_equal(augment.apply_view(images, digests, ops=ops, seed=1, view=1, decoded=decoded), whole)
+    assert not np.array_equal(augment.apply_view(images, digests, ops=ops, seed=0, view=2, decoded=decoded), whole)
+
+
+def test_jitter_keeps_the_image_near_and_grey_stays_grey():
+    grey = np.full((2, 8, 8, 3), 100, np.float32)
+    out = augment.AUGMENT_OPS["jitter"].pixels(grey, np.array([[0.0, 0.5, 1.0], [1.0, 1.0, 0.0]]), 0.1)
+    assert np.allclose(out[0], 90) and np.allclose(out[1], 110)  # brightness x0.9 / x1.1; contrast and saturation keep grey
+
+
+def test_photo_views_extract_from_files_reproducibly(split_data, tmp_path):
+    first = extract_features(config=_config(split_data, tmp_path / "a", augment=1, augment_ops=PHOTO_OPS))
+    again = extract_features(config=_config(split_data, tmp_path / "b", augment=1, augment_ops=PHOTO_OPS, batch_size=3))
+    (name, view), = _views(first).items()
+    (other, view_again), = _views(again).items()
+    assert name == other and view.paths == [p for p in read_feature_set(first.path).paths if p.startswith("train/")]
+    np.testing.assert_allclose(view.features, view_again.features, rtol=1e-5, atol=1e-6)
+    clean = read_feature_set(first.path)
+    assert not np.allclose(view.features, clean.features[: len(view.paths)])
 
 
 def test_transformations_match_what_the_keras_layers_build():
@@ -202,3 +294,12 @@ def test_an_up_to_date_set_whose_views_were_extracted_says_what_took_the_time(ca
     out = capsys.readouterr().out
     assert "3781 images up to date, 0 skipped; 6136 augmented views extracted in 312.0 s." in out
     assert "Up to date" not in out and out.count("6136") == 1
+
+
+def test_finetune_refuses_a_crop_before_loading_anything(tmp_path):
+    from pipeline.config import FinetuneConfig
+    from pipeline.runs.finetune import finetune_run
+
+    with pytest.raises(ConfigError) as info:
+        finetune_run(tmp_path / "no-such-run", config=FinetuneConfig(augment_ops="crop,flip"))
+    assert info.value.field == "augment_ops" and "crop" in str(info.value)
