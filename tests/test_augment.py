@@ -263,7 +263,8 @@ def test_augmented_training_never_sees_a_view_of_a_held_out_image(tmp_path):
     for split in ("validation", "test"):
         np.testing.assert_array_equal(grown_parts[split], parts[split])
     assert record == [{"ops": augment.format_augment_ops(augment.parse_augment_ops(OPS)), "seed": 0,
-                       "views": [1, 2], "rows": len(added)}]
+                       "views": [1, 2], "rows": len(added), "chosen": "latest", "not_used": [],
+                       "coverage": {"images": len(parts["train"]), "train_images": len(parts["train"])}}]
 
     [run] = train.train_heads(result.path, config=dataclasses.replace(config, runs_dir=str(tmp_path / "runs")))
     assert run.sizes["train"] == 3 * len(parts["train"])
@@ -303,3 +304,61 @@ def test_finetune_refuses_a_crop_before_loading_anything(tmp_path):
     with pytest.raises(ConfigError) as info:
         finetune_run(tmp_path / "no-such-run", config=FinetuneConfig(augment_ops="crop,flip"))
     assert info.value.field == "augment_ops" and "crop" in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def two_view_sets(tmp_path_factory):
+    """A set without split folders, with one view made with `flip`, then one with `rotation=0.1`."""
+    root = tmp_path_factory.mktemp("two-view-sets")
+    make_dataset(root / "data", per_class=4)
+    extract_features(config=_config(root / "data", root / "cache", augment=1, augment_ops="flip"))
+    result = extract_features(config=_config(root / "data", root / "cache", augment=1, augment_ops="rotation=0.1"))
+    return root, result
+
+
+def test_augmented_trains_on_one_view_set_the_latest_or_the_named_one(two_view_sets):
+    _, result = two_view_sets
+    fs = read_feature_set(result.path)
+    parts = training_splits(fs, config=TrainConfig(splits=(0.5, 0.25, 0.25)))
+    n_train = len(parts["train"])
+    grown, grown_parts, [record] = train.add_views(fs, parts)
+    assert record["ops"] == "rotation=0.1" and record["chosen"] == "latest" and record["rows"] == n_train
+    assert len(grown_parts["train"]) == 2 * n_train  # one view per image: the flip views are not mixed in
+    assert record["not_used"] == ["flip=horizontal seed 0"]
+    assert record["coverage"] == {"images": n_train, "train_images": n_train}
+    _, flipped_parts, [flipped] = train.add_views(fs, parts, views="flip")
+    assert flipped["ops"] == "flip=horizontal" and flipped["chosen"] == "named"
+    assert len(flipped_parts["train"]) == 2 * n_train
+    with pytest.raises(ConfigError) as info:
+        train.add_views(fs, parts, views="zoom=0.2")
+    assert info.value.field == "views" and "flip=horizontal" in str(info.value) and "rotation=0.1" in str(info.value)
+
+
+def test_augmented_run_says_which_views_on_stdout_and_in_metrics(two_view_sets, tmp_path, capsys):
+    from pipeline.cli import main
+
+    root, result = two_view_sets
+    assert main(["train-head", str(result.path), "--augmented", "--views", "flip", "--runs-dir", str(tmp_path),
+                 "--cache-dir", str(root / "cache")]) == 0
+    out = capsys.readouterr().out
+    assert "Views: flip=horizontal seed 0 (named; 1 views" in out
+    [metrics] = [json.loads(p.read_text()) for p in tmp_path.glob("*/*/metrics.json")]
+    assert [v["ops"] for v in metrics["augmented"]] == ["flip=horizontal"]
+    assert main(["train-head", str(result.path), "--views", "flip", "--runs-dir", str(tmp_path)]) == 2
+
+
+def test_augmented_warns_with_the_coverage_when_images_came_after_the_views(two_view_sets, tmp_path, caplog):
+    root, _ = two_view_sets
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    cache = tmp_path / "cache"
+    extract_features(config=_config(data, cache, augment=1, augment_ops="flip"))
+    make_dataset(data, per_class=2, start=50)  # 6 images more, without views
+    result = extract_features(config=_config(data, cache))
+    fs = read_feature_set(result.path)
+    parts = training_splits(fs, config=TrainConfig(splits=(0.5, 0.25, 0.25)))
+    with caplog.at_level("WARNING", logger="bottleneck"):
+        _, _, [record] = train.add_views(fs, parts)
+    covered, total = record["coverage"]["images"], record["coverage"]["train_images"]
+    assert 0 < covered < total == len(parts["train"])
+    assert f"cover {covered} of {total} training images" in caplog.text and "--augment 1" in caplog.text
