@@ -362,3 +362,16 @@ def test_augmented_warns_with_the_coverage_when_images_came_after_the_views(two_
     covered, total = record["coverage"]["images"], record["coverage"]["train_images"]
     assert 0 < covered < total == len(parts["train"])
     assert f"cover {covered} of {total} training images" in caplog.text and "--augment 1" in caplog.text
+
+
+def test_a_file_whose_bytes_changed_before_its_crop_is_set_aside_not_stored(split_data, tmp_path, monkeypatch):
+    real = decode.load_decoded
+
+    def replaced(path, size):  # the file's bytes are no longer those its clean row was hashed from
+        image, digest = real(path, size)
+        return image, "0" * 64 if str(path).endswith("class0/000.png") else digest
+
+    monkeypatch.setattr(decode, "load_decoded", replaced)
+    result = extract_features(config=_config(split_data, tmp_path / "cache", augment=1, augment_ops=PHOTO_OPS))
+    (_, view), = _views(result).items()
+    assert "train/class0/000.png" not in view.paths and len(view.paths) == 8
