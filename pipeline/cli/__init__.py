@@ -127,6 +127,10 @@ def _cmd_train_head(args) -> int:
     config = config_lib.resolve(config_lib.TrainConfig, table, **{**flag_values(args, config_lib.TrainConfig),
                                                                    **_head_flags(args, table)})
     results = train_heads(args.features, config=config)
+    if not args.quiet and results and results[0].augmented:
+        v = results[0].augmented[0]
+        print(f"Views: {v['ops']} seed {v['seed']} ({v['chosen']}; {len(v['views'])} views, {v['rows']} rows, "
+              f"{v['coverage']['images']} of {v['coverage']['train_images']} training images)")
     if not args.quiet:
         print(f"{'head':16} {'val acc':>8} {'test acc':>8} {'test F1':>8} {'fit s':>8}  run")
         for r in results:

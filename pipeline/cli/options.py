@@ -35,6 +35,9 @@ _WEIGHTS = Option(flag="--weights", make="ARGS",
 _TRUST = Option(flag="--trust", make="ARGS", switch=True, cli={"default": False},
                 help="load a bundle whose head is a pickle: unpickling runs code from the bundle, so use it only for "
                 "bundles from sources you trust (run folders are unpickled too: use only your own or trusted ones)")
+_TTA = Option(flag="--tta", make="ARGS", cli={"type": int, "default": 1, "metavar": "K"},
+              help="average the probabilities over each image and K-1 augmented views of it: the run's cached views "
+              "where they exist, computed otherwise (default 1: the image alone)")
 _PREDICT = {
     "run": _RUN,
     "images": Option(argument="the images", make="IMAGES", cli={"nargs": "+"},
@@ -46,6 +49,7 @@ _PREDICT = {
     "overwrite": _force("replace the CSV if it exists"),
     "weights": _WEIGHTS,
     "trust": _TRUST,
+    "tta": _TTA,
 }
 _EVALUATE = {
     "run": _RUN,
@@ -57,6 +61,7 @@ _EVALUATE = {
                         "from (default: the cache of the run's feature set, else cache)"),
     "weights": _WEIGHTS,
     "trust": _TRUST,
+    "tta": _TTA,
 }
 _EXPORT = {
     "run": _RUN,

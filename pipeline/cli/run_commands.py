@@ -25,7 +25,8 @@ def _cmd_predict(args) -> int:
     # Before minutes of extraction, not after.
     check_output_folder(Path(args.output).parent)
     check_output_file(args.output, overwrite=args.force)
-    predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights, trust=args.trust)
+    predictions = predict_images(args.run, args.images, top_k=args.top_k, weights=args.weights, trust=args.trust,
+                                 tta=args.tta)
     path = write_predictions_csv(predictions, args.output, overwrite=args.force)
     failed = sum(p.error is not None for p in predictions)
     if not args.quiet:
@@ -43,7 +44,9 @@ def _cmd_predict(args) -> int:
             print(f"... and {len(predictions) - len(shown)} more")
         errors = f", {failed} could not be read" if failed else ""
         noun = "prediction" if len(predictions) == 1 else "predictions"
-        print(f"Wrote {len(predictions)} {noun} to {path}{errors}.")
+        n = args.tta - 1
+        views = f", probabilities averaged over each image and {n} view{'s' * (n > 1)} of it" if n else ""
+        print(f"Wrote {len(predictions)} {noun} to {path}{errors}{views}.")
     elif not args.json:
         print(path)
     if args.json:
@@ -55,7 +58,8 @@ def _cmd_evaluate(args) -> int:
     from ..runs.evaluate import evaluate_run
 
     result = evaluate_run(
-        args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir, trust=args.trust
+        args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir, trust=args.trust,
+        tta=args.tta,
     )
     if not args.quiet:
         # The dataset's summary was logged when the folder was listed, before extraction.
@@ -63,6 +67,10 @@ def _cmd_evaluate(args) -> int:
         f1 = "" if macro_f1 is None else f", macro F1 {macro_f1:.4f}"
         cached = f"{result.extracted} images extracted now" if result.extracted else "features all from the cache"
         print(f"Accuracy {result.accuracy:.4f}{f1} on {result.n_images} images ({cached}).")
+        if result.tta:
+            t = result.tta
+            print(f"  averaged over each image and {t['views'] - 1} view{'s' * (t['views'] > 2)} ({t['ops']}, seed {t['seed']}): "
+                  f"{t['cached']} view rows from the cache, {t['computed']} computed")
         for name, paths in result.unknown_classes.items():
             print(f"  unknown class {name!r}: {len(paths)} images left out")
         if result.missing_classes:

@@ -16,7 +16,7 @@ DECODE_MODES = ("auto", "threads", "processes")
 ENGINES = ("local", "ray")
 # RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2); ops that change the
 # image size are left out, since a fixed-size extractor can't take them.
-DEFAULT_AUGMENT_OPS = "flip,rotation=0.2,zoom=0.2"
+DEFAULT_AUGMENT_OPS = "crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"
 
 # The sanity bounds (`max=`) are far above any useful value, so that a typo
 # fails here with its value named instead of as an out-of-memory kill later.
@@ -104,10 +104,14 @@ class ExtractConfig:
         augment: int >= 0, augmented views extracted per image besides the
             clean row (only images under `train/` when the data has split
             folders). Raising it extracts only the new views. Defaults to `0`.
-        augment_ops: the Keras augmentation ops of the views, e.g.
-            `"flip,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1"`
-            (see `pipeline.features.augment.parse_augment_ops`).
-            Defaults to `"flip,rotation=0.2,zoom=0.2"`.
+        augment_ops: the augmentation ops of the views, e.g.
+            `"crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"` (a crop
+            of 60-100% of the area taken before the resize, a horizontal
+            flip, at most 10 degrees of rotation, a mild colour jitter);
+            the older Keras-factor ops (`rotation`, `zoom`, `translation`,
+            `contrast`, `brightness`) stay available (see
+            `pipeline.features.augment.parse_augment_ops`). Defaults to
+            `"crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"`.
         augment_seed: int >= 0; with the ops, each image's content and the
             view index it fixes every view. Defaults to `0`.
     """
@@ -182,8 +186,8 @@ class ExtractConfig:
         check=integer(min=0, max=100, why="Each view costs a full extraction of the training images; 2-10 is typical."))
     augment_ops: str = option(
         DEFAULT_AUGMENT_OPS, flag="--augment-ops", make="AUGMENT_OPS",
-        help="ops of the views, e.g. flip,rotation=0.1,zoom=0.2,translation=0.1,contrast=0.1,brightness=0.1 "
-        "(default flip,rotation=0.2,zoom=0.2)")
+        help="ops of the views: crop=LOW-HIGH (fractions of the area), flip, rotate=Ndeg, jitter=F, or the older "
+        "rotation, zoom, translation, contrast, brightness (default crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1)")
     augment_seed: int = option(0, flag="--augment-seed", make="AUGMENT_SEED", check=integer(min=0),
                                help="seed of the views (default 0)")
 

@@ -124,9 +124,14 @@ class TrainConfig(_HeadChoice):
             `"train"` or `"train+validation"` (the run's validation
             metrics are then the sweep's, from before the refit; needs
             `sweep` and a test split). Defaults to `"train"`.
-        augmented: train on the clean training rows plus every cached
-            augmented view of them (`features` with `augment`); validation
-            and test stay clean. Defaults to `False`.
+        augmented: train on the clean training rows plus the cached
+            augmented views of them (`features` with `augment`) from one
+            view set (see `views`); validation and test stay clean.
+            Defaults to `False`.
+        views: `None` for the latest view set, or the ops of the view set
+            `augmented` trains on, as given to `augment_ops` (e.g.
+            `"flip,rotation=0.2,zoom=0.2"`); views made with other ops are
+            never mixed in. Defaults to `None`.
         time_limit: seconds each scikit-learn head (its sweep included)
             may take; one that runs past it is stopped, recorded with the
             reason and no run folder, and the next head starts. `None` for
@@ -143,6 +148,10 @@ class TrainConfig(_HeadChoice):
     augmented: bool = option(
         False, flag="--augmented", make="AUGMENTED", switch=True, check=boolean,
         help="also train on the cached augmented views of the training images (features --augment K)")
+    views: str | None = option(
+        None, flag="--views", make="ARGS", cli={"metavar": "OPS"},
+        help="with --augmented: the view set to train on, named by the ops it was made with "
+        "(as given to features --augment-ops); default the latest")
     time_limit: float | None = option(
         None, flag="--time-limit", make="ARGS", check=number(low=0, open_low=True, optional=True),
         cli={"metavar": "SECONDS"},

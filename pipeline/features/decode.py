@@ -65,7 +65,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ConfigError
 from .decode_pool import decoder_pool
 
-__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_image", "resize_squash"]
+__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_decoded", "load_image", "resize_squash"]
 
 DECODER_ID = (
     f"pillow{PIL.__version__.split('.')[0]}"
@@ -320,7 +320,24 @@ def _load_or_reason(path: Path, size: int):
         return None, digest, f"cannot decode ({type(e).__name__}: {e})"
 
 
+def load_decoded(path, size) -> tuple[np.ndarray, str]:
+    """`(image, sha256 of the bytes read)`: the file after steps 1-6, before the resize to `size`.
+
+    For augmented views that crop the decoded image (`augment`), so a crop
+    keeps the detail the resize would lose. The image is uint8 `(h, w, 3)`,
+    at least `size` on its short side when the file is (JPEG draft mode and
+    the box shrink stop there).
+    """
+    size = _check_size(size)
+    data = _read_file(path)
+    return _decode_unresized(data, size), hashlib.sha256(data).hexdigest()
+
+
 def _decode(data: bytes, size):
+    return resize_squash(_decode_unresized(data, size), size)
+
+
+def _decode_unresized(data: bytes, size) -> np.ndarray:
     limit = Image.MAX_IMAGE_PIXELS
     try:
         img = Image.open(io.BytesIO(data))
@@ -371,7 +388,7 @@ def _decode(data: bytes, size):
             raise DecodeError(
                 f"unsupported colour mode {img.mode!r}: {_pillow_message(e)}"
             ) from None
-        return resize_squash(np.asarray(_reduced(rgb, size)), size)
+        return np.asarray(_reduced(rgb, size))
 
 
 def resize_squash(image: np.ndarray, size: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from .. import config as config_lib
 from ..errors import WeightsUnavailableError
 from ..store import FeatureStore, SkippedFile, feature_key
-from . import augment, backbones
+from . import augment, backbones, decode
 
 __all__ = ["CHANGED", "NOT_FINITE", "Plan", "build_model", "next_round", "store_batch"]
 
@@ -47,6 +48,7 @@ class Plan:
     changed: dict[str, str] = dataclasses.field(default_factory=dict)  # by path: the file is not what was hashed
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     feature_shape: tuple[int, ...] = ()
+    root: Path = Path()  # the data folder the entries' relpaths are under (views that crop read files again)
 
     def needs(self, relpath: str) -> bool:
         """Whether decoding this file could still give the plan features it lacks."""
@@ -127,8 +129,9 @@ def store_batch(plan: Plan, model, appender, entries, images, failures, digests)
         stored = [plan.digests[entries[i].relpath] for i in mine]
         view = plan.spec.get("augment")
         if view is not None:
-            ops = augment.parse_augment_ops(view["ops"])
-            batch = augment.apply_view(batch, stored, ops=ops, seed=view["seed"], view=view["view"])
+            batch, stored, mine = _view_batch(plan, view, batch, stored, mine, entries)
+            if not mine:
+                return
         features = backbones.predict_batches(model, batch, plan.config.batch_size)
         features, stored, mine = _finite_rows(plan, features, stored, mine)
         if not mine:
@@ -137,6 +140,31 @@ def store_batch(plan: Plan, model, appender, entries, images, failures, digests)
             features, stored, [entries[i].relpath for i in mine]  # the store checks the cast to storage_dtype
         )
         plan.located.update(zip(stored, locations))
+
+
+def _view_batch(plan: Plan, view: dict[str, Any], batch, stored: list[str], mine: list[int], entries):
+    """The view's images of a decoded batch; ops that crop read each file again, to crop before the resize.
+
+    A file whose bytes are no longer those hashed is set aside, as in `store_batch`.
+    """
+    ops = augment.parse_augment_ops(view["ops"])
+    decoded = None
+    if augment.needs_decoded(ops):
+        size = augment.decoded_size(ops, plan.spec["size"])
+        decoded, keep = [], []
+        for k, (i, digest) in enumerate(zip(mine, stored)):
+            try:
+                image, read = decode.load_decoded(plan.root / entries[i].relpath, size)
+            except decode.DecodeError:
+                read = None
+            if read != digest:
+                plan.changed[entries[i].relpath] = CHANGED
+                continue
+            decoded.append(image)
+            keep.append(k)
+        batch, stored, mine = batch[keep], [stored[k] for k in keep], [mine[k] for k in keep]
+    images = augment.apply_view(batch, stored, ops=ops, seed=view["seed"], view=view["view"], decoded=decoded)
+    return images, stored, mine
 
 
 def _finite_rows(plan: Plan, features, stored: list[str], mine: list[int]):

@@ -38,6 +38,7 @@ from ..store import FeatureStore, feature_key, read_feature_set
 from . import layout
 from .leaderboard import rebuild_leaderboard
 from .predict import Predictor, check_output_folder, csv_text
+from .tta import averaged_proba, check_tta
 
 __all__ = ["EvaluationResult", "evaluate_run"]
 
@@ -64,6 +65,7 @@ class EvaluationResult:
             split, plus `"examples"`; or `{"checked": False, "reason": ...}`
             when the run's feature set is not on this machine.
         extracted: images extracted now (0 when the cache had them all).
+        tta: `None`, or the test-time views averaged (`runs.tta.averaged_proba`'s record).
     """
 
     out_dir: Path
@@ -75,6 +77,7 @@ class EvaluationResult:
     dataset_summary: str
     overlap: dict[str, Any] = dataclasses.field(default_factory=dict)
     extracted: int = 0
+    tta: dict[str, Any] | None = None
 
     @property
     def accuracy(self) -> float:
@@ -91,6 +94,7 @@ class EvaluationResult:
             "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
             "overlap": self.overlap,
             "extracted": self.extracted,
+            **({"tta": self.tta} if self.tta else {}),
         }
 
 
@@ -112,6 +116,7 @@ def evaluate_run(
     output: str | os.PathLike | None = None,
     cache_dir: str | os.PathLike | None = None,
     trust: bool = False,
+    tta: int = 1,
 ) -> EvaluationResult:
     """Measures a trained run on a new labelled image folder.
 
@@ -137,6 +142,10 @@ def evaluate_run(
             `"cache"`.
         trust: bool, accept a bundle whose head is a pickle (loading it
             runs code from the bundle). Defaults to `False`.
+        tta: int in [1, 32], test-time views: each image's probabilities
+            are averaged over it and `tta - 1` augmented views (`runs.tta`),
+            read from the run's cached views where they are, computed
+            otherwise; recorded as `tta` in the metrics. Defaults to `1`.
 
     Returns:
         An `EvaluationResult`.
@@ -148,6 +157,7 @@ def evaluate_run(
         DataError: the data folder is missing or holds no images, no image
             belongs to a class of the run, or none could be decoded.
     """
+    tta = check_tta(tta)
     predictor = Predictor.load(run_dir, weights=weights, trust=trust)
     parent = check_output_folder(predictor.root if output is None else output)
     dataset = manifest.load_dataset(data)
@@ -157,7 +167,7 @@ def evaluate_run(
     _seed_from_run_set(predictor, config, dataset)
     extraction = extract_features(config=config)
     digests = {p: r.sha256 for p, r in _index_state(extraction.path).files.items()}
-    measured, skipped = _measure(predictor, dataset, known, extraction)
+    measured, skipped, tta_record = _measure(predictor, dataset, known, extraction, digests, tta)
     overlap = _overlap(predictor, {digests[p] for p in measured.relpaths})
     _warn_overlap(overlap, dataset.root)
     present = set(measured.labels.tolist())
@@ -173,6 +183,7 @@ def evaluate_run(
         "missing_classes": missing,
         "skipped": [{"path": p, "reason": r} for p, r in skipped],
         "overlap": overlap,
+        "tta": tta_record,
         "weights": predictor.lineage.get("weights"),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -181,7 +192,7 @@ def evaluate_run(
         _add_to_leaderboard(predictor.root.parent.parent)
     return EvaluationResult(
         out_dir, measured.metrics, len(measured.relpaths), unknown, missing, skipped, dataset.summary(),
-        overlap, extraction.counts["extracted"],
+        overlap, extraction.counts["extracted"], tta_record,
     )
 
 
@@ -204,7 +215,8 @@ def _match_classes(dataset, class_names) -> tuple[list, dict[str, list[str]]]:
     return known, unknown
 
 
-def _measure(predictor: Predictor, dataset, known, extraction) -> tuple[_Measured, list[tuple[str, str]]]:
+def _measure(predictor: Predictor, dataset, known, extraction, digests: dict[str, str], tta: int):
+    """`(measured, skipped, test-time views record or None)`."""
     fs = read_feature_set(extraction.path)
     row_of = {p: i for i, p in enumerate(fs.paths)}
     reasons = {s.relpath: s.reason for s in extraction.skipped}
@@ -218,9 +230,11 @@ def _measure(predictor: Predictor, dataset, known, extraction) -> tuple[_Measure
         )
     label_of = {name: i for i, name in enumerate(predictor.class_names)}
     labels = np.array([label_of[dataset.class_names[e.label]] for e in used], dtype=np.int64)
-    proba = predictor.predict_proba(fs.features[[row_of[e.relpath] for e in used]])
+    proba, record = averaged_proba(
+        predictor, fs.features[[row_of[e.relpath] for e in used]], [dataset.root / e.relpath for e in used],
+        [digests[e.relpath] for e in used], tta)
     metrics = metrics_lib.classification_metrics(labels, proba, list(predictor.class_names))
-    return _Measured([e.relpath for e in used], labels, proba, metrics), skipped
+    return _Measured([e.relpath for e in used], labels, proba, metrics), skipped, record
 
 
 def _seed_from_run_set(predictor: Predictor, config, dataset) -> int:

@@ -136,8 +136,12 @@ def finetune_run(run: str | os.PathLike, *, config: config_lib.FinetuneConfig) -
     """
     if not isinstance(config, config_lib.FinetuneConfig):
         raise TypeError(f"`config` must be a FinetuneConfig. Received: {type(config).__name__}.")
-    if config.augment_ops is not None:
-        augment.parse_augment_ops(config.augment_ops)  # refused before anything is loaded
+    if config.augment_ops is not None:  # refused before anything is loaded
+        if augment.needs_decoded(augment.parse_augment_ops(config.augment_ops)):
+            raise ConfigError(
+                "`augment_ops` of finetune cannot crop: its batches are decoded at the model's size. Received: "
+                f"augment_ops={config.augment_ops!r}. Leave crop out, e.g. 'flip=horizontal,rotate=10deg,jitter=0.1'.",
+                field="augment_ops")
     job = _open(run, config)
     config = _config_for(job.folder, config)
     from . import finetune_model as fm

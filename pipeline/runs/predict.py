@@ -33,6 +33,7 @@ from ..errors import BottleneckError, ConfigError, DataError, RunError
 from ..features import backbones, decode, discovery
 from . import csvcells, safe_head
 from .source import RunSource
+from .tta import averaged_proba, check_tta
 
 log = logging.getLogger("bottleneck")
 
@@ -51,6 +52,8 @@ class Prediction:
         probabilities: tuple of floats, every class in `class_names` order;
             `()` on error.
         error: str, why the image could not be decoded; `None` when it was.
+        views: int, how many views the probabilities are averaged over
+            (the image itself and `tta - 1` test-time views).
     """
 
     path: str
@@ -59,6 +62,7 @@ class Prediction:
     top_k: tuple[tuple[str, float], ...]
     probabilities: tuple[float, ...] = ()
     error: str | None = None
+    views: int = 1
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +71,7 @@ class Prediction:
             "probability": self.probability,
             "top_k": [[name, p] for name, p in self.top_k],
             "error": self.error,
+            "views": self.views,
         }
 
 
@@ -95,6 +100,7 @@ class Predictor:
         self.head = head
         self.head_metadata = metadata
         self._extractor = None
+        self.tta_record: dict[str, Any] | None = None  # the test-time views of the last `predict`
 
     @classmethod
     def load(
@@ -199,24 +205,32 @@ class Predictor:
             images, their indices into `paths`, and `{index: reason}` for
             the others.
         """
+        features, ok, errors, _ = self._extract(paths)
+        return features, ok, errors
+
+    def _extract(self, paths):
+        """`extract`'s answer, plus the sha256 of the bytes each decoded image came from, by index."""
         # A path that never existed is a typo, not a file that vanished while decoding.
         errors = {i: _NO_SUCH_PATH for i, p in enumerate(paths) if not os.path.lexists(p)}
         items = [_Item(os.fspath(p), i) for i, p in enumerate(paths) if i not in errors]
         c = self.config
         workers = max(1, min(c.workers, os.cpu_count() or 1))
-        chunks, ok = [], []
+        chunks, ok, digests = [], [], {}
         if items:
             model = self.extractor()
-            for entries, images, failures in decode.decode_batches(Path(), items, self.size, c.batch_size, workers):
+            for entries, images, failures, read in decode.decode_batches(
+                Path(), items, self.size, c.batch_size, workers, return_digests=True
+            ):
                 for item, reason in failures:
                     errors[item.index] = reason
                 if entries:
                     features = backbones.predict_batches(model, images, c.batch_size)
                     chunks.append(features.astype(c.storage_dtype).astype(np.float32))
                     ok.extend(item.index for item in entries)
+                    digests.update((item.index, read[item.relpath]) for item in entries)
         shape = tuple(int(d) for d in self.extractor().output_shape[1:]) if items else (0,)
         features = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.float32)
-        return features, ok, errors
+        return features, ok, errors, digests
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Head probabilities, `(n, len(class_names))`, columns in class order.
@@ -236,7 +250,7 @@ class Predictor:
             )
         return heads.aligned_proba(self.head, X, n_classes)
 
-    def predict(self, paths: Sequence[str | os.PathLike], *, top_k: int = 3) -> list[Prediction]:
+    def predict(self, paths: Sequence[str | os.PathLike], *, top_k: int = 3, tta: int = 1) -> list[Prediction]:
         """One `Prediction` per path, in order; undecodable images get an error row.
 
         Args:
@@ -244,10 +258,15 @@ class Predictor:
                 `predict_images`).
             top_k: int >= 1, how many classes each `Prediction.top_k`
                 lists (at most the number of classes). Defaults to `3`.
+            tta: int in [1, 32], the probabilities are averaged over the
+                image and `tta - 1` augmented views of it (`runs.tta`).
+                Defaults to `1` (the image alone).
         """
         top_k = _check_top_k(top_k)
-        features, ok, errors = self.extract(paths)
-        proba = self.predict_proba(features)
+        tta = check_tta(tta)
+        features, ok, errors, digests = self._extract(paths)
+        proba, record = averaged_proba(self, features, [paths[i] for i in ok], [digests[i] for i in ok], tta)
+        self.tta_record = record
         rows: list[Prediction | None] = [None] * len(paths)
         k = min(top_k, len(self.class_names))
         for row, index in zip(proba, ok):
@@ -259,6 +278,7 @@ class Predictor:
                 probability=float(row[best]),
                 top_k=tuple((self.class_names[int(i)], float(row[i])) for i in order),
                 probabilities=tuple(float(p) for p in row),
+                views=tta,
             )
         for index, reason in errors.items():
             rows[index] = Prediction(os.fspath(paths[index]), None, None, (), (), reason)
@@ -278,6 +298,7 @@ def predict_images(
     top_k: int = 3,
     weights: str | os.PathLike | None = None,
     trust: bool = False,
+    tta: int = 1,
 ) -> list[Prediction]:
     """Predicts the class of image files with a trained run.
 
@@ -294,6 +315,9 @@ def predict_images(
             the recorded sha256. Defaults to `None`.
         trust: bool, accept a bundle whose head is a pickle (loading it
             runs code from the bundle). Defaults to `False`.
+        tta: int in [1, 32], test-time views: each image's probabilities
+            are averaged over it and `tta - 1` augmented views (`runs.tta`;
+            `Prediction.views` says how many). Defaults to `1`.
 
     Returns:
         One `Prediction` per image, in the order given (folders expanded
@@ -315,8 +339,9 @@ def predict_images(
     ```
     """
     _check_top_k(top_k)
+    check_tta(tta)
     predictor = Predictor.load(run_dir, weights=weights, trust=trust)  # first: a refused bundle is the first line
-    return predictor.predict(_expand(paths), top_k=top_k)
+    return predictor.predict(_expand(paths), top_k=top_k, tta=tta)
 
 
 def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:

@@ -35,7 +35,8 @@ from ..heads.registry import estimate_seconds
 from ..heads.workers import FitTimeLimit, wait_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
-from ..store import FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
+from ..features.augment import format_augment_ops, parse_augment_ops
+from ..store import INDEX_NAME, FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
 from ..store.lookup import list_view_sets
 from . import layout
 from .leaderboard import rebuild_leaderboard, scores
@@ -67,6 +68,8 @@ class RunResult:
             (`TrainConfig.time_limit`): then no run folder was written
             (`run_dir` is where it would have gone, `head_sha256` is empty,
             `metrics` are `None` and `fit_seconds` the time it ran).
+        augmented: `None`, or the view set trained on (`augmented`), as
+            `add_views` records it.
     """
 
     head: str
@@ -78,6 +81,7 @@ class RunResult:
     head_sha256: str
     estimated_seconds: float | None = None
     stopped: str | None = None
+    augmented: list[dict[str, Any]] | None = None
 
     @property
     def val_accuracy(self) -> float | None:
@@ -102,6 +106,7 @@ class RunResult:
             "sizes": self.sizes,
             "head_sha256": self.head_sha256,
             "stopped": self.stopped,
+            **({"augmented": self.augmented} if self.augmented else {}),
         }
 
 
@@ -148,30 +153,47 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     if any(grids.values()):
         check_sweep_rows(fs.name, parts, splits=config.splits, refit=config.refit)
     views = None
+    if config.views is not None and not config.augmented:
+        raise ConfigError(
+            f"`views` names the view set that `augmented` trains on. Received: views={config.views!r} without "
+            "augmented. Pass `augmented` too, or leave `views` unset.", field="views")
     if config.augmented:
-        fs, parts, views = add_views(fs, parts)
-    return [_run_one(fs, parts, head, params, config, grids[head], views) for head, params in plans]
+        fs, parts, views = add_views(fs, parts, views=config.views)
+    results = [_run_one(fs, parts, head, params, config, grids[head], views) for head, params in plans]
+    return [dataclasses.replace(r, augmented=views) for r in results] if views else results
 
 
-def add_views(fs: FeatureSet, parts) -> tuple[FeatureSet, dict[str, np.ndarray], list[dict[str, Any]]]:
-    """Appends the cached augmented views of the training rows to a feature set and its training split.
+def add_views(
+    fs: FeatureSet, parts, *, views: str | None = None
+) -> tuple[FeatureSet, dict[str, np.ndarray], list[dict[str, Any]]]:
+    """Appends the cached augmented views of the training rows, from one view set, to a feature set and its training split.
 
-    Views are matched to training rows by path and content hash; a view
-    whose content is also a validation or test image (a duplicate file) is
-    left out, so training never sees a view of an image it is measured on.
-    Validation and test keep their clean rows only.
+    A view set is the views made with one ops text and seed (`features`
+    with `augment`); views of other ops are never mixed in. The set is the
+    one `views` names, else the latest written. Views are matched to
+    training rows by path and content hash; a view whose content is also a
+    validation or test image (a duplicate file) is left out, so training
+    never sees a view of an image it is measured on. Validation and test
+    keep their clean rows only. Training images without a view (added after
+    the views were made) are counted, and a warning gives the coverage.
 
     Args:
         fs: the clean `FeatureSet`.
         parts: its `{"train", "validation", "test"}` rows, after `fraction`.
+        views: `None` for the latest view set, or the ops text of the one
+            to use (as given to `augment_ops`; the latest seed of those ops).
+            Defaults to `None`.
 
     Returns:
         `(feature set with the view rows appended, parts with them added to
-        "train", record)`, the record holding one
-        `{"ops", "seed", "views", "rows"}` per ops and seed.
+        "train", record)`, the record a one-item list holding
+        `{"ops", "seed", "views", "rows", "chosen", "coverage", "not_used"}`:
+        `chosen` is `"named"` or `"latest"`, `coverage` counts the
+        training images with a view, `not_used` lists the other view sets.
 
     Raises:
-        ConfigError: the set has no views (`field="augmented"`).
+        ConfigError: the set has no views (`field="augmented"`), or none
+            made with the ops `views` names (`field="views"`).
         FeatureStoreError: a view set does not belong to this feature set.
     """
     folders = list_view_sets(fs.path)
@@ -182,23 +204,36 @@ def add_views(fs: FeatureSet, parts) -> tuple[FeatureSet, dict[str, np.ndarray],
             "--augment 4` with the same model and settings), or leave `augmented` unset.",
             field="augmented",
         )
-    sha = _sha256_by_path(Path(fs.path).parent)
-    train_keys = {(fs.paths[i], sha[fs.paths[i]]) for i in parts["train"]}
-    held_out = {sha[fs.paths[i]] for split in ("validation", "test") for i in parts[split]}
-    blocks, rows, record = [fs.features], [], {}
-    n = len(fs.labels)
+    groups: dict[tuple[str, int], list[tuple[Path, FeatureSet, dict[str, Any]]]] = {}
     for folder in folders:
         view = read_feature_set(folder)
         augment = _check_view(fs, view)
+        groups.setdefault((augment["ops"], augment["seed"]), []).append((folder, view, augment))
+    ops, seed = _chosen_view_set(fs, groups, views)
+    sha = _sha256_by_path(Path(fs.path).parent)
+    train_keys = {(fs.paths[i], sha[fs.paths[i]]) for i in parts["train"]}
+    held_out = {sha[fs.paths[i]] for split in ("validation", "test") for i in parts[split]}
+    blocks, rows, covered = [fs.features], [], set()
+    for folder, view, augment in groups[ops, seed]:
         view_sha = _sha256_by_path(folder)
         keep = [i for i, p in enumerate(view.paths) if (p, view_sha[p]) in train_keys and view_sha[p] not in held_out]
+        covered.update((view.paths[i], view_sha[view.paths[i]]) for i in keep)
         blocks.append(view.features[keep])
         rows.append((view, keep))
-        entry = record.setdefault((augment["ops"], augment["seed"]), {"ops": augment["ops"], "seed": augment["seed"],
-                                                                      "views": [], "rows": 0})
-        entry["views"].append(augment["view"])
-        entry["rows"] += len(keep)
-    added = np.arange(n, n + sum(len(keep) for _, keep in rows))
+    record = {
+        "ops": ops, "seed": seed, "views": sorted(a["view"] for _, _, a in groups[ops, seed]),
+        "rows": sum(len(keep) for _, keep in rows), "chosen": "latest" if views is None else "named",
+        "coverage": {"images": len(covered), "train_images": len(train_keys)},
+        "not_used": [f"{o} seed {s}" for o, s in sorted(groups) if (o, s) != (ops, seed)],
+    }
+    if len(covered) < len(train_keys):
+        log.warning(
+            "The views (%s, seed %d) cover %d of %d training images (%.0f%%): images added since they were made "
+            "train on their clean row only. Extract their views with `features --augment %d --augment-ops '%s'`.",
+            ops, seed, len(covered), len(train_keys), 100 * len(covered) / max(1, len(train_keys)),
+            len(record["views"]), ops)
+    n = len(fs.labels)
+    added = np.arange(n, n + record["rows"])
     grown = dataclasses.replace(
         fs,
         features=np.concatenate(blocks),
@@ -207,7 +242,31 @@ def add_views(fs: FeatureSet, parts) -> tuple[FeatureSet, dict[str, np.ndarray],
         split_keys=np.concatenate([fs.split_keys] + [v.split_keys[keep] for v, keep in rows]),
         folder_splits=np.concatenate([fs.folder_splits] + [v.folder_splits[keep] for v, keep in rows]),
     )
-    return grown, {**parts, "train": np.concatenate([parts["train"], added])}, list(record.values())
+    return grown, {**parts, "train": np.concatenate([parts["train"], added])}, [record]
+
+
+def _chosen_view_set(fs: FeatureSet, groups, views: str | None) -> tuple[str, int]:
+    """The `(ops, seed)` of the view set `views` names, else of the latest written."""
+
+    def written(key) -> int:
+        return max((folder / INDEX_NAME).stat().st_mtime_ns for folder, _, _ in groups[key])
+
+    if views is None:
+        return max(groups, key=written)
+    try:
+        ops = format_augment_ops(parse_augment_ops(views))
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("`augment_ops`", "`views`"), field="views") from None
+    named = [key for key in groups if key[0] == ops]
+    if not named:
+        made = "; ".join(sorted({o for o, _ in groups}))
+        raise ConfigError(
+            f"`views` names no view set of feature set '{fs.name}'. Received: views={views!r}. Its view sets "
+            f"were made with: {made}. Name one of them, leave `views` unset for the latest, or extract views "
+            f"with `features --augment K --augment-ops '{ops}'`.",
+            field="views",
+        )
+    return max(named, key=written)
 
 
 def _sha256_by_path(root: Path) -> dict[str, str]:
