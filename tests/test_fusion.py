@@ -151,3 +151,100 @@ def test_augmented_training_on_a_fusion_is_refused(tmp_path, images):
 
     with pytest.raises(ConfigError, match="fuses several sets"):
         train_heads("alpha+beta", config=train_config(tmp_path, heads=("logreg",), augmented=True))
+
+
+# -- real bases: predict, evaluate and export rebuild every member ---------------------------------
+
+SIZE = 128
+
+
+@pytest.fixture(scope="module")
+def fused_signs(tmp_path_factory):
+    """30 sign photos (3 per digit) as MobileNetV2 and MobileNet 0.25 sets, a fused dense and logreg run."""
+    from pipeline.config import ExtractConfig, TrainConfig
+    from pipeline.features.extract import extract_features
+    from pipeline.runs.train import train_heads
+
+    root = tmp_path_factory.mktemp("fusion")
+    for digit in range(10):
+        (root / "data" / str(digit)).mkdir(parents=True)
+        for src in sorted((require_shared(SIGN_DIGITS) / str(digit)).glob("*.JPG"))[:3]:
+            shutil.copyfile(src, root / "data" / str(digit) / src.name)
+    sets = [
+        extract_features(config=ExtractConfig(
+            data=str(root / "data"), cache_dir=str(root / "cache"), workers=2, model=model, size=SIZE,
+            weights=str(require_shared(WEIGHTS / weights)), batch_size=16,
+        )).path
+        for model, weights in (("mobilenet_v2", "mobilenet_v2_1.0_224_no_top.weights.h5"),
+                               ("mobilenet_025", "mobilenet_0.25_224_no_top.h5"))
+    ]
+    fused = "+".join(str(p.parent) for p in sets)
+    runs = train_heads(fused, config=TrainConfig(
+        heads=("logreg", "dense"), params={"dense.epochs": 20, "dense.learning_rate": 1e-3},
+        runs_dir=str(root / "runs"), cache_dir=str(root / "cache"),
+    ))
+    return types.SimpleNamespace(root=root, fused=fused, runs={r.head: r.run_dir for r in runs})
+
+
+@pytest.mark.weights
+def test_predict_on_a_fused_run_equals_the_train_time_concatenation(fused_signs):
+    from pipeline.runs.predict import Predictor, predict_images
+
+    fs = read_features(fused_signs.fused)
+    paths = [str(fused_signs.root / "data" / p) for p in fs.paths]
+    predictor = Predictor.load(fused_signs.runs["logreg"])
+    assert [b.config.model for b in predictor.bases] == ["mobilenet_v2", "mobilenet_025"]
+    features, ok, errors = predictor.extract(paths)
+    assert ok == list(range(len(paths))) and not errors
+    np.testing.assert_allclose(features, fs.features, atol=1e-6, rtol=0)
+    got = np.array([p.probabilities for p in predict_images(fused_signs.runs["logreg"], paths, top_k=1)])
+    np.testing.assert_allclose(got, predictor.head.predict_proba(fs.features), atol=1e-6, rtol=0)
+
+
+@pytest.mark.weights
+def test_evaluate_on_a_fused_run_reuses_each_members_cached_rows(fused_signs):
+    from pipeline.runs.evaluate import evaluate_run
+    from pipeline.runs.predict import predict_images
+
+    result = evaluate_run(fused_signs.runs["logreg"], fused_signs.root / "data")
+    assert result.extracted == 0 and result.n_images == 30
+    paths = sorted(str(p) for p in (fused_signs.root / "data").glob("*/*.JPG"))
+    predicted = [p.predicted_class for p in predict_images(fused_signs.runs["logreg"], paths, top_k=1)]
+    truth = [p.split("/")[-2] for p in paths]
+    assert result.accuracy == pytest.approx(np.mean([a == b for a, b in zip(predicted, truth)]))
+
+
+@pytest.mark.weights
+def test_export_of_a_fused_dense_run_matches_predict_on_photos_below_twice_size(fused_signs, tmp_path):
+    import keras
+    from PIL import Image
+
+    from pipeline.runs.export import export_run
+    from pipeline.runs.predict import predict_images
+
+    run = fused_signs.runs["dense"]
+    result = export_run(run, tmp_path / "fused.keras")
+    assert result.max_abs_diff < 1e-4
+    model = keras.saving.load_model(tmp_path / "fused.keras")
+    assert model.get_layer("fused").__class__.__name__ == "Concatenate"
+    assert {"extractor_0", "extractor_1"} <= {layer.name for layer in model.layers}
+    photos = sorted((fused_signs.root / "data").glob("*/*.JPG"))[::3]
+    for i, (width, height) in enumerate([(64, 48), (100, 100), (200, 150), (90, 170), (250, 250)]):
+        path = tmp_path / f"{i}.png"
+        with Image.open(photos[i]) as photo:
+            photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(path)
+        with Image.open(path) as img:
+            raw = np.asarray(img.convert("RGB"))[None]
+        expected = predict_images(run, [path], top_k=1)[0].probabilities
+        np.testing.assert_allclose(model.predict(raw, verbose=0)[0], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.weights
+def test_a_fused_run_is_not_bundled_and_its_weights_are_not_replaced(fused_signs, tmp_path):
+    from pipeline.runs.export import export_run
+    from pipeline.runs.predict import Predictor
+
+    with pytest.raises(ConfigError, match="bundle holds one base"):
+        export_run(fused_signs.runs["logreg"], tmp_path / "bundle", format="bundle")
+    with pytest.raises(ConfigError, match="fuses 2 feature sets"):
+        Predictor.load(fused_signs.runs["logreg"], weights=WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
