@@ -153,6 +153,22 @@ def test_augmented_training_on_a_fusion_is_refused(tmp_path, images):
         train_heads("alpha+beta", config=train_config(tmp_path, heads=("logreg",), augmented=True))
 
 
+def test_a_curve_on_a_fused_name_trains_on_the_fusion(tmp_path, images):
+    import json
+
+    from pipeline.config import CurveConfig
+    from pipeline.runs.curve import run_curve
+
+    cache = tmp_path / "cache"
+    _a(cache, images, name="alpha")
+    _b(cache, [images[i] for i in range(N) if i != 4], name="beta")
+    result = run_curve("alpha+beta", config=CurveConfig(
+        heads=("logreg",), fractions=(0.5, 1.0), repeats=1, runs_dir=str(tmp_path / "runs"), cache_dir=str(cache)))
+    lineage = json.loads((result.run_dir / "lineage.json").read_text())
+    assert result.run_dir.parent.name == "alpha+beta" and lineage["n_images"] == N - 1
+    assert [m["feature_set"] for m in lineage["members"]] == ["alpha", "beta"]
+
+
 # -- real bases: predict, evaluate and export rebuild every member ---------------------------------
 
 SIZE = 128
