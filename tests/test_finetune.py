@@ -209,7 +209,7 @@ def test_config_refuses_two_ways_of_choosing_layers_and_reads_numbers():
     with pytest.raises(ConfigError) as e:
         FinetuneConfig(unfreeze=3, unfreeze_from="block_16_project")
     assert e.value.field == "unfreeze"
-    assert FinetuneConfig(unfreeze="4").unfreeze == 4 and FinetuneConfig().unfreeze == 10
+    assert FinetuneConfig(unfreeze="4").unfreeze == 4 and FinetuneConfig().unfreeze == 30
     assert FinetuneConfig(unfreeze_from="x").unfreeze is None
     with pytest.raises(ConfigError, match="'all'"):
         FinetuneConfig(unfreeze="most")

@@ -101,3 +101,11 @@ def test_predict_cli_says_how_many_views_it_averaged(trained, tmp_path, capsys):
     assert "averaged over each image and 1 view of it" in capsys.readouterr().out
     assert main(["predict", str(run_dir), str(data), "--tta", "0", "-o", str(tmp_path / "q.csv")]) == 2
     assert "--tta" in capsys.readouterr().err
+
+
+def test_tta_on_a_fused_run_is_refused_rather_than_averaging_one_base(trained, monkeypatch):
+    _, data, _, run_dir = trained
+    predictor = Predictor.load(run_dir)
+    monkeypatch.setattr(Predictor, "bases", property(lambda self: self.source.bases * 2))
+    with pytest.raises(ConfigError, match="fuses 2 feature sets"):
+        predictor.predict(_paths(data), tta=2)

@@ -120,7 +120,8 @@ COMMAND_OPTIONS: dict[str, dict[str, Option]] = {
     "features": {**options_of(ExtractConfig), "config": _config_file("features")},
     "train-head": {
         "features": _feature_set("feature set: a name (or unique prefix) from `bottleneck cache ls`, or a path to the "
-                                 "set folder or its features.h5; may be left out when the cache holds exactly one set"),
+                                 "set folder or its features.h5; may be left out when the cache holds exactly one set; "
+                                 "SET_A+SET_B trains on both sets' features side by side, images matched by content"),
         **options_of(TrainConfig),
         "config": _config_file("train"),
     },

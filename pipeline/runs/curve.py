@@ -39,7 +39,8 @@ from .. import _atomic, config as config_lib
 from ..errors import ConfigError, WriteError
 from ..heads import DenseClassifier, create_head, fit_head, plan_params, training_splits
 from ..heads.sweep import check_sweep_rows, plan_sweep, sweep_head
-from ..store import FeatureSet, read_feature_set, resolve_features
+from ..store import FeatureSet
+from ..store.fused import read_features
 from . import layout
 from .train import feature_lineage, save_figure
 
@@ -125,7 +126,7 @@ def run_curve(features: str | os.PathLike | None, *, config: config_lib.CurveCon
     plans = [plan_params(config.heads, config.params, config.seed + r) for r in range(config.repeats)]
     grids = plan_sweep(plans[0], config.sweep, config.params)
     _atomic.check_writable(config.runs_dir, field="runs_dir")  # before minutes of fitting
-    fs = read_feature_set(resolve_features(features, config.cache_dir))
+    fs = read_features(features, config.cache_dir)
     points = [
         (fraction, repeat, training_splits(fs, config=config.train_config(fraction, repeat)))
         for fraction in config.fractions

@@ -162,12 +162,15 @@ def evaluate_run(
     parent = check_output_folder(predictor.root if output is None else output)
     dataset = manifest.load_dataset(data)
     known, unknown = _match_classes(dataset, predictor.class_names)
-    config = dataclasses.replace(
-        predictor.config, data=str(data), cache_dir=str(cache_dir or _run_cache(predictor)), name=None)
-    _seed_from_run_set(predictor, config, dataset)
-    extraction = extract_features(config=config)
+    extractions = []
+    for base in predictor.bases:  # a fused run: each member's features, through the cache
+        config = dataclasses.replace(
+            base.config, data=str(data), cache_dir=str(cache_dir or _run_cache(predictor)), name=None)
+        _seed_from_run_set(base.lineage, config, dataset)
+        extractions.append(extract_features(config=config))
+    extraction = extractions[0]
     digests = {p: r.sha256 for p, r in _index_state(extraction.path).files.items()}
-    measured, skipped, tta_record = _measure(predictor, dataset, known, extraction, digests, tta)
+    measured, skipped, tta_record = _measure(predictor, dataset, known, extractions, digests, tta)
     overlap = _overlap(predictor, {digests[p] for p in measured.relpaths})
     _warn_overlap(overlap, dataset.root)
     present = set(measured.labels.tolist())
@@ -215,13 +218,15 @@ def _match_classes(dataset, class_names) -> tuple[list, dict[str, list[str]]]:
     return known, unknown
 
 
-def _measure(predictor: Predictor, dataset, known, extraction, digests: dict[str, str], tta: int):
-    """`(measured, skipped, test-time views record or None)`."""
-    fs = read_feature_set(extraction.path)
-    row_of = {p: i for i, p in enumerate(fs.paths)}
-    reasons = {s.relpath: s.reason for s in extraction.skipped}
-    used = [e for e in known if e.relpath in row_of]
-    skipped = [(e.relpath, reasons.get(e.relpath, "not extracted")) for e in known if e.relpath not in row_of]
+def _measure(predictor: Predictor, dataset, known, extractions, digests: dict[str, str], tta: int):
+    """`(measured, skipped, test-time views record or None)` on the images every base extracted;
+    a fused run's features joined as `store.fused` joins them."""
+    sets = [read_feature_set(extraction.path) for extraction in extractions]
+    rows_of = [{p: i for i, p in enumerate(fs.paths)} for fs in sets]
+    reasons = {s.relpath: s.reason for extraction in extractions for s in extraction.skipped}
+    used = [e for e in known if all(e.relpath in row_of for row_of in rows_of)]
+    skipped = [(e.relpath, reasons.get(e.relpath, "not extracted")) for e in known
+               if not all(e.relpath in row_of for row_of in rows_of)]
     if not used:
         raise DataError(
             f"None of the {len(known)} images of known classes under '{dataset.root}' could be decoded. "
@@ -230,23 +235,25 @@ def _measure(predictor: Predictor, dataset, known, extraction, digests: dict[str
         )
     label_of = {name: i for i, name in enumerate(predictor.class_names)}
     labels = np.array([label_of[dataset.class_names[e.label]] for e in used], dtype=np.int64)
+    blocks = [fs.features[[row_of[e.relpath] for e in used]] for fs, row_of in zip(sets, rows_of)]
+    features = blocks[0] if len(blocks) == 1 else np.concatenate([b.reshape(len(b), -1) for b in blocks], axis=1)
     proba, record = averaged_proba(
-        predictor, fs.features[[row_of[e.relpath] for e in used]], [dataset.root / e.relpath for e in used],
-        [digests[e.relpath] for e in used], tta)
+        predictor, features, [dataset.root / e.relpath for e in used], [digests[e.relpath] for e in used], tta)
     metrics = metrics_lib.classification_metrics(labels, proba, list(predictor.class_names))
     return _Measured([e.relpath for e in used], labels, proba, metrics), skipped, record
 
 
-def _seed_from_run_set(predictor: Predictor, config, dataset) -> int:
+def _seed_from_run_set(lineage: dict[str, Any], config, dataset) -> int:
     """Copies the run's cached rows of images in `dataset` into the set `extract_features` fills next.
 
     Images are matched by content hash, and only when the run's set was
     extracted under the very key this evaluation extracts with, so a copied
     row is exactly what extraction would compute: the run's own test split
     (or any image it has seen) is never extracted again. Returns how many
-    rows were copied.
+    rows were copied. `lineage` is the record of the run's feature set (of
+    one member, for a fused run).
     """
-    run_index = Path(str(predictor.lineage.get("features_path", "")))
+    run_index = Path(str(lineage.get("features_path", "")))
     spec = feature_spec(config)
     key = feature_key(spec)
     state = _index_state(run_index) if run_index.is_file() else None
@@ -293,10 +300,11 @@ def _overlap(predictor: Predictor, digests: set[str]) -> dict[str, Any]:
     The index's hashes answer first; the set's features are read (to cut the
     run's splits) only when some image is shared.
     """
-    features_path = predictor.lineage.get("features_path")
+    lineage = predictor.bases[0].lineage  # a fused run's first member cuts the same splits by path
+    features_path = lineage.get("features_path")
     try:
         state = _index_state(Path(features_path))
-        if state is None or state.content_hash != predictor.lineage.get("content_hash"):
+        if state is None or state.content_hash != lineage.get("content_hash"):
             return {"checked": False, "reason": f"the feature set at '{features_path}' is gone or changed since the run"}
         if not digests & {record.sha256 for record in state.files.values()}:
             return {"checked": True, "examples": [], "train": 0, "validation": 0, "test": 0}

@@ -59,6 +59,7 @@ from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
 from . import layout, preprocess, safe_head
+from .export_bases import base_branch, reference_features
 from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
 from .predict import Predictor, check_output_file
 
@@ -148,35 +149,22 @@ def build_export_model(predictor: Predictor):
 
 
 def _build(keras, predictor: Predictor, *, traced: bool):
+    """uint8 images -> every base's features (concatenated for a fused run) -> head, as one model."""
     from ..features import backbones
-
-    cfg = backbones.get_backbone_cfg(predictor.config.model)
-    kernel, bias = backbones.preprocess_affine(cfg)
-    extractor = predictor.extractor()
-    head = _head_model(keras, predictor, extractor.output_shape[1:])
 
     inputs = keras.Input((None, None, 3), dtype="uint8", name="image")
     x = keras.layers.Rescaling(1.0, dtype="float32", name="to_float32")(inputs)
-    size = predictor.size
-    if traced:
-        x = _triangle_resize(keras, size)(x)
+    if len(predictor.bases) == 1:
+        x = base_branch(keras, predictor, 0, x, traced=traced, suffix="")
+        name = f"{backbones.model_name(predictor.config.model)}_{predictor.size}_classifier"
     else:
-        x = keras.layers.Resizing(size, size, interpolation="bilinear", antialias=True, dtype="float32", name="resize")(x)
-    x = keras.ops.round(x)  # the decoder hands the backbone whole grey levels
-    preprocess = keras.layers.Dense(3, dtype="float32", trainable=False, name=f"preprocess_{_layer_name(cfg)}")
-    x = preprocess(x)
-    preprocess.set_weights([kernel, bias])
-    # The extractor past its own preprocessing layer (the one every source names "preprocess").
-    x = keras.Model(extractor.get_layer("preprocess").output, extractor.output, name="extractor")(x)
-    if predictor.config.storage_dtype == "float16":
-        # The head was trained on float16-stored features: round the same way.
-        x = keras.layers.Activation("linear", dtype="float16", name="storage_float16")(x)
-        x = keras.layers.Activation("linear", dtype="float32", name="features_float32")(x)
-    return keras.Model(inputs, head(x), name=f"{backbones.model_name(cfg.name)}_{predictor.size}_classifier")
-
-
-def _layer_name(cfg) -> str:
-    return getattr(cfg, "module", None) or "preset"
+        # Each base sees the same uint8 image; their features are joined as `store.fused` joined them.
+        branches = [base_branch(keras, predictor, i, x, traced=traced, suffix=f"_{i}") for i in range(len(predictor.bases))]
+        flat = [keras.layers.Flatten(name=f"flatten_{i}")(b) if len(b.shape) > 2 else b for i, b in enumerate(branches)]
+        x = keras.layers.Concatenate(name="fused")(flat)
+        name = "_".join(backbones.model_name(b.config.model) for b in predictor.bases) + "_fused_classifier"
+    head = _head_model(keras, predictor, x.shape[1:])
+    return keras.Model(inputs, head(x), name=name)
 
 
 def _head_model(keras, predictor: Predictor, feature_shape):
@@ -197,36 +185,6 @@ def _head_model(keras, predictor: Predictor, feature_shape):
     x = dense(x)
     dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
     return keras.Model(features, keras.layers.Activation("softmax", name="softmax")(x), name="head")
-
-
-def _triangle_resize(keras, size: int):
-    """`Resizing(antialias=True)`'s arithmetic as two matrix products, for the traced formats.
-
-    ONNX has no operator for TensorFlow's `ScaleAndTranslate`, which
-    `Resizing(antialias=True)` becomes; the triangle weights of
-    `decode.resize_squash`, built from the input's shape inside the graph,
-    are plain ops every format holds. A custom layer needs this package to
-    load, so `.keras` keeps the built-in layer.
-    """
-    ops = keras.ops
-
-    def weights(n_in):
-        scale = ops.cast(n_in, "float32") / size
-        centres = (ops.cast(ops.arange(size), "float32") + 0.5) * scale
-        source = ops.cast(ops.arange(n_in), "float32") + 0.5
-        taps = ops.maximum(0.0, 1.0 - ops.abs(source[None, :] - centres[:, None]) / ops.maximum(scale, 1.0))
-        return taps / ops.sum(taps, axis=1, keepdims=True)
-
-    class TriangleResize(keras.layers.Layer):
-        def call(self, x):
-            shape = ops.shape(x)
-            x = ops.einsum("ow,bhwc->bhoc", weights(shape[2]), x)
-            return ops.einsum("oh,bhwc->bowc", weights(shape[1]), x)
-
-        def compute_output_shape(self, input_shape):
-            return (input_shape[0], size, size, input_shape[3])
-
-    return TriangleResize(dtype="float32", autocast=False, name="resize")
 
 
 def export_run(
@@ -301,8 +259,20 @@ def export_run(
         if row.is_model:
             out = _check_model_out(out, row, overwrite)
     if not row.is_model:
+        _check_one_base(predictor)
         return _export_bundle(predictor, out, include_weights)
     return _export_model(predictor, out, row)
+
+
+def _check_one_base(predictor: Predictor) -> None:
+    """A bundle records one base; a fused run exports as one model instead."""
+    if len(predictor.bases) > 1:
+        raise ConfigError(
+            f"Run '{predictor.root}' fuses {len(predictor.bases)} feature sets, and a bundle holds one base. "
+            "Export it as a model (format 'keras', 'saved_model' or 'onnx', with a dense, logreg, linear_svm or "
+            "ridge head), or use the run folder itself with predict and evaluate.",
+            field="format",
+        )
 
 
 def _check_model_out(out: Path, row: ExportFormat, overwrite: bool) -> Path:
@@ -427,15 +397,12 @@ def _check_export(model, predictor: Predictor) -> float:
     hence the looser bound). Returns the largest difference of the exact
     checks: at SIZE and on the run's features.
     """
-    from ..features.decode import resize_squash
 
     size = predictor.size
     checks = []
     for images, tolerance in ((_check_images(size), _CHECK_TOLERANCE), (_check_images(size + 37, size * 2 // 3), 1e-3)):
         exported = np.asarray(model.predict_on_batch(images), dtype=np.float64)
-        decoded = np.stack([resize_squash(image, size) for image in images])
-        features = np.asarray(predictor.extractor().predict_on_batch(decoded))
-        features = features.astype(predictor.config.storage_dtype).astype(np.float32)
+        features = reference_features(predictor, images)
         checks.append((float(np.max(np.abs(exported - predictor.predict_proba(features)))), tolerance))
     cached = _run_features(predictor)
     if cached is not None:
@@ -453,10 +420,15 @@ def _check_export(model, predictor: Predictor) -> float:
 def _run_features(predictor: Predictor, limit: int = 512) -> np.ndarray | None:
     """Up to `limit` rows of the features the head was trained on, or `None` when the set is gone or changed."""
     from ..store import read_feature_set
+    from ..store.fused import read_fused
 
+    members = predictor.lineage.get("members")
     path = predictor.lineage.get("features_path")
     try:
-        fs = read_feature_set(path) if path else None
+        if members:
+            fs = read_fused([m.get("features_path") or "" for m in members])
+        else:
+            fs = read_feature_set(path) if path else None
     except BottleneckError:
         return None
     if fs is None or fs.content_hash != predictor.lineage.get("content_hash"):

@@ -165,6 +165,12 @@ def _open(run, config) -> _Job:
     if source.kind != "run":
         raise ConfigError(f"`run` must be a run folder; '{source.root}' is a bundle. Fine-tune the run it was exported from.",
                           field="run")
+    if len(source.bases) > 1:
+        raise ConfigError(
+            f"`run` '{source.root}' trained on fused feature sets ({source.lineage.get('feature_set')}); fine-tuning "
+            "continues one base. Train a dense head on one of its feature sets and fine-tune that run.",
+            field="run",
+        )
     if not isinstance(predictor.head, DenseClassifier):
         raise ConfigError(
             f"`run` must be a run of a `dense` head, whose network continues into the base; the head of "

@@ -99,7 +99,7 @@ class Predictor:
         self.source = source
         self.head = head
         self.head_metadata = metadata
-        self._extractor = None
+        self._extractors = None
         self.tta_record: dict[str, Any] | None = None  # the test-time views of the last `predict`
 
     @classmethod
@@ -179,15 +179,22 @@ class Predictor:
     def is_dense(self) -> bool:
         return isinstance(self.head, heads.DenseClassifier)
 
-    def extractor(self):
-        """The Keras extractor of the run (uint8 images -> features), built once."""
-        if self._extractor is None:
-            c = self.config
-            self._extractor = backbones.build_extractor(
-                backbones.get_backbone_cfg(c.model), size=self.size, weights=c.weights,
+    @property
+    def bases(self):
+        """The run's `source.Base`s: one, or one per member of a fused feature set."""
+        return self.source.bases
+
+    def extractor(self, base: int = 0):
+        """The Keras extractor of the run's `base`-th base (uint8 images -> features), built once."""
+        if self._extractors is None:
+            self._extractors = [None] * len(self.bases)
+        if self._extractors[base] is None:
+            c, size = self.bases[base].config, self.bases[base].size
+            self._extractors[base] = backbones.build_extractor(
+                backbones.get_backbone_cfg(c.model), size=size, weights=c.weights,
                 pooling=c.pooling, layer=c.layer, precision=c.precision,
             )
-        return self._extractor
+        return self._extractors[base]
 
     def extract(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Features of image files, computed as the features stage computes them.
@@ -195,7 +202,8 @@ class Predictor:
         Decoding (`decode.load_image`), batching, padding of the last batch
         and the storage dtype are the features stage's own, with the run's
         batch size, so an image already in the feature set gets the stored
-        numbers back.
+        numbers back. A fused run's features are each base's, flattened and
+        concatenated in order, as `store.fused` joined them for training.
 
         Args:
             paths: image files.
@@ -213,13 +221,27 @@ class Predictor:
         # A path that never existed is a typo, not a file that vanished while decoding.
         errors = {i: _NO_SUCH_PATH for i, p in enumerate(paths) if not os.path.lexists(p)}
         items = [_Item(os.fspath(p), i) for i, p in enumerate(paths) if i not in errors]
-        c = self.config
+        per_base = [self._extract_base(base, items, errors) for base in range(len(self.bases))]
+        digests = per_base[0][2]
+        if len(per_base) == 1:
+            return per_base[0][0], per_base[0][1], errors, digests
+        ok = [i for i in per_base[0][1] if i not in errors]  # decoded by every base
+        blocks = []
+        for features, indices, _ in per_base:
+            row_of = {index: row for row, index in enumerate(indices)}
+            blocks.append(features[[row_of[i] for i in ok]].reshape(len(ok), -1))
+        return np.concatenate(blocks, axis=1), ok, errors, digests
+
+    def _extract_base(self, base: int, items: list[_Item], errors: dict[int, str]):
+        """One base's `(features, indices, {index: sha256 of the bytes decoded})` of `items`;
+        decoding failures are added to `errors`."""
+        c, size = self.bases[base].config, self.bases[base].size
         workers = max(1, min(c.workers, os.cpu_count() or 1))
         chunks, ok, digests = [], [], {}
         if items:
-            model = self.extractor()
+            model = self.extractor(base)
             for entries, images, failures, read in decode.decode_batches(
-                Path(), items, self.size, c.batch_size, workers, return_digests=True
+                Path(), items, size, c.batch_size, workers, return_digests=True
             ):
                 for item, reason in failures:
                     errors[item.index] = reason
@@ -228,9 +250,9 @@ class Predictor:
                     chunks.append(features.astype(c.storage_dtype).astype(np.float32))
                     ok.extend(item.index for item in entries)
                     digests.update((item.index, read[item.relpath]) for item in entries)
-        shape = tuple(int(d) for d in self.extractor().output_shape[1:]) if items else (0,)
+        shape = tuple(int(d) for d in self.extractor(base).output_shape[1:]) if items else (0,)
         features = np.concatenate(chunks) if chunks else np.zeros((0, *shape), np.float32)
-        return features, ok, errors, digests
+        return features, ok, digests
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """Head probabilities, `(n, len(class_names))`, columns in class order.

@@ -31,7 +31,7 @@ from ..errors import ConfigError, RunError
 from ..features import backbones, discovery
 from . import layout
 
-__all__ = ["RunSource", "RunSpecWarning", "TrustedPickleWarning"]
+__all__ = ["Base", "RunSource", "RunSpecWarning", "TrustedPickleWarning"]
 
 
 class RunSpecWarning(UserWarning):
@@ -40,6 +40,23 @@ class RunSpecWarning(UserWarning):
 
 class TrustedPickleWarning(UserWarning):
     """A bundle's pickled head is loaded because the caller said it trusts the bundle."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    """One extractor a run's features come from, checked and resolved.
+
+    Attributes:
+        config: its `ExtractConfig`, with `weights` resolved to the checked
+            weights file (or `"imagenet"`, `"none"`).
+        size: its input size in pixels.
+        lineage: the lineage record of its feature set
+            (`store.fused.member_record`).
+    """
+
+    config: config_lib.ExtractConfig
+    size: int
+    lineage: dict[str, Any]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +75,9 @@ class RunSource:
         class_names: tuple of the run's class names, in label order.
         head_format: `"skops"` (loads without running code from the file,
             `safe_head`) or `"pickle"` (`heads.load_head`).
+        bases: every `Base` whose features the head reads, concatenated in
+            this order: one, or each member of a fused feature set
+            (`lineage["members"]`). `config` and `size` are the first's.
     """
 
     root: Path
@@ -69,6 +89,7 @@ class RunSource:
     head_sha256: str
     class_names: tuple[str, ...]
     head_format: str = "pickle"
+    bases: tuple[Base, ...] = ()
 
     @classmethod
     def open(
@@ -191,15 +212,9 @@ def _verify_manifest(root: Path) -> set[str]:
 
 def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weights_override) -> RunSource:
     what = f"'{root / (layout.LINEAGE if kind == 'run' else layout.BUNDLE)}'"
-    extraction = lineage.get("extraction_config")
     class_names = lineage.get("class_names")
-    identity = lineage.get("weights")
-    if not isinstance(extraction, dict) or not extraction.get("model"):
-        raise RunError(f"{what} records no extraction_config; the run cannot be reproduced. Train it again.")
     if not isinstance(class_names, list) or len(class_names) < 2:
         raise RunError(f"{what} records no class_names; the run cannot be used. Train it again.")
-    if not isinstance(identity, str) or not identity:
-        raise RunError(f"{what} records no weights identity; the run cannot be reproduced. Train it again.")
     if not head_sha256:
         raise RunError(
             f"{what} records no head_sha256, so '{head_path}' cannot be checked before it is unpickled "
@@ -207,6 +222,37 @@ def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weigh
         )
     if not head_path.is_file():
         raise RunError(f"Head file '{head_path}' is missing; the {kind} is incomplete.")
+    members = lineage.get("members")
+    if members is None:
+        bases = (_resolve_base(root, kind, lineage, bundled_weights, weights_override, what),)
+    else:
+        bases = _resolve_members(root, kind, members, bundled_weights, weights_override, what)
+    return RunSource(Path(root), kind, lineage, bases[0].config, bases[0].size, Path(head_path), str(head_sha256),
+                     tuple(class_names), bases=bases)
+
+
+def _resolve_members(root, kind, members, bundled_weights, weights_override, what) -> tuple[Base, ...]:
+    """The bases of a fused run, one per member feature set, in lineage order."""
+    if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, dict) for m in members):
+        raise RunError(f"{what} records `members` that are not two or more feature sets; train the head again.")
+    if weights_override is not None or bundled_weights is not None:
+        raise ConfigError(
+            f"`weights` replaces the one weights file of a run, and this run fuses {len(members)} feature sets "
+            f"({', '.join(str(m.get('feature_set')) for m in members)}), each with its recorded weights. "
+            f"Received: weights={str(weights_override or bundled_weights)!r}. Leave it out.",
+            field="weights",
+        )
+    return tuple(_resolve_base(root, kind, m, None, None, what) for m in members)
+
+
+def _resolve_base(root, kind, lineage, bundled_weights, weights_override, what) -> Base:
+    """One feature set's extractor: its recorded config, weights checked against their identity."""
+    extraction = lineage.get("extraction_config")
+    identity = lineage.get("weights")
+    if not isinstance(extraction, dict) or not extraction.get("model"):
+        raise RunError(f"{what} records no extraction_config; the run cannot be reproduced. Train it again.")
+    if not isinstance(identity, str) or not identity:
+        raise RunError(f"{what} records no weights identity; the run cannot be reproduced. Train it again.")
     fields = {f.name for f in dataclasses.fields(config_lib.ExtractConfig)}
     try:
         config = config_lib.ExtractConfig(**{k: v for k, v in extraction.items() if k in fields})
@@ -221,7 +267,7 @@ def _resolve(root, kind, lineage, head_path, head_sha256, bundled_weights, weigh
     resolved = _resolve_weights(identity, recorded, bundled_weights, weights_override, what, cfg)
     config = dataclasses.replace(config, weights=resolved)
     _check_feature_key(config, identity, lineage.get("feature_key"), what)
-    return RunSource(Path(root), kind, lineage, config, size, Path(head_path), str(head_sha256), tuple(class_names))
+    return Base(config, size, dict(lineage))
 
 
 def _resolve_weights(identity: str, recorded: str, bundled: Path | None, override, what: str, cfg) -> str:
@@ -242,7 +288,7 @@ def _resolve_weights(identity: str, recorded: str, bundled: Path | None, overrid
                 f"The run's ImageNet weights came with {identity.partition('@')[2]}; this is {now.partition('@')[2]}. "
                 "Keras fetches the same published files, but check the predictions if in doubt.",
                 RunSpecWarning,
-                stacklevel=5,
+                stacklevel=6,
             )
         return "imagenet"
     if identity.startswith("preset-sha256:"):  # a KerasHub preset's own weights, checked by content
@@ -301,5 +347,5 @@ def _check_feature_key(config, identity: str, recorded_key: str | None, what: st
             f"decoder ({spec['decoder']}) or the Keras major version ({spec['keras_major']}) changed. "
             "Predictions may differ; extract the features and train the head again to be sure.",
             RunSpecWarning,
-            stacklevel=5,
+            stacklevel=6,
         )

@@ -37,6 +37,7 @@ from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..features.augment import format_augment_ops, parse_augment_ops
 from ..store import INDEX_NAME, FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
+from ..store.fused import member_record, read_features
 from ..store.lookup import list_view_sets
 from . import layout
 from .leaderboard import rebuild_leaderboard, scores
@@ -119,7 +120,8 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
 
     Args:
         features: the feature set: a path, a short name or `None`; see
-            `resolve_features`.
+            `resolve_features`. Several joined by `+` (`A+B`) train on
+            their fusion, rows matched by content hash (`store.fused`).
         config: the resolved `TrainConfig`.
 
     Returns:
@@ -148,7 +150,13 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     plans = plan_params(config.heads, config.params, config.seed)
     grids = plan_sweep(plans, config.sweep, config.params)
     _atomic.check_writable(config.runs_dir, field="runs_dir")  # before minutes of fitting
-    fs = read_feature_set(resolve_features(features, config.cache_dir))
+    fs = read_features(features, config.cache_dir)
+    if config.augmented and "members" in fs.attrs:
+        raise ConfigError(
+            f"`augmented` adds one feature set's cached views, and '{fs.name}' fuses several sets. Train the "
+            "fusion on clean features, or train each set alone with `augmented`.",
+            field="augmented",
+        )
     parts = training_splits(fs, config=config)
     if any(grids.values()):
         check_sweep_rows(fs.name, parts, splits=config.splits, refit=config.refit)
@@ -416,18 +424,17 @@ def _write_test_predictions(folder: Path, fs: FeatureSet, parts, fitted: FittedH
 
 
 def feature_lineage(fs: FeatureSet) -> dict[str, Any]:
-    """What a run trained on: the feature set's path, name, content hash, key, backbone, weights, config, size."""
-    return {
-        "features_path": str(Path(fs.path).resolve()),
-        "feature_set": fs.name,
-        "content_hash": fs.content_hash,
-        "feature_key": fs.attrs.get("feature_key"),
-        "backbone": fs.attrs.get("backbone"),
-        "weights": fs.attrs.get("weights"),
-        "extraction_config": fs.config,
-        "n_images": len(fs.labels),
-        "class_names": list(fs.class_names),
-    }
+    """What a run trained on: the feature set's path, name, content hash, key, backbone, weights, config, size.
+
+    A fused set adds `members` (the same record for each set it joins,
+    which `source.RunSource` rebuilds every base from) and `fusion` (the
+    images left out); its top-level path and config are its first member's.
+    """
+    lineage = {**member_record(fs), "class_names": list(fs.class_names)}
+    if "members" in fs.attrs:
+        lineage["members"] = fs.attrs["members"]
+        lineage["fusion"] = fs.attrs["fusion"]
+    return lineage
 
 
 def save_figure(fig, path: Path) -> None:

@@ -67,8 +67,12 @@ def averaged_proba(
     Raises:
         DataError: a file changed since its clean features were computed.
     """
+    if check_tta(tta) > 1 and len(predictor.bases) > 1:
+        raise ConfigError(
+            f"Test-time views need one base; this run fuses {len(predictor.bases)} feature sets. "
+            "Use tta=1, or train on one set to average over views.", field="tta")
     proba = predictor.predict_proba(features)
-    if check_tta(tta) == 1 or not len(features):
+    if tta == 1 or not len(features):
         return proba, None
     ops_text, seed = tta_views(predictor.lineage)
     ops = augment.parse_augment_ops(ops_text)
