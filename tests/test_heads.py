@@ -49,6 +49,7 @@ EXPECTED_HEADS = [
     "logreg",
     "random_forest",
     "ridge",
+    "svm_nystroem",
     "svm_rbf",
 ]
 
@@ -214,7 +215,7 @@ def test_list_heads():
     assert list_heads() == EXPECTED_HEADS == sorted(HEADS)
     with pytest.raises(TypeError):
         HEADS["mine"] = HEADS["logreg"]  # the table is read-only
-    assert list_heads("*svm*") == ["linear_svm", "svm_rbf"]
+    assert list_heads("*svm*") == ["linear_svm", "svm_nystroem", "svm_rbf"]
     assert list_heads("nothing*") == []
 
 

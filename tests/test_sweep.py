@@ -26,6 +26,7 @@ GRIDS = {
     "logreg": {"C"},
     "linear_svm": {"C"},
     "svm_rbf": {"C", "gamma"},
+    "svm_nystroem": {"C", "gamma"},
     "knn": {"n_neighbors"},
     "ridge": {"alpha"},
     "dense": {"learning_rate", "dropout"},
@@ -300,3 +301,68 @@ def test_cli_sweep_errors_are_exit_2_with_the_flag_to_change(overlapping, tmp_pa
     status, _, err = _main("train-head", str(overlapping), "--runs-dir", str(tmp_path / "runs"), *argv)
     assert status == 2 and message in err
     assert any(f"[set with --{flag}; make train-head: {flag.upper()}=...]" in err for flag in ("sweep", "select", "refit"))
+
+
+# -- large sets: choose on a subsample, or refuse up front --------------------
+
+
+@pytest.fixture
+def larger(tmp_path):
+    return make_set(tmp_path / "cache" / "many-synthetic-8-avg-eeeeeeee", per_class=200, spread=3.0, seed=4)
+
+
+def _halving_budget(head, n_rows, n_features, n_candidates, n_jobs):
+    # The final fit on every row, plus the candidates on about half of them.
+    cost = get_head_cfg(head).cost
+    return cost.estimate(n_rows, n_features) + n_candidates / n_jobs * cost.estimate(n_rows // 2, n_features)
+
+
+def test_a_sweep_past_its_budget_chooses_on_a_stratified_subsample_then_fits_every_row(larger, tmp_path, monkeypatch):
+    fs = read_feature_set(larger)
+    n_train = len(split_indices(fs)["train"])
+    grid = {"C": [1e-3, 1e-2, 1.0]}
+    n_jobs = min(sweep_lib.cores(), 3)
+    monkeypatch.setattr(sweep_lib, "SWEEP_BUDGET", _halving_budget("logreg", n_train, 8, 3, n_jobs))
+    (run,) = train.train_heads(larger, config=_config(tmp_path, sweep={"logreg.C": grid["C"]}))
+    swept = json.loads((run.run_dir / "metrics.json").read_text())["sweep"]
+    assert 0.4 * n_train <= swept["chosen_on_rows"] <= 0.6 * n_train
+    assert run.sizes["train"] == n_train  # the winner is fitted on every training row
+
+    labels = fs.labels[split_indices(fs)["train"]]
+    rows = sweep_lib.sweep_rows("logreg", labels, 8, 3, n_jobs, budget=sweep_lib.SWEEP_BUDGET)
+    assert len(rows) == swept["chosen_on_rows"] and len(set(rows.tolist())) == len(rows)
+    shares = np.bincount(labels[rows]) / len(rows)
+    np.testing.assert_allclose(shares, np.bincount(labels) / len(labels), atol=0.02)  # stratified
+    assert sweep_lib.sweep_rows("logreg", labels, 8, 3, n_jobs, budget=1e6) is None  # within budget: every row
+
+
+def test_a_sweep_whose_final_fit_alone_is_past_budget_is_refused_before_any_fit(larger, tmp_path, monkeypatch):
+    fs = read_feature_set(larger)
+    n_train = len(split_indices(fs)["train"])
+    final = get_head_cfg("svm_rbf").cost.estimate(n_train, 8)
+    monkeypatch.setattr(sweep_lib, "SWEEP_BUDGET", final / 2)
+    monkeypatch.setattr(train, "fit_head", lambda *a, **k: pytest.fail("a head was fitted"))
+    config = _config(tmp_path, heads=("knn", "svm_rbf"), sweep=True)  # knn alone would fit
+    with pytest.raises(ConfigError, match=r"Sweeping svm_rbf over 16 candidates on .* is estimated at") as info:
+        train.train_heads(larger, config=config)
+    message = str(info.value)
+    assert info.value.field == "sweep" and "svm_nystroem" in message and "time_limit" in message
+    needed = float(message.split("`time_limit` of at least ")[1].split(" s")[0])
+    assert needed > final and not (tmp_path / "runs").exists()
+    # The same sweep with a `time_limit` that allows it is not refused.
+    sweep_lib.check_sweep_budget({"svm_rbf": get_head_cfg("svm_rbf").sweep_grid}, fs.labels, 8, time_limit=needed)
+
+
+def test_fits_and_sweeps_set_the_main_process_threads_to_its_cores(overlapping, tmp_path, monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from pipeline.heads import workers
+
+    monkeypatch.setattr(workers, "_main_limits", None)
+    monkeypatch.setattr(workers, "cores", lambda: 1)
+    with threadpool_limits(limits=2):  # as a library sizing its pool by the machine's CPUs would
+        assert {pool["num_threads"] for pool in threadpool_info()} == {2}
+        fs, data = _train_and_validation(overlapping)
+        sweep_lib.sweep_head("logreg", {}, {"C": (0.1, 1.0)}, **data)
+        assert {pool["num_threads"] for pool in threadpool_info()} == {1}
+    workers._main_limits.restore_original_limits()

@@ -18,7 +18,7 @@ from .apply import aligned_proba, feature_matrix
 from .dense import DenseClassifier
 from .metrics import classification_metrics
 from .registry import create_head, estimate_seconds, format_seconds, uses_keras
-from .workers import FitTimeLimit, call_in_child
+from .workers import FitTimeLimit, call_in_child, limit_main_threads
 
 __all__ = ["FitTimeLimit", "FittedHead", "fit_and_score", "fit_head"]
 
@@ -116,6 +116,7 @@ def fit_head(
             a parameter that does not suit this many examples).
         FitTimeLimit: `time_limit` ran out.
     """
+    limit_main_threads()
     estimator = create_head(head, **params)
     X = feature_matrix(estimator, feature_set.features)
     y = feature_set.labels

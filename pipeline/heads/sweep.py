@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
@@ -24,14 +25,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
+from ..store.splits import subsample
 from .apply import aligned_proba, feature_matrix
 from .metrics import classification_metrics
 from .registry import (
     create_head, estimate_seconds, format_seconds, get_head_cfg, list_heads, parse_param, plan_params, uses_keras,
 )
-from .workers import call_in_child, cores, in_threads, wait_seconds
+from .workers import call_in_child, cores, in_threads, limit_main_threads, wait_seconds
 
-__all__ = ["SweepResult", "check_sweep_rows", "parse_sweep", "plan_sweep", "plot_sweep", "refit_rows", "sweep_head"]
+__all__ = [
+    "SWEEP_BUDGET", "SweepResult", "check_sweep_budget", "check_sweep_rows", "parse_sweep", "plan_sweep", "plot_sweep",
+    "refit_rows", "sweep_head", "sweep_rows",
+]
 
 log = logging.getLogger("bottleneck")
 
@@ -42,6 +47,15 @@ _TIE_BREAK = {"accuracy": "log_loss", "macro_f1": "log_loss", "log_loss": "accur
 _RECORDED = ("accuracy", "log_loss", "macro_f1")
 # A numeric grid spanning two decades or more is drawn on a log axis.
 _LOG_SPAN = 100
+# Seconds a sweep (its candidates and the final fit) may be estimated to take
+# without a `time_limit`: past it, candidates fit on a stratified subsample of
+# the training rows; if the final fit alone is past it, the sweep is refused.
+SWEEP_BUDGET = 300.0
+# Candidates need this many training rows per class to rank parameters that
+# suit the whole set; a budget that allows fewer refuses instead.
+_MIN_ROWS_PER_CLASS = 30
+# Heads to name instead of one that cannot sweep this many rows in budget: linear in the rows.
+_FASTER = {"svm_nystroem": "an RBF kernel approximation", "logreg": "linear", "ridge": "linear"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +71,9 @@ class SweepResult:
             swept values), `metrics` (`classification_metrics` on
             validation) and `fit_seconds`.
         chosen: index of the winner in `candidates`.
+        chosen_on_rows: training rows each candidate fitted on, when a
+            large set was subsampled to keep the sweep in its budget (see
+            `sweep_rows`); `None` when they fitted on every one.
     """
 
     head: str
@@ -65,6 +82,7 @@ class SweepResult:
     select: str
     candidates: tuple[dict[str, Any], ...]
     chosen: int
+    chosen_on_rows: int | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -82,6 +100,7 @@ class SweepResult:
             "grid": {name: list(values) for name, values in self.grid.items()},
             "select": self.select,
             "chosen": dict(self.candidates[self.chosen]["params"]),
+            "chosen_on_rows": self.chosen_on_rows,
             "candidates": [
                 {"params": c["params"], **{f"val_{m}": c["metrics"][m] for m in _RECORDED}, "fit_seconds": c["fit_seconds"]}
                 for c in self.candidates
@@ -249,6 +268,7 @@ def sweep_head(
     select: str = "accuracy",
     n_jobs: int = -1,
     deadline: float | None = None,
+    budget: float | None = None,
 ) -> SweepResult:
     """Fits every combination of `grid` on `train` and picks the best on `validation`.
 
@@ -270,12 +290,16 @@ def sweep_head(
             Defaults to `-1` (one per core).
         deadline: `time.monotonic()` time by which every candidate must
             be done, else `FitTimeLimit`; `None` for none. Defaults to `None`.
+        budget: estimated seconds the sweep may take (see `sweep_rows`);
+            `None` for the time left before `deadline`, or `SWEEP_BUDGET`
+            without one. Defaults to `None`.
 
     Returns:
         A `SweepResult`.
 
     Raises:
-        ConfigError: a candidate fails to fit (the message names its values).
+        ConfigError: a candidate fails to fit (the message names its values),
+            or the sweep cannot keep to `budget` (see `sweep_rows`).
 
     Example:
 
@@ -287,15 +311,22 @@ def sweep_head(
     """
     if select not in _DIRECTION:
         raise ConfigError(f"`select` must be one of {', '.join(map(repr, _DIRECTION))}. Received: select={select!r}", field="select")
+    limit_main_threads()
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*(tuple(grid[n]) for n in names))]
-    # Keras models side by side would each import Keras and fight over the
-    # same cores, for no gain on a CPU: the dense head runs in order, here.
-    # Other candidates each fit in a child process (see `workers`), `n_jobs`
-    # at a time, each with its share of the cores.
+    # The dense head runs in order, here (see `_side_by_side`). Other
+    # candidates each fit in a child process (see `workers`), `n_jobs` at a
+    # time, each with its share of the cores.
     keras = uses_keras(head)
-    n_jobs = 1 if keras else min(cores() if n_jobs == -1 else max(n_jobs, 1), len(combos))
+    n_jobs = _side_by_side(head, len(combos), n_jobs)
     threads = max(cores() // n_jobs, 1)
+    n_features = int(np.prod(train[0].shape[1:]))
+    if budget is None:
+        budget = SWEEP_BUDGET if deadline is None else wait_seconds(deadline)
+    rows = sweep_rows(head, train[1], n_features, len(combos), n_jobs, budget=budget)
+    chosen_on = f" on a stratified {len(rows):,} of {len(train[1]):,} training rows" if rows is not None else ""
+    if rows is not None:
+        train = (train[0][rows], train[1][rows])
 
     def job(c: dict[str, Any]):
         args = (head, {**params, **c}, c, train, validation, list(class_names))
@@ -303,14 +334,103 @@ def sweep_head(
             return lambda: _score(*args)
         return lambda: call_in_child(_score, *args, time_limit=wait_seconds(deadline), threads=threads)
 
-    estimate = estimate_seconds(head, len(train[1]), int(np.prod(train[0].shape[1:])))
+    estimate = estimate_seconds(head, len(train[1]), n_features)
     shown = "" if estimate is None else f", estimated {format_seconds(estimate * len(combos) / n_jobs)}"
-    log.info("Sweeping %s over %d candidates (%s%s) ...", head, len(combos), ", ".join(names), shown)
+    log.info("Sweeping %s over %d candidates%s (%s%s) ...", head, len(combos), chosen_on, ", ".join(names), shown)
     candidates = tuple(in_threads([job(c) for c in combos], n_jobs))
     chosen = _best(candidates, select)
     log.info("Chose %s: validation %s %.4f.", _shown(candidates[chosen]["params"]), select,
              candidates[chosen]["metrics"][select])
-    return SweepResult(head, dict(params), {n: tuple(grid[n]) for n in names}, select, candidates, chosen)
+    return SweepResult(head, dict(params), {n: tuple(grid[n]) for n in names}, select, candidates, chosen,
+                       chosen_on_rows=None if rows is None else len(rows))
+
+
+def _side_by_side(head: str, n_candidates: int, n_jobs: int = -1) -> int:
+    # Keras models side by side would each import Keras and fight over the
+    # same cores, for no gain on a CPU: the dense head runs one at a time.
+    if uses_keras(head):
+        return 1
+    return min(cores() if n_jobs == -1 else max(n_jobs, 1), n_candidates)
+
+
+def sweep_rows(
+    head: str, labels: np.ndarray, n_features: int, n_candidates: int, n_jobs: int, *,
+    budget: float = SWEEP_BUDGET, seed: int = 0,
+) -> np.ndarray | None:
+    """The training rows a sweep's candidates fit on: `None` for all, else a stratified subsample.
+
+    From the head's measured `FitCost`: the candidates (`n_candidates`,
+    `n_jobs` side by side) and the final fit on every row must be estimated
+    within `budget`. When the candidates on every row are not, they fit on
+    the largest stratified subsample that is, and the winner's parameters
+    are then fitted once on every row as usual; kernel SVMs (cost quadratic
+    in the rows) keep the most from this. An import-path head (no cost) uses
+    every row.
+
+    Args:
+        head: a head name or import path.
+        labels: the training rows' labels.
+        n_features: features per row.
+        n_candidates: combinations in the grid.
+        n_jobs: candidates fitted side by side.
+        budget: seconds. Defaults to `SWEEP_BUDGET`.
+        seed: seeds the subsample. Defaults to `0`.
+
+    Returns:
+        Sorted positions into `labels`, or `None` for every row.
+
+    Raises:
+        ConfigError: the final fit alone, or the candidates on the fewest
+            rows worth choosing on, would run past `budget`; the message
+            gives the estimate and the faster options.
+    """
+    cost = None if ":" in head else get_head_cfg(head).cost
+    n_rows = len(labels)
+    if cost is None:
+        return None
+    rounds = n_candidates / max(n_jobs, 1)
+    final = cost.estimate(n_rows, n_features)
+    if final + rounds * final <= budget:
+        return None
+    fewest = _MIN_ROWS_PER_CLASS * len(np.unique(labels))
+    left = budget - final
+    fitting = 0 if left <= 0 else int(1000 * (left / (rounds * cost.estimate(1000, n_features))) ** (1 / cost.rows_power))
+    if fitting < fewest:
+        needed = final + rounds * cost.estimate(fewest, n_features)
+        raise ConfigError(
+            f"Sweeping {head} over {n_candidates} candidates on {n_rows:,} rows x {n_features:,} features is estimated "
+            f"at {format_seconds(final + rounds * final)} on {cores()} cores, the final fit on every row alone at "
+            f"{format_seconds(final)}: past the sweep's budget of {format_seconds(budget)}, even choosing on "
+            f"{fewest:,} rows. Use {_faster(head)}train on fewer rows (`fraction`), or allow it with a "
+            f"`time_limit` of at least {math.ceil(needed)} s.",
+            field="sweep",
+        )
+    return subsample(np.arange(n_rows), labels, min(fitting / n_rows, 1.0), seed)
+
+
+def _faster(head: str) -> str:
+    others = [f"{name} ({kind})" for name, kind in _FASTER.items() if name != head]
+    return f"a head whose cost grows linearly with the rows, {' or '.join(others)}; "
+
+
+def check_sweep_budget(
+    grids: Mapping[str, Mapping[str, Sequence] | None], labels: np.ndarray, n_features: int, *,
+    time_limit: float | None = None,
+) -> None:
+    """Refuses, before any head trains, a sweep that cannot keep to its budget (see `sweep_rows`).
+
+    Args:
+        grids: `plan_sweep`'s `{head: grid or None}`.
+        labels: the training rows' labels (augmented views included).
+        n_features: features per row.
+        time_limit: `TrainConfig.time_limit`, each head's budget; `None`
+            for `SWEEP_BUDGET`. Defaults to `None`.
+    """
+    for head, grid in grids.items():
+        if grid:
+            n_candidates = int(np.prod([len(values) for values in grid.values()]))
+            sweep_rows(head, labels, n_features, n_candidates, _side_by_side(head, n_candidates),
+                       budget=SWEEP_BUDGET if time_limit is None else time_limit)
 
 
 def _shown(params: Mapping[str, Any]) -> str:

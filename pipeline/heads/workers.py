@@ -16,7 +16,9 @@ than a pool, lets a time limit end exactly the fit that ran over.
 
 BLAS and OpenMP thread counts are set in every child with `threadpoolctl`
 (`threads` of `call_in_child`), so side-by-side fits share the cores instead
-of each starting one thread per core.
+of each starting one thread per core; `limit_main_threads` sets them once
+for the main process the same way (it scores, scales and trains the Keras
+head there, beside the children).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from typing import Any
 
 from ..store.shards import interrupts_deferred
 
-__all__ = ["FitTimeLimit", "call_in_child", "cores", "in_threads"]
+__all__ = ["FitTimeLimit", "call_in_child", "cores", "in_threads", "limit_main_threads"]
 
 log = logging.getLogger("bottleneck")
 
@@ -48,6 +50,7 @@ _live_lock = threading.Lock()
 _stopping = threading.Event()
 _context = None
 _warm = False
+_main_limits = None  # threadpoolctl's limits of this process, once set
 
 
 class FitTimeLimit(Exception):
@@ -64,6 +67,23 @@ def cores() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def limit_main_threads() -> None:
+    """Sets this process's BLAS/OpenMP threads to its cores, once, as every fit child gets them.
+
+    Some BLAS builds size their pools by the machine's CPU count, which a
+    container or `taskset` may not grant: the main process would then run
+    more spinning threads than it has cores, beside fit children that use
+    them. Called before every fit and sweep.
+    Later calls change nothing (a caller that wants fewer threads for a
+    block still uses `threadpoolctl.threadpool_limits` around it).
+    """
+    global _main_limits
+    if _main_limits is None:
+        from threadpoolctl import threadpool_limits
+
+        _main_limits = threadpool_limits(limits=cores())
 
 
 def call_in_child(fn: Callable[..., Any], /, *args, time_limit: float | None = None, threads: int | None = None):

@@ -34,7 +34,7 @@ from ..heads.apply import aligned_proba, feature_matrix
 from ..heads.registry import estimate_seconds
 from ..heads.workers import FitTimeLimit, wait_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
-from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
+from ..heads.sweep import SweepResult, check_sweep_budget, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..features.augment import format_augment_ops, parse_augment_ops
 from ..store import INDEX_NAME, FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
 from ..store.fused import member_record, read_features
@@ -167,6 +167,9 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
             "augmented. Pass `augmented` too, or leave `views` unset.", field="views")
     if config.augmented:
         fs, parts, views = add_views(fs, parts, views=config.views)
+    if any(grids.values()):
+        n_features = int(np.prod(fs.features.shape[1:]))
+        check_sweep_budget(grids, fs.labels[parts["train"]], n_features, time_limit=config.time_limit)
     results = [_run_one(fs, parts, head, params, config, grids[head], views) for head, params in plans]
     return [dataclasses.replace(r, augmented=views) for r in results] if views else results
 
