@@ -40,6 +40,7 @@ def list_remote_folder(url: str) -> Dataset:
     """
     fs, root = filesystem(url)
     root = root.rstrip("/")
+    fs.invalidate_cache(root)  # a listing cached earlier in this process would hide changed objects
     try:
         found = fs.find(root, detail=True, withdirs=False)
     except Exception as e:  # noqa: BLE001 - each store raises its own types

@@ -30,6 +30,7 @@ from .discovery import Dataset, index_directory, stat_image
 from .items import is_url, shown_url
 from .manifest import is_manifest, read_manifest
 from .remote import list_remote_folder
+from .tar_source import is_tar_data, list_tar_shards
 
 __all__ = ["SOURCES", "ItemSource", "LocalSource", "SourceKind", "open_source"]
 
@@ -130,6 +131,7 @@ class SourceKind:
 
 
 SOURCES: tuple[SourceKind, ...] = (
+    SourceKind("tar-shards", is_tar_data, list_tar_shards, local=False),
     SourceKind("url-folder", is_url, list_remote_folder, local=False),
     SourceKind("manifest", is_manifest, read_manifest),
     SourceKind("folder", lambda data: True, index_directory),
@@ -141,8 +143,10 @@ def open_source(data: str | os.PathLike) -> LocalSource | ItemSource:
     """The source that reads `data`: the first row of `SOURCES` that matches it.
 
     Args:
-        data: a folder of class folders, a `.csv` / `.parquet` manifest, or
-            a URL (`s3://`, `https://`, `file://`, ...) of a folder of class folders.
+        data: a folder of class folders, a `.csv` / `.parquet` manifest,
+            WebDataset tar shards (`shards/{00000..00099}.tar`, local or a
+            URL), or a URL (`s3://`, `https://`, `file://`, ...) of a folder
+            of class folders.
 
     Returns:
         A source; nothing is listed until `list()` is called.
