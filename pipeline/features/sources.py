@@ -29,6 +29,7 @@ from .decode import max_file_bytes
 from .discovery import Dataset, index_directory, stat_image
 from .items import is_url, shown_url
 from .manifest import is_manifest, read_manifest
+from .parquet_source import is_parquet_images, list_parquet_images
 from .remote import list_remote_folder
 from .tar_source import is_tar_data, list_tar_shards
 
@@ -132,6 +133,7 @@ class SourceKind:
 
 SOURCES: tuple[SourceKind, ...] = (
     SourceKind("tar-shards", is_tar_data, list_tar_shards, local=False),
+    SourceKind("parquet-images", is_parquet_images, list_parquet_images, local=False),
     SourceKind("url-folder", is_url, list_remote_folder, local=False),
     SourceKind("manifest", is_manifest, read_manifest),
     SourceKind("folder", lambda data: True, index_directory),
@@ -145,7 +147,7 @@ def open_source(data: str | os.PathLike) -> LocalSource | ItemSource:
     Args:
         data: a folder of class folders, a `.csv` / `.parquet` manifest,
             WebDataset tar shards (`shards/{00000..00099}.tar`, local or a
-            URL), or a URL (`s3://`, `https://`, `file://`, ...) of a folder
+            URL), Parquet files with an image column, or a URL (`s3://`, `https://`, `file://`, ...) of a folder
             of class folders.
 
     Returns:
