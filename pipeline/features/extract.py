@@ -308,6 +308,9 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
             store.quarantine(damaged)
         located = {d: loc for d, loc in located.items() if loc[0] not in damaged}
 
+    # Items behind a network are hashed many at a time (a no-op for local files).
+    source.hash_ahead([e.relpath for e in dataset.entries
+                       if known.get(e.relpath) != (e.size, e.mtime_ns) and e.relpath not in hashed])
     digests: dict[str, str] = {}
     skipped: dict[str, SkippedFile] = {}
     for entry in dataset.entries:

@@ -20,7 +20,9 @@ source is `shown_url(url)`, the URL without user, password or query string.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import hashlib
 import time
 from collections.abc import Iterable, Mapping
@@ -28,6 +30,7 @@ from typing import Any, Protocol
 
 from ..config.files import is_url  # re-exported: one rule for what a URL is, config's
 from ..errors import ConfigError
+from .decode import max_file_bytes
 from .discovery import Dataset, ImageEntry, split_key
 
 __all__ = [
@@ -119,7 +122,10 @@ class ItemRoot:
     readers: Mapping[str, Reader] = dataclasses.field(compare=False, repr=False)
 
     def __truediv__(self, item_id: str) -> Reader:
-        return self.readers[item_id]
+        """The item's reader, its read already started: the decoder asks for items a few batches
+        ahead, so that many reads are in flight while a thread decodes (a slow store never starves it).
+        """
+        return _Prefetched(_pool().submit(self.readers[item_id].read_bytes, max_file_bytes() + 1))
 
     def __str__(self) -> str:
         return self.name
@@ -162,3 +168,38 @@ def build_dataset(name: str, items: Iterable[Item], *, numeric_labels: bool = Fa
         class_names=class_names, entries=entries,
         has_folder_splits=any(e.folder_split for e in entries), skipped_dirs=tuple(skipped),
     )
+
+
+_PREFETCH_THREADS = 64  # reads in flight while decoding; bounded by the decoder's lookahead, not by this
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> concurrent.futures.ThreadPoolExecutor:
+    return concurrent.futures.ThreadPoolExecutor(_PREFETCH_THREADS, thread_name_prefix="prefetch")
+
+
+class _Prefetched:
+    """A reader whose bytes are on their way; sent to a decoding process as the bytes themselves."""
+
+    def __init__(self, future: concurrent.futures.Future):
+        self._future = future
+
+    def read_bytes(self, limit: int) -> bytes:
+        return self._future.result()[:limit]  # fetch's OSError is raised here, where the decoder expects it
+
+    def __reduce__(self):
+        try:
+            return _Fetched, (self._future.result(), None)
+        except OSError as e:
+            return _Fetched, (None, str(e))
+
+
+@dataclasses.dataclass(frozen=True)
+class _Fetched:
+    data: bytes | None
+    error: str | None
+
+    def read_bytes(self, limit: int) -> bytes:
+        if self.data is None:
+            raise OSError(self.error)
+        return self.data[:limit]

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import BinaryIO, Callable
 
+import concurrent.futures
 import hashlib
 import io
 
@@ -34,6 +35,8 @@ from .remote import list_remote_folder
 from .tar_source import is_tar_data, list_tar_shards
 
 __all__ = ["SOURCES", "ItemSource", "LocalSource", "SourceKind", "open_source"]
+
+_READS_IN_FLIGHT = 32  # objects read at once while hashing: enough to hide a store's latency
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +65,9 @@ class LocalSource:
     def list(self) -> Dataset:
         """Every item with its label, split and fingerprint (size, change token)."""
         return self.kind.lister(self.data)
+
+    def hash_ahead(self, item_ids) -> None:
+        """Nothing: local files are hashed one by one, as `sha256` is called."""
 
     def stat(self, item_id: str) -> tuple[int, int]:
         """`(size, change token)` of an item now, or `(-1, -1)` when it cannot be read as a file."""
@@ -97,6 +103,7 @@ class ItemSource:
     def __init__(self, data: str, kind: "SourceKind"):
         self.data, self.kind = data, kind
         self._dataset: Dataset | None = None
+        self._ahead: dict[str, str | OSError] = {}  # hash_ahead's results, each taken once by sha256
 
     @property
     def name(self) -> str:
@@ -113,12 +120,29 @@ class ItemSource:
         """The item's bytes, as a binary file object."""
         return io.BytesIO(self._read(item_id))
 
+    def hash_ahead(self, item_ids) -> None:
+        """Hashes `item_ids` with many reads in flight: one by one, a 50 ms store would hash 20 items a second."""
+        def digest(item_id):
+            try:
+                return item_id, self._sha256_now(item_id)
+            except OSError as e:
+                return item_id, e
+
+        with concurrent.futures.ThreadPoolExecutor(_READS_IN_FLIGHT) as pool:
+            self._ahead.update(pool.map(digest, item_ids))
+
     def sha256(self, item_id: str) -> str:
         """The SHA-256 of the item's content (raises `OSError` when it cannot be read)."""
+        found = self._ahead.pop(item_id, None)
+        if isinstance(found, OSError):
+            raise found
+        return found or self._sha256_now(item_id)
+
+    def _sha256_now(self, item_id: str) -> str:
         return hashlib.sha256(self._read(item_id)).hexdigest()
 
     def _read(self, item_id: str) -> bytes:
-        return (self.list().root / item_id).read_bytes(max_file_bytes() + 1)
+        return self.list().root.readers[item_id].read_bytes(max_file_bytes() + 1)
 
 
 @dataclasses.dataclass(frozen=True)
