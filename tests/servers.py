@@ -22,11 +22,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
     fail_every = 0
     counter = None  # itertools-like shared counter: [lock, n]
     failures = None
+    requests = None
 
     def log_message(self, *args):  # quiet: pytest shows stderr of failing tests
         pass
 
     def _injected_failure(self) -> bool:
+        self.requests.append((self.command, self.path))
         time.sleep(self.latency_s)
         if not self.fail_every:
             return False
@@ -71,11 +73,15 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve_folder(folder: Path, *, latency_s: float = 0.0, fail_every: int = 0):
-    """Serves `folder` on 127.0.0.1; yields `(base URL, list of failed request paths)`."""
+def serve_folder(folder: Path, *, latency_s: float = 0.0, fail_every: int = 0, requests: list | None = None):
+    """Serves `folder` on 127.0.0.1; yields `(base URL, list of failed request paths)`.
+
+    `requests`, when given, receives `(method, path)` of every request.
+    """
     failures: list[str] = []
     handler = type("Handler", (_Handler,), {
         "latency_s": latency_s, "fail_every": fail_every, "counter": [threading.Lock(), 0], "failures": failures,
+        "requests": [] if requests is None else requests,
     })
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     server.daemon_threads = True

@@ -43,10 +43,19 @@ def _same_as_local_then_reused_then_one_changed(url, local_folder, tmp_path, cha
 
 
 def test_http_folder_equals_local_folder_and_reextracts_one_changed_object(local_folder, tmp_path):
-    with serve_folder(local_folder) as (base, _):
-        again = _same_as_local_then_reused_then_one_changed(
-            base + "/", local_folder, tmp_path, lambda: write_image(local_folder / "class1" / "001.png", seed=99))
-    assert read_feature_set(again.path).class_names == ["class0", "class1"]
+    requests = []
+    with serve_folder(local_folder, requests=requests) as (base, _):
+        local = _extract(local_folder, tmp_path / "local-cache")
+        remote = _extract(base + "/", tmp_path / "cache")
+        assert remote.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
+        assert _rows(remote) == _rows(local)  # same ids, labels and features, bit for bit
+        before = len(requests)
+        assert _extract(base + "/", tmp_path / "cache").counts["extracted"] == 0
+        # The index pages list names only; HEAD requests gave sizes and ETags, so no image byte was read.
+        assert [path for method, path in requests[before:] if method == "GET" and path.endswith(".png")] == []
+        write_image(local_folder / "class1" / "001.png", seed=99)
+        again = _extract(base + "/", tmp_path / "cache")
+    assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
 def test_s3_folder_equals_local_folder_and_reextracts_one_changed_object(local_folder, tmp_path, monkeypatch):

@@ -5,12 +5,14 @@ optionally under split folders `train/`, `validation/`, `test/`; names
 starting with "." are skipped and extensions are filtered case-insensitively.
 The listing is one `fs.find` (a recursive listing for object stores, the
 index pages for an HTTP server that serves them); an object's change token
-comes from the same listing (`items.change_token`), so a re-run with nothing
-changed reads no object.
+comes from the same listing (`items.change_token`), or from a HEAD request
+where the listing has no size (HTTP), so a re-run with nothing changed reads
+no object's bytes.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from typing import Any
 
@@ -19,6 +21,8 @@ from .discovery import IMAGE_EXTENSIONS, Dataset, normalized_split
 from .items import Item, build_dataset, change_token, fetch, filesystem, shown_url
 
 __all__ = ["RemoteFile", "list_remote_folder"]
+
+_INFOS_IN_FLIGHT = 32
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +49,7 @@ def list_remote_folder(url: str) -> Dataset:
         found = fs.find(root, detail=True, withdirs=False)
     except Exception as e:  # noqa: BLE001 - each store raises its own types
         raise DataError(f"Data URL '{shown_url(url)}' cannot be listed: {type(e).__name__}: {e}.", field="data") from None
+    _complete_infos(fs, found)
     files = {}
     for path, info in found.items():
         rel = path[len(root):].strip("/") if path.startswith(root) else path.rpartition("/")[2]
@@ -71,3 +76,20 @@ def list_remote_folder(url: str) -> Dataset:
             field="data",
         )
     return build_dataset(shown_url(url), items)
+
+
+def _complete_infos(fs, found: dict) -> None:
+    """Asks each object without a size or change token for them (an HTTP index page lists names only).
+
+    Many at a time: one HEAD request per object, so a re-run reads no image byte.
+    """
+    bare = [path for path, info in found.items() if info.get("size") is None]
+
+    def info_of(path):
+        try:
+            return path, fs.info(path)
+        except Exception:  # noqa: BLE001 - left bare: the item is hashed every run, and read errors show at decode
+            return path, found[path]
+
+    with concurrent.futures.ThreadPoolExecutor(_INFOS_IN_FLIGHT) as pool:
+        found.update(pool.map(info_of, bare))
