@@ -72,6 +72,10 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         super().end_headers()
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    request_queue_size = 256  # socketserver's 5 would drop the connections of many reads in flight
+
+
 @contextlib.contextmanager
 def serve_folder(folder: Path, *, latency_s: float = 0.0, fail_every: int = 0, requests: list | None = None):
     """Serves `folder` on 127.0.0.1; yields `(base URL, list of failed request paths)`.
@@ -83,7 +87,7 @@ def serve_folder(folder: Path, *, latency_s: float = 0.0, fail_every: int = 0, r
         "latency_s": latency_s, "fail_every": fail_every, "counter": [threading.Lock(), 0], "failures": failures,
         "requests": [] if requests is None else requests,
     })
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
+    server = _Server(("127.0.0.1", 0), functools.partial(handler, directory=str(folder)))
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
