@@ -109,3 +109,28 @@ def test_samples_without_a_label_are_not_listed_but_reported(tmp_path):
     write_shard(tmp_path / "0.tar", [("a", {"png": good, "txt": b"cat"}), ("b", {"png": good})])
     dataset = open_source(str(tmp_path / "0.tar")).list()
     assert [e.relpath for e in dataset.entries] == ["0.tar/a.png"] and dataset.outside_classes == ("0.tar/b.png",)
+
+
+def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing(folder, tmp_path, monkeypatch):
+    from pipeline.features import tar_source
+
+    shards_of(folder, tmp_path / "shards")
+    pattern = str(tmp_path / "shards" / "{000..002}.tar")
+    config = ExtractConfig(data=pattern, cache_dir=str(tmp_path / "cache"), shard_size=2, **MODEL)
+    real, calls = tar_source.TarMember.read_bytes, []
+
+    def interrupted(self, limit):
+        calls.append(1)
+        if len(calls) == 8 + 5:  # 8 reads to hash, then the fifth read to decode
+            raise KeyboardInterrupt
+        return real(self, limit)
+
+    monkeypatch.setattr(tar_source.TarMember, "read_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(config=config)
+    monkeypatch.setattr(tar_source.TarMember, "read_bytes", real)
+    resumed = extract_features(config=config)
+    assert 0 < resumed.counts["reused"] < 8 and resumed.counts["reused"] + resumed.counts["extracted"] == 8
+    fs = read_feature_set(resumed.path)
+    assert len(set(fs.paths)) == len(fs.paths) == 8
+    assert _by_content(resumed) == _by_content(_extract(folder, tmp_path / "local-cache"))
