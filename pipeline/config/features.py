@@ -43,7 +43,10 @@ class ExtractConfig:
         data: folder of images, one subfolder per class, optionally under
             `train/`, `validation/` and `test/`; or a manifest (`.csv` or
             `.parquet` with columns `path`, `label`, optional `split` and
-            `group`, see `features.manifest`).
+            `group`, see `features.manifest`); or, local or behind a URL
+            (`s3://`, `https://`, ...), such a folder, WebDataset tar shards
+            (`shards/{00000..00099}.tar`) or Parquet files with an image
+            column (docs/data.md). A URL is kept as given.
         model: backbone name from `bottleneck list`. Defaults to
             `"mobilenet_v2"`.
         size: square input size in pixels. `None` uses the backbone's
@@ -119,7 +122,9 @@ class ExtractConfig:
     data: str = option(
         argument="the data folder", make="DATA",
         help="image folder, DATA/<class>/* or DATA/{train,validation,test}/<class>/*, "
-        "or a manifest .csv/.parquet with columns path,label[,split][,group]")
+        "or a manifest .csv/.parquet with columns path,label[,split][,group]; "
+        "or, local or a URL (s3://, https://, ...), such a folder, tar shards 'shards/{00000..00099}.tar' "
+        "or Parquet files with an image column (docs/data.md)")
     model: str = option(
         "mobilenet_v2", flag="--model", make="MODEL", key=True, cli={"nargs": "+", "action": "extend"},
         help="backbone name (see `bottleneck list`); several names extract several feature sets in one pass, "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -56,12 +57,18 @@ def resolve(cls, table: dict[str, Any] | None = None, **overrides):
 # where its inputs were whatever folder a later command runs from.
 _PATH_FIELDS = ("data", "cache_dir", "runs_dir", "weights")
 _NOT_PATHS = ("imagenet", "none")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_url(value: str) -> bool:
+    """Whether a path field holds a URL (`s3://b/x`, `https://h/x`): kept as given, never made absolute."""
+    return bool(_URL.match(value))
 
 
 def to_dict(config) -> dict[str, Any]:
     """The config as stored with an artifact: plain values, path fields made absolute."""
     values = dataclasses.asdict(config)
     for field in _PATH_FIELDS:
-        if isinstance(values.get(field), str) and values[field] not in _NOT_PATHS:
+        if isinstance(values.get(field), str) and values[field] not in _NOT_PATHS and not is_url(values[field]):
             values[field] = os.path.abspath(values[field])
     return values

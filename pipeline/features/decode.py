@@ -194,6 +194,9 @@ def decode_batches(
 ) -> Iterator:
     """Decodes `root / entry.relpath` for each entry, yielding batches in order.
 
+    `root` is a folder, or the item root of a data source that is not local
+    files (`sources.ItemRoot`: `root / relpath` is then the item's reader).
+
     Yields `(decoded entries, uint8 images of shape (n, size, size, 3),
     [(entry, reason)] of the files that failed)` per `batch_size` entries.
     A file that cannot be decoded never ends the run: it is reported with
@@ -247,7 +250,14 @@ def _check_size(size) -> int:
 
 
 def _read_file(path) -> bytes:
-    """The whole content of an image file: the one read the decoder makes."""
+    """The whole content of an image file: the one read the decoder makes.
+
+    `path` is a local path, or an item reader of a data source (`sources`:
+    an object, URL or tar member) whose `read_bytes(limit)` returns at most
+    `limit` bytes and raises `OSError` when the item cannot be read.
+    """
+    if not isinstance(path, (str, bytes, os.PathLike)):
+        return _read_item(path)
     try:
         fd = os.open(path, _OPEN_FLAGS)
     except FileNotFoundError:
@@ -279,6 +289,19 @@ def _read_file(path) -> bytes:
             data = f.read(limit + 1)  # a file grown since fstat is still read no further
         except OSError as e:
             raise DecodeError(f"cannot read the file: {e.strerror or e}") from None
+    if len(data) > limit:
+        raise DecodeError(_too_large(len(data), limit))
+    if not data:
+        raise DecodeError("empty file (0 bytes)")
+    return data
+
+
+def _read_item(reader) -> bytes:
+    limit = max_file_bytes()
+    try:
+        data = reader.read_bytes(limit + 1)  # never more than the limit allows, however large the object
+    except OSError as e:
+        raise DecodeError(f"cannot read: {e}") from None
     if len(data) > limit:
         raise DecodeError(_too_large(len(data), limit))
     if not data:

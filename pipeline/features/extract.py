@@ -177,6 +177,9 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
         ray_engine.require_ray()  # before anything is written
     clean = [(c, feature_spec(c)) for c in configs]
     source = sources.open_source(configs[0].data)
+    if not source.is_local and any(c.engine == "ray" for c in configs):
+        raise ConfigError(f"`engine` ray reads local folders and manifests only; '{source.name}' is read by "
+                          "the local engine: pass --engine local.", field="engine")
     dataset = source.list()
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
     roots = [feature_set_dir(c, spec, feature_key(spec)) for c, spec in clean]
@@ -305,6 +308,9 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
             store.quarantine(damaged)
         located = {d: loc for d, loc in located.items() if loc[0] not in damaged}
 
+    # Items behind a network are hashed many at a time (a no-op for local files).
+    source.hash_ahead([e.relpath for e in dataset.entries
+                       if known.get(e.relpath) != (e.size, e.mtime_ns) and e.relpath not in hashed])
     digests: dict[str, str] = {}
     skipped: dict[str, SkippedFile] = {}
     for entry in dataset.entries:

@@ -16,6 +16,7 @@ from typing import Any
 from .. import config as config_lib
 from ..errors import ConfigError
 from ..store import FeatureStore
+from .items import is_url, shown_url
 
 _MAX_NAME = 100  # characters of the dataset's part of a feature set's folder name
 
@@ -35,13 +36,24 @@ def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key:
     """
     cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
     if config.name is None:
-        root = Path(config.data).resolve()
+        root, stem = _data_root(config.data)
         # A data folder may be hidden or long-named; its set must be neither (the hash keeps it unique).
-        dataset = _clean(root.stem if root.is_file() else root.name).lstrip(".")[:_MAX_NAME] or "data"
-        where = "-" + hashlib.sha256(str(root).encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        dataset = _clean(stem).lstrip(".")[:_MAX_NAME] or "data"
+        where = "-" + hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     else:
         dataset, where = _checked_name(config.name), ""
     return Path(config.cache_dir) / _clean(f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}{where}")
+
+
+def _data_root(data: str) -> tuple[str, str]:
+    """`(what the set's folder name hashes, the dataset's name)` of `data`: a local path or a URL."""
+    if is_url(data):
+        # Credentials never reach a folder name; the tar brace pattern or file suffix is no name.
+        shown = shown_url(data).rstrip("/")
+        last = shown.rpartition("/")[2]
+        return shown, last.partition("{")[0].rpartition(".")[0] or last.partition("{")[0] or last
+    root = Path(data).resolve()
+    return str(root), root.stem if root.is_file() else root.name
 
 
 def _clean(name: str) -> str:
@@ -80,9 +92,9 @@ def records_this_folder(store: FeatureStore, root: Path, config) -> bool:
         return True  # the set's folder name hashes the data folder's path
     state = store.read_index_state()
     recorded = None if state is None else state.data_root
-    if recorded is None or Path(recorded) == root:
+    if recorded is None or recorded == str(root):
         return True
-    if not Path(recorded).is_dir():
+    if not is_url(recorded) and not Path(recorded).is_dir():
         return False
     raise ConfigError(
         f"Feature set '{store.root}' holds the images of data folder '{recorded}', and "

@@ -1,0 +1,95 @@
+"""Image folders behind fsspec URLs: `s3://bucket/flowers`, `https://host/flowers/`, `file:///data/flowers`.
+
+The layout is a local folder's (`discovery`): one folder per class,
+optionally under split folders `train/`, `validation/`, `test/`; names
+starting with "." are skipped and extensions are filtered case-insensitively.
+The listing is one `fs.find` (a recursive listing for object stores, the
+index pages for an HTTP server that serves them); an object's change token
+comes from the same listing (`items.change_token`), or from a HEAD request
+where the listing has no size (HTTP), so a re-run with nothing changed reads
+no object's bytes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+from typing import Any
+
+from ..errors import DataError
+from .discovery import IMAGE_EXTENSIONS, Dataset, normalized_split
+from .items import Item, build_dataset, change_token, fetch, filesystem, shown_url
+
+__all__ = ["RemoteFile", "list_remote_folder"]
+
+_INFOS_IN_FLIGHT = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteFile:
+    """The reader of one object (picklable: fsspec filesystems pickle with their options)."""
+
+    fs: Any
+    path: str
+
+    def read_bytes(self, limit: int) -> bytes:
+        return fetch(self.fs, self.path, 0, limit)
+
+
+def list_remote_folder(url: str) -> Dataset:
+    """Lists the images under a folder URL with their labels (the local folder layout).
+
+    Raises:
+        DataError: the URL cannot be listed or holds no image in a class folder.
+    """
+    fs, root = filesystem(url)
+    root = root.rstrip("/")
+    fs.invalidate_cache(root)  # a listing cached earlier in this process would hide changed objects
+    try:
+        found = fs.find(root, detail=True, withdirs=False)
+    except Exception as e:  # noqa: BLE001 - each store raises its own types
+        raise DataError(f"Data URL '{shown_url(url)}' cannot be listed: {type(e).__name__}: {e}.", field="data") from None
+    _complete_infos(fs, found)
+    files = {}
+    for path, info in found.items():
+        rel = path[len(root):].strip("/") if path.startswith(root) else path.rpartition("/")[2]
+        parts = rel.split("/")
+        if (len(parts) > 1 and not any(p.startswith(".") for p in parts)
+                and "." + rel.rpartition(".")[2].lower() in IMAGE_EXTENSIONS):
+            files[rel] = (path, info)
+    tops = {rel.split("/", 1)[0] for rel in files}
+    split_layout = bool(tops) and all(normalized_split(t) for t in tops) and "train" in map(normalized_split, tops)
+    items = []
+    for rel, (path, info) in files.items():
+        parts = rel.split("/")
+        split = normalized_split(parts[0]) if split_layout else ""
+        below = parts[1:] if split_layout else parts
+        if len(below) < 2:
+            continue  # an image outside a class folder has no label
+        items.append(Item(rel, below[0], split, int(info.get("size") or 0), change_token(info),
+                          RemoteFile(fs, path), "/".join(below)))
+    if not items:
+        raise DataError(
+            f"Found no images in class folders under '{shown_url(url)}' ({len(found)} objects listed). "
+            f"Expected '<url>/<class>/<image>' with an extension among {', '.join(IMAGE_EXTENSIONS)}, "
+            "or a manifest listing the URLs.",
+            field="data",
+        )
+    return build_dataset(shown_url(url), items)
+
+
+def _complete_infos(fs, found: dict) -> None:
+    """Asks each object without a size or change token for them (an HTTP index page lists names only).
+
+    Many at a time: one HEAD request per object, so a re-run reads no image byte.
+    """
+    bare = [path for path, info in found.items() if info.get("size") is None]
+
+    def info_of(path):
+        try:
+            return path, fs.info(path)
+        except Exception:  # noqa: BLE001 - left bare: the item is hashed every run, and read errors show at decode
+            return path, found[path]
+
+    with concurrent.futures.ThreadPoolExecutor(_INFOS_IN_FLIGHT) as pool:
+        found.update(pool.map(info_of, bare))

@@ -1,0 +1,92 @@
+"""Parquet image columns as data (bytes and Hugging Face `{bytes, path}` structs): the folder's features, row reuse."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imagegen import make_dataset, write_image
+from pipeline.config import ExtractConfig
+from pipeline.features.extract import extract_features
+from pipeline.features.sources import open_source
+from pipeline.store import read_feature_set
+from servers import serve_folder
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+pytest.importorskip("fsspec")
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+
+
+def _extract(data, cache):
+    return extract_features(config=ExtractConfig(data=str(data), cache_dir=str(cache), **MODEL))
+
+
+def _by_content(result):
+    fs = read_feature_set(result.path)
+    return sorted((fs.class_names[label], f.tobytes()) for label, f in zip(fs.labels, fs.features))
+
+
+def write_hf_parquet(folder, path, *, row_group_size=3, splits=False):
+    """The class folders of `folder` as Hugging Face datasets writes an image dataset: structs, ClassLabel ids."""
+    images = sorted(folder.rglob("*.png"))
+    names = sorted({p.parent.name for p in images})
+    table = {
+        "image": [{"bytes": p.read_bytes(), "path": p.name} for p in images],
+        "label": [names.index(p.parent.name) for p in images],
+    }
+    if splits:
+        table["split"] = ["train" if i % 2 else "val" for i in range(len(images))]
+    features = {"image": {"_type": "Image"}, "label": {"names": names, "_type": "ClassLabel"}}
+    schema = pa.Table.from_pydict(table).schema.with_metadata(
+        {"huggingface": json.dumps({"info": {"features": features}})})
+    pq.write_table(pa.Table.from_pydict(table, schema=schema), path, row_group_size=row_group_size)
+    return path
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_dataset(tmp_path / "data", classes=2, per_class=4)
+
+
+def test_parquet_structs_give_the_folder_features_then_reuse_then_reextract_one_changed_row(folder, tmp_path):
+    data = write_hf_parquet(folder, tmp_path / "train.parquet")
+    local = _extract(folder, tmp_path / "local-cache")
+    first = _extract(data, tmp_path / "cache")
+    assert first.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
+    assert _by_content(first) == _by_content(local)
+    assert read_feature_set(first.path).paths[0] == "train.parquet/00000000"
+    assert _extract(data, tmp_path / "cache").counts["extracted"] == 0
+    write_image(folder / "class1" / "002.png", seed=99)
+    write_hf_parquet(folder, data)
+    assert _extract(data, tmp_path / "cache").counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
+
+
+def test_parquet_bytes_column_over_http_with_split_and_class_names(folder, tmp_path):
+    images = sorted(folder.rglob("*.png"))
+    site = tmp_path / "site"
+    site.mkdir()
+    pq.write_table(pa.Table.from_pydict({
+        "jpeg": [p.read_bytes() for p in images], "label": [p.parent.name for p in images],
+        "split": ["train"] * 6 + ["test"] * 2,
+    }), site / "part-0.parquet", row_group_size=4)
+    local = _extract(folder, tmp_path / "local-cache")
+    with serve_folder(site) as (base, _):
+        source = open_source(base + "/part-{0..0}.parquet")
+        assert source.kind.name == "parquet-images"
+        dataset = source.list()
+        assert dataset.class_names == ("class0", "class1") and dataset.has_folder_splits
+        assert [e.folder_split for e in dataset.entries] == ["train"] * 6 + ["test"] * 2
+        remote = _extract(base + "/part-{0..0}.parquet", tmp_path / "cache")
+    assert _by_content(remote) == _by_content(local)
+
+
+def test_a_parquet_manifest_of_paths_is_still_a_manifest_and_a_table_without_labels_is_refused(folder, tmp_path):
+    pq.write_table(pa.Table.from_pydict({"path": ["class0/000.png"], "label": ["a"]}), folder / "list.parquet")
+    assert open_source(folder / "list.parquet").kind.name == "manifest"
+    pq.write_table(pa.Table.from_pydict({"image": [b"x"], "cat": [1]}), tmp_path / "nolabel.parquet")
+    from pipeline.errors import DataError
+
+    with pytest.raises(DataError, match="'label' column. Columns: image, cat"):
+        open_source(str(tmp_path / "nolabel.parquet")).list()

@@ -1,0 +1,149 @@
+"""WebDataset tar shards as data: the same features as the images in a folder, per-sample reuse, bad members skipped."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from imagegen import make_dataset, write_image
+from pipeline.config import ExtractConfig
+from pipeline.features.extract import extract_features
+from pipeline.features.sources import open_source
+from pipeline.store import read_feature_set
+from servers import serve_folder
+
+pytest.importorskip("fsspec")
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+
+
+def _extract(data, cache):
+    return extract_features(config=ExtractConfig(data=str(data), cache_dir=str(cache), **MODEL))
+
+
+def _by_content(result):
+    """(class name, feature bytes) of every row, sorted: ids differ between sources, content does not."""
+    fs = read_feature_set(result.path)
+    return sorted((fs.class_names[label], f.tobytes()) for label, f in zip(fs.labels, fs.features))
+
+
+def write_shard(path: Path, samples) -> Path:
+    """A tar of `(key, {ext: bytes})` samples, members in sample order (as WebDataset writers do)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for key, fields in samples:
+            for ext, data in fields.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def shards_of(folder: Path, out: Path, per_shard: int = 3) -> list[Path]:
+    """The class folders of `folder` as shards of `per_shard` samples, labels in `.txt` members."""
+    images = sorted(folder.rglob("*.png"))
+    samples = [(f"s{i:04d}", {"png": p.read_bytes(), "txt": p.parent.name.encode()}) for i, p in enumerate(images)]
+    return [write_shard(out / f"{n:03d}.tar", samples[i:i + per_shard])
+            for n, i in enumerate(range(0, len(samples), per_shard))]
+
+
+@pytest.fixture
+def folder(tmp_path):
+    return make_dataset(tmp_path / "data", classes=2, per_class=4)
+
+
+def test_shards_give_the_folder_features_then_reuse_then_reextract_one_changed_sample(folder, tmp_path):
+    shards_of(folder, tmp_path / "shards")
+    pattern = str(tmp_path / "shards" / "{000..002}.tar")
+    local = _extract(folder, tmp_path / "local-cache")
+    first = _extract(pattern, tmp_path / "cache")
+    assert first.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
+    assert _by_content(first) == _by_content(local)
+    assert read_feature_set(first.path).paths[:2] == ["000.tar/s0000.png", "000.tar/s0001.png"]
+    assert _extract(pattern, tmp_path / "cache").counts["extracted"] == 0
+
+    # Shard 001 rewritten with one sample's image changed: only that sample is extracted again.
+    changed = write_image(tmp_path / "new.png", seed=77).read_bytes()
+    with tarfile.open(tmp_path / "shards" / "001.tar") as tar:
+        members = [(m.name.split(".")[0], m.name.split(".")[1], tar.extractfile(m).read()) for m in tar]
+    samples = {}
+    for key, ext, data in members:
+        samples.setdefault(key, {})[ext] = changed if (key, ext) == ("s0004", "png") else data
+    write_shard(tmp_path / "shards" / "001.tar", list(samples.items()))
+    again = _extract(pattern, tmp_path / "cache")
+    assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
+
+
+def test_shards_over_http_give_the_folder_features(folder, tmp_path):
+    shards_of(folder, tmp_path / "site" / "shards")
+    local = _extract(folder, tmp_path / "local-cache")
+    with serve_folder(tmp_path / "site", latency_s=0.01) as (base, _):
+        remote = _extract(base + "/shards/{000..002}.tar", tmp_path / "cache")
+    assert remote.counts["extracted"] == 8
+    assert _by_content(remote) == _by_content(local)
+
+
+def test_corrupt_member_is_skipped_with_its_reason_and_a_broken_shard_is_reported(tmp_path):
+    image = [write_image(tmp_path / f"{i}.png", seed=i).read_bytes() for i in range(4)]
+    write_shard(tmp_path / "s" / "0.tar", [("a", {"png": image[0], "cls": b"1"}), ("b", {"png": b"not a png", "cls": b"0"}),
+                                           ("c", {"png": image[1], "json": json.dumps({"label": 10}).encode()})])
+    broken = write_shard(tmp_path / "s" / "1.tar", [("d", {"png": image[2], "cls": b"2"}), ("e", {"png": image[3], "cls": b"2"})])
+    with tarfile.open(broken) as tar:
+        cut = tar.getmember("e.png").offset + 100
+    broken.write_bytes(broken.read_bytes()[:cut])  # ends inside the second sample's header: 'e' is lost
+    dataset = open_source(str(tmp_path / "s" / "{0..1}.tar")).list()
+    assert dataset.class_names == ("0", "1", "2", "10")  # .cls labels sort as numbers
+    assert [e.relpath for e in dataset.entries] == ["0.tar/a.png", "0.tar/b.png", "0.tar/c.png", "1.tar/d.png"]
+    assert [name for name, _ in dataset.skipped_dirs] == ["1.tar"]
+    result = _extract(tmp_path / "s" / "{0..1}.tar", tmp_path / "cache")
+    assert result.counts["extracted"] == 3 and result.counts["skipped"] == 1
+    (bad,) = result.skipped
+    assert (bad.relpath, bad.reason) == ("0.tar/b.png", "not an image: the file is text saved with an image extension")
+
+
+def test_samples_without_a_label_are_not_listed_but_reported(tmp_path):
+    good = write_image(tmp_path / "a.png", seed=1).read_bytes()
+    write_shard(tmp_path / "0.tar", [("a", {"png": good, "txt": b"cat"}), ("b", {"png": good})])
+    dataset = open_source(str(tmp_path / "0.tar")).list()
+    assert [e.relpath for e in dataset.entries] == ["0.tar/a.png"] and dataset.outside_classes == ("0.tar/b.png",)
+
+
+def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing(folder, tmp_path, monkeypatch):
+    from pipeline.features import tar_source
+
+    shards_of(folder, tmp_path / "shards")
+    pattern = str(tmp_path / "shards" / "{000..002}.tar")
+    config = ExtractConfig(data=pattern, cache_dir=str(tmp_path / "cache"), shard_size=2, **MODEL)
+    real, calls = tar_source.TarMember.read_bytes, []
+
+    def interrupted(self, limit):
+        calls.append(1)
+        if len(calls) == 8 + 5:  # 8 reads to hash, then the fifth read to decode
+            raise KeyboardInterrupt
+        return real(self, limit)
+
+    monkeypatch.setattr(tar_source.TarMember, "read_bytes", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        extract_features(config=config)
+    monkeypatch.setattr(tar_source.TarMember, "read_bytes", real)
+    resumed = extract_features(config=config)
+    assert 0 < resumed.counts["reused"] < 8 and resumed.counts["reused"] + resumed.counts["extracted"] == 8
+    fs = read_feature_set(resumed.path)
+    assert len(set(fs.paths)) == len(fs.paths) == 8
+    assert _by_content(resumed) == _by_content(_extract(folder, tmp_path / "local-cache"))
+
+
+def test_brace_patterns_expand_in_order_and_the_ray_engine_refuses_shards_clearly(tmp_path, monkeypatch):
+    from pipeline.errors import ConfigError
+    from pipeline.features import ray_engine
+    from pipeline.features.tar_source import expand_braces
+
+    assert expand_braces("s/{008..010}.tar") == ["s/008.tar", "s/009.tar", "s/010.tar"]
+    assert expand_braces("{a,b}-{1..2}.tar") == ["a-1.tar", "a-2.tar", "b-1.tar", "b-2.tar"]
+    monkeypatch.setattr(ray_engine, "require_ray", lambda: None)
+    with pytest.raises(ConfigError, match="--engine local"):
+        extract_features(config=ExtractConfig(data=str(tmp_path / "{0..1}.tar"), cache_dir=str(tmp_path / "c"),
+                                              engine="ray", **MODEL))
