@@ -40,7 +40,7 @@ from ..heads import DenseClassifier, save_head, training_splits
 from ..heads.dense import tensorboard_callbacks
 from ..heads.metrics import classification_metrics, plot_confusion_matrix, plot_history
 from ..store import FeatureStore, feature_key, read_feature_set
-from . import layout
+from . import layout, safe_head
 from .leaderboard import rebuild_leaderboard, scores
 from .predict import Predictor
 from .train import save_figure
@@ -383,10 +383,12 @@ def _publish(job: _Job, config, state: dict[str, Any], model, fm) -> FinetuneRes
     identity = f"sha256:{file_sha256(folder / layout.BASE_WEIGHTS)}"
     head = job.predictor.head  # its `model_` is the fine-tune model's head, trained in place
     lineage = _lineage(job, identity, state)
-    lineage["head_sha256"] = save_head(folder / layout.HEAD, head, metadata={
+    metadata = {
         **{k: lineage[k] for k in ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")},
         "head": "dense", "params": job.parent_config.get("params", {}), "parent_run": lineage["parent_run"],
-    })
+    }
+    lineage["head_sha256"] = save_head(folder / layout.HEAD, head, metadata=metadata)
+    lineage["head_skops_sha256"] = safe_head.write_run_head(folder / layout.HEAD_SKOPS, head, metadata)
     head.save_keras(folder / layout.MODEL)
     save_figure(plot_history(state["history"]), folder / layout.HISTORY)
     shown = "test" if metrics["test"] is not None else "validation"

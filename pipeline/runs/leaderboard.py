@@ -128,6 +128,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("test_accuracy", _score("test_accuracy"), ".4f", header="test", better=1),
     Column("test_macro_f1", _score("test_macro_f1"), ".4f", header="f1", better=1),
     Column("fit_seconds", lambda run: _number(run.metrics.get("fit_seconds")), ".3f", better=-1),
+    # Exact copies of one image in several splits: test scores read too high when this is above 0.
+    Column("duplicates_across_splits", lambda run: _number(run.metrics.get("duplicates_across_splits"))),
     # What a run started from: a head its feature set (no base layer trained), a fine-tune its parent run.
     Column("kind", lambda run: str(run.lineage.get("kind") or "head")),
     Column("unfrozen", lambda run: _number(run.lineage.get("unfrozen_layers")) or 0),

@@ -109,8 +109,8 @@ class Predictor:
                 one (moved or copied elsewhere); it must have the recorded
                 sha256. Only for runs extracted from a weights file.
                 Defaults to `None` (the recorded file).
-            trust: bool, load a bundle whose head is a pickle (it runs code
-                from the bundle; see `RunSource`). Defaults to `False`.
+            trust: bool, load a run or bundle whose head is a pickle (it
+                runs code from the folder; see `RunSource`). Defaults to `False`.
 
         Returns:
             A `Predictor`.
@@ -122,7 +122,7 @@ class Predictor:
         source = RunSource.open(run_dir, weights, trust=trust)
         try:
             if source.head_format == "skops":
-                head, metadata = safe_head.load_head(source.head_path)
+                head, metadata = safe_head.load_head(source.head_path, expected_sha256=source.head_sha256)
             else:
                 head, metadata = heads.load_head(source.head_path, expected_sha256=source.head_sha256)
         except ValueError as e:
