@@ -34,6 +34,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from .. import _atomic
 from ..errors import ConfigError, RunError, WriteError
+from ..store import shown_path
 from . import csvcells, layout
 
 __all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "short_run_id",
@@ -435,6 +436,6 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "|" + "|".join("---" for _ in LEADERBOARD_COLUMNS) + "|",
     ]
     for row in rows:
-        cells = [c.text(row[c.name]).replace("|", "\\|") for c in COLUMNS]
+        cells = [shown_path(c.text(row[c.name])).replace("|", "\\|") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
