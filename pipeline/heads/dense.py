@@ -28,7 +28,7 @@ from .. import _atomic
 from ..errors import ConfigError
 
 
-__all__ = ["DenseClassifier"]
+__all__ = ["DenseClassifier", "is_keras_head"]
 
 _OPTIMIZERS = ("adagrad", "adam", "adamax", "adamw", "nadam", "rmsprop", "sgd")
 _PREDICT_CHUNK = 1024  # rows per forward pass in predict_proba
@@ -497,3 +497,16 @@ def tensorboard_callbacks(folder: Path) -> list:
     from .._keras import import_keras
 
     return [import_keras().callbacks.TensorBoard(log_dir=str(folder))]
+
+
+def is_keras_head(estimator) -> bool:
+    """Whether a fitted or unfitted head is, or wraps, the Keras `DenseClassifier`.
+
+    The one question the rest of the code asks of a head object: such a
+    head takes feature maps unflattened, trains in this process, records
+    the Keras version when saved, and can be fine-tuned into its base.
+    """
+    if isinstance(estimator, DenseClassifier):
+        return True
+    get_params = getattr(estimator, "get_params", None)
+    return get_params is not None and any(isinstance(v, DenseClassifier) for v in get_params(deep=True).values())

@@ -36,7 +36,7 @@ from .. import _atomic, config as config_lib
 from ..errors import ConfigError, DataError, RunError
 from ..features import augment
 from ..features.discovery import file_sha256
-from ..heads import DenseClassifier, save_head, training_splits
+from ..heads import save_head, training_splits
 from ..heads.dense import tensorboard_callbacks
 from ..heads.metrics import classification_metrics, plot_confusion_matrix, plot_history
 from ..store import FeatureStore, feature_key, read_feature_set
@@ -161,7 +161,7 @@ def _open(run, config) -> _Job:
     if source.kind != "run":
         raise ConfigError(f"`run` must be a run folder; '{source.root}' is a bundle. Fine-tune the run it was exported from.",
                           field="run")
-    if not isinstance(predictor.head, DenseClassifier):
+    if not predictor.is_dense:
         raise ConfigError(
             f"`run` must be a run of a `dense` head, whose network continues into the base; the head of "
             f"'{source.root}' is {type(predictor.head).__name__}. Train a dense head on its feature set "

@@ -171,7 +171,7 @@ class Predictor:
 
     @property
     def is_dense(self) -> bool:
-        return isinstance(self.head, heads.DenseClassifier)
+        return heads.is_keras_head(self.head)
 
     def extractor(self):
         """The Keras extractor of the run (uint8 images -> features), built once."""
