@@ -26,13 +26,13 @@ import io
 import json
 import logging
 import math
-import numbers
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from .. import _atomic
+from ..config.options import integer, is_real
 from ..errors import ConfigError, RunError, WriteError
 from ..store import shown_path
 from . import csvcells, layout
@@ -176,8 +176,7 @@ def list_runs(
     """
     if sort not in SORTABLE:
         raise ConfigError(f"`sort` must be one of {', '.join(SORTABLE)}. Received: sort={sort!r}", field="sort")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ConfigError(f"`limit` must be an integer >= 1. Received: limit={limit!r}", field="limit")
+    limit = integer(min=1, optional=True)("limit", limit)
     runs_dir = Path(runs_dir)
     rows = _read_runs(runs_dir)
     if not _files_agree(runs_dir, rows):
@@ -393,7 +392,7 @@ def _augmented(record: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return is_real(value) and math.isfinite(value)
 
 
 def _best_first(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:

@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _atomic, heads
+from ..config.options import integer
 from ..errors import BottleneckError, ConfigError, DataError, RunError
 from ..features import backbones, decode, discovery
 from . import csvcells, safe_head
@@ -266,9 +267,7 @@ class Predictor:
 
 
 def _check_top_k(top_k) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ConfigError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}", field="top_k")
-    return int(top_k)
+    return integer(min=1)("top_k", top_k)
 
 
 def predict_images(

@@ -8,12 +8,12 @@ their one home.
 
 from __future__ import annotations
 
-import numbers
 from typing import Sequence
 
 import numpy as np
 
 from .. import config as config_lib
+from ..config.options import integer
 from ..errors import ConfigError
 from .shards import shown_path
 
@@ -79,8 +79,7 @@ def subsample(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: in
     indices = np.asarray(indices, dtype=np.int64)
     if not 0 < fraction <= 1:
         raise ConfigError(f"`fraction` must be a number in (0, 1]. Received: fraction={fraction!r}", field="fraction")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"`seed` must be an integer >= 0. Received: seed={seed!r}", field="seed")
+    seed = integer(min=0)("seed", seed)
     if fraction == 1:
         return np.sort(indices)
     rng = np.random.default_rng(seed)
