@@ -127,6 +127,15 @@ class RunSource:
         return _resolve(root, "run", lineage, root / layout.HEAD, lineage.get("head_sha256"), None, weights)
 
 
+# Why a folder of each kind holds only a pickle, and what gives one that loads safely.
+_PICKLE_ONLY = {
+    "run folder": ("trained by an older version or of a head class skops cannot hold",
+                   "train the head again (new runs load without running code)"),
+    "bundle": ("exported by an older version or of a head class skops cannot hold",
+               "ask for a bundle exported by this version (its head loads without running code)"),
+}
+
+
 def _allow_pickle(root: Path, kind: str, head: str, trust: bool) -> None:
     """Refuses a pickled head unless the caller trusts its folder; warns when trusted."""
     if trust:
@@ -137,14 +146,11 @@ def _allow_pickle(root: Path, kind: str, head: str, trust: bool) -> None:
             stacklevel=5,
         )
         return
-    made = ("was trained by an older version, or its head class is not one skops can store safely"
-            if kind == "run folder" else "was exported by an older version, or its head cannot be stored safely")
+    why, fix = _PICKLE_ONLY[kind]
     raise RunError(
-        f"Refusing {kind} '{root}': its head '{head}' is a pickle (it {made}), and loading a pickle runs any "
+        f"Refusing {kind} '{root}': its head '{head}' is a pickle ({why}), and loading a pickle runs any "
         "code written into it; the hashes that would catch a change sit in the same folder. Pass --trust "
-        f"(`trust=True`) only if the {kind} comes from a source you trust"
-        + (", or train the head again (new runs load without running code)." if kind == "run folder"
-           else ", or ask for a bundle exported by this version (its head loads without running code)."),
+        f"(`trust=True`) only if the {kind} comes from a source you trust, or {fix}.",
         field="trust",
     )
 
