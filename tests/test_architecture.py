@@ -63,3 +63,12 @@ def test_a_deliberate_violation_breaks_the_contracts(tmp_path, module, violation
 def test_no_module_is_longer_than_the_limit():
     lengths = {p.relative_to(ROOT): len(p.read_text().splitlines()) for p in (ROOT / "pipeline").rglob("*.py")}
     assert {p: n for p, n in lengths.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_one_place_tells_a_keras_head_from_the_others():
+    """Code asks `is_keras_head` (or the registry row's `uses_keras`), never `isinstance(..., DenseClassifier)` itself."""
+    import re
+
+    asked = re.compile(r"isinstance\([^()]*DenseClassifier\)")
+    found = {p.relative_to(ROOT) for p in (ROOT / "pipeline").rglob("*.py") if asked.search(p.read_text())}
+    assert found == {Path("pipeline/heads/dense.py")}

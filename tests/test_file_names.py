@@ -40,3 +40,46 @@ def test_features_train_head_and_cache_export_keep_a_non_utf8_name(odd_names, ca
     assert main(["cache", "export", f"set:{index.parent.name}", "--cache-dir", "c", "--output", "f.npz"]) == 0
     with np.load("f.npz") as z:
         assert [os.fsencode(p) for p in z["paths"]] == [os.fsencode(p) for p in fs.paths]
+
+
+def test_predict_evaluate_and_report_keep_a_non_utf8_name(odd_names):
+    import csv
+    import json
+    import shutil
+
+    from helpers import run_cli
+    from pipeline.runs.csvcells import unescape
+
+    # In the test split (by its split key), with an exact copy in train: the report shows both, as thumbnails.
+    folder = os.fsencode(odd_names / "data/class0")
+    test_name, train_name = b"\xff\xfe-bad32.png", b"\xfe-copy.png"
+    os.rename(folder + b"/" + BAD, folder + b"/" + test_name)
+    shutil.copyfile(folder + b"/" + test_name, folder + b"/" + train_name)
+    model = ["--model", "resnet50", "--size", "32", "--weights", "none", "--cache-dir", "c"]
+    assert run_cli("features", "data", *model)[0] == 0
+    status, out, err = run_cli("train-head", "--cache-dir", "c", "--head", "logreg", "--runs-dir", "runs", "--json")
+    assert status == 0, err
+    assert "'class0/\\xfe-copy.png' = 'class0/\\xff\\xfe-bad32.png'" in err  # the copies across splits, named
+    run = Path(json.loads(out.splitlines()[-1])["runs"][0]["run_dir"])
+    with open(run / "test_predictions.csv", newline="", encoding="utf-8") as f:
+        paths = [row["path"] for row in csv.DictReader(f)]
+    assert "class0/\\xff\\xfe-bad32.png" in paths
+    assert os.fsencode(unescape("class0/\\xff\\xfe-bad32.png")) == b"class0/" + test_name  # read back exactly
+
+    odd = os.fsdecode(folder + b"/" + test_name)
+    status, out, err = run_cli("predict", run, odd, "-o", "p.csv")
+    assert status == 0, err
+    assert "\\xff\\xfe-bad32.png" in out and "\udcff" not in out
+    with open("p.csv", newline="", encoding="utf-8") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["path"].endswith("class0/\\xff\\xfe-bad32.png") and not row["error"]
+
+    status, out, err = run_cli("evaluate", run, "data", "--cache-dir", "c")
+    assert status == 0, err
+    (evaluation,) = run.glob("eval-*")
+    assert "class0/\\xff\\xfe-bad32.png" in (evaluation / "predictions.csv").read_text(encoding="utf-8")
+
+    status, out, err = run_cli("report", "runs", "--output", "r.html")
+    assert status == 0, err
+    page = Path("r.html").read_text(encoding="utf-8")
+    assert "<img alt='class0/\\xff\\xfe-bad32.png'" in page and "<img alt='class0/\\xfe-copy.png'" in page

@@ -178,11 +178,15 @@ def test_manifest_edits_reindex_without_reextracting(tmp_path, verify):
     assert fs.split_keys[row["2.png"]] == split_key("group:session")
 
 
-def test_a_file_listed_relative_and_absolute_is_listed_twice(tmp_path):
-    write_image(tmp_path / "x.png", seed=1)
-    rows = [("x.png", "cat"), (str(tmp_path / "x.png"), "dog")]
+@pytest.mark.parametrize("spelling", ["{root}/x.png", "{link}/x.png", "{link}/../{name}/./x.png", "./sub/../x.png"])
+def test_a_file_listed_under_two_spellings_is_listed_twice(tmp_path, spelling):
+    root = tmp_path / "data"
+    write_image(root / "x.png", seed=1)
+    (root / "sub").mkdir()
+    (tmp_path / "link").symlink_to(root)
+    rows = [("x.png", "cat"), (spelling.format(root=root, link=tmp_path / "link", name=root.name), "dog")]
     with pytest.raises(DataError, match="lists .* twice \\(lines 2 and 3\\)"):
-        read_manifest(_write_csv(tmp_path / "m.csv", rows, header=("path", "label")))
+        read_manifest(_write_csv(root / "m.csv", rows, header=("path", "label")))
 
 
 def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
@@ -200,6 +204,36 @@ def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
         assert result.split_duplicates == (("0.png", "copy-of-0.png"),)
         assert result.to_json()["split_duplicates"] == {"count": 1, "examples": [["0.png", "copy-of-0.png"]]}
         assert "1 image content is stored at several paths that can fall in different splits" in caplog.text
+
+
+def test_train_head_says_how_many_exact_copies_cross_its_splits(tmp_path):
+    import json
+    import shutil
+
+    from helpers import run_cli
+
+    rows = []
+    for i in range(10):
+        write_image(tmp_path / f"{i}.png", seed=i)
+        rows.append((f"{i}.png", f"c{i % 2}", "test" if i >= 8 else "train", ""))
+    for copy in ("0", "1"):  # two training images also sit in the test split, under other names
+        shutil.copy(tmp_path / f"{copy}.png", tmp_path / f"copy-of-{copy}.png")
+        rows.append((f"copy-of-{copy}.png", f"c{int(copy) % 2}", "test", ""))
+    config = ExtractConfig(data=str(_write_csv(tmp_path / "m.csv", rows)), cache_dir=str(tmp_path / "c"), **MODEL)
+    extract_features(config=config)
+
+    status, out, err = run_cli("train-head", "--cache-dir", tmp_path / "c", "--runs-dir", tmp_path / "runs",
+                               "--head", "logreg", "--json")
+
+    assert status == 0, err
+    assert "2 image contents are stored at several paths in different splits" in err
+    assert "'0.png' = 'copy-of-0.png'" in err
+    (run,) = json.loads(out.splitlines()[-1])["runs"]
+    assert run["duplicates_across_splits"] == 2
+    metrics = json.loads((tmp_path / "runs" / run["run_dir"] / "metrics.json").read_text())
+    assert metrics["duplicates_across_splits"] == 2
+    with open(tmp_path / "runs" / "leaderboard.csv", newline="") as f:
+        assert [row["duplicates_across_splits"] for row in csv.DictReader(f)] == ["2"]
 
 
 @pytest.mark.parametrize("labels, column, shown", [

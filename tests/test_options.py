@@ -189,3 +189,29 @@ def test_adding_an_option_is_one_declaration(tmp_path):
     assert "| `JPEG_QUALITY` | `--jpeg-quality` | quality of the re-encoded JPEG (default 95) |" in page
     key = run("-c", "from pipeline.config import ExtractConfig, key_fields as k; print(k(ExtractConfig)[-1])").stdout
     assert key.strip() == "jpeg_quality"
+
+
+def test_library_entry_points_check_counts_with_the_shared_integer_rule(tmp_path):
+    """`True` is no count and a NumPy integer is one, wherever the library takes a count or a threshold."""
+    import numpy as np
+
+    from pipeline.heads.leakage import near_duplicate_pairs
+    from pipeline.runs.leaderboard import list_runs
+    from pipeline.runs.report import build_report
+    from pipeline.store.splits import subsample
+
+    X = np.eye(4, dtype=np.float32)
+    refused = [
+        (lambda: subsample(np.arange(4), np.array([0, 0, 1, 1]), 0.5, seed=True), "`seed` must be an integer >= 0"),
+        (lambda: near_duplicate_pairs(X, 0.9, block_size=True), "`block_size` must be a positive integer"),
+        (lambda: near_duplicate_pairs(X, True), r"`threshold` must be a number in \(-1, 1\]"),
+        (lambda: list_runs(tmp_path, limit=True), "`limit` must be a positive integer"),
+        (lambda: build_report(tmp_path, tmp_path / "r.html", duplicate_threshold=True),
+         r"`duplicate_threshold` must be a number in \(-1, 1\]"),
+    ]
+    for call, message in refused:
+        with pytest.raises(ConfigError, match=message):
+            call()
+    assert len(subsample(np.arange(4), np.array([0, 0, 1, 1]), 0.5, seed=np.int64(1))) == 2
+    assert near_duplicate_pairs(X, np.float32(0.9), block_size=np.int64(2))[1] == 0
+    assert list_runs(tmp_path, limit=np.int64(1)) == []

@@ -222,23 +222,27 @@ def test_preprocess_dense_layer_equals_preprocess_input(module):
 def test_modified_or_foreign_head_file_is_refused(tiny, tmp_path):
     image = tiny.data / tiny.features.paths[0]
     run = shutil.copytree(tiny.runs["logreg"], tmp_path / "run")
+    # A run with only its pickle (trained before head.skops), loaded with --trust: still checked first.
+    (run / "head.skops").unlink()
+    lineage = json.loads((run / "lineage.json").read_text())
+    del lineage["head_skops_sha256"]
+    (run / "lineage.json").write_text(json.dumps(lineage))
     head = run / "head.joblib"
     head.write_bytes(head.read_bytes()[:-1] + bytes([head.read_bytes()[-1] ^ 1]))
 
-    status, _, err = _main("predict", run, image, "--output", tmp_path / "p.csv")
+    status, _, err = _main("predict", run, image, "--output", tmp_path / "p.csv", "--trust")
     assert status == cli.ExitStatus.BAD_INPUT
     assert str(head) in err and "sha256" in err and "not unpickled" in err
     assert not (tmp_path / "p.csv").exists()
 
     shutil.copyfile(tiny.runs["dense"] / "head.joblib", head)  # a real head, of another run
-    with pytest.raises(RunError, match="Refusing to load head file"):
-        Predictor.load(run)
+    with pytest.warns(UserWarning, match="Trusting run folder"), pytest.raises(RunError, match="Refusing to load head file"):
+        Predictor.load(run, trust=True)
 
-    lineage = json.loads((run / "lineage.json").read_text())
     del lineage["head_sha256"]
     (run / "lineage.json").write_text(json.dumps(lineage))
-    with pytest.raises(RunError, match="records no head_sha256"):
-        Predictor.load(run)
+    with pytest.warns(UserWarning, match="Trusting run folder"), pytest.raises(RunError, match="records no head_sha256"):
+        Predictor.load(run, trust=True)
 
 
 def test_missing_or_changed_weights_file_is_named(signs, tmp_path):

@@ -141,7 +141,8 @@ def test_run_folder_holds_a_reloadable_head_metrics_lineage_and_config(blobs, tm
     run = result.run_dir
     assert run.parent == tmp_path / "runs" / "blobs-synthetic-8-avg-ffffffff" and run.name.startswith("logreg-")
     assert sorted(p.name for p in run.iterdir()) == [
-        "config.json", "confusion_matrix.png", "head.joblib", "lineage.json", "metrics.json", "test_predictions.csv",
+        "config.json", "confusion_matrix.png", "head.joblib", "head.skops", "lineage.json", "metrics.json",
+        "test_predictions.csv",
     ]
     assert not list(run.parent.glob(".tmp-*"))
     metrics = json.loads((run / "metrics.json").read_text())

@@ -37,3 +37,15 @@ def test_train_head_with_an_impossible_hidden_layer_exits_2(tmp_path):
                               "--runs-dir", tmp_path / "runs", "--cache-dir", tmp_path / "cache")
     assert status == cli.ExitStatus.BAD_INPUT, stderr
     assert "hidden_units" in stderr and "unexpected" not in stderr
+
+
+@pytest.mark.parametrize("value", ["1e7", "10000000", "0", "-3", "2.5"])
+def test_knn_with_an_absurd_neighbour_count_exits_2_naming_it(tmp_path, value):
+    from helpers import make_set
+
+    features = make_set(tmp_path / "cache" / "blobs-synthetic-8-avg-ffffffff", per_class=10)
+    status, _, stderr = _main("train-head", features, "--head", "knn", "--param", f"n_neighbors={value}",
+                              "--runs-dir", tmp_path / "runs", "--cache-dir", tmp_path / "cache")
+    assert status == cli.ExitStatus.BAD_INPUT, stderr
+    assert "n_neighbors" in stderr and "unexpected" not in stderr and "--param" in stderr
+    assert not list((tmp_path / "runs").glob("*/knn-*"))  # no run folder for a head that could not fit

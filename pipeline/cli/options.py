@@ -33,8 +33,8 @@ _RUN = Option(argument="the run folder", make="RUN",
 _WEIGHTS = Option(flag="--weights", make="ARGS",
                   help="the run's weights file, if it moved (must have the sha256 recorded at extraction)")
 _TRUST = Option(flag="--trust", make="ARGS", switch=True, cli={"default": False},
-                help="load a bundle whose head is a pickle: unpickling runs code from the bundle, so use it only for "
-                "bundles from sources you trust (run folders are unpickled too: use only your own or trusted ones)")
+                help="load a run folder or bundle whose head is a pickle (trained or exported by an older version): "
+                "unpickling runs code from the folder, so use it only for folders from sources you trust")
 _TTA = Option(flag="--tta", make="ARGS", cli={"type": int, "default": 1, "metavar": "K"},
               help="average the probabilities over each image and K-1 augmented views of it: the run's cached views "
               "where they exist, computed otherwise (default 1: the image alone)")

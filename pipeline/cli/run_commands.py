@@ -21,6 +21,7 @@ def add_predict_parsers(sub) -> None:
 
 def _cmd_predict(args) -> int:
     from ..runs.predict import check_output_file, check_output_folder, predict_images, write_predictions_csv
+    from ..store import shown_path
 
     # Before minutes of extraction, not after.
     check_output_folder(Path(args.output).parent)
@@ -31,10 +32,11 @@ def _cmd_predict(args) -> int:
     failed = sum(p.error is not None for p in predictions)
     if not args.quiet:
         shown = predictions[:20]
-        width = min(60, max(len("path"), *(len(p.path) for p in shown)))
+        width = min(60, max(len("path"), *(len(shown_path(p.path)) for p in shown)))
         print(f"{'path':{width}}  {'class':12} {'prob':>6}  top-{args.top_k}")
         for p in shown:
-            name = p.path if len(p.path) <= width else "..." + p.path[-(width - 3):]
+            name = shown_path(p.path)
+            name = name if len(name) <= width else "..." + name[-(width - 3):]
             if p.error is not None:
                 print(f"{name:{width}}  error: {p.error}")
             else:
@@ -56,6 +58,7 @@ def _cmd_predict(args) -> int:
 
 def _cmd_evaluate(args) -> int:
     from ..runs.evaluate import evaluate_run
+    from ..store import shown_path
 
     result = evaluate_run(
         args.run, args.data, weights=args.weights, output=args.output, cache_dir=args.cache_dir, trust=args.trust,
@@ -76,7 +79,7 @@ def _cmd_evaluate(args) -> int:
         if result.missing_classes:
             print(f"  classes of the run without images here: {', '.join(result.missing_classes)}")
         for path, reason in result.skipped[:20]:
-            print(f"  skipped {path}: {reason}")
+            print(f"  skipped {shown_path(path)}: {reason}")
         print(f"Metrics and confusion matrix: {result.out_dir}")
     elif not args.json:
         print(result.out_dir)

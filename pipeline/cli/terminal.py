@@ -85,6 +85,12 @@ def output_shown(*, quiet: bool, verbose: bool):
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(format="%(message)s", level=level, handlers=[handler], force=True)
     with warnings.catch_warnings(), contextlib.ExitStack() as restore:
+        for stream in (sys.stdout, sys.stderr):
+            # A file name that is not UTF-8 (a str with surrogates) printed anywhere
+            # shows as an escape instead of ending the command with UnicodeEncodeError.
+            if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
+                restore.callback(stream.reconfigure, errors="strict")
         if verbose:
             warnings.simplefilter("default")  # DeprecationWarnings too, once per place
             if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:  # a level the user set stays

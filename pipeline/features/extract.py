@@ -23,7 +23,7 @@ from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key, shown_path
 from ..store.lookup import view_set_dir
-from ..store.splits import duplicates_across_splits
+from ..store.splits import duplicates_across_splits, duplicates_note
 
 # Bump whenever the numbers written for the same spec change.
 FEATURES_VERSION = 1
@@ -161,7 +161,7 @@ def extract_many(
                     len(paths), " and ".join(f"'{shown_path(p)}'" for p in paths))
     for result in results:
         if result.split_duplicates:
-            log.warning("%s", _duplicates_note(result.split_duplicates))
+            log.warning("%s", duplicates_note(result.split_duplicates, may=True))
     return results
 
 
@@ -470,16 +470,6 @@ def _split_duplicates(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ..
     splits = [e.folder_split if dataset.has_folder_splits else e.split_key for e in entries]
     rows = duplicates_across_splits([digest_of[e.relpath] for e in entries], splits)
     return tuple(tuple(entries[i].relpath for i in group) for group in rows)
-
-
-def _duplicates_note(duplicates) -> str:
-    shown = "; ".join(" = ".join(f"'{shown_path(p)}'" for p in paths) for paths in duplicates[:3])
-    more = f"; and {len(duplicates) - 3} more" if len(duplicates) > 3 else ""
-    return (
-        f"{len(duplicates)} image content{'s are' if len(duplicates) > 1 else ' is'} stored at several paths "
-        f"that can fall in different splits, so test scores would read too high: {shown}{more}. "
-        "Keep one copy, or give the copies one group in a manifest."
-    )
 
 
 def _summary(dataset, conflicts) -> str:

@@ -7,8 +7,9 @@ A manifest lists one image per row::
     /mnt/other/b.png,dog,,
 
 - `path` (required): the image file, relative to the manifest's folder or
-  absolute. An absolute path below the manifest's folder is keyed as the
-  relative one, so `x.jpg` and `/abs/x.jpg` are one file listed twice.
+  absolute. An absolute path below the manifest's folder (its folder
+  resolved, symlinks included) is keyed as the relative one, so `x.jpg`,
+  `./x.jpg`, `/abs/x.jpg` and `/link-to-abs/x.jpg` are one file listed twice.
 - `label` (required): the class name.
 - `split` (optional): `train`, `validation` or `test` (the spellings split
   folders accept: `val`, `valid`, `dev`, `training`, `testing`). Either
@@ -201,7 +202,9 @@ def _relpath(manifest: Path, root: Path, line: int, cell: str) -> str:
     """The path of a cell as rows are keyed: relative to `root` when it lies below it, so one file has one key."""
     path = Path(cell)
     if path.is_absolute():
-        path = Path(os.path.normpath(cell))
+        # The folder resolved (symlinks, `..`) as `root` is, so one file spelled through
+        # a linked folder has the same key; the file itself may stay a link of its own.
+        path = Path(os.path.realpath(os.path.dirname(cell))) / os.path.basename(cell)
         try:
             return path.relative_to(root).as_posix()
         except ValueError:  # outside the manifest's folder: kept absolute

@@ -6,7 +6,7 @@ Writing run folders is not done here but in `pipeline.runs`.
 """
 
 from .apply import aligned_proba, feature_matrix, linear_softmax_weights
-from .dense import DenseClassifier
+from .dense import DenseClassifier, is_keras_head
 from .fit import FittedHead, fit_head
 from .persist import HeadVersionWarning, load_head, save_head
 from .registry import HEADS, HeadCfg, create_head, get_head_cfg, list_heads, parse_param, parse_params, plan_params
@@ -24,6 +24,7 @@ __all__ = [
     "feature_matrix",
     "fit_head",
     "get_head_cfg",
+    "is_keras_head",
     "linear_softmax_weights",
     "list_heads",
     "load_head",

@@ -14,14 +14,14 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 
-from .dense import DenseClassifier
+from .dense import is_keras_head
 
 __all__ = ["aligned_proba", "feature_matrix", "linear_softmax_weights"]
 
 
 def feature_matrix(estimator, features: np.ndarray) -> np.ndarray:
     """`features` as the head takes them: spatial maps kept for the dense head, flattened for the others."""
-    if isinstance(estimator, DenseClassifier):
+    if is_keras_head(estimator):
         return features
     return features.reshape(len(features), -1)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import importlib.util
-import numbers
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -25,10 +24,11 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
 from .. import _atomic
+from ..config.options import is_int, is_real
 from ..errors import ConfigError
 
 
-__all__ = ["DenseClassifier"]
+__all__ = ["DenseClassifier", "is_keras_head"]
 
 _OPTIMIZERS = ("adagrad", "adam", "adamax", "adamw", "nadam", "rmsprop", "sgd")
 _PREDICT_CHUNK = 1024  # rows per forward pass in predict_proba
@@ -63,14 +63,6 @@ def _check_network_size(hidden_units: tuple[int, ...], n_features: int, n_classe
             "thousand units, e.g. (256,).",
             field="params",
         )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _monitor(has_validation: bool) -> str:
@@ -196,10 +188,10 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
 
     def _hidden_units(self) -> tuple[int, ...]:
         units = self.hidden_units
-        if _is_int(units):
+        if is_int(units):
             units = (units,)
         ok = isinstance(units, (tuple, list)) and all(
-            _is_int(u) and u > 0 for u in units
+            is_int(u) and u > 0 for u in units
         )
         _check_param(
             "hidden_units", self.hidden_units, ok, "a tuple of positive ints, e.g. (256,)"
@@ -210,7 +202,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         _check_param(
             "dropout",
             self.dropout,
-            _is_real(self.dropout) and 0 <= self.dropout < 1,
+            is_real(self.dropout) and 0 <= self.dropout < 1,
             "a float in [0, 1)",
         )
         _check_param(
@@ -222,12 +214,12 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         _check_param(
             "learning_rate",
             self.learning_rate,
-            _is_real(self.learning_rate) and self.learning_rate > 0,
+            is_real(self.learning_rate) and self.learning_rate > 0,
             "a float > 0",
         )
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
-            _check_param(name, value, _is_int(value) and value >= 1, "an int >= 1")
+            _check_param(name, value, is_int(value) and value >= 1, "an int >= 1")
         _check_param(
             "class_weight",
             self.class_weight,
@@ -240,13 +232,13 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         _check_param(
             "early_stopping_patience",
             patience,
-            patience is None or (_is_int(patience) and patience >= 0),
+            patience is None or (is_int(patience) and patience >= 0),
             "None or an int >= 0",
         )
         _check_param(
             "random_state",
             self.random_state,
-            self.random_state is None or _is_int(self.random_state),
+            self.random_state is None or is_int(self.random_state),
             "None or an int",
         )
         _check_param("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2")
@@ -497,3 +489,16 @@ def tensorboard_callbacks(folder: Path) -> list:
     from .._keras import import_keras
 
     return [import_keras().callbacks.TensorBoard(log_dir=str(folder))]
+
+
+def is_keras_head(estimator) -> bool:
+    """Whether a fitted or unfitted head is, or wraps, the Keras `DenseClassifier`.
+
+    The one question the rest of the code asks of a head object: such a
+    head takes feature maps unflattened, trains in this process, records
+    the Keras version when saved, and can be fine-tuned into its base.
+    """
+    if isinstance(estimator, DenseClassifier):
+        return True
+    get_params = getattr(estimator, "get_params", None)
+    return get_params is not None and any(isinstance(v, DenseClassifier) for v in get_params(deep=True).values())

@@ -14,11 +14,12 @@ at `block_size x n` whatever the size of the set.
 from __future__ import annotations
 
 import dataclasses
-import numbers
 from collections import defaultdict
 from typing import Sequence
 
 import numpy as np
+
+from ..config.options import integer, number
 
 __all__ = ["DEFAULT_THRESHOLD", "DuplicatePair", "LeakageCheck", "find_leakage", "near_duplicate_pairs"]
 
@@ -194,12 +195,6 @@ def _label_conflicts(sha256, labels) -> tuple[tuple[int, ...], ...]:
 
 
 def _check_arguments(threshold, block_size, max_pairs) -> None:
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not -1 < threshold <= 1:
-        raise ValueError(f"`threshold` must be a number in (-1, 1]. Received: threshold={threshold!r}.")
-    _check_int("block_size", block_size)
-    _check_int("max_pairs", max_pairs)
-
-
-def _check_int(name: str, value) -> None:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}.")
+    number(low=-1, high=1, open_low=True, e_g="0.98", as_float=False)("threshold", threshold)
+    integer(min=1)("block_size", block_size)
+    integer(min=1)("max_pairs", max_pairs)

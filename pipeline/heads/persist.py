@@ -16,7 +16,7 @@ from .. import _atomic
 from .._versions import DISTRIBUTION, package_version
 from ..errors import RunError
 from ..store.content import file_sha256
-from .dense import DenseClassifier
+from .dense import is_keras_head
 
 __all__ = ["HeadVersionWarning", "load_head", "save_head"]
 
@@ -26,15 +26,6 @@ _FORMAT_VERSION = 1
 
 class HeadVersionWarning(UserWarning):
     """A loaded head was saved with other library versions than the running ones."""
-
-
-def _uses_keras(estimator) -> bool:
-    if isinstance(estimator, DenseClassifier):
-        return True
-    get_params = getattr(estimator, "get_params", None)
-    if get_params is None:
-        return False
-    return any(isinstance(v, DenseClassifier) for v in get_params(deep=True).values())
 
 
 def _versions(include_keras: bool) -> dict[str, str]:
@@ -78,7 +69,7 @@ def save_head(path, estimator, *, metadata: dict) -> str:
         "format_version": _FORMAT_VERSION,
         "estimator": estimator,
         "metadata": metadata,
-        "versions": _versions(include_keras=_uses_keras(estimator)),
+        "versions": _versions(include_keras=is_keras_head(estimator)),
     }
     with _atomic.replacing(path) as tmp:
         with tmp.open("wb") as f:

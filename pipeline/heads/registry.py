@@ -26,7 +26,7 @@ from sklearn.preprocessing import StandardScaler
 
 from ..errors import ConfigError, did_you_mean
 from .cost import FitCost, format_seconds
-from .dense import DenseClassifier
+from .dense import is_keras_head
 from .rows import HEAD_ALIASES, HEADS, HeadCfg
 
 __all__ = [
@@ -94,7 +94,7 @@ def _by_cost(names: Sequence[str]) -> list[str]:
 
 def uses_keras(head: str) -> bool:
     """Whether a head (registry name or import path) is the Keras dense head, which trains in this process."""
-    return isinstance(create_head(head), DenseClassifier) if ":" in head else get_head_cfg(head).uses_keras
+    return is_keras_head(create_head(head)) if ":" in head else get_head_cfg(head).uses_keras
 
 
 def estimate_seconds(head: str, n_rows: int, n_features: int) -> float | None:

@@ -37,7 +37,8 @@ from matplotlib.figure import Figure
 
 from .. import _atomic, config as config_lib
 from ..errors import ConfigError, WriteError
-from ..heads import DenseClassifier, create_head, fit_head, plan_params, training_splits
+from ..heads import fit_head, plan_params, training_splits
+from ..heads.registry import uses_keras
 from ..heads.sweep import check_sweep_rows, plan_sweep, sweep_head
 from ..store import FeatureSet
 from ..store.fused import read_features
@@ -139,7 +140,7 @@ def run_curve(features: str | os.PathLike | None, *, config: config_lib.CurveCon
         for fraction, repeat, parts in points
         for head, params in plans[repeat]
     ]
-    keras = {head: isinstance(create_head(head, **params), DenseClassifier) for head, params in plans[0]}
+    keras = {head: uses_keras(head) for head, _ in plans[0]}
     rows: list[dict[str, Any]] = [{}] * len(jobs)
     threaded = [i for i, job in enumerate(jobs) if not keras[job[0]]]
     fitted = Parallel(n_jobs=n_jobs, prefer="threads")(

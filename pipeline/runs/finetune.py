@@ -36,11 +36,11 @@ from .. import _atomic, config as config_lib
 from ..errors import ConfigError, DataError, RunError
 from ..features import augment
 from ..features.discovery import file_sha256
-from ..heads import DenseClassifier, save_head, training_splits
+from ..heads import save_head, training_splits
 from ..heads.dense import tensorboard_callbacks
 from ..heads.metrics import classification_metrics, plot_confusion_matrix, plot_history
 from ..store import FeatureStore, feature_key, read_feature_set
-from . import layout
+from . import layout, safe_head
 from .leaderboard import rebuild_leaderboard, scores
 from .predict import Predictor
 from .train import save_figure
@@ -171,7 +171,7 @@ def _open(run, config) -> _Job:
             "continues one base. Train a dense head on one of its feature sets and fine-tune that run.",
             field="run",
         )
-    if not isinstance(predictor.head, DenseClassifier):
+    if not predictor.is_dense:
         raise ConfigError(
             f"`run` must be a run of a `dense` head, whose network continues into the base; the head of "
             f"'{source.root}' is {type(predictor.head).__name__}. Train a dense head on its feature set "
@@ -393,10 +393,12 @@ def _publish(job: _Job, config, state: dict[str, Any], model, fm) -> FinetuneRes
     identity = f"sha256:{file_sha256(folder / layout.BASE_WEIGHTS)}"
     head = job.predictor.head  # its `model_` is the fine-tune model's head, trained in place
     lineage = _lineage(job, identity, state)
-    lineage["head_sha256"] = save_head(folder / layout.HEAD, head, metadata={
+    metadata = {
         **{k: lineage[k] for k in ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")},
         "head": "dense", "params": job.parent_config.get("params", {}), "parent_run": lineage["parent_run"],
-    })
+    }
+    lineage["head_sha256"] = save_head(folder / layout.HEAD, head, metadata=metadata)
+    lineage["head_skops_sha256"] = safe_head.write_run_head(folder / layout.HEAD_SKOPS, head, metadata)
     head.save_keras(folder / layout.MODEL)
     save_figure(plot_history(state["history"]), folder / layout.HISTORY)
     shown = "test" if metrics["test"] is not None else "validation"

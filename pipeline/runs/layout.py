@@ -5,7 +5,11 @@ read by `predict`, `export` and `runs ls`; this module is the only place
 that spells the names. A run lives under `<runs_dir>/<feature set>/`::
 
     <head>-<id>/             a finished run (published by `_atomic.staged_folder`)
-      head.joblib            the fitted head (`heads.save_head`), every head
+      head.joblib            the fitted head (`heads.save_head`), every head: a pickle,
+                             loaded only with `--trust`
+      head.skops             the same head stored with skops (`safe_head`), what
+                             `predict`, `evaluate` and `export` load; absent for a
+                             head skops cannot hold safely
       model.keras            the network alone, dense head only
       best.keras, logs/      best checkpoint by validation loss, TensorBoard logs (dense)
       history.png            accuracy and loss per epoch, dense only
@@ -17,7 +21,8 @@ that spells the names. A run lives under `<runs_dir>/<feature set>/`::
       config.json            the resolved TrainConfig and this head's params
       sweep.csv, sweep.png   a swept head only: every candidate's validation
                              scores; the chosen metric against each parameter
-      lineage.json           which features, backbone and weights; head sha256; trained_at
+      lineage.json           which features, backbone and weights; the sha256 of
+                             both head files; trained_at
       eval-<id>/             one `evaluate` of a labelled folder:
         metrics.json, confusion_matrix.png, predictions.csv
 

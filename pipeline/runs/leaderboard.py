@@ -26,14 +26,15 @@ import io
 import json
 import logging
 import math
-import numbers
 import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from .. import _atomic
+from ..config.options import integer, is_real
 from ..errors import ConfigError, RunError, WriteError
+from ..store import shown_path
 from . import csvcells, layout
 
 __all__ = ["COLUMNS", "LEADERBOARD_COLUMNS", "Column", "list_runs", "rebuild_leaderboard", "scores", "short_run_id",
@@ -128,6 +129,8 @@ COLUMNS: tuple[Column, ...] = (
     Column("test_accuracy", _score("test_accuracy"), ".4f", header="test", better=1),
     Column("test_macro_f1", _score("test_macro_f1"), ".4f", header="f1", better=1),
     Column("fit_seconds", lambda run: _number(run.metrics.get("fit_seconds")), ".3f", better=-1),
+    # Exact copies of one image in several splits: test scores read too high when this is above 0.
+    Column("duplicates_across_splits", lambda run: _number(run.metrics.get("duplicates_across_splits"))),
     # What a run started from: a head its feature set (no base layer trained), a fine-tune its parent run.
     Column("kind", lambda run: str(run.lineage.get("kind") or "head")),
     Column("unfrozen", lambda run: _number(run.lineage.get("unfrozen_layers")) or 0),
@@ -173,8 +176,7 @@ def list_runs(
     """
     if sort not in SORTABLE:
         raise ConfigError(f"`sort` must be one of {', '.join(SORTABLE)}. Received: sort={sort!r}", field="sort")
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
-        raise ConfigError(f"`limit` must be an integer >= 1. Received: limit={limit!r}", field="limit")
+    limit = integer(min=1, optional=True)("limit", limit)
     runs_dir = Path(runs_dir)
     rows = _read_runs(runs_dir)
     if not _files_agree(runs_dir, rows):
@@ -390,7 +392,7 @@ def _augmented(record: Any) -> str:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return is_real(value) and math.isfinite(value)
 
 
 def _best_first(rows: list[dict[str, Any]], sort: str) -> list[dict[str, Any]]:
@@ -433,6 +435,6 @@ def _markdown(rows: list[dict[str, Any]]) -> str:
         "|" + "|".join("---" for _ in LEADERBOARD_COLUMNS) + "|",
     ]
     for row in rows:
-        cells = [c.text(row[c.name]).replace("|", "\\|") for c in COLUMNS]
+        cells = [shown_path(c.text(row[c.name])).replace("|", "\\|") for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

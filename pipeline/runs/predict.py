@@ -29,6 +29,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import _atomic, heads
+from ..config.options import integer
 from ..errors import BottleneckError, ConfigError, DataError, RunError
 from ..features import backbones, decode, discovery
 from . import csvcells, safe_head
@@ -115,8 +116,8 @@ class Predictor:
                 one (moved or copied elsewhere); it must have the recorded
                 sha256. Only for runs extracted from a weights file.
                 Defaults to `None` (the recorded file).
-            trust: bool, load a bundle whose head is a pickle (it runs code
-                from the bundle; see `RunSource`). Defaults to `False`.
+            trust: bool, load a run or bundle whose head is a pickle (it
+                runs code from the folder; see `RunSource`). Defaults to `False`.
 
         Returns:
             A `Predictor`.
@@ -128,7 +129,7 @@ class Predictor:
         source = RunSource.open(run_dir, weights, trust=trust)
         try:
             if source.head_format == "skops":
-                head, metadata = safe_head.load_head(source.head_path)
+                head, metadata = safe_head.load_head(source.head_path, expected_sha256=source.head_sha256)
             else:
                 head, metadata = heads.load_head(source.head_path, expected_sha256=source.head_sha256)
         except ValueError as e:
@@ -177,7 +178,7 @@ class Predictor:
 
     @property
     def is_dense(self) -> bool:
-        return isinstance(self.head, heads.DenseClassifier)
+        return heads.is_keras_head(self.head)
 
     @property
     def bases(self):
@@ -308,9 +309,7 @@ class Predictor:
 
 
 def _check_top_k(top_k) -> int:
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
-        raise ConfigError(f"`top_k` must be an integer >= 1. Received: top_k={top_k!r}", field="top_k")
-    return int(top_k)
+    return integer(min=1)("top_k", top_k)
 
 
 def predict_images(

@@ -18,7 +18,6 @@ import csv
 import dataclasses
 import io
 import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import _atomic
+from ..config.options import is_int, is_real, number
 from ..errors import BottleneckError, ConfigError, RunError
 from ..heads import split_indices
 from ..heads.leakage import DEFAULT_THRESHOLD, LeakageCheck, find_leakage
@@ -142,12 +142,8 @@ def build_report(
     ```
     """
     threshold = duplicate_threshold
-    if not isinstance(threshold, numbers.Real) or isinstance(threshold, bool) or not -1 < threshold <= 1:
-        raise ConfigError(
-            f"`duplicate_threshold` must be a cosine similarity in (-1, 1], e.g. 0.98. "
-            f"Received: duplicate_threshold={threshold!r}.",
-            field="duplicate_threshold",
-        )
+    number(low=-1, high=1, open_low=True, e_g="0.98 (a cosine similarity)", as_float=False)(
+        "duplicate_threshold", threshold)
     output = Path(output)
     check_output_folder(output.parent if str(output.parent) else Path("."))
     check_output_file(output, overwrite=overwrite)
@@ -259,11 +255,11 @@ def _read_predictions(path: Path, class_names: list[str], notes: list[str]) -> l
         reader = csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"), newline=""))
         if tuple(reader.fieldnames or ()) != layout.TEST_PREDICTIONS_COLUMNS:
             raise ValueError(f"header {reader.fieldnames!r}, expected {list(layout.TEST_PREDICTIONS_COLUMNS)!r}")
-        for number, cells in enumerate(reader, 2):
+        for line, cells in enumerate(reader, 2):
             row = {k: csvcells.unescape(v) if isinstance(v, str) else v for k, v in cells.items()}
             p, q = float(row["probability"]), float(row["true_probability"])
             if row["true"] not in names or row["predicted"] not in names or not (0 <= p <= 1 and 0 <= q <= 1):
-                raise ValueError(f"line {number} names an unknown class or a probability outside [0, 1]")
+                raise ValueError(f"line {line} names an unknown class or a probability outside [0, 1]")
             rows.append({**row, "probability": p, "true_probability": q})
     except (OSError, UnicodeDecodeError, ValueError, TypeError, csv.Error) as e:
         notes.append(f"'{path}' is damaged ({e}): misclassified images not shown.")
@@ -373,8 +369,8 @@ def _png_uri(path: Path, notes: list[str]) -> str:
 
 
 def _finite(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    return is_real(value) and math.isfinite(value)
 
 
 def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return is_int(value) and value >= 0

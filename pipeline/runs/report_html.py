@@ -24,6 +24,7 @@ import re
 from collections import defaultdict
 from typing import Any
 
+from ..store import shown_path
 from .leaderboard import short_run_id
 
 OPEN_RUNS = 3
@@ -290,5 +291,6 @@ def _num(value: float | None, digits: int = 4) -> str:
 
 
 def _e(text: str) -> str:
-    visible = _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    # A file name's bytes that are not UTF-8 as \xNN, bidi controls as \uNNNN: shown, never acted on.
+    visible = _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", shown_path(text))
     return html.escape(visible, quote=True)

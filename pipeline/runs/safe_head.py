@@ -1,16 +1,17 @@
 """Heads in bundles, stored so that loading them runs no code from the file.
 
-A run folder keeps its head as `head.joblib`, a pickle: loading a pickle
-runs whatever it says, and the sha256 checked before unpickling is read
-from the same folder, so it only catches accidents, not an attacker. A
-bundle is what people share, so `export_run` stores its head with
-`skops.io` instead (`head.skops`): skops rebuilds objects from a tree of
+A pickle (`head.joblib`, `heads.save_head`) runs whatever it says when
+loaded, and the sha256 checked before unpickling is read from the same
+folder, so it only catches accidents, not an attacker. Run folders get
+copied and shared as much as bundles, so both keep their head with
+`skops.io` as well (`head.skops`, `write_run_head`, `export_run`), and
+that is the file `RunSource` loads: skops rebuilds objects from a tree of
 plain values and refuses any type it was not told to trust. The types
 trusted here are scikit-learn's own classes (resolved by name to a class
 defined in that very module, never a function or an alias) and
 `DenseClassifier`, whose network travels as `.keras` bytes that Keras
 loads in safe mode (no Python lambdas). Anything else (a custom head
-class, say) is refused on load, and `export_run` keeps a pickle for it,
+class, say) is refused on load: such a run or bundle keeps only its pickle,
 which `RunSource` loads only with `trust=True`.
 
 skops beats a hand-written format here: every registry head (forests,
@@ -21,6 +22,7 @@ have to reinvent.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import re
 from pathlib import Path
@@ -28,8 +30,9 @@ from typing import Any
 
 from .. import _atomic
 from ..errors import RunError
+from ..store.content import file_sha256
 
-__all__ = ["NotPortable", "dump_head", "load_head", "untrusted_types"]
+__all__ = ["NotPortable", "dump_head", "load_head", "untrusted_types", "write_run_head"]
 
 _DENSE = "pipeline.heads.dense.DenseClassifier"
 _SKLEARN_NAME = re.compile(r"sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+")
@@ -55,8 +58,27 @@ def dump_head(path: Path, estimator, metadata: dict[str, Any]) -> None:
         tmp.write_bytes(data)
 
 
-def load_head(path: Path) -> tuple[Any, dict[str, Any]]:
+def write_run_head(path: Path, estimator, metadata: dict[str, Any]) -> str | None:
+    """Writes a run folder's `head.skops` beside its pickle; returns its sha256, or `None` when not portable.
+
+    A head skops cannot hold safely gets no file: its run then loads only
+    with `trust=True`, which says why.
+    """
+    try:
+        dump_head(path, estimator, metadata)
+    except NotPortable:
+        return None
+    return file_sha256(path)
+
+
+def load_head(path: Path, *, expected_sha256: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Loads a head written by `dump_head`, refusing any type outside the policy.
+
+    Args:
+        path: the `head.skops` file.
+        expected_sha256: the sha256 its run recorded, checked against the
+            very bytes loaded (a changed or mixed-up file, not an attacker).
+            Defaults to `None` (a bundle's manifest checked it already).
 
     Returns:
         Tuple `(estimator, metadata)`.
@@ -68,6 +90,11 @@ def load_head(path: Path) -> tuple[Any, dict[str, Any]]:
     import skops.io as sio
 
     data = Path(path).read_bytes()
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise RunError(
+            f"Head file '{path}' does not have the sha256 its run recorded ({expected_sha256[:12]}...): it changed "
+            "after training, or belongs to another run. Train the head again."
+        )
     try:
         found = sio.get_untrusted_types(data=data)
     except Exception as e:  # a damaged or foreign zip: skops raises many kinds

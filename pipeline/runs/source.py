@@ -12,9 +12,11 @@ Those hashes sit beside the files they check, so they catch accidents,
 not an attacker who edits a shared bundle. A bundle's head is therefore
 stored with skops (`safe_head`), which loads without running code from
 the file; a bundle that still holds a pickled head (older bundles, heads
-of classes outside scikit-learn) is refused unless `trust=True`. A run
-folder is the product's own output on this machine and its pickled head
-is loaded as such: run folders must come from a trusted source.
+of classes outside scikit-learn) is refused unless `trust=True`. Run
+folders get copied and shared too: one loads its `head.skops` (recorded
+in its lineage as `head_skops_sha256`), and a run folder with only a
+pickle (trained by an older version, or a head skops cannot hold) is
+refused unless `trust=True` as well.
 """
 
 from __future__ import annotations
@@ -104,9 +106,9 @@ class RunSource:
                 one (moved or copied elsewhere); it must have the recorded
                 sha256. Only for runs extracted from a weights file.
                 Defaults to `None` (the recorded or bundled file).
-            trust: bool, load a bundle's pickled head (unpickling runs
-                code from the bundle: only for bundles from a trusted
-                source). Defaults to `False` (such a bundle is refused).
+            trust: bool, load a pickled head (unpickling runs code from
+                the folder: only for runs and bundles from a trusted
+                source). Defaults to `False` (such a folder is refused).
 
         Returns:
             A `RunSource`.
@@ -114,7 +116,7 @@ class RunSource:
         Raises:
             RunError: the folder is not a run or bundle, or one of its files
                 is missing, damaged or differs from its recorded sha256, or
-                a bundle holds a pickled head and `trust` is `False`.
+                the head is a pickle and `trust` is `False`.
             ConfigError: `weights` was given for a run without a weights file.
 
         Warns:
@@ -139,7 +141,39 @@ class RunSource:
                 field="run",
             )
         lineage = layout.read_json(root / layout.LINEAGE, "run folder")
+        if lineage.get("head_skops_sha256"):
+            source = _resolve(root, "run", lineage, root / layout.HEAD_SKOPS, lineage["head_skops_sha256"], None, weights)
+            return dataclasses.replace(source, head_format="skops")
+        _allow_pickle(root, "run folder", layout.HEAD, trust)
         return _resolve(root, "run", lineage, root / layout.HEAD, lineage.get("head_sha256"), None, weights)
+
+
+# Why a folder of each kind holds only a pickle, and what gives one that loads safely.
+_PICKLE_ONLY = {
+    "run folder": ("trained by an older version or of a head class skops cannot hold",
+                   "train the head again (new runs load without running code)"),
+    "bundle": ("exported by an older version or of a head class skops cannot hold",
+               "ask for a bundle exported by this version (its head loads without running code)"),
+}
+
+
+def _allow_pickle(root: Path, kind: str, head: str, trust: bool) -> None:
+    """Refuses a pickled head unless the caller trusts its folder; warns when trusted."""
+    if trust:
+        warnings.warn(
+            f"Trusting {kind} '{root}': its head is a pickle, which runs code from the folder when loaded. "
+            f"Use only {kind}s from sources you trust.",
+            TrustedPickleWarning,
+            stacklevel=5,
+        )
+        return
+    why, fix = _PICKLE_ONLY[kind]
+    raise RunError(
+        f"Refusing {kind} '{root}': its head '{head}' is a pickle ({why}), and loading a pickle runs any "
+        "code written into it; the hashes that would catch a change sit in the same folder. Pass --trust "
+        f"(`trust=True`) only if the {kind} comes from a source you trust, or {fix}.",
+        field="trust",
+    )
 
 
 def _open_bundle(root: Path, weights, trust: bool) -> RunSource:
@@ -152,21 +186,8 @@ def _open_bundle(root: Path, weights, trust: bool) -> RunSource:
             f"{' or '.join(map(str, layout.BUNDLE_FORMAT_VERSIONS))} (format={kind!r}, version={version!r})."
         )
     head_format = "skops" if bundle.get("head") == layout.HEAD_SKOPS else "pickle"
-    if head_format == "pickle" and trust:
-        warnings.warn(
-            f"Trusting bundle '{root}': its head is a pickle, which runs code from the bundle when loaded. "
-            "Use only bundles from sources you trust.",
-            TrustedPickleWarning,
-            stacklevel=4,
-        )
-    elif head_format == "pickle":
-        raise RunError(
-            f"Refusing bundle '{root}': its head '{bundle.get('head')}' is a pickle, and loading a pickle runs "
-            "any code written into it; the hashes that would catch a change sit in the same folder. Pass "
-            "--trust (`trust=True`) only if the bundle comes from a source you trust, or ask for a bundle "
-            "exported by this version (its head loads without running code).",
-            field="trust",
-        )
+    if head_format == "pickle":
+        _allow_pickle(root, "bundle", bundle.get("head"), trust)
     names = [layout.BUNDLE, bundle.get("head", "")] + ([bundle["weights_file"]] if bundle.get("weights_file") else [])
     unlisted = [n for n in names if n not in listed]
     if unlisted:

@@ -36,10 +36,11 @@ from ..heads.workers import FitTimeLimit, wait_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
 from ..heads.sweep import SweepResult, check_sweep_budget, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
 from ..features.augment import format_augment_ops, parse_augment_ops
-from ..store import INDEX_NAME, FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
+from ..store import INDEX_NAME, FeatureSet, FeatureStore, feature_key, read_feature_set
 from ..store.fused import member_record, read_features
 from ..store.lookup import list_view_sets
-from . import layout
+from ..store.splits import SPLITS, duplicates_across_splits, duplicates_note
+from . import layout, safe_head
 from .leaderboard import rebuild_leaderboard, scores
 from .predict import csv_text
 
@@ -71,6 +72,9 @@ class RunResult:
             `metrics` are `None` and `fit_seconds` the time it ran).
         augmented: `None`, or the view set trained on (`augmented`), as
             `add_views` records it.
+        duplicates_across_splits: how many image contents sit in more
+            than one of the splits used (`split_copies`): exact copies
+            that make test scores read too high.
     """
 
     head: str
@@ -83,6 +87,7 @@ class RunResult:
     estimated_seconds: float | None = None
     stopped: str | None = None
     augmented: list[dict[str, Any]] | None = None
+    duplicates_across_splits: int = 0
 
     @property
     def val_accuracy(self) -> float | None:
@@ -108,6 +113,7 @@ class RunResult:
             "head_sha256": self.head_sha256,
             "stopped": self.stopped,
             **({"augmented": self.augmented} if self.augmented else {}),
+            "duplicates_across_splits": self.duplicates_across_splits,
         }
 
 
@@ -160,6 +166,9 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     parts = training_splits(fs, config=config)
     if any(grids.values()):
         check_sweep_rows(fs.name, parts, splits=config.splits, refit=config.refit)
+    copies = split_copies(fs, parts)
+    if copies:
+        log.warning("%s", duplicates_note(copies))
     views = None
     if config.views is not None and not config.augmented:
         raise ConfigError(
@@ -170,8 +179,22 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     if any(grids.values()):
         n_features = int(np.prod(fs.features.shape[1:]))
         check_sweep_budget(grids, fs.labels[parts["train"]], n_features, time_limit=config.time_limit)
-    results = [_run_one(fs, parts, head, params, config, grids[head], views) for head, params in plans]
+    results = [_run_one(fs, parts, head, params, config, grids[head], views, len(copies)) for head, params in plans]
     return [dataclasses.replace(r, augmented=views) for r in results] if views else results
+
+
+def split_copies(fs: FeatureSet, parts) -> list[tuple[str, ...]]:
+    """The paths of each image content held in more than one of the splits `parts` trains and measures on.
+
+    Exact copies of a test image in the training rows make test scores read
+    too high (every copy is remembered, not recognised); runs record the
+    count as `duplicates_across_splits` in metrics.json and the leaderboard.
+    """
+    sha = _sha256_by_path(Path(fs.path).parent)
+    rows = [int(row) for split in SPLITS for row in parts[split]]
+    split_of = [split for split in SPLITS for _ in parts[split]]
+    groups = duplicates_across_splits([sha[fs.paths[row]] for row in rows], split_of)
+    return [tuple(fs.paths[rows[i]] for i in group) for group in groups]
 
 
 def add_views(
@@ -302,12 +325,13 @@ def _check_view(fs: FeatureSet, view: FeatureSet) -> dict[str, Any]:
 
 
 def _run_one(
-    fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig, grid=None, views=None
+    fs: FeatureSet, parts, head: str, params: dict[str, Any], config: config_lib.TrainConfig, grid=None, views=None,
+    copies: int = 0,
 ) -> RunResult:
     started = time.monotonic()
     deadline = None if config.time_limit is None else started + config.time_limit
     try:
-        return _fit_and_write(fs, parts, head, params, config, grid, views, deadline)
+        return _fit_and_write(fs, parts, head, params, config, grid, views, deadline, copies)
     except FitTimeLimit:
         # Recorded, not raised: the heads after it still train.
         seconds = time.monotonic() - started
@@ -315,10 +339,11 @@ def _run_one(
         log.warning("%s: %s", head, reason)
         estimate = estimate_seconds(head, len(parts["train"]), int(np.prod(fs.features.shape[1:])))
         return RunResult(head, params, Path(config.runs_dir) / fs.name, {"validation": None, "test": None},
-                         seconds, {k: int(len(v)) for k, v in parts.items()}, "", estimate, stopped=reason)
+                         seconds, {k: int(len(v)) for k, v in parts.items()}, "", estimate, stopped=reason,
+                         duplicates_across_splits=copies)
 
 
-def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views, deadline) -> RunResult:
+def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views, deadline, copies) -> RunResult:
     out_root = Path(config.runs_dir) / fs.name
     search = None if grid is None else _sweep(fs, parts, head, params, grid, config, deadline)
     if search is not None:
@@ -330,7 +355,7 @@ def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views
     try:
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
             fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path, time_limit=wait_seconds(deadline))
-            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views)
+            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views, copies)
             _write_test_predictions(staged.path, fs, parts, fitted)
             if search is not None:
                 fitted = _write_sweep(staged.path, search, fitted, config)
@@ -339,7 +364,7 @@ def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views
     rebuild_leaderboard(config.runs_dir)
     estimate = estimate_seconds(head, fitted.sizes["train"], int(np.prod(fs.features.shape[1:])))
     return RunResult(head, params, staged.published, fitted.metrics, fitted.fit_seconds, fitted.sizes, head_sha256,
-                     estimate)
+                     estimate, duplicates_across_splits=copies)
 
 
 def _sweep(fs: FeatureSet, parts, head: str, params, grid, config, deadline=None) -> SweepResult:
@@ -378,7 +403,7 @@ def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) 
     return fitted
 
 
-def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views) -> str:
+def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views, copies) -> str:
     """Writes every file of a run into `folder`; returns the head file's sha256."""
     shown = "test" if fitted.metrics["test"] is not None else "validation"
     save_figure(plot_confusion_matrix(fitted.metrics[shown]["confusion_matrix"], fs.class_names),
@@ -391,16 +416,14 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
         lineage["n_images"] -= sum(v["rows"] for v in views)
         lineage["augmented"] = views  # the view sets trained on: ops, seed, view indices, rows
     recorded = ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")
-    lineage["head_sha256"] = save_head(
-        folder / layout.HEAD,
-        fitted.estimator,
-        metadata={**{k: lineage[k] for k in recorded}, "head": head, "params": layout.jsonable(params)},
-    )
+    metadata = {**{k: lineage[k] for k in recorded}, "head": head, "params": layout.jsonable(params)}
+    lineage["head_sha256"] = save_head(folder / layout.HEAD, fitted.estimator, metadata=metadata)
+    lineage["head_skops_sha256"] = safe_head.write_run_head(folder / layout.HEAD_SKOPS, fitted.estimator, metadata)
     # Orders the leaderboard: run ids only tell the second a run started.
     lineage["trained_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
     layout.write_json(folder / layout.METRICS, {
         **fitted.metrics, "fit_seconds": fitted.fit_seconds, "sizes": fitted.sizes, **fitted.convergence,
-        **({"augmented": views} if views else {}),
+        **({"augmented": views} if views else {}), "duplicates_across_splits": copies,
     })
     layout.write_json(folder / layout.CONFIG, {
         "train_config": config_lib.to_dict(config),

@@ -8,15 +8,16 @@ their one home.
 
 from __future__ import annotations
 
-import numbers
 from typing import Sequence
 
 import numpy as np
 
 from .. import config as config_lib
+from ..config.options import integer
 from ..errors import ConfigError
+from .shards import shown_path
 
-__all__ = ["SPLITS", "duplicates_across_splits", "split_indices", "subsample"]
+__all__ = ["SPLITS", "duplicates_across_splits", "duplicates_note", "split_indices", "subsample"]
 
 SPLITS = ("train", "validation", "test")
 
@@ -78,8 +79,7 @@ def subsample(indices: np.ndarray, labels: np.ndarray, fraction: float, seed: in
     indices = np.asarray(indices, dtype=np.int64)
     if not 0 < fraction <= 1:
         raise ConfigError(f"`fraction` must be a number in (0, 1]. Received: fraction={fraction!r}", field="fraction")
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool) or seed < 0:
-        raise ConfigError(f"`seed` must be an integer >= 0. Received: seed={seed!r}", field="seed")
+    seed = integer(min=0)("seed", seed)
     if fraction == 1:
         return np.sort(indices)
     rng = np.random.default_rng(seed)
@@ -109,3 +109,20 @@ def duplicates_across_splits(sha256: Sequence[str], splits: Sequence) -> list[tu
         rows_of.setdefault(digest, []).append(row)
     return sorted(tuple(rows) for rows in rows_of.values() if len({splits[r] for r in rows}) > 1)
 
+
+
+def duplicates_note(groups: Sequence[Sequence[str]], *, may: bool = False) -> str:
+    """A sentence for people on the exact copies `duplicates_across_splits` found: count, first three paths.
+
+    Args:
+        groups: the paths of each content found in several splits.
+        may: bool, the splits are not cut yet (extraction), so the copies
+            only can fall apart. Defaults to `False`.
+    """
+    shown = "; ".join(" = ".join(f"'{shown_path(p)}'" for p in paths) for paths in groups[:3])
+    more = f"; and {len(groups) - 3} more" if len(groups) > 3 else ""
+    where = "that can fall in different splits" if may else "in different splits"
+    return (
+        f"{len(groups)} image content{'s are' if len(groups) > 1 else ' is'} stored at several paths {where}, "
+        f"so test scores would read too high: {shown}{more}. Keep one copy, or give the copies one group in a manifest."
+    )
