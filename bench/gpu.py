@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.abc
 import json
 import os
 import shutil
@@ -459,6 +460,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Refuses to import TensorFlow without listing it in `sys.modules`.
+
+    A `None` entry there would do the refusing too, but Keras' data layers
+    (`Rescaling`, which KerasHub encoders preprocess with) take any entry
+    for TensorFlow being loaded, and then import it.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            raise ImportError(f"bench.gpu runs without TensorFlow; something imported {name!r}.")
+        return None
+
+
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text)
@@ -473,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ["KERAS_BACKEND"] == "tensorflow":
         raise SystemExit("bench.gpu runs without TensorFlow: set KERAS_BACKEND=jax.")
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import tensorflow -> ImportError, loudly
+    sys.meta_path.insert(0, _NoTensorFlow())  # import tensorflow -> ImportError, loudly
     try:
         import keras
     except ImportError as e:
