@@ -3,7 +3,7 @@
     bash bench/gpu_run.sh                      # on the GPU machine (installs the carried wheels, then runs this)
     make bench-gpu                             # the same through make
     KERAS_BACKEND=jax python -m bench.gpu      # when Keras is already importable
-    KERAS_BACKEND=jax python -m bench.gpu --quick   # CPU smoke run: tiny counts and sizes, about a minute
+    KERAS_BACKEND=jax python -m bench.gpu --quick   # CPU smoke run: tiny counts and sizes, a few minutes
 
 For VGG16, MobileNetV2 and ResNet50 @224, in mixed_bfloat16 and float32,
 one row each: seed 003's loop, the pipeline (`extract_features`) with each
@@ -15,6 +15,11 @@ Each row is checked against the GPU targets: end to end >= 8,000 img/s
 (VGG16) and >= 10,000 img/s (MobileNetV2), or >= 0.75 of that minimum
 (every model). Decoding alone is also measured on phone-sized photos
 (3024x2268), which the pipeline cells do not use.
+
+KerasHub encoders get the same rows (model alone, pipeline per decode
+mode; no seed 003 cell, which has none): DINOv2-small and SigLIP-base
+shapes (`bench/hub_shapes.py`, `--hub-models`), random weights, each
+written as a local preset in the work folder and run as `hub:<folder>`.
 
 Images are generated here (`common.prepare_photos`): 500x375 JPEGs for the
 pipeline, seed and decode cells, a few hundred 3024x2268 ones for decoding
@@ -33,12 +38,15 @@ cell, the table is written and printed at the end (Ctrl-C included), under
 `--out` (default bench/results/; the wrapper passes $OUT when it is set).
 
 The GPU machine has Python 3.12, JAX, h5py, scikit-learn and Pillow but no
-package registry and no Keras: carry Keras and its two small dependencies
-as wheels in `.whl/` (ignored by git, about 3 MB), fetched here with
+package registry and no Keras: carry Keras, its two small dependencies and
+KerasHub (pure Python; the machine has regex, sentencepiece, tokenizers and
+huggingface_hub, and KerasHub imports kagglehub only if present) as wheels
+in `.whl/` (ignored by git, about 4 MB), fetched here with
 
     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \\
         --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \\
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0
+        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl keras==3.15.1 namex==0.1.0 optree==0.20.0 \\
+        keras-hub==0.32.0
 
 `bench/gpu_run.sh` installs them into /tmp/site and runs this module with
 KERAS_BACKEND=jax and PYTHONUNBUFFERED=1.
@@ -49,6 +57,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import importlib.abc
 import json
 import os
 import shutil
@@ -58,7 +67,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import common
+from bench import common, hub_shapes
 from bench.common import fmt, table
 
 TARGETS = {("vgg16", 224): 8000, ("mobilenet_v2", 224): 10000}
@@ -67,11 +76,13 @@ PIPELINE_SET = "500x375"
 PHONE_REPEAT = 4
 # Seconds a kind of cell is expected to take before one has run (compiles
 # included): what the time guard assumes until it has measured one.
-FIRST_ESTIMATE_S = {"decode": 10, "model": 25, "pipeline": 35, "seed": 20}
+FIRST_ESTIMATE_S = {"decode": 10, "model": 25, "pipeline": 35, "seed": 20, "preset": 15}
 PHOTO_S = 1.5  # making one 3024x2268 photo on one core
-# bfloat16 runs emulated on most CPUs (VGG16 @32: 6 img/s here), so the smoke run is float32 alone.
+# bfloat16 runs emulated on most CPUs (VGG16 @32: 6 img/s here), so the smoke run is float32 alone;
+# its budget leaves room for writing the two KerasHub presets (about a minute on 2 cores).
 QUICK = {"models": "mobilenet_v2@32", "precisions": "float32", "pipe_n": 64, "model_n": 64, "seed_n": 20,
-         "phone_n": 16, "phone_side": 768, "batch_size": 16, "budget": 100, "label": "gpu-quick"}
+         "phone_n": 16, "phone_side": 768, "batch_size": 16, "label": "gpu-quick",
+         "hub_models": "dinov2_small@28,siglip_base@32", "hub_layers": 2, "budget": 240}
 
 
 def decode_modes() -> list[str]:
@@ -310,6 +321,22 @@ def seed_cell(folder: Path, n: int, model: str, size: int, precision: str) -> di
     return {"ips": n / (time.perf_counter() - t)}
 
 
+def hub_rows(args, workdir: Path) -> list[tuple]:
+    """(row name, size, `hub:<folder>`, make) of each `--hub-models` shape; `make()` writes its preset (random weights)."""
+    rows = []
+    for shape, size in args.hub_specs:
+        folder = workdir / f"hub-{shape}-{size}-{args.hub_layers or 'full'}"
+
+        def make(shape=shape, size=size, folder=folder) -> dict:
+            if not (folder / "config.json").is_file():
+                hub_shapes.save_preset(shape, folder, size, layers=args.hub_layers or None)
+            return {}
+
+        depth = f", {args.hub_layers} blocks" if args.hub_layers else ""
+        rows.append((f"{shape} (KerasHub{depth})", size, f"hub:{folder}", make))
+    return rows
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -332,33 +359,39 @@ def run_all(args, workdir: Path, results: dict, save) -> None:
     modes = results["modes"]
     folder = common.prepare_photos(workdir, args.pipe_n, 500, args.workers)
     paths = common.image_paths(folder)
-    specs = args.specs
-    for size in sorted({s for _, s in specs}):
+    specs = [(model, size, model, None) for model, size in args.specs] + hub_rows(args, workdir)
+    for size in sorted({spec[1] for spec in specs}):
         cells = results["decode"].setdefault(f"{PIPELINE_SET}@{size}", {"n": len(paths), "cells": {}})["cells"]
         for mode in modes:
             cells[mode] = guard.run("decode", f"decode {mode} {PIPELINE_SET} @{size}",
                                     lambda: decode_cell(paths, size, args.workers, mode, args.batch_size))
             save()
-    images = {}
+    images, ready = {}, set()
     for precision in args.precisions.split(","):
-        for model, size in specs:
+        for model, size, reference, make in specs:
             row = {"model": model, "size": size, "precision": precision, "cells": {}}
             results["rows"].append(row)
             what = f"{model} @{size} {precision}"
+            made = {"status": "ok"} if make is None or reference in ready else guard.run("preset", f"{what}: its preset", make)
+            if made["status"] != "ok":  # the row's cells say why they were not measured
+                row["cells"] = {name: made for name in ("model", *(f"pipeline_{m}" for m in modes))}
+                continue
+            ready.add(reference)
             if size not in images:
                 images[size] = np.random.default_rng(0).integers(0, 256, (args.model_n, size, size, 3), dtype=np.uint8)
             row["cells"]["model"] = guard.run("model", f"{what}: model alone", lambda: model_cell(
-                model, size, precision, args.devices, args.batch_size, images[size]))
+                reference, size, precision, args.devices, args.batch_size, images[size]))
             row["replicas"] = row["cells"]["model"].get("replicas")
             save()
             for mode in modes:
                 row["cells"][f"pipeline_{mode}"] = guard.run("pipeline", f"{what}: pipeline {mode}", lambda: pipeline_cell(
-                    folder, workdir / "cache", len(paths), model=model, size=size, precision=precision, mode=mode,
+                    folder, workdir / "cache", len(paths), model=reference, size=size, precision=precision, mode=mode,
                     workers=args.workers, batch_size=args.batch_size, devices=args.devices))
                 save()
-            row["cells"]["seed"] = guard.run("seed", f"{what}: seed 003", lambda: seed_cell(
-                folder, args.seed_n, model, size, precision))
-            save()
+            if make is None:  # seed 003 knows keras.applications only
+                row["cells"]["seed"] = guard.run("seed", f"{what}: seed 003", lambda: seed_cell(
+                    folder, args.seed_n, model, size, precision))
+                save()
     phone = guard.run("photos", f"{args.phone_n} photos of {args.phone_side} px", lambda: {
         "folder": str(common.prepare_photos(workdir, args.phone_n, args.phone_side, args.workers))},
         estimate=5 + PHOTO_S * args.phone_n * (args.phone_side / 3024) ** 2 / args.workers)
@@ -379,8 +412,12 @@ def run_all(args, workdir: Path, results: dict, save) -> None:
 def build_parser() -> argparse.ArgumentParser:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="CPU smoke run: models @32 in float32, a few dozen images, 100 s budget")
+    p.add_argument("--quick", action="store_true",
+                   help="CPU smoke run: models @32 (KerasHub shapes of 2 blocks) in float32, a few dozen images, 240 s budget")
     p.add_argument("--models", default="vgg16@224,mobilenet_v2@224,resnet50@224", help="model@size, comma separated")
+    p.add_argument("--hub-models", default="dinov2_small@224,siglip_base@224",
+                   help="KerasHub shapes of bench/hub_shapes.py (random weights), shape@size, comma separated; '' for none")
+    p.add_argument("--hub-layers", type=int, default=0, help="blocks of each KerasHub shape (default 0: its own depth)")
     p.add_argument("--precisions", default="mixed_bfloat16,float32", help="dtype policies, in the order run")
     p.add_argument("--pipe-n", type=int, default=4096, help="500x375 JPEGs of the pipeline and decode cells")
     p.add_argument("--model-n", type=int, default=4096, help="pre-decoded images of each model-alone cell")
@@ -411,9 +448,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if not size.isdigit():
             parser.error(f"--models: each entry is model@size, e.g. vgg16@224. Received: {spec.strip()!r}")
         args.specs.append((model, int(size)))
+    args.hub_specs = []
+    for spec in filter(None, (s.strip() for s in args.hub_models.split(","))):
+        shape, _, size = spec.partition("@")
+        if shape not in hub_shapes.SHAPES or not size.isdigit():
+            parser.error(f"--hub-models: each entry is shape@size with a shape of {', '.join(hub_shapes.SHAPES)}, "
+                         f"e.g. dinov2_small@224. Received: {spec!r}")
+        args.hub_specs.append((shape, int(size)))
     if args.seed_n % 20 or args.seed_n > args.pipe_n:
         parser.error(f"--seed-n must be a multiple of 20 (seed 003's batch) and at most --pipe-n. Received: {args.seed_n}")
     return args
+
+
+class _NoTensorFlow(importlib.abc.MetaPathFinder):
+    """Refuses to import TensorFlow without listing it in `sys.modules`.
+
+    A `None` entry there would do the refusing too, but Keras' data layers
+    (`Rescaling`, which KerasHub encoders preprocess with) take any entry
+    for TensorFlow being loaded, and then import it.
+    """
+
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] == "tensorflow":
+            raise ImportError(f"bench.gpu runs without TensorFlow; something imported {name!r}.")
+        return None
 
 
 def _write(path: Path, text: str) -> None:
@@ -430,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if os.environ["KERAS_BACKEND"] == "tensorflow":
         raise SystemExit("bench.gpu runs without TensorFlow: set KERAS_BACKEND=jax.")
-    sys.modules["tensorflow"] = None  # type: ignore[assignment]  # import tensorflow -> ImportError, loudly
+    sys.meta_path.insert(0, _NoTensorFlow())  # import tensorflow -> ImportError, loudly
     try:
         import keras
     except ImportError as e:

@@ -19,6 +19,8 @@ decode decode alone in threads vs worker processes on 500x375 and phone-sized
        of both to 8, 16 and 32 cores.
 ray    the Ray engine (`--engine ray`) with 1 and 2 model workers on a local
        Ray cluster vs the local engine, on the same small JPEGs.
+hub    a KerasHub ViT-S/14 (DINOv2-small's shape, random weights) through the
+       pipeline vs the same model alone on the same decoded photos (bench/hub.py).
 
 Prints a markdown report and writes it to `bench/results/<label>-<date>.md`
 (with the raw numbers in `.json` beside it).
@@ -39,9 +41,10 @@ import time
 from pathlib import Path
 
 from bench import common
+from bench import hub as bench_hub
 from bench.common import fmt, fmt_ratio, med, table
 
-SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode", "ray")
+SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode", "ray", "hub")
 PROJECTED_CORES = (8, 16, 32)
 
 
@@ -684,6 +687,8 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
         lines += _decode_lines(results["decode"])
     if "ray" in results:
         lines += _ray_lines(results["ray"])
+    if "hub" in results:
+        lines += bench_hub.hub_lines(results["hub"])
     lines += ["## Reproduce", "", "```sh", *commands, "```", ""]
     return "\n".join(lines)
 
@@ -709,6 +714,8 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
                    help="phone-sized JPEGs of the decode section; 4x as many 500x375 ones (default 48)")
     p.add_argument("--ray-n", type=int, default=320, help="photos of the Ray engine comparison (default 320)")
     p.add_argument("--ray-size", type=int, default=96, help="input size of the Ray engine comparison (default 96)")
+    p.add_argument("--hub-n", type=int, default=64, help="photos of the KerasHub ViT-S/14 comparison (default 64)")
+    p.add_argument("--hub-size", type=int, default=224, help="input size of the KerasHub comparison (default 224)")
     p.add_argument("--precision", default="float32", help="dtype policy for every model (default float32)")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated subset of {','.join(SECTIONS)}")
     p.add_argument("--workdir", default=None,
@@ -768,6 +775,8 @@ def _run(args, sections, workdir: Path, argv, started: float) -> int:
         results["decode"] = decode_scaling(workdir, args.decode_n, args.reps)
     if "ray" in sections:
         results["ray"] = ray_scaling(workdir, args.ray_n, args.ray_size, args.reps, args.precision)
+    if "hub" in sections:
+        results["hub"] = bench_hub.hub_speed(workdir, args.hub_n, args.hub_size, min(args.reps, 2), args.precision, _log)
     env["load_end"] = os.getloadavg()
     env["tensorflow_imported"] = any(m.split(".")[0] == "tensorflow" and v is not None for m, v in sys.modules.items())
     env["bench_seconds"] = time.perf_counter() - started

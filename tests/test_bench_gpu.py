@@ -145,9 +145,14 @@ def test_quick_sets_small_defaults_that_flags_override():
     assert args.specs == [(m, int(s)) for m, _, s in (x.partition("@") for x in gpu.QUICK["models"].split(","))]
     full = gpu.parse_args([])
     assert full.budget < 8 * 60 and full.specs == [("vgg16", 224), ("mobilenet_v2", 224), ("resnet50", 224)]
+    # The KerasHub rows: full depth @224 on the GPU, two blocks at a tiny size in the smoke run.
+    assert full.hub_specs == [("dinov2_small", 224), ("siglip_base", 224)] and full.hub_layers == 0
+    assert args.hub_specs == [("dinov2_small", 28), ("siglip_base", 32)] and args.hub_layers == 2
+    assert gpu.parse_args(["--hub-models", ""]).hub_specs == []
 
 
-@pytest.mark.parametrize("argv", [["--models", "vgg16"], ["--seed-n", "30"], ["--quick", "--seed-n", "100"]])
+@pytest.mark.parametrize("argv", [["--models", "vgg16"], ["--seed-n", "30"], ["--quick", "--seed-n", "100"],
+                                  ["--hub-models", "dinov2_tiny@224"], ["--hub-models", "dinov2_small"]])
 def test_bad_flags_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         gpu.parse_args(argv)

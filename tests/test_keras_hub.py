@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hubgen
 from imagegen import make_dataset
 from pipeline import cli
 from pipeline.errors import ConfigError, WeightsUnavailableError
@@ -24,38 +25,8 @@ from pipeline.store import read_feature_set
 import keras
 import keras_hub  # installed by `make setup` (the `hub` extra): these tests never skip
 
-SIZE = 28
-IMAGENET = dict(scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
-                offset=[-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-
-
-def _tiny(family: str, seed: int = 0):
-    """A tiny random model of `family` and its image converter."""
-    m, layers = keras_hub.models, keras_hub.layers
-    keras.utils.set_random_seed(seed)
-    shape, common = (SIZE, SIZE, 3), dict(patch_size=14, num_layers=2, num_heads=2)
-    if family == "dinov2":
-        model = m.DINOV2Backbone(**common, hidden_dim=16, intermediate_dim=32, image_shape=shape,
-                                 position_embedding_shape=(56, 56, 3), num_register_tokens=2)
-        return model, layers.DINOV2ImageConverter(image_size=(SIZE, SIZE), **IMAGENET)
-    if family == "dinov3":
-        model = m.DINOV3Backbone(**common, hidden_dim=16, intermediate_dim=32, image_shape=shape)
-        return model, layers.DINOV3ImageConverter(image_size=(SIZE, SIZE), **IMAGENET)
-    if family == "vit":
-        model = m.ViTBackbone(image_shape=shape, **common, hidden_dim=16, mlp_dim=32)
-        return model, layers.ViTImageConverter(image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0)
-    text = dict(vocabulary_size=32, embedding_dim=16, hidden_dim=16, num_layers=1, num_heads=2,
-                intermediate_dim=32, max_sequence_length=8)
-    if family == "siglip":
-        vision = m.SigLIPVisionEncoder(**common, hidden_dim=16, intermediate_dim=32, image_shape=shape)
-        model = m.SigLIPBackbone(vision, m.SigLIPTextEncoder(**text))
-        return model, layers.SigLIPImageConverter(image_size=(SIZE, SIZE), scale=1 / 127.5, offset=-1.0)
-    vision = m.CLIPVisionEncoder(**common, hidden_dim=16, intermediate_dim=32, image_shape=shape)
-    model = m.CLIPBackbone(vision, m.CLIPTextEncoder(**text), projection_dim=12)
-    return model, layers.CLIPImageConverter(image_size=(SIZE, SIZE), **IMAGENET)
-
-
-FAMILIES = ("dinov2", "dinov3", "siglip", "clip", "vit")
+FAMILIES = hubgen.FAMILIES
+SIZE = hubgen.SIZE
 
 
 @pytest.fixture(scope="module")
@@ -63,14 +34,8 @@ def presets(tmp_path_factory):
     root = tmp_path_factory.mktemp("presets")
     folders = {}
     for family in FAMILIES:
-        model, converter = _tiny(family)
-        model.save_to_preset(str(root / family))
-        converter.save_to_preset(str(root / family))
-        folders[family] = root / family
-    model, converter = _tiny("dinov2", seed=1)  # same architecture, other weights
-    model.save_to_preset(str(root / "dinov2_other"))
-    converter.save_to_preset(str(root / "dinov2_other"))
-    folders["dinov2_other"] = root / "dinov2_other"
+        folders[family] = hubgen.save_preset(root / family, family)
+    folders["dinov2_other"] = hubgen.save_preset(root / "dinov2_other", "dinov2", seed=1)  # other weights
     return folders
 
 
@@ -267,3 +232,58 @@ def test_finetune_trains_only_the_top_block_and_above(presets, tmp_path):
                if not np.allclose(keras.ops.convert_to_numpy(v), keras.ops.convert_to_numpy(w))}
     assert changed and all("layers_0" not in p and "embeddings" not in p for p in changed), sorted(changed)
     assert any("layers_1" in p for p in changed)
+    heads = [Predictor.load(r).head.model_.get_weights() for r in (run.run_dir, tuned.run_dir)]
+    assert any(not np.allclose(a, b) for a, b in zip(*heads))  # the head trained with the top block
+
+
+@pytest.mark.parametrize("family", ["dinov2", "dinov3"])
+def test_class_tokens_of_the_last_blocks_are_keras_hubs_normed_block_outputs(presets, data, tmp_path, family):
+    cache = tmp_path / "cache"
+    last2 = _features(data, cache, f"hub:{presets[family]}", "--pooling", "cls_last2")
+    with_mean = _features(data, cache, f"hub:{presets[family]}", "--pooling", "cls_last2+mean")
+    fs, fs_mean = read_feature_set(last2["path"]), read_feature_set(with_mean["path"])
+    # KerasHub's own intermediate outputs: every block's tokens through the final LayerNorm (DINOv2's recipe).
+    model = keras_hub.models.Backbone.from_preset(str(presets[family]), apply_layernorm=True)
+    converter = keras_hub.layers.ImageConverter.from_preset(str(presets[family]))
+    images = np.stack([decode.load_image(data / p, SIZE) for p in fs.paths])
+    stages = keras.Model(model.inputs, model.pyramid_outputs)(converter(images.astype("float32")))
+    stages = {k: keras.ops.convert_to_numpy(v) for k, v in stages.items()}
+    expected = np.concatenate([stages["stage1"][:, 0], stages["stage2"][:, 0]], axis=1)
+    np.testing.assert_allclose(fs.features, expected, rtol=1e-5, atol=1e-5)
+    prefix = 1 + int(getattr(model, "num_register_tokens", 0) or 0)
+    mean = keras.ops.convert_to_numpy(model(converter(images.astype("float32"))))[:, prefix:].mean(axis=1)
+    np.testing.assert_allclose(fs_mean.features, np.concatenate([expected, mean], axis=1), rtol=1e-5, atol=1e-5)
+    assert len({last2["path"], with_mean["path"], _features(data, cache, f"hub:{presets[family]}", "--pooling",
+                                                            "cls")["path"]}) == 3  # each pooling its own key
+
+
+@pytest.mark.parametrize("family, pooling, message", [
+    ("dinov2", "cls_last3", "which has 2"), ("vit", "cls_last2", "DINOv2 and DINOv3"),
+    ("siglip", "cls_last2", "one of 'embedding', 'mean'"), ("dinov2", "cls_last", "cls_lastN")])
+def test_last_blocks_pooling_is_refused_where_it_cannot_be(presets, tmp_path, family, pooling, message):
+    from pipeline.config import ExtractConfig
+    from pipeline.features.extract import feature_spec
+
+    with pytest.raises(ConfigError, match=message) as refused:
+        feature_spec(ExtractConfig(data=str(tmp_path), model=f"hub:{presets[family]}", pooling=pooling))
+    assert refused.value.field == "pooling"
+
+
+def test_one_key_one_folder_whichever_spelling_names_the_pooling_or_preset(presets, data, tmp_path):
+    from pipeline.config import ExtractConfig
+    from pipeline.features.identity import feature_set_dir
+
+    cache, model = tmp_path / "cache", f"hub:{presets['dinov2']}"
+    default = _features(data, cache, model)
+    spelled = _features(data, cache, model, "--pooling", "cls+mean")
+    assert spelled["path"] == default["path"] and spelled["counts"]["extracted"] == 0
+    assert "-cls_mean-" in Path(default["path"]).parent.name
+    cls = _features(data, cache, model, "--pooling", "cls")
+    last1 = _features(data, cache, model, "--pooling", "cls_last1")
+    assert last1["path"] == cls["path"] and last1["counts"]["extracted"] == 0
+    # A registry preset named by its handle is that row, so it gets the row's folder.
+    row = backbones.get_backbone_cfg("dinov2_small")
+    assert backbones.get_backbone_cfg(f"hub:{row.handle}") is row
+    spec = {"size": 224, "pooling": "cls+mean"}
+    assert len({feature_set_dir(ExtractConfig(data=str(data), model=name, cache_dir=str(cache)), spec, "0" * 64)
+                for name in ("dinov2_small", f"hub:{row.handle}")}) == 1

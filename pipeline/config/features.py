@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 from ..errors import ConfigError
 from .options import integer, is_int, number, one_of, option, validate
 
 # avg, max, none: keras.applications; the token poolings: KerasHub encoders (backbones.resolve_pooling).
 POOLINGS = ("avg", "max", "none", "cls", "mean", "cls+mean", "embedding")
+# KerasHub encoders also take the class tokens of the last N blocks, concatenated: cls_last4, cls_last4+mean.
+LAST_BLOCKS_POOLING = re.compile(r"cls_last([1-9][0-9]?)(\+mean)?")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
 DECODE_MODES = ("auto", "threads", "processes")
@@ -24,6 +27,13 @@ DEFAULT_AUGMENT_OPS = "crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"
 
 def default_workers() -> int:
     return min(8, os.cpu_count() or 1)
+
+
+def _pooling(name: str, value) -> str:
+    if value in POOLINGS or (isinstance(value, str) and LAST_BLOCKS_POOLING.fullmatch(value)):
+        return value
+    raise ConfigError(f"`{name}` must be one of {', '.join(map(repr, POOLINGS))}, or cls_lastN / cls_lastN+mean "
+                      f"(N from 1 to 99). Received: {name}={value!r}", field=name)
 
 
 def _parse_devices(name: str, value) -> int | str:
@@ -52,7 +62,11 @@ class ExtractConfig:
         size: square input size in pixels. `None` uses the backbone's
             default size. Defaults to `None`.
         pooling: `"avg"` or `"max"` global pooling of the last feature map,
-            or `"none"` to keep the spatial map. Defaults to `"avg"`.
+            or `"none"` to keep the spatial map; for KerasHub encoders
+            `"cls"`, `"mean"`, `"cls+mean"`, `"embedding"` and, for DINOv2
+            and DINOv3, `"cls_lastN"` / `"cls_lastN+mean"` (the class tokens
+            of the last N blocks; `features.hub.resolve_pooling`).
+            Defaults to `"avg"`.
         layer: name of a layer of the backbone whose output is taken
             instead of the last one. `None` takes the last. Defaults to `None`.
         weights: `"imagenet"` (downloaded by Keras into its cache), `"none"`
@@ -133,9 +147,10 @@ class ExtractConfig:
         None, flag="--size", make="SIZE", key=True, help="input size in pixels (default: the backbone's)",
         check=integer(min=1, optional=True, max=4096, why="The largest ImageNet backbone was trained at 600 px; "
                       "one 4096 px image already takes 200 MB as float32."))
-    pooling: str = option("avg", flag="--pooling", make="POOLING", key=True, check=one_of(POOLINGS),
+    pooling: str = option("avg", flag="--pooling", make="POOLING", key=True, check=_pooling,
                           help="global pooling, or none for spatial maps (default avg); KerasHub encoders: cls, mean, "
-                          "cls+mean, embedding (avg: the family's default)")
+                          "cls+mean, embedding (avg: the family's default), and for DINOv2/v3 cls_lastN[+mean]: "
+                          "the class tokens of the last N blocks")
     layer: str | None = option(None, flag="--layer", make="LAYER", key=True,
                                help="take this layer's output instead of the last")
     weights: str = option(

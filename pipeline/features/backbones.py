@@ -115,6 +115,7 @@ def _hub_rows() -> list[hub.HubPresetCfg]:
 
 
 BACKBONES: Mapping[str, Any] = MappingProxyType({row.name: row for row in [*_rows(), *_hub_rows()]})
+_BY_HANDLE: Mapping[str, Any] = MappingProxyType({row.handle: row for row in BACKBONES.values() if hasattr(row, "handle")})
 
 
 def source_of(cfg) -> ModuleType:
@@ -133,7 +134,9 @@ def get_backbone_cfg(name: str):
         return BACKBONES[name]
     for prefix, make_row in PREFIXES.items():
         if name.startswith(prefix):
-            return make_row(name)
+            row = make_row(name)
+            # A handle the registry lists is that row (`hub:kaggle://.../dinov2_small/1` is `dinov2_small`).
+            return _BY_HANDLE.get(getattr(row, "handle", None), row)
     message = unknown_name_message("model", name, list(BACKBONES))
     raise ConfigError(f"{message} Or pass a KerasHub preset as hub:/path/to/preset_folder.", field="model")
 

@@ -25,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..config.features import LAST_BLOCKS_POOLING
 from ..errors import ConfigError, WeightsUnavailableError
 from ..store.content import file_sha256
 
@@ -47,6 +48,9 @@ class Family:
         interpolates: its position embeddings follow the input size (any
             multiple of the patch size); otherwise only the preset's size works.
         licence: the weights' licence, as published.
+        block_outputs: each block's tokens are reachable (KerasHub's
+            `pyramid_outputs`), so the class tokens of the last N blocks
+            (`cls_lastN`) are offered.
     """
 
     name: str
@@ -55,13 +59,15 @@ class Family:
     poolings: tuple[str, ...]
     interpolates: bool
     licence: str
+    block_outputs: bool = False
 
 
 # Keyed by the class name in a preset's config.json.
 FAMILIES: dict[str, Family] = {
-    "DINOV2Backbone": Family("dinov2", "", "DINOV2Layer", ("cls+mean", "cls", "mean"), True, "Apache-2.0"),
+    "DINOV2Backbone": Family("dinov2", "", "DINOV2Layer", ("cls+mean", "cls", "mean"), True, "Apache-2.0",
+                             block_outputs=True),
     "DINOV3Backbone": Family("dinov3", "", "DINOV3Layer", ("cls+mean", "cls", "mean"), True,
-                             "DINOv3 License (gated)"),
+                             "DINOv3 License (gated)", block_outputs=True),
     "SigLIPBackbone": Family("siglip", "vision_encoder", "SigLIPEncoderLayer", ("embedding", "mean"), False,
                              "Apache-2.0"),
     "CLIPBackbone": Family("clip", "vision_encoder", "CLIPEncoderLayer", ("embedding", "cls", "mean", "cls+mean"),
@@ -188,7 +194,7 @@ def architecture(folder: Path) -> dict[str, Any]:
     patch = tower.get("patch_size", 16)
     patch = patch[0] if isinstance(patch, list) else patch
     shape = tower.get("image_shape") or [224]
-    return {"patch": int(patch), "size": int(shape[0])}
+    return {"patch": int(patch), "size": int(shape[0]), "blocks": int(tower.get("num_layers", 0))}
 
 
 def weights_files(folder: Path) -> list[Path]:
@@ -283,17 +289,44 @@ def resolve_size(cfg: HubPresetCfg, size: int | None) -> int:
 
 
 def resolve_pooling(cfg: HubPresetCfg, pooling: str, layer: str | None) -> str:
-    """`pooling` checked against the family; `"avg"` (the default) is the family's recommended pooling."""
-    _, family = family_of(preset_folder(cfg))
+    """`pooling` checked against the family, in its one canonical spelling.
+
+    `"avg"` (the default) is the family's recommended pooling, and
+    `cls_last1[+mean]` is `cls[+mean]`, so that one pooling has one key and
+    one folder name whichever way it was written.
+    """
+    folder = preset_folder(cfg)
+    _, family = family_of(folder)
     if layer is not None:
         raise ConfigError(f"`layer` is not offered for KerasHub encoders. Received: layer={layer!r}. "
                           "Leave it unset and pick a `pooling`.", field="layer")
     chosen = family.poolings[0] if pooling == "avg" else pooling
-    if chosen not in family.poolings:
+    tokens, blocks = split_pooling(chosen)
+    if blocks > 1 and tokens in family.poolings:
+        available = architecture(folder)["blocks"]
+        if not family.block_outputs:
+            raise ConfigError(
+                f"`pooling` {pooling!r} (the class tokens of the last {blocks} blocks) is offered for DINOv2 and "
+                f"DINOv3 encoders; this is a {family.name} encoder. Pass one of "
+                f"{', '.join(map(repr, family.poolings))}.", field="pooling")
+        if blocks > available:
+            raise ConfigError(
+                f"`pooling` {pooling!r} asks for the last {blocks} blocks of {cfg.name}, which has {available}. "
+                f"Pass cls_last{available} or fewer.", field="pooling")
+        return chosen
+    if tokens not in family.poolings:
         raise ConfigError(
             f"`pooling` must be one of {', '.join(map(repr, family.poolings))} for a {family.name} encoder "
             f"('avg' picks {family.poolings[0]!r}). Received: pooling={pooling!r}", field="pooling")
-    return chosen
+    return tokens
+
+
+def split_pooling(pooling: str) -> tuple[str, int]:
+    """`"cls_last4+mean"` -> `("cls+mean", 4)`; a pooling without `_lastN` -> `(pooling, 1)`."""
+    match = LAST_BLOCKS_POOLING.fullmatch(pooling)
+    if match is None:
+        return pooling, 1
+    return ("cls+mean" if match[2] else "cls"), int(match[1])
 
 
 def preprocess_affine(cfg: HubPresetCfg):
@@ -314,7 +347,8 @@ def build_features(keras, cfg: HubPresetCfg, images, *, size: int, weights: str,
     if weights == "imagenet":
         weights_files(folder)  # a missing or truncated file is refused before Keras reads it
     backbone = _load(keras, folder, size, load_weights=weights == "imagenet")
-    base = _base(keras, backbone, family, pooling, name=f"{family.name}_base")
+    pooling, blocks = split_pooling(pooling)
+    base = _base(keras, backbone, family, pooling, name=f"{family.name}_base", blocks=blocks)
     if weights not in ("imagenet", "none"):
         base.load_weights(weights)
     conv = converter(folder)
@@ -322,11 +356,15 @@ def build_features(keras, cfg: HubPresetCfg, images, *, size: int, weights: str,
     x = base(x)
     if pooling == "embedding":
         return x
+    # With `blocks` > 1 the base gives the lower blocks' tokens first, bottom up (DINOv2's order).
+    *below, x = x if blocks > 1 else [x]
     prefix = _prefix_tokens(backbone, family)
     parts = []
     if pooling in ("cls", "cls+mean"):
-        token = keras.layers.Cropping1D((0, base.output_shape[1] - 1), name="cls_token")(x)
-        parts.append(keras.layers.Flatten(name="cls")(token))
+        for i, tokens in enumerate([*below, x]):
+            suffix = "" if tokens is x else f"_{i}"
+            token = keras.layers.Cropping1D((0, tokens.shape[1] - 1), name=f"cls_token{suffix}")(tokens)
+            parts.append(keras.layers.Flatten(name=f"cls{suffix}")(token))
     if pooling in ("mean", "cls+mean"):
         patches = keras.layers.Cropping1D((prefix, 0), name="patch_tokens")(x)
         parts.append(keras.layers.GlobalAveragePooling1D(name="mean")(patches))
@@ -343,8 +381,13 @@ def _load(keras, folder: Path, size: int, *, load_weights: bool):
     return keras_hub.models.Backbone.from_preset(str(folder), load_weights=load_weights, image_shape=(size, size, 3))
 
 
-def _base(keras, backbone, family: Family, pooling: str, *, name: str):
-    """The nested model fine-tuning trains: the tower to its tokens, or to its pooled embedding."""
+def _base(keras, backbone, family: Family, pooling: str, *, name: str, blocks: int = 1):
+    """The nested model fine-tuning trains: the tower to its tokens, or to its pooled embedding.
+
+    With `blocks` > 1 its outputs are the tokens of the `blocks - 1`
+    blocks below the last, bottom up, each through the final LayerNorm as
+    DINOv2's linear evaluation does, then the final tokens.
+    """
     tower = getattr(backbone, family.tower) if family.tower else backbone
     inputs = tower.inputs[0]
     if pooling != "embedding":
@@ -353,6 +396,12 @@ def _base(keras, backbone, family: Family, pooling: str, *, name: str):
         out = backbone.vision_projection(backbone.vision_pooler(tower.outputs[0]))
     else:
         out = tower.outputs[0]
+    if blocks > 1:
+        # "stage1" .. "stageL": each block's output before the final norm (beside "stem", the embeddings).
+        stages = backbone.pyramid_outputs
+        top = sum(1 for key in stages if key.startswith("stage"))
+        below = [stages[f"stage{top - i}"] for i in range(blocks - 1, 0, -1)]
+        out = [*(backbone.layernorm(tokens) for tokens in below), out]
     return keras.Model(inputs, out, name=name)
 
 

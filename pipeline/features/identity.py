@@ -16,6 +16,7 @@ from typing import Any
 from .. import config as config_lib
 from ..errors import ConfigError
 from ..store import FeatureStore
+from . import backbones
 from .items import is_url, shown_url
 
 _MAX_NAME = 100  # characters of the dataset's part of a feature set's folder name
@@ -34,7 +35,11 @@ def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key:
     Raises:
         ConfigError: `config.name` would make a hidden, empty or too long folder name.
     """
-    cut = config.pooling if config.layer is None else f"{config.layer}-{config.pooling}"
+    # Named as keyed: the resolved pooling (KerasHub's "avg" is the family's default) and the row's own
+    # name, so one key never gets two folders whichever alias the config used.
+    pooling = spec.get("pooling", config.pooling)
+    cut = pooling if config.layer is None else f"{config.layer}-{pooling}"
+    model = backbones.get_backbone_cfg(config.model).name
     if config.name is None:
         root, stem = _data_root(config.data)
         # A data folder may be hidden or long-named; its set must be neither (the hash keeps it unique).
@@ -42,7 +47,7 @@ def feature_set_dir(config: config_lib.ExtractConfig, spec: dict[str, Any], key:
         where = "-" + hashlib.sha256(root.encode("utf-8", "surrogateescape")).hexdigest()[:8]
     else:
         dataset, where = _checked_name(config.name), ""
-    return Path(config.cache_dir) / _clean(f"{dataset}-{config.model}-{spec['size']}-{cut}-{key[:8]}{where}")
+    return Path(config.cache_dir) / _clean(f"{dataset}-{model}-{spec['size']}-{cut}-{key[:8]}{where}")
 
 
 def _data_root(data: str) -> tuple[str, str]:

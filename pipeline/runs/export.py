@@ -58,7 +58,7 @@ from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
-from . import layout, preprocess, safe_head
+from . import export_loading, layout, preprocess, safe_head
 from .export_bases import base_branch, reference_features
 from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
 from .predict import Predictor, check_output_file
@@ -377,12 +377,16 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
 
 
 def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
-    """Writes the model as `row` says; a traced format is loaded back and compared before it is published."""
+    """Writes the model as `row` says; it is loaded back and compared before it is published."""
     if not row.traced:
         model.save(path)
+        with export_loading.refused_unless_it_runs(row):
+            _check_artifact(_keras_runner(path), model, size)
         return
+    export_loading.register_ops(row)
     model.export(str(path), format=row.keras_export, verbose=False)
-    _check_artifact(_RUNNERS[row.keras_export](path), model, size)
+    with export_loading.refused_unless_it_runs(row):
+        _check_artifact(_RUNNERS[row.keras_export](path), model, size)
 
 
 def _check_images(height: int, width: int | None = None) -> np.ndarray:
@@ -444,6 +448,12 @@ def _onnx_runner(path: Path):
     return lambda images: session.run(None, {name: images})[0]
 
 
+def _keras_runner(path: Path):
+    from .._keras import import_keras
+
+    return import_keras().saving.load_model(path).predict_on_batch
+
+
 def _saved_model_runner(path: Path):
     from .._keras import import_keras
 
@@ -460,7 +470,7 @@ def _check_artifact(run, model, size: int) -> None:
     got = np.asarray(run(images), dtype=np.float64)
     diff = float(np.max(np.abs(got - np.asarray(model.predict_on_batch(images), np.float64))))
     if not diff < _CHECK_TOLERANCE:
-        raise RuntimeError(
+        raise export_loading.ExportMismatch(
             f"The written model, loaded back, differs from the built one by {diff:.3g}; nothing was written. "
             "Report this with the run folder and the versions of keras, tf2onnx and onnxruntime."
         )

@@ -1,0 +1,67 @@
+"""A written model must load back: the refusal when it does not, and the tf2onnx rows that make more of them load.
+
+A model can build and run here yet write a file its loader rejects: a
+layer whose saved config its own constructor refuses (KerasHub 0.32's ViT
+in `.keras`), an op the ONNX runtime lacks. `refused_unless_it_runs` turns that into a
+`ConfigError` before anything is published (docs/backbones.md lists the
+cases).
+
+The exact GELU of transformer encoders (DINOv2, DINOv3, ViT; SigLIP uses
+the tanh GELU and CLIP the quick GELU) is traced by TensorFlow as `Erfc`,
+which tf2onnx does not convert, so the ONNX file would not load.
+`erfc(x) = 1 - erf(x)` in ONNX's own `Erf` (opset 9) is the same function;
+`register_ops` adds that row before the first ONNX export, so that
+importing `export.py` never imports tf2onnx.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+class ExportMismatch(RuntimeError):
+    """The written file runs but gives other numbers than the built model: a bug to report, not a refusal."""
+
+
+@contextlib.contextmanager
+def refused_unless_it_runs(row):
+    """Turns a failure to load or run the file written as `row` into a `ConfigError` naming why."""
+    try:
+        yield
+    except ExportMismatch:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the loader or runtime raises, the file is unusable
+        first = " ".join(str(e).split())[:300] or type(e).__name__
+        raise ConfigError(
+            f"format={row.name!r} cannot be written for this run's backbone: the written {row.title} does not "
+            f"load back and run ({type(e).__name__}: {first}). Nothing was written. Pass another format "
+            "(docs/backbones.md lists which convert) or format='bundle'.", field="format") from None
+
+
+def register_ops(row) -> None:
+    """Adds the tf2onnx handlers of this module's doc when `row` is written through tf2onnx."""
+    if row.keras_export == "onnx":
+        _register_erfc()
+
+
+@functools.cache
+def _register_erfc() -> None:
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841 - registered by the decorator
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            complement = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(node.name),
+                                                       inputs=[one.output[0], node.output[0]])
+            ctx.copy_shape(node.output[0], complement.output[0])
+            ctx.set_dtype(complement.output[0], ctx.get_dtype(node.output[0]))
