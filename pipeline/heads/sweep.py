@@ -8,6 +8,13 @@ training and validation arrays only, so the test labels cannot influence
 the choice: they are not an argument. The caller then fits the chosen
 parameters the usual way (`fit_head`), on the rows `refit_rows` gives, and
 the test split measures that model alone.
+
+A grid can hold the feature transform (`TRANSFORM`, see `transforms`) as
+one more dimension. When the winner sits on the edge of a numeric,
+log-spaced dimension (`C=0.01,0.1,1` won by `C=1`), the search goes on
+past it, one log step at a time with the other values fixed at the
+winner's, until a step no longer wins or `MAX_EXTENSIONS` steps were
+taken on that edge; `SweepResult.extended` records what was added.
 """
 
 from __future__ import annotations
@@ -29,9 +36,11 @@ from .metrics import classification_metrics
 from .registry import (
     create_head, estimate_seconds, format_seconds, get_head_cfg, list_heads, parse_param, plan_params, uses_keras,
 )
+from .transforms import STANDARD, with_transform
 from .workers import call_in_child, cores, in_threads, wait_seconds
 
-__all__ = ["SweepResult", "check_sweep_rows", "parse_sweep", "plan_sweep", "plot_sweep", "refit_rows", "sweep_head"]
+__all__ = ["MAX_EXTENSIONS", "TRANSFORM", "SweepResult", "add_transforms", "check_sweep_rows", "parse_sweep", "plan_sweep",
+           "plot_sweep", "refit_rows", "sweep_head"]
 
 log = logging.getLogger("bottleneck")
 
@@ -42,6 +51,13 @@ _TIE_BREAK = {"accuracy": "log_loss", "macro_f1": "log_loss", "log_loss": "accur
 _RECORDED = ("accuracy", "log_loss", "macro_f1")
 # A numeric grid spanning two decades or more is drawn on a log axis.
 _LOG_SPAN = 100
+# The grid key of the feature transform, swept like a parameter.
+TRANSFORM = "transform"
+# Log steps a sweep may add past each edge of a dimension: 4 decades for a grid in decades.
+MAX_EXTENSIONS = 4
+# Consecutive ratios equal within this (relative) make a grid log-spaced; at least _MIN_RATIO apart.
+_RATIO_RTOL = 1e-3
+_MIN_RATIO = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +73,12 @@ class SweepResult:
             swept values), `metrics` (`classification_metrics` on
             validation) and `fit_seconds`.
         chosen: index of the winner in `candidates`.
+        transform: the feature transform of candidates whose params do not
+            sweep `TRANSFORM`.
+        extended: one dict per grid edge the search went past: `param`,
+            `edge` (`"upper"` or `"lower"`), `added` (values, in the order
+            tried) and `capped` (whether it stopped at `MAX_EXTENSIONS`
+            steps with the last one still winning).
     """
 
     head: str
@@ -65,11 +87,19 @@ class SweepResult:
     select: str
     candidates: tuple[dict[str, Any], ...]
     chosen: int
+    transform: str = STANDARD
+    extended: tuple[dict[str, Any], ...] = ()
 
     @property
     def params(self) -> dict[str, Any]:
-        """The run's parameters: the shared ones with the winner's swept values on top."""
-        return {**self.base_params, **self.candidates[self.chosen]["params"]}
+        """The run's parameters: the shared ones with the winner's swept values on top (its transform aside)."""
+        swept = {k: v for k, v in self.candidates[self.chosen]["params"].items() if k != TRANSFORM}
+        return {**self.base_params, **swept}
+
+    @property
+    def chosen_transform(self) -> str:
+        """The winner's feature transform."""
+        return self.candidates[self.chosen]["params"].get(TRANSFORM, self.transform)
 
     @property
     def validation_metrics(self) -> dict[str, Any]:
@@ -82,6 +112,7 @@ class SweepResult:
             "grid": {name: list(values) for name, values in self.grid.items()},
             "select": self.select,
             "chosen": dict(self.candidates[self.chosen]["params"]),
+            "extended": [dict(e) for e in self.extended],
             "candidates": [
                 {"params": c["params"], **{f"val_{m}": c["metrics"][m] for m in _RECORDED}, "fit_seconds": c["fit_seconds"]}
                 for c in self.candidates
@@ -191,6 +222,13 @@ def plan_sweep(
     return grids
 
 
+def add_transforms(grids: Mapping[str, Mapping[str, tuple] | None], transforms: Sequence[str]) -> dict[str, dict | None]:
+    """Each head's grid (as `plan_sweep` gives them) with the transforms crossed in when there are several."""
+    if len(transforms) < 2:
+        return dict(grids)
+    return {head: {**(grid or {}), TRANSFORM: tuple(transforms)} for head, grid in grids.items()}
+
+
 def _given(head: str, key: str, keyed: Mapping[str, Any]) -> bool:
     return key in keyed or f"{head}.{key}" in keyed
 
@@ -249,6 +287,7 @@ def sweep_head(
     select: str = "accuracy",
     n_jobs: int = -1,
     deadline: float | None = None,
+    transform: str = STANDARD,
 ) -> SweepResult:
     """Fits every combination of `grid` on `train` and picks the best on `validation`.
 
@@ -270,6 +309,8 @@ def sweep_head(
             Defaults to `-1` (one per core).
         deadline: `time.monotonic()` time by which every candidate must
             be done, else `FitTimeLimit`; `None` for none. Defaults to `None`.
+        transform: the feature transform of every candidate, unless the
+            grid sweeps `TRANSFORM`. Defaults to `"standard"`.
 
     Returns:
         A `SweepResult`.
@@ -297,8 +338,8 @@ def sweep_head(
     n_jobs = 1 if keras else min(cores() if n_jobs == -1 else max(n_jobs, 1), len(combos))
     threads = max(cores() // n_jobs, 1)
 
-    def job(c: dict[str, Any]):
-        args = (head, {**params, **c}, c, train, validation, list(class_names))
+    def job(c: dict[str, Any], threads: int = threads):
+        args = (head, {**params, **c}, c, train, validation, list(class_names), transform)
         if keras:
             return lambda: _score(*args)
         return lambda: call_in_child(_score, *args, time_limit=wait_seconds(deadline), threads=threads)
@@ -306,19 +347,77 @@ def sweep_head(
     estimate = estimate_seconds(head, len(train[1]), int(np.prod(train[0].shape[1:])))
     shown = "" if estimate is None else f", estimated {format_seconds(estimate * len(combos) / n_jobs)}"
     log.info("Sweeping %s over %d candidates (%s%s) ...", head, len(combos), ", ".join(names), shown)
-    candidates = tuple(in_threads([job(c) for c in combos], n_jobs))
+    candidates = list(in_threads([job(c) for c in combos], n_jobs))
+    values = {n: tuple(grid[n]) for n in names}
+    extended = _extend_edges(candidates, values, select, lambda c: job(c, cores())())
     chosen = _best(candidates, select)
     log.info("Chose %s: validation %s %.4f.", _shown(candidates[chosen]["params"]), select,
              candidates[chosen]["metrics"][select])
-    return SweepResult(head, dict(params), {n: tuple(grid[n]) for n in names}, select, candidates, chosen)
+    return SweepResult(head, dict(params), values, select, tuple(candidates), chosen, transform, tuple(extended))
+
+
+def _extend_edges(candidates: list[dict[str, Any]], values: dict[str, tuple], select: str, score) -> list[dict]:
+    """Scores one log step past the edge the winner sits on, again and again; grows `candidates` and `values`.
+
+    Returns the `SweepResult.extended` records.
+    """
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    while True:
+        winner = candidates[_best(candidates, select)]["params"]
+        steps = (_next_value(name, values[name], winner[name]) for name in values)
+        step = next((s for s in steps if s and not records.get(s[:2], {}).get("capped")), None)
+        if step is None:
+            return list(records.values())
+        name, edge, value = step
+        record = records.setdefault((name, edge), {"param": name, "edge": edge, "added": [], "capped": False})
+        if len(record["added"]) == MAX_EXTENSIONS:
+            record["capped"] = True
+            log.warning("%s=%r still wins at the %s edge after %d added steps; the sweep stops there "
+                        "(search further with --sweep %s=...).", name, winner[name], edge, MAX_EXTENSIONS, name)
+            continue
+        log.info("%s=%r won at the %s edge of its grid: trying %s=%r.", name, winner[name], edge, name, value)
+        try:
+            candidates.append(score({**winner, name: value}))
+        except ConfigError as e:
+            log.warning("The sweep stops at %s=%r: the next step does not fit (%s).", name, winner[name], e)
+            return list(records.values())
+        record["added"].append(value)
+        values[name] = tuple(sorted((*values[name], value)))
+
+
+def _next_value(name: str, values: Sequence, won) -> tuple[str, str, Any] | None:
+    """`(name, edge, value one log step past it)` when `won` sits on an edge of a log-spaced grid, else `None`."""
+    if name == TRANSFORM or len(values) < 2:
+        return None
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in values):
+        return None
+    ordered = sorted(values)
+    ratios = [b / a for a, b in zip(ordered, ordered[1:])]
+    ratio = ratios[0]
+    if ratio < _MIN_RATIO or any(abs(r / ratio - 1) > _RATIO_RTOL for r in ratios):
+        return None
+    if won == ordered[-1]:
+        edge, value = "upper", won * ratio
+    elif won == ordered[0]:
+        edge, value = "lower", won / ratio
+    else:
+        return None
+    if isinstance(won, numbers.Integral):
+        if value != int(value) or value < 1:
+            return None  # an integer grid steps to integers only
+        value = int(value)
+    else:
+        value = float(f"{value:.12g}")  # 10 * 10.000000000000002 reads back as 100.0
+    return name, edge, value
 
 
 def _shown(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items())
 
 
-def _score(head, params, swept, train, validation, class_names) -> dict[str, Any]:
-    estimator = create_head(head, **params)
+def _score(head, params, swept, train, validation, class_names, transform=STANDARD) -> dict[str, Any]:
+    params = {k: v for k, v in params.items() if k != TRANSFORM}
+    estimator = with_transform(create_head(head, **params), swept.get(TRANSFORM, transform))
     (X, y), (X_val, y_val) = train, validation
     X, X_val = feature_matrix(estimator, X), feature_matrix(estimator, X_val)
     # The dense head stops early on validation, exactly as `fit_head` trains it.
@@ -347,7 +446,9 @@ def plot_sweep(result: SweepResult) -> Figure:
     """Draw the validation metric against each swept parameter.
 
     Each axes shows every candidate as a grey dot, the best score at each
-    value (over the other parameters) as a line, and the winner as a star.
+    value (over the other parameters) as a line, and the winner as a star
+    labelled with its value; values the sweep added past the grid's edges
+    are shaded.
     A numeric grid spanning two decades or more gets a log x-axis; other
     values are drawn as evenly spaced categories.
 
@@ -368,6 +469,12 @@ def plot_sweep(result: SweepResult) -> Figure:
         ax.scatter(x, scores, color="0.7", s=16, label="candidate")
         ax.plot(at, [pick(scores[x == a]) for a in at], color="blue", marker="o", label="best at value")
         ax.scatter([x[result.chosen]], [scores[result.chosen]], color="red", marker="*", s=160, zorder=3, label="chosen")
+        ax.annotate(f"{name}={result.candidates[result.chosen]['params'][name]!r}", (x[result.chosen], scores[result.chosen]),
+                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7, color="red")
+        for record in result.extended:
+            if record["param"] == name and record["added"]:
+                ax.axvspan(*_added_span(sorted(values), record), color="gold", alpha=0.25,
+                           label=f"added past the {record['edge']} edge")
         if numeric and min(values) > 0 and max(values) / min(values) >= _LOG_SPAN:
             ax.set_xscale("log")
         elif not numeric:
@@ -377,6 +484,14 @@ def plot_sweep(result: SweepResult) -> Figure:
         ax.set_title(f"{result.head}: {name}")
         ax.legend(fontsize=7)
     return fig
+
+
+def _added_span(ordered: list, record: Mapping[str, Any]) -> tuple[float, float]:
+    """From the grid's original edge to the farthest value added past it."""
+    added = record["added"]
+    if record["edge"] == "upper":
+        return ordered[ordered.index(min(added)) - 1], max(added)
+    return min(added), ordered[ordered.index(max(added)) + 1]
 
 
 def _position(values: Sequence, value) -> int:

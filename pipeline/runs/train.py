@@ -34,7 +34,8 @@ from ..heads.apply import aligned_proba, feature_matrix
 from ..heads.registry import estimate_seconds
 from ..heads.workers import FitTimeLimit, wait_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
-from ..heads.sweep import SweepResult, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
+from ..heads.sweep import SweepResult, add_transforms, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
+from ..heads.transforms import check_transforms
 from ..store import FeatureSet, FeatureStore, feature_key, read_feature_set, resolve_features
 from ..store.lookup import list_view_sets
 from . import layout
@@ -141,7 +142,7 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     if not isinstance(config, config_lib.TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}.")
     plans = plan_params(config.heads, config.params, config.seed)
-    grids = plan_sweep(plans, config.sweep, config.params)
+    grids = add_transforms(plan_sweep(plans, config.sweep, config.params), check_transforms(config.transform))
     _atomic.check_writable(config.runs_dir, field="runs_dir")  # before minutes of fitting
     fs = read_feature_set(resolve_features(features, config.cache_dir))
     parts = training_splits(fs, config=config)
@@ -251,16 +252,18 @@ def _run_one(
 def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views, deadline) -> RunResult:
     out_root = Path(config.runs_dir) / fs.name
     search = None if grid is None else _sweep(fs, parts, head, params, grid, config, deadline)
+    transform = config.transform[0]
     if search is not None:
-        params, parts = search.params, refit_rows(parts, config.refit)
+        params, parts, transform = search.params, refit_rows(parts, config.refit), search.chosen_transform
 
     def fresh_name() -> str:
         return f"{layout.slug(head)}-{layout.run_id()}"
 
     try:
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
-            fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path, time_limit=wait_seconds(deadline))
-            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views)
+            fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path, time_limit=wait_seconds(deadline),
+                              transform=transform)
+            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views, transform)
             _write_test_predictions(staged.path, fs, parts, fitted)
             if search is not None:
                 fitted = _write_sweep(staged.path, search, fitted, config)
@@ -282,6 +285,7 @@ def _sweep(fs: FeatureSet, parts, head: str, params, grid, config, deadline=None
         class_names=fs.class_names,
         select=config.select,
         deadline=deadline,
+        transform=config.transform[0],
     )
 
 
@@ -308,7 +312,7 @@ def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) 
     return fitted
 
 
-def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views) -> str:
+def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views, transform: str) -> str:
     """Writes every file of a run into `folder`; returns the head file's sha256."""
     shown = "test" if fitted.metrics["test"] is not None else "validation"
     save_figure(plot_confusion_matrix(fitted.metrics[shown]["confusion_matrix"], fs.class_names),
@@ -320,22 +324,26 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
     if views:
         lineage["n_images"] -= sum(v["rows"] for v in views)
         lineage["augmented"] = views  # the view sets trained on: ops, seed, view indices, rows
+    lineage["transform"] = transform  # fitted inside the head; recorded for the leaderboard
     recorded = ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")
     lineage["head_sha256"] = save_head(
         folder / layout.HEAD,
         fitted.estimator,
-        metadata={**{k: lineage[k] for k in recorded}, "head": head, "params": layout.jsonable(params)},
+        metadata={**{k: lineage[k] for k in recorded}, "head": head, "params": layout.jsonable(params),
+                  "transform": transform},
     )
     # Orders the leaderboard: run ids only tell the second a run started.
     lineage["trained_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
     layout.write_json(folder / layout.METRICS, {
         **fitted.metrics, "fit_seconds": fitted.fit_seconds, "sizes": fitted.sizes, **fitted.convergence,
+        "transform": transform,
         **({"augmented": views} if views else {}),
     })
     layout.write_json(folder / layout.CONFIG, {
         "train_config": config_lib.to_dict(config),
         "head": head,
         "params": params,
+        "transform": transform,
         "estimator_params": fitted.estimator_params,
     })
     layout.write_json(folder / layout.LINEAGE, lineage)
