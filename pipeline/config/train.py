@@ -75,14 +75,14 @@ class _HeadChoice:
         help="choose head parameters on the validation split: alone, each head's default grid; KEY=V1,V2,... "
         "searches these values (repeatable, combinations are crossed; HEAD.KEY targets one head). "
         "Put FEATURES before a bare --sweep")
+    # Not argparse's choices: a wrong metric gets the config's message and hint.
+    select: str = option("accuracy", flag="--select", make="SELECT", check=one_of(SWEEP_SELECTS), flag_choices=False,
+                         help="validation metric a sweep picks by: accuracy (default), macro_f1 or log_loss")
     transform: tuple[str, ...] = option(
         (DEFAULT_TRANSFORM,), flag="--transform", make="TRANSFORM", check=lambda name, value: _parse_transforms(value),
         cli={"metavar": "NAME[,NAME...]"},
         help=f"feature transform fitted with each head on its training rows: standard, l2, sqrt-l2 or pca-whiten-N; "
         f"several (comma-separated) are swept on the validation split (default {DEFAULT_TRANSFORM})")
-    # Not argparse's choices: a wrong metric gets the config's message and hint.
-    select: str = option("accuracy", flag="--select", make="SELECT", check=one_of(SWEEP_SELECTS), flag_choices=False,
-                         help="validation metric a sweep picks by: accuracy (default), macro_f1 or log_loss")
 
 
 @dataclasses.dataclass(frozen=True)

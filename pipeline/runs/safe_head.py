@@ -7,8 +7,8 @@ bundle is what people share, so `export_run` stores its head with
 `skops.io` instead (`head.skops`): skops rebuilds objects from a tree of
 plain values and refuses any type it was not told to trust. The types
 trusted here are scikit-learn's own classes (resolved by name to a class
-defined in that very module, never a function or an alias) and
-`DenseClassifier`, whose network travels as `.keras` bytes that Keras
+defined in that very module, never a function or an alias), the signed
+square root of the `sqrt-l2` transform and `DenseClassifier`, whose network travels as `.keras` bytes that Keras
 loads in safe mode (no Python lambdas). Anything else (a custom head
 class, say) is refused on load, and `export_run` keeps a pickle for it,
 which `RunSource` loads only with `trust=True`.
@@ -31,7 +31,8 @@ from ..errors import RunError
 
 __all__ = ["NotPortable", "dump_head", "load_head", "untrusted_types"]
 
-_DENSE = "pipeline.heads.dense.DenseClassifier"
+# The product's own types a head may hold: the dense head, and the signed square root of `--transform sqrt-l2`.
+_OWN = ("pipeline.heads.dense.DenseClassifier", "pipeline.heads.transforms.signed_sqrt")
 _SKLEARN_NAME = re.compile(r"sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
@@ -93,7 +94,7 @@ def untrusted_types(names) -> list[str]:
 
 
 def _trusted(name: str) -> bool:
-    if name == _DENSE:
+    if name in _OWN:
         return True
     if not _SKLEARN_NAME.fullmatch(name):
         return False
