@@ -86,11 +86,11 @@ def test_the_dense_head_builds_its_transform_into_the_network(blobs):
     parts = training_splits(blobs, config=train_config(blobs.path))
     fitted = fit_head("dense", {"epochs": 3, "hidden_units": (8,)}, blobs, parts, transform="sqrt-l2")
     model = fitted.estimator.model_
-    assert "unit_normalization" in [layer.name for layer in model.layers]
+    assert "l2_normalize" in [layer.name for layer in model.layers]
     # The network up to the first hidden layer is the transform itself.
     import keras
 
-    upto = keras.Model(model.inputs, model.get_layer("unit_normalization").output)
+    upto = keras.Model(model.input, model.get_layer("l2_normalize").output)
     X = blobs.features[:20]
     np.testing.assert_allclose(np.asarray(upto(X)), _manual("sqrt-l2", X), atol=1e-6, rtol=0)
 
@@ -170,3 +170,92 @@ def test_a_sweep_stops_at_the_cap_and_says_so():
 
 def test_a_grid_that_is_not_log_spaced_does_not_extend():
     assert _sweep(best=1000.0, grid=(1.0, 2.0, 3.0, 4.0)).extended == ()
+
+
+# -- export: the exported graph holds the transform --------------------------------------------
+
+SIZE = 128
+# Below twice SIZE, where the reference decoder's JPEG draft mode starts (docs/predict.md).
+PHOTO_SIZES = [(64, 48), (100, 100), (200, 150), (90, 170)]
+
+
+@pytest.fixture(scope="module")
+def transformed_runs(tmp_path_factory):
+    """Real MobileNetV2 features at 128 px of 40 photos; heads with transforms; 8 other photos to predict."""
+    import shutil
+
+    from PIL import Image
+
+    from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
+    from pipeline.config import ExtractConfig, TrainConfig
+    from pipeline.features.extract import extract_features
+
+    weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
+    root = tmp_path_factory.mktemp("transform-export")
+    photos = {d: sorted((require_shared(SIGN_DIGITS) / str(d)).glob("*.JPG")) for d in range(10)}
+    for digit, files in photos.items():
+        (root / "data" / str(digit)).mkdir(parents=True)
+        for src in files[:4]:
+            shutil.copyfile(src, root / "data" / str(digit) / src.name)
+    result = extract_features(config=ExtractConfig(
+        data=str(root / "data"), cache_dir=str(root / "cache"), workers=2, model="mobilenet_v2", size=SIZE,
+        weights=str(weights), batch_size=16,
+    ))
+    runs = {}
+    for head, transform in (("logreg", "sqrt-l2"), ("logreg", "pca-whiten-16"), ("dense", "sqrt-l2")):
+        (run,) = train_heads(result.path, config=TrainConfig(
+            heads=(head,), transform=(transform,), params={"dense.epochs": 20} if head == "dense" else {},
+            runs_dir=str(root / "runs"), cache_dir=str(root / "cache"),
+        ))
+        runs[f"{head}-{transform}"] = run.run_dir
+    images = []
+    for i, (width, height) in enumerate(PHOTO_SIZES * 2):
+        with Image.open(photos[i][10]) as photo:
+            path = root / "new" / f"{i}-{width}x{height}.jpg"
+            path.parent.mkdir(exist_ok=True)
+            photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(path, "JPEG")
+            images.append(path)
+    return runs, images
+
+
+def _predicted(run, images):
+    from pipeline.runs.predict import predict_images
+
+    return np.array([p.probabilities for p in predict_images(run, images, top_k=1)])
+
+
+@pytest.mark.weights
+@pytest.mark.parametrize("name", ["logreg-sqrt-l2", "logreg-pca-whiten-16", "dense-sqrt-l2"])
+def test_the_exported_model_holds_the_transform(transformed_runs, tmp_path, name):
+    import keras
+
+    from pipeline.features.decode import load_image
+    from pipeline.runs.export import export_run
+
+    runs, images = transformed_runs
+    result = export_run(runs[name], tmp_path / "model.keras")
+    assert result.max_abs_diff < 1e-4
+    model = keras.saving.load_model(tmp_path / "model.keras")
+    names = [layer.name for layer in model.get_layer("head").layers] if "logreg" in name else []
+    if "logreg" in name:
+        assert ("pca_whiten" if "pca" in name else "l2_normalize") in names
+    got = model.predict(np.stack([load_image(p, SIZE) for p in images]), verbose=0)
+    expected = _predicted(runs[name], images)
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.weights
+def test_predict_applies_the_train_time_transform_and_a_bundle_keeps_it(transformed_runs, tmp_path):
+    from pipeline.runs.export import export_run
+    from pipeline.runs.predict import Predictor
+
+    runs, images = transformed_runs
+    run = runs["logreg-sqrt-l2"]
+    predictor = Predictor.load(run)
+    features, ok, errors = predictor.extract(images)
+    assert not errors
+    steps = predictor.head.named_steps
+    by_hand = steps["clf"].predict_proba(steps["scale"].transform(_manual("sqrt-l2", features)))
+    np.testing.assert_allclose(_predicted(run, images), by_hand, atol=1e-6, rtol=0)
+    export_run(run, tmp_path / "bundle", format="bundle")  # skops: the signed square root is trusted
+    np.testing.assert_allclose(_predicted(tmp_path / "bundle", images), by_hand, atol=1e-6, rtol=0)

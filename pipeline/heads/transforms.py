@@ -151,7 +151,7 @@ def keras_layers(keras, x, transformer):
         if isinstance(step, FunctionTransformer) and step.func is signed_sqrt:
             x = keras.ops.multiply(keras.ops.sign(x), keras.ops.sqrt(keras.ops.abs(x)))
         elif isinstance(step, Normalizer) and step.norm == "l2":
-            x = keras.layers.UnitNormalization(axis=-1, dtype="float32")(x)
+            x = keras.layers.UnitNormalization(axis=-1, dtype="float32", name="l2_normalize")(x)
         elif isinstance(step, PCA):
             kernel, bias = _pca_affine(step)
             layer = keras.layers.Dense(len(bias), dtype="float32", trainable=False, name="pca_whiten")
