@@ -18,7 +18,7 @@ SWEEP_REFITS = ("train", "train+validation")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.5, 1.0)
 # Chosen by measurement across heads: docs/train-head.md, "Feature transforms".
-DEFAULT_TRANSFORM = "standard"
+DEFAULT_TRANSFORM = "sqrt-l2"
 
 
 def _check_heads(name: str, value) -> tuple[str, ...]:
@@ -133,7 +133,8 @@ class TrainConfig(_HeadChoice):
             L2) or `"pca-whiten-N"`; see `heads.transforms`. It is fitted
             with the head on the training rows and stored in it. Several
             are swept on the validation split like a parameter (crossed
-            with `sweep`'s grid). Defaults to `("standard",)`.
+            with `sweep`'s grid). Defaults to `("sqrt-l2",)`, chosen by
+            measurement (docs/train-head.md, "Feature transforms").
         refit: what the chosen parameters are trained on for the run,
             `"train"` or `"train+validation"` (the run's validation
             metrics are then the sweep's, from before the refit; needs

@@ -120,7 +120,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("params", lambda run: json.dumps(run.config.get("params") or {}, sort_keys=True, separators=(",", ":"))),
     Column("fraction", lambda run: _fraction(run.config), "g", better=1),
     Column("augmented", lambda run: _augmented(run.lineage.get("augmented"))),
-    Column("transform", lambda run: _transform(run.lineage.get("transform")), header="transform", width=14),
+    Column("transform", lambda run: _transform(run.lineage.get("transform"))),
     Column("sweep", lambda run: _sweep_choice(run.metrics.get("sweep"))),
     # The differences above in a few words, for `runs ls` and the report's headings.
     Column("variant", lambda run: variant(run.lineage, run.config, run.metrics), header="variant", width=20),
