@@ -198,7 +198,9 @@ def test_a_swept_run_records_every_candidate_and_the_winner(overlapping, tmp_pat
     (run,) = train.train_heads(overlapping, config=_config(tmp_path, heads=("svm_rbf",), sweep=True, select="macro_f1"))
     grid = get_head_cfg("svm_rbf").sweep_grid
     rows = _sweep_csv(run.run_dir)
-    assert len(rows) == len(grid["C"]) * len(grid["gamma"])
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    added = sum(len(e["added"]) for e in metrics["sweep"]["extended"])  # steps past the grid's edge, if any
+    assert len(rows) == len(grid["C"]) * len(grid["gamma"]) + added
     assert list(rows[0]) == ["C", "gamma", "val_accuracy", "val_log_loss", "val_macro_f1", "fit_seconds", "chosen"]
     (winner,) = [r for r in rows if r["chosen"] == "1"]
     assert float(winner["val_macro_f1"]) == max(float(r["val_macro_f1"]) for r in rows)
@@ -278,7 +280,8 @@ def test_cli_sweeps_given_values_and_each_heads_grid(overlapping, tmp_path):
                              "--sweep", "C=0.001,0.01,0.1,1", "--select", "log_loss", "--json", "-q")
     assert status == 0, err
     logreg, knn = json.loads(out.splitlines()[-1])["runs"]
-    assert len(_sweep_csv(Path(logreg["run_dir"]))) == 4
+    extended = json.loads((Path(logreg["run_dir"]) / "metrics.json").read_text())["sweep"]["extended"]
+    assert len(_sweep_csv(Path(logreg["run_dir"]))) == 4 + sum(len(e["added"]) for e in extended)
     assert not (Path(knn["run_dir"]) / "sweep.csv").exists()  # knn has no C: trained as usual
     status, out, err = _main("train-head", str(overlapping), "--runs-dir", runs, "--head", "knn", "--sweep", "--json", "-q")
     assert status == 0, err

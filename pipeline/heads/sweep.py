@@ -67,7 +67,8 @@ class SweepResult:
     Attributes:
         head: the head's name.
         base_params: the parameters every candidate shares (`plan_params`'s).
-        grid: parameter name -> tuple of values searched.
+        grid: parameter name -> tuple of values searched, those added past
+            an edge included (sorted then); `record()` keeps the grid as given.
         select: the validation metric that chose (see `TrainConfig.select`).
         candidates: one dict per combination, in grid order: `params` (the
             swept values), `metrics` (`classification_metrics` on
@@ -108,8 +109,9 @@ class SweepResult:
 
     def record(self) -> dict[str, Any]:
         """Grid, every score and the choice, as a run's `metrics.json` keeps them."""
+        added = {(e["param"], v) for e in self.extended for v in e["added"]}
         return {
-            "grid": {name: list(values) for name, values in self.grid.items()},
+            "grid": {name: [v for v in values if (name, v) not in added] for name, values in self.grid.items()},
             "select": self.select,
             "chosen": dict(self.candidates[self.chosen]["params"]),
             "extended": [dict(e) for e in self.extended],
