@@ -658,8 +658,9 @@ def test_an_unwritable_runs_folder_exits_3_before_any_head_is_fitted(blobs, tmp_
 
 # liblinear's dual solver with a tolerance it never reaches on overlapping
 # classes: one fit runs for minutes inside compiled code, unaware of signals.
+# On standardised features (`--transform standard`): liblinear then runs for minutes.
 _ENDLESS_SVM = ("--head", "linear_svm", "--param", "dual=True", "--param", "C=1000",
-                "--param", "max_iter=100000000", "--param", "tol=1e-12")
+                "--param", "max_iter=100000000", "--param", "tol=1e-12", "--transform", "standard")
 
 
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
