@@ -31,7 +31,9 @@ CONFIG ?=
 # PARAMS="C=0.5 dense.epochs=10" (no spaces inside one value). SWEEP=grid
 # searches each head's default grid; SWEEP="C=0.01,0.1,1 knn.n_neighbors=1,5"
 # these values; SELECT (accuracy, macro_f1, log_loss) and REFIT (train,
-# train+validation) say how the winner is chosen and trained.
+# train+validation) say how the winner is chosen and trained. TRANSFORM is the
+# feature transform fitted with each head (standard, l2, sqrt-l2, pca-whiten-N;
+# several, comma-separated, are swept).
 FEATURES ?=
 HEAD ?=
 # curve: FRACTIONS="0.01,0.1,0.5,1" REPEATS=3 (HEAD, PARAMS, SWEEP, SELECT, SPLITS, SEED as for train-head)
@@ -42,6 +44,7 @@ FRACTION ?=
 SWEEP ?=
 SELECT ?=
 REFIT ?=
+TRANSFORM ?=
 SPLITS ?=
 SEED ?=
 # features: AUGMENT=K augmented views per training image, AUGMENT_OPS, AUGMENT_SEED;
@@ -86,7 +89,7 @@ TRAIN_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fraction,$(FRACTION)) $(call opt,--splits,$(SPLITS)) \
 	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
-	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) \
+	$(call opt,--select,$(SELECT)) $(call opt,--refit,$(REFIT)) $(call opt,--transform,$(TRANSFORM)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) \
 	$(if $(filter 1,$(AUGMENTED)),--augmented) $(ARGS))
 
@@ -94,7 +97,8 @@ CURVE_FLAGS = $(strip $(FEATURES) --cache-dir $(CACHE) \
 	$(foreach h,$(HEAD),--head $(h)) $(foreach p,$(PARAMS),--param '$(p)') \
 	$(call opt,--fractions,$(FRACTIONS)) $(call opt,--repeats,$(REPEATS)) $(call opt,--splits,$(SPLITS)) \
 	$(foreach s,$(SWEEP),$(if $(findstring =,$(s)),--sweep '$(s)',--sweep)) \
-	$(call opt,--select,$(SELECT)) $(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
+	$(call opt,--select,$(SELECT)) $(call opt,--transform,$(TRANSFORM)) $(call opt,--seed,$(SEED)) \
+	$(call opt,--config,$(CONFIG)) $(ARGS))
 FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,$(EPOCHS)) \
 	$(call opt,--learning-rate,$(LR)) $(call opt,--batch-size,$(BATCH)) $(call opt,--workers,$(WORKERS)) \
 	$(call opt,--augment-ops,$(AUGMENT_OPS)) $(call opt,--augment-seed,$(AUGMENT_SEED)) \

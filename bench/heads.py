@@ -31,7 +31,8 @@ import numpy as np
 from pipeline.errors import ConfigError
 from pipeline.heads import create_head, get_head_cfg, list_heads
 from pipeline.heads.fit import fit_and_score
-from pipeline.heads.sweep import SWEEP_BUDGET, sweep_head
+from pipeline.heads.sweep import sweep_head
+from pipeline.heads.sweep_budget import SWEEP_BUDGET
 from pipeline.heads.workers import FitTimeLimit, call_in_child, cores
 
 

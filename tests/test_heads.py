@@ -375,6 +375,7 @@ def test_dense_defaults_train_to_convergence():
         "early_stopping_patience": 10,
         "random_state": 0,
         "verbose": 0,
+        "feature_transform": "standard",
     }
 
 
@@ -403,7 +404,7 @@ def test_dense_spatial_input_binary_balanced():
     X[y == "dog"] += 1.0
     head = DenseClassifier(**SMALL_DENSE, class_weight="balanced").fit(X, y)
     assert head.feature_shape_ == (2, 2, 8) and head.n_features_in_ == 32
-    assert type(head.model_.layers[0]).__name__ == "Flatten"
+    assert [type(layer).__name__ for layer in head.model_.layers][:2] == ["InputLayer", "Flatten"]
     proba = head.predict_proba(X)
     assert proba.shape == (80, 2)  # two classes: softmax over 2 units
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-9)

@@ -17,6 +17,7 @@ import pytest
 
 from imagegen import PYTHON, REPO
 from pipeline.config import TrainConfig
+from pipeline.config.train import DEFAULT_TRANSFORM
 from pipeline.heads import get_head_cfg, list_heads, plan_params
 from pipeline.runs import layout, leaderboard, train
 from pipeline.store import read_feature_set
@@ -83,7 +84,7 @@ def test_runs_ls_leaderboard_and_json_tell_augmented_transformed_swept_and_fine_
     rows = {r["run_dir"][-1]: r for r in json.loads(_main("runs", "ls", "--runs-dir", str(runs), "--json")[1])
             if "aaaaaaa" in r["run_dir"]}
     assert rows["1"]["augmented"].startswith("2 views flip=horizontal,rotation=0.1")
-    assert rows["2"]["transform"] == "pca64" and rows["1"]["transform"] == ""
+    assert rows["2"]["transform"] == "pca64" and rows["1"]["transform"] == DEFAULT_TRANSFORM  # recorded, not shown
     assert rows["3"]["sweep"] == '{"C":0.01}' and rows["1"]["sweep"] == ""
     assert rows["4"]["parent"] == str(parent) and rows["4"]["kind"] == "finetune"
     written = list(csv.DictReader(io.StringIO((runs / layout.LEADERBOARD_CSV).read_text())))

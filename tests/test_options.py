@@ -109,7 +109,8 @@ def test_the_feature_key_holds_exactly_the_declared_key_fields():
 
 def test_a_curve_shares_train_heads_fields_declared_once():
     shared = [f for f in dataclasses.fields(CurveConfig) if f.name in {g.name for g in dataclasses.fields(TrainConfig)}]
-    assert [f.name for f in shared] == ["heads", "params", "splits", "seed", "runs_dir", "cache_dir", "sweep", "select"]
+    assert [f.name for f in shared] == ["heads", "params", "splits", "seed", "runs_dir", "cache_dir", "sweep", "select",
+                                     "transform"]
     train = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for field in shared:  # the same declaration, not a copy
         assert field.metadata["option"] is train[field.name].metadata["option"]

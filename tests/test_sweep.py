@@ -16,6 +16,7 @@ from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
 from pipeline.heads import create_head, get_head_cfg, list_heads, plan_params, split_indices
 from pipeline.heads import sweep as sweep_lib
+from pipeline.heads import sweep_budget
 from pipeline.runs import leaderboard, train
 from pipeline.store import read_feature_set
 from helpers import make_set
@@ -199,7 +200,9 @@ def test_a_swept_run_records_every_candidate_and_the_winner(overlapping, tmp_pat
     (run,) = train.train_heads(overlapping, config=_config(tmp_path, heads=("svm_rbf",), sweep=True, select="macro_f1"))
     grid = get_head_cfg("svm_rbf").sweep_grid
     rows = _sweep_csv(run.run_dir)
-    assert len(rows) == len(grid["C"]) * len(grid["gamma"])
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    added = sum(len(e["added"]) for e in metrics["sweep"]["extended"])  # steps past the grid's edge, if any
+    assert len(rows) == len(grid["C"]) * len(grid["gamma"]) + added
     assert list(rows[0]) == ["C", "gamma", "val_accuracy", "val_log_loss", "val_macro_f1", "fit_seconds", "chosen"]
     (winner,) = [r for r in rows if r["chosen"] == "1"]
     assert float(winner["val_macro_f1"]) == max(float(r["val_macro_f1"]) for r in rows)
@@ -279,7 +282,8 @@ def test_cli_sweeps_given_values_and_each_heads_grid(overlapping, tmp_path):
                              "--sweep", "C=0.001,0.01,0.1,1", "--select", "log_loss", "--json", "-q")
     assert status == 0, err
     logreg, knn = json.loads(out.splitlines()[-1])["runs"]
-    assert len(_sweep_csv(Path(logreg["run_dir"]))) == 4
+    extended = json.loads((Path(logreg["run_dir"]) / "metrics.json").read_text())["sweep"]["extended"]
+    assert len(_sweep_csv(Path(logreg["run_dir"]))) == 4 + sum(len(e["added"]) for e in extended)
     assert not (Path(knn["run_dir"]) / "sweep.csv").exists()  # knn has no C: trained as usual
     status, out, err = _main("train-head", str(overlapping), "--runs-dir", runs, "--head", "knn", "--sweep", "--json", "-q")
     assert status == 0, err
@@ -322,25 +326,25 @@ def test_a_sweep_past_its_budget_chooses_on_a_stratified_subsample_then_fits_eve
     n_train = len(split_indices(fs)["train"])
     grid = {"C": [1e-3, 1e-2, 1.0]}
     n_jobs = min(sweep_lib.cores(), 3)
-    monkeypatch.setattr(sweep_lib, "SWEEP_BUDGET", _halving_budget("logreg", n_train, 8, 3, n_jobs))
+    monkeypatch.setattr(sweep_budget, "SWEEP_BUDGET", _halving_budget("logreg", n_train, 8, 3, n_jobs))
     (run,) = train.train_heads(larger, config=_config(tmp_path, sweep={"logreg.C": grid["C"]}))
     swept = json.loads((run.run_dir / "metrics.json").read_text())["sweep"]
     assert 0.4 * n_train <= swept["chosen_on_rows"] <= 0.6 * n_train
     assert run.sizes["train"] == n_train  # the winner is fitted on every training row
 
     labels = fs.labels[split_indices(fs)["train"]]
-    rows = sweep_lib.sweep_rows("logreg", labels, 8, 3, n_jobs, budget=sweep_lib.SWEEP_BUDGET)
+    rows = sweep_budget.sweep_rows("logreg", labels, 8, 3, n_jobs, budget=sweep_budget.SWEEP_BUDGET)
     assert len(rows) == swept["chosen_on_rows"] and len(set(rows.tolist())) == len(rows)
     shares = np.bincount(labels[rows]) / len(rows)
     np.testing.assert_allclose(shares, np.bincount(labels) / len(labels), atol=0.02)  # stratified
-    assert sweep_lib.sweep_rows("logreg", labels, 8, 3, n_jobs, budget=1e6) is None  # within budget: every row
+    assert sweep_budget.sweep_rows("logreg", labels, 8, 3, n_jobs, budget=1e6) is None  # within budget: every row
 
 
 def test_a_sweep_whose_final_fit_alone_is_past_budget_is_refused_before_any_fit(larger, tmp_path, monkeypatch):
     fs = read_feature_set(larger)
     n_train = len(split_indices(fs)["train"])
     final = get_head_cfg("svm_rbf").cost.estimate(n_train, 8)
-    monkeypatch.setattr(sweep_lib, "SWEEP_BUDGET", final / 2)
+    monkeypatch.setattr(sweep_budget, "SWEEP_BUDGET", final / 2)
     monkeypatch.setattr(train, "fit_head", lambda *a, **k: pytest.fail("a head was fitted"))
     config = _config(tmp_path, heads=("knn", "svm_rbf"), sweep=True)  # knn alone would fit
     with pytest.raises(ConfigError, match=r"Sweeping svm_rbf over 16 candidates on .* is estimated at") as info:
@@ -350,7 +354,7 @@ def test_a_sweep_whose_final_fit_alone_is_past_budget_is_refused_before_any_fit(
     needed = float(message.split("`time_limit` of at least ")[1].split(" s")[0])
     assert needed > final and not (tmp_path / "runs").exists()
     # The same sweep with a `time_limit` that allows it is not refused.
-    sweep_lib.check_sweep_budget({"svm_rbf": get_head_cfg("svm_rbf").sweep_grid}, fs.labels, 8, time_limit=needed)
+    sweep_budget.check_sweep_budget({"svm_rbf": get_head_cfg("svm_rbf").sweep_grid}, fs.labels, 8, time_limit=needed)
 
 
 def test_fits_and_sweeps_set_the_main_process_threads_to_its_cores(overlapping, tmp_path, monkeypatch):

@@ -17,6 +17,8 @@ SWEEP_SELECTS = ("accuracy", "log_loss", "macro_f1")
 SWEEP_REFITS = ("train", "train+validation")
 DEFAULT_SPLITS = (0.8, 0.1, 0.1)
 DEFAULT_FRACTIONS = (0.01, 0.1, 0.5, 1.0)
+# Chosen by measurement across heads: docs/train-head.md, "Feature transforms".
+DEFAULT_TRANSFORM = "sqrt-l2"
 
 
 def _check_heads(name: str, value) -> tuple[str, ...]:
@@ -76,6 +78,11 @@ class _HeadChoice:
     # Not argparse's choices: a wrong metric gets the config's message and hint.
     select: str = option("accuracy", flag="--select", make="SELECT", check=one_of(SWEEP_SELECTS), flag_choices=False,
                          help="validation metric a sweep picks by: accuracy (default), macro_f1 or log_loss")
+    transform: tuple[str, ...] = option(
+        (DEFAULT_TRANSFORM,), flag="--transform", make="TRANSFORM", check=lambda name, value: _parse_transforms(value),
+        cli={"metavar": "NAME[,NAME...]"},
+        help=f"feature transform fitted with each head on its training rows: standard, l2, sqrt-l2 or pca-whiten-N; "
+        f"several (comma-separated) are swept on the validation split (default {DEFAULT_TRANSFORM})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +127,14 @@ class TrainConfig(_HeadChoice):
         select: the validation metric that picks the sweep's winner,
             `"accuracy"`, `"macro_f1"` (highest wins) or `"log_loss"`
             (lowest wins). Defaults to `"accuracy"`.
+        transform: tuple of feature transform names (or the string
+            `"standard,sqrt-l2"`), each one of `"standard"` (the head's own
+            scaling only), `"l2"`, `"sqrt-l2"` (signed square root, then
+            L2) or `"pca-whiten-N"`; see `heads.transforms`. It is fitted
+            with the head on the training rows and stored in it. Several
+            are swept on the validation split like a parameter (crossed
+            with `sweep`'s grid). Defaults to `("sqrt-l2",)`, chosen by
+            measurement (docs/train-head.md, "Feature transforms").
         refit: what the chosen parameters are trained on for the run,
             `"train"` or `"train+validation"` (the run's validation
             metrics are then the sweep's, from before the refit; needs
@@ -185,6 +200,19 @@ def _check_sweep(value) -> bool | dict[str, tuple] | None:
     return {key: tuple(values) for key, values in value.items()}
 
 
+def _parse_transforms(value) -> tuple[str, ...]:
+    """Names as a tuple; the head stage checks each name (`heads.transforms.check_transforms`)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    names = tuple(p.strip() if isinstance(p, str) else p for p in parts) if isinstance(parts, (list, tuple)) else ()
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ConfigError(
+            "`transform` must be one or more distinct transform names, e.g. sqrt-l2 or standard,sqrt-l2,pca-whiten-256. "
+            f"Received: transform={value!r}",
+            field="transform",
+        )
+    return names
+
+
 def _parse_splits(value) -> tuple[float, float, float]:
     received = f"Received: splits={value!r}"
     parts = value.split(",") if isinstance(value, str) else value
@@ -210,7 +238,7 @@ class CurveConfig(_HeadChoice):
     """What `bottleneck curve` measures: heads trained on growing shares of the training split.
 
     Args:
-        heads, params, splits, runs_dir, cache_dir, sweep, select: as in
+        heads, params, splits, runs_dir, cache_dir, sweep, select, transform: as in
             `TrainConfig`; `heads=("all",)` trains every
             registry head with its light defaults.
         fractions: tuple of distinct floats in `(0, 1]` (or the string

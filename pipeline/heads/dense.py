@@ -26,6 +26,7 @@ from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 from .. import _atomic
 from ..config.options import is_int, is_real
 from ..errors import ConfigError
+from .transforms import STANDARD, keras_layers, make_transform
 
 
 __all__ = ["DenseClassifier", "is_keras_head"]
@@ -132,6 +133,11 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
             global seeds alone. Defaults to `0`.
         verbose: int, Keras' `fit` verbosity: `0` silent, `1` progress bar,
             `2` one line per epoch. Defaults to `0`.
+        feature_transform: str, a feature transform of `heads.transforms`
+            (`"l2"`, `"sqrt-l2"`, `"pca-whiten-N"`), fitted on the
+            training rows (flattened) and built into the network as frozen
+            layers after `Flatten`; `"standard"` adds none (this head has
+            no scaler of its own). Defaults to `"standard"`.
 
     Attributes:
         classes_: array of the class labels seen in `fit`.
@@ -172,6 +178,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         early_stopping_patience=10,
         random_state=0,
         verbose=0,
+        feature_transform=STANDARD,
     ):
         self.hidden_units = hidden_units
         self.dropout = dropout
@@ -183,6 +190,7 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         self.early_stopping_patience = early_stopping_patience
         self.random_state = random_state
         self.verbose = verbose
+        self.feature_transform = feature_transform
 
     # -- validation -------------------------------------------------------
 
@@ -242,6 +250,8 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
             "None or an int",
         )
         _check_param("verbose", self.verbose, self.verbose in (0, 1, 2), "0, 1 or 2")
+        _check_param("feature_transform", self.feature_transform, isinstance(self.feature_transform, str), "a transform name, e.g. 'sqrt-l2'")
+        make_transform(self.feature_transform)  # an unknown name fails here, naming the valid ones
 
     def _validate_X(self, X) -> np.ndarray:
         """Validate X at predict time against the shape seen in `fit`."""
@@ -344,15 +354,18 @@ class DenseClassifier(ClassifierMixin, BaseEstimator):
         keras = _import_keras()
         if self.random_state is not None:
             keras.utils.set_random_seed(int(self.random_state))
-        layers = [keras.Input(shape=self.feature_shape_)]
-        if len(self.feature_shape_) > 1:
-            layers.append(keras.layers.Flatten())
+        inputs = keras.Input(shape=self.feature_shape_)
+        x = keras.layers.Flatten()(inputs) if len(self.feature_shape_) > 1 else inputs
+        transformer = make_transform(self.feature_transform)
+        if transformer is not None:
+            # Fitted on these (training) rows only; frozen layers in the network from then on.
+            x = keras_layers(keras, x, transformer.fit(X.reshape(len(X), -1)))
         for units in hidden_units:
-            layers.append(keras.layers.Dense(units, activation="relu"))
+            x = keras.layers.Dense(units, activation="relu")(x)
             if self.dropout > 0:
-                layers.append(keras.layers.Dropout(float(self.dropout)))
-        layers.append(keras.layers.Dense(len(self.classes_), activation="softmax"))
-        model = keras.Sequential(layers, name="dense_head")
+                x = keras.layers.Dropout(float(self.dropout))(x)
+        outputs = keras.layers.Dense(len(self.classes_), activation="softmax")(x)
+        model = keras.Model(inputs, outputs, name="dense_head")
         model.compile(
             optimizer=keras.optimizers.get(
                 {

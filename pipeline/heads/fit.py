@@ -18,6 +18,7 @@ from .apply import aligned_proba, feature_matrix
 from .dense import DenseClassifier
 from .metrics import classification_metrics
 from .registry import create_head, estimate_seconds, format_seconds, uses_keras
+from .transforms import STANDARD, with_transform
 from .workers import FitTimeLimit, call_in_child, limit_main_threads
 
 __all__ = ["FitTimeLimit", "FittedHead", "fit_and_score", "fit_head"]
@@ -85,6 +86,7 @@ def fit_head(
     callbacks_dir: str | os.PathLike | None = None,
     time_limit: float | None = None,
     threads: int | None = None,
+    transform: str = STANDARD,
 ) -> FittedHead:
     """Fits `create_head(head, **params)` on the training rows and scores it.
 
@@ -107,6 +109,9 @@ def fit_head(
             limited. Defaults to `None`.
         threads: BLAS/OpenMP threads of the fit; `None` for every core.
             Defaults to `None`.
+        transform: the feature transform fitted in front of the head, on
+            the training rows only (see `transforms`). Defaults to
+            `"standard"`.
 
     Returns:
         A `FittedHead`.
@@ -117,7 +122,7 @@ def fit_head(
         FitTimeLimit: `time_limit` ran out.
     """
     limit_main_threads()
-    estimator = create_head(head, **params)
+    estimator = with_transform(create_head(head, **params), transform)
     X = feature_matrix(estimator, feature_set.features)
     y = feature_set.labels
     train, val, test = parts["train"], parts["validation"], parts["test"]

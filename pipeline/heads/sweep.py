@@ -8,6 +8,13 @@ training and validation arrays only, so the test labels cannot influence
 the choice: they are not an argument. The caller then fits the chosen
 parameters the usual way (`fit_head`), on the rows `refit_rows` gives, and
 the test split measures that model alone.
+
+A grid can hold the feature transform (`TRANSFORM`, see `transforms`) as
+one more dimension. When the winner sits on the edge of a numeric,
+log-spaced dimension (`C=0.01,0.1,1` won by `C=1`), the search goes on
+past it, one log step at a time with the other values fixed at the
+winner's, until a step no longer wins or `MAX_EXTENSIONS` steps were
+taken on that edge; `SweepResult.extended` records what was added.
 """
 
 from __future__ import annotations
@@ -15,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
 import numbers
 import time
 from collections.abc import Mapping, Sequence
@@ -25,17 +31,18 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..errors import ConfigError
-from ..store.splits import subsample
 from .apply import aligned_proba, feature_matrix
 from .metrics import classification_metrics
 from .registry import (
     create_head, estimate_seconds, format_seconds, get_head_cfg, list_heads, parse_param, plan_params, uses_keras,
 )
+from .transforms import STANDARD, with_transform
+from . import sweep_budget
 from .workers import call_in_child, cores, in_threads, limit_main_threads, wait_seconds
 
 __all__ = [
-    "SWEEP_BUDGET", "SweepResult", "check_sweep_budget", "check_sweep_rows", "parse_sweep", "plan_sweep", "plot_sweep",
-    "refit_rows", "sweep_head", "sweep_rows",
+    "MAX_EXTENSIONS", "TRANSFORM", "SweepResult", "add_transforms", "check_sweep_rows", "parse_sweep", "plan_sweep",
+    "plot_sweep", "refit_rows", "sweep_head",
 ]
 
 log = logging.getLogger("bottleneck")
@@ -47,15 +54,13 @@ _TIE_BREAK = {"accuracy": "log_loss", "macro_f1": "log_loss", "log_loss": "accur
 _RECORDED = ("accuracy", "log_loss", "macro_f1")
 # A numeric grid spanning two decades or more is drawn on a log axis.
 _LOG_SPAN = 100
-# Seconds a sweep (its candidates and the final fit) may be estimated to take
-# without a `time_limit`: past it, candidates fit on a stratified subsample of
-# the training rows; if the final fit alone is past it, the sweep is refused.
-SWEEP_BUDGET = 300.0
-# Candidates need this many training rows per class to rank parameters that
-# suit the whole set; a budget that allows fewer refuses instead.
-_MIN_ROWS_PER_CLASS = 30
-# Heads to name instead of one that cannot sweep this many rows in budget: linear in the rows.
-_FASTER = {"svm_nystroem": "an RBF kernel approximation", "logreg": "linear", "ridge": "linear"}
+# The grid key of the feature transform, swept like a parameter.
+TRANSFORM = "transform"
+# Log steps a sweep may add past each edge of a dimension: 4 decades for a grid in decades.
+MAX_EXTENSIONS = 4
+# Consecutive ratios equal within this (relative) make a grid log-spaced; at least _MIN_RATIO apart.
+_RATIO_RTOL = 1e-3
+_MIN_RATIO = 1.5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +70,8 @@ class SweepResult:
     Attributes:
         head: the head's name.
         base_params: the parameters every candidate shares (`plan_params`'s).
-        grid: parameter name -> tuple of values searched.
+        grid: parameter name -> tuple of values searched, those added past
+            an edge included (sorted then); `record()` keeps the grid as given.
         select: the validation metric that chose (see `TrainConfig.select`).
         candidates: one dict per combination, in grid order: `params` (the
             swept values), `metrics` (`classification_metrics` on
@@ -74,6 +80,12 @@ class SweepResult:
         chosen_on_rows: training rows each candidate fitted on, when a
             large set was subsampled to keep the sweep in its budget (see
             `sweep_rows`); `None` when they fitted on every one.
+        transform: the feature transform of candidates whose params do not
+            sweep `TRANSFORM`.
+        extended: one dict per grid edge the search went past: `param`,
+            `edge` (`"upper"` or `"lower"`), `added` (values, in the order
+            tried) and `capped` (whether it stopped at `MAX_EXTENSIONS`
+            steps with the last one still winning).
     """
 
     head: str
@@ -83,11 +95,19 @@ class SweepResult:
     candidates: tuple[dict[str, Any], ...]
     chosen: int
     chosen_on_rows: int | None = None
+    transform: str = STANDARD
+    extended: tuple[dict[str, Any], ...] = ()
 
     @property
     def params(self) -> dict[str, Any]:
-        """The run's parameters: the shared ones with the winner's swept values on top."""
-        return {**self.base_params, **self.candidates[self.chosen]["params"]}
+        """The run's parameters: the shared ones with the winner's swept values on top (its transform aside)."""
+        swept = {k: v for k, v in self.candidates[self.chosen]["params"].items() if k != TRANSFORM}
+        return {**self.base_params, **swept}
+
+    @property
+    def chosen_transform(self) -> str:
+        """The winner's feature transform."""
+        return self.candidates[self.chosen]["params"].get(TRANSFORM, self.transform)
 
     @property
     def validation_metrics(self) -> dict[str, Any]:
@@ -96,11 +116,13 @@ class SweepResult:
 
     def record(self) -> dict[str, Any]:
         """Grid, every score and the choice, as a run's `metrics.json` keeps them."""
+        added = {(e["param"], v) for e in self.extended for v in e["added"]}
         return {
-            "grid": {name: list(values) for name, values in self.grid.items()},
+            "grid": {name: [v for v in values if (name, v) not in added] for name, values in self.grid.items()},
             "select": self.select,
             "chosen": dict(self.candidates[self.chosen]["params"]),
             "chosen_on_rows": self.chosen_on_rows,
+            "extended": [dict(e) for e in self.extended],
             "candidates": [
                 {"params": c["params"], **{f"val_{m}": c["metrics"][m] for m in _RECORDED}, "fit_seconds": c["fit_seconds"]}
                 for c in self.candidates
@@ -210,6 +232,13 @@ def plan_sweep(
     return grids
 
 
+def add_transforms(grids: Mapping[str, Mapping[str, tuple] | None], transforms: Sequence[str]) -> dict[str, dict | None]:
+    """Each head's grid (as `plan_sweep` gives them) with the transforms crossed in when there are several."""
+    if len(transforms) < 2:
+        return dict(grids)
+    return {head: {**(grid or {}), TRANSFORM: tuple(transforms)} for head, grid in grids.items()}
+
+
 def _given(head: str, key: str, keyed: Mapping[str, Any]) -> bool:
     return key in keyed or f"{head}.{key}" in keyed
 
@@ -269,6 +298,7 @@ def sweep_head(
     n_jobs: int = -1,
     deadline: float | None = None,
     budget: float | None = None,
+    transform: str = STANDARD,
 ) -> SweepResult:
     """Fits every combination of `grid` on `train` and picks the best on `validation`.
 
@@ -293,6 +323,8 @@ def sweep_head(
         budget: estimated seconds the sweep may take (see `sweep_rows`);
             `None` for the time left before `deadline`, or `SWEEP_BUDGET`
             without one. Defaults to `None`.
+        transform: the feature transform of every candidate, unless the
+            grid sweeps `TRANSFORM`. Defaults to `"standard"`.
 
     Returns:
         A `SweepResult`.
@@ -314,22 +346,22 @@ def sweep_head(
     limit_main_threads()
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*(tuple(grid[n]) for n in names))]
-    # The dense head runs in order, here (see `_side_by_side`). Other
+    # The dense head runs in order, here (see `sweep_budget.side_by_side`). Other
     # candidates each fit in a child process (see `workers`), `n_jobs` at a
     # time, each with its share of the cores.
     keras = uses_keras(head)
-    n_jobs = _side_by_side(head, len(combos), n_jobs)
+    n_jobs = sweep_budget.side_by_side(head, len(combos), n_jobs)
     threads = max(cores() // n_jobs, 1)
     n_features = int(np.prod(train[0].shape[1:]))
     if budget is None:
-        budget = SWEEP_BUDGET if deadline is None else wait_seconds(deadline)
-    rows = sweep_rows(head, train[1], n_features, len(combos), n_jobs, budget=budget)
+        budget = sweep_budget.SWEEP_BUDGET if deadline is None else wait_seconds(deadline)
+    rows = sweep_budget.sweep_rows(head, train[1], n_features, len(combos), n_jobs, budget=budget)
     chosen_on = f" on a stratified {len(rows):,} of {len(train[1]):,} training rows" if rows is not None else ""
     if rows is not None:
         train = (train[0][rows], train[1][rows])
 
-    def job(c: dict[str, Any]):
-        args = (head, {**params, **c}, c, train, validation, list(class_names))
+    def job(c: dict[str, Any], threads: int = threads):
+        args = (head, {**params, **c}, c, train, validation, list(class_names), transform)
         if keras:
             return lambda: _score(*args)
         return lambda: call_in_child(_score, *args, time_limit=wait_seconds(deadline), threads=threads)
@@ -337,108 +369,79 @@ def sweep_head(
     estimate = estimate_seconds(head, len(train[1]), n_features)
     shown = "" if estimate is None else f", estimated {format_seconds(estimate * len(combos) / n_jobs)}"
     log.info("Sweeping %s over %d candidates%s (%s%s) ...", head, len(combos), chosen_on, ", ".join(names), shown)
-    candidates = tuple(in_threads([job(c) for c in combos], n_jobs))
+    candidates = list(in_threads([job(c) for c in combos], n_jobs))
+    values = {n: tuple(grid[n]) for n in names}
+    extended = _extend_edges(candidates, values, select, lambda c: job(c, cores())())
     chosen = _best(candidates, select)
     log.info("Chose %s: validation %s %.4f.", _shown(candidates[chosen]["params"]), select,
              candidates[chosen]["metrics"][select])
-    return SweepResult(head, dict(params), {n: tuple(grid[n]) for n in names}, select, candidates, chosen,
-                       chosen_on_rows=None if rows is None else len(rows))
+    return SweepResult(head, dict(params), values, select, tuple(candidates), chosen,
+                       chosen_on_rows=None if rows is None else len(rows), transform=transform,
+                       extended=tuple(extended))
 
 
-def _side_by_side(head: str, n_candidates: int, n_jobs: int = -1) -> int:
-    # Keras models side by side would each import Keras and fight over the
-    # same cores, for no gain on a CPU: the dense head runs one at a time.
-    if uses_keras(head):
-        return 1
-    return min(cores() if n_jobs == -1 else max(n_jobs, 1), n_candidates)
+def _extend_edges(candidates: list[dict[str, Any]], values: dict[str, tuple], select: str, score) -> list[dict]:
+    """Scores one log step past the edge the winner sits on, again and again; grows `candidates` and `values`.
 
-
-def sweep_rows(
-    head: str, labels: np.ndarray, n_features: int, n_candidates: int, n_jobs: int, *,
-    budget: float = SWEEP_BUDGET, seed: int = 0,
-) -> np.ndarray | None:
-    """The training rows a sweep's candidates fit on: `None` for all, else a stratified subsample.
-
-    From the head's measured `FitCost`: the candidates (`n_candidates`,
-    `n_jobs` side by side) and the final fit on every row must be estimated
-    within `budget`. When the candidates on every row are not, they fit on
-    the largest stratified subsample that is, and the winner's parameters
-    are then fitted once on every row as usual; kernel SVMs (cost quadratic
-    in the rows) keep the most from this. An import-path head (no cost) uses
-    every row.
-
-    Args:
-        head: a head name or import path.
-        labels: the training rows' labels.
-        n_features: features per row.
-        n_candidates: combinations in the grid.
-        n_jobs: candidates fitted side by side.
-        budget: seconds. Defaults to `SWEEP_BUDGET`.
-        seed: seeds the subsample. Defaults to `0`.
-
-    Returns:
-        Sorted positions into `labels`, or `None` for every row.
-
-    Raises:
-        ConfigError: the final fit alone, or the candidates on the fewest
-            rows worth choosing on, would run past `budget`; the message
-            gives the estimate and the faster options.
+    Returns the `SweepResult.extended` records.
     """
-    cost = None if ":" in head else get_head_cfg(head).cost
-    n_rows = len(labels)
-    if cost is None:
+    records: dict[tuple[str, str], dict[str, Any]] = {}
+    while True:
+        winner = candidates[_best(candidates, select)]["params"]
+        steps = (_next_value(name, values[name], winner[name]) for name in values)
+        step = next((s for s in steps if s and not records.get(s[:2], {}).get("capped")), None)
+        if step is None:
+            return list(records.values())
+        name, edge, value = step
+        record = records.setdefault((name, edge), {"param": name, "edge": edge, "added": [], "capped": False})
+        if len(record["added"]) == MAX_EXTENSIONS:
+            record["capped"] = True
+            log.warning("%s=%r still wins at the %s edge after %d added steps; the sweep stops there "
+                        "(search further with --sweep %s=...).", name, winner[name], edge, MAX_EXTENSIONS, name)
+            continue
+        log.info("%s=%r won at the %s edge of its grid: trying %s=%r.", name, winner[name], edge, name, value)
+        try:
+            candidates.append(score({**winner, name: value}))
+        except ConfigError as e:
+            log.warning("The sweep stops at %s=%r: the next step does not fit (%s).", name, winner[name], e)
+            return list(records.values())
+        record["added"].append(value)
+        values[name] = tuple(sorted((*values[name], value)))
+
+
+def _next_value(name: str, values: Sequence, won) -> tuple[str, str, Any] | None:
+    """`(name, edge, value one log step past it)` when `won` sits on an edge of a log-spaced grid, else `None`."""
+    if name == TRANSFORM or len(values) < 2:
         return None
-    rounds = n_candidates / max(n_jobs, 1)
-    final = cost.estimate(n_rows, n_features)
-    if final + rounds * final <= budget:
+    if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 for v in values):
         return None
-    fewest = _MIN_ROWS_PER_CLASS * len(np.unique(labels))
-    left = budget - final
-    fitting = 0 if left <= 0 else int(1000 * (left / (rounds * cost.estimate(1000, n_features))) ** (1 / cost.rows_power))
-    if fitting < fewest:
-        needed = final + rounds * cost.estimate(fewest, n_features)
-        raise ConfigError(
-            f"Sweeping {head} over {n_candidates} candidates on {n_rows:,} rows x {n_features:,} features is estimated "
-            f"at {format_seconds(final + rounds * final)} on {cores()} cores, the final fit on every row alone at "
-            f"{format_seconds(final)}: past the sweep's budget of {format_seconds(budget)}, even choosing on "
-            f"{fewest:,} rows. Use {_faster(head)}train on fewer rows (`fraction`), or allow it with a "
-            f"`time_limit` of at least {math.ceil(needed)} s.",
-            field="sweep",
-        )
-    return subsample(np.arange(n_rows), labels, min(fitting / n_rows, 1.0), seed)
-
-
-def _faster(head: str) -> str:
-    others = [f"{name} ({kind})" for name, kind in _FASTER.items() if name != head]
-    return f"a head whose cost grows linearly with the rows, {' or '.join(others)}; "
-
-
-def check_sweep_budget(
-    grids: Mapping[str, Mapping[str, Sequence] | None], labels: np.ndarray, n_features: int, *,
-    time_limit: float | None = None,
-) -> None:
-    """Refuses, before any head trains, a sweep that cannot keep to its budget (see `sweep_rows`).
-
-    Args:
-        grids: `plan_sweep`'s `{head: grid or None}`.
-        labels: the training rows' labels (augmented views included).
-        n_features: features per row.
-        time_limit: `TrainConfig.time_limit`, each head's budget; `None`
-            for `SWEEP_BUDGET`. Defaults to `None`.
-    """
-    for head, grid in grids.items():
-        if grid:
-            n_candidates = int(np.prod([len(values) for values in grid.values()]))
-            sweep_rows(head, labels, n_features, n_candidates, _side_by_side(head, n_candidates),
-                       budget=SWEEP_BUDGET if time_limit is None else time_limit)
+    ordered = sorted(values)
+    ratios = [b / a for a, b in zip(ordered, ordered[1:])]
+    ratio = ratios[0]
+    if ratio < _MIN_RATIO or any(abs(r / ratio - 1) > _RATIO_RTOL for r in ratios):
+        return None
+    if won == ordered[-1]:
+        edge, value = "upper", won * ratio
+    elif won == ordered[0]:
+        edge, value = "lower", won / ratio
+    else:
+        return None
+    if isinstance(won, numbers.Integral):
+        if value != int(value) or value < 1:
+            return None  # an integer grid steps to integers only
+        value = int(value)
+    else:
+        value = float(f"{value:.12g}")  # 10 * 10.000000000000002 reads back as 100.0
+    return name, edge, value
 
 
 def _shown(params: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in params.items())
 
 
-def _score(head, params, swept, train, validation, class_names) -> dict[str, Any]:
-    estimator = create_head(head, **params)
+def _score(head, params, swept, train, validation, class_names, transform=STANDARD) -> dict[str, Any]:
+    params = {k: v for k, v in params.items() if k != TRANSFORM}
+    estimator = with_transform(create_head(head, **params), swept.get(TRANSFORM, transform))
     (X, y), (X_val, y_val) = train, validation
     X, X_val = feature_matrix(estimator, X), feature_matrix(estimator, X_val)
     # The dense head stops early on validation, exactly as `fit_head` trains it.
@@ -467,7 +470,9 @@ def plot_sweep(result: SweepResult) -> Figure:
     """Draw the validation metric against each swept parameter.
 
     Each axes shows every candidate as a grey dot, the best score at each
-    value (over the other parameters) as a line, and the winner as a star.
+    value (over the other parameters) as a line, and the winner as a star
+    labelled with its value; values the sweep added past the grid's edges
+    are shaded.
     A numeric grid spanning two decades or more gets a log x-axis; other
     values are drawn as evenly spaced categories.
 
@@ -488,6 +493,12 @@ def plot_sweep(result: SweepResult) -> Figure:
         ax.scatter(x, scores, color="0.7", s=16, label="candidate")
         ax.plot(at, [pick(scores[x == a]) for a in at], color="blue", marker="o", label="best at value")
         ax.scatter([x[result.chosen]], [scores[result.chosen]], color="red", marker="*", s=160, zorder=3, label="chosen")
+        ax.annotate(f"{name}={result.candidates[result.chosen]['params'][name]!r}", (x[result.chosen], scores[result.chosen]),
+                    textcoords="offset points", xytext=(0, 8), ha="center", fontsize=7, color="red")
+        for record in result.extended:
+            if record["param"] == name and record["added"]:
+                ax.axvspan(*_added_span(sorted(values), record), color="gold", alpha=0.25,
+                           label=f"added past the {record['edge']} edge")
         if numeric and min(values) > 0 and max(values) / min(values) >= _LOG_SPAN:
             ax.set_xscale("log")
         elif not numeric:
@@ -497,6 +508,14 @@ def plot_sweep(result: SweepResult) -> Figure:
         ax.set_title(f"{result.head}: {name}")
         ax.legend(fontsize=7)
     return fig
+
+
+def _added_span(ordered: list, record: Mapping[str, Any]) -> tuple[float, float]:
+    """From the grid's original edge to the farthest value added past it."""
+    added = record["added"]
+    if record["edge"] == "upper":
+        return ordered[ordered.index(min(added)) - 1], max(added)
+    return min(added), ordered[ordered.index(max(added)) + 1]
 
 
 def _position(values: Sequence, value) -> int:

@@ -39,7 +39,8 @@ from .. import _atomic, config as config_lib
 from ..errors import ConfigError, WriteError
 from ..heads import fit_head, plan_params, training_splits
 from ..heads.registry import uses_keras
-from ..heads.sweep import check_sweep_rows, plan_sweep, sweep_head
+from ..heads.sweep import add_transforms, check_sweep_rows, plan_sweep, sweep_head
+from ..heads.transforms import check_transforms
 from ..store import FeatureSet
 from ..store.fused import read_features
 from . import layout
@@ -63,6 +64,7 @@ CURVE_COLUMNS = (
     "test_log_loss",
     "fit_seconds",
     "params",
+    "transform",
     "error",
 )
 _SCORES = ("accuracy", "macro_f1", "log_loss")
@@ -125,7 +127,7 @@ def run_curve(features: str | os.PathLike | None, *, config: config_lib.CurveCon
     if not isinstance(config, config_lib.CurveConfig):
         raise TypeError(f"`config` must be a CurveConfig. Received: {type(config).__name__}.")
     plans = [plan_params(config.heads, config.params, config.seed + r) for r in range(config.repeats)]
-    grids = plan_sweep(plans[0], config.sweep, config.params)
+    grids = add_transforms(plan_sweep(plans[0], config.sweep, config.params), check_transforms(config.transform))
     _atomic.check_writable(config.runs_dir, field="runs_dir")  # before minutes of fitting
     fs = read_features(features, config.cache_dir)
     points = [
@@ -156,22 +158,25 @@ def run_curve(features: str | os.PathLike | None, *, config: config_lib.CurveCon
 def _point(fs: FeatureSet, head: str, params, fraction: float, repeat: int, parts, grid, config) -> dict[str, Any]:
     """One head at one fraction and repeat: swept on validation if asked (never test), fitted, scored."""
     row = {"head": head, "fraction": fraction, "repeat": repeat, "seed": config.seed + repeat}
+    transform = config.transform[0]
     try:
         if grid is not None:
             train, val = parts["train"], parts["validation"]
-            params = sweep_head(
+            search = sweep_head(
                 head, params, grid,
                 train=(fs.features[train], fs.labels[train]),
                 validation=(fs.features[val], fs.labels[val]),
-                class_names=fs.class_names, select=config.select, n_jobs=1,
-            ).params
-        fitted = fit_head(head, params, fs, parts)
+                class_names=fs.class_names, select=config.select, n_jobs=1, transform=transform,
+            )
+            params, transform = search.params, search.chosen_transform
+        fitted = fit_head(head, params, fs, parts, transform=transform)
     except ConfigError as e:
         # One point a head cannot learn from (fewer examples than its folds) must not cost the whole curve.
         log.warning("curve: %s at fraction %g, repeat %d not fitted: %s", head, fraction, repeat, e)
         return {
             **row, "n_train": len(parts["train"]), **{c: None for c in CURVE_COLUMNS if c.startswith(("val_", "test_"))},
-            "fit_seconds": None, "params": json.dumps(layout.jsonable(params), sort_keys=True), "error": str(e),
+            "fit_seconds": None, "params": json.dumps(layout.jsonable(params), sort_keys=True), "transform": transform,
+            "error": str(e),
         }
     scores = {
         f"{prefix}_{name}": None if fitted.metrics[split] is None else float(fitted.metrics[split][name])
@@ -180,7 +185,7 @@ def _point(fs: FeatureSet, head: str, params, fraction: float, repeat: int, part
     }
     return {
         **row, "n_train": fitted.sizes["train"], **scores, "fit_seconds": round(fitted.fit_seconds, 4),
-        "params": json.dumps(layout.jsonable(params), sort_keys=True), "error": "",
+        "params": json.dumps(layout.jsonable(params), sort_keys=True), "transform": transform, "error": "",
     }
 
 

@@ -58,6 +58,7 @@ from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
+from ..heads.transforms import keras_layers, split_transform
 from . import export_loading, layout, preprocess, safe_head
 from .export_bases import base_branch, reference_features
 from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
@@ -126,8 +127,10 @@ def preprocess_affine(module: str) -> tuple[np.ndarray, np.ndarray]:
 def build_export_model(predictor: Predictor):
     """The run's extractor and head as one Keras model of built-in layers.
 
-    Dense heads are their own network; `logreg`, `linear_svm` and `ridge`
-    become one `Dense` layer (see `heads.linear_softmax_weights`). Images
+    Dense heads are their own network (their feature transform inside);
+    `logreg`, `linear_svm` and `ridge` become one `Dense` layer (see
+    `heads.linear_softmax_weights`) after their feature transform's
+    layers (`heads.transforms.keras_layers`). Images
     are resized by `Resizing(..., antialias=True)`, Keras' form of the
     reference decoder's Pillow bilinear filter (within one grey level).
 
@@ -172,8 +175,9 @@ def _head_model(keras, predictor: Predictor, feature_shape):
     features = keras.Input(tuple(feature_shape), dtype="float32", name="features")
     if predictor.is_dense:
         return keras.Model(features, predictor.head.model_(features), name="head")
+    transform, linear = split_transform(predictor.head)
     try:
-        kernel, bias, link = heads.linear_softmax_weights(predictor.head, len(predictor.class_names))
+        kernel, bias, link = heads.linear_softmax_weights(linear, len(predictor.class_names))
     except ValueError as e:
         raise ConfigError(
             f"This run's head ({type(predictor.head).__name__}) has no Keras form: {e}. Only dense, logreg, "
@@ -181,6 +185,8 @@ def _head_model(keras, predictor: Predictor, feature_shape):
             field="format",
         ) from None
     x = keras.layers.Flatten(name="flatten")(features) if len(feature_shape) > 1 else features
+    if transform is not None:
+        x = keras_layers(keras, x, transform)  # the head's fitted feature transform, as layers
     dense = keras.layers.Dense(len(bias), activation=link, dtype="float32", name="linear")
     x = dense(x)
     dense.set_weights([kernel.astype(np.float32), bias.astype(np.float32)])

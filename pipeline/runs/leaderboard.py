@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Mapping, NamedTuple
 
 from .. import _atomic
 from ..config.options import integer, is_real
+from ..config.train import DEFAULT_TRANSFORM
 from ..errors import ConfigError, RunError, WriteError
 from ..store import shown_path
 from . import csvcells, layout
@@ -322,7 +323,8 @@ def variant(lineage: Mapping[str, Any], config: Mapping[str, Any], metrics: Mapp
     """What tells a run apart from others of its head on its set, in a few words; `""` for a plain run.
 
     Read from a run folder's `lineage.json`, `config.json` and `metrics.json`;
-    e.g. `ft of 1a2b3c4d +20 layers`, `aug 4v flip,rotation`, `tf pca`,
+    e.g. `ft of 1a2b3c4d +20 layers`, `aug 4v flip,rotation`, `tf pca-whiten-64`
+    (a transform other than the default),
     `C=0.01` (the sweep's choice), `frac 0.5`.
     """
     parts = []
@@ -338,7 +340,7 @@ def variant(lineage: Mapping[str, Any], config: Mapping[str, Any], metrics: Mapp
         ops = ";".join(",".join(op.split("=")[0] for op in str(r.get("ops") or "").split(",")) for r in record)
         parts.append(f"aug {views}v {ops}")
     transform = _transform(lineage.get("transform"))
-    if transform:
+    if transform and transform != DEFAULT_TRANSFORM:  # the default is every plain run's: no word for it
         parts.append(f"tf {transform}")
     chosen = metrics["sweep"].get("chosen") if isinstance(metrics.get("sweep"), dict) else None
     if isinstance(chosen, dict):

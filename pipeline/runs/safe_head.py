@@ -8,8 +8,8 @@ copied and shared as much as bundles, so both keep their head with
 that is the file `RunSource` loads: skops rebuilds objects from a tree of
 plain values and refuses any type it was not told to trust. The types
 trusted here are scikit-learn's own classes (resolved by name to a class
-defined in that very module, never a function or an alias) and
-`DenseClassifier`, whose network travels as `.keras` bytes that Keras
+defined in that very module, never a function or an alias), the signed
+square root of the `sqrt-l2` transform and `DenseClassifier`, whose network travels as `.keras` bytes that Keras
 loads in safe mode (no Python lambdas). Anything else (a custom head
 class, say) is refused on load: such a run or bundle keeps only its pickle,
 which `RunSource` loads only with `trust=True`.
@@ -34,7 +34,8 @@ from ..store.content import file_sha256
 
 __all__ = ["NotPortable", "dump_head", "load_head", "untrusted_types", "write_run_head"]
 
-_DENSE = "pipeline.heads.dense.DenseClassifier"
+# The product's own types a head may hold: the dense head, and the signed square root of `--transform sqrt-l2`.
+_OWN = ("pipeline.heads.dense.DenseClassifier", "pipeline.heads.transforms.signed_sqrt")
 _SKLEARN_NAME = re.compile(r"sklearn(\.[A-Za-z_][A-Za-z0-9_]*)+")
 
 
@@ -120,7 +121,7 @@ def untrusted_types(names) -> list[str]:
 
 
 def _trusted(name: str) -> bool:
-    if name == _DENSE:
+    if name in _OWN:
         return True
     if not _SKLEARN_NAME.fullmatch(name):
         return False

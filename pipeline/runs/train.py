@@ -34,7 +34,9 @@ from ..heads.apply import aligned_proba, feature_matrix
 from ..heads.registry import estimate_seconds
 from ..heads.workers import FitTimeLimit, wait_seconds
 from ..heads.metrics import plot_confusion_matrix, plot_history
-from ..heads.sweep import SweepResult, check_sweep_budget, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
+from ..heads.sweep import SweepResult, add_transforms, check_sweep_rows, plan_sweep, plot_sweep, refit_rows, sweep_head
+from ..heads.sweep_budget import check_sweep_budget
+from ..heads.transforms import check_transforms
 from ..features.augment import format_augment_ops, parse_augment_ops
 from ..store import INDEX_NAME, FeatureSet, FeatureStore, feature_key, read_feature_set
 from ..store.fused import member_record, read_features
@@ -154,7 +156,7 @@ def train_heads(features: str | os.PathLike | None, *, config: config_lib.TrainC
     if not isinstance(config, config_lib.TrainConfig):
         raise TypeError(f"`config` must be a TrainConfig. Received: {type(config).__name__}.")
     plans = plan_params(config.heads, config.params, config.seed)
-    grids = plan_sweep(plans, config.sweep, config.params)
+    grids = add_transforms(plan_sweep(plans, config.sweep, config.params), check_transforms(config.transform))
     _atomic.check_writable(config.runs_dir, field="runs_dir")  # before minutes of fitting
     fs = read_features(features, config.cache_dir)
     if config.augmented and "members" in fs.attrs:
@@ -346,16 +348,18 @@ def _run_one(
 def _fit_and_write(fs: FeatureSet, parts, head: str, params, config, grid, views, deadline, copies) -> RunResult:
     out_root = Path(config.runs_dir) / fs.name
     search = None if grid is None else _sweep(fs, parts, head, params, grid, config, deadline)
+    transform = config.transform[0]
     if search is not None:
-        params, parts = search.params, refit_rows(parts, config.refit)
+        params, parts, transform = search.params, refit_rows(parts, config.refit), search.chosen_transform
 
     def fresh_name() -> str:
         return f"{layout.slug(head)}-{layout.run_id()}"
 
     try:
         with _atomic.staged_folder(out_root / fresh_name(), fresh_name=fresh_name) as staged:
-            fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path, time_limit=wait_seconds(deadline))
-            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views, copies)
+            fitted = fit_head(head, params, fs, parts, callbacks_dir=staged.path, time_limit=wait_seconds(deadline),
+                              transform=transform)
+            head_sha256 = _write_run(staged.path, fs, head, params, fitted, config, views, copies, transform)
             _write_test_predictions(staged.path, fs, parts, fitted)
             if search is not None:
                 fitted = _write_sweep(staged.path, search, fitted, config)
@@ -377,6 +381,7 @@ def _sweep(fs: FeatureSet, parts, head: str, params, grid, config, deadline=None
         class_names=fs.class_names,
         select=config.select,
         deadline=deadline,
+        transform=config.transform[0],
     )
 
 
@@ -403,7 +408,9 @@ def _write_sweep(folder: Path, search: SweepResult, fitted: FittedHead, config) 
     return fitted
 
 
-def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views, copies) -> str:
+def _write_run(
+    folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHead, config, views, copies, transform: str
+) -> str:
     """Writes every file of a run into `folder`; returns the head file's sha256."""
     shown = "test" if fitted.metrics["test"] is not None else "validation"
     save_figure(plot_confusion_matrix(fitted.metrics[shown]["confusion_matrix"], fs.class_names),
@@ -415,20 +422,24 @@ def _write_run(folder: Path, fs: FeatureSet, head: str, params, fitted: FittedHe
     if views:
         lineage["n_images"] -= sum(v["rows"] for v in views)
         lineage["augmented"] = views  # the view sets trained on: ops, seed, view indices, rows
+    lineage["transform"] = transform  # fitted inside the head; recorded for the leaderboard
     recorded = ("feature_set", "content_hash", "feature_key", "backbone", "weights", "class_names")
-    metadata = {**{k: lineage[k] for k in recorded}, "head": head, "params": layout.jsonable(params)}
+    metadata = {**{k: lineage[k] for k in recorded}, "head": head, "params": layout.jsonable(params),
+                "transform": transform}
     lineage["head_sha256"] = save_head(folder / layout.HEAD, fitted.estimator, metadata=metadata)
     lineage["head_skops_sha256"] = safe_head.write_run_head(folder / layout.HEAD_SKOPS, fitted.estimator, metadata)
     # Orders the leaderboard: run ids only tell the second a run started.
     lineage["trained_at"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
     layout.write_json(folder / layout.METRICS, {
         **fitted.metrics, "fit_seconds": fitted.fit_seconds, "sizes": fitted.sizes, **fitted.convergence,
+        "transform": transform,
         **({"augmented": views} if views else {}), "duplicates_across_splits": copies,
     })
     layout.write_json(folder / layout.CONFIG, {
         "train_config": config_lib.to_dict(config),
         "head": head,
         "params": params,
+        "transform": transform,
         "estimator_params": fitted.estimator_params,
     })
     layout.write_json(folder / layout.LINEAGE, lineage)
