@@ -6,7 +6,8 @@ run. The photos predicted are 10 others, written as a user's files would
 be: smaller than SIZE, larger, not square, JPEG and PNG (JPEGs stay below
 twice SIZE, where the reference decoder's JPEG draft mode starts; that case
 is measured in docs/predict.md). Each is decoded at full size by Pillow
-and fed to the exported model as it is.
+and fed to the traced exports as it is; every kind of photo, big ones
+included, goes through the shipped `preprocess.py` into every format.
 """
 
 import contextlib
@@ -35,7 +36,7 @@ from pipeline.runs.train import train_heads
 SIZE = 128
 # (width, height, format): smaller than SIZE, the photos' own 100 x 100, larger, not square.
 VARIANTS = [(64, 48, "PNG"), (100, 100, "JPEG"), (200, 150, "JPEG"), (90, 170, "JPEG"), (400, 260, "PNG")]
-TOLERANCE = 0.01  # the spec: probabilities within 0.01 of `predict`, the same top class
+TOLERANCE = 1e-3  # the spec: probabilities within 1e-3 of `predict`, the same top class
 
 
 @pytest.fixture(scope="module")
@@ -104,9 +105,14 @@ def _keras_model(path):
 
 @pytest.mark.weights
 @pytest.mark.parametrize("head", ["dense", "logreg"])
-@pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), pytest.param("onnx", "signs.onnx", marks=pytest.mark.onnx),
+@pytest.mark.parametrize("fmt, out", [pytest.param("onnx", "signs.onnx", marks=pytest.mark.onnx),
                                       ("saved_model", "signs_saved_model")])
 def test_exported_model_on_raw_photos_of_any_size_agrees_with_predict(signs, tmp_path, head, fmt, out):
+    """The traced formats resize as the reference decoder does, bit for bit, so raw pixels of any size agree.
+
+    `.keras` holds Keras' float form of the filter (within one grey level off SIZE): it is fed
+    `preprocess.load_image`, see the test of every kind of photo below.
+    """
     run = signs.runs[head]
     status = cli.main(["export", str(run), str(tmp_path / out), "--format", fmt, "--quiet"])
     assert status == cli.ExitStatus.OK
