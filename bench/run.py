@@ -17,6 +17,8 @@ rss    peak RSS of `python -m pipeline features` on N vs 10N images.
 decode decode alone in threads vs worker processes on 500x375 and phone-sized
        JPEGs, the share of a decode that holds the GIL, and the projection
        of both to 8, 16 and 32 cores.
+decoders  the reference decoder vs Pillow bilinear vs OpenCV per core, and the
+       extraction loop vs the plain Keras pipeline and seed 003 (bench/decoders.py).
 ray    the Ray engine (`--engine ray`) with 1 and 2 model workers on a local
        Ray cluster vs the local engine, on the same small JPEGs.
 hub    a KerasHub ViT-S/14 (DINOv2-small's shape, random weights) through the
@@ -40,11 +42,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import common
+from bench import common, decoders
 from bench import hub as bench_hub
 from bench.common import fmt, fmt_ratio, med, table
 
-SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode", "ray", "hub")
+SECTIONS = ("speed", "multi", "head", "noop", "rss", "decode", "decoders", "ray", "hub")
 PROJECTED_CORES = (8, 16, 32)
 
 
@@ -685,6 +687,8 @@ def render(env: dict, args, results: dict, commands: list[str]) -> str:
         ]
     if "decode" in results:
         lines += _decode_lines(results["decode"])
+    if "decoders" in results:
+        lines += decoders.lines(results["decoders"])
     if "ray" in results:
         lines += _ray_lines(results["ray"])
     if "hub" in results:
@@ -712,6 +716,7 @@ def build_parser(defaults: dict | None = None) -> argparse.ArgumentParser:
     p.add_argument("--rss-factor", type=int, default=10, help="the large rss run has this many times N images (default 10)")
     p.add_argument("--decode-n", type=int, default=48,
                    help="phone-sized JPEGs of the decode section; 4x as many 500x375 ones (default 48)")
+    p.add_argument("--decoders-n", type=int, default=96, help="phone photos of the decoders section (default 96)")
     p.add_argument("--ray-n", type=int, default=320, help="photos of the Ray engine comparison (default 320)")
     p.add_argument("--ray-size", type=int, default=96, help="input size of the Ray engine comparison (default 96)")
     p.add_argument("--hub-n", type=int, default=64, help="photos of the KerasHub ViT-S/14 comparison (default 64)")
@@ -773,6 +778,8 @@ def _run(args, sections, workdir: Path, argv, started: float) -> int:
         results["rss"] = rss(workdir, args.n, args.rss_factor, args.rss_size, args.precision)
     if "decode" in sections:
         results["decode"] = decode_scaling(workdir, args.decode_n, args.reps)
+    if "decoders" in sections:
+        results["decoders"] = decoders.measure(workdir, args.decoders_n, args.reps, loops=True)
     if "ray" in sections:
         results["ray"] = ray_scaling(workdir, args.ray_n, args.ray_size, args.reps, args.precision)
     if "hub" in sections:

@@ -303,7 +303,17 @@ def test_draft_reduces_big_photos_before_decoding():
 def test_decoder_id_names_pillow_and_filter():
     major = Image.__version__.split(".")[0]
     assert DECODER_ID.startswith(f"pillow{major}-")
-    assert "triangle-round" in DECODER_ID and "squash" in DECODER_ID
+    assert "bilinear-squash" in DECODER_ID
+
+
+@pytest.mark.parametrize("height, width", [(100, 100), (378, 378), (450, 600), (600, 450), (90, 170), (31, 700)])
+def test_the_reference_resize_is_pillows_bilinear(height, width):
+    """The resize runs in Pillow's C code: the same pixels as `Image.resize(BILINEAR)`, any shape."""
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(image).resize((224, 224), Image.Resampling.BILINEAR))
+    got = resize_squash(image, 224)
+    np.testing.assert_array_equal(got, expected)
+    assert got.flags.writeable and got.dtype == np.uint8
 
 
 def test_threads_give_the_same_pixels(bad_corpus):

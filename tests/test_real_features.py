@@ -2,8 +2,8 @@
 
 The reference is what a user would write by hand: Pillow decode, EXIF
 orientation applied, RGB, the product's reference resize
-(`decode.resize_squash`: Keras' `Resizing(antialias=True)` and rounding,
-which tests/test_export.py compares with the Keras layer) — then the
+(`decode.resize_squash`: Pillow's `resize(BILINEAR)`, which
+tests/test_export.py compares with the exported graphs' resize) — then the
 model's own `preprocess_input` and `model.predict` of the Keras application
 with `pooling="avg"`.
 """

@@ -25,18 +25,16 @@ The steps, in order:
    `Image.reduce` (a box filter, by the whole factor that keeps it at
    least 2x `size`), so that the next step stays cheap for huge PNGs.
 7. Resize to `(size, size)`, ignoring the aspect ratio ("squash", the
-   default of keras `image_dataset_from_directory`), with `resize_squash`:
-   an antialiased bilinear (triangle) filter, widened by the shrink factor
-   so that every source pixel counts, computed in float and rounded to the
-   nearest grey level. It is the arithmetic of Keras'
-   `Resizing(interpolation="bilinear", antialias=True)` followed by
-   `ops.round`, which is how exported models resize: features, `predict`
-   and an exported model given the same decoded image agree by
-   construction (a value halfway between two grey levels may round the
-   other way where the float32 sums differ: up to 0.05% of the values). Pillow's own `resize` differs by one grey level
-   on up to a third of the pixels (it rounds between its two passes, in
-   fixed point), which moves a sensitive backbone's probabilities by a few
-   hundredths.
+   default of keras `image_dataset_from_directory`), with Pillow's
+   `resize(BILINEAR)`: an antialiased bilinear (triangle) filter widened by
+   the shrink factor so that every source pixel counts, in Pillow's fixed
+   point (22-bit weights, rounded to whole grey levels after each pass; the
+   pass order is Pillow's). It runs in C at Pillow's own speed; exported
+   models repeat that integer arithmetic exactly (`runs/export_resize.py`),
+   and the `preprocess.py` shipped beside them calls the same Pillow resize.
+   Until this decoder, the product resized with a float32 triangle filter in
+   NumPy (Keras' `Resizing(antialias=True)` + round): 2-3x the cost of the
+   decode itself, see docs/performance.md.
 
 Steps 2 and 6 only act on images at least twice `size`: for those, an
 exported model given the full-size image sees slightly different pixels
@@ -45,7 +43,6 @@ exported model given the full-size image sees slightly different pixels
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import itertools
@@ -59,7 +56,6 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import PIL
-import scipy.sparse
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ConfigError
@@ -69,13 +65,14 @@ __all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "l
 
 DECODER_ID = (
     f"pillow{PIL.__version__.split('.')[0]}"
-    "-draft-exif-rgb16scaled-alphawhite-reduce4x-triangle-round-squash"
+    "-draft-exif-rgb16scaled-alphawhite-reduce4x-bilinear-squash"
 )
 """Names the decoder and every choice that changes its output.
 
 It goes into the feature cache key: bump the suffix whenever `load_image()`
 returns different pixels for the same file. The Pillow major version is in
-it because resampling and libjpeg builds change between releases.
+it because resampling and libjpeg builds change between releases (Pillow 13
+chose a new pass order for images shrunk much more in height than in width).
 """
 
 ACCEPTED_FORMATS = frozenset(
@@ -353,14 +350,19 @@ def load_decoded(path, size) -> tuple[np.ndarray, str]:
     """
     size = _check_size(size)
     data = _read_file(path)
-    return _decode_unresized(data, size), hashlib.sha256(data).hexdigest()
+    return _decoded(data, size, np.asarray), hashlib.sha256(data).hexdigest()
 
 
 def _decode(data: bytes, size):
-    return resize_squash(_decode_unresized(data, size), size)
+    return _decoded(data, size, lambda img: _resized(img, size))
 
 
-def _decode_unresized(data: bytes, size) -> np.ndarray:
+def _decoded(data: bytes, size, finish) -> np.ndarray:
+    """`finish` applied to the decoded RGB image of `data` before the resize to `size` (steps 1-6).
+
+    `finish` runs while the file's image is open: closing it frees the
+    pixels of every image that shares them.
+    """
     limit = Image.MAX_IMAGE_PIXELS
     try:
         img = Image.open(io.BytesIO(data))
@@ -411,36 +413,27 @@ def _decode_unresized(data: bytes, size) -> np.ndarray:
             raise DecodeError(
                 f"unsupported colour mode {img.mode!r}: {_pillow_message(e)}"
             ) from None
-        return np.asarray(_reduced(rgb, size))
+        return finish(_reduced(rgb, size))
 
 
 def resize_squash(image: np.ndarray, size: int) -> np.ndarray:
-    """Resizes a uint8 `(H, W, 3)` image to `(size, size, 3)`: antialiased bilinear, rounded.
+    """Resizes a uint8 `(H, W, 3)` image to `(size, size, 3)` as the reference decoder does.
 
-    Each output pixel is the average of the source pixels under a triangle
-    centred on it (half-pixel centres), of half-width one output pixel when
-    shrinking and one source pixel when enlarging, its weights normalised
-    where it crosses the border; one axis after the other, in float32,
-    without rounding between the passes; then rounded half to even. This is
-    Keras' `Resizing(size, size, interpolation="bilinear", antialias=True)`
-    followed by `keras.ops.round` (`tests/test_export.py` compares them).
+    Pillow's `resize((size, size), BILINEAR)`: each output pixel is the
+    average of the source pixels under a triangle centred on it (half-pixel
+    centres), of half-width one output pixel when shrinking and one source
+    pixel when enlarging, its weights normalised where it crosses the
+    border; one axis after the other in Pillow's 22-bit fixed point, rounded
+    to whole grey levels after each pass. `runs/export_resize.py` is the
+    same arithmetic as graph operations (`tests/test_export.py` compares
+    them on every pass order).
     """
-    height, width, channels = image.shape
-    x = image.transpose(1, 0, 2).reshape(width, height * channels).astype(np.float32)
-    x = _triangle_weights(width, size) @ x  # (size, height * channels)
-    x = x.reshape(size, height, channels).transpose(1, 0, 2).reshape(height, size * channels)
-    x = _triangle_weights(height, size) @ x  # (size, size * channels)
-    return np.rint(x.reshape(size, size, channels)).astype(np.uint8)
+    return _resized(Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8)), size)
 
 
-@functools.lru_cache(maxsize=256)
-def _triangle_weights(n_in: int, n_out: int) -> scipy.sparse.csr_matrix:
-    """`(n_out, n_in)` weights of the triangle filter; sparse, since each row spans a few pixels."""
-    scale = n_in / n_out
-    half_width = max(scale, 1.0)
-    centres = (np.arange(n_out) + 0.5) * scale
-    taps = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in) + 0.5 - centres[:, None]) / half_width)
-    return scipy.sparse.csr_matrix((taps / taps.sum(axis=1, keepdims=True)).astype(np.float32))
+def _resized(img, size: int) -> np.ndarray:
+    """The RGB image `img` squashed to `(size, size, 3)`, as a new writable array."""
+    return np.array(img.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _reduced(img, size: int):

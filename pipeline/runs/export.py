@@ -9,14 +9,16 @@ Entry point: `export_run(run_dir, out)`. Four formats, the rows of
 
       image (batch, H, W, 3) uint8, any H and W
         -> Rescaling(1.0)                   cast to float32
-        -> Resizing(SIZE, SIZE, bilinear, antialias) and ops.round
-                                            the reference decoder's resize
+        -> resize to SIZE x SIZE            the reference decoder's: Pillow's
+                                            bilinear, exactly (SavedModel, ONNX);
+                                            Resizing(antialias) + round (.keras)
         -> Dense(3) on the channel axis     the backbone's preprocess_input
         -> backbone -> pooling              the run's extractor
         -> dense head                       softmax over the run's classes
 
-  It uses built-in Keras layers only, so `keras.saving.load_model(path)`
-  loads it in any process, on any Keras 3 backend, without this package.
+  The `.keras` file uses built-in Keras layers only, so
+  `keras.saving.load_model(path)` loads it in any process, on any Keras 3
+  backend, without this package.
   Every `keras.applications` `preprocess_input` is a per-channel affine
   map, possibly after an RGB -> BGR flip ("caffe", "tf", "torch" modes, or
   nothing at all): `preprocess_affine` measures that map and checks it, and
@@ -25,10 +27,12 @@ Entry point: `export_run(run_dir, out)`. Four formats, the rows of
   the model's sha256, and `preprocess.py` (the reference decoder, Pillow
   only) is written beside it.
 
-  The resize is the reference decoder's own (`decode.resize_squash` is its
-  NumPy form), so the model given a decoded photo of any size predicts what
-  `bottleneck predict` does; only images at least twice SIZE differ a
-  little, where the decoder shrinks JPEGs while decoding (docs/predict.md).
+  The SavedModel and ONNX graphs repeat the reference decoder's resize
+  exactly (`export_resize`), so given a decoded photo of any size they
+  predict what `bottleneck predict` does; `.keras` holds Keras' float
+  form of the same filter (within one grey level). Images at least twice
+  SIZE differ more, where the decoder shrinks JPEGs while decoding: decode
+  files with the shipped `preprocess.py` (docs/predict.md).
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
@@ -58,6 +62,7 @@ from .. import _atomic, heads
 from ..errors import BottleneckError, ConfigError, RunError
 from .._versions import library_versions
 from ..features import discovery
+from ..features.decode import DECODER_ID
 from ..heads.transforms import keras_layers, split_transform
 from . import export_loading, layout, preprocess, safe_head
 from .export_bases import base_branch, reference_features
@@ -130,9 +135,10 @@ def build_export_model(predictor: Predictor):
     Dense heads are their own network (their feature transform inside);
     `logreg`, `linear_svm` and `ridge` become one `Dense` layer (see
     `heads.linear_softmax_weights`) after their feature transform's
-    layers (`heads.transforms.keras_layers`). Images
-    are resized by `Resizing(..., antialias=True)`, Keras' form of the
-    reference decoder's Pillow bilinear filter (within one grey level).
+    layers (`heads.transforms.keras_layers`). Images are resized by
+    `Resizing(..., antialias=True)` and rounded, Keras' float form of the
+    reference decoder's Pillow bilinear filter (within one grey level; the
+    traced formats repeat Pillow's arithmetic exactly, `export_resize`).
 
     Args:
         predictor: a loaded `Predictor`.
@@ -339,7 +345,7 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
 
     keras = import_keras()
     model = _build(keras, predictor, traced=row.traced)
-    diff = _check_export(model, predictor)
+    diff = _check_export(model, predictor, exact_resize=row.traced)
     with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         if not row.suffix:  # a folder
@@ -361,8 +367,9 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
             "channels": "RGB",
             "size": predictor.size,
             "preprocess": f"{layout.PREPROCESS}: load_image(path, size) decodes a file exactly as predict does",
+            "decoder": DECODER_ID,
             "note": "RGB images of any size, resized inside to SIZE x SIZE as the reference decoder does "
-            f"(antialiased bilinear, squash, rounded); decode files with {layout.PREPROCESS}'s load_image, "
+            f"(Pillow's antialiased bilinear, squash); decode files with {layout.PREPROCESS}'s load_image, "
             "which also applies EXIF orientation, transparency on white, 16-bit scaling and the decoder's "
             "draft/reduce steps for big photos",
         },
@@ -399,32 +406,32 @@ def _check_images(height: int, width: int | None = None) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(4, height, width or height, 3), dtype=np.uint8)
 
 
-def _check_export(model, predictor: Predictor) -> float:
+def _check_export(model, predictor: Predictor, *, exact_resize: bool) -> float:
     """Runs the exported graph and extractor + head on the same random images, and its head on the run's features.
 
-    Images at SIZE, and of another size and shape, which the model resizes
-    as the reference decoder does (up to a rare tie rounded the other way,
-    hence the looser bound). Returns the largest difference of the exact
-    checks: at SIZE and on the run's features.
+    Images at SIZE, and, where the graph repeats the reference decoder's
+    resize exactly (`exact_resize`), of another size and shape. Returns the
+    largest difference.
     """
 
     size = predictor.size
     checks = []
-    for images, tolerance in ((_check_images(size), _CHECK_TOLERANCE), (_check_images(size + 37, size * 2 // 3), 1e-3)):
+    shapes = [(size, size), (size + 37, size * 2 // 3)][: 2 if exact_resize else 1]
+    for images in (_check_images(*shape) for shape in shapes):
         exported = np.asarray(model.predict_on_batch(images), dtype=np.float64)
         features = reference_features(predictor, images)
-        checks.append((float(np.max(np.abs(exported - predictor.predict_proba(features)))), tolerance))
+        checks.append(float(np.max(np.abs(exported - predictor.predict_proba(features)))))
     cached = _run_features(predictor)
     if cached is not None:
         head = np.asarray(model.get_layer("head").predict(cached, verbose=0), dtype=np.float64)
-        checks.append((float(np.max(np.abs(head - predictor.predict_proba(cached)))), _CHECK_TOLERANCE))
-    for diff, tolerance in checks:
-        if not diff < tolerance:
+        checks.append(float(np.max(np.abs(head - predictor.predict_proba(cached)))))
+    for diff in checks:
+        if not diff < _CHECK_TOLERANCE:
             raise RuntimeError(
-                f"The exported model differs from extractor + head by {diff:.3g} (more than {tolerance}) "
+                f"The exported model differs from extractor + head by {diff:.3g} (more than {_CHECK_TOLERANCE}) "
                 "on random images or the run's features; nothing was written. Report this with the run folder."
             )
-    return max(diff for diff, tolerance in checks if tolerance == _CHECK_TOLERANCE)
+    return max(checks)
 
 
 def _run_features(predictor: Predictor, limit: int = 512) -> np.ndarray | None:

@@ -1,7 +1,8 @@
 """The image side of an exported model: one branch per base of the run.
 
 `export._build` feeds the uint8 image to `base_branch` once per base
-(`source.Base`): resize as the reference decoder does, whole grey levels,
+(`source.Base`): resize as the reference decoder does (Pillow's arithmetic
+in the traced formats, `Resizing(antialias=True)` within a grey level in `.keras`), whole grey levels,
 the backbone's preprocessing as a fixed `Dense(3)`, the extractor, and the
 storage dtype's rounding. A fused run's branches are flattened and joined
 by a `Concatenate` before its head, as `store.fused` joined the features.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .export_resize import pillow_bilinear_resize
 from .predict import Predictor
 
 __all__ = ["base_branch", "reference_features"]
@@ -39,7 +41,7 @@ def base_branch(keras, predictor: Predictor, index: int, x, *, traced: bool, suf
     kernel, bias = backbones.preprocess_affine(cfg)
     extractor = predictor.extractor(index)
     if traced:
-        x = triangle_resize(keras, base.size, name=f"resize{suffix}")(x)
+        x = pillow_bilinear_resize(keras, base.size, name=f"resize{suffix}")(x)
     else:
         x = keras.layers.Resizing(base.size, base.size, interpolation="bilinear", antialias=True, dtype="float32",
                                   name=f"resize{suffix}")(x)
@@ -59,32 +61,3 @@ def base_branch(keras, predictor: Predictor, index: int, x, *, traced: bool, suf
 def _layer_name(cfg) -> str:
     return getattr(cfg, "module", None) or "preset"
 
-
-def triangle_resize(keras, size: int, name: str = "resize"):
-    """`Resizing(antialias=True)`'s arithmetic as two matrix products, for the traced formats.
-
-    ONNX has no operator for TensorFlow's `ScaleAndTranslate`, which
-    `Resizing(antialias=True)` becomes; the triangle weights of
-    `decode.resize_squash`, built from the input's shape inside the graph,
-    are plain ops every format holds. A custom layer needs this package to
-    load, so `.keras` keeps the built-in layer.
-    """
-    ops = keras.ops
-
-    def weights(n_in):
-        scale = ops.cast(n_in, "float32") / size
-        centres = (ops.cast(ops.arange(size), "float32") + 0.5) * scale
-        source = ops.cast(ops.arange(n_in), "float32") + 0.5
-        taps = ops.maximum(0.0, 1.0 - ops.abs(source[None, :] - centres[:, None]) / ops.maximum(scale, 1.0))
-        return taps / ops.sum(taps, axis=1, keepdims=True)
-
-    class TriangleResize(keras.layers.Layer):
-        def call(self, x):
-            shape = ops.shape(x)
-            x = ops.einsum("ow,bhwc->bhoc", weights(shape[2]), x)
-            return ops.einsum("oh,bhwc->bowc", weights(shape[1]), x)
-
-        def compute_output_shape(self, input_shape):
-            return (input_shape[0], size, size, input_shape[3])
-
-    return TriangleResize(dtype="float32", autocast=False, name=name)

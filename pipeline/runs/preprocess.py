@@ -14,10 +14,11 @@ so that `model.predict(load_image(path, SIZE)[None])` gives what
    palette and the rest through Pillow's `convert("RGB")`. First frame only.
 4. At least 4x SIZE on the short side: shrunk by a whole factor with a box
    filter (`Image.reduce`), keeping at least 2x SIZE.
-5. Squashed to SIZE x SIZE with an antialiased bilinear (triangle) filter
-   in float32, rounded to the nearest grey level: Keras'
-   `Resizing(antialias=True)` + `round`, which is also what the exported
-   model does to an image of another size.
+5. Squashed to SIZE x SIZE with Pillow's `resize(BILINEAR)` (an
+   antialiased triangle filter in fixed point), which the SavedModel and
+   ONNX exports also repeat exactly on an image of another size. Use the
+   Pillow major version the model's JSON names (`input.decoder`): Pillow 13
+   changed the order of the two passes for some shapes.
 
 Example::
 
@@ -62,7 +63,7 @@ def load_image(path, size):
     factor = min(rgb.size) // (2 * size)
     if factor >= 2:
         rgb = rgb.reduce(factor)
-    return _resize_squash(np.asarray(rgb), size)
+    return np.array(rgb.resize((size, size), Image.Resampling.BILINEAR))
 
 
 def _to_rgb(img):
@@ -77,34 +78,3 @@ def _to_rgb(img):
     if img.mode == "F":
         return img.convert("L").convert("RGB")
     return img.convert("RGB")
-
-
-def _resize_squash(image, size):
-    height, width, channels = image.shape
-    x = image.transpose(1, 0, 2).reshape(width, height * channels).astype(np.float32)
-    x = _triangle(x, size)
-    x = x.reshape(size, height, channels).transpose(1, 0, 2).reshape(height, size * channels)
-    x = _triangle(x, size)
-    return np.rint(x.reshape(size, size, channels)).astype(np.uint8)
-
-
-def _triangle(x, n_out):
-    """Rows of `x` resized to `n_out` by the triangle filter, summed tap by tap from the left in float32.
-
-    That order of the sums is the reference decoder's (a sparse matrix
-    product), so the result matches it exactly, not just within a grey level.
-    """
-    n_in = len(x)
-    scale = n_in / n_out
-    half_width = max(scale, 1.0)
-    centres = (np.arange(n_out) + 0.5) * scale
-    taps = np.maximum(0.0, 1.0 - np.abs(np.arange(n_in) + 0.5 - centres[:, None]) / half_width)
-    taps = (taps / taps.sum(axis=1, keepdims=True)).astype(np.float32)
-    out = np.zeros((n_out, x.shape[1]), np.float32)
-    rows = np.arange(n_out)
-    first = np.argmax(taps > 0, axis=1)
-    for k in range(int((taps > 0).sum(axis=1).max())):
-        column = np.minimum(first + k, n_in - 1)
-        weight = np.where(first + k < n_in, taps[rows, column], np.float32(0))
-        out += weight[:, None] * x[column]
-    return out
