@@ -111,7 +111,7 @@ FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,ray,dev,hub]'
+	$(PY) -m pip install --quiet -e '.[tensorflow,jax,onnx,parquet,ray,dev,hub,bench]'
 	$(PY) -m pip install --quiet --no-deps 'keras-hub==0.32.0'
 	touch $@
 
