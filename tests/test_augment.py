@@ -183,6 +183,7 @@ def test_a_view_depends_on_the_image_alone_not_on_its_batch():
     assert not np.array_equal(augment.apply_view(images, digests, ops=ops, seed=0, view=2), whole)
 
 
+@pytest.mark.slow
 def test_views_of_train_images_only_and_k4_after_k2_extracts_two_more(extracted):
     _, two, four = extracted
     assert two.counts == {"extracted": 12, "reused": 0, "skipped": 0, "removed": 0, "views": 2 * 9}
@@ -208,6 +209,7 @@ def test_cache_ls_lists_the_clean_set_with_its_views_count(extracted, capsys):
     assert listed["name"] == four.path.parent.name and listed["images"] == 12 and listed["views"] == 4
 
 
+@pytest.mark.slow
 def test_views_are_reproducible_and_another_seed_gives_others(extracted, split_data, tmp_path):
     _, _, four = extracted
     again = extract_features(config=_config(split_data, tmp_path / "a", augment=2, augment_ops=OPS))
@@ -221,6 +223,7 @@ def test_views_are_reproducible_and_another_seed_gives_others(extracted, split_d
     assert other != name and not np.allclose(view7.features, view.features)
 
 
+@pytest.mark.slow
 def test_an_interrupted_view_extraction_resumes_to_the_uninterrupted_result(extracted, split_data, tmp_path, monkeypatch):
     _, _, four = extracted
     real, calls = augment.apply_view, []
@@ -244,6 +247,7 @@ def test_an_interrupted_view_extraction_resumes_to_the_uninterrupted_result(extr
         np.testing.assert_allclose(view.features, expected.features, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_augmented_training_never_sees_a_view_of_a_held_out_image(tmp_path):
     # Data without split folders: every image has views, and only the training rows' may be used.
     data = tmp_path / "data"

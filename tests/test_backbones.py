@@ -59,6 +59,7 @@ def test_preprocessing_differs_between_families():
     assert len({round(float(v), 3) for v in outputs.values()}) == 3  # caffe, tf and torch modes
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", FAMILY_REPRESENTATIVES)
 def test_family_builds_and_maps_uint8_images_to_features(name):
     cfg = get_backbone_cfg(name)
@@ -71,6 +72,7 @@ def test_family_builds_and_maps_uint8_images_to_features(name):
     keras.backend.clear_session()
 
 
+@pytest.mark.slow
 def test_pooling_none_keeps_the_spatial_map_and_layer_cuts_the_model():
     cfg = get_backbone_cfg("vgg16")
     spatial = build_extractor(cfg, size=64, weights="none", pooling="none")
@@ -79,6 +81,7 @@ def test_pooling_none_keeps_the_spatial_map_and_layer_cuts_the_model():
     assert cut.output_shape == (None, 256)
 
 
+@pytest.mark.slow
 def test_unknown_names_suggest_close_matches():
     with pytest.raises(ConfigError, match="Did you mean 'mobilenet_v2'") as unknown:
         get_backbone_cfg("mobilenetv2")
@@ -115,6 +118,7 @@ def _legacy_save(model, path):
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
+@pytest.mark.slow
 def test_weights_file_loads_by_its_content_under_any_name(tmp_path):
     cfg = get_backbone_cfg("mobilenet_v3_small")
     keras.utils.set_random_seed(7)
@@ -143,6 +147,7 @@ def test_weights_file_loads_by_its_content_under_any_name(tmp_path):
     assert weights_identity(str(tmp_path / "keras3.bin")) == weights_identity(str(keras3))
 
 
+@pytest.mark.slow
 def test_weights_file_of_another_model_is_refused_in_one_line(tmp_path):
     keras.utils.set_random_seed(7)
     other = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3))

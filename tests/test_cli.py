@@ -7,6 +7,7 @@ from pipeline.cli import ExitStatus, main, terminal
 FAST = ["--model", "mobilenet_025", "--size", "32", "--weights", "none", "--batch-size", "8"]
 
 
+@pytest.mark.slow
 def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, capsys):
     args = ["features", str(tiny_dataset), *FAST, "--cache-dir", str(tmp_path / "cache"), "--json"]
     assert main(args) == ExitStatus.OK
@@ -36,6 +37,7 @@ def test_features_json_last_line_and_up_to_date_message(tiny_dataset, tmp_path, 
     ],
     ids=["missing-data", "unknown-model", "too-small", "missing-weights", "unknown-layer", "no-config"],
 )
+@pytest.mark.slow
 def test_bad_input_exits_2_with_the_fix_and_writes_nothing(tiny_dataset, tmp_path, capsys, args, message):
     cache = tmp_path / "cache"
     args = [a.format(tmp=tmp_path, data=tiny_dataset) for a in args] + ["--cache-dir", str(cache)]
@@ -45,6 +47,7 @@ def test_bad_input_exits_2_with_the_fix_and_writes_nothing(tiny_dataset, tmp_pat
     assert not list(cache.glob("*/features.h5")) and not list(cache.glob("*/shards/*.h5"))
 
 
+@pytest.mark.slow
 def test_imagenet_weights_unavailable_names_both_ways_out(tiny_dataset, tmp_path, capsys, monkeypatch):
     from keras.src.utils import file_utils
 
@@ -60,6 +63,7 @@ def test_imagenet_weights_unavailable_names_both_ways_out(tiny_dataset, tmp_path
     assert not list(tmp_path.glob("*/shards/*.h5"))
 
 
+@pytest.mark.slow
 def test_config_file_values_are_overridden_by_flags(tiny_dataset, tmp_path, capsys):
     config = tmp_path / "run.toml"
     config.write_text('[features]\nmodel = "resnet50"\nsize = 40\nweights = "none"\npooling = "max"\n')
@@ -84,6 +88,7 @@ def test_list_prints_every_backbone(capsys):
     assert names == list_backbones() and len(names) >= 45
 
 
+@pytest.mark.slow
 def test_cache_ls_shows_feature_sets(tiny_dataset, tmp_path, capsys):
     cache = tmp_path / "cache"
     assert main(["cache", "ls", "--cache-dir", str(cache)]) == ExitStatus.OK
@@ -103,6 +108,7 @@ def test_list_heads_prints_every_head(capsys):
     assert names == list_heads() and "logreg" in names and "dense" in names
 
 
+@pytest.mark.slow
 def test_common_flags_before_the_subcommand_take_effect(tiny_dataset, tmp_path, capsys):
     missing = str(tmp_path / "missing")
     with pytest.raises(Exception, match="does not exist"):
@@ -176,12 +182,14 @@ def test_an_option_given_twice_is_refused_not_silently_overridden(capsys):
     assert "--fraction is given twice" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_model_defaults_to_mobilenet_v2_as_documented(tiny_dataset, tmp_path, capsys):
     args = ["features", str(tiny_dataset), "--weights", "none", "--size", "32", "--cache-dir", str(tmp_path), "--json"]
     assert main(args) == ExitStatus.OK
     assert "-mobilenet_v2-32-avg-" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["path"]
 
 
+@pytest.mark.slow
 def test_several_models_take_one_weights_value_each_in_order(tiny_dataset, tmp_path, capsys):
     base = ["features", str(tiny_dataset), "--model", "resnet50", "mobilenet_v2", "--size", "32",
             "--cache-dir", str(tmp_path / "cache")]
@@ -194,6 +202,7 @@ def test_several_models_take_one_weights_value_each_in_order(tiny_dataset, tmp_p
     assert len(report["feature_sets"]) == 2
 
 
+@pytest.mark.slow
 def test_progress_is_a_plain_line_where_stderr_is_not_a_terminal(tiny_dataset, tmp_path, capsys, monkeypatch):
 
     monkeypatch.setattr(terminal.ProgressBar, "PLAIN_INTERVAL", 0.0)
@@ -214,6 +223,7 @@ def narrow_mobilenet_v2_weights(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_a_wrong_weights_file_of_the_same_family_is_one_line_of_stderr(tiny_dataset, tmp_path, narrow_mobilenet_v2_weights):
     import subprocess
     import sys
@@ -294,6 +304,7 @@ def test_verbose_leaves_tensorflow_logging_at_its_default_and_a_users_level_alon
     ],
     ids=["offline-imagenet", "wrong-weights", "missing-weights", "unknown-layer", "too-small", "float16-refused"],
 )
+@pytest.mark.slow
 def test_an_error_before_any_shard_leaves_no_feature_set_folder(
     tiny_dataset, tmp_path, capsys, monkeypatch, narrow_mobilenet_v2_weights, args
 ):

@@ -62,6 +62,7 @@ def test_the_split_docstring_example_runs_a_grid_search(blobs):
 # -- run_curve ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_curve_writes_a_row_per_head_fraction_and_repeat_with_its_lineage(blobs, tmp_path, caplog):
     config = _config(tmp_path, heads=("logreg", "knn"), params={"knn.n_neighbors": 1}, fractions="1,0.05,0.5", repeats=2)
     result = curve.run_curve(blobs, config=config)

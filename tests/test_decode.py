@@ -270,6 +270,7 @@ def _big_photo():
     return big[0]
 
 
+@pytest.mark.slow
 def test_draft_decode_close_to_full_decode():
     # Measured on the three 3024x3024 photos: mean |diff| 0.32 at 224 and
     # 0.39 at 299, 99th percentile 3-4 grey levels. Bounds are ~2.5x that,
@@ -377,6 +378,7 @@ def test_decode_batches_reports_the_digest_of_every_file_it_read(tmp_path):
     assert [len(batch) for batch in decode_batches(tmp_path, entries, 4, batch_size=8, workers=2)] == [3]
 
 
+@pytest.mark.slow
 def test_processes_decode_the_same_arrays_digests_and_failures_as_threads(tmp_path):
     """Issue 13: the shared-memory process pool is the thread pool's equal."""
     from pipeline.features.decode import decode_batches

@@ -556,6 +556,7 @@ def digits(tmp_path_factory):
     return write_digits(tmp_path_factory.mktemp("sample") / "digits")
 
 
+@pytest.mark.slow
 def test_write_digits(digits):
     ds = index_directory(digits)
     assert len(ds.entries) == DIGITS_IMAGES == 1797
@@ -598,6 +599,7 @@ def test_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # no out_dir, no temp folder
 
 
+@pytest.mark.slow
 def test_leftover_temp_folder_is_not_complete(tmp_path):
     # A killed process leaves a partial temp folder beside out_dir, and the
     # user made out_dir as an empty folder (allowed: it is filled).

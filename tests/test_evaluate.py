@@ -176,6 +176,7 @@ def test_plot_history_validates(history, error, match):
 # -- evaluate_run on a run's own test split --------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_on_the_runs_own_test_split_extracts_nothing_and_says_whose_split(tmp_path, caplog):
     import logging
 

@@ -103,6 +103,7 @@ def _keras_model(path):
     return lambda images: model.predict(images, verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.weights
 @pytest.mark.parametrize("head", ["dense", "logreg"])
 @pytest.mark.parametrize("fmt, out", [pytest.param("onnx", "signs.onnx", marks=pytest.mark.onnx),
@@ -123,6 +124,7 @@ def test_exported_model_on_raw_photos_of_any_size_agrees_with_predict(signs, tmp
     assert sidecar["class_names"] == [str(d) for d in range(10)] and sidecar["format"] == f"bottleneck-{fmt}-export"
 
 
+@pytest.mark.slow
 @pytest.mark.weights
 def test_logreg_exports_to_keras_and_matches_predict_at_size(signs, tmp_path):
     """`.keras` holds built-in layers only; on images at SIZE it is exact (raw sizes: docs/predict.md)."""
@@ -301,6 +303,7 @@ def test_shipped_preprocess_decodes_every_kind_as_the_reference_decoder(tmp_path
             np.testing.assert_array_equal(shipped.load_image(path, size), load_image(path, size), err_msg=name)
 
 
+@pytest.mark.slow
 @pytest.mark.weights
 @pytest.mark.parametrize("fmt, out", [("keras", "signs.keras"), ("onnx", "signs.onnx"),
                                       ("saved_model", "signs_saved_model")])

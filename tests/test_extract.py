@@ -35,6 +35,7 @@ def _as_dict(fs):
     return dict(zip(fs.paths, fs.features))
 
 
+@pytest.mark.slow
 def test_first_run_extracts_and_second_run_reuses(tiny_dataset, tmp_path):
     first = extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
     assert first.counts == {"extracted": 18, "reused": 0, "skipped": 0, "removed": 0}
@@ -53,6 +54,7 @@ def test_first_run_extracts_and_second_run_reuses(tiny_dataset, tmp_path):
     np.testing.assert_array_equal(read_feature_set(again.path).features, fs.features)
 
 
+@pytest.mark.slow
 def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_dataset, tmp_path, monkeypatch):
     from pipeline.store import FeatureStore
 
@@ -91,6 +93,7 @@ def test_no_op_trusts_unchanged_shards_and_verify_finds_silent_damage(tiny_datas
     assert verified == [touched.name]
 
 
+@pytest.mark.slow
 def test_no_op_is_not_answered_from_an_index_whose_seal_does_not_match(tiny_dataset, tmp_path):
     config = _config(tiny_dataset, tmp_path / "cache")
     first = extract_features(config=config)
@@ -107,6 +110,7 @@ def test_no_op_is_not_answered_from_an_index_whose_seal_does_not_match(tiny_data
     assert read_feature_set(again.path).features.shape == (18, 2048)
 
 
+@pytest.mark.slow
 def test_added_removed_and_changed_images_are_handled_row_by_row(tiny_dataset, tmp_path):
     config = _config(tiny_dataset, tmp_path / "cache")
     before = _as_dict(read_feature_set(extract_features(config=config).path))
@@ -140,6 +144,7 @@ def test_added_removed_and_changed_images_are_handled_row_by_row(tiny_dataset, t
     np.testing.assert_allclose(fresh.features, fs.features, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_with_reasons_and_the_rest_extracted(tiny_dataset, tmp_path):
     (tiny_dataset / "class0" / "empty.jpg").write_bytes(b"")
     (tiny_dataset / "class1" / "page.jpg").write_text("<html><body>not a photo</body></html>")
@@ -190,6 +195,7 @@ def test_cache_key_changes_with_output_and_not_with_harmless_options(tiny_datase
     )
 
 
+@pytest.mark.slow
 def test_up_to_date_run_imports_neither_keras_nor_tensorflow(tiny_dataset, tmp_path):
     extract_features(config=_config(tiny_dataset, tmp_path / "cache"))
     code = (
@@ -228,6 +234,7 @@ def test_jax_backend_gives_the_same_features_as_tensorflow(tiny_dataset, tmp_pat
     )
 
 
+@pytest.mark.slow
 def test_several_backbones_share_one_decoding_pass(tiny_dataset, tmp_path, monkeypatch):
     from pipeline.features import decode
     from pipeline.features.extract import extract_many
@@ -261,6 +268,7 @@ def test_several_backbones_must_share_one_data_folder(tiny_dataset, tmp_path):
 CHANGED = "changed while it was being extracted; run again"
 
 
+@pytest.mark.slow
 def test_a_file_replaced_while_extracting_is_never_stored_under_its_old_digest(tiny_dataset, tmp_path, monkeypatch):
     from pipeline.features import decode
 
@@ -323,6 +331,7 @@ def test_a_weights_file_replaced_while_loading_stores_nothing(tiny_dataset, tmp_
     assert not list((tmp_path / "cache").glob("*/shards/[!.]*.h5"))
 
 
+@pytest.mark.slow
 def test_data_folders_of_the_same_name_keep_their_own_feature_sets(tmp_path):
     from pipeline.errors import ConfigError
 
@@ -366,6 +375,7 @@ def test_a_name_that_makes_a_hidden_empty_or_too_long_folder_is_refused(tiny_dat
     assert not (tmp_path / "cache").exists()
 
 
+@pytest.mark.slow
 def test_a_hidden_or_long_named_data_folder_gets_a_visible_feature_set(tmp_path):
     from pipeline.store import list_feature_sets
 
@@ -379,6 +389,7 @@ def test_a_hidden_or_long_named_data_folder_gets_a_visible_feature_set(tmp_path)
     assert len(list_feature_sets(tmp_path / "cache")) == 2
 
 
+@pytest.mark.slow
 def test_the_same_content_under_two_classes_is_reported(tiny_dataset, tmp_path, caplog):
     shutil.copy(tiny_dataset / "class0" / "001.png", tiny_dataset / "class2" / "copy.png")
     shutil.copy(tiny_dataset / "class1" / "002.png", tiny_dataset / "class1" / "same-class-copy.png")  # no conflict
@@ -396,6 +407,7 @@ def test_the_same_content_under_two_classes_is_reported(tiny_dataset, tmp_path, 
     assert result.counts["extracted"] == 0
 
 
+@pytest.mark.slow
 def test_the_dataset_is_announced_before_any_image_is_extracted(tiny_dataset, tmp_path, caplog):
     announced_by_first_batch = []
 
@@ -452,6 +464,7 @@ def test_every_device_runs_a_replica_and_the_features_do_not_change(tiny_dataset
     assert "Running each model on 2 devices (data parallel)" in done.stderr  # batches of 3 padded to 4, split in 2
 
 
+@pytest.mark.slow
 def test_more_devices_than_visible_are_refused(tiny_dataset, tmp_path):
     done = _cli("features", str(tiny_dataset), "--model", "resnet50", "--size", "32", "--weights", "none",
                 "--devices", "64", "--cache-dir", str(tmp_path), env={"KERAS_BACKEND": "jax"})
@@ -488,6 +501,7 @@ def test_nan_or_inf_features_are_never_stored(tmp_path, monkeypatch):
         assert fs.paths == ["green/1.png"] and np.isfinite(fs.features).all()
 
 
+@pytest.mark.slow
 def test_a_file_unreadable_once_is_retried_once_readable(tmp_path, monkeypatch):
     """Permission denied is not remembered by size/mtime: `chmod` fixes it without touching the file."""
     from pipeline.features import sources

@@ -124,6 +124,7 @@ def _expected_failed_checks(estimator):
     [est for name, est in CHECK_INSTANCES.items() if not get_head_cfg(name).uses_keras],
     expected_failed_checks=_expected_failed_checks,
 )
+@pytest.mark.slow
 def test_sklearn_compatible(estimator, check):
     check(estimator)
 
@@ -193,6 +194,7 @@ def fitted(problem):
     return get
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list_heads())
 def test_head_learns_separable_problem(name, problem, fitted):
     _, X_test, _, y_test = problem
@@ -390,6 +392,7 @@ def test_dense_fit_sets_attributes_and_history(problem, fitted):
         head.predict(np.zeros((2, 3)))
 
 
+@pytest.mark.slow
 def test_dense_is_deterministic(problem):
     X_train, X_test, y_train, _ = problem
     first = DenseClassifier(**SMALL_DENSE).fit(X_train, y_train).predict_proba(X_test)
@@ -397,6 +400,7 @@ def test_dense_is_deterministic(problem):
     np.testing.assert_allclose(first, second, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_dense_spatial_input_binary_balanced():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(80, 2, 2, 8)).astype(np.float32)
@@ -416,6 +420,7 @@ def test_dense_spatial_input_binary_balanced():
 HAS_TENSORBOARD = all(importlib.util.find_spec(p) for p in ("tensorflow", "tensorboard"))
 
 
+@pytest.mark.slow
 def test_dense_early_stopping_and_callbacks_dir(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(200, 16))
@@ -453,6 +458,7 @@ def test_dense_early_stopping_and_callbacks_dir(tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_dense_without_validation_data_stops_on_the_training_loss():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
@@ -463,6 +469,7 @@ def test_dense_without_validation_data_stops_on_the_training_loss():
     assert head.best_epoch_ == int(np.argmin(head.history_["loss"])) + 1
 
 
+@pytest.mark.slow
 def test_dense_best_epoch_is_the_last_when_the_cap_stops_a_falling_loss():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
@@ -475,6 +482,7 @@ def test_dense_best_epoch_is_the_last_when_the_cap_stops_a_falling_loss():
     assert no_stopping.epochs_run_ == 12 and no_stopping.best_epoch_ < 12
 
 
+@pytest.mark.slow
 def test_dense_best_epoch_is_never_a_diverged_one():
     rng = np.random.default_rng(1)
     X, y = rng.normal(size=(200, 16)), rng.integers(0, 3, size=200)
@@ -630,6 +638,7 @@ NO_KERAS = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sklearn_heads_run_without_keras_and_tensorflow(tmp_path):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
     result = subprocess.run(
@@ -659,6 +668,7 @@ HEADS_IMPORT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_importing_the_head_stage_loads_neither_keras_nor_another_stage():
     result = subprocess.run(
         [sys.executable, "-c", HEADS_IMPORT], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,

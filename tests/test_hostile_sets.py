@@ -113,6 +113,7 @@ CRAFTED = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", CRAFTED)
 def test_a_crafted_shard_is_refused_by_readers_and_replaced_by_extraction(feature_set, tmp_path, kind):
     data, cache, index = feature_set
@@ -349,6 +350,7 @@ def test_a_crafted_index_is_refused_and_rebuilt_by_the_next_run(feature_set, kin
         assert {s.file_name for s in f["features"].virtual_sources()} == {f"shards/{n}" for n in store.shard_names()}
 
 
+@pytest.mark.slow
 def test_verify_repairs_a_shard_swapped_for_another_of_the_same_set(tmp_path):
     """Same set, same key, same size and mtime: only the rows' contents tell; `verify` re-extracts them."""
     from pipeline.features.extract import extract_features

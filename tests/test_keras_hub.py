@@ -74,6 +74,7 @@ def _reference(folder: Path, family: str, images: np.ndarray) -> np.ndarray:
     return np.concatenate([tokens[:, 0], tokens[:, prefix:].mean(axis=1)], axis=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_stored_features_are_the_keras_hub_models_own(presets, data, tmp_path, family):
     result = _features(data, tmp_path / "cache", f"hub:{presets[family]}")
@@ -87,6 +88,7 @@ def test_stored_features_are_the_keras_hub_models_own(presets, data, tmp_path, f
     assert again["counts"]["extracted"] == 0 and again["path"] == result["path"]
 
 
+@pytest.mark.slow
 def test_key_follows_preset_weights_and_pooling(presets, data, tmp_path):
     cache = tmp_path / "cache"
     first = _features(data, cache, f"hub:{presets['dinov2']}")["path"]
@@ -125,6 +127,7 @@ def test_key_holds_resolved_pooling_and_converter(presets, tmp_path):
     assert backbones.resolve_size(backbones.get_backbone_cfg(f"hub:{presets['dinov2']}"), 42) == 42
 
 
+@pytest.mark.slow
 def test_two_backbones_in_one_pass(presets, data, tmp_path):
     status, out, err = _main("features", data, "--model", f"hub:{presets['vit']}", "mobilenet_025",
                              "--weights", "imagenet", "none", "--cache-dir", tmp_path / "cache", "--json")
@@ -188,6 +191,7 @@ def test_preset_table_matches_installed_keras_hub():
     assert Path(hub_presets.__file__).read_text().endswith("# ---- generated\n" + hub_presets.generate() + "\n")
 
 
+@pytest.mark.slow
 def test_predict_and_export_agree_on_a_hub_run(presets, data, tmp_path):
     from pipeline.config import ExtractConfig, TrainConfig
     from pipeline.features.extract import extract_features
@@ -211,6 +215,7 @@ def test_predict_and_export_agree_on_a_hub_run(presets, data, tmp_path):
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_finetune_trains_only_the_top_block_and_above(presets, tmp_path):
     from pipeline.config import ExtractConfig, FinetuneConfig, TrainConfig
     from pipeline.features.extract import extract_features

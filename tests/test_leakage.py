@@ -91,6 +91,7 @@ def test_zero_rows_match_nothing_and_bad_arguments_name_themselves():
         find_leakage(x, splits=["train"])
 
 
+@pytest.mark.slow
 def test_memory_stays_bounded_on_20000_rows_of_dimension_512():
     n, dim = 20_000, 512
     x = np.random.default_rng(2).normal(size=(n, dim)).astype(np.float32)

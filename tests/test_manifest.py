@@ -47,6 +47,7 @@ def test_images_of_one_group_always_share_a_split(tmp_path):
     assert len({k for keys in by_group.values() for k in keys}) == 12  # and groups differ
 
 
+@pytest.mark.slow
 def test_a_manifest_is_extracted_and_trained_like_a_folder(tmp_path):
     manifest = _grouped_manifest(tmp_path)
     config = ExtractConfig(data=str(manifest), cache_dir=str(tmp_path / "cache"), **MODEL)
@@ -106,6 +107,7 @@ def test_untrustworthy_manifests_are_refused_naming_the_line(tmp_path, rows, hea
     assert info.value.field == "data"
 
 
+@pytest.mark.slow
 def test_missing_files_are_listed_and_skipped_at_extraction(tmp_path):
     write_image(tmp_path / "a.png", seed=1)
     write_image(tmp_path / "b.png", seed=2)
@@ -118,6 +120,7 @@ def test_missing_files_are_listed_and_skipped_at_extraction(tmp_path):
     np.testing.assert_array_equal(fs.labels, [0, 1])
 
 
+@pytest.mark.slow
 def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
     import json
     import subprocess
@@ -155,6 +158,7 @@ def test_cache_export_writes_every_row_in_npz_and_parquet(tmp_path):
     assert json.loads(table.schema.metadata[b"class_names"]) == fs.class_names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("verify", [False, True])
 def test_manifest_edits_reindex_without_reextracting(tmp_path, verify):
     """A changed label (to an existing class), split or group is re-indexed; no image is extracted again."""
@@ -189,6 +193,7 @@ def test_a_file_listed_under_two_spellings_is_listed_twice(tmp_path, spelling):
         read_manifest(_write_csv(root / "m.csv", rows, header=("path", "label")))
 
 
+@pytest.mark.slow
 def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
     import shutil
 

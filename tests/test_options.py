@@ -158,6 +158,7 @@ def test_the_options_page_is_generated_from_the_declarations():
     assert page == options_doc(), "regenerate docs/options.md (see its first lines)"
 
 
+@pytest.mark.slow
 def test_adding_an_option_is_one_declaration(tmp_path):
     """In a scratch copy, one new field shows in --help, the hints, an error, the options page and the key."""
     shutil.copytree(ROOT / "pipeline", tmp_path / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))

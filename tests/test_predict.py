@@ -86,6 +86,7 @@ def signs(tmp_path_factory):
 # -- 1. predict reproduces the cached features -----------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["logreg", "dense"])
 def test_predict_on_training_images_equals_head_on_cached_features(tiny, tmp_path, head):
     run, fs = tiny.runs[head], tiny.features
@@ -115,6 +116,7 @@ def test_predict_on_training_images_equals_head_on_cached_features(tiny, tmp_pat
     assert len(table[0]["top_k_classes"].split(";")) == 3
 
 
+@pytest.mark.slow
 def test_bundle_of_a_sklearn_head_predicts_like_the_run_and_is_checked(tiny, tmp_path):
     run, fs = tiny.runs["logreg"], tiny.features
     status, stdout, _ = _main("export", run, tmp_path / "bundle", "--json")
@@ -244,6 +246,7 @@ def test_modified_or_foreign_head_file_is_refused(tiny, tmp_path):
         Predictor.load(run, trust=True)
 
 
+@pytest.mark.slow
 def test_missing_or_changed_weights_file_is_named(signs, tmp_path):
     shared = WEIGHTS / MOBILENET_V2
     run = shutil.copytree(signs.runs["dense"], tmp_path / "run")
@@ -271,6 +274,7 @@ def test_missing_or_changed_weights_file_is_named(signs, tmp_path):
 # -- evaluate ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_evaluate_matches_names_lists_unknown_classes_and_writes_a_new_folder(tiny, tmp_path):
     run, fs = tiny.runs["logreg"], tiny.features
     labelled = tmp_path / "labelled"
@@ -350,6 +354,7 @@ def test_library_errors_name_the_argument_to_fix(tiny, call, error, field, named
 # -- no decodable input ------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["logreg", "dense"])
 def test_no_decodable_image_gives_error_rows_not_a_crash(tiny, tmp_path, head):
     """Issue 15 #8: scikit-learn heads crashed with `cannot reshape array of size 0`."""
@@ -369,6 +374,7 @@ def test_no_decodable_image_gives_error_rows_not_a_crash(tiny, tmp_path, head):
         assert [row["error"] != "" for row in csv.DictReader(f)] == [True, True]
 
 
+@pytest.mark.slow
 def test_a_mistyped_path_says_so_and_non_images_in_a_folder_are_named(tiny, tmp_path, caplog):
     """Issue 16 #6: a typo read as 'moved after indexing'; a .txt left out silently."""
     folder = tmp_path / "photos"
@@ -422,6 +428,7 @@ def test_predictions_csv_is_not_misplaced_or_replaced(tmp_path):
     assert len(_table(out)) == 1 and sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]
 
 
+@pytest.mark.slow
 def test_export_refuses_to_replace_a_keras_file_unless_overwrite(tiny, tmp_path):
     """Issue 15 #12: an existing .keras was replaced silently."""
     out = tmp_path / "tiny.keras"
@@ -438,6 +445,7 @@ def test_export_refuses_to_replace_a_keras_file_unless_overwrite(tiny, tmp_path)
     assert oct(out.stat().st_mode & 0o777) == "0o644"
 
 
+@pytest.mark.slow
 def test_export_out_without_suffix_names_the_keras_model_as_the_readme_says(tiny, tmp_path):
     """`make export RUN=<dense run> OUT=model` writes model.keras."""
     status, out, err = _main("export", tiny.runs["dense"], tmp_path / "model")
@@ -488,6 +496,7 @@ def test_evaluate_a_read_only_run_writes_elsewhere_and_checks_first(tiny, tmp_pa
     assert result.accuracy == json.loads((result.out_dir / "metrics.json").read_text())["test"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_evaluate_extracts_through_the_cache_and_flags_training_images(tiny, tmp_path, caplog):
     """Issue 14: a second evaluate of one folder extracts nothing; images the run trained on are counted."""
     run, copy = tiny.runs["logreg"], shutil.copytree(tiny.data, tmp_path / "copy")
@@ -587,6 +596,7 @@ def test_a_crafted_bundle_never_runs_its_code_on_predict(tiny, tmp_path, trust):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_a_trusted_pickle_bundle_says_so_on_its_first_line(tiny, tmp_path):
     bundle = tmp_path / "bundle"
     export_run(tiny.runs["logreg"], bundle)

@@ -118,6 +118,7 @@ def small(zygote, tmp_path_factory):
 # -- kills --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_kills_and_ctrl_c_at_every_write_moment_resume_to_the_uninterrupted_result(zygote, kill_base, tmp_path):
     rng = random.Random(SEED)
     data = shutil.copytree(kill_base.data, tmp_path / "data")
@@ -150,6 +151,7 @@ def test_kills_and_ctrl_c_at_every_write_moment_resume_to_the_uninterrupted_resu
     assert sum(p.kill.signal == "INT" for p in campaign.points) >= 3
 
 
+@pytest.mark.slow
 def test_kills_while_updating_a_set_leave_the_previous_complete_set_readable(zygote, kill_base, tmp_path):
     start = kill_base.copy(tmp_path / "work")
     # Remove class0's first 16 images (the whole first two shards), add 24, change 2.
@@ -215,6 +217,7 @@ def test_a_shard_with_a_damaged_digest_is_set_aside_not_a_crash(tmp_path):
 # -- bad input ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_kind_of_bad_input_is_extracted_or_skipped_with_its_reason(zygote, bad_corpus, tmp_path):
     root, outcomes = bad_corpus
     data = shutil.copytree(root, tmp_path / "in" / "corpus", symlinks=True)
@@ -262,6 +265,7 @@ def test_every_kind_of_bad_input_is_extracted_or_skipped_with_its_reason(zygote,
     assert extra_mb < 50, f"peak RSS {run.maxrss_kb / 1024:.0f} MB with the bombs, {extra_mb:.0f} MB more than without"
 
 
+@pytest.mark.slow
 def test_a_folder_of_only_bad_files_is_refused_naming_the_files_and_reasons(zygote, tmp_path):
     data = tmp_path / "broken"
     (data / "cats").mkdir(parents=True)
@@ -287,6 +291,7 @@ def _limited_file_size(limit):
     return preexec
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("moment", ["shards", "index"])
 def test_a_full_disk_is_a_clear_error_and_keeps_the_previous_set(zygote, small, tmp_path, moment):
     work = small.copy(tmp_path / "work")
@@ -335,6 +340,7 @@ def _flip_a_feature_bit(shard: Path) -> None:
     shard.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 def test_damaged_shards_are_detected_reported_and_rebuilt(zygote, small, tmp_path):
     work = small.copy(tmp_path / "work")
     flipped, cut = [s.name for s in FeatureStore(work.set_dir).read_index_state().shards[1:3]]
@@ -369,6 +375,7 @@ def _index_damages(index: Path):
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["truncated", "bit flip in the row table", "zeroed block", "not HDF5"])
 def test_a_damaged_index_is_a_clear_error_for_readers_and_rebuilt(zygote, small, tmp_path, kind):
     work = small.copy(tmp_path / "work")
@@ -384,6 +391,7 @@ def test_a_damaged_index_is_a_clear_error_for_readers_and_rebuilt(zygote, small,
     assert_same_set(snapshot(work.set_dir), small.snap, "after rebuilding the index")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("what", ["index", "shard"])
 def test_damage_anywhere_in_a_file_is_refused_or_harmless_never_wrong_data(small, what):
     # In a subprocess: some damage used to make HDF5 loop forever.
@@ -402,6 +410,7 @@ def test_damage_anywhere_in_a_file_is_refused_or_harmless_never_wrong_data(small
 # -- concurrency ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_run_waits_for_the_lock_then_finds_the_set_up_to_date(zygote, small, tmp_path):
     data = shutil.copytree(small.data, tmp_path / "data")
     argv = _argv(data, tmp_path / "cache")
@@ -422,6 +431,7 @@ def test_a_second_run_waits_for_the_lock_then_finds_the_set_up_to_date(zygote, s
     assert assert_shards_whole(set_dir) == 5
 
 
+@pytest.mark.slow
 def test_a_reader_during_updates_always_gets_the_old_or_the_new_complete_set(zygote, small, tmp_path):
     work = small.copy(tmp_path / "work")
     argv = _argv(work.data, work.cache)

@@ -354,6 +354,7 @@ def test_a_shard_write_refused_by_permissions_is_not_called_a_full_disk(tmp_path
     assert refused.value.field == "cache_dir" and "full" not in str(refused.value)
 
 
+@pytest.mark.slow
 def test_a_read_only_bind_mount_is_a_write_error_and_its_complete_sets_still_read(tiny_dataset, tmp_path, capsys):
     import subprocess
 

@@ -147,6 +147,7 @@ def _train_and_validation(path):
     }
 
 
+@pytest.mark.slow
 def test_the_choice_is_the_validation_argmax(overlapping):
     fs, data = _train_and_validation(overlapping)
     grid = {"C": (1e-4, 1e-3, 1e-2, 1e-1, 1.0)}
@@ -170,6 +171,7 @@ def test_the_sweep_is_never_given_test_rows():
     assert "test" not in parameters and "feature_set" not in parameters and "parts" not in parameters
 
 
+@pytest.mark.slow
 def test_permuting_the_test_labels_changes_the_test_metrics_not_the_choice(overlapping, tmp_path, monkeypatch):
     config = _config(tmp_path, heads=("logreg", "knn"), sweep=True)
     first = train.train_heads(overlapping, config=config)
@@ -196,6 +198,7 @@ def test_permuting_the_test_labels_changes_the_test_metrics_not_the_choice(overl
 # -- what a swept run records -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_swept_run_records_every_candidate_and_the_winner(overlapping, tmp_path):
     (run,) = train.train_heads(overlapping, config=_config(tmp_path, heads=("svm_rbf",), sweep=True, select="macro_f1"))
     grid = get_head_cfg("svm_rbf").sweep_grid
@@ -220,6 +223,7 @@ def test_a_swept_run_records_every_candidate_and_the_winner(overlapping, tmp_pat
     assert config["train_config"]["sweep"] is True
 
 
+@pytest.mark.slow
 def test_the_leaderboard_params_show_the_winner(overlapping, tmp_path):
     (run,) = train.train_heads(overlapping, config=_config(tmp_path, sweep={"logreg.C": [1e-4, 1e-3, 1e-2, 1.0]}))
     chosen = json.loads((run.run_dir / "metrics.json").read_text())["sweep"]["chosen"]["C"]
@@ -227,6 +231,7 @@ def test_the_leaderboard_params_show_the_winner(overlapping, tmp_path):
     assert json.loads(row["params"]) == {"C": chosen, "random_state": 0}
 
 
+@pytest.mark.slow
 def test_refit_on_train_and_validation_keeps_the_sweeps_validation_score(overlapping, tmp_path):
     config = _config(tmp_path, heads=("knn",), sweep={"n_neighbors": [1, 7, 15]}, refit="train+validation")
     (run,) = train.train_heads(overlapping, config=config)
@@ -247,6 +252,7 @@ def test_a_sweep_without_a_validation_split_is_refused_before_fitting(overlappin
     assert info.value.field == "refit" and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_a_dense_sweep_runs_its_candidates_one_at_a_time(overlapping, tmp_path, monkeypatch):
     workers = []
     real_in_threads = sweep_lib.in_threads
@@ -264,6 +270,7 @@ def test_a_dense_sweep_runs_its_candidates_one_at_a_time(overlapping, tmp_path, 
     assert {"sweep.csv", "sweep.png", "history.png", "model.keras"} <= {p.name for p in run.run_dir.iterdir()}
 
 
+@pytest.mark.slow
 def test_categorical_values_plot_as_categories(overlapping):
     _, data = _train_and_validation(overlapping)
     result = sweep_lib.sweep_head("logreg", {}, {"class_weight": (None, "balanced"), "C": (0.01, 1.0)}, n_jobs=1, **data)
@@ -276,6 +283,7 @@ def test_categorical_values_plot_as_categories(overlapping):
 # -- CLI ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_sweeps_given_values_and_each_heads_grid(overlapping, tmp_path):
     runs = str(tmp_path / "runs")
     status, out, err = _main("train-head", str(overlapping), "--runs-dir", runs, "--head", "logreg", "--head", "knn",

@@ -136,6 +136,7 @@ def test_features_are_found_by_path_name_prefix_or_as_the_only_set(tmp_path):
 # -- runs --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_run_folder_holds_a_reloadable_head_metrics_lineage_and_config(blobs, tmp_path):
     (result,) = train.train_heads(blobs, config=_config(tmp_path, heads=("logreg",), params={"C": 0.5}))
     run = result.run_dir
@@ -163,6 +164,7 @@ def test_run_folder_holds_a_reloadable_head_metrics_lineage_and_config(blobs, tm
     assert (head.predict(fs.features) == fs.labels).mean() > 0.9
 
 
+@pytest.mark.slow
 def test_dense_run_adds_keras_model_checkpoint_logs_and_history(blobs, tmp_path):
     params = {"dense.epochs": 4, "dense.hidden_units": (16,), "dense.learning_rate": 1e-2, "dense.class_weight": "balanced"}
     (result,) = train.train_heads(blobs, config=_config(tmp_path, heads=("dense",), params=params))
@@ -175,6 +177,7 @@ def test_dense_run_adds_keras_model_checkpoint_logs_and_history(blobs, tmp_path)
     assert result.params["random_state"] == 0
 
 
+@pytest.mark.slow
 def test_dense_run_warns_when_the_epoch_cap_stops_a_falling_loss(blobs, tmp_path, caplog):
     params = {"dense.epochs": 3, "dense.hidden_units": (16,), "dense.learning_rate": 1e-3}
     logreg, dense = train.train_heads(blobs, config=_config(tmp_path, heads=("logreg", "dense"), params=params))
@@ -187,6 +190,7 @@ def test_dense_run_warns_when_the_epoch_cap_stops_a_falling_loss(blobs, tmp_path
     assert not {"epochs_run", "best_epoch", "warnings"} & set(json.loads((logreg.run_dir / "metrics.json").read_text()))
 
 
+@pytest.mark.slow
 def test_dense_run_that_early_stopping_ended_does_not_warn(tmp_path, caplog):
     noise = make_set(tmp_path / "cache" / "noise-synthetic-8-avg-ffffffff", spread=30.0)  # val_loss soon stalls
     params = {"epochs": 100, "hidden_units": (64,), "learning_rate": 3e-2, "early_stopping_patience": 2}
@@ -204,6 +208,7 @@ class SlowHead(LogisticRegression):
         return super().fit(X, y)
 
 
+@pytest.mark.slow
 def test_a_long_fit_says_it_is_still_fitting_until_it_ends(blobs, tmp_path, caplog, monkeypatch):
     import threading
 
@@ -219,6 +224,7 @@ def test_a_long_fit_says_it_is_still_fitting_until_it_ends(blobs, tmp_path, capl
     assert [m for m in caplog.messages if m.startswith("still fitting")] == lines
 
 
+@pytest.mark.slow
 def test_each_fit_prints_its_estimate_first_and_json_records_it(blobs, tmp_path):
     status, out, err = _main("train-head", str(blobs), "--runs-dir", str(tmp_path / "runs"), "--head", "logreg", "--json")
     assert status == 0, err
@@ -227,6 +233,7 @@ def test_each_fit_prints_its_estimate_first_and_json_records_it(blobs, tmp_path)
     assert re.search(r"Training logreg on \d+ examples x 8 features \(estimated ~\d+ s\)", err), err
 
 
+@pytest.mark.slow
 def test_same_features_head_and_seed_give_the_same_metrics(blobs, tmp_path):
     config = _config(tmp_path, heads=("logreg", "dense"), params={"dense.epochs": 3, "dense.hidden_units": (16,)}, seed=7)
     first = train.train_heads(blobs, config=config)
@@ -246,6 +253,7 @@ def _assert_close(a, b, where):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-6, err_msg=where)
 
 
+@pytest.mark.slow
 def test_fraction_trains_on_a_stratified_subset_and_keeps_validation_and_test(blobs, tmp_path):
     full, tenth = (
         train.train_heads(blobs, config=_config(tmp_path, heads=("knn",), params={"n_neighbors": 1}, fraction=f))[0]
@@ -255,6 +263,7 @@ def test_fraction_trains_on_a_stratified_subset_and_keeps_validation_and_test(bl
     assert tenth.sizes["train"] == pytest.approx(full.sizes["train"] / 10, abs=3)
 
 
+@pytest.mark.slow
 def test_leaderboard_gains_a_row_per_run_and_runs_ls_sorts_by_validation(blobs, tmp_path):
     config = _config(tmp_path, heads=("knn", "logreg"), params={"n_neighbors": 1})
     results = train.train_heads(blobs, config=config)
@@ -277,6 +286,7 @@ def test_leaderboard_gains_a_row_per_run_and_runs_ls_sorts_by_validation(blobs, 
     assert not list((tmp_path / "runs").glob(".tmp-*"))
 
 
+@pytest.mark.slow
 def test_a_crash_leaves_no_run_folder_and_no_leaderboard_row(blobs, tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise RuntimeError("disk full")
@@ -289,6 +299,7 @@ def test_a_crash_leaves_no_run_folder_and_no_leaderboard_row(blobs, tmp_path, mo
     assert not (tmp_path / "runs" / "leaderboard.csv").exists()
 
 
+@pytest.mark.slow
 def test_run_ids_never_collide(blobs, tmp_path, monkeypatch):
     monkeypatch.setattr(layout, "run_id", iter(["t-1", "t-1", "t-2"]).__next__)
     config = _config(tmp_path, heads=("knn",))
@@ -300,6 +311,7 @@ def test_run_ids_never_collide(blobs, tmp_path, monkeypatch):
     assert sorted(r["run_dir"] for r in leaderboard.list_runs(tmp_path / "runs")) == [str(first.run_dir), str(second.run_dir)]
 
 
+@pytest.mark.slow
 def test_an_unwritable_runs_folder_is_a_write_error_that_keeps_nothing(blobs, tmp_path, monkeypatch):
     def full(*args, **kwargs):
         raise OSError(28, "No space left on device")
@@ -328,6 +340,7 @@ def _csv_rows(runs):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", sorted(_DAMAGES))
 def test_a_damaged_leaderboard_keeps_every_row_and_records_the_next_run(damage, blobs, tmp_path):
     runs = tmp_path / "runs"
@@ -347,6 +360,7 @@ def test_a_damaged_leaderboard_keeps_every_row_and_records_the_next_run(damage, 
     assert {r["run_dir"] for r in leaderboard.list_runs(runs)} == {r["run_dir"] for r in rows}
 
 
+@pytest.mark.slow
 def test_rebuild_leaderboard_writes_the_same_files_from_the_run_folders(blobs, tmp_path):
     runs = tmp_path / "runs"
     train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg", "ridge")))
@@ -359,6 +373,7 @@ def test_rebuild_leaderboard_writes_the_same_files_from_the_run_folders(blobs, t
     assert leaderboard.rebuild_leaderboard(tmp_path / "nowhere") == [] and not (tmp_path / "nowhere").exists()
 
 
+@pytest.mark.slow
 def test_runs_ls_rebuild_drops_deleted_runs_from_the_leaderboard_files(blobs, tmp_path):
     runs = tmp_path / "runs"
     knn, _ = train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg")))
@@ -369,6 +384,7 @@ def test_runs_ls_rebuild_drops_deleted_runs_from_the_leaderboard_files(blobs, tm
     assert "knn" not in (runs / "leaderboard.csv").read_text() + (runs / "leaderboard.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_damaged_run_folder_is_left_out_with_a_warning(blobs, tmp_path, caplog):
     runs = tmp_path / "runs"
     knn, logreg = train.train_heads(blobs, config=_config(tmp_path, heads=("knn", "logreg")))
@@ -409,6 +425,7 @@ def test_plan_params_gives_each_head_its_params_and_the_seed():
     assert plan_params(["logreg"], {"random_state": 9}, seed=4) == [("logreg", {"random_state": 9})]
 
 
+@pytest.mark.slow
 def test_a_shared_param_goes_only_to_heads_that_accept_it(blobs, tmp_path):
     config = _config(tmp_path, heads=("logreg", "knn"), params={"C": 0.25, "knn.n_neighbors": 2})
     logreg, knn = train.train_heads(blobs, config=config)
@@ -474,6 +491,7 @@ def test_constant_features_are_refused_before_fitting(case, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow
 def test_tiny_float32_features_still_train(tmp_path):
     # Tiny (float32, ~1e-12) random-weight features are not constant: logreg's scaler restores them.
     (result,) = train.train_heads(make_set(tmp_path / "tiny", scale=1e-12), config=_config(tmp_path, heads=("logreg",)))
@@ -483,6 +501,7 @@ def test_tiny_float32_features_still_train(tmp_path):
 # -- CLI ---------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_trains_several_heads_and_prints_json_last(blobs, tmp_path):
     status, out, err = _main(
         "train-head", "--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"),
@@ -543,6 +562,7 @@ print(json.dumps({"accuracy": [r.test_accuracy for r in results], "leaked": leak
 """
 
 
+@pytest.mark.slow
 def test_scikit_learn_heads_train_where_tensorflow_and_keras_cannot_be_imported(blobs, tmp_path):
     sklearn_heads = [h for h in list_heads() if not get_head_cfg(h).uses_keras]
     proc = subprocess.run(
@@ -664,6 +684,7 @@ _ENDLESS_SVM = ("--head", "linear_svm", "--param", "dual=True", "--param", "C=10
                 "--param", "max_iter=100000000", "--param", "tol=1e-12", "--transform", "standard")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
 def test_a_signal_ends_a_fit_inside_compiled_code_within_two_seconds(signum, tmp_path):
     import signal
@@ -702,6 +723,7 @@ def test_a_signal_ends_a_fit_inside_compiled_code_within_two_seconds(signum, tmp
     assert not runs.exists() or not [p for p in runs.rglob("*") if p.is_dir() and p.parent != runs]
 
 
+@pytest.mark.slow
 def test_a_head_past_its_time_limit_is_stopped_recorded_and_the_next_head_trains(tmp_path):
     features = make_set(tmp_path / "cache" / "long-synthetic-ffffffff", classes=4, per_class=500, dim=256, spread=3.0)
     runs = tmp_path / "runs"
