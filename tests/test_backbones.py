@@ -167,3 +167,10 @@ def test_weights_file_of_another_model_is_refused_in_one_line(tmp_path):
             assert f"'{path}'" in message and "mobilenet_v3_large" in message
             assert refused.value.field == "weights" and "--weights" not in message
     keras.backend.clear_session()
+
+
+def test_model_names_of_long_preset_paths_start_as_tensorflow_scopes_must():
+    from pipeline.features.backbones import model_name
+
+    name = model_name("hub:/tmp/pytest-of-root/" + "_" * 10 + "a" * 55)
+    assert name == "a" * 55 and model_name("///") == "model"

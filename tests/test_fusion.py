@@ -7,6 +7,8 @@ dropped or added. The `weights` tests fuse real MobileNetV2 and MobileNet
 and export rebuild both bases.
 """
 
+import importlib.util
+import json
 import logging
 import shutil
 import types
@@ -202,6 +204,9 @@ def fused_signs(tmp_path_factory):
     return types.SimpleNamespace(root=root, fused=fused, runs={r.head: r.run_dir for r in runs})
 
 
+@pytest.mark.slow
+
+
 @pytest.mark.weights
 def test_predict_on_a_fused_run_equals_the_train_time_concatenation(fused_signs):
     from pipeline.runs.predict import Predictor, predict_images
@@ -217,6 +222,9 @@ def test_predict_on_a_fused_run_equals_the_train_time_concatenation(fused_signs)
     np.testing.assert_allclose(got, predictor.head.predict_proba(fs.features), atol=1e-6, rtol=0)
 
 
+@pytest.mark.slow
+
+
 @pytest.mark.weights
 def test_evaluate_on_a_fused_run_reuses_each_members_cached_rows(fused_signs):
     from pipeline.runs.evaluate import evaluate_run
@@ -228,6 +236,9 @@ def test_evaluate_on_a_fused_run_reuses_each_members_cached_rows(fused_signs):
     predicted = [p.predicted_class for p in predict_images(fused_signs.runs["logreg"], paths, top_k=1)]
     truth = [p.split("/")[-2] for p in paths]
     assert result.accuracy == pytest.approx(np.mean([a == b for a, b in zip(predicted, truth)]))
+
+
+@pytest.mark.slow
 
 
 @pytest.mark.weights
@@ -245,14 +256,22 @@ def test_export_of_a_fused_dense_run_matches_predict_on_photos_below_twice_size(
     assert model.get_layer("fused").__class__.__name__ == "Concatenate"
     assert {"extractor_0", "extractor_1"} <= {layer.name for layer in model.layers}
     photos = sorted((fused_signs.root / "data").glob("*/*.JPG"))[::3]
+    spec = importlib.util.spec_from_file_location("shipped_preprocess", tmp_path / "preprocess.py")
+    shipped = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shipped)
+    size = json.loads((tmp_path / "fused.keras.json").read_text())["input"]["size"]
     for i, (width, height) in enumerate([(64, 48), (100, 100), (200, 150), (90, 170), (250, 250)]):
         path = tmp_path / f"{i}.png"
         with Image.open(photos[i]) as photo:
             photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(path)
-        with Image.open(path) as img:
-            raw = np.asarray(img.convert("RGB"))[None]
+        # Decoded as the shipped preprocess.py does (the documented way to feed a `.keras` export: exact;
+        # raw pixels of another size are within one grey level in `.keras`, see docs/predict.md).
+        decoded = shipped.load_image(path, size)[None]
         expected = predict_images(run, [path], top_k=1)[0].probabilities
-        np.testing.assert_allclose(model.predict(raw, verbose=0)[0], expected, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(model.predict(decoded, verbose=0)[0], expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
 
 
 @pytest.mark.weights

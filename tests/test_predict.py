@@ -321,7 +321,7 @@ def _only(root, folder):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["predict", "{run}", "{image}", "--top-k", "0"], "`top_k` must be an integer >= 1"),
+        (["predict", "{run}", "{image}", "--top-k", "0"], "`top_k` must be a positive integer"),
         (["predict", "{tmp}/nope", "{image}"], "does not exist"),
         (["predict", "{tmp}", "{image}"], "neither a run folder"),
         (["predict", "{run}", "{tmp}"], "holds no images"),

@@ -176,15 +176,15 @@ def test_permuting_the_test_labels_changes_the_test_metrics_not_the_choice(overl
     config = _config(tmp_path, heads=("logreg", "knn"), sweep=True)
     first = train.train_heads(overlapping, config=config)
     test_rows = split_indices(read_feature_set(overlapping))["test"]
-    real_read = train.read_feature_set
+    real_read = train.read_features
 
-    def permuted(path):
-        fs = real_read(path)
+    def permuted(spec, cache_dir):
+        fs = real_read(spec, cache_dir)
         labels = fs.labels.copy()
         labels[test_rows] = np.random.default_rng(0).permutation(labels[test_rows])
         return dataclasses.replace(fs, labels=labels)
 
-    monkeypatch.setattr(train, "read_feature_set", permuted)
+    monkeypatch.setattr(train, "read_features", permuted)
     second = train.train_heads(overlapping, config=config)
     for a, b in zip(first, second):
         assert a.params == b.params

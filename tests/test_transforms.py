@@ -224,6 +224,9 @@ def _predicted(run, images):
     return np.array([p.probabilities for p in predict_images(run, images, top_k=1)])
 
 
+@pytest.mark.slow
+
+
 @pytest.mark.weights
 @pytest.mark.parametrize("name", ["logreg-sqrt-l2", "logreg-pca-whiten-16", "dense-sqrt-l2"])
 def test_the_exported_model_holds_the_transform(transformed_runs, tmp_path, name):
@@ -242,6 +245,9 @@ def test_the_exported_model_holds_the_transform(transformed_runs, tmp_path, name
     got = model.predict(np.stack([load_image(p, SIZE) for p in images]), verbose=0)
     expected = _predicted(runs[name], images)
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
 
 
 @pytest.mark.weights

@@ -244,7 +244,9 @@ def describe_backbone(cfg) -> str:
 
 
 def model_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)[-60:]
+    """`name` as a Keras model name: letters, digits and `_`, its last 60 characters, starting with a
+    letter or digit (TensorFlow refuses a root name scope that starts with `_`, as a cut path may)."""
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in name)[-60:].lstrip("_") or "model"
 
 
 def unknown_name_message(what: str, name: str, valid: list[str]) -> str:

@@ -334,7 +334,7 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
     return rounds.Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
-        root=Path(dataset.root),
+        root=dataset.root,
     )
 
 

@@ -48,7 +48,8 @@ class Plan:
     changed: dict[str, str] = dataclasses.field(default_factory=dict)  # by path: the file is not what was hashed
     timings: dict[str, float] = dataclasses.field(default_factory=dict)
     feature_shape: tuple[int, ...] = ()
-    root: Path = Path()  # the data folder the entries' relpaths are under (views that crop read files again)
+    # What the entries' relpaths are under (a Path, or a source's `items.ItemRoot`): views that crop read items again.
+    root: Any = Path()
 
     def needs(self, relpath: str) -> bool:
         """Whether decoding this file could still give the plan features it lacks."""

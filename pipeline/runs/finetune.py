@@ -377,6 +377,12 @@ def _predict(job: _Job, config, model, split: str, fm) -> tuple[np.ndarray, np.n
     return job.fs.labels[rows], proba / proba.sum(axis=1, keepdims=True)
 
 
+def _carried_from_parent(parent: Path) -> dict[str, Any]:
+    """What the parent run's metrics say of its head and data that fine-tuning keeps: the transform, copies."""
+    recorded = layout.read_json(parent / layout.METRICS, "run folder")
+    return {k: recorded[k] for k in ("transform", "duplicates_across_splits") if k in recorded}
+
+
 def _publish(job: _Job, config, state: dict[str, Any], model, fm) -> FinetuneResult:
     """Measures the chosen weights, writes the run's files and renames the folder into place."""
     metrics = {
@@ -411,6 +417,7 @@ def _publish(job: _Job, config, state: dict[str, Any], model, fm) -> FinetuneRes
         **metrics, "fit_seconds": state["fit_seconds"], "sizes": sizes, "epochs_run": epochs_run,
         "best_epoch": state["best_epoch"], "warnings": _warnings(state, epochs_run, config),
         "unfrozen_layers": len(state["unfrozen"]), "resumed_after": state["resumed_after"],
+        **_carried_from_parent(job.predictor.root),
     })
     layout.write_json(folder / layout.CONFIG, {
         "finetune_config": state["config"], "train_config": job.parent_config["train_config"], "head": "dense",
