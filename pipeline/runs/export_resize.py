@@ -71,7 +71,9 @@ def pillow_bilinear_resize(keras, size: int, name: str = "resize"):
             by_rows = keep_or(horizontal, 2)
             by_columns = keep_or(vertical, 1)
             out = _choose(ops, vertical_first, lambda: by_rows(by_columns(x)), lambda: by_columns(by_rows(x)))
-            return ops.cast(out, "float32")
+            # A traced branch loses the static (size, size): say it again, as layers after it (a ViT's
+            # position embedding) build from the static shape.
+            return ops.reshape(ops.cast(out, "float32"), (-1, size, size, 3))
 
         def compute_output_shape(self, input_shape):
             return (input_shape[0], size, size, input_shape[3])
