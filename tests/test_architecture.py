@@ -18,6 +18,7 @@ def _loaded_modules(statement: str) -> set[str]:
     return set(out.stdout.split())
 
 
+@pytest.mark.slow
 def test_importing_the_head_stage_loads_no_features_module_and_no_keras():
     loaded = _loaded_modules("import pipeline.heads")
     assert "pipeline.heads" in loaded

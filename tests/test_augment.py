@@ -142,6 +142,7 @@ def test_jitter_keeps_the_image_near_and_grey_stays_grey():
     assert np.allclose(out[0], 90) and np.allclose(out[1], 110)  # brightness x0.9 / x1.1; contrast and saturation keep grey
 
 
+@pytest.mark.slow
 def test_photo_views_extract_from_files_reproducibly(split_data, tmp_path):
     first = extract_features(config=_config(split_data, tmp_path / "a", augment=1, augment_ops=PHOTO_OPS))
     again = extract_features(config=_config(split_data, tmp_path / "b", augment=1, augment_ops=PHOTO_OPS, batch_size=3))
@@ -200,6 +201,7 @@ def test_views_of_train_images_only_and_k4_after_k2_extracts_two_more(extracted)
     assert not np.allclose(first, second)
 
 
+@pytest.mark.slow
 def test_cache_ls_lists_the_clean_set_with_its_views_count(extracted, capsys):
     from pipeline.cli import main
 
@@ -320,6 +322,7 @@ def two_view_sets(tmp_path_factory):
     return root, result
 
 
+@pytest.mark.slow
 def test_augmented_trains_on_one_view_set_the_latest_or_the_named_one(two_view_sets):
     _, result = two_view_sets
     fs = read_feature_set(result.path)
@@ -351,6 +354,7 @@ def test_augmented_run_says_which_views_on_stdout_and_in_metrics(two_view_sets, 
     assert main(["train-head", str(result.path), "--views", "flip", "--runs-dir", str(tmp_path)]) == 2
 
 
+@pytest.mark.slow
 def test_augmented_warns_with_the_coverage_when_images_came_after_the_views(two_view_sets, tmp_path, caplog):
     root, _ = two_view_sets
     data = tmp_path / "data"
@@ -368,6 +372,7 @@ def test_augmented_warns_with_the_coverage_when_images_came_after_the_views(two_
     assert f"cover {covered} of {total} training images" in caplog.text and "--augment 1" in caplog.text
 
 
+@pytest.mark.slow
 def test_a_file_whose_bytes_changed_before_its_crop_is_set_aside_not_stored(split_data, tmp_path, monkeypatch):
     real = decode.load_decoded
 

@@ -94,6 +94,7 @@ def test_curve_writes_a_row_per_head_fraction_and_repeat_with_its_lineage(blobs,
     assert all(r["error"] == "" for r in rows)
 
 
+@pytest.mark.slow
 def test_a_point_a_head_cannot_fit_is_a_row_with_the_reason_and_the_rest_is_kept(blobs, tmp_path, caplog):
     """linear_svm calibrates with 3 folds: at 5% (2 examples per class) it cannot fit, at 100% it can."""
     result = curve.run_curve(blobs, config=_config(tmp_path, heads=("linear_svm", "logreg"), fractions="0.05,1", repeats=1))
@@ -106,6 +107,7 @@ def test_a_point_a_head_cannot_fit_is_a_row_with_the_reason_and_the_rest_is_kept
     assert (result.run_dir / layout.CURVE_PLOT).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_every_head_trains_on_the_same_nested_subsets_and_never_on_test(blobs, tmp_path, monkeypatch):
     seen = []
 
@@ -140,6 +142,7 @@ def test_every_head_trains_on_the_same_nested_subsets_and_never_on_test(blobs, t
     assert numbers(curve.run_curve(blobs, config=config, n_jobs=1)) == numbers(curve.run_curve(blobs, config=config))
 
 
+@pytest.mark.slow
 def test_a_swept_curve_chooses_on_validation_without_seeing_test(blobs, tmp_path, monkeypatch):
     test_rows = {tuple(x) for x in read_feature_set(blobs).split()[4]}
     searched = []
@@ -170,6 +173,7 @@ def test_curve_config_refuses_bad_fractions_and_repeats():
         curve.run_curve("anything", config=CurveConfig(heads=("lgoreg",)))  # before reading features
 
 
+@pytest.mark.slow
 def test_cli_curve_prints_a_summary_and_json_last(blobs, tmp_path):
     common = ("--cache-dir", str(tmp_path / "cache"), "--runs-dir", str(tmp_path / "runs"))
     status, out, err = _main(

@@ -22,6 +22,7 @@ def odd_names(tmp_path, monkeypatch):
     return tmp_path
 
 
+@pytest.mark.slow
 def test_features_train_head_and_cache_export_keep_a_non_utf8_name(odd_names, capsys):
     pq = pytest.importorskip("pyarrow.parquet", reason="the parquet extra is installed by make setup")
     model = ["--model", "resnet50", "--size", "32", "--weights", "none", "--cache-dir", "c"]
@@ -42,6 +43,7 @@ def test_features_train_head_and_cache_export_keep_a_non_utf8_name(odd_names, ca
         assert [os.fsencode(p) for p in z["paths"]] == [os.fsencode(p) for p in fs.paths]
 
 
+@pytest.mark.slow
 def test_predict_evaluate_and_report_keep_a_non_utf8_name(odd_names):
     import csv
     import json

@@ -102,6 +102,7 @@ def _head_weights(run_dir):
     return [np.asarray(w) for w in Predictor.load(run_dir).head.model_.get_weights()]
 
 
+@pytest.mark.slow
 def test_before_the_first_update_it_is_the_head_it_starts_from(tuned):
     head_metrics = json.loads((tuned.parent / layout.METRICS).read_text())
     initial = tuned.result.metrics["initial"]["validation"]
@@ -110,6 +111,7 @@ def test_before_the_first_update_it_is_the_head_it_starts_from(tuned):
     assert initial["accuracy"] == head_metrics["validation"]["accuracy"]
 
 
+@pytest.mark.slow
 def test_only_the_top_layers_and_the_head_change_and_batchnorm_stays(tuned):
     assert tuned.result.best_epoch >= 1, "the fine-tune should lower the validation loss of colour classes"
     before, after = _base_layers(tuned.parent), _base_layers(tuned.result.run_dir)
@@ -153,6 +155,7 @@ def test_the_run_folder_and_leaderboard_row(tuned):
     assert head_row["parent"] == str(Path(lineage["features_path"]).parent)
 
 
+@pytest.mark.slow
 def test_predict_and_export_agree_with_the_finetuned_model(tuned, tmp_path):
     import keras
 
@@ -260,6 +263,7 @@ def test_bad_augment_ops_are_refused_before_anything_is_loaded(tmp_path):
     assert info.value.field == "augment_ops"
 
 
+@pytest.mark.slow
 def test_progress_is_logged_before_epoch_1_and_within_epochs(tuned, tmp_path, caplog, monkeypatch):
     import logging
 

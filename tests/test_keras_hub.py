@@ -244,6 +244,7 @@ def test_finetune_trains_only_the_top_block_and_above(presets, tmp_path):
     assert any(not np.allclose(a, b) for a, b in zip(*heads))  # the head trained with the top block
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["dinov2", "dinov3"])
 def test_class_tokens_of_the_last_blocks_are_keras_hubs_normed_block_outputs(presets, data, tmp_path, family):
     cache = tmp_path / "cache"

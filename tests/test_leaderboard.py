@@ -40,6 +40,7 @@ def runs(tmp_path):
     return tmp_path / "runs"
 
 
+@pytest.mark.slow
 def test_runs_ls_fits_100_columns_and_tells_sets_before_and_after_new_images_apart(runs):
     status, out, err = _main("runs", "ls", "--runs-dir", str(runs))
     assert status == 0, err
@@ -63,6 +64,7 @@ def _variant_of(runs, name, *, lineage=None, metrics=None):
     return copy
 
 
+@pytest.mark.slow
 def test_runs_ls_leaderboard_and_json_tell_augmented_transformed_swept_and_fine_tuned_runs_apart(runs):
     views = [{"ops": "flip=horizontal,rotation=0.1", "seed": 0, "views": [1, 2], "rows": 60}]
     _variant_of(runs, "logreg-29990101T000000-aaaaaaa1", lineage={"augmented": views})
@@ -92,6 +94,7 @@ def test_runs_ls_leaderboard_and_json_tell_augmented_transformed_swept_and_fine_
     assert "tf pca64" in (runs / layout.LEADERBOARD_MD).read_text()
 
 
+@pytest.mark.slow
 def test_leaderboard_csv_escapes_every_text_cell_and_reads_back_losslessly(runs):
     hostile = {"backbone": "=cmd|' /C calc'!A0", "feature_set": "-SUM1", "transform": "@x",
                "parent_run": "'quoted"}
@@ -113,6 +116,7 @@ def test_leaderboard_csv_escapes_every_text_cell_and_reads_back_losslessly(runs)
         hostile["backbone"], hostile["feature_set"], hostile["transform"], hostile["parent_run"])
 
 
+@pytest.mark.slow
 def test_runs_ls_filters_sorts_limits_and_gives_json_numbers(runs):
     status, out, _ = _main("runs", "ls", "--runs-dir", str(runs), "--json")
     rows = json.loads(out)
@@ -136,6 +140,7 @@ def test_runs_ls_filters_sorts_limits_and_gives_json_numbers(runs):
     assert status == 2 and "`limit`" in err
 
 
+@pytest.mark.slow
 def test_leaderboard_files_follow_the_run_folders_without_a_rebuild_flag(runs):
     csv_path, md_path = runs / layout.LEADERBOARD_CSV, runs / layout.LEADERBOARD_MD
     before = (csv_path.stat().st_ino, csv_path.stat().st_mtime_ns)
@@ -151,6 +156,7 @@ def test_leaderboard_files_follow_the_run_folders_without_a_rebuild_flag(runs):
     assert md_path.read_text().count("\n") == written[1].count("\n") - 1
 
 
+@pytest.mark.slow
 def test_runs_ls_piped_into_head_exits_0_without_a_traceback(runs):
     # More rows than a pipe holds, so `head` closes it while runs ls still writes.
     first = next(p for p in runs.glob(f"{SET}/logreg-*"))
@@ -192,6 +198,7 @@ def test_all_expands_to_every_registry_head_with_its_light_defaults():
         plan_params(["alll"], {}, seed=0)
 
 
+@pytest.mark.slow
 def test_train_head_all_puts_every_head_on_the_leaderboard(tmp_path):
     root = tmp_path / "cache" / SET
     make_set(root)

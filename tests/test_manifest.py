@@ -211,6 +211,7 @@ def test_exact_copies_across_splits_are_flagged_at_extraction(tmp_path, caplog):
         assert "1 image content is stored at several paths that can fall in different splits" in caplog.text
 
 
+@pytest.mark.slow
 def test_train_head_says_how_many_exact_copies_cross_its_splits(tmp_path):
     import json
     import shutil

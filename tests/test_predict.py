@@ -220,6 +220,7 @@ def test_preprocess_dense_layer_equals_preprocess_input(module):
 # -- 3. tampered and foreign artifacts are refused --------------------------
 
 
+@pytest.mark.slow
 def test_modified_or_foreign_head_file_is_refused(tiny, tmp_path):
     image = tiny.data / tiny.features.paths[0]
     run = shutil.copytree(tiny.runs["logreg"], tmp_path / "run")

@@ -50,6 +50,7 @@ def _by_hand(root, relpaths, model, preprocess_input):
     return model.predict(preprocess_input(np.stack(images)), verbose=0)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, weights_file, make_model, preprocess_input", CASES, ids=[c[0] for c in CASES])
 def test_stored_features_equal_plain_keras(photos, tmp_path, name, weights_file, make_model, preprocess_input):
     weights = require_shared(WEIGHTS / weights_file)
@@ -81,6 +82,7 @@ def test_wrong_weights_file_for_the_model_is_refused(photos, tmp_path):
 # Measured on MobileNetV2 (224 px, CPU): float16 keeps cosine >= 0.9998 per image;
 # bfloat16's 8-bit mantissa drifts to 0.967-0.990 over its ~50 layers, so it
 # gets its own, looser bound and the README says so.
+@pytest.mark.slow
 @pytest.mark.parametrize("precision, min_cosine", [("mixed_float16", 0.999), ("mixed_bfloat16", 0.95)])
 def test_mixed_precision_features_agree_with_float32(photos, tmp_path, precision, min_cosine):
     weights = str(require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5"))

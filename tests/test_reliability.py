@@ -556,6 +556,7 @@ def test_a_dataset_name_cannot_place_a_feature_set_outside_the_cache(tmp_path, n
     assert (cache / folder.name).resolve().parent == cache.resolve()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("hostile", ["../../outside.h5", "/ABS/outside.h5", "../shards/../../outside.h5"])
 def test_shard_names_read_from_an_index_cannot_leave_the_shard_folder(small, tmp_path, hostile):
     work = small.copy(tmp_path / "work")

@@ -67,6 +67,7 @@ def _chromium_check(page, screenshot, window="1300,2000"):
     return json.loads(html.unescape(match.group(1))), dom.stderr
 
 
+@pytest.mark.slow
 def test_run_folders_record_each_test_image_prediction(pipeline_runs):
     fs = read_feature_set(pipeline_runs.features)
     for run in pipeline_runs.runs:
@@ -171,6 +172,7 @@ def thirteen_runs(tmp_path_factory):
     return types.SimpleNamespace(runs_dir=root / "runs", scores=scores)
 
 
+@pytest.mark.slow
 def test_thirteen_runs_are_ordered_by_validation_score_with_all_but_the_best_three_folded(thirteen_runs, tmp_path):
     page = build_report(thirteen_runs.runs_dir, tmp_path / "report.html").path.read_text()
     ranked = sorted(thirteen_runs.scores, key=lambda name: -thirteen_runs.scores[name])
@@ -184,6 +186,7 @@ def test_thirteen_runs_are_ordered_by_validation_score_with_all_but_the_best_thr
     assert "C=0.01" in page and not re.search(r"\b1 pairs\b|\b1 files\b", page)
 
 
+@pytest.mark.slow
 def test_the_first_screen_of_a_thirteen_run_report_holds_the_table_and_the_best_runs_detail(thirteen_runs, tmp_path):
     result = build_report(thirteen_runs.runs_dir, tmp_path / "report.html")
     check, stderr = _chromium_check(result.path, tmp_path / "first-screen.png", window="1280,900")
@@ -223,6 +226,7 @@ def hostile_runs(tmp_path_factory):
     return root / "runs"
 
 
+@pytest.mark.slow
 def test_formula_like_class_names_and_manifest_paths_outside_its_folder_show_every_image(hostile_runs, tmp_path):
     page = build_report(hostile_runs, tmp_path / "report.html").path.read_text()
     assert "is damaged" not in page and "misclassified images not shown" not in page

@@ -82,6 +82,7 @@ def _every_command(run, trained, tmp_path, *extra):
     }
 
 
+@pytest.mark.slow
 def test_new_runs_load_their_head_without_unpickling(trained):
     for head, run in trained.runs.items():
         lineage = json.loads((run / "lineage.json").read_text())
@@ -93,6 +94,7 @@ def test_new_runs_load_their_head_without_unpickling(trained):
         np.testing.assert_allclose(predictor.head.predict_proba(X), pickled.predict_proba(X), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_crafted_pickle_in_a_run_folder_never_runs_its_code(trained, tmp_path):
     run, marker = _copy_run(trained, tmp_path), tmp_path / "marker"
     _reseal(run, "head.joblib", pickle.dumps({"estimator": _Marker(marker)}), "head_sha256")
@@ -105,6 +107,7 @@ def test_a_crafted_pickle_in_a_run_folder_never_runs_its_code(trained, tmp_path)
     assert (tmp_path / "out" / "p.csv").read_text().count("\n") == 2  # header and the one image
 
 
+@pytest.mark.slow
 def test_a_run_folder_with_only_a_pickle_is_refused_unless_trusted(trained, tmp_path):
     run, marker = _copy_run(trained, tmp_path), tmp_path / "marker"
     (run / "head.skops").unlink()

@@ -50,6 +50,7 @@ def folder(tmp_path):
     return make_dataset(tmp_path / "data", classes=2, per_class=4)
 
 
+@pytest.mark.slow
 def test_parquet_structs_give_the_folder_features_then_reuse_then_reextract_one_changed_row(folder, tmp_path):
     data = write_hf_parquet(folder, tmp_path / "train.parquet")
     local = _extract(folder, tmp_path / "local-cache")
@@ -63,6 +64,7 @@ def test_parquet_structs_give_the_folder_features_then_reuse_then_reextract_one_
     assert _extract(data, tmp_path / "cache").counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
+@pytest.mark.slow
 def test_parquet_bytes_column_over_http_with_split_and_class_names(folder, tmp_path):
     images = sorted(folder.rglob("*.png"))
     site = tmp_path / "site"

@@ -42,6 +42,7 @@ def _same_as_local_then_reused_then_one_changed(url, local_folder, tmp_path, cha
     return again
 
 
+@pytest.mark.slow
 def test_http_folder_equals_local_folder_and_reextracts_one_changed_object(local_folder, tmp_path):
     requests = []
     with serve_folder(local_folder, requests=requests) as (base, _):
@@ -58,6 +59,7 @@ def test_http_folder_equals_local_folder_and_reextracts_one_changed_object(local
     assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
+@pytest.mark.slow
 def test_s3_folder_equals_local_folder_and_reextracts_one_changed_object(local_folder, tmp_path, monkeypatch):
     with moto_s3(monkeypatch) as s3:
         s3.mkdir("bucket")
@@ -68,6 +70,7 @@ def test_s3_folder_equals_local_folder_and_reextracts_one_changed_object(local_f
             lambda: s3.pipe_file("bucket/photos/class0/001.png", changed.read_bytes()))
 
 
+@pytest.mark.slow
 def test_flaky_server_ends_with_every_item_extracted_or_skipped_with_its_reason(local_folder, tmp_path):
     with serve_folder(local_folder, fail_every=10) as (base, failures):
         result = _extract(base + "/", tmp_path / "cache")
@@ -76,6 +79,7 @@ def test_flaky_server_ends_with_every_item_extracted_or_skipped_with_its_reason(
     assert all(s.reason for s in result.skipped)
 
 
+@pytest.mark.slow
 def test_url_is_kept_as_given_and_recorded_without_credentials(local_folder, tmp_path):
     url = "s3://bucket/x"
     assert to_dict(ExtractConfig(data=url))["data"] == url

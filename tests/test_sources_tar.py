@@ -55,6 +55,7 @@ def folder(tmp_path):
     return make_dataset(tmp_path / "data", classes=2, per_class=4)
 
 
+@pytest.mark.slow
 def test_shards_give_the_folder_features_then_reuse_then_reextract_one_changed_sample(folder, tmp_path):
     shards_of(folder, tmp_path / "shards")
     pattern = str(tmp_path / "shards" / "{000..002}.tar")
@@ -77,6 +78,7 @@ def test_shards_give_the_folder_features_then_reuse_then_reextract_one_changed_s
     assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
+@pytest.mark.slow
 def test_shards_over_http_give_the_folder_features(folder, tmp_path):
     shards_of(folder, tmp_path / "site" / "shards")
     local = _extract(folder, tmp_path / "local-cache")
@@ -86,6 +88,7 @@ def test_shards_over_http_give_the_folder_features(folder, tmp_path):
     assert _by_content(remote) == _by_content(local)
 
 
+@pytest.mark.slow
 def test_corrupt_member_is_skipped_with_its_reason_and_a_broken_shard_is_reported(tmp_path):
     image = [write_image(tmp_path / f"{i}.png", seed=i).read_bytes() for i in range(4)]
     write_shard(tmp_path / "s" / "0.tar", [("a", {"png": image[0], "cls": b"1"}), ("b", {"png": b"not a png", "cls": b"0"}),
@@ -111,6 +114,7 @@ def test_samples_without_a_label_are_not_listed_but_reported(tmp_path):
     assert [e.relpath for e in dataset.entries] == ["0.tar/a.png"] and dataset.outside_classes == ("0.tar/b.png",)
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing(folder, tmp_path, monkeypatch):
     from pipeline.features import tar_source
 

@@ -329,6 +329,7 @@ def _halving_budget(head, n_rows, n_features, n_candidates, n_jobs):
     return cost.estimate(n_rows, n_features) + n_candidates / n_jobs * cost.estimate(n_rows // 2, n_features)
 
 
+@pytest.mark.slow
 def test_a_sweep_past_its_budget_chooses_on_a_stratified_subsample_then_fits_every_row(larger, tmp_path, monkeypatch):
     fs = read_feature_set(larger)
     n_train = len(split_indices(fs)["train"])

@@ -144,6 +144,7 @@ def _sweep(best, grid=(0.01, 0.1, 1.0, 10.0)):
                       validation=_peaked(400, 1), class_names=["a", "b", "c"], n_jobs=1)
 
 
+@pytest.mark.slow
 def test_a_sweep_won_on_its_grids_edge_steps_past_it():
     result = _sweep(best=1000.0)  # 100x the grid's top
     assert result.params["C"] == 1000.0
@@ -155,12 +156,14 @@ def test_a_sweep_won_on_its_grids_edge_steps_past_it():
     assert plot_sweep(result).axes  # the added values are drawn with the others
 
 
+@pytest.mark.slow
 def test_a_sweep_won_inside_its_grid_does_not_extend():
     result = _sweep(best=0.1)
     assert result.params["C"] == 0.1 and result.extended == ()
     assert len(result.candidates) == 4
 
 
+@pytest.mark.slow
 def test_a_sweep_stops_at_the_cap_and_says_so():
     result = _sweep(best=1e9)
     (record,) = result.extended
@@ -168,6 +171,7 @@ def test_a_sweep_stops_at_the_cap_and_says_so():
     assert result.params["C"] == 10.0 * 10**MAX_EXTENSIONS
 
 
+@pytest.mark.slow
 def test_a_grid_that_is_not_log_spaced_does_not_extend():
     assert _sweep(best=1000.0, grid=(1.0, 2.0, 3.0, 4.0)).extended == ()
 

@@ -38,6 +38,7 @@ def _paths(data):
     return sorted(str(p) for p in data.rglob("*.png"))
 
 
+@pytest.mark.slow
 def test_tta_averages_the_image_and_its_cached_views(trained):
     _, data, result, run_dir = trained
     predictor = Predictor.load(run_dir)
@@ -56,6 +57,7 @@ def test_tta_averages_the_image_and_its_cached_views(trained):
     assert not np.allclose(got, plain) and {p.views for p in averaged} == {3}
 
 
+@pytest.mark.slow
 def test_views_missing_from_the_cache_are_computed_as_extraction_computes_them(trained):
     _, data, result, run_dir = trained
     predictor = Predictor.load(run_dir)
@@ -94,6 +96,7 @@ def test_tta_out_of_range_is_refused_naming_it(trained, value):
     assert info.value.field == "tta"
 
 
+@pytest.mark.slow
 def test_predict_cli_says_how_many_views_it_averaged(trained, tmp_path, capsys):
     _, data, _, run_dir = trained
     out = tmp_path / "p.csv"
@@ -103,6 +106,7 @@ def test_predict_cli_says_how_many_views_it_averaged(trained, tmp_path, capsys):
     assert "--tta" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_tta_on_a_fused_run_is_refused_rather_than_averaging_one_base(trained, monkeypatch):
     _, data, _, run_dir = trained
     predictor = Predictor.load(run_dir)

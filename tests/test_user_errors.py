@@ -29,6 +29,7 @@ def test_a_dense_head_too_big_to_build_is_refused_before_any_allocation():
     create_head("dense", hidden_units=(64,), epochs=1).fit(X, y)  # the bound leaves ordinary heads alone
 
 
+@pytest.mark.slow
 def test_train_head_with_an_impossible_hidden_layer_exits_2(tmp_path):
     data = make_dataset(tmp_path / "data", classes=3, per_class=4)
     features = extract_features(config=ExtractConfig(

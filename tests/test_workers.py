@@ -34,6 +34,7 @@ def single(data, tmp_path_factory):
     return read_feature_set(extract_features(config=_config(data, tmp_path_factory.mktemp("single"))).path)
 
 
+@pytest.mark.slow
 def test_two_worker_processes_then_a_plain_run_equal_one_run(data, single, tmp_path):
     cache = tmp_path / "cache"
     argv = [PYTHON, "-m", "pipeline", "features", str(data), "--model", "resnet50", "--size", "32", "--weights",
@@ -56,6 +57,7 @@ def test_two_worker_processes_then_a_plain_run_equal_one_run(data, single, tmp_p
     assert sorted(shard_digests(merged.path.parent)) == sorted(set(shard_digests(merged.path.parent)))  # no duplicates
 
 
+@pytest.mark.slow
 def test_a_worker_stopped_mid_run_resumes_and_nothing_is_lost_or_stored_twice(data, single, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     real, calls = backbones.predict_batches, []
@@ -89,6 +91,7 @@ def test_a_worker_stopped_mid_run_resumes_and_nothing_is_lost_or_stored_twice(da
     np.testing.assert_array_equal(read_feature_set(merged.path).features, single.features)
 
 
+@pytest.mark.slow
 def test_a_lost_worker_is_made_up_by_the_plain_run(data, single, tmp_path):
     cache = tmp_path / "cache"
     extract_features(config=_config(data, cache, num_shards=3, shard_index=2))  # workers 0 and 1 never ran
