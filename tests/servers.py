@@ -132,3 +132,23 @@ def upload(fs, local: Path, url: str) -> None:
     for path in sorted(local.rglob("*")):
         if path.is_file():
             fs.pipe_file(f"{url}/{path.relative_to(local).as_posix()}", path.read_bytes())
+
+
+# A tiny random model: the source tests compare where bytes come from, not what a backbone sees.
+TINY_MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+
+
+def extract_tiny(data, cache):
+    """`features` of `data` (a folder, URL or pattern) into `cache` with `TINY_MODEL`."""
+    from pipeline.config import ExtractConfig
+    from pipeline.features.extract import extract_features
+
+    return extract_features(config=ExtractConfig(data=str(data), cache_dir=str(cache), **TINY_MODEL))
+
+
+def rows_by_content(result):
+    """(class name, feature bytes) of every row, sorted: ids differ between sources, content does not."""
+    from pipeline.store import read_feature_set
+
+    fs = read_feature_set(result.path)
+    return sorted((fs.class_names[label], f.tobytes()) for label, f in zip(fs.labels, fs.features))

@@ -7,25 +7,13 @@ import json
 import pytest
 
 from imagegen import make_dataset, write_image
-from pipeline.config import ExtractConfig
-from pipeline.features.extract import extract_features
 from pipeline.features.sources import open_source
 from pipeline.store import read_feature_set
-from servers import serve_folder
+from servers import extract_tiny, rows_by_content, serve_folder
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("fsspec")
-MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
-
-
-def _extract(data, cache):
-    return extract_features(config=ExtractConfig(data=str(data), cache_dir=str(cache), **MODEL))
-
-
-def _by_content(result):
-    fs = read_feature_set(result.path)
-    return sorted((fs.class_names[label], f.tobytes()) for label, f in zip(fs.labels, fs.features))
 
 
 def write_hf_parquet(folder, path, *, row_group_size=3, splits=False):
@@ -53,15 +41,15 @@ def folder(tmp_path):
 @pytest.mark.slow
 def test_parquet_structs_give_the_folder_features_then_reuse_then_reextract_one_changed_row(folder, tmp_path):
     data = write_hf_parquet(folder, tmp_path / "train.parquet")
-    local = _extract(folder, tmp_path / "local-cache")
-    first = _extract(data, tmp_path / "cache")
+    local = extract_tiny(folder, tmp_path / "local-cache")
+    first = extract_tiny(data, tmp_path / "cache")
     assert first.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
-    assert _by_content(first) == _by_content(local)
+    assert rows_by_content(first) == rows_by_content(local)
     assert read_feature_set(first.path).paths[0] == "train.parquet/00000000"
-    assert _extract(data, tmp_path / "cache").counts["extracted"] == 0
+    assert extract_tiny(data, tmp_path / "cache").counts["extracted"] == 0
     write_image(folder / "class1" / "002.png", seed=99)
     write_hf_parquet(folder, data)
-    assert _extract(data, tmp_path / "cache").counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
+    assert extract_tiny(data, tmp_path / "cache").counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
 @pytest.mark.slow
@@ -73,15 +61,15 @@ def test_parquet_bytes_column_over_http_with_split_and_class_names(folder, tmp_p
         "jpeg": [p.read_bytes() for p in images], "label": [p.parent.name for p in images],
         "split": ["train"] * 6 + ["test"] * 2,
     }), site / "part-0.parquet", row_group_size=4)
-    local = _extract(folder, tmp_path / "local-cache")
+    local = extract_tiny(folder, tmp_path / "local-cache")
     with serve_folder(site) as (base, _):
         source = open_source(base + "/part-{0..0}.parquet")
         assert source.kind.name == "parquet-images"
         dataset = source.list()
         assert dataset.class_names == ("class0", "class1") and dataset.has_folder_splits
         assert [e.folder_split for e in dataset.entries] == ["train"] * 6 + ["test"] * 2
-        remote = _extract(base + "/part-{0..0}.parquet", tmp_path / "cache")
-    assert _by_content(remote) == _by_content(local)
+        remote = extract_tiny(base + "/part-{0..0}.parquet", tmp_path / "cache")
+    assert rows_by_content(remote) == rows_by_content(local)
 
 
 def test_a_parquet_manifest_of_paths_is_still_a_manifest_and_a_table_without_labels_is_refused(folder, tmp_path):

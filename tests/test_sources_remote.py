@@ -2,22 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from imagegen import make_dataset, write_image
 from pipeline.config import ExtractConfig, to_dict
-from pipeline.features.extract import extract_features
 from pipeline.features.items import shown_url
 from pipeline.store import read_feature_set
-from servers import moto_s3, serve_folder, upload
+from servers import extract_tiny, moto_s3, serve_folder, upload
 
 pytest.importorskip("fsspec")
-MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
-
-
-def _extract(data, cache):
-    return extract_features(config=ExtractConfig(data=str(data), cache_dir=str(cache), **MODEL))
 
 
 def _rows(result):
@@ -31,13 +24,13 @@ def local_folder(tmp_path):
 
 
 def _same_as_local_then_reused_then_one_changed(url, local_folder, tmp_path, change):
-    local = _extract(local_folder, tmp_path / "local-cache")
-    remote = _extract(url, tmp_path / "cache")
+    local = extract_tiny(local_folder, tmp_path / "local-cache")
+    remote = extract_tiny(url, tmp_path / "cache")
     assert remote.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
     assert _rows(remote) == _rows(local)  # same ids, labels and features, bit for bit
-    assert _extract(url, tmp_path / "cache").counts["extracted"] == 0
+    assert extract_tiny(url, tmp_path / "cache").counts["extracted"] == 0
     change()
-    again = _extract(url, tmp_path / "cache")
+    again = extract_tiny(url, tmp_path / "cache")
     assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
     return again
 
@@ -46,16 +39,16 @@ def _same_as_local_then_reused_then_one_changed(url, local_folder, tmp_path, cha
 def test_http_folder_equals_local_folder_and_reextracts_one_changed_object(local_folder, tmp_path):
     requests = []
     with serve_folder(local_folder, requests=requests) as (base, _):
-        local = _extract(local_folder, tmp_path / "local-cache")
-        remote = _extract(base + "/", tmp_path / "cache")
+        local = extract_tiny(local_folder, tmp_path / "local-cache")
+        remote = extract_tiny(base + "/", tmp_path / "cache")
         assert remote.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
         assert _rows(remote) == _rows(local)  # same ids, labels and features, bit for bit
         before = len(requests)
-        assert _extract(base + "/", tmp_path / "cache").counts["extracted"] == 0
+        assert extract_tiny(base + "/", tmp_path / "cache").counts["extracted"] == 0
         # The index pages list names only; HEAD requests gave sizes and ETags, so no image byte was read.
         assert [path for method, path in requests[before:] if method == "GET" and path.endswith(".png")] == []
         write_image(local_folder / "class1" / "001.png", seed=99)
-        again = _extract(base + "/", tmp_path / "cache")
+        again = extract_tiny(base + "/", tmp_path / "cache")
     assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
@@ -73,7 +66,7 @@ def test_s3_folder_equals_local_folder_and_reextracts_one_changed_object(local_f
 @pytest.mark.slow
 def test_flaky_server_ends_with_every_item_extracted_or_skipped_with_its_reason(local_folder, tmp_path):
     with serve_folder(local_folder, fail_every=10) as (base, failures):
-        result = _extract(base + "/", tmp_path / "cache")
+        result = extract_tiny(base + "/", tmp_path / "cache")
     assert failures  # the server did fail requests
     assert result.counts["extracted"] + result.counts["skipped"] == 8
     assert all(s.reason for s in result.skipped)
@@ -85,7 +78,7 @@ def test_url_is_kept_as_given_and_recorded_without_credentials(local_folder, tmp
     assert to_dict(ExtractConfig(data=url))["data"] == url
     assert shown_url("https://user:secret@host:9/a/b?X-Amz-Signature=s") == "https://host:9/a/b"
     with serve_folder(local_folder) as (base, _):
-        result = _extract(base.replace("http://", "http://user:secret@") + "/", tmp_path / "cache")
+        result = extract_tiny(base.replace("http://", "http://user:secret@") + "/", tmp_path / "cache")
     from pipeline.store import FeatureStore
 
     state = FeatureStore(result.path.parent).read_index_state()

@@ -14,20 +14,9 @@ from pipeline.config import ExtractConfig
 from pipeline.features.extract import extract_features
 from pipeline.features.sources import open_source
 from pipeline.store import read_feature_set
-from servers import serve_folder
+from servers import TINY_MODEL, extract_tiny, rows_by_content, serve_folder
 
 pytest.importorskip("fsspec")
-MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
-
-
-def _extract(data, cache):
-    return extract_features(config=ExtractConfig(data=str(data), cache_dir=str(cache), **MODEL))
-
-
-def _by_content(result):
-    """(class name, feature bytes) of every row, sorted: ids differ between sources, content does not."""
-    fs = read_feature_set(result.path)
-    return sorted((fs.class_names[label], f.tobytes()) for label, f in zip(fs.labels, fs.features))
 
 
 def write_shard(path: Path, samples) -> Path:
@@ -59,12 +48,12 @@ def folder(tmp_path):
 def test_shards_give_the_folder_features_then_reuse_then_reextract_one_changed_sample(folder, tmp_path):
     shards_of(folder, tmp_path / "shards")
     pattern = str(tmp_path / "shards" / "{000..002}.tar")
-    local = _extract(folder, tmp_path / "local-cache")
-    first = _extract(pattern, tmp_path / "cache")
+    local = extract_tiny(folder, tmp_path / "local-cache")
+    first = extract_tiny(pattern, tmp_path / "cache")
     assert first.counts == {"extracted": 8, "reused": 0, "skipped": 0, "removed": 0}
-    assert _by_content(first) == _by_content(local)
+    assert rows_by_content(first) == rows_by_content(local)
     assert read_feature_set(first.path).paths[:2] == ["000.tar/s0000.png", "000.tar/s0001.png"]
-    assert _extract(pattern, tmp_path / "cache").counts["extracted"] == 0
+    assert extract_tiny(pattern, tmp_path / "cache").counts["extracted"] == 0
 
     # Shard 001 rewritten with one sample's image changed: only that sample is extracted again.
     changed = write_image(tmp_path / "new.png", seed=77).read_bytes()
@@ -74,18 +63,18 @@ def test_shards_give_the_folder_features_then_reuse_then_reextract_one_changed_s
     for key, ext, data in members:
         samples.setdefault(key, {})[ext] = changed if (key, ext) == ("s0004", "png") else data
     write_shard(tmp_path / "shards" / "001.tar", list(samples.items()))
-    again = _extract(pattern, tmp_path / "cache")
+    again = extract_tiny(pattern, tmp_path / "cache")
     assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
 @pytest.mark.slow
 def test_shards_over_http_give_the_folder_features(folder, tmp_path):
     shards_of(folder, tmp_path / "site" / "shards")
-    local = _extract(folder, tmp_path / "local-cache")
+    local = extract_tiny(folder, tmp_path / "local-cache")
     with serve_folder(tmp_path / "site", latency_s=0.01) as (base, _):
-        remote = _extract(base + "/shards/{000..002}.tar", tmp_path / "cache")
+        remote = extract_tiny(base + "/shards/{000..002}.tar", tmp_path / "cache")
     assert remote.counts["extracted"] == 8
-    assert _by_content(remote) == _by_content(local)
+    assert rows_by_content(remote) == rows_by_content(local)
 
 
 @pytest.mark.slow
@@ -101,7 +90,7 @@ def test_corrupt_member_is_skipped_with_its_reason_and_a_broken_shard_is_reporte
     assert dataset.class_names == ("0", "1", "2", "10")  # .cls labels sort as numbers
     assert [e.relpath for e in dataset.entries] == ["0.tar/a.png", "0.tar/b.png", "0.tar/c.png", "1.tar/d.png"]
     assert [name for name, _ in dataset.skipped_dirs] == ["1.tar"]
-    result = _extract(tmp_path / "s" / "{0..1}.tar", tmp_path / "cache")
+    result = extract_tiny(tmp_path / "s" / "{0..1}.tar", tmp_path / "cache")
     assert result.counts["extracted"] == 3 and result.counts["skipped"] == 1
     (bad,) = result.skipped
     assert (bad.relpath, bad.reason) == ("0.tar/b.png", "not an image: the file is text saved with an image extension")
@@ -120,7 +109,7 @@ def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing
 
     shards_of(folder, tmp_path / "shards")
     pattern = str(tmp_path / "shards" / "{000..002}.tar")
-    config = ExtractConfig(data=pattern, cache_dir=str(tmp_path / "cache"), shard_size=2, **MODEL)
+    config = ExtractConfig(data=pattern, cache_dir=str(tmp_path / "cache"), shard_size=2, **TINY_MODEL)
     real, calls = tar_source.TarMember.read_bytes, []
 
     def interrupted(self, limit):
@@ -137,7 +126,7 @@ def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing
     assert 0 < resumed.counts["reused"] < 8 and resumed.counts["reused"] + resumed.counts["extracted"] == 8
     fs = read_feature_set(resumed.path)
     assert len(set(fs.paths)) == len(fs.paths) == 8
-    assert _by_content(resumed) == _by_content(_extract(folder, tmp_path / "local-cache"))
+    assert rows_by_content(resumed) == rows_by_content(extract_tiny(folder, tmp_path / "local-cache"))
 
 
 def test_brace_patterns_expand_in_order_and_the_ray_engine_refuses_shards_clearly(tmp_path, monkeypatch):
@@ -150,4 +139,4 @@ def test_brace_patterns_expand_in_order_and_the_ray_engine_refuses_shards_clearl
     monkeypatch.setattr(ray_engine, "require_ray", lambda: None)
     with pytest.raises(ConfigError, match="--engine local"):
         extract_features(config=ExtractConfig(data=str(tmp_path / "{0..1}.tar"), cache_dir=str(tmp_path / "c"),
-                                              engine="ray", **MODEL))
+                                              engine="ray", **TINY_MODEL))
