@@ -698,3 +698,19 @@ def test_all_heads_run_cheapest_first_and_every_row_has_a_measured_cost():
     # A kernel SVM grows with the square of the rows, a linear model linearly.
     assert estimate_seconds("svm_rbf", 10_000, 1000) == pytest.approx(100 * estimate_seconds("svm_rbf", 1000, 1000))
     assert estimate_seconds("logreg", 10_000, 1000) == pytest.approx(10 * estimate_seconds("logreg", 1000, 1000))
+
+
+def test_svm_nystroem_fits_a_set_smaller_than_its_components_without_a_warning(problem):
+    """Fewer rows than the 1,000 components is the exact kernel: scikit-learn's warning would say each fit."""
+    X, y = problem[0][:60], problem[2][:60]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head = create_head("svm_nystroem").fit(X, y)
+    assert head.named_steps["clf"].named_steps["kernel"].components_.shape[0] == 60
+
+
+def test_fit_children_run_n_jobs_estimators_on_threads():
+    """A daemon child cannot start joblib's processes: `n_jobs=-1` (random_forest) would get one core and a warning."""
+    from pipeline.heads.workers import call_in_child
+
+    assert call_in_child(joblib.effective_n_jobs, -1, threads=2) == 2

@@ -204,10 +204,13 @@ def _child(send, fn, args, threads: int, parent: int) -> None:
     # Ctrl-C at a terminal reaches the whole process group: the parent decides, and kills this child.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
+    from joblib import parallel_config
     from threadpoolctl import threadpool_limits
 
     try:
-        with threadpool_limits(limits=threads):
+        # A daemon process cannot start joblib's worker processes (joblib would warn and use one
+        # core): `n_jobs` estimators (random_forest) use threads instead, `threads` of them.
+        with threadpool_limits(limits=threads), parallel_config(backend="threading", n_jobs=threads):
             result = (True, fn(*args))
     except Exception as e:  # sent back, raised again in the parent
         result = (False, e)
