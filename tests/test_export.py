@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import sign_digit_features
 from needs import require
-from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
+from imagegen import SIGN_DIGITS, require_shared
 from pipeline import cli
-from pipeline.config import ExtractConfig, TrainConfig
+from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
-from pipeline.features.extract import extract_features
 from pipeline.features.decode import load_image
 from pipeline.heads import create_head, linear_softmax_weights
 from pipeline.runs.export import export_run
@@ -41,18 +41,9 @@ TOLERANCE = 1e-3  # the spec: probabilities within 1e-3 of `predict`, the same t
 
 @pytest.fixture(scope="module")
 def signs(tmp_path_factory):
-    weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
     root = tmp_path_factory.mktemp("export")
-    photos = {d: sorted((require_shared(SIGN_DIGITS) / str(d)).glob("*.JPG")) for d in range(10)}
-    for digit, files in photos.items():
-        (root / "data" / str(digit)).mkdir(parents=True)
-        for src in files[:4]:
-            shutil.copyfile(src, root / "data" / str(digit) / src.name)
-    result = extract_features(config=ExtractConfig(
-        data=str(root / "data"), cache_dir=str(root / "cache"), workers=2, model="mobilenet_v2", size=SIZE,
-        weights=str(weights), batch_size=16,
-    ))
-    runs = train_heads(result.path, config=TrainConfig(
+    features, photos = sign_digit_features(root, SIZE)
+    runs = train_heads(features, config=TrainConfig(
         heads=("logreg", "dense"), params={"dense.epochs": 30, "dense.learning_rate": 1e-3},
         runs_dir=str(root / "runs"), cache_dir=str(root / "cache"),
     ))
@@ -107,13 +98,9 @@ def _keras_model(path):
 @pytest.mark.weights
 @pytest.mark.parametrize("head", ["dense", "logreg"])
 @pytest.mark.parametrize("fmt, out", [pytest.param("onnx", "signs.onnx", marks=pytest.mark.onnx),
-                                      ("saved_model", "signs_saved_model")])
+                                      ("saved_model", "signs_saved_model"), ("keras", "signs.keras")])
 def test_exported_model_on_raw_photos_of_any_size_agrees_with_predict(signs, tmp_path, head, fmt, out):
-    """The traced formats resize as the reference decoder does, bit for bit, so raw pixels of any size agree.
-
-    `.keras` holds Keras' float form of the filter (within one grey level off SIZE): it is fed
-    `preprocess.load_image`, see the test of every kind of photo below.
-    """
+    """Every format resizes as the reference decoder does, bit for bit, so raw pixels of any size agree."""
     run = signs.runs[head]
     status = cli.main(["export", str(run), str(tmp_path / out), "--format", fmt, "--quiet"])
     assert status == cli.ExitStatus.OK
@@ -127,7 +114,7 @@ def test_exported_model_on_raw_photos_of_any_size_agrees_with_predict(signs, tmp
 @pytest.mark.slow
 @pytest.mark.weights
 def test_logreg_exports_to_keras_and_matches_predict_at_size(signs, tmp_path):
-    """`.keras` holds built-in layers only; on images at SIZE it is exact (raw sizes: docs/predict.md)."""
+    """`.keras` holds built-in layers and operations only: it loads without this package."""
     import keras
 
     run = signs.runs["logreg"]
@@ -214,7 +201,7 @@ def test_export_formats_are_rows_that_export_and_the_cli_read(monkeypatch):
 
 
 # Both of Pillow's pass orders (vertical first when the height shrinks by more than twice as many pixels
-# as the width), a side already at SIZE (that pass skipped), enlarging and shrinking.
+# as the width), a side already at SIZE (Pillow skips that pass), enlarging and shrinking.
 RESIZE_SHAPES = [(64, 48), (100, 100), (170, 90), (31, 33), (255, 256), (300, 447), (447, 300), (128, 128),
                  (128, 500), (700, 128), (1000, 20), (2, 148), (578, 381)]
 
@@ -238,17 +225,27 @@ def test_the_traced_formats_resize_exactly_as_the_reference_decoder(height, widt
         np.testing.assert_array_equal(np.asarray(traced(image[None].astype("float32")))[0], expected)
 
 
-@pytest.mark.parametrize("height, width", RESIZE_SHAPES[:7])
-def test_the_keras_format_resizes_within_one_grey_level(height, width):
-    """`.keras` holds built-in layers only: Keras' float form of the same filter, off by one level at most."""
+@pytest.fixture(scope="module")
+def keras_file_resize(tmp_path_factory):
+    """The `.keras` form of the resize, saved and loaded back as a user would (safe mode, no custom objects)."""
     import keras
 
+    from pipeline.runs.export_resize import pillow_bilinear_resize_ops
+
+    images = keras.Input((None, None, 3), dtype="float32")
+    path = tmp_path_factory.mktemp("resize") / "resize.keras"
+    keras.Model(images, pillow_bilinear_resize_ops(keras, images, SIZE)).save(path)
+    return keras.saving.load_model(path)
+
+
+@pytest.mark.parametrize("height, width", RESIZE_SHAPES)
+def test_the_keras_format_resizes_exactly_as_the_reference_decoder(keras_file_resize, height, width):
+    """`.keras` holds built-in operations only, and they repeat Pillow's arithmetic bit for bit."""
     from pipeline.features.decode import resize_squash
 
     image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    layer = keras.layers.Resizing(SIZE, SIZE, interpolation="bilinear", antialias=True, dtype="float32")
-    in_keras = np.asarray(keras.ops.round(layer(image[None].astype("float32"))))[0]
-    assert np.abs(in_keras - resize_squash(image, SIZE).astype(np.float32)).max() <= 1
+    got = np.asarray(keras_file_resize(image[None].astype("float32")))[0]
+    np.testing.assert_array_equal(got, resize_squash(image, SIZE))
 
 
 # -- the shipped preprocess.py is the reference decoder ----------------------

@@ -264,11 +264,12 @@ def test_export_of_a_fused_dense_run_matches_predict_on_photos_below_twice_size(
         path = tmp_path / f"{i}.png"
         with Image.open(photos[i]) as photo:
             photo.convert("RGB").resize((width, height), Image.Resampling.BICUBIC).save(path)
-        # Decoded as the shipped preprocess.py does (the documented way to feed a `.keras` export: exact;
-        # raw pixels of another size are within one grey level in `.keras`, see docs/predict.md).
+        # Decoded as the shipped preprocess.py does, and raw: every export repeats the reference resize.
         decoded = shipped.load_image(path, size)[None]
         expected = predict_images(run, [path], top_k=1)[0].probabilities
         np.testing.assert_allclose(model.predict(decoded, verbose=0)[0], expected, atol=1e-4, rtol=0)
+        raw = np.asarray(Image.open(path).convert("RGB"))[None]
+        np.testing.assert_allclose(model.predict(raw, verbose=0)[0], expected, atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow

@@ -61,15 +61,6 @@ def _raw(path):
         return np.asarray(img.convert("RGB"))[None]
 
 
-def _resizes_agree(path) -> bool:
-    """The model's resize (Keras, rounded) gives the reference decoder's pixels for this photo."""
-    import keras
-
-    layer = keras.layers.Resizing(SIZE, SIZE, interpolation="bilinear", antialias=True, dtype="float32")
-    resized = np.asarray(keras.ops.round(layer(_raw(path).astype("float32"))))[0]
-    return bool((resized == load_image(path, SIZE)).all())
-
-
 def _predicted(run, paths):
     return np.array([p.probabilities for p in predict_images(run, paths, top_k=1)])
 
@@ -120,13 +111,10 @@ def test_exported_hub_model_on_raw_photos_agrees_with_predict(runs, photos, tmp_
     model = load(result.path)
     got = np.concatenate([model(_raw(p)) for p in photos])
     expected = _predicted(runs[family], photos)
-    # The traced formats repeat the reference resize exactly. `.keras` resizes raw pixels with Keras' float
-    # Resizing, within one grey level (test_export.py), which a tiny random encoder amplifies: it is held
-    # to 1e-4 where that resize gives the reference's pixels, and on every photo decoded to SIZE first,
-    # as the shipped preprocess.py does.
-    exact = np.array([fmt != "keras" or _resizes_agree(p) for p in photos])
-    np.testing.assert_allclose(got[exact], expected[exact], atol=1e-4, rtol=0)
+    # Every format repeats the reference resize exactly: raw photos and photos decoded to SIZE first
+    # (as the shipped preprocess.py does) give predict's probabilities.
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
     decoded = np.stack([load_image(p, SIZE) for p in photos])
     np.testing.assert_allclose(model(decoded), expected, atol=1e-4, rtol=0)
-    assert (got[exact].argmax(1) == expected[exact].argmax(1)).all()
+    assert (got.argmax(1) == expected.argmax(1)).all()
     assert json.loads((tmp_path / f"{out}.json").read_text())["format"] == f"bottleneck-{fmt}-export"

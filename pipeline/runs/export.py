@@ -10,13 +10,12 @@ Entry point: `export_run(run_dir, out)`. Four formats, the rows of
       image (batch, H, W, 3) uint8, any H and W
         -> Rescaling(1.0)                   cast to float32
         -> resize to SIZE x SIZE            the reference decoder's: Pillow's
-                                            bilinear, exactly (SavedModel, ONNX);
-                                            Resizing(antialias) + round (.keras)
+                                            bilinear, exactly (`export_resize`)
         -> Dense(3) on the channel axis     the backbone's preprocess_input
         -> backbone -> pooling              the run's extractor
         -> dense head                       softmax over the run's classes
 
-  The `.keras` file uses built-in Keras layers only, so
+  The `.keras` file holds built-in Keras layers and operations only, so
   `keras.saving.load_model(path)` loads it in any process, on any Keras 3
   backend, without this package.
   Every `keras.applications` `preprocess_input` is a per-channel affine
@@ -27,10 +26,9 @@ Entry point: `export_run(run_dir, out)`. Four formats, the rows of
   the model's sha256, and `preprocess.py` (the reference decoder, Pillow
   only) is written beside it.
 
-  The SavedModel and ONNX graphs repeat the reference decoder's resize
-  exactly (`export_resize`), so given a decoded photo of any size they
-  predict what `bottleneck predict` does; `.keras` holds Keras' float
-  form of the same filter (within one grey level). Images at least twice
+  Every format repeats the reference decoder's resize exactly
+  (`export_resize`), so given a decoded photo of any size it predicts
+  what `bottleneck predict` does. Images at least twice
   SIZE differ more, where the decoder shrinks JPEGs while decoding: decode
   files with the shipped `preprocess.py` (docs/predict.md).
 
@@ -130,15 +128,14 @@ def preprocess_affine(module: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_export_model(predictor: Predictor):
-    """The run's extractor and head as one Keras model of built-in layers.
+    """The run's extractor and head as one Keras model of built-in layers and operations.
 
     Dense heads are their own network (their feature transform inside);
     `logreg`, `linear_svm` and `ridge` become one `Dense` layer (see
     `heads.linear_softmax_weights`) after their feature transform's
-    layers (`heads.transforms.keras_layers`). Images are resized by
-    `Resizing(..., antialias=True)` and rounded, Keras' float form of the
-    reference decoder's Pillow bilinear filter (within one grey level; the
-    traced formats repeat Pillow's arithmetic exactly, `export_resize`).
+    layers (`heads.transforms.keras_layers`). Images are resized with the
+    reference decoder's Pillow arithmetic, in `keras.ops` calls
+    (`export_resize`).
 
     Args:
         predictor: a loaded `Predictor`.
@@ -345,7 +342,7 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
 
     keras = import_keras()
     model = _build(keras, predictor, traced=row.traced)
-    diff = _check_export(model, predictor, exact_resize=row.traced)
+    diff = _check_export(model, predictor)
     with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         if not row.suffix:  # a folder
@@ -406,18 +403,15 @@ def _check_images(height: int, width: int | None = None) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(4, height, width or height, 3), dtype=np.uint8)
 
 
-def _check_export(model, predictor: Predictor, *, exact_resize: bool) -> float:
+def _check_export(model, predictor: Predictor) -> float:
     """Runs the exported graph and extractor + head on the same random images, and its head on the run's features.
 
-    Images at SIZE, and, where the graph repeats the reference decoder's
-    resize exactly (`exact_resize`), of another size and shape. Returns the
-    largest difference.
+    Images at SIZE and of another size and shape (the graph repeats the
+    reference decoder's resize exactly). Returns the largest difference.
     """
-
     size = predictor.size
     checks = []
-    shapes = [(size, size), (size + 37, size * 2 // 3)][: 2 if exact_resize else 1]
-    for images in (_check_images(*shape) for shape in shapes):
+    for images in (_check_images(size, size), _check_images(size + 37, size * 2 // 3)):
         exported = np.asarray(model.predict_on_batch(images), dtype=np.float64)
         features = reference_features(predictor, images)
         checks.append(float(np.max(np.abs(exported - predictor.predict_proba(features)))))

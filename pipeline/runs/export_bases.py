@@ -1,9 +1,9 @@
 """The image side of an exported model: one branch per base of the run.
 
 `export._build` feeds the uint8 image to `base_branch` once per base
-(`source.Base`): resize as the reference decoder does (Pillow's arithmetic
-in the traced formats, `Resizing(antialias=True)` within a grey level in `.keras`), whole grey levels,
-the backbone's preprocessing as a fixed `Dense(3)`, the extractor, and the
+(`source.Base`): resize as the reference decoder does (Pillow's arithmetic,
+`export_resize`; a layer with one branch in the traced formats, built-in
+operations in `.keras`), the backbone's preprocessing as a fixed `Dense(3)`, the extractor, and the
 storage dtype's rounding. A fused run's branches are flattened and joined
 by a `Concatenate` before its head, as `store.fused` joined the features.
 `reference_features` computes the same numbers the package's own way, for
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .export_resize import pillow_bilinear_resize
+from .export_resize import pillow_bilinear_resize, pillow_bilinear_resize_ops
 from .predict import Predictor
 
 __all__ = ["base_branch", "reference_features"]
@@ -43,9 +43,7 @@ def base_branch(keras, predictor: Predictor, index: int, x, *, traced: bool, suf
     if traced:
         x = pillow_bilinear_resize(keras, base.size, name=f"resize{suffix}")(x)
     else:
-        x = keras.layers.Resizing(base.size, base.size, interpolation="bilinear", antialias=True, dtype="float32",
-                                  name=f"resize{suffix}")(x)
-    x = keras.ops.round(x)  # the decoder hands the backbone whole grey levels
+        x = pillow_bilinear_resize_ops(keras, x, base.size)
     preprocess = keras.layers.Dense(3, dtype="float32", trainable=False, name=f"preprocess_{_layer_name(cfg)}{suffix}")
     x = preprocess(x)
     preprocess.set_weights([kernel, bias])
