@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+from pathlib import Path
 
 import numpy as np
 
@@ -69,3 +70,42 @@ def make_set(
         attrs={"feature_key": KEY, "backbone": "synthetic", "weights": "none", "config": config or {"model": "synthetic"}},
     )
     return store.index_path
+
+
+class CodeRunningMarker:
+    """Writes a file when rebuilt (unpickled): what a crafted head would do instead of predicting."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.path), "ran"))
+
+    def __setstate__(self, state):
+        Path(state["path"]).write_text("ran")
+
+
+def sign_digit_features(root, size: int, per_digit: int = 4):
+    """MobileNetV2 features (the shared ImageNet weights) of the first `per_digit` sign-language photos of each digit.
+
+    The photos are copied to `root/data` and extracted into `root/cache`.
+    Returns the feature set's path and every photo of each digit, sorted
+    (those past `per_digit` are not in the set: new photos to predict).
+    """
+    import shutil
+
+    from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
+    from pipeline.config import ExtractConfig
+    from pipeline.features.extract import extract_features
+
+    weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
+    photos = {d: sorted((require_shared(SIGN_DIGITS) / str(d)).glob("*.JPG")) for d in range(10)}
+    for digit, files in photos.items():
+        (root / "data" / str(digit)).mkdir(parents=True)
+        for src in files[:per_digit]:
+            shutil.copyfile(src, root / "data" / str(digit) / src.name)
+    result = extract_features(config=ExtractConfig(
+        data=str(root / "data"), cache_dir=str(root / "cache"), workers=2, model="mobilenet_v2", size=size,
+        weights=str(weights), batch_size=16,
+    ))
+    return result.path, photos

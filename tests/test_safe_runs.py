@@ -11,12 +11,11 @@ import json
 import pickle
 import shutil
 import types
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import run_cli
+from helpers import CodeRunningMarker, run_cli
 from imagegen import make_dataset
 from pipeline import cli
 from pipeline.config import ExtractConfig, TrainConfig
@@ -26,19 +25,6 @@ from pipeline.heads.apply import feature_matrix
 from pipeline.runs.predict import Predictor
 from pipeline.runs.train import train_heads
 from pipeline.store import read_feature_set
-
-
-class _Marker:
-    """Writes a file when rebuilt: what a crafted head would do instead of predicting."""
-
-    def __init__(self, path):
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (Path.write_text, (Path(self.path), "ran"))
-
-    def __setstate__(self, state):
-        Path(state["path"]).write_text("ran")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +83,7 @@ def test_new_runs_load_their_head_without_unpickling(trained):
 @pytest.mark.slow
 def test_a_crafted_pickle_in_a_run_folder_never_runs_its_code(trained, tmp_path):
     run, marker = _copy_run(trained, tmp_path), tmp_path / "marker"
-    _reseal(run, "head.joblib", pickle.dumps({"estimator": _Marker(marker)}), "head_sha256")
+    _reseal(run, "head.joblib", pickle.dumps({"estimator": CodeRunningMarker(marker)}), "head_sha256")
 
     results = _every_command(run, trained, tmp_path)
 
@@ -114,7 +100,7 @@ def test_a_run_folder_with_only_a_pickle_is_refused_unless_trusted(trained, tmp_
     lineage = json.loads((run / "lineage.json").read_text())
     del lineage["head_skops_sha256"]  # as a run trained before head.skops existed
     (run / "lineage.json").write_text(json.dumps(lineage))
-    _reseal(run, "head.joblib", pickle.dumps({"estimator": _Marker(marker)}), "head_sha256")
+    _reseal(run, "head.joblib", pickle.dumps({"estimator": CodeRunningMarker(marker)}), "head_sha256")
 
     results = _every_command(run, trained, tmp_path)
 
@@ -136,13 +122,13 @@ def test_a_crafted_skops_head_in_a_run_folder_is_refused(trained, tmp_path):
     import skops.io
 
     run, marker = _copy_run(trained, tmp_path), tmp_path / "marker"
-    _reseal(run, "head.skops", skops.io.dumps({"estimator": _Marker(marker), "metadata": {}}), "head_skops_sha256")
+    _reseal(run, "head.skops", skops.io.dumps({"estimator": CodeRunningMarker(marker), "metadata": {}}), "head_skops_sha256")
 
     status, _, stderr = run_cli("predict", run, next(trained.data.glob("*/*.png")), "-o", tmp_path / "p.csv",
                                 "--trust")
 
     assert status == cli.ExitStatus.BAD_INPUT
-    assert "_Marker" in stderr and "nothing was built" in stderr
+    assert "CodeRunningMarker" in stderr and "nothing was built" in stderr
     assert not marker.exists()
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from helpers import make_set, train_config
+from helpers import make_set, sign_digit_features, train_config
 from pipeline.errors import ConfigError
 from pipeline.heads import fit_head, load_head, training_splits
 from pipeline.heads.apply import aligned_proba, feature_matrix
@@ -186,28 +186,15 @@ PHOTO_SIZES = [(64, 48), (100, 100), (200, 150), (90, 170)]
 @pytest.fixture(scope="module")
 def transformed_runs(tmp_path_factory):
     """Real MobileNetV2 features at 128 px of 40 photos; heads with transforms; 8 other photos to predict."""
-    import shutil
-
     from PIL import Image
 
-    from imagegen import SIGN_DIGITS, WEIGHTS, require_shared
-    from pipeline.config import ExtractConfig, TrainConfig
-    from pipeline.features.extract import extract_features
+    from pipeline.config import TrainConfig
 
-    weights = require_shared(WEIGHTS / "mobilenet_v2_1.0_224_no_top.weights.h5")
     root = tmp_path_factory.mktemp("transform-export")
-    photos = {d: sorted((require_shared(SIGN_DIGITS) / str(d)).glob("*.JPG")) for d in range(10)}
-    for digit, files in photos.items():
-        (root / "data" / str(digit)).mkdir(parents=True)
-        for src in files[:4]:
-            shutil.copyfile(src, root / "data" / str(digit) / src.name)
-    result = extract_features(config=ExtractConfig(
-        data=str(root / "data"), cache_dir=str(root / "cache"), workers=2, model="mobilenet_v2", size=SIZE,
-        weights=str(weights), batch_size=16,
-    ))
+    features, photos = sign_digit_features(root, SIZE)
     runs = {}
     for head, transform in (("logreg", "sqrt-l2"), ("logreg", "pca-whiten-16"), ("dense", "sqrt-l2")):
-        (run,) = train_heads(result.path, config=TrainConfig(
+        (run,) = train_heads(features, config=TrainConfig(
             heads=(head,), transform=(transform,), params={"dense.epochs": 20} if head == "dense" else {},
             runs_dir=str(root / "runs"), cache_dir=str(root / "cache"),
         ))
