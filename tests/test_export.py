@@ -14,7 +14,9 @@ import contextlib
 import importlib
 import io
 import json
+import os
 import shutil
+import subprocess
 import types
 
 import numpy as np
@@ -23,7 +25,7 @@ from PIL import Image
 
 from helpers import sign_digit_features
 from needs import require
-from imagegen import SIGN_DIGITS, require_shared
+from imagegen import PYTHON, REPO, SIGN_DIGITS, require_shared
 from pipeline import cli
 from pipeline.config import TrainConfig
 from pipeline.errors import ConfigError
@@ -226,8 +228,8 @@ def test_the_traced_formats_resize_exactly_as_the_reference_decoder(height, widt
 
 
 @pytest.fixture(scope="module")
-def keras_file_resize(tmp_path_factory):
-    """The `.keras` form of the resize, saved and loaded back as a user would (safe mode, no custom objects)."""
+def resize_file(tmp_path_factory):
+    """The `.keras` form of the resize alone, saved as the export saves it."""
     import keras
 
     from pipeline.runs.export_resize import pillow_bilinear_resize_ops
@@ -235,17 +237,48 @@ def keras_file_resize(tmp_path_factory):
     images = keras.Input((None, None, 3), dtype="float32")
     path = tmp_path_factory.mktemp("resize") / "resize.keras"
     keras.Model(images, pillow_bilinear_resize_ops(keras, images, SIZE)).save(path)
-    return keras.saving.load_model(path)
+    return path
 
 
 @pytest.mark.parametrize("height, width", RESIZE_SHAPES)
-def test_the_keras_format_resizes_exactly_as_the_reference_decoder(keras_file_resize, height, width):
-    """`.keras` holds built-in operations only, and they repeat Pillow's arithmetic bit for bit."""
+def test_the_keras_format_resizes_exactly_as_the_reference_decoder(resize_file, height, width):
+    """`.keras` holds built-in operations only (loaded in safe mode), and they repeat Pillow's arithmetic bit for bit."""
+    import keras
+
     from pipeline.features.decode import resize_squash
 
     image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    got = np.asarray(keras_file_resize(image[None].astype("float32")))[0]
+    got = np.asarray(keras.saving.load_model(resize_file)(image[None].astype("float32")))[0]
     np.testing.assert_array_equal(got, resize_squash(image, SIZE))
+
+
+_RESIZE_ON_JAX = """
+import json, sys
+import keras, numpy as np
+from pipeline.features.decode import resize_squash
+from pipeline.runs.export_resize import computes_in_float64
+
+model = keras.saving.load_model(sys.argv[1])
+worst = 0.0
+for height, width in json.loads(sys.argv[2]):
+    image = np.random.default_rng(height * width).integers(0, 256, (height, width, 3), dtype=np.uint8)
+    got = np.asarray(model(image[None].astype("float32")))[0]
+    worst = max(worst, float(np.abs(got - resize_squash(image, int(sys.argv[3]))).max()))
+print(json.dumps({"backend": keras.backend.backend(), "float64": computes_in_float64(keras), "worst": worst}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("x64", ["1", "0"])
+def test_the_keras_format_on_jax_is_exact_with_float64_and_within_a_grey_level_without(resize_file, x64):
+    """JAX computes in float32 unless `jax_enable_x64`: export then checks only images at SIZE (docs/predict.md)."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_ENABLE_X64": x64, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    done = subprocess.run([PYTHON, "-c", _RESIZE_ON_JAX, str(resize_file), json.dumps(RESIZE_SHAPES[:7]), str(SIZE)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["backend"] == "jax" and result["float64"] is (x64 == "1")
+    assert result["worst"] == 0.0 if x64 == "1" else result["worst"] <= 1.0
 
 
 # -- the shipped preprocess.py is the reference decoder ----------------------

@@ -64,6 +64,7 @@ from ..features.decode import DECODER_ID
 from ..heads.transforms import keras_layers, split_transform
 from . import export_loading, layout, preprocess, safe_head
 from .export_bases import base_branch, reference_features
+from .export_resize import computes_in_float64
 from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
 from .predict import Predictor, check_output_file
 
@@ -342,7 +343,7 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
 
     keras = import_keras()
     model = _build(keras, predictor, traced=row.traced)
-    diff = _check_export(model, predictor)
+    diff = _check_export(model, predictor, other_sizes=computes_in_float64(keras))
     with _atomic.writing(out):
         out.parent.mkdir(parents=True, exist_ok=True)
         if not row.suffix:  # a folder
@@ -403,15 +404,17 @@ def _check_images(height: int, width: int | None = None) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, size=(4, height, width or height, 3), dtype=np.uint8)
 
 
-def _check_export(model, predictor: Predictor) -> float:
+def _check_export(model, predictor: Predictor, *, other_sizes: bool) -> float:
     """Runs the exported graph and extractor + head on the same random images, and its head on the run's features.
 
-    Images at SIZE and of another size and shape (the graph repeats the
-    reference decoder's resize exactly). Returns the largest difference.
+    Images at SIZE and, where this backend computes the resize in float64
+    (`other_sizes`: then it repeats the reference decoder's exactly), of
+    another size and shape. Returns the largest difference.
     """
     size = predictor.size
     checks = []
-    for images in (_check_images(size, size), _check_images(size + 37, size * 2 // 3)):
+    shapes = [(size, size), (size + 37, size * 2 // 3)][: 2 if other_sizes else 1]
+    for images in (_check_images(*shape) for shape in shapes):
         exported = np.asarray(model.predict_on_batch(images), dtype=np.float64)
         features = reference_features(predictor, images)
         checks.append(float(np.max(np.abs(exported - predictor.predict_proba(features)))))

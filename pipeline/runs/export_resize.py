@@ -22,16 +22,32 @@ elementwise ops every format holds. The pass order is a choice made on the
 input's shape: the traced formats take one branch (`ops.cond`); `.keras`,
 whose functional graph can hold `keras.ops` calls but no branch, computes
 both orders and keeps one with `ops.where` (twice the resize's work, about
-0.5 s more per 12 MP photo on CPU), so that it stays built-in operations
-only and loads without this package.
+0.7 s more per 12 MP photo on CPU), so that it stays built-in operations
+only and loads without this package. Exactness needs float64: a `.keras`
+file loaded on JAX without `jax_enable_x64` computes in float32, within
+one grey level (`computes_in_float64`).
 """
 
 from __future__ import annotations
 
-__all__ = ["pillow_bilinear_resize", "pillow_bilinear_resize_ops"]
+__all__ = ["computes_in_float64", "pillow_bilinear_resize", "pillow_bilinear_resize_ops"]
 
 _PRECISION_BITS = 22  # Pillow's PRECISION_BITS for 8-bit images: 32 - 8 - 2
 _ONE = float(1 << _PRECISION_BITS)
+
+
+def computes_in_float64(keras) -> bool:
+    """Whether this backend honours float64, which the exact arithmetic needs.
+
+    JAX computes in float32 unless `jax_enable_x64` is set: there the same
+    graph is within one grey level of the reference, not exact.
+    """
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # JAX warns that float64 "is not available"
+        probe = keras.ops.zeros((1,), dtype="float64")
+    return keras.backend.standardize_dtype(probe.dtype) == "float64"
 
 
 def pillow_bilinear_resize(keras, size: int, name: str = "resize"):
@@ -88,18 +104,26 @@ def _weights(ops, ones, size: int):
     filterscale = ops.maximum(scale, 1.0)
     support = filterscale  # the bilinear filter's support is 1, widened when shrinking
     centre = (ops.cast(ops.arange(size), "float64") + 0.5) * scale
-    first = ops.maximum(ops.floor(centre - support + 0.5), 0.0)
-    stop = ops.minimum(ops.floor(centre + support + 0.5), n)
+    first = ops.maximum(_floor(ops, centre - support + 0.5), 0.0)
+    stop = ops.minimum(_floor(ops, centre + support + 0.5), n)
     # C evaluates `(x + xmin - center + 0.5) * ss` left to right, with ss = 1 / filterscale.
     distance = ops.abs(((source - centre[:, None]) + 0.5) * (1.0 / filterscale))
     inside = ops.logical_and(source >= first[:, None], source < stop[:, None])
     taps = ops.where(inside, ops.maximum(1.0 - distance, 0.0), 0.0)
-    return ops.floor(0.5 + taps / ops.sum(taps, axis=1, keepdims=True) * _ONE)
+    return _floor(ops, 0.5 + taps / ops.sum(taps, axis=1, keepdims=True) * _ONE)
 
 
 def _rounded(ops, sums):
     """A pass's 22-bit fixed-point sums to whole grey levels, as Pillow shifts and clips them."""
-    return ops.clip(ops.floor((sums + _ONE / 2) / _ONE), 0.0, 255.0)
+    return ops.clip(_floor(ops, (sums + _ONE / 2) / _ONE), 0.0, 255.0)
+
+
+def _floor(ops, x):
+    """`floor` in float64: every value floored here is >= 0, or clamped at 0 after, where truncation is the same.
+
+    `ops.floor` returns float32 on Keras' JAX backend, even with `jax_enable_x64`.
+    """
+    return ops.cast(ops.cast(x, "int64"), "float64")
 
 
 def _choose(ops, pred, if_true, if_false):
