@@ -14,9 +14,10 @@ from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
 from pipeline.store import FeatureStore, read_feature_set
 from pipeline.store.lookup import list_view_sets
-from servers import TINY_MODEL, serve_folder
+from servers import TINY_MODEL, moto_s3, serve_folder
 from shardfiles import shard_digests
 from test_sources_parquet import write_hf_parquet
+from test_ray_engine import _STOP_FLAG
 from test_sources_tar import shards_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -24,18 +25,26 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 pytest.importorskip("fsspec")
 pytest.importorskip("pyarrow")
 
+_S3_TEST_CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}  # what `servers.moto_s3` sets for the driver
 # Two model workers; shards of 4 rows, so each worker writes several.
 RAY = dict(engine="ray", ray_workers=2, shard_size=4)
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
+    """A local Ray cluster of 2 CPUs; yields the flag file that stops model workers at their second batch."""
     require("ray")
     import ray
 
+    flag = tmp_path_factory.mktemp("ray") / "stop"
+    tests = str(Path(__file__).parent)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}})
-    yield
+             # The test S3 server's credentials, as every node of a real cluster has its own in its environment.
+             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), tests]), _STOP_FLAG: str(flag),
+                                       **_S3_TEST_CREDENTIALS},
+                          "worker_process_setup_hook": "test_ray_engine._stop_after_first_shard"})
+    yield flag
     ray.shutdown()
 
 
@@ -103,11 +112,42 @@ def test_a_parquet_image_column_on_two_ray_workers_gives_the_local_set_and_a_rer
     assert _extract(data, tmp_path / "cache", **RAY).counts["extracted"] == 0
 
 
+def test_a_ray_run_on_tar_shards_stopped_after_a_shard_resumes_per_sample(cluster, folder, tmp_path):
+    shards_of(folder, tmp_path / "shards")
+    pattern = tmp_path / "shards" / "{000..004}.tar"
+    cache = tmp_path / "cache"
+    cluster.touch()
+    try:
+        with pytest.raises(Exception, match="model worker stopped by the test"):
+            _extract(pattern, cache, engine="ray", shard_size=4)  # one worker: it stores one shard, then stops
+    finally:
+        cluster.unlink()
+    set_dir = next(cache.iterdir())
+    kept = shard_digests(set_dir)
+    assert 0 < len(kept) <= 4 and not (set_dir / "features.h5").exists()
+
+    resumed = _extract(pattern, cache, engine="ray", shard_size=4)
+    assert resumed.counts == {"extracted": 12 - len(kept), "reused": len(kept), "skipped": 1, "removed": 0}
+    _assert_same_sets(resumed, _extract(pattern, tmp_path / "local"))
+
+
 def test_tar_shards_behind_a_url_are_read_by_the_ray_workers(cluster, folder, tmp_path):
     shards_of(folder, tmp_path / "shards")
     local = _extract(tmp_path / "shards" / "{000..004}.tar", tmp_path / "local")
     with serve_folder(tmp_path / "shards") as (url, _):
         remote = _extract(f"{url}/{{000..004}}.tar", tmp_path / "cache", **RAY)
+    assert remote.counts == local.counts
+    _assert_same_sets(remote, local)
+
+
+def test_a_parquet_file_in_s3_is_read_by_the_ray_workers(cluster, folder, tmp_path, monkeypatch):
+    data = write_hf_parquet(folder, tmp_path / "train.parquet")
+    local = _extract(data, tmp_path / "local")
+    with moto_s3(monkeypatch) as s3:
+        s3.mkdir("bucket")
+        s3.pipe_file("bucket/hf/train.parquet", data.read_bytes())
+        remote = _extract("s3://bucket/hf/train.parquet", tmp_path / "cache", **RAY)
+        assert _extract("s3://bucket/hf/train.parquet", tmp_path / "cache", **RAY).counts["extracted"] == 0
     assert remote.counts == local.counts
     _assert_same_sets(remote, local)
 
