@@ -16,8 +16,8 @@ from pipeline.store import FeatureStore, read_feature_set
 from pipeline.store.lookup import list_view_sets
 from servers import TINY_MODEL, moto_s3, serve_folder
 from shardfiles import shard_digests
-from test_sources_parquet import write_hf_parquet
 from test_ray_engine import _STOP_FLAG
+from test_sources_parquet import write_hf_parquet
 from test_sources_tar import shards_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
