@@ -129,14 +129,8 @@ def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing
     assert rows_by_content(resumed) == rows_by_content(extract_tiny(folder, tmp_path / "local-cache"))
 
 
-def test_brace_patterns_expand_in_order_and_the_ray_engine_refuses_shards_clearly(tmp_path, monkeypatch):
-    from pipeline.errors import ConfigError
-    from pipeline.features import ray_engine
+def test_brace_patterns_expand_in_order():  # the Ray engine reads shards too: tests/test_ray_sources.py
     from pipeline.features.tar_source import expand_braces
 
     assert expand_braces("s/{008..010}.tar") == ["s/008.tar", "s/009.tar", "s/010.tar"]
     assert expand_braces("{a,b}-{1..2}.tar") == ["a-1.tar", "a-2.tar", "b-1.tar", "b-2.tar"]
-    monkeypatch.setattr(ray_engine, "require_ray", lambda: None)
-    with pytest.raises(ConfigError, match="--engine local"):
-        extract_features(config=ExtractConfig(data=str(tmp_path / "{0..1}.tar"), cache_dir=str(tmp_path / "c"),
-                                              engine="ray", **TINY_MODEL))

@@ -177,9 +177,8 @@ def _extract_many(configs, progress) -> list[ExtractResult]:
         ray_engine.require_ray()  # before anything is written
     clean = [(c, feature_spec(c)) for c in configs]
     source = sources.open_source(configs[0].data)
-    if not source.is_local and any(c.engine == "ray" for c in configs):
-        raise ConfigError(f"`engine` ray reads local folders and manifests only; '{source.name}' is read by "
-                          "the local engine: pass --engine local.", field="engine")
+    if any(c.engine == "ray" for c in configs):
+        ray_engine.check_source(source)
     dataset = source.list()
     log.info("%s", dataset.summary())  # now, not after minutes of extraction
     roots = [feature_set_dir(c, spec, feature_key(spec)) for c, spec in clean]

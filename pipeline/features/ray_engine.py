@@ -1,7 +1,7 @@
 """The Ray engine of the features stage (`engine="ray"`): extraction spread over a Ray cluster.
 
 The driver plans as the local engine does, under the set's write lock
-(`extract._plan`, a `rounds.Plan`). A Ray Data pipeline then decodes the planned files in CPU
+(`extract._plan`, a `rounds.Plan`). A Ray Data pipeline then decodes the planned items in CPU
 tasks with the reference decoder and hands them, `shard_size` at a time, to a
 pool of model workers (actors). Each builds the frozen base once and writes
 every batch it gets as one complete shard through the store's
@@ -12,12 +12,20 @@ records them in its plans, and `extract._finish` writes the index once. A
 killed worker or driver loses only the shards being written: the next run
 finds every complete one with `scan_shards` and extracts the rest.
 
-Every node must see the data and the cache folder at the same paths (shared
-storage), and have this package and Ray installed.
+The engine reads what the local engine reads, except folders behind URLs:
+local folders and manifests, WebDataset tar shards and Parquet image columns
+(local or behind a URL). Each planned item travels to the decode tasks as its
+locator, pickled: a local file's path, or the source's own reader of a tar
+member or Parquet cell (`items.Reader`: a filesystem, a path and a byte range
+or row), so a task reads exactly the bytes the local engine decodes, under the
+same item id, and the driver never reads an image. Every node must see the
+cache folder at the same path and reach the data at the same path or URL
+(credentials from its own environment), and have this package and Ray installed.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import importlib.util
@@ -31,9 +39,10 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 
 from . import decode, rounds
+from .items import ItemRoot
 from ..errors import BottleneckError, ConfigError
 
-__all__ = ["require_ray", "run_plans"]
+__all__ = ["check_source", "require_ray", "run_plans"]
 
 _INSTALL = "pip install 'ray[data]>=2.9' (or the `ray` extra: pip install 'bottleneck-features[ray]')"
 
@@ -41,6 +50,7 @@ log = logging.getLogger("bottleneck")
 
 # How long joining a cluster may take before it is refused: Ray itself retries for minutes.
 CONNECT_TIMEOUT_S = 10.0
+_READS_IN_FLIGHT = 16  # items of a decode task read at once when they are behind a network
 
 
 def require_ray() -> None:
@@ -49,6 +59,21 @@ def require_ray() -> None:
         raise ConfigError(
             f"`engine` 'ray' needs Ray, which is not installed. Install it with {_INSTALL}, "
             "or use engine='local'.",
+            field="engine",
+        )
+
+
+# The sources the engine reads (`sources.SOURCES` rows): those whose items a task can read alone.
+# A folder behind a URL would work the same way, but is listed and read by the local engine for now.
+READS = ("tar-shards", "parquet-images", "manifest", "folder")
+
+
+def check_source(source) -> None:
+    """Raises a `ConfigError` naming `engine` when the engine does not read `source`'s kind of data."""
+    if source.kind.name not in READS:
+        raise ConfigError(
+            f"`engine` ray reads local folders, manifests, tar shards and Parquet image columns; "
+            f"'{source.name}' ({source.kind.name}) is read by the local engine: pass --engine local.",
             field="engine",
         )
 
@@ -163,14 +188,14 @@ def _ray_logs_shown(verbose: bool):
 
 
 def _pipeline(plans: Sequence, todo: Sequence, root, config):
-    """The Ray Data pipeline of one round: files -> decode tasks -> model workers -> result rows."""
+    """The Ray Data pipeline of one round: items -> decode tasks -> model workers -> result rows."""
     import ray.data
 
     size = plans[0].spec["size"]
-    # Each file with the digest each plan planned for it ("" where a plan does not need it), joined
-    # by commas: the rows carry what the workers need, so no worker is sent the whole plan.
+    # Each item with its locator and the digest each plan planned for it ("" where a plan does not need
+    # it), joined by commas: the rows carry what the workers need, so no worker is sent the whole plan.
     files = ray.data.from_items([
-        {"path": os.fsencode(root / e.relpath), "relpath": os.fsencode(e.relpath),
+        {"item": _locator(root, e.relpath), "relpath": os.fsencode(e.relpath),
          "digests": ",".join(plan.digests[e.relpath] if plan.needs(e.relpath) else "" for plan in plans)}
         for e in todo
     ])
@@ -189,28 +214,61 @@ def _pipeline(plans: Sequence, todo: Sequence, root, config):
     )
 
 
+def _locator(root, relpath: str) -> bytes:
+    """What a task reads an item by, pickled: the local file's path, or the source's reader of the item.
+
+    Pickled by the driver (not left to Ray's object columns), so that a
+    batch's column is plain bytes; a pickle ends with its STOP byte, never
+    with the NULs numpy's fixed-width bytes would drop.
+    """
+    if isinstance(root, ItemRoot):  # not `root / relpath`: that starts reading the item here, on the driver
+        return pickle.dumps(root.readers[relpath])
+    return pickle.dumps(root / relpath)
+
+
+class _BatchRoot(dict):
+    """A worker's `plan.root`: relpath -> the item's path or reader, for the views that read items again."""
+
+    def __truediv__(self, relpath: str):
+        return self[relpath]
+
+
 def _for_workers(plan):
-    """A copy of `plan` without its per-file state: a worker is told per batch what to store."""
+    """A copy of `plan` without its per-item state: a worker is told per batch what to store and where it lives."""
     return dataclasses.replace(
         plan, previous=set(), digests={}, skipped={}, located={}, todo=[], damaged=[], failed={}, changed={}, timings={},
+        root=_BatchRoot(),
     )
 
 
 def _decode_batch(batch: dict[str, np.ndarray], *, size: int) -> dict[str, np.ndarray]:
-    """Decodes files with the reference decoder; a failure is a row with its reason, never an error."""
+    """Decodes items with the reference decoder; a failure is a row with its reason, never an error."""
+    located = [pickle.loads(item) for item in batch["item"]]  # from this run's driver
     images, digests, reasons = [], [], []
-    for path in batch["path"]:
-        image, digest, reason = decode._load_or_reason(path, size)
+    for image, digest, reason in _load_all(located, size):
         images.append(np.zeros((size, size, 3), np.uint8) if image is None else image)
         digests.append(digest or "")
         reasons.append(reason or "")
     return {
+        "item": batch["item"],
         "relpath": batch["relpath"],
         "digests": batch["digests"],
         "image": np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8),
         "sha256": np.array(digests, dtype=object),
         "reason": np.array(reasons, dtype=object),
     }
+
+
+def _load_all(located: list, size: int):
+    """`decode._load_or_reason` of each item, in order; items behind a network many at a time.
+
+    One by one, a task would wait out a store's latency per item (50 ms: 20
+    items a second); local files are read in turn, as the task holds one CPU.
+    """
+    if all(isinstance(where, os.PathLike) for where in located):
+        return [decode._load_or_reason(where, size) for where in located]
+    with concurrent.futures.ThreadPoolExecutor(min(_READS_IN_FLIGHT, len(located))) as pool:
+        return list(pool.map(lambda where: decode._load_or_reason(where, size), located))
 
 
 class _Entry(NamedTuple):
@@ -248,11 +306,13 @@ class _ModelWorker:
         planned = [str(d).split(",") for d in batch["digests"]]
         decoded = [e for e, good in zip(entries, ok) if good]
         failures = [(e, reason) for e, reason, good in zip(entries, batch["reason"], ok) if not good]
+        where = _BatchRoot((e.relpath, pickle.loads(item)) for e, item in zip(entries, batch["item"]))
         rows: list[tuple] = []
         for i, (plan, model) in enumerate(zip(self._plans, self._models)):
             # This batch's files only: a round names each content once, so no earlier batch had them.
             plan.digests = {e.relpath: d[i] for e, d in zip(entries, planned) if d[i]}
             plan.located, plan.failed, plan.changed = {}, {}, {}
+            plan.root = where
             rows_in_shard = max(1, len(entries))  # the whole batch in one shard
             with plan.store.shard_appender(plan.key, plan.feature_shape, plan.config.storage_dtype, rows_in_shard) as shard:
                 rounds.store_batch(plan, model, shard, decoded, batch["image"][ok], failures, read)
