@@ -390,7 +390,8 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
 def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
     """Writes the model as `row` says; it is loaded back and compared before it is published."""
     if not row.traced:
-        model.save(path)
+        with export_loading.keras_hub_configs_that_load():
+            model.save(path)
         with export_loading.refused_unless_it_runs(row):
             _check_artifact(_keras_runner(path), model, size)
         return

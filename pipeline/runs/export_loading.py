@@ -1,10 +1,14 @@
 """A written model must load back: the refusal when it does not, and the tf2onnx rows that make more of them load.
 
 A model can build and run here yet write a file its loader rejects: a
-layer whose saved config its own constructor refuses (KerasHub 0.32's ViT
-in `.keras`), an op the ONNX runtime lacks. `refused_unless_it_runs` turns that into a
-`ConfigError` before anything is published (docs/backbones.md lists the
-cases).
+layer whose saved config its own constructor refuses, an op the ONNX
+runtime lacks. `refused_unless_it_runs` turns that into a `ConfigError`
+before anything is published (docs/backbones.md lists the cases).
+
+KerasHub 0.32's `ViTPatchingAndEmbedding` saves `num_patches` and
+`num_positions`, which its constructor rejects, so a ViT's `.keras` file
+would not load. Both follow from the image and patch sizes it also saves:
+`keras_hub_configs_that_load` leaves them out while the file is written.
 
 The exact GELU of transformer encoders (DINOv2, DINOv3, ViT; SigLIP uses
 the tanh GELU and CLIP the quick GELU) is traced by TensorFlow as `Erfc`,
@@ -41,6 +45,29 @@ def refused_unless_it_runs(row):
             f"format={row.name!r} cannot be written for this run's backbone: the written {row.title} does not "
             f"load back and run ({type(e).__name__}: {first}). Nothing was written. Pass another format "
             "(docs/backbones.md lists which convert) or format='bundle'.", field="format") from None
+
+
+@contextlib.contextmanager
+def keras_hub_configs_that_load():
+    """While a `.keras` file is written, KerasHub layers save configs their constructors accept (see above)."""
+    try:
+        from keras_hub.src.models.vit.vit_layers import ViTPatchingAndEmbedding
+    except ImportError:  # no KerasHub, no KerasHub layer in the model
+        yield
+        return
+    saved = ViTPatchingAndEmbedding.get_config
+
+    def get_config(self):
+        config = saved(self)
+        for derived in ("num_patches", "num_positions"):
+            config.pop(derived, None)
+        return config
+
+    ViTPatchingAndEmbedding.get_config = get_config
+    try:
+        yield
+    finally:
+        ViTPatchingAndEmbedding.get_config = saved
 
 
 def register_ops(row) -> None:
