@@ -1,14 +1,12 @@
-"""The Ray engine (`engine="ray"`, issue 13) on one local Ray cluster: same numbers, same resume guarantees."""
+"""The Ray engine (`engine="ray"`) on one local Ray cluster: same numbers, same resume guarantees."""
 
-import os
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from shardfiles import shard_digests
-from imagegen import REPO, make_dataset
+from imagegen import make_dataset
 from needs import require
 from pipeline.cli import ExitStatus, main
 from pipeline.config import ExtractConfig
@@ -16,41 +14,17 @@ from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
 from pipeline.store import read_feature_set
 from pipeline.store.lookup import list_view_sets
+from raycluster import local_cluster
 
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2, shard_size=4)
-# Read by `_stop_after_first_shard` in every Ray worker: while this file exists, model workers fail.
-_STOP_FLAG = "BOTTLENECK_TEST_STOP_FLAG"
-
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
-
-
-def _stop_after_first_shard():
-    """Ray worker setup hook: a model worker raises at its second batch while the flag file exists."""
-    from pipeline.features import backbones
-
-    real, calls = backbones.predict_batches, []
-
-    def predict_then_stop(*args, **kwargs):
-        calls.append(1)
-        if len(calls) > 1 and Path(os.environ[_STOP_FLAG]).exists():
-            raise RuntimeError("model worker stopped by the test")
-        return real(*args, **kwargs)
-
-    backbones.predict_batches = predict_then_stop
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     require("ray")
-    import ray
-
-    flag = tmp_path_factory.mktemp("ray") / "stop"
-    tests = str(Path(__file__).parent)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), tests]), _STOP_FLAG: str(flag)},
-                          "worker_process_setup_hook": "test_ray_engine._stop_after_first_shard"})
-    yield flag
-    ray.shutdown()
+    with local_cluster(tmp_path_factory.mktemp("ray")) as flag:
+        yield flag
 
 
 @pytest.fixture(scope="module")

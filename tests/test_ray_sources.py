@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from imagegen import REPO, make_dataset
+from imagegen import make_dataset
 from needs import require
 from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError
 from pipeline.features.extract import extract_features
 from pipeline.store import FeatureStore, read_feature_set
 from pipeline.store.lookup import list_view_sets
+from raycluster import local_cluster
 from servers import TINY_MODEL, moto_s3, serve_folder
 from shardfiles import shard_digests
-from test_ray_engine import _STOP_FLAG
 from test_sources_parquet import write_hf_parquet
 from test_sources_tar import shards_of
 
@@ -33,19 +32,10 @@ RAY = dict(engine="ray", ray_workers=2, shard_size=4)
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    """A local Ray cluster of 2 CPUs; yields the flag file that stops model workers at their second batch."""
+    """A local Ray cluster with the test S3 server's credentials, as every node of a real cluster has its own."""
     require("ray")
-    import ray
-
-    flag = tmp_path_factory.mktemp("ray") / "stop"
-    tests = str(Path(__file__).parent)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=100 * 2**20,
-             # The test S3 server's credentials, as every node of a real cluster has its own in its environment.
-             runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join([str(REPO), tests]), _STOP_FLAG: str(flag),
-                                       **_S3_TEST_CREDENTIALS},
-                          "worker_process_setup_hook": "test_ray_engine._stop_after_first_shard"})
-    yield flag
-    ray.shutdown()
+    with local_cluster(tmp_path_factory.mktemp("ray"), _S3_TEST_CREDENTIALS) as flag:
+        yield flag
 
 
 @pytest.fixture(scope="module")
