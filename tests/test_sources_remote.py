@@ -83,3 +83,26 @@ def test_url_is_kept_as_given_and_recorded_without_credentials(local_folder, tmp
 
     state = FeatureStore(result.path.parent).read_index_state()
     assert state.data_root == base + "/" and "secret" not in str(result.path)
+
+
+@pytest.mark.slow
+def test_http_folder_reads_each_new_image_once_and_skips_a_corrupt_one_with_its_reason(local_folder, tmp_path):
+    (local_folder / "class0" / "bad.png").write_bytes(b"not an image")
+    requests = []
+    with serve_folder(local_folder, requests=requests) as (base, _):
+        result = extract_tiny(base + "/", tmp_path / "cache")
+    local = extract_tiny(local_folder, tmp_path / "local-cache")
+    assert result.counts == local.counts == {"extracted": 8, "reused": 0, "skipped": 1, "removed": 0}
+    assert [s.reason for s in result.skipped] == [s.reason for s in local.skipped]
+    assert _rows(result) == _rows(local)
+    gets = [path for method, path in requests if method == "GET" and path.endswith(".png")]
+    assert sorted(gets) == sorted({f"/{p.relative_to(local_folder).as_posix()}" for p in local_folder.rglob("*.png")})
+
+
+@pytest.mark.slow
+def test_http_folder_reuses_a_renamed_object_without_extracting_it(local_folder, tmp_path):
+    with serve_folder(local_folder) as (base, _):
+        extract_tiny(base + "/", tmp_path / "cache")
+        (local_folder / "class1" / "001.png").rename(local_folder / "class1" / "renamed.png")
+        again = extract_tiny(base + "/", tmp_path / "cache")
+    assert again.counts == {"extracted": 0, "reused": 8, "skipped": 0, "removed": 1}
