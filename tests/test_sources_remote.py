@@ -106,3 +106,18 @@ def test_http_folder_reuses_a_renamed_object_without_extracting_it(local_folder,
         (local_folder / "class1" / "001.png").rename(local_folder / "class1" / "renamed.png")
         again = extract_tiny(base + "/", tmp_path / "cache")
     assert again.counts == {"extracted": 0, "reused": 8, "skipped": 0, "removed": 1}
+
+
+def test_http_folder_with_split_folders_lists_as_the_same_folder_on_disk(tmp_path):
+    from pipeline.features.sources import open_source
+
+    for split, n in (("train", 3), ("validation", 2)):
+        make_dataset(tmp_path / "data" / split, classes=2, per_class=n)
+    (tmp_path / "data" / "train" / "class0" / ".hidden.png").write_bytes(b"x")
+
+    def listed(data):
+        dataset = open_source(data).list()
+        return dataset.class_names, [(e.relpath, e.label, e.folder_split, e.size) for e in dataset.entries]
+
+    with serve_folder(tmp_path / "data", latency_s=0.01) as (base, _):
+        assert listed(base + "/") == listed(str(tmp_path / "data"))

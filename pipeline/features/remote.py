@@ -4,10 +4,10 @@ The layout is a local folder's (`discovery`): one folder per class,
 optionally under split folders `train/`, `validation/`, `test/`; names
 starting with "." are skipped and extensions are filtered case-insensitively.
 The listing is one `fs.find` for object stores (a recursive listing); an
-HTTP server's index pages, one per folder, are read many at a time. An object's change token
-comes from the same listing (`items.change_token`), or from a HEAD request
-where the listing has no size (HTTP), so a re-run with nothing changed reads
-no object's bytes.
+HTTP server's index pages, one per folder, are read many at a time. An
+object's change token comes from the same listing (`items.change_token`), or
+from a HEAD request where the listing has no size (HTTP), so a re-run with
+nothing changed reads no object's bytes.
 """
 
 from __future__ import annotations
