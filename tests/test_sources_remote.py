@@ -121,3 +121,27 @@ def test_http_folder_with_split_folders_lists_as_the_same_folder_on_disk(tmp_pat
 
     with serve_folder(tmp_path / "data", latency_s=0.01) as (base, _):
         assert listed(base + "/") == listed(str(tmp_path / "data"))
+
+
+@pytest.mark.slow
+def test_two_feature_sets_of_an_http_folder_read_each_image_once_and_equal_the_local_sets(local_folder, tmp_path):
+    import shutil
+
+    from pipeline.features.extract import extract_many
+    from servers import TINY_MODEL
+
+    shutil.copy(local_folder / "class0" / "000.png", local_folder / "class1" / "copy.png")  # one content, two ids
+
+    def both(data, cache):
+        return extract_many([ExtractConfig(data=data, cache_dir=str(tmp_path / cache), pooling=pooling, **TINY_MODEL)
+                             for pooling in ("avg", "max")])
+
+    requests = []
+    with serve_folder(local_folder, requests=requests) as (base, _):
+        remote = both(base + "/", "cache")
+    local = both(str(local_folder), "local-cache")
+    assert [r.counts for r in remote] == [r.counts for r in local] == [
+        {"extracted": 9, "reused": 0, "skipped": 0, "removed": 0}] * 2
+    assert [_rows(r) for r in remote] == [_rows(r) for r in local]
+    gets = sorted(path for method, path in requests if method == "GET" and path.endswith(".png"))
+    assert gets == sorted(f"/{p.relative_to(local_folder).as_posix()}" for p in local_folder.rglob("*.png"))
