@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # connections kept open, as object stores keep them
     latency_s = 0.0
     fail_every = 0
     counter = None  # itertools-like shared counter: [lock, n]

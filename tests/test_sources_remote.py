@@ -83,3 +83,65 @@ def test_url_is_kept_as_given_and_recorded_without_credentials(local_folder, tmp
 
     state = FeatureStore(result.path.parent).read_index_state()
     assert state.data_root == base + "/" and "secret" not in str(result.path)
+
+
+@pytest.mark.slow
+def test_http_folder_reads_each_new_image_once_and_skips_a_corrupt_one_with_its_reason(local_folder, tmp_path):
+    (local_folder / "class0" / "bad.png").write_bytes(b"not an image")
+    requests = []
+    with serve_folder(local_folder, requests=requests) as (base, _):
+        result = extract_tiny(base + "/", tmp_path / "cache")
+    local = extract_tiny(local_folder, tmp_path / "local-cache")
+    assert result.counts == local.counts == {"extracted": 8, "reused": 0, "skipped": 1, "removed": 0}
+    assert [s.reason for s in result.skipped] == [s.reason for s in local.skipped]
+    assert _rows(result) == _rows(local)
+    gets = [path for method, path in requests if method == "GET" and path.endswith(".png")]
+    assert sorted(gets) == sorted({f"/{p.relative_to(local_folder).as_posix()}" for p in local_folder.rglob("*.png")})
+
+
+@pytest.mark.slow
+def test_http_folder_reuses_a_renamed_object_without_extracting_it(local_folder, tmp_path):
+    with serve_folder(local_folder) as (base, _):
+        extract_tiny(base + "/", tmp_path / "cache")
+        (local_folder / "class1" / "001.png").rename(local_folder / "class1" / "renamed.png")
+        again = extract_tiny(base + "/", tmp_path / "cache")
+    assert again.counts == {"extracted": 0, "reused": 8, "skipped": 0, "removed": 1}
+
+
+def test_http_folder_with_split_folders_lists_as_the_same_folder_on_disk(tmp_path):
+    from pipeline.features.sources import open_source
+
+    for split, n in (("train", 3), ("validation", 2)):
+        make_dataset(tmp_path / "data" / split, classes=2, per_class=n)
+    (tmp_path / "data" / "train" / "class0" / ".hidden.png").write_bytes(b"x")
+
+    def listed(data):
+        dataset = open_source(data).list()
+        return dataset.class_names, [(e.relpath, e.label, e.folder_split, e.size) for e in dataset.entries]
+
+    with serve_folder(tmp_path / "data", latency_s=0.01) as (base, _):
+        assert listed(base + "/") == listed(str(tmp_path / "data"))
+
+
+@pytest.mark.slow
+def test_two_feature_sets_of_an_http_folder_read_each_image_once_and_equal_the_local_sets(local_folder, tmp_path):
+    import shutil
+
+    from pipeline.features.extract import extract_many
+    from servers import TINY_MODEL
+
+    shutil.copy(local_folder / "class0" / "000.png", local_folder / "class1" / "copy.png")  # one content, two ids
+
+    def both(data, cache):
+        return extract_many([ExtractConfig(data=data, cache_dir=str(tmp_path / cache), pooling=pooling, **TINY_MODEL)
+                             for pooling in ("avg", "max")])
+
+    requests = []
+    with serve_folder(local_folder, requests=requests) as (base, _):
+        remote = both(base + "/", "cache")
+    local = both(str(local_folder), "local-cache")
+    assert [r.counts for r in remote] == [r.counts for r in local] == [
+        {"extracted": 9, "reused": 0, "skipped": 0, "removed": 0}] * 2
+    assert [_rows(r) for r in remote] == [_rows(r) for r in local]
+    gets = sorted(path for method, path in requests if method == "GET" and path.endswith(".png"))
+    assert gets == sorted(f"/{p.relative_to(local_folder).as_posix()}" for p in local_folder.rglob("*.png"))

@@ -110,11 +110,10 @@ def test_an_interrupted_run_resumes_at_the_sample_losing_and_duplicating_nothing
     shards_of(folder, tmp_path / "shards")
     pattern = str(tmp_path / "shards" / "{000..002}.tar")
     config = ExtractConfig(data=pattern, cache_dir=str(tmp_path / "cache"), shard_size=2, **TINY_MODEL)
-    real, calls = tar_source.TarMember.read_bytes, []
+    real = tar_source.TarMember.read_bytes
 
     def interrupted(self, limit):
-        calls.append(1)
-        if len(calls) == 8 + 5:  # 8 reads to hash, then the fifth read to decode
+        if self.shard.endswith("002.tar"):  # samples 7 and 8: the first batch of 4 is stored, the second not
             raise KeyboardInterrupt
         return real(self, limit)
 

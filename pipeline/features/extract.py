@@ -307,9 +307,12 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
             store.quarantine(damaged)
         located = {d: loc for d, loc in located.items() if loc[0] not in damaged}
 
-    # Items behind a network are hashed many at a time (a no-op for local files).
-    source.hash_ahead([e.relpath for e in dataset.entries
-                       if known.get(e.relpath) != (e.size, e.mtime_ns) and e.relpath not in hashed])
+    # Items behind a network are read once: hashed by the decoder from the bytes it decodes (`rounds.unread`).
+    # Ray and the workers of a sharded run need digests now (to send rows, to pick a worker): read ahead.
+    read_once = not source.is_local and config.engine == "local" and not worker
+    if not read_once:  # many at a time (a no-op for local files)
+        source.hash_ahead([e.relpath for e in dataset.entries
+                           if known.get(e.relpath) != (e.size, e.mtime_ns) and e.relpath not in hashed])
     digests: dict[str, str] = {}
     skipped: dict[str, SkippedFile] = {}
     for entry in dataset.entries:
@@ -318,6 +321,8 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
             skipped[entry.relpath] = known_skips[entry.relpath]
         elif unchanged and entry.relpath in known_files:
             digests[entry.relpath] = known_files[entry.relpath].sha256
+        elif read_once and entry.relpath not in hashed:
+            digests[entry.relpath] = rounds.unread(entry.relpath)
         else:
             try:
                 if entry.relpath not in hashed:
@@ -333,13 +338,13 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
     feature_shape = store.shard_feature_shape(next(iter(located.values()))[0]) if located else ()
     return rounds.Plan(
         store, config, spec, key, set(known), digests, skipped, located, todo, damaged, feature_shape=feature_shape,
-        root=dataset.root,
+        root=dataset.root, stored_before=frozenset(located),
     )
 
 
 def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """Writes the index of a plan whose images have all been extracted or skipped."""
-    extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located)
+    extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located) - plan.stored_before
     skipped = dict(plan.skipped)
     rows, locations = [], []
     for entry in dataset.entries:

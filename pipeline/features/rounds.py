@@ -21,13 +21,25 @@ from ..errors import WeightsUnavailableError
 from ..store import FeatureStore, SkippedFile, feature_key
 from . import augment, backbones, decode
 
-__all__ = ["CHANGED", "NOT_FINITE", "Plan", "build_model", "next_round", "store_batch"]
+__all__ = ["CHANGED", "NOT_FINITE", "Plan", "build_model", "next_round", "store_batch", "unread"]
 
 CHANGED = "changed while it was being extracted; run again"
 NOT_FINITE = (
     "the backbone gave NaN or infinite features for this image, so it is not stored (check the weights "
     "and precision; a float16 base can overflow)"
 )
+
+_UNREAD = "unread:"  # never a hex digest, so never located, failed or stored
+
+
+def unread(relpath: str) -> str:
+    """The planned digest of an item hashed only when it is decoded, until then.
+
+    Items behind a network are read once: the decoder hashes the bytes it
+    decodes, and `store_batch` takes that digest as the planned one. Unique
+    per item, so `next_round` claims each such item for decoding.
+    """
+    return _UNREAD + relpath
 
 
 @dataclasses.dataclass
@@ -50,6 +62,8 @@ class Plan:
     feature_shape: tuple[int, ...] = ()
     # What the entries' relpaths are under (a Path, or a source's `items.ItemRoot`): views that crop read items again.
     root: Any = Path()
+    # Contents whose features were stored before this run: an `unread` item may turn out to be one (renamed).
+    stored_before: frozenset[str] = frozenset()
 
     def needs(self, relpath: str) -> bool:
         """Whether decoding this file could still give the plan features it lacks."""
@@ -105,8 +119,13 @@ def store_batch(plan: Plan, model, appender, entries, images, failures, digests)
 
     A row is stored under its planned digest only if that is the digest of
     the bytes decoded: a file replaced since it was hashed is set aside for
-    this run, never stored under the content it no longer has.
+    this run, never stored under the content it no longer has. An item
+    planned as `unread` gets the digest of the bytes decoded (an item that
+    could not be read keeps the stand-in, and is set aside with its reason).
     """
+    for relpath, digest in digests.items():
+        if digest is not None and plan.digests.get(relpath, "").startswith(_UNREAD):
+            plan.digests[relpath] = digest
     mine, taken = [], set()
     for i, entry in enumerate(entries):
         planned = plan.digests.get(entry.relpath)
