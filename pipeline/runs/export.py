@@ -62,7 +62,7 @@ from .._versions import library_versions
 from ..features import discovery
 from ..features.decode import DECODER_ID
 from ..heads.transforms import keras_layers, split_transform
-from . import export_loading, layout, preprocess, safe_head
+from . import export_decode, export_loading, layout, preprocess, safe_head
 from .export_bases import base_branch, reference_features
 from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
 from .predict import Predictor, check_output_file
@@ -394,9 +394,16 @@ def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
             _check_artifact(_keras_runner(path), model, size)
         return
     export_loading.register_ops(row)
-    model.export(str(path), format=row.keras_export, verbose=False)
+    if row.keras_export == "tf_saved_model":  # with a second signature, `serve_bytes`, for encoded files
+        from .._keras import import_keras
+
+        export_decode.write_saved_model(import_keras(), model, path, size, model.output_shape[-1])
+    else:
+        model.export(str(path), format=row.keras_export, verbose=False)
     with export_loading.refused_unless_it_runs(row):
         _check_artifact(_RUNNERS[row.keras_export](path), model, size)
+        if row.keras_export == "tf_saved_model":
+            export_decode.check_bytes_signature(path, model, size, _CHECK_TOLERANCE)
 
 
 def _check_images(height: int, width: int | None = None) -> np.ndarray:

@@ -31,7 +31,7 @@ out of TensorFlow's decoders with other pixels, so the graph refuses it: a
 
 from __future__ import annotations
 
-__all__ = ["BYTES_ENDPOINT", "REFUSED", "bytes_endpoint", "decoded_file"]
+__all__ = ["BYTES_ENDPOINT", "REFUSED", "bytes_endpoint", "check_bytes_signature", "check_files", "decoded_file", "write_saved_model"]
 
 BYTES_ENDPOINT = "serve_bytes"
 
@@ -250,3 +250,64 @@ def _box(tf, image, factor):
     counts = block_sums(tf.ones_like(image[..., :1], tf.int64))
     multiplier = tf.cast(tf.constant(2.0 ** 32, tf.float32) / tf.cast(256 * counts, tf.float32), tf.int64)
     return tf.cast(tf.bitwise.right_shift((sums + counts // 2) * multiplier, 24), tf.uint8)
+
+
+def write_saved_model(keras, model, path, size: int, n_classes: int) -> None:
+    """Writes `model` as a SavedModel with the pixel signature `serve` (the default) and `serve_bytes`."""
+    import tensorflow as tf
+
+    archive = keras.export.ExportArchive()
+    archive.track_and_add_endpoint("serve", model, [tf.TensorSpec([None, None, None, 3], tf.uint8, name="image")])
+    archive.add_endpoint(BYTES_ENDPOINT, tf.function(bytes_endpoint(tf, model, size, n_classes)),
+                         [tf.TensorSpec([None], tf.string, name="files")])
+    archive.write_out(str(path), verbose=False)
+
+
+def check_files(size: int) -> list[bytes]:
+    """Encoded files that take every path of the decoder that matters at `size`: draft JPEG, EXIF, alpha, reduce."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+
+    def encoded(width, height, mode, fmt, **kwargs):
+        # Smooth noise, so that JPEG keeps it and the resize has something to average.
+        small = rng.integers(0, 256, (height // 8 + 2, width // 8 + 2, len(mode)), dtype=np.uint8)
+        image = Image.fromarray(small.squeeze(), mode).resize((width, height), Image.Resampling.BICUBIC)
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **kwargs)
+        return buffer.getvalue()
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return [
+        encoded(2 * size + 5, 4 * size + 3, "RGB", "JPEG", quality=90, exif=exif.tobytes()),
+        encoded(size - 9, size + 17, "RGB", "JPEG", quality=90),
+        encoded(4 * size + 1, 4 * size + 9, "RGBA", "PNG"),
+    ]
+
+
+def check_bytes_signature(path, model, size: int, tolerance: float) -> None:
+    """The written SavedModel's `serve_bytes` on `check_files` gives `model`'s numbers on the shipped decoder's pixels.
+
+    Raises `ExportMismatch` otherwise, so that such a SavedModel is never published.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    from . import preprocess
+    from .export_loading import ExportMismatch
+
+    files = check_files(size)
+    expected = np.concatenate([np.asarray(model.predict_on_batch(preprocess.load_image(data, size)[None]), np.float64)
+                               for data in files])
+    endpoint = getattr(tf.saved_model.load(str(path)), BYTES_ENDPOINT)
+    diff = float(np.max(np.abs(np.asarray(endpoint(tf.constant(files)), np.float64) - expected)))
+    if not diff < tolerance:
+        raise ExportMismatch(
+            f"The written SavedModel's {BYTES_ENDPOINT} signature differs from the shipped decoder + model by "
+            f"{diff:.3g} on encoded files; nothing was written. Report this with the run folder and the versions "
+            "of tensorflow and Pillow."
+        )
