@@ -303,8 +303,9 @@ def check_bytes_signature(path, model, size: int, tolerance: float) -> None:
     files = check_files(size)
     expected = np.concatenate([np.asarray(model.predict_on_batch(preprocess.load_image(data, size)[None]), np.float64)
                                for data in files])
-    endpoint = getattr(tf.saved_model.load(str(path)), BYTES_ENDPOINT)
-    diff = float(np.max(np.abs(np.asarray(endpoint(tf.constant(files)), np.float64) - expected)))
+    loaded = tf.saved_model.load(str(path))  # held while it runs: it owns the variables
+    got = getattr(loaded, BYTES_ENDPOINT)(tf.constant(files))
+    diff = float(np.max(np.abs(np.asarray(got, np.float64) - expected)))
     if not diff < tolerance:
         raise ExportMismatch(
             f"The written SavedModel's {BYTES_ENDPOINT} signature differs from the shipped decoder + model by "
