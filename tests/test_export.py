@@ -416,3 +416,17 @@ def test_saved_model_bytes_signature_equals_predict_on_every_kind_of_photo(signs
             loaded.serve_bytes(tf.constant([kinds[name].read_bytes()]))
     pixels = np.stack([load_image(kinds["big-8x.jpg"], SIZE)])
     np.testing.assert_allclose(loaded.serve(pixels).numpy(), expected[[accepted.index("big-8x.jpg")]], atol=TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_a_saved_model_whose_bytes_signature_disagrees_is_never_written(signs, tmp_path, monkeypatch):
+    """The export decodes a few files through the written `serve_bytes`: one that ignored EXIF is refused."""
+    from pipeline.runs import export_decode
+    from pipeline.runs.export_loading import ExportMismatch
+
+    monkeypatch.setattr(export_decode, "_oriented", lambda tf, image, orientation: image)
+    out = tmp_path / "signs_saved_model"
+    with pytest.raises(ExportMismatch, match="serve_bytes signature differs"):
+        export_run(signs.runs["logreg"], out, format="saved_model")
+    assert not out.exists() and not (tmp_path / "signs_saved_model.json").exists()

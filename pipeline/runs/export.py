@@ -30,7 +30,10 @@ Entry point: `export_run(run_dir, out)`. Four formats, the rows of
   (`export_resize`), so given a decoded photo of any size it predicts
   what `bottleneck predict` does. Images at least twice
   SIZE differ more, where the decoder shrinks JPEGs while decoding: decode
-  files with the shipped `preprocess.py` (docs/predict.md).
+  files with the shipped `preprocess.py` (docs/predict.md). The SavedModel
+  also has a second signature, `serve_bytes`: encoded files in, decoded in
+  the graph as the reference decoder does (`export_decode`), so it agrees
+  with `predict` on raw files of every size.
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
