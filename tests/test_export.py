@@ -7,7 +7,8 @@ be: smaller than SIZE, larger, not square, JPEG and PNG (JPEGs stay below
 twice SIZE, where the reference decoder's JPEG draft mode starts; that case
 is measured in docs/predict.md). Each is decoded at full size by Pillow
 and fed to the traced exports as it is; every kind of photo, big ones
-included, goes through the shipped `preprocess.py` into every format.
+included, goes through the shipped `preprocess.py` into every format, and
+as encoded bytes into the SavedModel's `serve_bytes` signature.
 """
 
 import contextlib
