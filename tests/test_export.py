@@ -331,11 +331,11 @@ def test_export_plus_shipped_preprocess_equals_predict_on_every_kind_of_photo(si
 
 # Kinds TensorFlow cannot decode as Pillow does: `serve_bytes` refuses them with an assertion naming the
 # pixel signature and the shipped preprocess.py.
-REFUSED_KINDS = ("palette.gif", "rgb.bmp", "grey-1bit.png")
+REFUSED_KINDS = ("palette.gif", "rgb.bmp", "grey-1bit.png", "palette-4bit.png")
 
 
 def _bytes_kinds(src, folder, size):
-    """`_photo_kinds` plus every EXIF orientation in JPEG, PNG and WebP, big-endian EXIF, XMP, 16-bit RGB, 1-bit grey."""
+    """`_photo_kinds` plus every EXIF orientation in JPEG, PNG and WebP, big-endian EXIF, XMP, 16-bit RGB, low-bit PNGs."""
     import tensorflow as tf
 
     kinds = _photo_kinds(src, folder, size)
@@ -356,8 +356,15 @@ def _bytes_kinds(src, folder, size):
     rgb.save(kinds["xmp-rotated.jpg"], xmp=xmp)
     kinds["rgb16.png"] = folder / "rgb16.png"
     kinds["rgb16.png"].write_bytes(tf.io.encode_png(np.asarray(rgb, np.uint16) * 257 + 3).numpy())
+    fade = np.linspace(0, 65535, rgb.size[0]).astype(np.uint16)[None, :, None]  # transparent to opaque
+    for name, mode in (("grey-alpha16.png", "L"), ("rgba16.png", "RGB")):
+        colour = np.atleast_3d(np.asarray(rgb.convert(mode), np.uint16)) * 257
+        kinds[name] = folder / name
+        kinds[name].write_bytes(tf.io.encode_png(np.concatenate([colour, np.broadcast_to(fade, colour[..., :1].shape)], 2)).numpy())
     kinds["grey-1bit.png"] = folder / "grey-1bit.png"
     rgb.convert("1").save(kinds["grey-1bit.png"])
+    kinds["palette-4bit.png"] = folder / "palette-4bit.png"
+    rgb.quantize(16).save(kinds["palette-4bit.png"], bits=4)
     return kinds
 
 

@@ -28,7 +28,7 @@ the graph, so that a SavedModel given the file's bytes sees the very pixels
 uint8 SIZE x SIZE pixels `preprocess.load_image` returns), which the export's
 check compares bit for bit before the SavedModel is published.
 
-Anything else (GIF, BMP, TIFF, greyscale PNGs of 1, 2 or 4 bits) would come
+Anything else (GIF, BMP, TIFF, PNGs of 1, 2 or 4 bits per sample) would come
 out of TensorFlow's decoders with other pixels, so the graph refuses it: a
 `tf.debugging` assertion names the kind and points to the pixel signature
 `serve` and the shipped `preprocess.py`.
@@ -44,7 +44,7 @@ BYTES_ENDPOINT = "serve_bytes"
 DECODE_ENDPOINT = "decode_bytes"
 
 REFUSED = (
-    "serve_bytes decodes JPEG, PNG (8 and 16 bits; greyscale of 8 or 16 bits) and WebP files only; "
+    "serve_bytes decodes JPEG, PNG (8 or 16 bits per sample) and WebP files only; "
     "this file is {kind}: decode it with the shipped preprocess.py (load_image(path, SIZE)) and call "
     "the pixel signature `serve`"
 )
@@ -117,6 +117,7 @@ def _jpeg(tf, data, raw, size: int):
 def _png(tf, data, raw, head):
     depth, colour = tf.cast(head[24], tf.int32), tf.cast(head[25], tf.int32)
     grey = tf.equal(colour, 0)
+    # TensorFlow unpacks samples of 1, 2 or 4 bits otherwise than Pillow (greyscale and palette alike).
 
     def grey16():
         wide = tf.cast(tf.io.decode_png(data, channels=1, dtype=tf.uint16), tf.int64)
@@ -126,7 +127,7 @@ def _png(tf, data, raw, head):
         return _on_white(tf, tf.io.decode_png(data, channels=4, dtype=tf.uint8))
 
     image = tf.case([
-        (tf.logical_and(grey, depth < 8), lambda: _refused(tf, "a greyscale PNG of fewer than 8 bits")),
+        (depth < 8, lambda: _refused(tf, "a PNG of 1, 2 or 4 bits per sample (greyscale or a small palette)")),
         (tf.logical_and(grey, tf.equal(depth, 16)), grey16),
     ], default=any8)
     exif = _find(tf, raw, b"eXIf")
