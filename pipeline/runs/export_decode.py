@@ -11,11 +11,12 @@ the graph, so that a SavedModel given the file's bytes sees the very pixels
   with `s` chosen as `draft` chooses it (the largest of 8, 4, 2, 1 not
   above `min(W // SIZE, H // SIZE)`); greyscale and CMYK JPEGs convert to
   RGB as Pillow's do (bit for bit, tests/test_export.py).
-- PNG: 8-bit of every colour type through `decode_png(channels=4)` (which
-  expands palettes and tRNS transparency to alpha) and onto white in
-  Pillow's `alpha_composite` integer arithmetic (opaque pixels unchanged);
-  16-bit greyscale scaled with rounding as the reference does; 16-bit
-  colour keeps the high byte, as Pillow opens it.
+- PNG: 8 or 16 bits per sample, every colour type, through
+  `decode_png(channels=4)` (which expands palettes and tRNS transparency to
+  alpha, and keeps the high byte of 16-bit samples, as Pillow opens them)
+  and onto white in Pillow's `alpha_composite` integer arithmetic (opaque
+  pixels unchanged); 16-bit greyscale scaled with rounding as the
+  reference does.
 - WebP: `decode_webp`, first frame, alpha onto white the same way.
 - EXIF orientation (tag 0x0112 of IFD 0, either byte order) from the JPEG
   APP1 `Exif` segment, the PNG `eXIf` chunk or the WebP `EXIF` chunk,
@@ -38,7 +39,10 @@ from __future__ import annotations
 
 from .export_resize import pillow_bilinear_resize
 
-__all__ = ["BYTES_ENDPOINT", "DECODE_ENDPOINT", "REFUSED", "bytes_endpoint", "check_bytes_signature", "check_files", "decode_endpoint", "decoded_file", "write_saved_model"]
+__all__ = [
+    "BYTES_ENDPOINT", "DECODE_ENDPOINT", "REFUSED", "bytes_endpoint", "check_bytes_signature", "check_files",
+    "decode_endpoint", "decoded_file", "write_saved_model",
+]
 
 BYTES_ENDPOINT = "serve_bytes"
 DECODE_ENDPOINT = "decode_bytes"
