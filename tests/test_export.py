@@ -438,3 +438,11 @@ def test_a_saved_model_whose_bytes_signature_disagrees_is_never_written(signs, t
     with pytest.raises(ExportMismatch, match="serve_bytes signature differs"):
         export_run(signs.runs["logreg"], out, format="saved_model")
     assert not out.exists() and not (tmp_path / "signs_saved_model.json").exists()
+
+
+def test_a_fused_run_of_several_sizes_gets_no_bytes_signature():
+    """Draft mode and the reduce depend on SIZE: one in-graph decode cannot feed bases of different sizes."""
+    from pipeline.runs.export_decode import one_decode_size
+
+    assert one_decode_size([types.SimpleNamespace(size=128)] * 2) == 128
+    assert one_decode_size([types.SimpleNamespace(size=128), types.SimpleNamespace(size=224)]) is None

@@ -350,11 +350,11 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
         out.parent.mkdir(parents=True, exist_ok=True)
         if not row.suffix:  # a folder
             with _atomic.staged_folder(out) as staged:
-                _write_model(model, staged.path, row, predictor.size)
+                _write_model(model, staged.path, row, predictor.size, export_decode.one_decode_size(predictor.bases))
             digest = None
         else:
             with _atomic.replacing(out) as tmp:
-                _write_model(model, tmp, row, predictor.size)
+                _write_model(model, tmp, row, predictor.size, export_decode.one_decode_size(predictor.bases))
                 digest = discovery.file_sha256(tmp)
     info = {
         "format": f"bottleneck-{row.name}-export",
@@ -389,24 +389,28 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
     return ExportResult(out, row.name, files, diff)
 
 
-def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
-    """Writes the model as `row` says; it is loaded back and compared before it is published."""
+def _write_model(model, path: Path, row: ExportFormat, size: int, decode_size: int | None) -> None:
+    """Writes the model as `row` says; it is loaded back and compared before it is published.
+
+    A SavedModel gets the encoded-file signatures when every base decodes files at one size (`decode_size`).
+    """
+    with_bytes = row.keras_export == "tf_saved_model" and decode_size is not None
     if not row.traced:
         model.save(path)
         with export_loading.refused_unless_it_runs(row):
             _check_artifact(_keras_runner(path), model, size)
         return
     export_loading.register_ops(row)
-    if row.keras_export == "tf_saved_model":  # with a second signature, `serve_bytes`, for encoded files
+    if with_bytes:  # with a second signature, `serve_bytes`, for encoded files
         from .._keras import import_keras
 
-        export_decode.write_saved_model(import_keras(), model, path, size, model.output_shape[-1])
+        export_decode.write_saved_model(import_keras(), model, path, decode_size, model.output_shape[-1])
     else:
         model.export(str(path), format=row.keras_export, verbose=False)
     with export_loading.refused_unless_it_runs(row):
         _check_artifact(_RUNNERS[row.keras_export](path), model, size)
-        if row.keras_export == "tf_saved_model":
-            export_decode.check_bytes_signature(path, model, size, _CHECK_TOLERANCE)
+        if with_bytes:
+            export_decode.check_bytes_signature(path, model, decode_size, _CHECK_TOLERANCE)
 
 
 def _check_images(height: int, width: int | None = None) -> np.ndarray:

@@ -41,7 +41,7 @@ from .export_resize import pillow_bilinear_resize
 
 __all__ = [
     "BYTES_ENDPOINT", "DECODE_ENDPOINT", "REFUSED", "bytes_endpoint", "check_bytes_signature", "check_files",
-    "decode_endpoint", "decoded_file", "write_saved_model",
+    "decode_endpoint", "decoded_file", "one_decode_size", "write_saved_model",
 ]
 
 BYTES_ENDPOINT = "serve_bytes"
@@ -263,6 +263,16 @@ def _box(tf, image, factor):
     counts = block_sums(tf.ones_like(image[..., :1], tf.int64))
     multiplier = tf.cast(tf.constant(2.0 ** 32, tf.float32) / tf.cast(256 * counts, tf.float32), tf.int64)
     return tf.cast(tf.bitwise.right_shift((sums + counts // 2) * multiplier, 24), tf.uint8)
+
+
+def one_decode_size(bases) -> int | None:
+    """The size every base decodes files at, or `None` for a fused run whose bases differ.
+
+    JPEG draft mode and the reduce depend on the size, so such a run's bases see different pixels of one
+    file: one in-graph decode cannot give them all, and its SavedModel keeps the pixel signature only.
+    """
+    sizes = {base.size for base in bases}
+    return sizes.pop() if len(sizes) == 1 else None
 
 
 def write_saved_model(keras, model, path, size: int, n_classes: int) -> None:
