@@ -7,7 +7,8 @@ be: smaller than SIZE, larger, not square, JPEG and PNG (JPEGs stay below
 twice SIZE, where the reference decoder's JPEG draft mode starts; that case
 is measured in docs/predict.md). Each is decoded at full size by Pillow
 and fed to the traced exports as it is; every kind of photo, big ones
-included, goes through the shipped `preprocess.py` into every format.
+included, goes through the shipped `preprocess.py` into every format, and
+as encoded bytes into the SavedModel's `serve_bytes` signature.
 """
 
 import contextlib
@@ -312,7 +313,12 @@ def _photo_kinds(src, folder, size):
     for factor in (2, 4, 8):
         save(f"big-{factor}x.jpg", rgb.resize((size * factor + 5, size * factor)), quality=92)
     save("big-4x.png", rgb.resize((size * 4 + 3, size * 4 + 9)))
+    save("big-8x.png", rgb.resize((size * 8 + 1, size * 8 + 6)))
     save("big-2x.webp", rgb.resize((size * 2, size * 2 + 7)), quality=90)
+    save("big-8x.webp", rgb.resize((size * 8 + 9, size * 8 + 2)), quality=90)
+    save("small.webp", rgba.resize((size // 2, size // 2 + 5)), quality=90)  # with alpha
+    save("palette.gif", palette)
+    save("rgb.bmp", rgb)
     return kinds
 
 
@@ -352,3 +358,124 @@ def test_export_plus_shipped_preprocess_equals_predict_on_every_kind_of_photo(si
 
     assert (got.argmax(1) == expected.argmax(1)).all()
     assert np.abs(got - expected).max() <= 1e-3, dict(zip(kinds, np.abs(got - expected).max(1)))
+
+
+# -- the SavedModel's `serve_bytes` signature decodes files as the reference decoder ----
+
+# Kinds TensorFlow cannot decode as Pillow does: `serve_bytes` refuses them with an assertion naming the
+# pixel signature and the shipped preprocess.py.
+REFUSED_KINDS = ("palette.gif", "rgb.bmp", "grey-1bit.png", "palette-4bit.png")
+
+
+def _bytes_kinds(src, folder, size):
+    """`_photo_kinds` plus every EXIF orientation in JPEG, PNG and WebP, big-endian EXIF, XMP, 16-bit RGB, low-bit PNGs."""
+    import tensorflow as tf
+
+    kinds = _photo_kinds(src, folder, size)
+    with Image.open(src) as photo:
+        rgb = photo.convert("RGB").resize((size * 2 + 7, size + 3), Image.Resampling.BICUBIC)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        for fmt in ("jpg", "png", "webp"):
+            kinds[f"exif-{orientation}.{fmt}"] = folder / f"exif-{orientation}.{fmt}"
+            rgb.save(kinds[f"exif-{orientation}.{fmt}"], exif=exif.tobytes())
+    # Motorola byte order, orientation 8, written by hand: Pillow writes Intel order.
+    motorola = b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\x00\x01\x01\x12\x00\x03\x00\x00\x00\x01\x00\x08\x00\x00" + bytes(4)
+    kinds["exif-motorola.jpg"] = folder / "exif-motorola.jpg"
+    rgb.save(kinds["exif-motorola.jpg"], exif=motorola)
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description tiff:Orientation="3"/></x:xmpmeta>'
+    kinds["xmp-rotated.jpg"] = folder / "xmp-rotated.jpg"
+    rgb.save(kinds["xmp-rotated.jpg"], xmp=xmp)
+    kinds["rgb16.png"] = folder / "rgb16.png"
+    kinds["rgb16.png"].write_bytes(tf.io.encode_png(np.asarray(rgb, np.uint16) * 257 + 3).numpy())
+    fade = np.linspace(0, 65535, rgb.size[0]).astype(np.uint16)[None, :, None]  # transparent to opaque
+    for name, mode in (("grey-alpha16.png", "L"), ("rgba16.png", "RGB")):
+        colour = np.atleast_3d(np.asarray(rgb.convert(mode), np.uint16)) * 257
+        kinds[name] = folder / name
+        kinds[name].write_bytes(tf.io.encode_png(np.concatenate([colour, np.broadcast_to(fade, colour[..., :1].shape)], 2)).numpy())
+    kinds["grey-1bit.png"] = folder / "grey-1bit.png"
+    rgb.convert("1").save(kinds["grey-1bit.png"])
+    kinds["palette-4bit.png"] = folder / "palette-4bit.png"
+    rgb.quantize(16).save(kinds["palette-4bit.png"], bits=4)
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def bytes_kinds(tmp_path_factory):
+    src = sorted((require_shared(SIGN_DIGITS) / "3").glob("*.JPG"))[0]
+    return _bytes_kinds(src, tmp_path_factory.mktemp("bytes-kinds"), 32)
+
+
+def test_the_in_graph_decoder_gives_the_reference_decoders_pixels_on_every_kind(bytes_kinds):
+    """JPEG draft scaling, EXIF/XMP orientation, alpha on white, 16-bit, box reduce: bit for bit, before the resize."""
+    import tensorflow as tf
+
+    from pipeline.features.decode import load_decoded
+    from pipeline.runs.export_decode import decoded_file
+
+    for size in (32, 13):  # at 13 every big kind takes the reduce, and the JPEGs the 1/8 scale
+        decode = tf.function(lambda data, size=size: decoded_file(tf, data, size))
+        for name, path in bytes_kinds.items():
+            if name in REFUSED_KINDS:
+                continue
+            got = decode(tf.constant(path.read_bytes())).numpy()
+            np.testing.assert_array_equal(got, load_decoded(path, size)[0], err_msg=f"{name} at size {size}")
+
+
+def test_the_in_graph_decoder_refuses_kinds_it_cannot_decode_as_the_reference_does(bytes_kinds):
+    import tensorflow as tf
+
+    from pipeline.runs.export_decode import decoded_file
+
+    decode = tf.function(lambda data: decoded_file(tf, data, 32))
+    for name in REFUSED_KINDS:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"serve_bytes decodes JPEG.*preprocess\.py.*`serve`"):
+            decode(tf.constant(bytes_kinds[name].read_bytes()))
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_saved_model_bytes_signature_equals_predict_on_every_kind_of_photo(signs, tmp_path):
+    """Encoded files of every kind and size, in one batch, through `serve_bytes`: predict's numbers; refusals named."""
+    import tensorflow as tf
+
+    run = signs.runs["dense"]
+    out = tmp_path / "model" / "signs_saved_model"
+    assert cli.main(["export", str(run), str(out), "--format", "saved_model", "--quiet"]) == 0
+    loaded = tf.saved_model.load(str(out))
+    kinds = _bytes_kinds(signs.images[1], tmp_path / "kinds", SIZE)
+    accepted = [name for name in kinds if name not in REFUSED_KINDS]
+
+    got = loaded.serve_bytes(tf.constant([kinds[name].read_bytes() for name in accepted])).numpy()
+    expected = _predicted(run, [kinds[name] for name in accepted])
+
+    assert (got.argmax(1) == expected.argmax(1)).all()
+    assert np.abs(got - expected).max() <= TOLERANCE, dict(zip(accepted, np.abs(got - expected).max(1)))
+    for name in REFUSED_KINDS:
+        with pytest.raises(tf.errors.InvalidArgumentError, match=r"serve_bytes decodes JPEG.*preprocess\.py"):
+            loaded.serve_bytes(tf.constant([kinds[name].read_bytes()]))
+    pixels = np.stack([load_image(kinds["big-8x.jpg"], SIZE)])
+    np.testing.assert_allclose(loaded.serve(pixels).numpy(), expected[[accepted.index("big-8x.jpg")]], atol=TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.weights
+def test_a_saved_model_whose_bytes_signature_disagrees_is_never_written(signs, tmp_path, monkeypatch):
+    """The export decodes a few files through the written `serve_bytes`: one that ignored EXIF is refused."""
+    from pipeline.runs import export_decode
+    from pipeline.runs.export_loading import ExportMismatch
+
+    monkeypatch.setattr(export_decode, "_oriented", lambda tf, image, orientation: image)
+    out = tmp_path / "signs_saved_model"
+    with pytest.raises(ExportMismatch, match="serve_bytes signature differs"):
+        export_run(signs.runs["logreg"], out, format="saved_model")
+    assert not out.exists() and not (tmp_path / "signs_saved_model.json").exists()
+
+
+def test_a_fused_run_of_several_sizes_gets_no_bytes_signature():
+    """Draft mode and the reduce depend on SIZE: one in-graph decode cannot feed bases of different sizes."""
+    from pipeline.runs.export_decode import one_decode_size
+
+    assert one_decode_size([types.SimpleNamespace(size=128)] * 2) == 128
+    assert one_decode_size([types.SimpleNamespace(size=128), types.SimpleNamespace(size=224)]) is None

@@ -30,7 +30,10 @@ Entry point: `export_run(run_dir, out)`. Four formats, the rows of
   (`export_resize`), so given a decoded photo of any size it predicts
   what `bottleneck predict` does. Images at least twice
   SIZE differ more, where the decoder shrinks JPEGs while decoding: decode
-  files with the shipped `preprocess.py` (docs/predict.md).
+  files with the shipped `preprocess.py` (docs/predict.md). The SavedModel
+  also has a second signature, `serve_bytes`: encoded files in, decoded in
+  the graph as the reference decoder does (`export_decode`), so it agrees
+  with `predict` on raw files of every size.
 
 - `"bundle"` (every head): a self-contained folder that `predict_images`
   and `evaluate_run` accept in place of the run folder (layout in
@@ -62,7 +65,7 @@ from .._versions import library_versions
 from ..features import discovery
 from ..features.decode import DECODER_ID
 from ..heads.transforms import keras_layers, split_transform
-from . import export_loading, layout, preprocess, safe_head
+from . import export_decode, export_loading, layout, preprocess, safe_head
 from .export_bases import base_branch, reference_features
 from .export_resize import computes_in_float64
 from .export_formats import EXPORT_FORMATS, FORMATS, ExportFormat, format_of_suffix
@@ -348,11 +351,11 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
         out.parent.mkdir(parents=True, exist_ok=True)
         if not row.suffix:  # a folder
             with _atomic.staged_folder(out) as staged:
-                _write_model(model, staged.path, row, predictor.size)
+                _write_model(model, staged.path, row, predictor.size, export_decode.one_decode_size(predictor.bases))
             digest = None
         else:
             with _atomic.replacing(out) as tmp:
-                _write_model(model, tmp, row, predictor.size)
+                _write_model(model, tmp, row, predictor.size, export_decode.one_decode_size(predictor.bases))
                 digest = discovery.file_sha256(tmp)
     info = {
         "format": f"bottleneck-{row.name}-export",
@@ -387,8 +390,12 @@ def _export_model(predictor: Predictor, out: Path, row: ExportFormat) -> ExportR
     return ExportResult(out, row.name, files, diff)
 
 
-def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
-    """Writes the model as `row` says; it is loaded back and compared before it is published."""
+def _write_model(model, path: Path, row: ExportFormat, size: int, decode_size: int | None) -> None:
+    """Writes the model as `row` says; it is loaded back and compared before it is published.
+
+    A SavedModel gets the encoded-file signatures when every base decodes files at one size (`decode_size`).
+    """
+    with_bytes = row.keras_export == "tf_saved_model" and decode_size is not None
     if not row.traced:
         with export_loading.keras_hub_configs_that_load():
             model.save(path)
@@ -396,9 +403,16 @@ def _write_model(model, path: Path, row: ExportFormat, size: int) -> None:
             _check_artifact(_keras_runner(path), model, size)
         return
     export_loading.register_ops(row)
-    model.export(str(path), format=row.keras_export, verbose=False)
+    if with_bytes:  # with a second signature, `serve_bytes`, for encoded files
+        from .._keras import import_keras
+
+        export_decode.write_saved_model(import_keras(), model, path, decode_size, model.output_shape[-1])
+    else:
+        model.export(str(path), format=row.keras_export, verbose=False)
     with export_loading.refused_unless_it_runs(row):
         _check_artifact(_RUNNERS[row.keras_export](path), model, size)
+        if with_bytes:
+            export_decode.check_bytes_signature(path, model, decode_size, _CHECK_TOLERANCE)
 
 
 def _check_images(height: int, width: int | None = None) -> np.ndarray:
