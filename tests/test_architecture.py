@@ -73,3 +73,16 @@ def test_one_place_tells_a_keras_head_from_the_others():
     asked = re.compile(r"isinstance\([^()]*DenseClassifier\)")
     found = {p.relative_to(ROOT) for p in (ROOT / "pipeline").rglob("*.py") if asked.search(p.read_text())}
     assert found == {Path("pipeline/heads/dense.py")}
+
+
+def test_test_modules_share_helpers_through_helper_modules_never_each_other():
+    """A test module imported by another runs its fixtures and tests' imports twice, and ties the two together."""
+    import ast
+
+    offenders = []
+    for path in sorted((ROOT / "tests").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0].startswith("test_")]
+    assert offenders == []

@@ -16,8 +16,7 @@ from pipeline.store.lookup import list_view_sets
 from raycluster import local_cluster
 from servers import TINY_MODEL, moto_s3, serve_folder
 from shardfiles import shard_digests
-from test_sources_parquet import write_hf_parquet
-from test_sources_tar import shards_of
+from sourcefiles import shards_of, write_hf_parquet
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

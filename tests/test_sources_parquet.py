@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
@@ -10,27 +9,11 @@ from imagegen import make_dataset, write_image
 from pipeline.features.sources import open_source
 from pipeline.store import read_feature_set
 from servers import extract_tiny, rows_by_content, serve_folder
+from sourcefiles import write_hf_parquet
 
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 pytest.importorskip("fsspec")
-
-
-def write_hf_parquet(folder, path, *, row_group_size=3, splits=False):
-    """The class folders of `folder` as Hugging Face datasets writes an image dataset: structs, ClassLabel ids."""
-    images = sorted(folder.rglob("*.png"))
-    names = sorted({p.parent.name for p in images})
-    table = {
-        "image": [{"bytes": p.read_bytes(), "path": p.name} for p in images],
-        "label": [names.index(p.parent.name) for p in images],
-    }
-    if splits:
-        table["split"] = ["train" if i % 2 else "val" for i in range(len(images))]
-    features = {"image": {"_type": "Image"}, "label": {"names": names, "_type": "ClassLabel"}}
-    schema = pa.Table.from_pydict(table).schema.with_metadata(
-        {"huggingface": json.dumps({"info": {"features": features}})})
-    pq.write_table(pa.Table.from_pydict(table, schema=schema), path, row_group_size=row_group_size)
-    return path
 
 
 @pytest.fixture

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
-from pathlib import Path
 
 import pytest
 
@@ -15,28 +13,9 @@ from pipeline.features.extract import extract_features
 from pipeline.features.sources import open_source
 from pipeline.store import read_feature_set
 from servers import TINY_MODEL, extract_tiny, rows_by_content, serve_folder
+from sourcefiles import shards_of, write_shard
 
 pytest.importorskip("fsspec")
-
-
-def write_shard(path: Path, samples) -> Path:
-    """A tar of `(key, {ext: bytes})` samples, members in sample order (as WebDataset writers do)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tar:
-        for key, fields in samples:
-            for ext, data in fields.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return path
-
-
-def shards_of(folder: Path, out: Path, per_shard: int = 3) -> list[Path]:
-    """The class folders of `folder` as shards of `per_shard` samples, labels in `.txt` members."""
-    images = sorted(folder.rglob("*.png"))
-    samples = [(f"s{i:04d}", {"png": p.read_bytes(), "txt": p.parent.name.encode()}) for i, p in enumerate(images)]
-    return [write_shard(out / f"{n:03d}.tar", samples[i:i + per_shard])
-            for n, i in enumerate(range(0, len(samples), per_shard))]
 
 
 @pytest.fixture
