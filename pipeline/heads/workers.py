@@ -209,8 +209,9 @@ def _child(send, fn, args, threads: int, parent: int) -> None:
 
     try:
         # A daemon process cannot start joblib's worker processes (joblib would warn and use one
-        # core): `n_jobs` estimators (random_forest) use threads instead, `threads` of them.
-        with threadpool_limits(limits=threads), parallel_config(backend="threading", n_jobs=threads):
+        # core): estimators that ask for `n_jobs` (random_forest) use threads instead. No default
+        # `n_jobs` here: a pool is started only where an estimator asks for one.
+        with threadpool_limits(limits=threads), parallel_config(backend="threading"):
             result = (True, fn(*args))
     except Exception as e:  # sent back, raised again in the parent
         result = (False, e)
