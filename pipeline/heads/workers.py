@@ -195,9 +195,28 @@ def kill_children() -> None:
 def _ctx():
     global _context
     if _context is None:
+        _quiet_resource_tracker()
         _context = multiprocessing.get_context("forkserver")
         _context.set_forkserver_preload(_PRELOADED)
     return _context
+
+
+def _quiet_resource_tracker() -> None:
+    # Children are killed by design (a signal, a time limit), so the locks a fit's thread pool
+    # held (joblib, random_forest) are left behind by design too. Python's resource tracker
+    # releases them when this process ends, and says so on stderr, after "Interrupted.": it is
+    # started here with stderr closed, before the forkserver, which shares it.
+    from multiprocessing import resource_tracker
+
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        resource_tracker.ensure_running()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _child(send, fn, args, threads: int, parent: int) -> None:
