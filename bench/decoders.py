@@ -121,17 +121,20 @@ def time_loops(folder: Path, paths: list[Path], size: int, reps: int) -> dict:
 
     weights = str(common.MOBILENET_V2_WEIGHTS) if common.MOBILENET_V2_WEIGHTS.is_file() else None
     n = len(paths)
-    rates: dict[str, list[float]] = {"pipeline": [], "keras": [], "seed": []}
+    rates: dict[str, list[float]] = {"pipeline": [], "keras": [], "seed": [], "pipeline_onnx": []}
     overhead: list[float] = []
     cache = Path(tempfile.mkdtemp(prefix="bench-loops-"))
 
-    def pipeline():
+    def pipeline(runtime="keras"):
         result = run._extract(folder, cache, model="mobilenet_v2", size=size, weights=weights or "none",
-                              precision="float32")
-        rates["pipeline"].append(result.images_per_second)
+                              precision="float32", runtime=runtime)
+        rates["pipeline" if runtime == "keras" else "pipeline_onnx"].append(result.images_per_second)
         with run.common_h5(result.path) as t:
             overhead.append(t["run_seconds"] - t["extract_seconds"] - t["model_build_seconds"])
         shutil.rmtree(cache, ignore_errors=True)
+
+    def pipeline_onnx():
+        pipeline("onnx")
 
     def seed():
         base = common.seed003_model("MobileNetV2", size, weights)
@@ -142,12 +145,16 @@ def time_loops(folder: Path, paths: list[Path], size: int, reps: int) -> dict:
     def baseline():
         rates["keras"].append(keras_loop(folder, size, weights))
 
-    contenders = [pipeline, baseline, seed]
+    contenders = [pipeline, baseline, seed, *([pipeline_onnx] if _onnx_installed() else [])]
     for rep in range(reps):
-        for contender in contenders[rep % 3:] + contenders[: rep % 3]:
+        for contender in contenders[rep % len(contenders):] + contenders[: rep % len(contenders)]:
             contender()
     return {"n": n, "size": size, "reps": reps, "rates": rates, "overhead_s": overhead,
             "weights": "ImageNet (shared file)" if weights else "random"}
+
+
+def _onnx_installed() -> bool:
+    return all(importlib.util.find_spec(name) for name in ("tf2onnx", "onnx", "onnxruntime"))
 
 
 def measure(workdir: Path, n: int, reps: int, *, size: int = 224, loops: bool = False) -> dict:
@@ -170,15 +177,19 @@ def lines(result: dict) -> list[str]:
            "so other processes' load does not count.", *(f"- Not measured: {m}" for m in d["missing"]), ""]
     if "loops" in result:
         lp = result["loops"]
-        med = {k: statistics.median(v) for k, v in lp["rates"].items()}
+        med = {k: statistics.median(v) for k, v in lp["rates"].items() if v}
         out += [f"## Extraction loop, MobileNetV2 @{lp['size']}, {lp['n']} phone photos, {lp['weights']} weights, "
                 f"median of {lp['reps']}", "",
                 table(["loop", "img/s", "pipeline / it"],
                       [["`extract_features`", fmt(med["pipeline"]), "1.00"],
                        ["Keras `image_dataset_from_directory` + `predict`", fmt(med["keras"]),
                         f"{med['pipeline'] / med['keras']:.2f}"],
-                       ["seed 003 loop", fmt(med["seed"]), f"{med['pipeline'] / med['seed']:.2f}"]]),
-                "", f"- `features` call outside its loop (planning, hashing, writing; imports and model build "
+                       ["seed 003 loop", fmt(med["seed"]), f"{med['pipeline'] / med['seed']:.2f}"]]), "",
+                f"- `--runtime onnx` (ONNX Runtime): {fmt(med['pipeline_onnx'])} img/s, "
+                f"{med['pipeline_onnx'] / med['keras']:.2f}x the Keras pipeline and "
+                f"{med['pipeline_onnx'] / med['seed']:.2f}x the seed 003 loop." if lp["rates"]["pipeline_onnx"]
+                else "- `--runtime onnx` not measured: the onnx extra is not installed.",
+                f"- `features` call outside its loop (planning, hashing, writing; imports and model build "
                 f"excluded): {statistics.median(lp['overhead_s']):.2f} s for {lp['n']} images.", ""]
     return out
 

@@ -33,3 +33,15 @@ def test_opencv_row_decodes_at_the_smallest_reduction_that_keeps_the_size(tmp_pa
     # RGB order, not OpenCV's BGR: close to Pillow's own resize of the same file.
     pillow = decoders._pillow_bilinear(path.read_bytes(), 64).astype(int)
     assert np.abs(out.astype(int) - pillow).mean() < 3 < np.abs(out[..., ::-1].astype(int) - pillow).mean()
+
+
+def test_loops_table_states_each_loop_against_the_keras_pipeline():
+    result = {"decoders": {"n": 2, "size": 64, "reps": 1, "rates": {}, "reference_over_pillow": [1.0],
+                           "missing": []},
+              "loops": {"n": 600, "size": 224, "reps": 1, "weights": "random", "overhead_s": [0.1],
+                        "rates": {"pipeline": [55.0], "keras": [50.0], "seed": [44.0], "pipeline_onnx": [150.0]}}}
+    text = "\n".join(decoders.lines(result))
+    assert "| Keras `image_dataset_from_directory` + `predict` | 50.0 | 1.10 |" in text
+    assert "`--runtime onnx` (ONNX Runtime): 150.0 img/s, 3.00x the Keras pipeline and 3.41x the seed 003 loop" in text
+    result["loops"]["rates"]["pipeline_onnx"] = []
+    assert "`--runtime onnx` not measured" in "\n".join(decoders.lines(result))

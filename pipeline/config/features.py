@@ -17,6 +17,7 @@ PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STORAGE_DTYPES = ("float32", "float16")
 DECODE_MODES = ("auto", "threads", "processes")
 ENGINES = ("local", "ray")
+RUNTIMES = ("keras", "onnx")  # rows of pipeline/features/runtimes.py
 # RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2); ops that change the
 # image size are left out, since a fixed-size extractor can't take them.
 DEFAULT_AUGMENT_OPS = "crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"
@@ -87,6 +88,11 @@ class ExtractConfig:
             batch split over them (Keras data parallelism, JAX backend):
             `"auto"` (every GPU when there are several), `"all"`, or a
             number. Never changes the numbers. Defaults to `"auto"`.
+        runtime: what runs the base: `"keras"`, or `"onnx"` (converted
+            by Keras' ONNX export and run in ONNX Runtime on the CPU,
+            checked against Keras on a probe batch every run). Like the
+            device, it changes float rounding only, so it is not part of
+            the feature key. Defaults to `"keras"`.
         num_shards: with more than 1, this run is one of `num_shards`
             workers (on any launcher: Slurm, Kubernetes, ssh) that extract
             one part each of the missing images, by content hash, into the
@@ -185,6 +191,10 @@ class ExtractConfig:
         1024, flag="--shard-size", make="ARGS", help="images per shard file (default 1024)",
         check=integer(min=1, max=1_000_000, why="A shard is written whole before it counts as done; "
                       "smaller shards lose less work on a kill."))
+    runtime: str = option(
+        "keras", flag="--runtime", make="RUNTIME", check=one_of(RUNTIMES),
+        help="keras (default), or onnx: run the base in ONNX Runtime on the CPU, checked against Keras each run "
+        "(the onnx extra)")
     engine: str = option("local", flag="--engine", make="ENGINE", check=one_of(ENGINES),
                          help="local (default), or ray: decode and run the base on a Ray cluster (the ray extra)")
     ray_address: str | None = option(

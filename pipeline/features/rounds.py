@@ -19,7 +19,7 @@ import numpy as np
 from .. import config as config_lib
 from ..errors import WeightsUnavailableError
 from ..store import FeatureStore, SkippedFile, feature_key
-from . import augment, backbones, decode
+from . import augment, backbones, decode, runtimes
 
 __all__ = ["CHANGED", "NOT_FINITE", "Plan", "build_model", "next_round", "store_batch", "unread"]
 
@@ -97,6 +97,7 @@ def build_model(plan: Plan, built: dict[str, Any]):
             "extracted with it. Run again once it is written.",
             field="weights",
         )
+    model = runtimes.prepare(plan.config.runtime, model)
     plan.timings["model_build_seconds"] = time.perf_counter() - t0
     plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
     built[clean_key] = model

@@ -1,0 +1,94 @@
+"""`--runtime onnx`: the base run by ONNX Runtime gives Keras' features, or none."""
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline import config as config_lib
+from pipeline.config import ExtractConfig
+from pipeline.errors import ConfigError
+from pipeline.features import runtimes
+from pipeline.features.extract import extract_features
+from pipeline.store import read_feature_set
+
+# ResNet50: random-weight features of a healthy magnitude (random MobileNets give ~1e-12).
+MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+
+
+def _config(data, cache, **overrides):
+    return ExtractConfig(data=str(data), cache_dir=str(cache), **{**MODEL, **overrides})
+
+
+def _seeded_weights(path):
+    import keras
+
+    keras.utils.set_random_seed(1)
+    keras.applications.ResNet50(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(path)
+    return str(path)
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_onnx_runtime_gives_the_keras_features_under_the_same_key(tiny_dataset, tmp_path, monkeypatch):
+    weights = _seeded_weights(tmp_path / "random.weights.h5")
+    by_keras = extract_features(config=_config(tiny_dataset, tmp_path / "keras", weights=weights))
+
+    batches = []
+    run_onnx = runtimes.OnnxExtractor.predict_on_batch
+    monkeypatch.setattr(runtimes.OnnxExtractor, "predict_on_batch",
+                        lambda self, images: batches.append(len(images)) or run_onnx(self, images))
+    by_onnx = extract_features(config=_config(tiny_dataset, tmp_path / "onnx", weights=weights, runtime="onnx"))
+
+    assert sum(batches) >= 18  # every image went through ONNX Runtime (plus the probe batch)
+    keras_set, onnx_set = read_feature_set(by_keras.path), read_feature_set(by_onnx.path)
+    assert onnx_set.paths == keras_set.paths
+    np.testing.assert_allclose(onnx_set.features, keras_set.features, rtol=1e-4, atol=1e-5)
+    assert by_onnx.path.name == by_keras.path.name  # same feature key: the runtime is not part of it
+    with h5py.File(by_onnx.path, "r") as f:
+        assert '"runtime": "onnx"' in f.attrs["config"]
+
+    batches.clear()
+    topped_up = extract_features(config=_config(tiny_dataset, tmp_path / "keras", weights=weights, runtime="onnx"))
+    assert topped_up.counts["extracted"] == 0 and topped_up.counts["reused"] == 18
+    assert batches == []  # nothing to extract, so nothing was converted or run
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_a_converted_base_that_disagrees_with_keras_stores_nothing(tiny_dataset, tmp_path, monkeypatch):
+    run_onnx = runtimes.OnnxExtractor.predict_on_batch
+    monkeypatch.setattr(runtimes.OnnxExtractor, "predict_on_batch",
+                        lambda self, images: run_onnx(self, images) * 1.01)
+    with pytest.raises(ConfigError, match="disagrees with Keras.*--runtime keras"):
+        extract_features(config=_config(tiny_dataset, tmp_path / "cache", model="mobilenet_v2", runtime="onnx"))
+    assert not list((tmp_path / "cache").rglob("*.h5"))
+
+
+@pytest.mark.parametrize("got, agrees", [
+    (lambda e: e.copy(), True),
+    (lambda e: e + 5e-5 * np.abs(e).max(), True),
+    (lambda e: e + 2e-4 * np.abs(e).max(), False),
+    (lambda e: np.where(e == e.max(), np.nan, e), False),
+    (lambda e: e[:, :-1], False),
+])
+def test_agreement_is_relative_to_the_largest_feature(got, agrees):
+    expected = np.random.default_rng(0).normal(size=(2, 16)).astype(np.float32) * 3
+    if agrees:
+        runtimes.check_agreement(expected, got(expected), "onnx")
+    else:
+        with pytest.raises(ConfigError, match="runtime onnx: the converted base disagrees"):
+            runtimes.check_agreement(expected, got(expected), "onnx")
+
+
+def test_a_missing_runtime_package_names_the_install(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else find_spec(name))
+    with pytest.raises(ConfigError, match=r"onnxruntime: pip install 'bottleneck-features\[onnx\]'"):
+        runtimes.prepare("onnx", model=None)
+
+
+def test_every_runtime_name_has_a_row():
+    assert tuple(runtimes.ROWS) == config_lib.RUNTIMES
+    assert ExtractConfig(data=".").runtime == "keras"
