@@ -149,8 +149,35 @@ def time_loops(folder: Path, paths: list[Path], size: int, reps: int) -> dict:
     for rep in range(reps):
         for contender in contenders[rep % len(contenders):] + contenders[: rep % len(contenders)]:
             contender()
-    return {"n": n, "size": size, "reps": reps, "rates": rates, "overhead_s": overhead,
+    commands = {runtime: command_overhead(folder, weights, size, runtime)
+                for runtime in ("keras", *(["onnx"] if _onnx_installed() else []))}
+    return {"n": n, "size": size, "reps": reps, "rates": rates, "overhead_s": overhead, "commands": commands,
             "weights": "ImageNet (shared file)" if weights else "random"}
+
+
+def command_overhead(folder: Path, weights: str | None, size: int, runtime: str) -> dict:
+    """Seconds the whole `features` command spends outside its loop: imports, planning, hashing, model build.
+
+    Measured on its second run into a cache whose feature set was removed, so
+    every image is extracted again but a kept ONNX conversion is reused.
+    """
+    cache = Path(tempfile.mkdtemp(prefix="bench-command-"))
+    argv = common.cli_argv("features", str(folder), "--model", "mobilenet_v2", "--size", str(size), "--weights",
+                           weights or "none", "--runtime", runtime, "--cache-dir", str(cache), "--json",
+                           through_prelude=True)
+    for attempt in range(2):
+        for made in cache.glob("*/"):
+            if made.name != "runtimes":
+                shutil.rmtree(made)
+        run = common.run_process(argv, probe=True)
+        path = run.json_line()["path"]
+    from bench import run as bench_run
+
+    with bench_run.common_h5(path) as t:
+        extract = t["extract_seconds"]
+    shutil.rmtree(cache, ignore_errors=True)
+    return {"wall_s": run.wall, "outside_loop_s": run.wall - extract,
+            "imports_tensorflow": "tensorflow" in run.modules}
 
 
 def _onnx_installed() -> bool:
@@ -190,7 +217,11 @@ def lines(result: dict) -> list[str]:
                 f"{med['pipeline_onnx'] / med['seed']:.2f}x the seed 003 loop." if lp["rates"]["pipeline_onnx"]
                 else "- `--runtime onnx` not measured: the onnx extra is not installed.",
                 f"- `features` call outside its loop (planning, hashing, writing; imports and model build "
-                f"excluded): {statistics.median(lp['overhead_s']):.2f} s for {lp['n']} images.", ""]
+                f"excluded): {statistics.median(lp['overhead_s']):.2f} s for {lp['n']} images.",
+                *(f"- The whole `features --runtime {runtime}` command (a fresh process, second run): "
+                  f"{c['wall_s']:.1f} s, {c['outside_loop_s']:.1f} s of it outside the loop (imports, planning, "
+                  f"hashing, model build); TensorFlow {'imported' if c['imports_tensorflow'] else 'not imported'}."
+                  for runtime, c in lp.get("commands", {}).items()), ""]
     return out
 
 

@@ -1,9 +1,16 @@
 """`--runtime onnx`: the base run by ONNX Runtime gives Keras' features, or none."""
 
+import dataclasses
+import hashlib
+import json
+import shutil
+import subprocess
+
 import h5py
 import numpy as np
 import pytest
 
+from imagegen import PYTHON, REPO
 from pipeline import config as config_lib
 from pipeline.config import ExtractConfig
 from pipeline.errors import ConfigError
@@ -52,6 +59,40 @@ def test_onnx_runtime_gives_the_keras_features_under_the_same_key(tiny_dataset, 
     assert topped_up.counts["extracted"] == 0 and topped_up.counts["reused"] == 18
     assert batches == []  # nothing to extract, so nothing was converted or run
 
+    # Another folder of the same images: a new set, run by the kept conversion without Keras or TensorFlow.
+    again = shutil.copytree(tiny_dataset, tmp_path / "again")
+    config = dict(data=str(again), cache_dir=str(tmp_path / "onnx"), runtime="onnx", **{**MODEL, "weights": weights})
+    code = (
+        "import sys, json\n"
+        "from pipeline.config import ExtractConfig\n"
+        "from pipeline.features.extract import extract_features\n"
+        f"r = extract_features(config=ExtractConfig(**{json.dumps(config)}))\n"
+        "print(json.dumps([str(r.path), r.counts, sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('keras', 'tensorflow', 'tf2onnx'))]))\n"
+    )
+    out = subprocess.run([PYTHON, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    path, counts, heavy = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["extracted"] == 18 and heavy == []
+    np.testing.assert_allclose(read_feature_set(path).features, keras_set.features, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_a_kept_conversion_that_is_not_the_checked_file_is_converted_again(tiny_dataset, tmp_path, caplog):
+    config = _config(tiny_dataset, tmp_path / "cache", model="mobilenet_v2", runtime="onnx")
+    extract_features(config=config)
+    (kept,) = (tmp_path / "cache" / "runtimes").glob("*.onnx")
+    damaged = kept.read_bytes()[:-1] + b"x"
+    kept.write_bytes(damaged)
+
+    again = shutil.copytree(tiny_dataset, tmp_path / "again")
+    result = extract_features(config=dataclasses.replace(config, data=str(again)))
+    assert result.counts["extracted"] == 18
+    assert "is not the conversion that was checked against Keras; converting again" in caplog.text
+    rewritten = kept.read_bytes()
+    assert rewritten != damaged
+    assert json.loads(kept.with_suffix(".json").read_text())["sha256"] == hashlib.sha256(rewritten).hexdigest()
+
 
 @pytest.mark.onnx
 @pytest.mark.slow
@@ -86,9 +127,16 @@ def test_a_missing_runtime_package_names_the_install(monkeypatch):
     find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxruntime" else find_spec(name))
     with pytest.raises(ConfigError, match=r"onnxruntime: pip install 'bottleneck-features\[onnx\]'"):
-        runtimes.prepare("onnx", model=None)
+        runtimes.prepare("onnx", build=lambda: pytest.fail("built a model for a runtime that is missing"),
+                         cache_dir=".", key="k")
 
 
 def test_every_runtime_name_has_a_row():
     assert tuple(runtimes.ROWS) == config_lib.RUNTIMES
     assert ExtractConfig(data=".").runtime == "keras"
+
+
+def test_devices_and_another_runtime_are_refused_together():
+    with pytest.raises(ConfigError, match="runtime onnx runs on the CPU.*devices=2"):
+        ExtractConfig(data=".", runtime="onnx", devices=2)
+    assert ExtractConfig(data=".", runtime="onnx", devices="auto").devices == "auto"

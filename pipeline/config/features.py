@@ -229,4 +229,10 @@ class ExtractConfig:
                 f"num_shards={self.num_shards}. Number the workers 0 to {self.num_shards - 1}.",
                 field="shard_index",
             )
+        if self.runtime != "keras" and self.devices not in ("auto", 1):
+            raise ConfigError(
+                f"`devices` runs Keras replicas; runtime {self.runtime} runs on the CPU. Received: "
+                f"devices={self.devices!r}, runtime={self.runtime!r}. Drop one of them.",
+                field="devices",
+            )
 

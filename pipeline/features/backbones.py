@@ -312,7 +312,7 @@ def predict_batches(model, images: np.ndarray, batch_size: int) -> np.ndarray:
     The last, short batch is padded with zeros; a longer input (another
     backbone's decode batch) is cut into batches. Returns one row per image.
     """
-    n_replicas = _replicas_now()
+    n_replicas = getattr(model, "replicas", None) or _replicas_now()
     batch_size = -(-batch_size // n_replicas) * n_replicas
     outputs = []
     for start in range(0, len(images), batch_size):

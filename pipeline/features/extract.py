@@ -433,7 +433,8 @@ def _run_models(plans: Sequence[rounds.Plan], dataset, progress) -> None:
     """Decodes the images any plan needs once, and streams each model's features into its shards."""
     first = plans[0].config
     with contextlib.ExitStack() as stack:
-        stack.enter_context(backbones.replicas(first.devices))
+        if first.runtime == "keras":  # replicas are Keras' data parallelism; other runtimes run on the CPU
+            stack.enter_context(backbones.replicas(first.devices))
         built: dict[str, Any] = {}
         models = [rounds.build_model(plan, built) for plan in plans]
         done, total, decoding_started = 0, 0, time.perf_counter()

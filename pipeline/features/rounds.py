@@ -81,6 +81,15 @@ def build_model(plan: Plan, built: dict[str, Any]):
         plan.feature_shape = tuple(int(d) for d in built[clean_key].output_shape[1:])
         return built[clean_key]
     t0 = time.perf_counter()
+    model = runtimes.prepare(plan.config.runtime, lambda: _build_keras(plan), cache_dir=plan.config.cache_dir,
+                             key=clean_key)
+    plan.timings["model_build_seconds"] = time.perf_counter() - t0
+    plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
+    built[clean_key] = model
+    return model
+
+
+def _build_keras(plan: Plan):
     cfg = backbones.get_backbone_cfg(plan.config.model)
     model = backbones.build_extractor(
         cfg,
@@ -97,10 +106,6 @@ def build_model(plan: Plan, built: dict[str, Any]):
             "extracted with it. Run again once it is written.",
             field="weights",
         )
-    model = runtimes.prepare(plan.config.runtime, model)
-    plan.timings["model_build_seconds"] = time.perf_counter() - t0
-    plan.feature_shape = tuple(int(d) for d in model.output_shape[1:])
-    built[clean_key] = model
     return model
 
 

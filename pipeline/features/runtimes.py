@@ -2,18 +2,23 @@
 
 `keras` runs the model as built, on whatever device the backend has.
 `onnx` converts it with Keras' own ONNX export and runs it in ONNX
-Runtime on the CPU, where it runs MobileNetV2 3-4x faster than TensorFlow
-(docs/performance.md). Every run checks the converted model against Keras
-on a probe batch and refuses it when they disagree beyond float rounding,
-so a runtime changes how fast the numbers come, not the numbers: it is
-recorded with the set (its config) but kept out of the feature key, as the
-device is.
+Runtime on the CPU, where it runs MobileNetV2 about 3x faster than
+TensorFlow (docs/performance.md). A conversion is checked against Keras on
+a probe batch and refused when they disagree beyond float rounding, so a
+runtime changes how fast the numbers come, not the numbers: it is recorded
+with the set (its config) but kept out of the feature key, as the device
+is. A checked conversion is kept in `<cache>/runtimes/` under the base's
+key, so later runs load it without importing Keras or TensorFlow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
+import logging
 import tempfile
 import warnings
 from pathlib import Path
@@ -21,7 +26,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import _atomic
 from ..errors import ConfigError
+
+log = logging.getLogger("bottleneck")
 
 __all__ = ["ROWS", "check_agreement", "prepare"]
 
@@ -36,13 +44,16 @@ class Runtime:
     """A row of `ROWS`: how a built Keras extractor becomes what runs the batches."""
 
     name: str
-    wrap: Callable[[Any], Any]  # built Keras model -> object with `predict_on_batch` and `output_shape`
+    # (build the Keras model, where a checked conversion is kept) -> object with `predict_on_batch`, `output_shape`
+    prepare: Callable[[Callable[[], Any], Path], Any]
     packages: tuple[str, ...] = ()
     install: str = ""
 
 
 class OnnxExtractor:
     """An extractor converted to ONNX, run by ONNX Runtime; the Keras model's interface where extraction uses it."""
+
+    replicas = 1  # on the CPU: `backbones.predict_batches` need not ask Keras for its devices
 
     def __init__(self, session, output_shape: tuple):
         self._session, self.output_shape = session, output_shape
@@ -52,9 +63,25 @@ class OnnxExtractor:
         return self._session.run(None, {self._input: images})[0]
 
 
-def _onnx(model) -> OnnxExtractor:
-    import onnxruntime
+def _onnx(build: Callable[[], Any], saved: Path) -> OnnxExtractor:
+    return _load_onnx(saved) or _convert_onnx(build(), saved)
 
+
+def _load_onnx(saved: Path) -> OnnxExtractor | None:
+    """The conversion kept at `saved`, or `None` when there is none or it is not the file that was checked."""
+    try:
+        record = json.loads(saved.with_suffix(".json").read_text(encoding="utf-8"))
+        data = saved.read_bytes()
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            log.warning("%s is not the conversion that was checked against Keras; converting again.", saved)
+            return None
+        output_shape = tuple(record["output_shape"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return OnnxExtractor(_onnx_session(data), output_shape)
+
+
+def _convert_onnx(model, saved: Path) -> OnnxExtractor:
     probe = np.random.default_rng(0).integers(0, 256, (_PROBE_IMAGES, *model.input_shape[1:]), dtype=np.uint8)
     expected = np.asarray(model.predict_on_batch(probe))  # Keras exports only a model that has been called
     with tempfile.TemporaryDirectory(prefix="bottleneck-onnx-") as folder:
@@ -63,20 +90,34 @@ def _onnx(model) -> OnnxExtractor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tf2onnx's deprecation warnings name nothing a user can change
                 model.export(str(path), format="onnx", verbose=False)
-            session = onnxruntime.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"])
+            data = path.read_bytes()
+            extractor = OnnxExtractor(_onnx_session(data), tuple(model.output_shape))
         except Exception as e:  # noqa: BLE001 - the converters raise anything; the fix is the same
             raise ConfigError(
                 f"runtime onnx: this base could not be converted to ONNX ({type(e).__name__}: {e}). "
                 "Run it with --runtime keras (RUNTIME=keras).",
                 field="runtime",
             ) from e
-    extractor = OnnxExtractor(session, tuple(model.output_shape))
-    check_agreement(expected, extractor.predict_on_batch(probe), "onnx")
+    off = check_agreement(expected, extractor.predict_on_batch(probe), "onnx")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    _atomic.write_bytes(saved, data)
+    _atomic.write_json(saved.with_suffix(".json"), {  # last: a conversion without it is never loaded
+        "sha256": hashlib.sha256(data).hexdigest(), "output_shape": list(extractor.output_shape),
+        "largest_difference_from_keras": off,
+        "versions": {name: importlib.metadata.version(name) for name in ("keras", "tf2onnx", "onnxruntime")},
+    })
     return extractor
 
 
-def check_agreement(expected: np.ndarray, got: np.ndarray, runtime: str) -> None:
-    """Refuses a runtime whose features on the probe batch are not Keras' within `AGREEMENT`."""
+def _onnx_session(data: bytes):
+    import onnxruntime
+
+    # From bytes, never a path: a model naming external data files cannot make the runtime read them.
+    return onnxruntime.InferenceSession(data, providers=["CPUExecutionProvider"])
+
+
+def check_agreement(expected: np.ndarray, got: np.ndarray, runtime: str) -> float:
+    """The largest difference of a runtime's features on the probe batch from Keras'; refused beyond `AGREEMENT`."""
     scale = max(float(np.max(np.abs(expected))), np.finfo(np.float32).tiny)
     off = float(np.max(np.abs(np.asarray(got, np.float64) - expected))) if got.shape == expected.shape else np.inf
     if not off <= AGREEMENT * scale:  # also refuses NaN
@@ -91,7 +132,7 @@ def check_agreement(expected: np.ndarray, got: np.ndarray, runtime: str) -> None
 ROWS: dict[str, Runtime] = {  # one per name in `config.RUNTIMES`
     row.name: row
     for row in (
-        Runtime("keras", lambda model: model),
+        Runtime("keras", lambda build, saved: build()),
         # Keras' ONNX export converts through tf2onnx on the TensorFlow backend.
         Runtime("onnx", _onnx, packages=("tf2onnx", "onnx", "onnxruntime"),
                 install="pip install 'bottleneck-features[onnx]'"),
@@ -99,8 +140,15 @@ ROWS: dict[str, Runtime] = {  # one per name in `config.RUNTIMES`
 }
 
 
-def prepare(runtime: str, model):
-    """What runs `model`'s forward passes under `runtime` (a key of `ROWS`)."""
+def prepare(runtime: str, build: Callable[[], Any], *, cache_dir: str | Path, key: str):
+    """What runs a base's forward passes under `runtime` (a key of `ROWS`).
+
+    Args:
+        runtime: the runtime's name.
+        build: builds the base's Keras model (called only when needed).
+        cache_dir: the cache folder; conversions are kept in its `runtimes/` folder.
+        key: the base's feature key without its views: names its conversions.
+    """
     row = ROWS[runtime]
     missing = [name for name in row.packages if importlib.util.find_spec(name) is None]
     if missing:
@@ -108,4 +156,4 @@ def prepare(runtime: str, model):
             f"runtime {runtime} needs {', '.join(missing)}: {row.install}, or run with --runtime keras.",
             field="runtime",
         )
-    return row.wrap(model)
+    return row.prepare(build, Path(cache_dir) / "runtimes" / f"{runtime}-{key}.{runtime}")
