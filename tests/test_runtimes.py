@@ -20,6 +20,7 @@ from pipeline.store import read_feature_set
 
 # ResNet50: random-weight features of a healthy magnitude (random MobileNets give ~1e-12).
 MODEL = dict(model="resnet50", size=32, weights="none", batch_size=4, workers=2)
+_RUN_ONNX = runtimes.OnnxExtractor.predict_on_batch
 
 
 def _config(data, cache, **overrides):
@@ -89,20 +90,27 @@ def test_a_kept_conversion_that_is_not_the_checked_file_is_converted_again(tiny_
     result = extract_features(config=dataclasses.replace(config, data=str(again)))
     assert result.counts["extracted"] == 18
     assert "is not the conversion that was checked against Keras; converting again" in caplog.text
+    assert 0 <= json.loads(kept.with_suffix(".json").read_text())["largest_difference_from_keras"] < 1e-4
     rewritten = kept.read_bytes()
     assert rewritten != damaged
     assert json.loads(kept.with_suffix(".json").read_text())["sha256"] == hashlib.sha256(rewritten).hexdigest()
 
 
+def _required_inputs_missing(self, images):
+    raise ValueError("Required inputs (['normalization/Sub/y:0']) are missing from input feed (['image']).")
+
+
 @pytest.mark.onnx
 @pytest.mark.slow
-def test_a_converted_base_that_disagrees_with_keras_stores_nothing(tiny_dataset, tmp_path, monkeypatch):
-    run_onnx = runtimes.OnnxExtractor.predict_on_batch
-    monkeypatch.setattr(runtimes.OnnxExtractor, "predict_on_batch",
-                        lambda self, images: run_onnx(self, images) * 1.01)
-    with pytest.raises(ConfigError, match="disagrees with Keras.*--runtime keras"):
+@pytest.mark.parametrize("run, refusal", [
+    (lambda self, images: _RUN_ONNX(self, images) * 1.01, "the converted base disagrees with Keras"),
+    (_required_inputs_missing, "could not be converted to ONNX .ValueError: Required inputs"),  # EfficientNet's
+])
+def test_a_conversion_that_fails_or_disagrees_stores_nothing(tiny_dataset, tmp_path, monkeypatch, run, refusal):
+    monkeypatch.setattr(runtimes.OnnxExtractor, "predict_on_batch", run)
+    with pytest.raises(ConfigError, match=f"{refusal}.*--runtime keras"):
         extract_features(config=_config(tiny_dataset, tmp_path / "cache", model="mobilenet_v2", runtime="onnx"))
-    assert not list((tmp_path / "cache").rglob("*.h5"))
+    assert not list((tmp_path / "cache").rglob("*.h5")) and not list((tmp_path / "cache").rglob("*.onnx"))
 
 
 @pytest.mark.parametrize("got, agrees", [

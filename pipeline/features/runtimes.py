@@ -92,13 +92,14 @@ def _convert_onnx(model, saved: Path) -> OnnxExtractor:
                 model.export(str(path), format="onnx", verbose=False)
             data = path.read_bytes()
             extractor = OnnxExtractor(_onnx_session(data), tuple(model.output_shape))
-        except Exception as e:  # noqa: BLE001 - the converters raise anything; the fix is the same
+            got = extractor.predict_on_batch(probe)
+        except Exception as e:  # noqa: BLE001 - the converters raise anything, and the runtime on a bad graph
             raise ConfigError(
-                f"runtime onnx: this base could not be converted to ONNX ({type(e).__name__}: {e}). "
+                f"runtime onnx: this base could not be converted to ONNX ({type(e).__name__}: {_first_line(e)}). "
                 "Run it with --runtime keras (RUNTIME=keras).",
                 field="runtime",
             ) from e
-    off = check_agreement(expected, extractor.predict_on_batch(probe), "onnx")
+    off = check_agreement(expected, got, "onnx")
     saved.parent.mkdir(parents=True, exist_ok=True)
     _atomic.write_bytes(saved, data)
     _atomic.write_json(saved.with_suffix(".json"), {  # last: a conversion without it is never loaded
@@ -127,6 +128,11 @@ def check_agreement(expected: np.ndarray, got: np.ndarray, runtime: str) -> floa
             "Run it with --runtime keras (RUNTIME=keras).",
             field="runtime",
         )
+    return off
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [""])[0][:300]
 
 
 ROWS: dict[str, Runtime] = {  # one per name in `config.RUNTIMES`
