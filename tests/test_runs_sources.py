@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import csv
 import html
+import json
 import re
 import shutil
 import types
 
 import pytest
 
+from helpers import run_cli
 from imagegen import make_dataset
+from pipeline import cli
 from pipeline.config import ExtractConfig, TrainConfig
 from pipeline.features.extract import extract_features
 from pipeline.runs import report as report_module
@@ -24,7 +27,7 @@ from pipeline.runs.inputs import expand_inputs
 from pipeline.runs.predict import Predictor
 from pipeline.runs.report import build_report
 from pipeline.runs.train import train_heads
-from servers import TINY_MODEL, serve_folder
+from servers import TINY_MODEL, moto_s3, serve_folder, upload
 from sourcefiles import shards_of, write_hf_parquet, write_shard
 
 pytest.importorskip("fsspec")
@@ -60,6 +63,28 @@ _DATA = {
     "tar-shards": "{base}/shards/{{000..002}}.tar",
     "parquet-images": "{base}/new.parquet",
 }
+
+
+def test_evaluate_on_an_s3_folder_equals_evaluate_on_the_local_folder(tiny, tmp_path, monkeypatch):
+    local = evaluate_run(tiny.run, tiny.new, output=_folder(tmp_path / "local"), cache_dir=tmp_path / "c1")
+    with moto_s3(monkeypatch) as s3:  # credentials from the environment, as fsspec reads them
+        s3.mkdir("bucket")
+        upload(s3, tiny.new, "bucket/new")
+        remote = evaluate_run(tiny.run, "s3://bucket/new", output=_folder(tmp_path / "remote"),
+                              cache_dir=tmp_path / "c2")
+    assert remote.extracted == len(tiny.images) and remote.metrics == local.metrics
+    assert _predictions(remote.out_dir) == _predictions(local.out_dir)
+
+
+def test_the_commands_take_a_source_and_print_its_items(tiny, tmp_path):
+    with serve_folder(tiny.site) as (base, _):
+        status, stdout, _ = run_cli("evaluate", tiny.run, base + "/shards/{000..002}.tar", "--output",
+                                    _folder(tmp_path / "eval"), "--cache-dir", tmp_path / "c", "--json")
+        assert status == cli.ExitStatus.OK and json.loads(stdout.splitlines()[-1])["n_images"] == len(tiny.images)
+        status, stdout, _ = run_cli("predict", tiny.run, base + "/new/", "-o", tmp_path / "preds.csv")
+    assert status == cli.ExitStatus.OK and f"{base}/new/{tiny.images[0]}" in stdout
+    with open(tmp_path / "preds.csv", newline="") as f:
+        assert [row["path"] for row in csv.DictReader(f)] == [f"{base}/new/{rel}" for rel in tiny.images]
 
 
 def _predictions(out_dir):
@@ -125,6 +150,27 @@ def test_predict_on_sources_names_items_as_features_does_and_equals_local_files(
     assert corrupt.error == local[str(site / "bad.png")].error  # the reason a bad local file gets
     assert broken.path == f"{base}/shards/004.tar" and broken.predicted_class is None
     assert re.search("cannot be read|breaks off", broken.error)
+
+
+def test_test_time_views_of_served_images_equal_those_of_the_local_files(tiny):
+    predictor = Predictor.load(tiny.run)
+    local = predictor.predict(expand_inputs([tiny.new]), tta=2)
+    with serve_folder(tiny.site) as (base, _):
+        served = predictor.predict(expand_inputs([base + "/new/"]), tta=2)
+    assert [p.views for p in served] == [2] * len(tiny.images)
+    assert [p.probabilities for p in served] == [p.probabilities for p in local]
+
+
+@pytest.mark.parametrize("kind", ["tar-shards", "parquet-images"])
+def test_report_thumbnails_of_tar_shards_and_parquet_rows_are_those_of_the_local_files(tiny, kind):
+    data = str(tiny.site / ("shards/{000..002}.tar" if kind == "tar-shards" else "new.parquet"))
+    as_local = _AS_LOCAL[kind](tiny.images)
+    dataset = report_module.Dataset("new", "set", "resnet50", data, ["class0"], {}, [], None, [], [],
+                                    frozenset(as_local))
+    thumbnails = report_module._Thumbnails()
+    for item_id, rel in as_local.items():
+        assert thumbnails.get(dataset, item_id) == report_module._thumbnail(tiny.new / rel) != ""
+    assert thumbnails.get(dataset, "000.tar/not-listed.png") == "" and dataset.notes == []
 
 
 def test_report_thumbnails_of_a_served_set_are_read_through_it_and_left_out_when_it_is_gone(tmp_path):
