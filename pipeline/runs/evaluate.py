@@ -34,12 +34,12 @@ from .. import config as config_lib
 from ..errors import BottleneckError, DataError, WriteError
 from ..features.extract import extract_features, feature_spec
 from ..features.identity import feature_set_dir
-from ..features.items import ItemRoot
 from ..features.sources import open_source
 from ..heads import metrics as metrics_lib
 from ..heads.splits import training_splits
 from ..store import FeatureStore, feature_key, read_feature_set
 from . import layout
+from .inputs import listed_file
 from .leaderboard import rebuild_leaderboard
 from .predict import Predictor, check_output_folder, csv_text
 from .tta import averaged_proba, check_tta
@@ -247,15 +247,9 @@ def _measure(predictor: Predictor, dataset, known, extractions, digests: dict[st
     blocks = [fs.features[[row_of[e.relpath] for e in used]] for fs, row_of in zip(sets, rows_of)]
     features = blocks[0] if len(blocks) == 1 else np.concatenate([b.reshape(len(b), -1) for b in blocks], axis=1)
     proba, record = averaged_proba(
-        predictor, features, [_item_file(dataset, e.relpath) for e in used], [digests[e.relpath] for e in used], tta)
+        predictor, features, [listed_file(dataset, e.relpath) for e in used], [digests[e.relpath] for e in used], tta)
     metrics = metrics_lib.classification_metrics(labels, proba, list(predictor.class_names))
     return _Measured([e.relpath for e in used], labels, proba, metrics), skipped, record
-
-
-def _item_file(dataset, relpath: str):
-    """What `decode.load_image` reads an item from: its local path, or its reader (read when asked)."""
-    root = dataset.root
-    return root.readers[relpath] if isinstance(root, ItemRoot) else root / relpath
 
 
 def _seed_from_run_set(lineage: dict[str, Any], config, source, dataset) -> int:

@@ -36,7 +36,7 @@ from ..features.tar_source import expand_braces
 
 log = logging.getLogger("bottleneck")
 
-__all__ = ["SourceItem", "Unreadable", "decode_root", "expand_inputs", "input_name", "item_file"]
+__all__ = ["SourceItem", "Unreadable", "decode_root", "expand_inputs", "input_name", "item_file", "listed_file"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +75,12 @@ def input_name(item) -> str:
 def item_file(item):
     """What `decode.load_image` reads an input from: a local path, or the item's reader."""
     return item.reader if isinstance(item, SourceItem) else item
+
+
+def listed_file(dataset: discovery.Dataset, relpath: str):
+    """What `decode.load_image` reads an item of a listed dataset from: its local path, or its reader."""
+    root = dataset.root
+    return root.readers[relpath] if isinstance(root, ItemRoot) else root / relpath
 
 
 class _DecodeRoot:
