@@ -41,7 +41,8 @@ _TTA = Option(flag="--tta", make="ARGS", cli={"type": int, "default": 1, "metava
 _PREDICT = {
     "run": _RUN,
     "images": Option(argument="the images", make="IMAGES", cli={"nargs": "+"},
-                     help="image files or folders (searched recursively)"),
+                     help="image files or folders (searched recursively), image URLs, or data `features` reads: "
+                     "a folder URL, tar shards, Parquet image columns, a manifest"),
     "top_k": Option(flag="--top-k", make="TOPK", cli={"type": int, "default": 3},
                     help="classes listed per image (default 3)"),
     "output": Option(flag="--output", short="-o", make="OUTPUT", cli={"default": "predictions.csv"},
@@ -54,7 +55,8 @@ _PREDICT = {
 _EVALUATE = {
     "run": _RUN,
     "data": Option(argument="the labelled folder", make="DATA",
-                   help="labelled folder, DATA/<class>/*, or a manifest; classes are matched by name"),
+                   help="labelled data, as `features` reads it: DATA/<class>/*, a manifest, a folder URL, tar "
+                   "shards or Parquet image columns; classes are matched by name"),
     "output": Option(flag="--output", make="OUTPUT",
                      help="existing folder that receives eval-<id>/ (default: the run folder)"),
     "cache_dir": Option(flag="--cache-dir", make="ARGS", help="feature cache the data is extracted into and reused "

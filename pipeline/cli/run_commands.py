@@ -14,7 +14,7 @@ __all__ = ["add_finetune_parser", "add_predict_parsers"]
 
 def add_predict_parsers(sub) -> None:
     add_command(sub, "predict", _cmd_predict, help="predict the class of new images with a trained run")
-    add_command(sub, "evaluate", _cmd_evaluate, help="measure a trained run on a new labelled class-per-folder set")
+    add_command(sub, "evaluate", _cmd_evaluate, help="measure a trained run on new labelled data (a folder, manifest, URL, tar shards or Parquet)")
     add_command(sub, "export", _cmd_export,
                 help="export a run: one model (dense and linear heads) or a self-contained bundle")
 

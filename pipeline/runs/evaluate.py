@@ -1,6 +1,9 @@
 """Evaluation: measure a trained run (or a bundle) on a new labelled folder.
 
-Entry point: `evaluate_run(run_dir, data)`. The images are extracted through
+Entry point: `evaluate_run(run_dir, data)`. `data` is anything `features`
+reads (`sources.open_source`): a folder of class folders or a manifest, a
+folder behind a URL, WebDataset tar shards, Parquet image columns; the
+labels come from the source. The images are extracted through
 the features stage's cache, under the run's own extraction spec, so a second
 evaluation of the same folder (by this run or any run on the same backbone)
 extracts nothing, and added images are extracted alone. The head is the
@@ -29,13 +32,14 @@ import numpy as np
 from .. import _atomic
 from .. import config as config_lib
 from ..errors import BottleneckError, DataError, WriteError
-from ..features import discovery, manifest
 from ..features.extract import extract_features, feature_spec
 from ..features.identity import feature_set_dir
+from ..features.sources import open_source
 from ..heads import metrics as metrics_lib
 from ..heads.splits import training_splits
 from ..store import FeatureStore, feature_key, read_feature_set
 from . import layout
+from .inputs import listed_file
 from .leaderboard import rebuild_leaderboard
 from .predict import Predictor, check_output_folder, csv_text
 from .tta import averaged_proba, check_tta
@@ -130,7 +134,11 @@ def evaluate_run(
 
     Args:
         run_dir: a run folder or a bundle folder.
-        data: a class-per-folder image folder or a manifest (`manifest.load_dataset`).
+        data: labelled images, as `features` reads them (`sources.open_source`):
+            a class-per-folder image folder, a CSV or Parquet manifest, a
+            folder of class folders behind a URL (`s3://`, `https://`,
+            `file://`, ...), WebDataset tar shards (`shards/{000..009}.tar`,
+            local or remote) or Parquet files with an image and a label column.
         weights: a weights file replacing the recorded one (same sha256).
             Defaults to `None`.
         output: an existing folder to write `eval-<id>/` into, for run
@@ -160,13 +168,14 @@ def evaluate_run(
     tta = check_tta(tta)
     predictor = Predictor.load(run_dir, weights=weights, trust=trust)
     parent = check_output_folder(predictor.root if output is None else output)
-    dataset = manifest.load_dataset(data)
+    source = open_source(data)
+    dataset = source.list()
     known, unknown = _match_classes(dataset, predictor.class_names)
     extractions = []
     for base in predictor.bases:  # a fused run: each member's features, through the cache
         config = dataclasses.replace(
             base.config, data=str(data), cache_dir=str(cache_dir or _run_cache(predictor)), name=None)
-        _seed_from_run_set(base.lineage, config, dataset)
+        _seed_from_run_set(base.lineage, config, source, dataset)
         extractions.append(extract_features(config=config))
     extraction = extractions[0]
     digests = {p: r.sha256 for p, r in _index_state(extraction.path).files.items()}
@@ -238,20 +247,22 @@ def _measure(predictor: Predictor, dataset, known, extractions, digests: dict[st
     blocks = [fs.features[[row_of[e.relpath] for e in used]] for fs, row_of in zip(sets, rows_of)]
     features = blocks[0] if len(blocks) == 1 else np.concatenate([b.reshape(len(b), -1) for b in blocks], axis=1)
     proba, record = averaged_proba(
-        predictor, features, [dataset.root / e.relpath for e in used], [digests[e.relpath] for e in used], tta)
+        predictor, features, [listed_file(dataset, e.relpath) for e in used], [digests[e.relpath] for e in used], tta)
     metrics = metrics_lib.classification_metrics(labels, proba, list(predictor.class_names))
     return _Measured([e.relpath for e in used], labels, proba, metrics), skipped, record
 
 
-def _seed_from_run_set(lineage: dict[str, Any], config, dataset) -> int:
+def _seed_from_run_set(lineage: dict[str, Any], config, source, dataset) -> int:
     """Copies the run's cached rows of images in `dataset` into the set `extract_features` fills next.
 
     Images are matched by content hash, and only when the run's set was
     extracted under the very key this evaluation extracts with, so a copied
     row is exactly what extraction would compute: the run's own test split
-    (or any image it has seen) is never extracted again. Returns how many
-    rows were copied. `lineage` is the record of the run's feature set (of
-    one member, for a fused run).
+    (or any image it has seen) is never extracted again. Items the set to
+    fill already holds unchanged (same size and change token) are not read
+    again: a second evaluation of remote data reads no image. Returns how
+    many rows were copied. `lineage` is the record of the run's feature set
+    (of one member, for a fused run); `source` reads the items of `dataset`.
     """
     run_index = Path(str(lineage.get("features_path", "")))
     spec = feature_spec(config)
@@ -261,14 +272,18 @@ def _seed_from_run_set(lineage: dict[str, Any], config, dataset) -> int:
     if state is None or state.feature_key != key or target.root.resolve() == run_index.parent.resolve():
         return 0
     run_digests = {record.sha256: path for path, record in state.files.items()}
+    held = target.read_index_state()
+    fingerprints = held.fingerprints() if held is not None and held.feature_key == key else {}
+    todo = [e.relpath for e in dataset.entries if fingerprints.get(e.relpath) != (e.size, e.mtime_ns)]
+    source.hash_ahead(todo)  # remote items: many reads in flight
     wanted: dict[str, str] = {}  # digest -> relpath under the evaluated folder
-    for entry in dataset.entries:
+    for relpath in todo:
         try:
-            digest = discovery.file_sha256(dataset.root / entry.relpath)
+            digest = source.sha256(relpath)
         except OSError:
             continue  # extraction names the reason
         if digest in run_digests:
-            wanted.setdefault(digest, entry.relpath)
+            wanted.setdefault(digest, relpath)
     if not wanted:
         return 0
     with target.write_lock():

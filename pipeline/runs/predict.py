@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import logging
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -30,13 +29,12 @@ import numpy as np
 
 from .. import _atomic, heads
 from ..config.options import integer
-from ..errors import BottleneckError, ConfigError, DataError, RunError
-from ..features import backbones, decode, discovery
+from ..errors import BottleneckError, ConfigError, RunError
+from ..features import backbones, decode
 from . import csvcells, safe_head
+from .inputs import SourceItem, Unreadable, decode_root, expand_inputs, input_name, item_file
 from .source import RunSource
 from .tta import averaged_proba, check_tta
-
-log = logging.getLogger("bottleneck")
 
 __all__ = ["Prediction", "Predictor", "predict_images", "write_predictions_csv"]
 
@@ -46,7 +44,9 @@ class Prediction:
     """The head's answer for one image.
 
     Attributes:
-        path: str, the image path as given (or as found in a given folder).
+        path: str, the image path as given (or as found in a given folder),
+            or an item of a data source named as `features` records it:
+            its URL, or its shard (or Parquet file) and key.
         predicted_class: str, the most probable class; `None` on error.
         probability: float, its probability; `None` on error.
         top_k: tuple of `(class_name, probability)`, most probable first.
@@ -197,7 +197,7 @@ class Predictor:
             )
         return self._extractors[base]
 
-    def extract(self, paths: Sequence[str | os.PathLike]) -> tuple[np.ndarray, list[int], dict[int, str]]:
+    def extract(self, paths: Sequence) -> tuple[np.ndarray, list[int], dict[int, str]]:
         """Features of image files, computed as the features stage computes them.
 
         Decoding (`decode.load_image`), batching, padding of the last batch
@@ -207,7 +207,8 @@ class Predictor:
         concatenated in order, as `store.fused` joined them for training.
 
         Args:
-            paths: image files.
+            paths: image files, or the inputs of `inputs.expand_inputs`
+                (items of data sources among them).
 
         Returns:
             `(features, ok, errors)`: float32 features of the decodable
@@ -219,10 +220,10 @@ class Predictor:
 
     def _extract(self, paths):
         """`extract`'s answer, plus the sha256 of the bytes each decoded image came from, by index."""
-        # A path that never existed is a typo, not a file that vanished while decoding.
-        errors = {i: _NO_SUCH_PATH for i, p in enumerate(paths) if not os.path.lexists(p)}
-        items = [_Item(os.fspath(p), i) for i, p in enumerate(paths) if i not in errors]
-        per_base = [self._extract_base(base, items, errors) for base in range(len(self.bases))]
+        errors = {i: _reason_unread(p) for i, p in enumerate(paths) if _reason_unread(p)}
+        items = [_Item(input_name(p), i) for i, p in enumerate(paths) if i not in errors]
+        root = decode_root(paths)
+        per_base = [self._extract_base(base, items, errors, root) for base in range(len(self.bases))]
         digests = per_base[0][2]
         if len(per_base) == 1:
             return per_base[0][0], per_base[0][1], errors, digests
@@ -233,7 +234,7 @@ class Predictor:
             blocks.append(features[[row_of[i] for i in ok]].reshape(len(ok), -1))
         return np.concatenate(blocks, axis=1), ok, errors, digests
 
-    def _extract_base(self, base: int, items: list[_Item], errors: dict[int, str]):
+    def _extract_base(self, base: int, items: list[_Item], errors: dict[int, str], root):
         """One base's `(features, indices, {index: sha256 of the bytes decoded})` of `items`;
         decoding failures are added to `errors`."""
         c, size = self.bases[base].config, self.bases[base].size
@@ -242,7 +243,7 @@ class Predictor:
         if items:
             model = self.extractor(base)
             for entries, images, failures, read in decode.decode_batches(
-                Path(), items, size, c.batch_size, workers, return_digests=True
+                root, items, size, c.batch_size, workers, return_digests=True
             ):
                 for item, reason in failures:
                     errors[item.index] = reason
@@ -273,11 +274,12 @@ class Predictor:
             )
         return heads.aligned_proba(self.head, X, n_classes)
 
-    def predict(self, paths: Sequence[str | os.PathLike], *, top_k: int = 3, tta: int = 1) -> list[Prediction]:
+    def predict(self, paths: Sequence, *, top_k: int = 3, tta: int = 1) -> list[Prediction]:
         """One `Prediction` per path, in order; undecodable images get an error row.
 
         Args:
-            paths: image files (folders are not expanded here; see
+            paths: image files, or the inputs of `inputs.expand_inputs`
+                (folders and data sources are not expanded here; see
                 `predict_images`).
             top_k: int >= 1, how many classes each `Prediction.top_k`
                 lists (at most the number of classes). Defaults to `3`.
@@ -288,7 +290,7 @@ class Predictor:
         top_k = _check_top_k(top_k)
         tta = check_tta(tta)
         features, ok, errors, digests = self._extract(paths)
-        proba, record = averaged_proba(self, features, [paths[i] for i in ok], [digests[i] for i in ok], tta)
+        proba, record = averaged_proba(self, features, [item_file(paths[i]) for i in ok], [digests[i] for i in ok], tta)
         self.tta_record = record
         rows: list[Prediction | None] = [None] * len(paths)
         k = min(top_k, len(self.class_names))
@@ -296,7 +298,7 @@ class Predictor:
             order = np.argsort(-row, kind="stable")[:k]
             best = int(order[0])
             rows[index] = Prediction(
-                path=os.fspath(paths[index]),
+                path=input_name(paths[index]),
                 predicted_class=self.class_names[best],
                 probability=float(row[best]),
                 top_k=tuple((self.class_names[int(i)], float(row[i])) for i in order),
@@ -304,8 +306,18 @@ class Predictor:
                 views=tta,
             )
         for index, reason in errors.items():
-            rows[index] = Prediction(os.fspath(paths[index]), None, None, (), (), reason)
+            rows[index] = Prediction(input_name(paths[index]), None, None, (), (), reason)
         return [r for r in rows if r is not None]
+
+
+def _reason_unread(item) -> str | None:
+    """Why an input cannot be decoded at all, or `None`."""
+    if isinstance(item, Unreadable):
+        return item.reason
+    if isinstance(item, SourceItem):
+        return None
+    # A path that never existed is a typo, not a file that vanished while decoding.
+    return None if os.path.lexists(item) else _NO_SUCH_PATH
 
 
 def _check_top_k(top_k) -> int:
@@ -330,7 +342,11 @@ def predict_images(
         run_dir: a run folder or a bundle folder from `export_run`.
         paths: image files and folders; a folder stands for every image
             below it (extensions of `discovery.IMAGE_EXTENSIONS`, sorted,
-            dotfiles skipped).
+            dotfiles skipped). Also what `features` reads: a URL of an
+            image or of a folder of class folders (`s3://`, `https://`,
+            ...), WebDataset tar shards (`shards/{000..009}.tar`), Parquet
+            files with an image column, a CSV or Parquet manifest; each of
+            their items is one prediction (`inputs.expand_inputs`).
         top_k: int >= 1, classes listed per image. Defaults to `3`.
         weights: a weights file replacing the recorded one; it must have
             the recorded sha256. Defaults to `None`.
@@ -341,15 +357,17 @@ def predict_images(
             `Prediction.views` says how many). Defaults to `1`.
 
     Returns:
-        One `Prediction` per image, in the order given (folders expanded
-        in place). An image that cannot be decoded, or a path that does
-        not exist, gets a `Prediction` whose `error` says why, even when
-        no image at all could be decoded.
+        One `Prediction` per image, in the order given (folders and
+        sources expanded in place). An image that cannot be decoded, a
+        path that does not exist, or a tar shard that cannot be read, gets
+        a `Prediction` whose `error` says why, even when no image at all
+        could be decoded.
 
     Raises:
         RunError: the run or one of its files is missing or changed.
         ConfigError: no path was given, or `top_k` < 1.
-        DataError: a given folder holds no images.
+        DataError: a given folder holds no images, or a source cannot be
+            listed (the reason `features` would give).
 
     Example:
 
@@ -362,36 +380,7 @@ def predict_images(
     _check_top_k(top_k)
     check_tta(tta)
     predictor = Predictor.load(run_dir, weights=weights, trust=trust)  # first: a refused bundle is the first line
-    return predictor.predict(_expand(paths), top_k=top_k, tta=tta)
-
-
-def _expand(paths: Iterable[str | os.PathLike]) -> list[str]:
-    given = [os.fspath(p) for p in ([paths] if isinstance(paths, (str, os.PathLike)) else paths)]
-    if not given:
-        raise ConfigError("`paths` must name at least one image file or folder. Received: paths=[].", field="paths")
-    files: list[str] = []
-    for path in given:
-        if os.path.isdir(path):
-            listed = sorted(
-                Path(dirpath) / name
-                for dirpath, dirnames, names in os.walk(path)
-                for name in names
-                if not name.startswith(".")
-                and not any(part.startswith(".") for part in Path(dirpath).relative_to(path).parts)
-            )
-            found = [str(p) for p in listed if p.name.lower().endswith(discovery.IMAGE_EXTENSIONS)]
-            others = [p.name for p in listed if not p.name.lower().endswith(discovery.IMAGE_EXTENSIONS)]
-            if others:
-                log.warning("Left out %d file(s) of '%s' that are not images by extension: %s%s", len(others), path,
-                            ", ".join(others[:5]), ", ..." if len(others) > 5 else "")
-            if not found:
-                raise DataError(
-                    f"Folder '{path}' holds no images (extensions: {', '.join(discovery.IMAGE_EXTENSIONS)})."
-                )
-            files.extend(found)
-        else:
-            files.append(path)  # a missing or bad file gets an error row
-    return files
+    return predictor.predict(expand_inputs(paths), top_k=top_k, tta=tta)
 
 
 def write_predictions_csv(

@@ -9,6 +9,12 @@ damaged run folder is listed as skipped with the reason, a damaged plot or
 missing image becomes a placeholder naming the file; nothing of it stops
 the report. Images are inlined as `data:` URIs, so the page needs no
 network and no other file. It is written atomically (`_atomic`).
+
+Thumbnails are read from the feature set's recorded data root: a local
+folder directly, any other source (a folder behind a URL, tar shards,
+Parquet image columns) through `sources.open_source`, listed once per
+report. A source that cannot be read then (a server gone, credentials
+missing) leaves its thumbnails out, and the dataset's section says why.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import numpy as np
 from .. import _atomic
 from ..config.options import is_int, is_real, number
 from ..errors import BottleneckError, ConfigError, RunError
+from ..features.sources import open_source
 from ..heads import split_indices
 from ..heads.leakage import DEFAULT_THRESHOLD, LeakageCheck, find_leakage
 from ..store import FeatureStore, read_feature_set
@@ -106,6 +113,7 @@ class Dataset:
     conflicts: list[list[str]]
     paths: frozenset[str] = frozenset()  # the set's image paths: the only files thumbnails are made of
     error: str | None = None
+    notes: list[str] = dataclasses.field(default_factory=list)  # e.g. why no thumbnail could be read
 
 
 def build_report(
@@ -323,6 +331,7 @@ class _Thumbnails:
 
     def __init__(self):
         self._made: dict[tuple[str | None, str], str] = {}
+        self._sources: dict[str, Any] = {}  # data root -> its source, or None when it cannot be read
 
     def get(self, dataset: Dataset, relpath: str) -> str:
         # Only a path the feature set lists is read: a predictions file edited to
@@ -332,11 +341,38 @@ class _Thumbnails:
             return ""
         key = (dataset.data_root, relpath)
         if key not in self._made:
-            self._made[key] = _thumbnail(Path(dataset.data_root) / relpath)
+            self._made[key] = self._make(dataset, relpath)
         return self._made[key]
 
+    def _make(self, dataset: Dataset, relpath: str) -> str:
+        source = self._source(dataset)
+        if source is None:
+            return ""
+        if source.is_local:
+            return _thumbnail(Path(dataset.data_root) / relpath)
+        try:
+            data = source.open(relpath)
+        except Exception:  # noqa: BLE001 - an item gone from the source becomes the placeholder that names it
+            return ""
+        return _thumbnail(data)
 
-def _thumbnail(file: Path) -> str:
+    def _source(self, dataset: Dataset):
+        """The source of the dataset's images, listed once; `None`, with a note on the dataset, when unreadable."""
+        root = dataset.data_root
+        if root not in self._sources:
+            try:
+                source = open_source(root)
+                if not source.is_local:
+                    source.list()  # its readers open the items
+            except Exception as e:  # noqa: BLE001 - each store raises its own types; the page is written anyway
+                source = None
+                dataset.notes.append(f"Images of '{root}' cannot be read now, so none is shown: {e}")
+            self._sources[root] = source
+        return self._sources[root]
+
+
+def _thumbnail(file) -> str:
+    """An inline JPEG of an image file (a path or a binary file object), or `""` when it cannot be decoded."""
     from PIL import Image, ImageOps
 
     try:

@@ -158,8 +158,9 @@ def _dataset(data) -> str:
     if data.error:
         return out[0] + f"<p class=note>{_e(data.error)}</p>"
     splits = ("train", "validation", "test")
-    out.append(f"<p>Images under {_e(data.data_root or 'an unrecorded data folder')}.</p><table><tr><th class=t>class</th>"
-               + "".join(f"<th>{s}</th>" for s in splits) + "</tr>")
+    out.append(f"<p>Images under {_e(data.data_root or 'an unrecorded data folder')}.</p>")
+    out += [f"<p class=note>{_e(note)}</p>" for note in data.notes]
+    out.append("<table><tr><th class=t>class</th>" + "".join(f"<th>{s}</th>" for s in splits) + "</tr>")
     for name, counts in data.counts.items():
         out.append(f"<tr>{_td(name)}" + "".join(f"<td>{counts.get(s, 0)}</td>" for s in splits) + "</tr>")
     totals = "".join(f"<td>{sum(c.get(s, 0) for c in data.counts.values())}</td>" for s in splits)
