@@ -148,3 +148,25 @@ def test_devices_and_another_runtime_are_refused_together():
     with pytest.raises(ConfigError, match="runtime onnx runs on the CPU.*devices=2"):
         ExtractConfig(data=".", runtime="onnx", devices=2)
     assert ExtractConfig(data=".", runtime="onnx", devices="auto").devices == "auto"
+
+
+@pytest.mark.onnx
+@pytest.mark.slow
+def test_a_transformer_with_the_exact_gelu_runs_in_onnx_runtime(tmp_path):
+    """DINOv2's GELU is traced as `Erfc`, which tf2onnx converts only with `teach_tf2onnx`'s row."""
+    import hubgen
+    from imagegen import make_dataset
+
+    preset = hubgen.save_preset(tmp_path / "dinov2", "dinov2")
+    data = make_dataset(tmp_path / "data")
+    config = dict(model=f"hub:{preset}", size=hubgen.SIZE, weights="imagenet", batch_size=4, workers=2)
+    by_keras = extract_features(config=ExtractConfig(data=str(data), cache_dir=str(tmp_path / "k"), **config))
+    by_onnx = extract_features(config=ExtractConfig(data=str(data), cache_dir=str(tmp_path / "o"), runtime="onnx",
+                                                    **config))
+    (kept,) = (tmp_path / "o" / "runtimes").glob("*.onnx")
+    import onnx
+
+    op_types = {node.op_type for node in onnx.load_from_string(kept.read_bytes()).graph.node}
+    assert "Erf" in op_types and "Erfc" not in op_types
+    np.testing.assert_allclose(read_feature_set(by_onnx.path).features, read_feature_set(by_keras.path).features,
+                               rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ key, so later runs load it without importing Keras or TensorFlow.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -31,7 +32,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger("bottleneck")
 
-__all__ = ["ROWS", "check_agreement", "prepare"]
+__all__ = ["ROWS", "check_agreement", "prepare", "teach_tf2onnx"]
 
 # Largest |difference| allowed between a runtime's features and Keras', relative to the largest |feature|:
 # ONNX Runtime measured 5e-6 on MobileNetV2; a wrong conversion is off by far more.
@@ -81,12 +82,37 @@ def _load_onnx(saved: Path) -> OnnxExtractor | None:
     return OnnxExtractor(_onnx_session(data), output_shape)
 
 
+@functools.cache
+def teach_tf2onnx() -> None:
+    """Adds the tf2onnx row for TensorFlow's `Erfc`, which tf2onnx 1.17 cannot convert.
+
+    The exact GELU of transformer encoders (DINOv2, DINOv3, ViT; SigLIP uses
+    the tanh GELU and CLIP the quick GELU) is traced by TensorFlow as `Erfc`;
+    `erfc(x) = 1 - erf(x)` in ONNX's own `Erf` (opset 9) is the same function.
+    """
+    from tf2onnx import utils
+    from tf2onnx.handler import tf_op
+
+    @tf_op("Erfc")
+    class Erfc:  # noqa: F841 - registered by the decorator
+        @classmethod
+        def version_9(cls, ctx, node, **kwargs):
+            node.type = "Erf"
+            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
+            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
+            complement = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(node.name),
+                                                       inputs=[one.output[0], node.output[0]])
+            ctx.copy_shape(node.output[0], complement.output[0])
+            ctx.set_dtype(complement.output[0], ctx.get_dtype(node.output[0]))
+
+
 def _convert_onnx(model, saved: Path) -> OnnxExtractor:
     probe = np.random.default_rng(0).integers(0, 256, (_PROBE_IMAGES, *model.input_shape[1:]), dtype=np.uint8)
     expected = np.asarray(model.predict_on_batch(probe))  # Keras exports only a model that has been called
     with tempfile.TemporaryDirectory(prefix="bottleneck-onnx-") as folder:
         path = Path(folder) / "extractor.onnx"
         try:
+            teach_tf2onnx()
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tf2onnx's deprecation warnings name nothing a user can change
                 model.export(str(path), format="onnx", verbose=False)

@@ -10,22 +10,19 @@ KerasHub 0.32's `ViTPatchingAndEmbedding` saves `num_patches` and
 would not load. Both follow from the image and patch sizes it also saves:
 `keras_hub_configs_that_load` leaves them out while the file is written.
 
-The exact GELU of transformer encoders (DINOv2, DINOv3, ViT; SigLIP uses
-the tanh GELU and CLIP the quick GELU) is traced by TensorFlow as `Erfc`,
-which tf2onnx does not convert, so the ONNX file would not load.
-`erfc(x) = 1 - erf(x)` in ONNX's own `Erf` (opset 9) is the same function;
-`register_ops` adds that row before the first ONNX export, so that
-importing `export.py` never imports tf2onnx.
+`register_ops` adds the tf2onnx rows an ONNX export needs
+(`features.runtimes.teach_tf2onnx`: the exact GELU of DINOv2, DINOv3 and
+ViT) before the first ONNX export, so that importing `export.py` never
+imports tf2onnx.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 
-import numpy as np
 
 from ..errors import ConfigError
+from ..features import runtimes
 
 
 class ExportMismatch(RuntimeError):
@@ -73,22 +70,6 @@ def keras_hub_configs_that_load():
 def register_ops(row) -> None:
     """Adds the tf2onnx handlers of this module's doc when `row` is written through tf2onnx."""
     if row.keras_export == "onnx":
-        _register_erfc()
+        runtimes.teach_tf2onnx()
 
 
-@functools.cache
-def _register_erfc() -> None:
-    from tf2onnx import utils
-    from tf2onnx.handler import tf_op
-
-    @tf_op("Erfc")
-    class Erfc:  # noqa: F841 - registered by the decorator
-        @classmethod
-        def version_9(cls, ctx, node, **kwargs):
-            node.type = "Erf"
-            dtype = utils.map_onnx_to_numpy_type(ctx.get_dtype(node.input[0]))
-            one = ctx.make_const(utils.make_name(f"{node.name}_one"), np.array(1, dtype=dtype))
-            complement = ctx.insert_new_node_on_output("Sub", node.output[0], name=utils.make_name(node.name),
-                                                       inputs=[one.output[0], node.output[0]])
-            ctx.copy_shape(node.output[0], complement.output[0])
-            ctx.set_dtype(complement.output[0], ctx.get_dtype(node.output[0]))
