@@ -42,6 +42,7 @@ def test_loops_table_states_each_loop_against_the_keras_pipeline():
                         "rates": {"pipeline": [55.0], "keras": [50.0], "seed": [44.0], "pipeline_onnx": [150.0]}}}
     text = "\n".join(decoders.lines(result))
     assert "| Keras `image_dataset_from_directory` + `predict` | 50.0 | 1.10 |" in text
-    assert "`--runtime onnx` (ONNX Runtime): 150.0 img/s, 3.00x the Keras pipeline and 3.41x the seed 003 loop" in text
+    assert ("`--runtime onnx` (ONNX Runtime, the `features` command in a fresh process): 150.0 img/s, "
+            "3.00x the Keras pipeline and 3.41x the seed 003 loop") in text
     result["loops"]["rates"]["pipeline_onnx"] = []
     assert "`--runtime onnx` not measured" in "\n".join(decoders.lines(result))
