@@ -102,11 +102,13 @@ def fetch(fs, path: str, start: int | None = None, end: int | None = None) -> by
         try:
             return fs.cat_file(path, start=start, end=end)
         except FileNotFoundError:
-            raise
+            raise FileNotFoundError(f"not found: {shown_url(path)}") from None
         except Exception as e:  # noqa: BLE001 - stores raise their own types (aiohttp, botocore)
             last = e
             time.sleep(_BACKOFF_S * 2**attempt)
-    raise OSError(f"read failed {_ATTEMPTS} times, last: {type(last).__name__}: {str(last)[:200]}")
+    # The reason is stored with the skipped item: never the URL's credentials or signed query.
+    said = str(last).replace(path, shown_url(path))[:200]
+    raise OSError(f"read failed {_ATTEMPTS} times, last: {type(last).__name__}: {said}")
 
 
 @dataclasses.dataclass(frozen=True)
