@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from .. import config as config_lib
 from .._versions import library_versions
 from . import augment, backbones, decode, ray_engine, rounds, sources
+from .discovery import ImageEntry
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key, shown_path
@@ -344,7 +345,6 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
 
 def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """Writes the index of a plan whose images have all been extracted or skipped."""
-    extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located) - plan.stored_before
     skipped = dict(plan.skipped)
     rows, locations = [], []
     for entry in dataset.entries:
@@ -366,7 +366,8 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
             + "; ".join(f"{s.relpath}: {s.reason}" for s in list(skipped.values())[:3])
         )
     skipped_list = [skipped[e.relpath] for e in dataset.entries if e.relpath in skipped]
-    n_extracted = sum(1 for r in rows if r.sha256 in extracted)
+    # `located` grows only by what this run decoded: a row is new when its content was not stored before.
+    n_extracted = sum(1 for r in rows if r.sha256 not in plan.stored_before)
     counts = {
         "extracted": n_extracted,
         "reused": len(rows) - n_extracted,
@@ -461,11 +462,14 @@ def _run_models(plans: Sequence[rounds.Plan], dataset, progress) -> None:
 
 def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
     """The first path in each class of every content found under several classes."""
-    classes_of: dict[str, dict[int, str]] = {}
+    first: dict[str, ImageEntry] = {}  # an entry per content, no dict: copies are rare, images many
+    classes_of: dict[str, dict[int, str]] = {}  # only the contents found under two classes
     for entry in dataset.entries:
-        if entry.relpath in digest_of:
-            classes_of.setdefault(digest_of[entry.relpath], {}).setdefault(entry.label, entry.relpath)
-    return tuple(sorted(tuple(paths.values()) for paths in classes_of.values() if len(paths) > 1))
+        digest = digest_of.get(entry.relpath)
+        seen = first.setdefault(digest, entry) if digest is not None else entry
+        if seen.label != entry.label:
+            classes_of.setdefault(digest, {seen.label: seen.relpath}).setdefault(entry.label, entry.relpath)
+    return tuple(sorted(tuple(paths.values()) for paths in classes_of.values()))
 
 
 def _split_duplicates(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:

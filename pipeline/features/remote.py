@@ -32,7 +32,7 @@ _INFOS_IN_FLIGHT = 64  # HEAD requests and index pages at once: 400 objects behi
 _PAGED = {"http", "https"}  # protocols listed one index page per folder, which `fs.find` reads one by one
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class RemoteFile:
     """The reader of one object (picklable: fsspec filesystems pickle with their options)."""
 
