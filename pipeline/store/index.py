@@ -176,7 +176,7 @@ def write_index(
             f["class_names"] = np.array([c.encode() for c in class_names], dtype=_STR)
             images = f.create_group("images")
             images["path"] = np.array([encode_path(r.relpath) for r in rows], dtype=_BYTES)
-            images["sha256"] = np.array([r.sha256.encode() for r in rows], dtype="S64")
+            images["sha256"] = np.fromiter((r.sha256.encode() for r in rows), dtype="S64", count=len(rows))
             images["size"] = np.array([r.size for r in rows], dtype=np.int64)
             images["mtime_ns"] = np.array([r.mtime_ns for r in rows], dtype=np.int64)
             images["split_key"] = np.array([r.split_key for r in rows], dtype=np.float64)
