@@ -94,3 +94,14 @@ def test_a_url_listed_twice_under_two_query_strings_is_refused(tmp_path):
     manifest.write_text("path,label\nhttps://host/b.png?v=1,dog\nhttps://host/b.png?v=2,dog\n")
     with pytest.raises(DataError, match=r"lists 'https://host/b.png' twice \(lines 2 and 3\)"):
         open_source(manifest).list()
+
+
+def test_the_ray_engine_refuses_a_manifest_of_urls_naming_the_engine(tmp_path):
+    from pipeline.errors import ConfigError
+    from pipeline.features.ray_engine import check_source
+
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,label\nhttps://host/b.png,dog\n")
+    with pytest.raises(ConfigError, match="url-manifest.*--engine local") as info:
+        check_source(open_source(manifest))
+    assert info.value.field == "engine"
