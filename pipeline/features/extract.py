@@ -269,8 +269,9 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
     state = store.read_index_state()
     if state is None or state.feature_key != key or state.class_names != tuple(dataset.class_names):
         return None
-    if {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries} != state.fingerprints():
-        return None
+    known = state.fingerprints()
+    if len(known) != len(dataset.entries) or any(known.get(e.relpath) != (e.size, e.mtime_ns) for e in dataset.entries):
+        return None  # compared item by item: no second dict of the listing
     if any(state.files[e.relpath].labelling != (e.label, e.folder_split, e.split_key)
            for e in dataset.entries if e.relpath in state.files):
         return None  # a manifest edit (label, split, group): re-indexed, nothing re-extracted
