@@ -347,7 +347,7 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
 def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """Writes the index of a plan whose images have all been extracted or skipped."""
     skipped = dict(plan.skipped)
-    rows, locations = [], []
+    kept, locations = [], []
     for entry in dataset.entries:
         digest = plan.digests.get(entry.relpath)
         if entry.relpath in plan.changed:
@@ -356,10 +356,9 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
         elif digest in plan.failed:
             skipped[entry.relpath] = SkippedFile(entry.relpath, plan.failed[digest], entry.size, entry.mtime_ns)
         elif digest is not None:
-            rows.append(
-                IndexRow(entry.relpath, entry.label, entry.folder_split, entry.split_key, entry.size, entry.mtime_ns, digest)
-            )
+            kept.append(entry)
             locations.append(plan.located[digest])
+    rows = _IndexRows(kept, plan.digests)
     if not rows:
         raise DataError(
             f"None of the {len(dataset.entries)} images under '{dataset.root}' could be decoded; "
@@ -402,6 +401,21 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
         skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
         split_duplicates=_split_duplicates(dataset, digest_of),
     )
+
+
+class _IndexRows(Sequence):
+    """The index rows of `entries`, each built when it is read: the index is written while the
+    listing, digests and shard rows are all held, so one more object per image would be the peak."""
+
+    def __init__(self, entries: list[ImageEntry], digests: dict[str, str]):
+        self._entries, self._digests = entries, digests
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, i: int) -> IndexRow:
+        e = self._entries[i]
+        return IndexRow(e.relpath, e.label, e.folder_split, e.split_key, e.size, e.mtime_ns, self._digests[e.relpath])
 
 
 def worker_of(digest: str, num_shards: int) -> int:
