@@ -83,7 +83,7 @@ _NOHASH = re.compile(r"_nohash_.*$")
 _LAYOUT_HINT = "Pass as `data` a folder with one subfolder per class."
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # slots: one per image, held for the whole run
 class ImageEntry:
     """One image file found by `index_directory()`.
 

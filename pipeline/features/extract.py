@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 from .. import config as config_lib
 from .._versions import library_versions
 from . import augment, backbones, decode, ray_engine, rounds, sources
+from .discovery import ImageEntry
 from .identity import feature_set_dir, records_this_folder
 from ..errors import ConfigError, DataError
 from ..store import FeatureStore, IndexRow, SkippedFile, feature_key, shown_path
@@ -268,8 +269,9 @@ def _answer_if_up_to_date(store: FeatureStore, dataset, config, key: str, starte
     state = store.read_index_state()
     if state is None or state.feature_key != key or state.class_names != tuple(dataset.class_names):
         return None
-    if {e.relpath: (e.size, e.mtime_ns) for e in dataset.entries} != state.fingerprints():
-        return None
+    known = state.fingerprints()
+    if len(known) != len(dataset.entries) or any(known.get(e.relpath) != (e.size, e.mtime_ns) for e in dataset.entries):
+        return None  # compared item by item: no second dict of the listing
     if any(state.files[e.relpath].labelling != (e.label, e.folder_split, e.split_key)
            for e in dataset.entries if e.relpath in state.files):
         return None  # a manifest edit (label, split, group): re-indexed, nothing re-extracted
@@ -344,9 +346,8 @@ def _plan(store: FeatureStore, source, dataset, config, spec, hashed: dict[str, 
 
 def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
     """Writes the index of a plan whose images have all been extracted or skipped."""
-    extracted = {plan.digests[e.relpath] for e in plan.todo} & set(plan.located) - plan.stored_before
     skipped = dict(plan.skipped)
-    rows, locations = [], []
+    kept, locations = [], []
     for entry in dataset.entries:
         digest = plan.digests.get(entry.relpath)
         if entry.relpath in plan.changed:
@@ -355,10 +356,9 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
         elif digest in plan.failed:
             skipped[entry.relpath] = SkippedFile(entry.relpath, plan.failed[digest], entry.size, entry.mtime_ns)
         elif digest is not None:
-            rows.append(
-                IndexRow(entry.relpath, entry.label, entry.folder_split, entry.split_key, entry.size, entry.mtime_ns, digest)
-            )
+            kept.append(entry)
             locations.append(plan.located[digest])
+    rows = _IndexRows(kept, plan.digests)
     if not rows:
         raise DataError(
             f"None of the {len(dataset.entries)} images under '{dataset.root}' could be decoded; "
@@ -366,7 +366,8 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
             + "; ".join(f"{s.relpath}: {s.reason}" for s in list(skipped.values())[:3])
         )
     skipped_list = [skipped[e.relpath] for e in dataset.entries if e.relpath in skipped]
-    n_extracted = sum(1 for r in rows if r.sha256 in extracted)
+    # `located` grows only by what this run decoded: a row is new when its content was not stored before.
+    n_extracted = sum(1 for r in rows if r.sha256 not in plan.stored_before)
     counts = {
         "extracted": n_extracted,
         "reused": len(rows) - n_extracted,
@@ -400,6 +401,21 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
         skipped_list, _summary(dataset, conflicts), tuple(plan.feature_shape), plan.damaged, conflicts,
         split_duplicates=_split_duplicates(dataset, digest_of),
     )
+
+
+class _IndexRows(Sequence):
+    """The index rows of `entries`, each built when it is read: the index is written while the
+    listing, digests and shard rows are all held, so one more object per image would be the peak."""
+
+    def __init__(self, entries: list[ImageEntry], digests: dict[str, str]):
+        self._entries, self._digests = entries, digests
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __getitem__(self, i: int) -> IndexRow:
+        e = self._entries[i]
+        return IndexRow(e.relpath, e.label, e.folder_split, e.split_key, e.size, e.mtime_ns, self._digests[e.relpath])
 
 
 def worker_of(digest: str, num_shards: int) -> int:
@@ -462,11 +478,14 @@ def _run_models(plans: Sequence[rounds.Plan], dataset, progress) -> None:
 
 def _label_conflicts(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:
     """The first path in each class of every content found under several classes."""
-    classes_of: dict[str, dict[int, str]] = {}
+    first: dict[str, ImageEntry] = {}  # an entry per content, no dict: copies are rare, images many
+    classes_of: dict[str, dict[int, str]] = {}  # only the contents found under two classes
     for entry in dataset.entries:
-        if entry.relpath in digest_of:
-            classes_of.setdefault(digest_of[entry.relpath], {}).setdefault(entry.label, entry.relpath)
-    return tuple(sorted(tuple(paths.values()) for paths in classes_of.values() if len(paths) > 1))
+        digest = digest_of.get(entry.relpath)
+        seen = first.setdefault(digest, entry) if digest is not None else entry
+        if seen.label != entry.label:
+            classes_of.setdefault(digest, {seen.label: seen.relpath}).setdefault(entry.label, entry.relpath)
+    return tuple(sorted(tuple(paths.values()) for paths in classes_of.values()))
 
 
 def _split_duplicates(dataset, digest_of: dict[str, str]) -> tuple[tuple[str, ...], ...]:

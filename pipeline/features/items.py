@@ -20,12 +20,15 @@ source is `shown_url(url)`, the URL without user, password or query string.
 
 from __future__ import annotations
 
+import array
+import bisect
 import concurrent.futures
 import dataclasses
 import functools
 import hashlib
+import operator
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from ..config.files import is_url  # re-exported: one rule for what a URL is, config's
@@ -34,7 +37,7 @@ from .decode import max_file_bytes
 from .discovery import Dataset, ImageEntry, split_key
 
 __all__ = [
-    "ItemRoot", "Reader", "build_dataset", "change_token", "fetch", "filesystem", "is_url", "shown_url",
+    "ItemRoot", "Reader", "ReaderTable", "build_dataset", "change_token", "fetch", "filesystem", "is_url", "shown_url",
 ]
 
 # Info fields that change with an object's content, strongest first (s3fs, gcsfs, adlfs, http, local).
@@ -102,11 +105,13 @@ def fetch(fs, path: str, start: int | None = None, end: int | None = None) -> by
         try:
             return fs.cat_file(path, start=start, end=end)
         except FileNotFoundError:
-            raise
+            raise FileNotFoundError(f"not found: {shown_url(path)}") from None
         except Exception as e:  # noqa: BLE001 - stores raise their own types (aiohttp, botocore)
             last = e
             time.sleep(_BACKOFF_S * 2**attempt)
-    raise OSError(f"read failed {_ATTEMPTS} times, last: {type(last).__name__}: {str(last)[:200]}")
+    # The reason is stored with the skipped item: never the URL's credentials or signed query.
+    said = str(last).replace(path, shown_url(path))[:200]
+    raise OSError(f"read failed {_ATTEMPTS} times, last: {type(last).__name__}: {said}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,21 +136,25 @@ class ItemRoot:
         return self.name
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Item:
-    """One listed item before labels are numbered: what a source's lister yields."""
+    """One listed item before labels are numbered: what a source's lister yields.
+
+    `reader` is the item's reader, or (with `build_dataset`'s `reader_at`)
+    an int that `reader_at` builds the reader from when it is asked for.
+    """
 
     item_id: str
     label: str
     split: str
     size: int
     token: int
-    reader: Reader
+    reader: Reader | int
     key_path: str = ""  # the path split keys hash (below a split folder); `item_id` when empty
 
 
 def build_dataset(name: str, items: Iterable[Item], *, numeric_labels: bool = False,
-                  skipped: Iterable[tuple[str, str]] = ()) -> Dataset:
+                  skipped: Iterable[tuple[str, str]] = (), reader_at: Callable[[int], Reader] | None = None) -> Dataset:
     """A `Dataset` of `items`, sorted by id, labels indexing the sorted class names.
 
     Args:
@@ -153,6 +162,9 @@ def build_dataset(name: str, items: Iterable[Item], *, numeric_labels: bool = Fa
         items: the listed items; ids must be unique.
         numeric_labels: sort class names as numbers (`.cls` labels: `"10"` after `"9"`).
         skipped: `(id, reason)` of what could not be listed (a corrupt shard).
+        reader_at: when given, each item's `reader` is an int and `reader_at(int)` builds
+            its reader on demand (a tar member from its shard's arrays), so a listing holds
+            no reader object per item.
     """
     items = sorted(items, key=lambda item: item.item_id)
     names = {item.label for item in items}
@@ -163,11 +175,41 @@ def build_dataset(name: str, items: Iterable[Item], *, numeric_labels: bool = Fa
                    split_key(item.key_path or item.item_id))
         for item in items
     )
+    if reader_at is None:
+        at = [item.reader for item in items].__getitem__
+    else:
+        places = array.array("q", (item.reader for item in items))
+        at = lambda i: reader_at(places[i])  # noqa: E731
     return Dataset(
-        root=ItemRoot(name, {item.item_id: item.reader for item in items}),
+        root=ItemRoot(name, ReaderTable(entries, at)),
         class_names=class_names, entries=entries,
         has_folder_splits=any(e.folder_split for e in entries), skipped_dirs=tuple(skipped),
     )
+
+
+class ReaderTable(Mapping):
+    """Item id -> reader, for entries sorted by id: found by bisection, built by `reader_at(index)`.
+
+    No dict and no object per item: a listing of millions of items is kept for the whole run.
+    """
+
+    def __init__(self, entries: Sequence[ImageEntry], reader_at: Callable[[int], Reader]):
+        self._entries, self._reader_at = entries, reader_at
+
+    def __getitem__(self, item_id: str) -> Reader:
+        i = bisect.bisect_left(self._entries, item_id, key=_relpath)
+        if i == len(self._entries) or self._entries[i].relpath != item_id:
+            raise KeyError(item_id)
+        return self._reader_at(i)
+
+    def __iter__(self):
+        return (e.relpath for e in self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_relpath = operator.attrgetter("relpath")
 
 
 _PREFETCH_THREADS = 64  # reads in flight while decoding; bounded by the decoder's lookahead, not by this

@@ -34,9 +34,11 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
+from ..config.files import is_url
 from .discovery import IMAGE_EXTENSIONS, Dataset, ImageEntry, index_directory, normalized_split, split_key, stat_image
+from .items import shown_url
 
-__all__ = ["MANIFEST_SUFFIXES", "is_manifest", "load_dataset", "read_manifest"]
+__all__ = ["MANIFEST_SUFFIXES", "is_manifest", "lists_urls", "load_dataset", "read_manifest", "url_manifest_items"]
 
 MANIFEST_SUFFIXES = (".csv", ".parquet")
 _REQUIRED = ("path", "label")
@@ -67,21 +69,82 @@ def read_manifest(path: str | os.PathLike) -> Dataset:
     Raises:
         DataError: the file is missing or unreadable, lacks a `path` or
             `label` column, has an empty cell in one, lists a path twice,
-            names an unknown split, names a split on some rows only, or
-            puts one group in two splits. Its `field` is `"data"`.
+            names an unknown split, names a split on some rows only, puts
+            one group in two splits, or mixes local paths and URLs. Its
+            `field` is `"data"`.
     """
     given = Path(path)
+    rows = _checked_rows(given)
+    root = given.resolve().parent
+    listed, ignored, has_splits = _listed(given, rows, lambda line, cell: _relpath(given, root, line, cell))
+    entries = [(relpath, label, split, split_key(key_path), *stat_image(root / relpath))
+               for _, relpath, label, split, key_path in listed]
+    class_names = tuple(sorted({label for _, label, *_ in entries}))
+    label_of = {name: i for i, name in enumerate(class_names)}
+    return Dataset(
+        root=root,
+        class_names=class_names,
+        entries=tuple(
+            ImageEntry(relpath, label_of[label], split, size, mtime, key)
+            for relpath, label, split, key, size, mtime in sorted(entries)
+        ),
+        has_folder_splits=has_splits,
+        ignored=tuple(sorted(ignored)),
+    )
+
+
+def lists_urls(data: str | os.PathLike) -> bool:
+    """Whether `data` is a manifest whose `path` column holds URLs (`s3://`, `https://`, `file://`, ...)."""
+    if not is_manifest(data):
+        return False
+    try:
+        rows = _read_rows(Path(data))
+    except DataError:  # refused by `read_manifest`, with its reason
+        return False
+    return any(is_url(row["path"]) for _, row in rows)
+
+
+def url_manifest_items(path: str | os.PathLike):
+    """`(name, listed, ignored)` of a manifest of URLs: `(line, URL as given, id, label, split, key path)` rows.
+
+    An item's id is its URL as `items.shown_url` records it (no credentials,
+    no query string); the key path is what its split key hashes (its group,
+    else its id). Raises `DataError` as `read_manifest` does.
+    """
+    given = Path(path)
+    rows = _checked_rows(given)
+    listed, ignored, _ = _listed(given, rows, lambda line, cell: shown_url(cell))
+    cells = dict(rows)
+    return str(given.resolve()), [(line, cells[line]["path"], *rest) for line, *rest in listed], ignored
+
+
+def _checked_rows(given: Path) -> list[tuple[int, dict[str, str]]]:
     if not given.is_file():
         raise DataError(f"Manifest '{given}' does not exist or is not a file.", field="data")
     rows = _read_rows(given)
-    root = given.resolve().parent
-    entries, ignored, seen, groups = [], [], {}, {}
+    first_url = next((line for line, row in rows if is_url(row["path"])), None)
+    first_path = next((line for line, row in rows if not is_url(row["path"])), None)
+    if first_url is not None and first_path is not None:
+        raise DataError(
+            f"Manifest '{given}' mixes local paths (first on line {first_path}) and URLs (first on line "
+            f"{first_url}). List only URLs (file:///abs/x.jpg names a local file as a URL) or only paths.",
+            field="data",
+        )
+    return rows
+
+
+def _listed(given: Path, rows, key_of):
+    """`([(line, key, label, split, split key's path)], ignored keys, has_splits)`: what every manifest is checked for.
+
+    `key_of(line, cell)` is how a `path` cell is keyed (a relative path, or a URL without credentials).
+    """
+    listed, ignored, seen, groups = [], [], {}, {}
     has_splits = bool(rows) and bool(rows[0][1].get("split"))
     for line, row in rows:
-        relpath = _relpath(given, root, line, row["path"])
+        relpath = key_of(line, row["path"])
         if relpath in seen:
             raise DataError(
-                f"Manifest '{given}' lists '{row['path']}' twice (lines {seen[relpath]} and {line}); "
+                f"Manifest '{given}' lists '{shown_url(row['path'])}' twice (lines {seen[relpath]} and {line}); "
                 "keep one row per image.",
                 field="data",
             )
@@ -98,24 +161,11 @@ def read_manifest(path: str | os.PathLike) -> Dataset:
                 f"{first_line}, {split} on line {line}); a group must stay in one split.",
                 field="data",
             )
-        key = split_key(_GROUP_PREFIX + group if group else relpath)
-        size, mtime_ns = stat_image(root / relpath)
-        entries.append((relpath, row["label"], split, key, size, mtime_ns))
-    if not entries:
+        listed.append((line, relpath, row["label"], split, _GROUP_PREFIX + group if group else relpath))
+    if not listed:
         raise DataError(f"Manifest '{given}' lists no images (extensions: {', '.join(IMAGE_EXTENSIONS)}).",
                         field="data")
-    class_names = tuple(sorted({label for _, label, *_ in entries}))
-    label_of = {name: i for i, name in enumerate(class_names)}
-    return Dataset(
-        root=root,
-        class_names=class_names,
-        entries=tuple(
-            ImageEntry(relpath, label_of[label], split, size, mtime, key)
-            for relpath, label, split, key, size, mtime in sorted(entries)
-        ),
-        has_folder_splits=has_splits,
-        ignored=tuple(sorted(ignored)),
-    )
+    return listed, ignored, has_splits
 
 
 def _read_rows(path: Path) -> list[tuple[int, dict[str, str]]]:

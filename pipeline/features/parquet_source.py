@@ -45,7 +45,7 @@ def is_parquet_images(data: str) -> bool:
     return "path" not in schema.names and _image_column(schema) is not None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class ParquetCell:
     """The reader of one image cell: row `index` of row group `group` of a file."""
 

@@ -10,6 +10,8 @@ that neither engine imports the other.
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import operator
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -111,13 +113,21 @@ def _build_keras(plan: Plan):
 
 def next_round(plans: Sequence[Plan]) -> list:
     """One file, in path order, for each content some plan still needs."""
-    claimed, chosen = set(), []
-    for relpath, entry in sorted({e.relpath: e for plan in plans for e in plan.todo}.items()):
+    claimed, chosen, last = set(), [], None
+    # Each plan's todo is in path order (the dataset's): merged, with no copy of the listing.
+    for entry in heapq.merge(*(plan.todo for plan in plans), key=_relpath):
+        relpath = entry.relpath
+        if relpath == last:
+            continue
+        last = relpath
         claims = {(i, plan.digests[relpath]) for i, plan in enumerate(plans) if plan.needs(relpath)}
         if claims - claimed:
             claimed |= claims
             chosen.append(entry)
     return chosen
+
+
+_relpath = operator.attrgetter("relpath")
 
 
 def store_batch(plan: Plan, model, appender, entries, images, failures, digests) -> None:

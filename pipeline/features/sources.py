@@ -5,6 +5,8 @@ change token per item), opens an item's bytes, hashes them, and names itself
 for the feature set (`name`, recorded as the set's data root). The rest of
 the features stage asks the source, never the filesystem, so a new kind of
 data (fsspec URLs, WebDataset tar shards) is one new row of `SOURCES`.
+A manifest whose `path` column holds URLs is read as the items of a URL
+folder are (`url-manifest`).
 
 Local sources (an image folder, a CSV or Parquet manifest of local paths)
 key an item by its path relative to the root (`ImageEntry.relpath`) and use
@@ -29,9 +31,9 @@ from ..store.content import file_sha256
 from .decode import max_file_bytes
 from .discovery import Dataset, index_directory, stat_image
 from .items import is_url, shown_url
-from .manifest import is_manifest, read_manifest
+from .manifest import is_manifest, lists_urls, read_manifest
 from .parquet_source import is_parquet_images, list_parquet_images
-from .remote import list_remote_folder
+from .remote import list_remote_folder, list_url_manifest
 from .tar_source import is_tar_data, list_tar_shards
 
 __all__ = ["SOURCES", "ItemSource", "LocalSource", "SourceKind", "open_source"]
@@ -159,6 +161,7 @@ SOURCES: tuple[SourceKind, ...] = (
     SourceKind("tar-shards", is_tar_data, list_tar_shards, local=False),
     SourceKind("parquet-images", is_parquet_images, list_parquet_images, local=False),
     SourceKind("url-folder", is_url, list_remote_folder, local=False),
+    SourceKind("url-manifest", lists_urls, list_url_manifest, local=False),
     SourceKind("manifest", is_manifest, read_manifest),
     SourceKind("folder", lambda data: True, index_directory),
 )
@@ -169,7 +172,7 @@ def open_source(data: str | os.PathLike) -> LocalSource | ItemSource:
     """The source that reads `data`: the first row of `SOURCES` that matches it.
 
     Args:
-        data: a folder of class folders, a `.csv` / `.parquet` manifest,
+        data: a folder of class folders, a `.csv` / `.parquet` manifest (of local paths or of URLs),
             WebDataset tar shards (`shards/{00000..00099}.tar`, local or a
             URL), Parquet files with an image column, or a URL (`s3://`, `https://`, `file://`, ...) of a folder
             of class folders.

@@ -53,7 +53,7 @@ def feature_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per image: no dict each
 class IndexRow:
     """One image of a feature set, as the index records it."""
 
@@ -66,7 +66,7 @@ class IndexRow:
     sha256: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per image: no dict each
 class SkippedFile:
     """A file that could not be extracted, with the reason and its fingerprint."""
 
@@ -76,7 +76,7 @@ class SkippedFile:
     mtime_ns: int
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)  # one per image: no dict each
 class FileRecord:
     """An image the index holds a row for: its fingerprint, content hash and how it is labelled.
 
@@ -176,7 +176,7 @@ def write_index(
             f["class_names"] = np.array([c.encode() for c in class_names], dtype=_STR)
             images = f.create_group("images")
             images["path"] = np.array([encode_path(r.relpath) for r in rows], dtype=_BYTES)
-            images["sha256"] = np.array([r.sha256.encode() for r in rows], dtype="S64")
+            images["sha256"] = np.fromiter((r.sha256.encode() for r in rows), dtype="S64", count=len(rows))
             images["size"] = np.array([r.size for r in rows], dtype=np.int64)
             images["mtime_ns"] = np.array([r.mtime_ns for r in rows], dtype=np.int64)
             images["split_key"] = np.array([r.split_key for r in rows], dtype=np.float64)
@@ -200,7 +200,7 @@ def write_index(
             f.attrs["n_images"] = len(rows)
             f.attrs["complete"] = True
         with reporting_write_errors(tmp):
-            create_new(tmp, _sealed(buffer.getbuffer()))
+            create_new(tmp, _sealed(buffer.getbuffer()))  # sealed in place: no copy of a large index
             os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -347,9 +347,14 @@ def _content_hash(key: str, rows: Sequence[IndexRow], class_names: Sequence[str]
     return digest.hexdigest()
 
 
-def _sealed(data) -> bytes:
-    """The index bytes with the sha256 of everything after the user block written into it."""
-    data = bytearray(data)
-    digest = hashlib.sha256(memoryview(data)[_USERBLOCK:]).hexdigest().encode()
+def _sealed(data) -> memoryview:
+    """The index bytes with the sha256 of everything after the user block written into them.
+
+    In place where `data` is writable (the index's buffer): a copy of a large index would double its memory.
+    """
+    data = memoryview(data)
+    if data.readonly:
+        data = memoryview(bytearray(data))
+    digest = hashlib.sha256(data[_USERBLOCK:]).hexdigest().encode()
     data[: len(_SEAL) + 65] = _SEAL + digest + b"\n"
-    return bytes(data)
+    return data
