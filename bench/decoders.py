@@ -221,7 +221,7 @@ def lines(result: dict) -> list[str]:
                 else "- `--runtime onnx` not measured: the onnx extra is not installed.",
                 f"- `features` call outside its loop (planning, hashing, writing; imports and model build "
                 f"excluded): {statistics.median(lp['overhead_s']):.2f} s for {lp['n']} images.",
-                *(f"- The whole `features --runtime {runtime}` command (a fresh process, conversion kept): "
+                *(f"- The whole `features --runtime {runtime}` command (a fresh process{', conversion kept' if runtime == 'onnx' else ''}): "
                   f"{c['wall_s']:.1f} s, its loop {fmt(c['images_per_second'])} img/s, "
                   f"{c['outside_loop_s']:.1f} s outside the loop (imports, planning, "
                   f"hashing, model build); TensorFlow {'imported' if c['imports_tensorflow'] else 'not imported'}."
