@@ -10,12 +10,13 @@ written back, so nothing but the banner is lost.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import sys
 import tempfile
 
-__all__ = ["import_keras"]
+__all__ = ["import_keras", "import_tensorflow"]
 
 _BANNER = re.compile(
     rb"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
@@ -41,6 +42,23 @@ def import_keras():
             captured.seek(0)
             _write_back(captured.read())
     return keras
+
+
+def import_tensorflow(purpose: str):
+    """TensorFlow itself, for what only it can write (`purpose`), and only when it is Keras' backend.
+
+    The pipeline otherwise runs on any Keras backend; this is the one place
+    that reaches past Keras, so the refusal on JAX or PyTorch is said once.
+    """
+    from .errors import ConfigError
+
+    backend = import_keras().backend.backend()
+    if backend != "tensorflow":
+        raise ConfigError(
+            f"{purpose} needs TensorFlow, but Keras runs on {backend!r}. Run it with KERAS_BACKEND=tensorflow.",
+            field="format",
+        )
+    return importlib.import_module("tensorflow")
 
 
 def _write_back(output: bytes) -> None:

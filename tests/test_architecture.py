@@ -1,5 +1,6 @@
 """The layout's rules hold: import contracts, light stage imports, module size."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -86,3 +87,18 @@ def test_test_modules_share_helpers_through_helper_modules_never_each_other():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
             offenders += [f"{path.name}: {name}" for name in names if name.split(".")[0].startswith("test_")]
     assert offenders == []
+
+
+def test_only_the_keras_module_reaches_tensorflow_and_only_on_its_backend():
+    """The pipeline runs on JAX and PyTorch too: TensorFlow is reached through `_keras.import_tensorflow` alone."""
+    import re
+
+    direct = re.compile(r"^\s*(import tensorflow|from tensorflow)", re.MULTILINE)
+    found = {p.relative_to(ROOT) for p in (ROOT / "pipeline").rglob("*.py") if direct.search(p.read_text())}
+    assert found == set()
+    code = ("from pipeline._keras import import_tensorflow\n"
+            "from pipeline.errors import ConfigError\n"
+            "try:\n    import_tensorflow('A SavedModel')\nexcept ConfigError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "KERAS_BACKEND": "jax"}, cwd=ROOT, check=True)
+    assert "A SavedModel needs TensorFlow, but Keras runs on 'jax'. Run it with KERAS_BACKEND=tensorflow." in out.stdout

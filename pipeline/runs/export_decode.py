@@ -37,6 +37,7 @@ out of TensorFlow's decoders with other pixels, so the graph refuses it: a
 
 from __future__ import annotations
 
+from .._keras import import_tensorflow
 from .export_resize import pillow_bilinear_resize
 
 __all__ = [
@@ -277,7 +278,7 @@ def one_decode_size(bases) -> int | None:
 
 def write_saved_model(keras, model, path, size: int, n_classes: int) -> None:
     """Writes `model` as a SavedModel: the pixel signature `serve` (the default), `serve_bytes` and `decode_bytes`."""
-    import tensorflow as tf
+    tf = import_tensorflow("A SavedModel with the `serve_bytes` signature")
 
     files = [tf.TensorSpec([None], tf.string, name="files")]
     resize = pillow_bilinear_resize(keras, size, name="decode_resize")
@@ -334,9 +335,10 @@ def check_bytes_signature(path, model, size: int, tolerance: float) -> None:
     bit for bit: on synthetic images a model's probabilities can hide a wrong decode.
     """
     import numpy as np
-    import tensorflow as tf
 
     from . import preprocess
+
+    tf = import_tensorflow("Checking the `decode_bytes` signature")
     from .export_loading import ExportMismatch
 
     files = check_files(size)
