@@ -17,6 +17,8 @@ PRECISION ?=
 RUNTIME ?=
 WORKERS ?=
 DECODE_MODE ?=
+# DECODER=nvjpeg decodes and resizes JPEGs on the GPU (torchvision; `make setup-nvjpeg` installs it).
+DECODER ?=
 DEVICES ?=
 NUM_SHARDS ?=
 SHARD_INDEX ?=
@@ -81,7 +83,7 @@ opt = $(if $(strip $(2)),$(1) $(2))
 FEATURES_FLAGS = $(strip --model $(MODEL) --weights $(WEIGHTS) --cache-dir $(CACHE) \
 	$(call opt,--size,$(SIZE)) $(call opt,--pooling,$(POOLING)) $(call opt,--layer,$(LAYER)) \
 	$(call opt,--batch-size,$(BATCH)) $(call opt,--precision,$(PRECISION)) $(call opt,--runtime,$(RUNTIME)) \
-	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) \
+	$(call opt,--workers,$(WORKERS)) $(call opt,--decode-mode,$(DECODE_MODE)) $(call opt,--decoder,$(DECODER)) \
 	$(call opt,--augment,$(AUGMENT)) $(call opt,--augment-ops,$(AUGMENT_OPS)) \
 	$(call opt,--augment-seed,$(AUGMENT_SEED)) $(call opt,--devices,$(DEVICES)) $(call opt,--num-shards,$(NUM_SHARDS)) \
 	$(call opt,--shard-index,$(SHARD_INDEX)) $(call opt,--engine,$(ENGINE)) $(call opt,--address,$(RAY_ADDRESS)) \
@@ -106,7 +108,7 @@ FINETUNE_FLAGS = $(strip $(call opt,--unfreeze,$(UNFREEZE)) $(call opt,--epochs,
 	$(call opt,--augment-ops,$(AUGMENT_OPS)) $(call opt,--augment-seed,$(AUGMENT_SEED)) \
 	$(call opt,--seed,$(SEED)) $(call opt,--config,$(CONFIG)) $(ARGS))
 
-.PHONY: setup features test test-fast lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune
+.PHONY: setup setup-nvjpeg features test test-fast lint sample-data list clean-cache train-head curve runs predict evaluate export report finetune
 
 # KerasHub goes in with --no-deps: it requires tensorflow-text, which would add a second
 # TensorFlow beside tensorflow-cpu; the `hub` extra holds its other dependencies (docs/backbones.md).
@@ -118,6 +120,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 setup: $(VENV)/.installed
+
+# `--decoder nvjpeg`'s torch and torchvision: PyPI's torch brings CUDA's libraries (about 4 GB), so
+# `make setup` leaves them out. Without a GPU the decoder runs on the CPU (how the tests check it).
+$(VENV)/.nvjpeg: $(VENV)/.installed
+	$(PY) -m pip install --quiet -e '.[nvjpeg]'
+	touch $@
+
+setup-nvjpeg: $(VENV)/.nvjpeg
 
 data/digits: | $(VENV)/.installed
 	$(BOTTLENECK) sample-data data/digits

@@ -315,7 +315,8 @@ def decode_lookahead(batch_size: int, workers: int) -> int:
     return max(2 * batch_size, 4 * workers)
 
 
-def pool_decode_steady(paths: Sequence[Path], size: int, workers: int, mode: str, batch_size: int) -> dict:
+def pool_decode_steady(paths: Sequence[Path], size: int, workers: int, mode: str, batch_size: int,
+                       decoder: str = "pillow") -> dict:
     """`pool_decode_rate`, also timed from the first batch on: `{"ips", "whole_ips", "first_batch_s"}`.
 
     `ips` is the steady rate (None with a single batch); `whole_ips` counts
@@ -327,7 +328,8 @@ def pool_decode_steady(paths: Sequence[Path], size: int, workers: int, mode: str
 
     entries = [types.SimpleNamespace(relpath=str(p)) for p in paths]  # absolute: root / relpath is the path
     t, done, marks = time.perf_counter(), 0, []
-    for decoded, _, failures in decode.decode_batches(Path("/"), entries, size, batch_size, workers, mode=mode):
+    for decoded, _, failures in decode.decode_batches(Path("/"), entries, size, batch_size, workers, mode=mode,
+                                                      decoder=decoder):
         if failures:
             raise RuntimeError(f"{len(failures)} files did not decode, e.g. {failures[0][0].relpath}: {failures[0][1]}")
         done += len(decoded)

@@ -82,7 +82,7 @@ def decoders(paths: list[Path], size: int, reps: int) -> dict:
 
     datas = [p.read_bytes() for p in paths]
     contenders = {
-        "reference (`decode.load_image`)": lambda d: decode._decode(d, size),
+        "reference (`decode.load_image`)": lambda d: decode.decode_bytes(d, size),
         "Pillow draft + resize(BILINEAR)": lambda d: _pillow_bilinear(d, size),
     }
     if importlib.util.find_spec("cv2"):

@@ -7,10 +7,13 @@
 
 For VGG16, MobileNetV2 and ResNet50 @224, in mixed_bfloat16 and float32,
 one row each: seed 003's loop, the pipeline (`extract_features`) with each
-decode mode of the product (`ExtractConfig.decode_mode`: threads,
-processes; `workers` = the machine's cores, `devices` = "auto"), the model
-alone, decoding alone in threads and in processes, and the pipeline's ratio
-to min(model alone, fastest decoder alone), all measured in this one run.
+decode column (the reference decoder in each `ExtractConfig.decode_mode`,
+threads and processes, then `decoder` nvjpeg: JPEGs decoded and resized on
+the GPU by torchvision, which the GPU machine has; `workers` = the
+machine's cores, `devices` = "auto"), the model alone, decoding alone in
+each column, and the pipeline's ratio to min(model alone, fastest decoder
+alone), all measured in this one run. `--only decode` runs the decode-alone
+cells alone (CI runs them with `--quick` on the CPU, nvjpeg included).
 Each row is checked against the GPU targets: end to end >= 8,000 img/s
 (VGG16) and >= 10,000 img/s (MobileNetV2), or >= 0.75 of that minimum
 (every model). Decoding alone is also measured on phone-sized photos
@@ -58,6 +61,7 @@ import argparse
 import contextlib
 import datetime
 import importlib.abc
+import importlib.machinery
 import json
 import os
 import shutil
@@ -86,10 +90,18 @@ QUICK = {"models": "mobilenet_v2@32", "precisions": "float32", "pipe_n": 64, "mo
 
 
 def decode_modes() -> list[str]:
-    """The product's decode modes, "auto" left out: it picks one of the others."""
-    from pipeline.config import DECODE_MODES
+    """The decode columns: the reference decoder in each of the product's decode modes ("auto" left out:
+    it picks one of the others), then each other decoder (`decoder` option, e.g. nvjpeg, in threads)."""
+    from pipeline.config import DECODE_MODES, DECODERS
 
-    return [m for m in DECODE_MODES if m != "auto"]
+    return [m for m in DECODE_MODES if m != "auto"] + [d for d in DECODERS if d != "pillow"]
+
+
+def decoder_and_mode(column: str) -> tuple[str, str]:
+    """The product's `(decoder, decode_mode)` of a decode column."""
+    from pipeline.config import DECODERS
+
+    return (column, "threads") if column in DECODERS else ("pillow", column)
 
 
 def _log(message: str) -> None:
@@ -267,8 +279,9 @@ class Guard:
 # -- the cells ----------------------------------------------------------------------------------
 
 
-def decode_cell(paths, size: int, workers: int, mode: str, batch_size: int) -> dict:
-    return common.pool_decode_steady(paths, size, workers, mode, batch_size)
+def decode_cell(paths, size: int, workers: int, column: str, batch_size: int) -> dict:
+    decoder, mode = decoder_and_mode(column)
+    return common.pool_decode_steady(paths, size, workers, mode, batch_size, decoder=decoder)
 
 
 def model_cell(model: str, size: int, precision: str, devices, batch_size: int, images) -> dict:
@@ -292,9 +305,10 @@ def pipeline_cell(folder: Path, cache: Path, n: int, *, model: str, size: int, p
     from pipeline.features.extract import extract_features
 
     shutil.rmtree(cache, ignore_errors=True)
+    decoder, mode = decoder_and_mode(mode)
     config = ExtractConfig(data=str(folder), model=model, size=size, weights="none", precision=precision,
-                           cache_dir=str(cache), decode_mode=mode, workers=workers, batch_size=batch_size,
-                           devices=devices)
+                           cache_dir=str(cache), decode_mode=mode, decoder=decoder, workers=workers,
+                           batch_size=batch_size, devices=devices)
     marks: list[tuple[float, int]] = []
     try:
         result = extract_features(config=config, progress=lambda done, total: marks.append((time.perf_counter(), done)))
@@ -367,7 +381,7 @@ def run_all(args, workdir: Path, results: dict, save) -> None:
                                     lambda: decode_cell(paths, size, args.workers, mode, args.batch_size))
             save()
     images, ready = {}, set()
-    for precision in args.precisions.split(","):
+    for precision in args.precisions.split(",") if args.only == "all" else ():
         for model, size, reference, make in specs:
             row = {"model": model, "size": size, "precision": precision, "cells": {}}
             results["rows"].append(row)
@@ -429,6 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", default="auto", help="the product's `devices` (default auto)")
     p.add_argument("--budget", type=float, default=420, help="seconds for the whole run; later cells are skipped")
     p.add_argument("--cell-limit", type=float, default=120, help="seconds one cell may run before it is stopped")
+    p.add_argument("--only", choices=("all", "decode"), default="all",
+                   help="decode: the decode-alone cells only, no model (default all)")
     p.add_argument("--workdir", default=None, help="generated images, kept for the next run (default: a temp folder)")
     p.add_argument("--out", default=str(common.REPO / "bench" / "results"), help="report folder (default bench/results)")
     p.add_argument("--label", default="gpu", help="report name prefix (default gpu)")
@@ -460,18 +476,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-class _NoTensorFlow(importlib.abc.MetaPathFinder):
+class _NoTensorFlow(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     """Refuses to import TensorFlow without listing it in `sys.modules`.
 
     A `None` entry there would do the refusing too, but Keras' data layers
     (`Rescaling`, which KerasHub encoders preprocess with) take any entry
-    for TensorFlow being loaded, and then import it.
+    for TensorFlow being loaded, and then import it. Looking it up
+    (`importlib.util.find_spec`, as torch does on import) finds a spec with
+    no origin, which reads as "not a file to trace"; importing it raises.
     """
 
     def find_spec(self, name, path=None, target=None):
         if name.partition(".")[0] == "tensorflow":
-            raise ImportError(f"bench.gpu runs without TensorFlow; something imported {name!r}.")
+            return importlib.machinery.ModuleSpec(name, self)
         return None
+
+    def create_module(self, spec):
+        raise ImportError(f"bench.gpu runs without TensorFlow; something imported {spec.name!r}.")
+
+    def exec_module(self, module):  # never reached: create_module raises
+        raise ImportError(module.__name__)
 
 
 def _write(path: Path, text: str) -> None:

@@ -48,6 +48,8 @@ NEEDS = {
             "the `ray` extra is not installed: pip install 'bottleneck-features[ray]' (make setup installs it)"),
     "onnx": (_importable("tf2onnx", "onnx", "onnxruntime"),
              "the `onnx` extra is not installed: pip install 'bottleneck-features[onnx]' (make setup installs it)"),
+    "nvjpeg": (_importable("torch", "torchvision"),
+               "the `nvjpeg` extra is not installed: pip install 'bottleneck-features[nvjpeg]' (make setup-nvjpeg)"),
     "browser": (lambda: shutil.which("chromium") is not None,
                 "chromium is not installed: apt-get install -y chromium (.ci/run does this before make test)"),
     "weights": (lambda: WEIGHTS.is_dir() and SIGN_DIGITS.is_dir(),

@@ -164,3 +164,29 @@ def test_carried_wheels_are_ignored_by_git():
     # .whl/ holds ~3 MB of wheels for the GPU machine: never committed.
     wheel = ".whl/keras-3.15.1-py3-none-any.whl"
     assert subprocess.run(["git", "check-ignore", "-q", "--no-index", wheel], cwd=common.REPO).returncode == 0
+
+
+@pytest.mark.nvjpeg
+@pytest.mark.slow
+def test_quick_decode_run_measures_every_decoder_on_the_cpu_without_tensorflow(tmp_path):
+    # What a lent GPU runs in full: here each decode-alone cell, nvjpeg included, on the CPU (torch imports with
+    # TensorFlow refused, as on the GPU machine, which has none).
+    import json
+    import os
+
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run([sys.executable, "-m", "bench.gpu", "--quick", "--only", "decode", "--out", str(tmp_path),
+                           "--workdir", str(tmp_path / "work")], cwd=common.REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    [report] = tmp_path.glob("gpu-quick-*.json")
+    saved = json.loads(report.read_text())
+    assert saved["results"]["modes"] == ["threads", "processes", "nvjpeg"] and saved["results"]["rows"] == []
+    assert saved["env"]["tensorflow_imported"] is False
+    sets = saved["results"]["decode"]
+    assert {name.split("@")[0] for name in sets} == {"500x375", "768x576"}  # the pipeline's JPEGs, phone-sized ones
+    for name, measured in sets.items():
+        for column in ("threads", "processes", "nvjpeg"):
+            cell = measured["cells"][column]
+            assert cell["status"] == "ok" and cell["ips"] > 0, (name, column, cell)
+    assert "| nvjpeg img/s |" in done.stdout

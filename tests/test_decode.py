@@ -342,13 +342,13 @@ def test_load_image_hashes_the_bytes_it_decodes_even_if_the_file_is_rewritten(tm
     red, blue = _png_bytes(tmp_path, (255, 0, 0)), _png_bytes(tmp_path, (0, 0, 255))
     path = tmp_path / "img.png"
     path.write_bytes(red)
-    real_decode = decode._decode
+    real_decode = decode.decode_bytes
 
     def rewrite_then_decode(*args):
         path.write_bytes(blue)  # in place, same inode: an editor saving over the file
         return real_decode(*args)
 
-    monkeypatch.setattr(decode, "_decode", rewrite_then_decode)
+    monkeypatch.setattr(decode, "decode_bytes", rewrite_then_decode)
     image, digest = load_image(path, 4, return_digest=True)
     _assert_colour(image, (255, 0, 0))
     assert digest == hashlib.sha256(red).hexdigest()

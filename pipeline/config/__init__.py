@@ -13,7 +13,7 @@ The resolved config is stored as JSON with every artifact it produced.
 
 from __future__ import annotations
 
-from .features import DECODE_MODES, DEFAULT_AUGMENT_OPS, ENGINES, POOLINGS, PRECISIONS, RUNTIMES, STORAGE_DTYPES, ExtractConfig
+from .features import DECODE_MODES, DECODERS, DEFAULT_AUGMENT_OPS, ENGINES, POOLINGS, PRECISIONS, RUNTIMES, STORAGE_DTYPES, ExtractConfig
 from .files import load_toml, resolve, to_dict
 from .finetune import DEFAULT_UNFREEZE, FinetuneConfig
 from .options import Option, key_fields, options_of
@@ -21,7 +21,7 @@ from .train import (DEFAULT_FRACTIONS, DEFAULT_SPLITS, SWEEP_REFITS, SWEEP_SELEC
                     _parse_splits)
 
 __all__ = [
-    "DECODE_MODES", "DEFAULT_AUGMENT_OPS", "DEFAULT_FRACTIONS", "DEFAULT_SPLITS", "DEFAULT_UNFREEZE", "ENGINES",
+    "DECODE_MODES", "DECODERS", "DEFAULT_AUGMENT_OPS", "DEFAULT_FRACTIONS", "DEFAULT_SPLITS", "DEFAULT_UNFREEZE", "ENGINES",
     "POOLINGS", "PRECISIONS", "RUNTIMES", "STORAGE_DTYPES", "SWEEP_REFITS", "SWEEP_SELECTS", "CurveConfig", "ExtractConfig",
     "FinetuneConfig", "Option", "TrainConfig", "key_fields", "load_toml", "options_of", "resolve", "to_dict",
 ]

@@ -18,6 +18,7 @@ STORAGE_DTYPES = ("float32", "float16")
 DECODE_MODES = ("auto", "threads", "processes")
 ENGINES = ("local", "ray")
 RUNTIMES = ("keras", "onnx")  # rows of pipeline/features/runtimes.py
+DECODERS = ("pillow", "nvjpeg")  # rows of pipeline/features/decode.py's DECODERS
 # RandomFlip("horizontal"), RandomRotation(0.2), RandomZoom(0.2); ops that change the
 # image size are left out, since a fixed-size extractor can't take them.
 DEFAULT_AUGMENT_OPS = "crop=0.6-1.0,flip=horizontal,rotate=10deg,jitter=0.1"
@@ -84,6 +85,10 @@ class ExtractConfig:
         decode_mode: `"threads"`, `"processes"` (past the GIL; the images
             are handed over in shared memory) or `"auto"` (processes from 8
             workers up). Both give the same arrays. Defaults to `"auto"`.
+        decoder: `"pillow"`, the reference decoder, or `"nvjpeg"`: JPEGs
+            decoded and resized on the GPU by torchvision (the `nvjpeg`
+            extra; on the CPU where there is no GPU), other files by the
+            reference. Part of the feature key. Defaults to `"pillow"`.
         devices: how many devices run each model, one replica each, every
             batch split over them (Keras data parallelism, JAX backend):
             `"auto"` (every GPU when there are several), `"all"`, or a
@@ -176,6 +181,10 @@ class ExtractConfig:
     decode_mode: str = option(
         "auto", flag="--decode-mode", make="DECODE_MODE", check=one_of(DECODE_MODES),
         help="decode in threads or in processes past the GIL; auto: processes from 8 workers (default)")
+    decoder: str = option(
+        "pillow", flag="--decoder", make="DECODER", check=one_of(DECODERS),
+        help="pillow (default, the reference), or nvjpeg: decode and resize JPEGs on the GPU with torchvision "
+        "(the nvjpeg extra; a key of its own)")
     devices: int | str = option(
         "auto", flag="--devices", make="DEVICES", check=_parse_devices,
         cli={"metavar": "auto|all|N"},
@@ -229,6 +238,7 @@ class ExtractConfig:
                 f"num_shards={self.num_shards}. Number the workers 0 to {self.num_shards - 1}.",
                 field="shard_index",
             )
+        self._check_decoder()
         if self.runtime != "keras" and self.devices not in ("auto", 1):
             raise ConfigError(
                 f"`devices` runs Keras replicas; runtime {self.runtime} runs on the CPU. Received: "
@@ -236,3 +246,20 @@ class ExtractConfig:
                 field="devices",
             )
 
+
+    def _check_decoder(self):
+        """The nvjpeg decoder hands batches over in the process that runs the model; what it cannot serve is refused."""
+        if self.decoder == "pillow":
+            return
+        clashes = {
+            "decode_mode": (self.decode_mode == "processes", "it reads files in threads and decodes on the GPU"),
+            "augment": (self.augment > 0, "augmented views crop the reference decoder's pixels"),
+            "engine": (self.engine != "local", "Ray workers decode with the reference decoder"),
+        }
+        for field, (clash, why) in clashes.items():
+            if clash:
+                raise ConfigError(
+                    f"`decoder` {self.decoder} cannot run with {field}={getattr(self, field)!r}: {why}. "
+                    f"Use decoder pillow, or drop {field}.",
+                    field="decoder",
+                )

@@ -43,6 +43,7 @@ exported model given the full-size image sees slightly different pixels
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import itertools
@@ -52,7 +53,7 @@ import stat
 import struct
 from collections import deque
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import PIL
@@ -61,7 +62,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from ..errors import ConfigError
 from .decode_pool import decoder_pool
 
-__all__ = ["ACCEPTED_FORMATS", "DECODER_ID", "DecodeError", "decode_batches", "load_decoded", "load_image", "resize_squash"]
+__all__ = ["ACCEPTED_FORMATS", "DECODERS", "DECODER_ID", "DecodeError", "decode_batches", "decode_bytes", "decoder_id",
+           "load_decoded", "load_image", "resize_squash"]
 
 DECODER_ID = (
     f"pillow{PIL.__version__.split('.')[0]}"
@@ -74,6 +76,31 @@ returns different pixels for the same file. The Pillow major version is in
 it because resampling and libjpeg builds change between releases (Pillow 13
 chose a new pass order for images shrunk much more in height than in width).
 """
+
+
+
+class Decoder(NamedTuple):
+    """A row of `DECODERS`: how `decode_batches` turns files into a batch of pixels."""
+
+    identity: Callable[[], str]
+    """Its part of the feature key."""
+    load: Callable
+    """`(path, size) -> (pixels, or what `finish` takes; sha256; reason)`, run in the decoding pool."""
+    finish: Callable | None
+    """`(loaded, size) -> [(image, reason)]`: the batch's last step, in the thread that reads the batches."""
+    processes: bool
+    """Whether `load` may run in worker processes (it returns finished uint8 images)."""
+
+
+def _nvjpeg():
+    from . import decode_nvjpeg  # torch is optional and takes seconds to import: only when chosen
+
+    return decode_nvjpeg
+
+
+def _prepare_on_device(data: bytes, size: int):
+    return _nvjpeg().prepare(data, size)
+
 
 ACCEPTED_FORMATS = frozenset(
     {"BMP", "DIB", "GIF", "JPEG", "MPO", "PNG", "TIFF", "WEBP"}
@@ -175,7 +202,7 @@ def load_image(path, size, *, return_digest=False):
     """
     size = _check_size(size)
     data = _read_file(path)
-    image = _decode(data, size)
+    image = decode_bytes(data, size)
     return (image, hashlib.sha256(data).hexdigest()) if return_digest else image
 
 
@@ -188,6 +215,7 @@ def decode_batches(
     *,
     return_digests: bool = False,
     mode: str = "threads",
+    decoder: str = "pillow",
 ) -> Iterator:
     """Decodes `root / entry.relpath` for each entry, yielding batches in order.
 
@@ -208,31 +236,48 @@ def decode_batches(
     Decoding runs in `workers` threads or processes (`mode`: `"threads"`,
     `"processes"` or `"auto"`, see `decode_pool`), which give the same
     arrays, at most a few batches ahead of the model, so memory stays flat
-    however many images.
+    however many images. `decoder` names a row of `DECODERS`: `"pillow"`,
+    the reference, or `"nvjpeg"`, which reads files in threads and decodes
+    each batch's JPEGs on the GPU (`decode_nvjpeg`).
     """
     size = _check_size(size)
+    row = DECODERS[decoder]
     lookahead = max(2 * batch_size, 4 * workers)
-    with decoder_pool(mode, workers, _load_or_reason, size, slots=lookahead) as pool:
+    with decoder_pool(mode if row.processes else "threads", workers, row.load, size, slots=lookahead) as pool:
         pending: deque = deque()
         queued = iter(entries)
         for entry in itertools.islice(queued, lookahead):
             pending.append((entry, pool.submit(root / entry.relpath)))
         while pending:
-            ok, images, failures, digests = [], [], [], {}
-            while pending and len(ok) + len(failures) < batch_size:
+            taken, digests = [], {}
+            while pending and len(taken) < batch_size:
                 entry, handle = pending.popleft()
-                image, digest, reason = handle.result()
+                loaded, digest, reason = handle.result()
                 digests[entry.relpath] = digest
-                if reason is None:
-                    ok.append(entry)
-                    images.append(image)
-                else:
-                    failures.append((entry, reason))
+                taken.append((entry, loaded, reason))
                 nxt = next(queued, None)
                 if nxt is not None:
                     pending.append((nxt, pool.submit(root / nxt.relpath)))
+            ok, images, failures = _finished(taken, row.finish, size)
             stacked = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
             yield (ok, stacked, failures, digests) if return_digests else (ok, stacked, failures)
+
+
+def _finished(taken: list, finish, size: int) -> tuple[list, list, list]:
+    """`(entries decoded, their images, [(entry, reason)])` of a batch's `(entry, loaded, reason)`."""
+    loaded = [(entry, item) for entry, item, reason in taken if reason is None]
+    done = finish([item for _, item in loaded], size) if finish else [(item, None) for _, item in loaded]
+    reasons = iter(done)
+    ok, images, failures = [], [], []
+    for entry, item, reason in taken:
+        if reason is None:
+            item, reason = next(reasons)
+        if reason is None:
+            ok.append(entry)
+            images.append(item)
+        else:
+            failures.append((entry, reason))
+    return ok, images, failures
 
 
 def _check_size(size) -> int:
@@ -325,19 +370,35 @@ def _too_large(n_bytes: int, limit: int) -> str:
     )
 
 
-def _load_or_reason(path: Path, size: int):
-    """`(image, sha256 of the bytes read, None)`, or `(None, sha256 or None, reason)`."""
+def _load_or_reason(path: Path, size: int, decode=None):
+    """`(decode(bytes, size), sha256 of the bytes read, None)`, or `(None, sha256 or None, reason)`.
+
+    `decode` defaults to `decode_bytes`, the reference decoder.
+    """
     try:
         data = _read_file(path)
     except DecodeError as e:
         return None, None, str(e)
     digest = hashlib.sha256(data).hexdigest()
     try:
-        return _decode(data, size), digest, None
+        return (decode or decode_bytes)(data, size), digest, None
     except DecodeError as e:
         return None, digest, str(e)
     except Exception as e:  # noqa: BLE001 - one bad file must never end the run
         return None, digest, f"cannot decode ({type(e).__name__}: {e})"
+
+
+# Rows named by `config.DECODERS` (the `decoder` option).
+DECODERS = {
+    "pillow": Decoder(lambda: DECODER_ID, _load_or_reason, None, processes=True),
+    "nvjpeg": Decoder(lambda: _nvjpeg().decoder_id(), functools.partial(_load_or_reason, decode=_prepare_on_device),
+                      lambda loaded, size: _nvjpeg().finish(loaded, size), processes=False),
+}
+
+
+def decoder_id(decoder: str = "pillow") -> str:
+    """What the feature key records of `decoder`: `DECODER_ID` for the reference decoder."""
+    return DECODERS[decoder].identity()
 
 
 def load_decoded(path, size) -> tuple[np.ndarray, str]:
@@ -353,7 +414,8 @@ def load_decoded(path, size) -> tuple[np.ndarray, str]:
     return _decoded(data, size, np.asarray), hashlib.sha256(data).hexdigest()
 
 
-def _decode(data: bytes, size):
+def decode_bytes(data: bytes, size: int) -> np.ndarray:
+    """`load_image` on a file's bytes already read."""
     return _decoded(data, size, lambda img: _resized(img, size))
 
 

@@ -105,7 +105,7 @@ def feature_spec(config: config_lib.ExtractConfig) -> dict[str, Any]:
     return {
         "features_version": FEATURES_VERSION,
         **dict(resolved.get(name, (name, getattr(config, name))) for name in config_lib.key_fields(config)),
-        "decoder": decode.DECODER_ID,
+        "decoder": decode.decoder_id(config.decoder),
         "keras_major": importlib.metadata.version("keras").split(".")[0],
     }
 
@@ -380,7 +380,7 @@ def _finish(plan: rounds.Plan, dataset, started: float) -> ExtractResult:
         "config": config_lib.to_dict(plan.config),
         "backbone": plan.config.model,
         "weights": plan.spec["weights"],
-        "decoder": decode.DECODER_ID,
+        "decoder": plan.spec["decoder"],
         "data_root": str(dataset.root),
         "backend": _keras_backend(),
         "versions": library_versions(),
@@ -465,7 +465,7 @@ def _run_models(plans: Sequence[rounds.Plan], dataset, progress) -> None:
             total += len(todo)
             for entries, images, failures, digests in decode.decode_batches(
                 dataset.root, todo, plans[0].spec["size"], first.batch_size, first.workers, return_digests=True,
-                mode=first.decode_mode,
+                mode=first.decode_mode, decoder=first.decoder,
             ):
                 for plan, model, appender in zip(plans, models, shards):
                     rounds.store_batch(plan, model, appender, entries, images, failures, digests)

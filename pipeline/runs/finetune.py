@@ -171,6 +171,12 @@ def _open(run, config) -> _Job:
             "continues one base. Train a dense head on one of its feature sets and fine-tune that run.",
             field="run",
         )
+    if predictor.config.decoder != "pillow":
+        raise ConfigError(
+            f"`run` '{source.root}' trained on features decoded by {predictor.config.decoder}; fine-tuning decodes "
+            "with the reference decoder. Extract with decoder pillow, train a dense head and fine-tune that run.",
+            field="run",
+        )
     if not predictor.is_dense:
         raise ConfigError(
             f"`run` must be a run of a `dense` head, whose network continues into the base; the head of "

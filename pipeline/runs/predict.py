@@ -243,7 +243,7 @@ class Predictor:
         if items:
             model = self.extractor(base)
             for entries, images, failures, read in decode.decode_batches(
-                root, items, size, c.batch_size, workers, return_digests=True
+                root, items, size, c.batch_size, workers, return_digests=True, decoder=c.decoder
             ):
                 for item, reason in failures:
                     errors[item.index] = reason

@@ -71,6 +71,10 @@ def averaged_proba(
         raise ConfigError(
             f"Test-time views need one base; this run fuses {len(predictor.bases)} feature sets. "
             "Use tta=1, or train on one set to average over views.", field="tta")
+    if tta > 1 and predictor.config.decoder != "pillow":
+        raise ConfigError(
+            f"Test-time views are made from the reference decoder's pixels; this run's features were decoded by "
+            f"{predictor.config.decoder}. Use tta=1, or extract with decoder pillow.", field="tta")
     proba = predictor.predict_proba(features)
     if tta == 1 or not len(features):
         return proba, None
