@@ -17,6 +17,7 @@ from pipeline.features import decode, decode_nvjpeg
 from pipeline.features.decode import decode_batches, load_image
 from pipeline.features.extract import extract_features
 from pipeline.heads import load_head
+from pipeline.runs.export import export_run
 from pipeline.runs.finetune import finetune_run
 from pipeline.runs.predict import predict_images
 from pipeline.runs.train import train_heads
@@ -161,6 +162,9 @@ def test_features_and_predict_use_the_sets_decoder_under_its_own_key(tmp_path):
         predict_images(run.run_dir, [data / nv.paths[0]], tta=2)
     with pytest.raises(ConfigError, match="decoded by nvjpeg"):
         finetune_run(run.run_dir, config=FinetuneConfig())
+    with pytest.raises(ConfigError, match="decoded by nvjpeg") as refused:
+        export_run(run.run_dir, tmp_path / "model.onnx", format="onnx")
+    assert refused.value.field == "format" and not (tmp_path / "model.onnx").exists()
 
 
 def test_nvjpeg_runs_in_a_process_that_loaded_tensorflow_first(tmp_path):

@@ -274,6 +274,13 @@ def export_run(
     if not row.is_model:
         _check_one_base(predictor)
         return _export_bundle(predictor, out, include_weights)
+    if predictor.config.decoder != "pillow":
+        raise ConfigError(
+            f"`run` '{predictor.root}' trained on features decoded by {predictor.config.decoder}; an exported model "
+            "decodes as the reference decoder does, so it would not agree with predict. Export a bundle "
+            "(format='bundle'), or extract with decoder pillow and train again.",
+            field="format",
+        )
     return _export_model(predictor, out, row)
 
 
