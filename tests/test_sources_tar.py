@@ -46,6 +46,16 @@ def test_shards_give_the_folder_features_then_reuse_then_reextract_one_changed_s
     assert again.counts == {"extracted": 1, "reused": 7, "skipped": 0, "removed": 0}
 
 
+def test_a_relative_shard_pattern_is_recorded_as_an_absolute_data_root(folder, tmp_path, monkeypatch):
+    shards_of(folder, tmp_path / "shards")
+    monkeypatch.chdir(tmp_path)
+    result = extract_tiny("shards/{000..002}.tar", tmp_path / "cache")
+    monkeypatch.chdir(tmp_path / "shards")  # predict, evaluate and the report may run from anywhere
+    recorded = read_feature_set(result.path).attrs["data_root"]
+    assert recorded == str(tmp_path.resolve() / "shards" / "{000..002}.tar")
+    assert len(open_source(recorded).list().entries) == 8
+
+
 @pytest.mark.slow
 def test_shards_over_http_give_the_folder_features(folder, tmp_path):
     shards_of(folder, tmp_path / "site" / "shards")

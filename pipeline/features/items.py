@@ -28,6 +28,7 @@ import functools
 import hashlib
 import operator
 import time
+from pathlib import Path
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -61,6 +62,15 @@ def shown_url(url: str) -> str:
         return url
     host, slash, path = rest.partition("/")
     return f"{scheme}://{host.rpartition('@')[2]}{slash}{path.split('?', 1)[0].split('#', 1)[0]}"
+
+
+def recorded_root(data: str) -> str:
+    """What a feature set records as the data root of `data`: `shown_url` of a URL, else the absolute path.
+
+    Absolute, so that predict, evaluate and the report find local tar shards
+    or Parquet files from any working folder (brace patterns are kept).
+    """
+    return shown_url(data) if is_url(data) else str(Path(data).resolve())
 
 
 def filesystem(url: str):

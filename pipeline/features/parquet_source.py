@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import DataError
 from .discovery import Dataset, normalized_split
-from .items import Item, build_dataset, change_token, filesystem, shown_url
+from .items import Item, build_dataset, change_token, filesystem, recorded_root, shown_url
 from .tar_source import expand_braces
 
 __all__ = ["ParquetCell", "is_parquet_images", "list_parquet_images"]
@@ -100,10 +100,10 @@ def list_parquet_images(data: str) -> Dataset:
         names = names or file_names
     if names is not None:  # ClassLabel: class names as the dataset declares them, in its order
         order = {n: i for i, n in enumerate(names)}
-        dataset = build_dataset(shown_url(data), items)
+        dataset = build_dataset(recorded_root(data), items)
         return dataclasses.replace(dataset, class_names=tuple(names), entries=tuple(
             dataclasses.replace(e, label=order[dataset.class_names[e.label]]) for e in dataset.entries))
-    return build_dataset(shown_url(data), items, numeric_labels=all(i.label.isdigit() for i in items))
+    return build_dataset(recorded_root(data), items, numeric_labels=all(i.label.isdigit() for i in items))
 
 
 def _list_file(fs, path: str, name: str):

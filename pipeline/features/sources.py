@@ -30,7 +30,7 @@ import io
 from ..store.content import file_sha256
 from .decode import max_file_bytes
 from .discovery import Dataset, index_directory, stat_image
-from .items import is_url, shown_url
+from .items import is_url, recorded_root
 from .manifest import is_manifest, lists_urls, read_manifest
 from .parquet_source import is_parquet_images, list_parquet_images
 from .remote import list_remote_folder, list_url_manifest
@@ -109,8 +109,8 @@ class ItemSource:
 
     @property
     def name(self) -> str:
-        """What the feature set records as its data root: the URL without credentials."""
-        return shown_url(self.data)
+        """What the feature set records as its data root (`items.recorded_root`)."""
+        return recorded_root(self.data)
 
     def list(self) -> Dataset:
         """Every item with its label, split and fingerprint (size, change token)."""

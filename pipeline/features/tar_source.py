@@ -36,7 +36,7 @@ from typing import Any
 
 from ..errors import DataError
 from .discovery import Dataset
-from .items import Item, build_dataset, change_token, fetch, filesystem, shown_url
+from .items import Item, build_dataset, change_token, fetch, filesystem, recorded_root, shown_url
 
 __all__ = ["TarMember", "expand_braces", "is_tar_data", "list_tar_shards"]
 
@@ -124,7 +124,7 @@ def list_tar_shards(data: str) -> Dataset:
         )
     numeric = all(item.label.isdigit() for item in items)
     members = _Members(fs, shards, [ranges[0] for *_, ranges in listed], [ranges[1] for *_, ranges in listed])
-    dataset = build_dataset(shown_url(data), items, numeric_labels=numeric, skipped=sorted(skipped),
+    dataset = build_dataset(recorded_root(data), items, numeric_labels=numeric, skipped=sorted(skipped),
                             reader_at=members.reader_at)
     return dataclasses.replace(dataset, outside_classes=tuple(unlabelled))
 
