@@ -99,7 +99,9 @@ def _nvjpeg():
 
 
 def _prepare_on_device(data: bytes, size: int):
-    return _nvjpeg().prepare(data, size)
+    """A JPEG the device decodes with its batch (`decode_nvjpeg.Jpeg`), or any other file decoded here."""
+    jpeg = _nvjpeg().prepare(data)
+    return jpeg if jpeg is not None else decode_bytes(data, size)
 
 
 ACCEPTED_FORMATS = frozenset(
@@ -391,7 +393,7 @@ def _load_or_reason(path: Path, size: int, decode=None):
 # Rows named by `config.DECODERS` (the `decoder` option).
 DECODERS = {
     "pillow": Decoder(lambda: DECODER_ID, _load_or_reason, None, processes=True),
-    "nvjpeg": Decoder(lambda: _nvjpeg().decoder_id(), functools.partial(_load_or_reason, decode=_prepare_on_device),
+    "nvjpeg": Decoder(lambda: f"{_nvjpeg().decoder_id()}+{DECODER_ID}", functools.partial(_load_or_reason, decode=_prepare_on_device),
                       lambda loaded, size: _nvjpeg().finish(loaded, size), processes=False),
 }
 

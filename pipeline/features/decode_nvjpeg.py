@@ -8,7 +8,8 @@ same triangle filter as Pillow's `resize(BILINEAR)`, in float32, rounded to
 whole grey levels once. The CPU only reads each file and its JPEG header
 (format, declared size, EXIF orientation) in the decoding threads.
 
-What it changes against the reference decoder (`decode.load_image`):
+What it changes against the reference decoder (`decode.load_image`, whose
+row in `decode.DECODERS` sends it every file `prepare` does not take):
 
 - A JPEG is decoded at full size (nvJPEG has no DCT-scaled decode), where the
   reference asks libjpeg for 1/2, 1/4 or 1/8 scale first (draft mode).
@@ -36,7 +37,6 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from ..errors import ConfigError
-from . import decode
 
 __all__ = ["Jpeg", "decoder_id", "device", "finish", "prepare"]
 
@@ -83,24 +83,29 @@ def device() -> str:
 
 
 def decoder_id() -> str:
-    """This decoder's part of the feature key: torchvision's version, the device, the reference for the rest."""
+    """What it does to a JPEG, for the feature key: torchvision's version and the device that decodes."""
     _, torchvision = _torch()
     version = ".".join(torchvision.__version__.split("+")[0].split(".")[:2])
-    return f"nvjpeg-torchvision{version}-{device()}-exif-rgb-antialiasbilinear-squash+{decode.DECODER_ID}"
+    return f"nvjpeg-torchvision{version}-{device()}-exif-rgb-antialiasbilinear-squash"
 
 
-def prepare(data: bytes, size: int):
-    """A `Jpeg` for the device, or the reference decoder's pixels for any other file (run in threads)."""
+def prepare(data: bytes) -> Jpeg | None:
+    """A `Jpeg` for the device, or `None` for a file the reference decoder must take (run in threads).
+
+    `None` for anything but an RGB or greyscale JPEG within the
+    decompression-bomb limit, and for what Pillow cannot open: the
+    reference decoder then refuses it with its own message.
+    """
     try:
         img = Image.open(io.BytesIO(data))
     except Exception:  # noqa: BLE001 - the reference decoder names what is wrong with it
-        return decode.decode_bytes(data, size)
+        return None
     with img:
         width, height = img.size
         limit = Image.MAX_IMAGE_PIXELS
         within = limit is None or max(width, 1) * max(height, 1) <= limit
         if img.format not in _DEVICE_FORMATS or img.mode not in _DEVICE_MODES or not within:
-            return decode.decode_bytes(data, size)
+            return None
         orientation = img.getexif().get(ExifTags.Base.Orientation, 1)
     return Jpeg(data, orientation if orientation in range(1, 9) else 1)
 
